@@ -1,0 +1,15 @@
+//! ipclink-core: the `IpcLink` resource, its validation, safe materialization of its
+//! objects in a directory, depth probes and the metric families. No network, no client.
+
+pub mod load;
+pub mod materialize;
+pub mod metrics;
+pub mod probe;
+pub mod quantity;
+pub mod spec;
+pub mod validate;
+
+pub use load::{load_plans, parse_links};
+pub use materialize::{MaterializeError, Outcome, StorageMode, Store};
+pub use spec::{Channel, ChannelKind, IpcLink, IpcLinkSpec, IpcLinkStatus, Semaphore, SemaphoreAbi};
+pub use validate::{LinkPlan, ObjectKind, ObjectPlan, Problem, Problems, validate};

@@ -1,0 +1,573 @@
+//! Safe materialization of a [`LinkPlan`] under a base directory this process owns.
+//!
+//! Every path step is one validated DNS label opened with `O_NOFOLLOW` relative to a
+//! descriptor; objects are made under a temporary dot-name (which no DNS label can be),
+//! given owner and mode through their descriptor, then renamed into place with
+//! `RENAME_NOREPLACE`, so a member never sees a half-made object. Existing objects are
+//! inspected first: if any differs from the plan, nothing at all is changed.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use std::ffi::CString;
+
+use nix::NixPath;
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, FallocateFlags, OFlag, RenameFlags, fallocate, openat, renameat2};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat, mknodat};
+use nix::sys::statfs::{TMPFS_MAGIC, fstatfs};
+use nix::sys::statvfs::fstatvfs;
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
+
+use crate::quantity::format_bytes;
+use crate::spec::SemaphoreAbi;
+use crate::validate::{LinkPlan, ObjectKind, ObjectPlan, Problem, Problems, SEM_BYTES};
+
+/// Prefix of names this module uses while building; never a DNS label.
+const TMP_PREFIX: &str = ".ipclink-tmp-";
+
+/// Where a link's objects live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageMode {
+    /// One tmpfs per link with `size=`, `nr_inodes=`, `nosuid,nodev,noexec` (needs root).
+    Tmpfs,
+    /// A plain directory: sizes are not enforced (for unprivileged local use).
+    PlainDir,
+}
+
+impl StorageMode {
+    /// Tmpfs as root, a plain directory otherwise.
+    pub fn default_for_user() -> Self {
+        if Uid::effective().is_root() {
+            StorageMode::Tmpfs
+        } else {
+            StorageMode::PlainDir
+        }
+    }
+}
+
+/// Why materialization or teardown failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MaterializeError {
+    /// A system call failed.
+    #[error("{path}: {op} failed: {errno}")]
+    Sys {
+        /// Display path of the object.
+        path: String,
+        /// What was attempted.
+        op: &'static str,
+        /// The error.
+        errno: Errno,
+    },
+    /// Existing objects differ from the plan; nothing was changed.
+    #[error("the link exists with different objects; nothing was changed:\n{0}")]
+    Conflicts(Problems),
+    /// Something on disk is not what ipclink made; it is left alone.
+    #[error("{path}: {message}")]
+    Refused {
+        /// Display path.
+        path: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What a run of [`Store::materialize`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Objects created now, by file name.
+    pub created: Vec<String>,
+    /// Objects that already matched the plan and were left as they are.
+    pub kept: Vec<String>,
+    /// Whether a tmpfs was mounted now.
+    pub mounted: bool,
+}
+
+/// The base directory under which links are materialized as `<namespace>/<name>/`.
+#[derive(Debug)]
+pub struct Store {
+    base: OwnedFd,
+    base_path: PathBuf,
+    mode: StorageMode,
+    apply_owner: bool,
+}
+
+fn sys<T>(r: nix::Result<T>, path: impl FnOnce() -> String, op: &'static str) -> Result<T, MaterializeError> {
+    r.map_err(|errno| MaterializeError::Sys {
+        path: path(),
+        op,
+        errno,
+    })
+}
+
+/// Opens `name` under `dir` as a directory, never following a symlink.
+pub fn open_dir_at<P: ?Sized + NixPath>(dir: BorrowedFd<'_>, name: &P) -> nix::Result<OwnedFd> {
+    openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+fn file_type(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+}
+
+fn describe(st: &FileStat) -> String {
+    let t = file_type(st);
+    let kind = if t == SFlag::S_IFREG {
+        format!("a {}-byte file", st.st_size)
+    } else if t == SFlag::S_IFIFO {
+        "a fifo".into()
+    } else if t == SFlag::S_IFDIR {
+        "a directory".into()
+    } else if t == SFlag::S_IFLNK {
+        "a symlink".into()
+    } else {
+        "a special file".into()
+    };
+    format!(
+        "{kind} with mode {:04o} owned by {}:{}",
+        st.st_mode & 0o7777,
+        st.st_uid,
+        st.st_gid
+    )
+}
+
+fn want(obj: &ObjectPlan) -> String {
+    let kind = match obj.kind {
+        ObjectKind::Shm { size } => format!("a {size}-byte file ({})", format_bytes(size)),
+        ObjectKind::Semaphore { .. } => format!("a {SEM_BYTES}-byte semaphore file"),
+        ObjectKind::Fifo => "a fifo".into(),
+        ObjectKind::Socket => "a directory".into(),
+    };
+    format!("{kind} with mode {:04o} owned by {}:{}", obj.mode, obj.uid, obj.gid)
+}
+
+/// The exact bytes `sem_open` of the given libc expects for a process-shared semaphore.
+pub fn semaphore_bytes(initial: u32, abi: SemaphoreAbi) -> [u8; SEM_BYTES as usize] {
+    let mut b = [0u8; SEM_BYTES as usize];
+    b[0..4].copy_from_slice(&initial.to_le_bytes());
+    if abi == SemaphoreAbi::Glibc {
+        // glibc: a 64-bit word (value low, waiters high), then `private`, which is
+        // FUTEX_SHARED (128) for a semaphore made by sem_open.
+        b[8..12].copy_from_slice(&128u32.to_le_bytes());
+    }
+    b
+}
+
+/// Does the directory entry `st` match what the plan wants?
+fn matches(obj: &ObjectPlan, st: &FileStat, apply_owner: bool) -> bool {
+    let t = file_type(st);
+    let type_ok = match obj.kind {
+        ObjectKind::Shm { size } => t == SFlag::S_IFREG && st.st_size as u64 == size,
+        ObjectKind::Semaphore { .. } => t == SFlag::S_IFREG && st.st_size as u64 == SEM_BYTES,
+        ObjectKind::Fifo => t == SFlag::S_IFIFO,
+        ObjectKind::Socket => t == SFlag::S_IFDIR,
+    };
+    let owner_ok = !apply_owner || (st.st_uid == obj.uid && st.st_gid == obj.gid);
+    type_ok && owner_ok && st.st_mode & 0o7777 == obj.mode
+}
+
+impl Store {
+    /// Opens (creating if needed, mode 0755) the base directory. The base path comes from
+    /// the operator of the machine, not from a spec.
+    pub fn open(base: &Path, mode: StorageMode) -> Result<Self, MaterializeError> {
+        let display = || base.display().to_string();
+        std::fs::create_dir_all(base).map_err(|e| MaterializeError::Sys {
+            path: display(),
+            op: "create base directory",
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+        })?;
+        let base_fd = sys(
+            nix::fcntl::open(
+                base,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ),
+            display,
+            "open base directory",
+        )?;
+        Ok(Store {
+            base: base_fd,
+            base_path: base.to_path_buf(),
+            mode,
+            apply_owner: Uid::effective().is_root(),
+        })
+    }
+
+    /// The storage mode in use.
+    pub fn mode(&self) -> StorageMode {
+        self.mode
+    }
+
+    /// Whether owners from the spec are applied (only root can give files away).
+    pub fn applies_owner(&self) -> bool {
+        self.apply_owner
+    }
+
+    /// The base directory's descriptor.
+    pub fn base_fd(&self) -> BorrowedFd<'_> {
+        self.base.as_fd()
+    }
+
+    /// Display path of a link directory (for messages and for users; never opened by path).
+    pub fn link_path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.base_path.join(namespace).join(name)
+    }
+
+    /// Opens the namespace directory of a link.
+    pub fn open_namespace(&self, namespace: &str) -> nix::Result<OwnedFd> {
+        open_dir_at(self.base.as_fd(), namespace)
+    }
+
+    /// Opens the root directory of a materialized link (the tmpfs root when mounted).
+    pub fn open_link(&self, namespace: &str, name: &str) -> nix::Result<OwnedFd> {
+        let ns = self.open_namespace(namespace)?;
+        open_dir_at(ns.as_fd(), name)
+    }
+
+    /// Creates what is missing of `plan`; leaves matching objects untouched (never
+    /// truncates); refuses, changing nothing, if an existing object differs.
+    pub fn materialize(&self, plan: &LinkPlan) -> Result<Outcome, MaterializeError> {
+        let link_path = self.link_path(&plan.namespace, &plan.name);
+        let lp = || link_path.display().to_string();
+        let mut outcome = Outcome::default();
+
+        let ns_fd = self.ensure_dir(self.base.as_fd(), &plan.namespace, || {
+            self.base_path.join(&plan.namespace).display().to_string()
+        })?;
+        let mut link_fd = self.ensure_dir(ns_fd.as_fd(), &plan.name, lp)?;
+        if self.mode == StorageMode::Tmpfs {
+            let parent = sys(fstat(ns_fd.as_fd()), lp, "stat")?;
+            let here = sys(fstat(link_fd.as_fd()), lp, "stat")?;
+            if parent.st_dev == here.st_dev {
+                if dir_has_entries(link_fd.as_fd(), lp)? {
+                    return Err(MaterializeError::Refused {
+                        path: lp(),
+                        message: "exists, is not an ipclink tmpfs and is not empty; refusing to mount over it".into(),
+                    });
+                }
+                self.mount_tmpfs(link_fd.as_fd(), plan, lp)?;
+                link_fd = sys(open_dir_at(ns_fd.as_fd(), plan.name.as_str()), lp, "open")?;
+                outcome.mounted = true;
+            } else {
+                self.check_mounted(link_fd.as_fd(), plan, lp)?;
+            }
+        }
+        remove_leftovers(link_fd.as_fd(), lp)?;
+
+        // Inspect everything before changing anything.
+        let mut missing = Vec::new();
+        let mut conflicts = Vec::new();
+        for obj in &plan.objects {
+            let file = obj.file_name();
+            match fstatat(link_fd.as_fd(), file.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Err(Errno::ENOENT) => missing.push(obj),
+                Err(errno) => {
+                    return Err(MaterializeError::Sys {
+                        path: format!("{}/{file}", lp()),
+                        op: "stat",
+                        errno,
+                    });
+                }
+                Ok(st) if matches(obj, &st, self.apply_owner) => outcome.kept.push(file),
+                Ok(st) => conflicts.push(Problem::new(
+                    obj.field.clone(),
+                    format!(
+                        "{file} exists as {}, the spec wants {}; ipclink does not change a live object (tear the link down first)",
+                        describe(&st),
+                        want(obj)
+                    ),
+                )),
+            }
+        }
+        if !conflicts.is_empty() {
+            return Err(MaterializeError::Conflicts(Problems(conflicts)));
+        }
+        for obj in missing {
+            self.create(link_fd.as_fd(), obj, lp)?;
+            outcome.created.push(obj.file_name());
+        }
+        Ok(outcome)
+    }
+
+    fn ensure_dir(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &str,
+        display: impl Fn() -> String,
+    ) -> Result<OwnedFd, MaterializeError> {
+        match mkdirat(parent, name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(errno) => {
+                return Err(MaterializeError::Sys {
+                    path: display(),
+                    op: "mkdir",
+                    errno,
+                });
+            }
+        }
+        match open_dir_at(parent, name) {
+            Ok(fd) => Ok(fd),
+            Err(Errno::ELOOP | Errno::ENOTDIR) => Err(MaterializeError::Refused {
+                path: display(),
+                message: "exists and is not a directory (symlinks are never followed)".into(),
+            }),
+            Err(errno) => Err(MaterializeError::Sys {
+                path: display(),
+                op: "open",
+                errno,
+            }),
+        }
+    }
+
+    fn mount_tmpfs(
+        &self,
+        dir: BorrowedFd<'_>,
+        plan: &LinkPlan,
+        lp: impl Fn() -> String,
+    ) -> Result<(), MaterializeError> {
+        // Mount on the descriptor (through its /proc magic link), so the target is exactly
+        // the directory we opened with O_NOFOLLOW, whatever happens to the path meanwhile.
+        let target = format!("/proc/self/fd/{}", dir.as_raw_fd());
+        let data = format!(
+            "size={},nr_inodes={},mode=0755",
+            plan.size_limit, plan.nr_inodes
+        );
+        sys(
+            mount(
+                Some("ipclink"),
+                target.as_str(),
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some(data.as_str()),
+            ),
+            lp,
+            "mount tmpfs",
+        )
+    }
+
+    fn check_mounted(
+        &self,
+        link: BorrowedFd<'_>,
+        plan: &LinkPlan,
+        lp: impl Fn() -> String,
+    ) -> Result<(), MaterializeError> {
+        let fs = sys(fstatfs(link), &lp, "statfs")?;
+        if fs.filesystem_type() != TMPFS_MAGIC {
+            return Err(MaterializeError::Refused {
+                path: lp(),
+                message: "is a mount point that is not a tmpfs; not ipclink's".into(),
+            });
+        }
+        let vfs = sys(fstatvfs(link), &lp, "statvfs")?;
+        let size = vfs.blocks() * vfs.fragment_size();
+        if size != plan.size_limit {
+            return Err(MaterializeError::Conflicts(Problems(vec![Problem::new(
+                "spec.sizeLimit",
+                format!(
+                    "the link is mounted with size {}, the spec wants {}; a live link's size is not changed (tear it down first)",
+                    format_bytes(size),
+                    format_bytes(plan.size_limit)
+                ),
+            )])));
+        }
+        Ok(())
+    }
+
+    fn create(
+        &self,
+        link: BorrowedFd<'_>,
+        obj: &ObjectPlan,
+        lp: impl Fn() -> String,
+    ) -> Result<(), MaterializeError> {
+        let file = obj.file_name();
+        let tmp = format!("{TMP_PREFIX}{file}");
+        let at = || format!("{}/{file}", lp());
+        let excl = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let private = Mode::from_bits_truncate(0o600);
+        let fd = match obj.kind {
+            ObjectKind::Shm { size } => {
+                let fd = sys(openat(link, tmp.as_str(), excl, private), at, "create")?;
+                // Allocate every page now: a member never takes SIGBUS on first touch,
+                // and ENOSPC shows up here instead of in a member.
+                sys(
+                    fallocate(fd.as_fd(), FallocateFlags::empty(), 0, size as i64),
+                    at,
+                    "preallocate",
+                )
+                .inspect_err(|_| {
+                    let _ = unlinkat(link, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+                })?;
+                fd
+            }
+            ObjectKind::Semaphore { initial, abi } => {
+                let fd = sys(openat(link, tmp.as_str(), excl, private), at, "create")?;
+                let file = File::from(fd);
+                file.write_all_at(&semaphore_bytes(initial, abi), 0)
+                    .map_err(|e| MaterializeError::Sys {
+                        path: at(),
+                        op: "write semaphore",
+                        errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                    })?;
+                OwnedFd::from(file)
+            }
+            ObjectKind::Fifo => {
+                sys(mknodat(link, tmp.as_str(), SFlag::S_IFIFO, private, 0), at, "mkfifo")?;
+                // The read end of a fifo nobody else can name yet: opening it is harmless.
+                sys(
+                    openat(
+                        link,
+                        tmp.as_str(),
+                        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    ),
+                    at,
+                    "open fifo",
+                )?
+            }
+            ObjectKind::Socket => {
+                sys(mkdirat(link, tmp.as_str(), Mode::from_bits_truncate(0o700)), at, "mkdir")?;
+                sys(open_dir_at(link, tmp.as_str()), at, "open")?
+            }
+        };
+        if self.apply_owner {
+            sys(
+                fchown(fd.as_fd(), Some(Uid::from_raw(obj.uid)), Some(Gid::from_raw(obj.gid))),
+                at,
+                "chown",
+            )?;
+        }
+        sys(fchmod(fd.as_fd(), Mode::from_bits_truncate(obj.mode)), at, "chmod")?;
+        sys(
+            renameat2(link, tmp.as_str(), link, file.as_str(), RenameFlags::RENAME_NOREPLACE),
+            at,
+            "rename into place",
+        )
+    }
+
+    /// Removes a link: unmounts its tmpfs (lazily, so members that still hold descriptors
+    /// keep working) or removes its plain directory tree without following any symlink.
+    /// Removing a link that does not exist is not an error.
+    pub fn teardown(&self, namespace: &str, name: &str) -> Result<(), MaterializeError> {
+        let lp = || self.link_path(namespace, name).display().to_string();
+        let ns_fd = match self.open_namespace(namespace) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(errno) => return Err(MaterializeError::Sys { path: lp(), op: "open", errno }),
+        };
+        match open_dir_at(ns_fd.as_fd(), name) {
+            Err(Errno::ENOENT) => {}
+            Err(errno) => return Err(MaterializeError::Sys { path: lp(), op: "open", errno }),
+            Ok(link) => {
+                let parent = sys(fstat(ns_fd.as_fd()), lp, "stat")?;
+                let here = sys(fstat(link.as_fd()), lp, "stat")?;
+                if parent.st_dev != here.st_dev {
+                    let fs = sys(fstatfs(link.as_fd()), lp, "statfs")?;
+                    if fs.filesystem_type() != TMPFS_MAGIC {
+                        return Err(MaterializeError::Refused {
+                            path: lp(),
+                            message: "is a mount point that is not a tmpfs; not ipclink's, left alone".into(),
+                        });
+                    }
+                    let target = format!("/proc/self/fd/{}", link.as_raw_fd());
+                    sys(umount2(target.as_str(), MntFlags::MNT_DETACH), lp, "unmount")?;
+                }
+                drop(link);
+                remove_tree_at(ns_fd.as_fd(), name, lp)?;
+            }
+        }
+        // The namespace directory goes when its last link goes.
+        drop(ns_fd);
+        match unlinkat(self.base.as_fd(), namespace, UnlinkatFlags::RemoveDir) {
+            Ok(()) | Err(Errno::ENOTEMPTY | Errno::EEXIST | Errno::ENOENT) => Ok(()),
+            Err(errno) => Err(MaterializeError::Sys { path: lp(), op: "rmdir", errno }),
+        }
+    }
+}
+
+fn dir_has_entries(dir: BorrowedFd<'_>, lp: impl Fn() -> String) -> Result<bool, MaterializeError> {
+    let dup = sys(open_dir_at(dir, "."), &lp, "open")?;
+    let mut d = sys(Dir::from_fd(dup), &lp, "readdir")?;
+    for entry in d.iter() {
+        let entry = sys(entry, &lp, "readdir")?;
+        let n = entry.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Removes temporaries a crash may have left behind.
+fn remove_leftovers(dir: BorrowedFd<'_>, lp: impl Fn() -> String) -> Result<(), MaterializeError> {
+    let dup = sys(open_dir_at(dir, "."), &lp, "open")?;
+    let mut d = sys(Dir::from_fd(dup), &lp, "readdir")?;
+    let mut stale = Vec::new();
+    for entry in d.iter() {
+        let entry = sys(entry, &lp, "readdir")?;
+        if entry.file_name().to_bytes().starts_with(TMP_PREFIX.as_bytes()) {
+            stale.push(entry.file_name().to_owned());
+        }
+    }
+    for n in stale {
+        remove_tree_at(dir, n.as_c_str(), &lp)?;
+    }
+    Ok(())
+}
+
+/// Removes `name` under `dir` and, if it is a directory on the same filesystem, all it
+/// holds. Symlinks are removed, never followed; other mounts are never entered.
+pub fn remove_tree_at<P: ?Sized + NixPath + std::fmt::Debug>(
+    dir: BorrowedFd<'_>,
+    name: &P,
+    lp: impl Fn() -> String + Copy,
+) -> Result<(), MaterializeError> {
+    // O_DIRECTORY fails with ENOTDIR before any open(2) side effect, so a fifo is never
+    // opened here.
+    match open_dir_at(dir, name) {
+        Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::ENOTDIR | Errno::ELOOP) => {
+            match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                Err(errno) => Err(MaterializeError::Sys { path: lp(), op: "unlink", errno }),
+            }
+        }
+        Err(errno) => Err(MaterializeError::Sys { path: lp(), op: "open", errno }),
+        Ok(child) => {
+            let parent_dev = sys(fstat(dir), lp, "stat")?.st_dev;
+            if sys(fstat(child.as_fd()), lp, "stat")?.st_dev != parent_dev {
+                return Err(MaterializeError::Refused {
+                    path: lp(),
+                    message: format!("{name:?} is another mount; not entered, left alone"),
+                });
+            }
+            let mut names: Vec<CString> = Vec::new();
+            {
+                let dup = sys(open_dir_at(child.as_fd(), "."), lp, "open")?;
+                let mut d = sys(Dir::from_fd(dup), lp, "readdir")?;
+                for entry in d.iter() {
+                    let entry = sys(entry, lp, "readdir")?;
+                    let n = entry.file_name().to_bytes();
+                    if n == b"." || n == b".." {
+                        continue;
+                    }
+                    names.push(entry.file_name().to_owned());
+                }
+            }
+            for n in names {
+                remove_tree_at(child.as_fd(), n.as_c_str(), lp)?;
+            }
+            match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                Err(errno) => Err(MaterializeError::Sys { path: lp(), op: "rmdir", errno }),
+            }
+        }
+    }
+}

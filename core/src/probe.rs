@@ -1,0 +1,480 @@
+//! Depth probes that never change who is a reader or writer of a channel.
+//!
+//! - fifo: `open(O_WRONLY|O_NONBLOCK)` fails with ENXIO when no reader exists, so a writer
+//!   blocked in `open()` waiting for a reader is never released (the read end is never
+//!   opened). With a reader, `FIONREAD` on the write end gives the bytes queued and
+//!   `F_GETPIPE_SZ` the capacity (and fails on anything that is not a pipe).
+//! - semaphore, shm: read through a descriptor opened once (`pread`, `fstat`).
+//! - socket directory: one `NETLINK_SOCK_DIAG` dump of the Unix sockets visible in this
+//!   network namespace, matched to the directory's socket files by device and inode.
+//! - link: `fstatvfs` of the tmpfs root.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl, openat};
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
+};
+use nix::sys::stat::{Mode, fstat, makedev};
+use nix::sys::statvfs::fstatvfs;
+use serde::{Deserialize, Serialize};
+
+use crate::materialize::{Store, StorageMode, open_dir_at};
+use crate::spec::SemaphoreAbi;
+use crate::validate::{LinkPlan, ObjectKind, ObjectPlan};
+
+/// Everything observed of one link at one instant (the `/v1/links` format).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkSample {
+    /// Namespace.
+    pub namespace: String,
+    /// Link name.
+    pub name: String,
+    /// Directory members mount.
+    pub path: String,
+    /// Whether `limitBytes` is enforced by a tmpfs (false in a plain directory).
+    pub size_limit_enforced: bool,
+    /// tmpfs size, or the declared limit when not enforced.
+    pub limit_bytes: u64,
+    /// Bytes in use.
+    pub used_bytes: u64,
+    /// Channels in spec order.
+    pub channels: Vec<ChannelSample>,
+    /// Semaphores in spec order.
+    pub semaphores: Vec<SemaphoreSample>,
+}
+
+/// One channel's observation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelSample {
+    /// Channel name.
+    pub name: String,
+    /// shm, fifo or socket.
+    pub kind: String,
+    /// Whether the object exists.
+    pub present: bool,
+    /// Permission bits as declared, octal.
+    pub mode: String,
+    /// Declared owner uid.
+    pub uid: u32,
+    /// Declared owner gid.
+    pub gid: u32,
+    /// fifo: bytes queued; socket: bytes queued on bound datagram/stream sockets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_bytes: Option<u64>,
+    /// fifo: pipe buffer size; shm: region size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_bytes: Option<u64>,
+    /// fifo: whether a reader has it open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_present: Option<bool>,
+    /// socket: connections waiting in `accept` over all listening sockets in the directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog_connections: Option<u64>,
+    /// socket: socket files in the directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sockets: Option<u64>,
+    /// socket: sockets of the directory found in this network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sockets_visible: Option<u64>,
+    /// shm: bytes of memory the region holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_bytes: Option<u64>,
+}
+
+/// One semaphore's observation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SemaphoreSample {
+    /// Semaphore name.
+    pub name: String,
+    /// glibc or musl.
+    pub abi: String,
+    /// Whether the object exists.
+    pub present: bool,
+    /// Permission bits, octal.
+    pub mode: String,
+    /// Declared owner uid.
+    pub uid: u32,
+    /// Declared owner gid.
+    pub gid: u32,
+    /// Current value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<u32>,
+    /// Threads blocked in `sem_wait` (as the libc records them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiters: Option<u32>,
+}
+
+/// Unix sockets of this network namespace, by (device, inode) of their bound path.
+#[derive(Debug, Default)]
+pub struct SocketTable {
+    by_path: HashMap<(u64, u64), UnixSocket>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct UnixSocket {
+    listening: bool,
+    rqueue: u32,
+}
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const UDIAG_SHOW_VFS: u32 = 0x2;
+const UDIAG_SHOW_RQLEN: u32 = 0x10;
+const UNIX_DIAG_VFS: u16 = 1;
+const UNIX_DIAG_RQLEN: u16 = 4;
+const TCP_LISTEN: u8 = 10;
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+impl SocketTable {
+    /// Dumps every Unix socket with a bound path in this network namespace.
+    pub fn dump() -> nix::Result<Self> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkSockDiag,
+        )?;
+        // struct nlmsghdr (16 bytes) + struct unix_diag_req (24 bytes)
+        let mut req = Vec::with_capacity(40);
+        req.extend_from_slice(&40u32.to_ne_bytes());
+        req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+        req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+        req.push(libc_af_unix());
+        req.push(0); // protocol
+        req.extend_from_slice(&0u16.to_ne_bytes());
+        req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+        req.extend_from_slice(&0u32.to_ne_bytes()); // ino
+        req.extend_from_slice(&(UDIAG_SHOW_VFS | UDIAG_SHOW_RQLEN).to_ne_bytes());
+        req.extend_from_slice(&[0xff; 8]); // cookie: none
+        sendto(fd.as_raw_fd(), &req, &NetlinkAddr::new(0, 0), MsgFlags::empty())?;
+
+        let mut table = SocketTable::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+            let mut off = 0;
+            while off + 16 <= n {
+                let len = u32_at(&buf, off).unwrap_or(0) as usize;
+                let kind = u16_at(&buf, off + 4).unwrap_or(0);
+                if len < 16 || off + len > n {
+                    return Err(Errno::EBADMSG);
+                }
+                match kind {
+                    NLMSG_DONE => return Ok(table),
+                    NLMSG_ERROR => {
+                        let code = u32_at(&buf, off + 16).unwrap_or(0) as i32;
+                        return Err(Errno::from_raw(-code));
+                    }
+                    SOCK_DIAG_BY_FAMILY => table.add(&buf[off + 16..off + len]),
+                    _ => {}
+                }
+                off += len.div_ceil(4) * 4;
+            }
+        }
+    }
+
+    fn add(&mut self, msg: &[u8]) {
+        // struct unix_diag_msg: family, type, state, pad, ino, cookie[2] = 16 bytes
+        let Some(&state) = msg.get(2) else { return };
+        let mut vfs = None;
+        let mut rqueue = 0;
+        let mut off = 16;
+        while off + 4 <= msg.len() {
+            let len = u16_at(msg, off).unwrap_or(0) as usize;
+            let kind = u16_at(msg, off + 2).unwrap_or(0);
+            if len < 4 || off + len > msg.len() {
+                break;
+            }
+            match kind {
+                UNIX_DIAG_VFS => {
+                    if let (Some(ino), Some(dev)) = (u32_at(msg, off + 4), u32_at(msg, off + 8)) {
+                        // The kernel reports its own dev_t (major << 20 | minor).
+                        let dev = makedev(u64::from(dev >> 20), u64::from(dev & 0xfffff));
+                        vfs = Some((dev, u64::from(ino)));
+                    }
+                }
+                UNIX_DIAG_RQLEN => rqueue = u32_at(msg, off + 4).unwrap_or(0),
+                _ => {}
+            }
+            off += len.div_ceil(4) * 4;
+        }
+        if let Some(key) = vfs {
+            self.by_path.insert(
+                key,
+                UnixSocket {
+                    listening: state == TCP_LISTEN,
+                    rqueue,
+                },
+            );
+        }
+    }
+
+    /// Number of bound sockets known.
+    pub fn len(&self) -> usize {
+        self.by_path.len()
+    }
+
+    /// Whether no bound socket is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_path.is_empty()
+    }
+}
+
+fn libc_af_unix() -> u8 {
+    nix::libc::AF_UNIX as u8
+}
+
+
+nix::ioctl_read_bad!(fionread, nix::libc::FIONREAD, nix::libc::c_int);
+
+/// Bytes queued in a pipe, through one of its descriptors.
+#[allow(unsafe_code)]
+fn queued_bytes(fd: BorrowedFd<'_>) -> nix::Result<u64> {
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points to `n`.
+    unsafe { fionread(fd.as_raw_fd(), &mut n) }?;
+    Ok(n.max(0) as u64)
+}
+
+#[derive(Debug)]
+struct ProbeObject {
+    plan: ObjectPlan,
+    file: String,
+    /// Kept open for shm and semaphores; reopened when missing.
+    fd: Option<std::fs::File>,
+}
+
+/// Probes one materialized link; keeps descriptors to its regular files.
+#[derive(Debug)]
+pub struct LinkProbe {
+    namespace: String,
+    name: String,
+    path: String,
+    link: OwnedFd,
+    dev: u64,
+    enforced: bool,
+    size_limit: u64,
+    objects: Vec<ProbeObject>,
+}
+
+impl LinkProbe {
+    /// Opens the link's directory in `store`.
+    pub fn open(store: &Store, plan: &LinkPlan) -> nix::Result<Self> {
+        let link = store.open_link(&plan.namespace, &plan.name)?;
+        let dev = fstat(link.as_fd())?.st_dev;
+        Ok(LinkProbe {
+            namespace: plan.namespace.clone(),
+            name: plan.name.clone(),
+            path: store.link_path(&plan.namespace, &plan.name).display().to_string(),
+            link,
+            dev,
+            enforced: store.mode() == StorageMode::Tmpfs,
+            size_limit: plan.size_limit,
+            objects: plan
+                .objects
+                .iter()
+                .map(|o| ProbeObject {
+                    file: o.file_name(),
+                    plan: o.clone(),
+                    fd: None,
+                })
+                .collect(),
+        })
+    }
+
+    /// Namespace and name.
+    pub fn key(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+
+    /// Whether any channel is a socket directory (so a [`SocketTable`] is worth dumping).
+    pub fn has_sockets(&self) -> bool {
+        self.objects.iter().any(|o| o.plan.kind == ObjectKind::Socket)
+    }
+
+    /// Whether every declared object exists.
+    pub fn all_present(&self) -> bool {
+        self.objects.iter().all(|o| {
+            nix::sys::stat::fstatat(
+                self.link.as_fd(),
+                o.file.as_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .is_ok()
+        })
+    }
+
+    /// Observes every object once.
+    pub fn sample(&mut self, sockets: &SocketTable) -> LinkSample {
+        let mut out = LinkSample {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            path: self.path.clone(),
+            size_limit_enforced: self.enforced,
+            limit_bytes: self.size_limit,
+            ..LinkSample::default()
+        };
+        let link = self.link.as_fd();
+        let mut object_bytes = 0u64;
+        for o in &mut self.objects {
+            let mode = format!("{:04o}", o.plan.mode);
+            match o.plan.kind {
+                ObjectKind::Semaphore { abi, .. } => {
+                    let mut s = SemaphoreSample {
+                        name: o.plan.name.clone(),
+                        abi: abi.as_str().into(),
+                        mode,
+                        uid: o.plan.uid,
+                        gid: o.plan.gid,
+                        ..SemaphoreSample::default()
+                    };
+                    if let Some(f) = keep_open(link, o) {
+                        let mut b = [0u8; 8];
+                        if f.read_exact_at(&mut b, 0).is_ok() {
+                            s.present = true;
+                            let (value, waiters) = read_semaphore(&b, abi);
+                            s.value = Some(value);
+                            s.waiters = Some(waiters);
+                        }
+                        object_bytes += fstat(f.as_fd()).map(|st| st.st_blocks as u64 * 512).unwrap_or(0);
+                    }
+                    out.semaphores.push(s);
+                }
+                kind => {
+                    let mut c = ChannelSample {
+                        name: o.plan.name.clone(),
+                        kind: kind.as_str().into(),
+                        mode,
+                        uid: o.plan.uid,
+                        gid: o.plan.gid,
+                        ..ChannelSample::default()
+                    };
+                    match kind {
+                        ObjectKind::Shm { size } => {
+                            if let Some(f) = keep_open(link, o)
+                                && let Ok(st) = fstat(f.as_fd())
+                            {
+                                c.present = true;
+                                c.capacity_bytes = Some(size);
+                                let resident = st.st_blocks as u64 * 512;
+                                c.resident_bytes = Some(resident);
+                                object_bytes += resident;
+                            }
+                        }
+                        ObjectKind::Fifo => probe_fifo(link, &o.file, &mut c),
+                        _ => probe_socket_dir(link, &o.file, self.dev, sockets, &mut c),
+                    }
+                    out.channels.push(c);
+                }
+            }
+        }
+        match (self.enforced, fstatvfs(link)) {
+            (true, Ok(v)) => {
+                out.limit_bytes = v.blocks() * v.fragment_size();
+                out.used_bytes = (v.blocks() - v.blocks_free()) * v.fragment_size();
+            }
+            _ => out.used_bytes = object_bytes,
+        }
+        out
+    }
+}
+
+fn keep_open<'a>(link: BorrowedFd<'_>, o: &'a mut ProbeObject) -> Option<&'a std::fs::File> {
+    if o.fd.is_none() {
+        let fd = openat(
+            link,
+            o.file.as_str(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let st = fstat(fd.as_fd()).ok()?;
+        if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
+            return None;
+        }
+        o.fd = Some(std::fs::File::from(fd));
+    }
+    o.fd.as_ref()
+}
+
+/// (value, waiters) from the first 8 bytes of a semaphore object.
+pub fn read_semaphore(b: &[u8; 8], abi: SemaphoreAbi) -> (u32, u32) {
+    let lo = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+    let hi = u32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
+    match abi {
+        // glibc (64-bit atomics): value in the low half, waiter count in the high half.
+        SemaphoreAbi::Glibc => (lo, hi),
+        // musl: the top bit of the value flags waiters; the second int counts them.
+        SemaphoreAbi::Musl => (lo & 0x7fff_ffff, hi),
+    }
+}
+
+fn probe_fifo(link: BorrowedFd<'_>, file: &str, c: &mut ChannelSample) {
+    match openat(
+        link,
+        file,
+        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Err(Errno::ENXIO) => {
+            // No reader: nothing changed, nothing can be read.
+            c.present = true;
+            c.reader_present = Some(false);
+            c.queue_bytes = Some(0);
+        }
+        Err(_) => {}
+        Ok(fd) => {
+            // F_GETPIPE_SZ fails on anything but a pipe: it is the type check too.
+            if let Ok(cap) = fcntl(fd.as_fd(), FcntlArg::F_GETPIPE_SZ) {
+                c.present = true;
+                c.reader_present = Some(true);
+                c.capacity_bytes = Some(cap as u64);
+                c.queue_bytes = queued_bytes(fd.as_fd()).ok();
+            }
+        }
+    }
+}
+
+fn probe_socket_dir(link: BorrowedFd<'_>, file: &str, dev: u64, sockets: &SocketTable, c: &mut ChannelSample) {
+    let Ok(dir) = open_dir_at(link, file) else { return };
+    let Ok(mut d) = Dir::from_fd(dir) else { return };
+    c.present = true;
+    let (mut count, mut visible, mut backlog, mut queued) = (0u64, 0u64, 0u64, 0u64);
+    for entry in d.iter().flatten() {
+        if entry.file_type() != Some(Type::Socket) {
+            continue;
+        }
+        count += 1;
+        if let Some(s) = sockets.by_path.get(&(dev, entry.ino())) {
+            visible += 1;
+            if s.listening {
+                backlog += u64::from(s.rqueue);
+            } else {
+                queued += u64::from(s.rqueue);
+            }
+        }
+    }
+    c.sockets = Some(count);
+    c.sockets_visible = Some(visible);
+    c.backlog_connections = Some(backlog);
+    c.queue_bytes = Some(queued);
+}

@@ -1,0 +1,325 @@
+//! The `IpcLink` custom resource: one type for Kubernetes, Compose and local use.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// API group of every ipclink resource.
+pub const GROUP: &str = "ipclink.dev";
+/// Served version of the `IpcLink` kind.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in manifests.
+pub const API_VERSION: &str = "ipclink.dev/v1alpha1";
+/// Kind name.
+pub const KIND: &str = "IpcLink";
+
+/// Desired state of a link: the IPC objects that member pods share on one node.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "ipclink.dev",
+    version = "v1alpha1",
+    kind = "IpcLink",
+    namespaced,
+    shortname = "ipcl",
+    status = "IpcLinkStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.node"}"#,
+    printcolumn = r#"{"name":"Channels","type":"string","jsonPath":".spec.channels[*].name"}"#,
+    printcolumn = r#"{"name":"Members","type":"string","jsonPath":".spec.members[*].name"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpcLinkSpec {
+    /// tmpfs size of the whole link (a hard limit: writers get ENOSPC). Default 64Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<Quantity>,
+    /// Default owner of every object; 0:0 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// Who may mount the link (pods of the same namespace only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Member>,
+    /// Shared-memory regions, FIFOs and socket directories.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<Channel>,
+    /// POSIX named semaphores, laid out for `sem_open`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub semaphores: Vec<Semaphore>,
+}
+
+/// Numeric owner of an object.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Owner {
+    /// User id, 0..=4294967294.
+    pub uid: i64,
+    /// Group id, 0..=4294967294.
+    pub gid: i64,
+}
+
+/// A named set of pods allowed to mount the link.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Member {
+    /// Member name, referenced by channels' `readers` and `writers`.
+    pub name: String,
+    /// Pods of the link's namespace that are this member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+}
+
+/// What a channel is on disk.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    /// A regular file preallocated to `size`, for `shm_open`.
+    Shm,
+    /// A named pipe.
+    Fifo,
+    /// A directory in which members bind path Unix sockets.
+    Socket,
+}
+
+impl ChannelKind {
+    /// The lowercase name used in YAML, metrics and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Shm => "shm",
+            ChannelKind::Fifo => "fifo",
+            ChannelKind::Socket => "socket",
+        }
+    }
+}
+
+/// One channel of a link.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Channel {
+    /// DNS label; the object's file name in the link directory.
+    pub name: String,
+    /// shm, fifo or socket.
+    pub kind: ChannelKind,
+    /// Size of an shm region (required for shm, not allowed otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
+    /// Octal permission bits, e.g. "0660".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Owner of this object; defaults to the link's owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// Members that write to this channel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writers: Vec<String>,
+    /// Members that read from this channel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readers: Vec<String>,
+}
+
+/// Memory layout of a named semaphore: which libc's `sem_open` will open it.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SemaphoreAbi {
+    /// glibc: file `sem.NAME`, 64-bit value+waiters word, then the private flag.
+    #[default]
+    Glibc,
+    /// musl: file `NAME`, value in the first int.
+    Musl,
+}
+
+impl SemaphoreAbi {
+    /// The lowercase name used in YAML and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SemaphoreAbi::Glibc => "glibc",
+            SemaphoreAbi::Musl => "musl",
+        }
+    }
+}
+
+/// One POSIX named semaphore.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Semaphore {
+    /// DNS label; `sem_open("/NAME")` opens it.
+    pub name: String,
+    /// Initial value, 0..=2147483647.
+    #[serde(default)]
+    pub initial: i64,
+    /// glibc (default) or musl layout.
+    #[serde(default)]
+    pub abi: SemaphoreAbi,
+    /// Octal permission bits, default "0660".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Owner; defaults to the link's owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+}
+
+/// Observed state, written only by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IpcLinkStatus {
+    /// Pending, Ready, Degraded, Invalid or Terminating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Node on which the link lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Accepted, Scheduled, MembersReady, PermissionsConsistent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Pods matched by `members`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+    /// Last observed depth per channel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<ChannelStatus>,
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Lifecycle phase of a link.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Accepted, not yet usable.
+    Pending,
+    /// Every member can use every channel.
+    Ready,
+    /// Usable, with a problem shown in the conditions.
+    Degraded,
+    /// The spec is wrong; see the Accepted condition.
+    Invalid,
+    /// Deletion waits for members to unmount.
+    Terminating,
+}
+
+/// One pod matched by a member selector.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Member name from the spec.
+    pub member: String,
+    /// Pod name.
+    pub pod: String,
+    /// Node the pod runs on, if scheduled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Whether the pod has the link mounted.
+    #[serde(default)]
+    pub mounted: bool,
+}
+
+/// Last observed depth of one channel or semaphore.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelStatus {
+    /// Channel or semaphore name.
+    pub name: String,
+    /// shm, fifo, socket or semaphore.
+    pub kind: String,
+    /// Bytes queued (fifo) or resident (shm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_bytes: Option<u64>,
+    /// Semaphore value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<u32>,
+}
+
+/// A Kubernetes quantity as written by the user ("64Mi", "1G", 4096).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quantity(pub String);
+
+impl Serialize for Quantity {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct QuantityVisitor;
+        impl Visitor<'_> for QuantityVisitor {
+            type Value = Quantity;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a quantity such as \"64Mi\" or an integer number of bytes")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_owned()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            // Negative and fractional numbers are kept so that validation names them.
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Quantity, E> {
+                Ok(Quantity(v.to_string()))
+            }
+        }
+        d.deserialize_any(QuantityVisitor)
+    }
+}
+
+impl JsonSchema for Quantity {
+    fn schema_name() -> Cow<'static, str> {
+        "Quantity".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "x-kubernetes-int-or-string": true,
+            "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": "^[0-9.]+([eE][0-9]+|[KMGTPE]i|[kMGTPE])?$"}]
+        })
+    }
+}
+
+/// Octal permission bits as a quoted string ("0660").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mode(pub String);
+
+impl Serialize for Mode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ModeVisitor;
+        impl Visitor<'_> for ModeVisitor {
+            type Value = Mode;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a quoted octal string such as \"0660\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Mode, E> {
+                Ok(Mode(v.to_owned()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Mode, E> {
+                Err(E::custom(format!(
+                    "mode must be a quoted octal string such as \"0660\"; YAML reads the unquoted {v} as a number"
+                )))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Mode, E> {
+                self.visit_u64(v.unsigned_abs())
+            }
+        }
+        d.deserialize_any(ModeVisitor)
+    }
+}
+
+impl JsonSchema for Mode {
+    fn schema_name() -> Cow<'static, str> {
+        "Mode".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "string", "pattern": "^0?[0-7]{3}$"})
+    }
+}

@@ -1,0 +1,449 @@
+//! Validation: every problem of a link at once, each with its field path, and on success a
+//! typed [`LinkPlan`] that the materializer and probes use (parse, don't re-check).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::quantity::{format_bytes, parse_bytes};
+use crate::spec::{ChannelKind, IpcLink, Mode, Owner, SemaphoreAbi};
+
+/// tmpfs size of a link whose spec gives no `sizeLimit`.
+pub const DEFAULT_SIZE_LIMIT: u64 = 64 << 20;
+/// Largest semaphore value (SEM_VALUE_MAX on Linux).
+pub const SEM_VALUE_MAX: i64 = 2_147_483_647;
+/// Largest uid/gid (`(uid_t)-1` means "no change" to chown, so it is refused).
+pub const MAX_ID: i64 = 4_294_967_294;
+/// Inodes a link's tmpfs gets beyond its declared objects, for the sockets members bind.
+pub const SPARE_INODES: u64 = 1024;
+/// tmpfs accounts in pages.
+pub const PAGE: u64 = 4096;
+/// Bytes of a named semaphore object, glibc and musl alike on 64-bit Linux.
+pub const SEM_BYTES: u64 = 32;
+
+/// One thing wrong with a spec: where, and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Field path such as `spec.channels[1].mode`.
+    pub field: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem at `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found, in field order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What one declared object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum ObjectKind {
+    /// Regular file preallocated to `size` bytes.
+    Shm {
+        /// Bytes.
+        size: u64,
+    },
+    /// Named pipe.
+    Fifo,
+    /// Directory for path sockets.
+    Socket,
+    /// Named semaphore file.
+    Semaphore {
+        /// Initial value.
+        initial: u32,
+        /// Layout.
+        abi: SemaphoreAbi,
+    },
+}
+
+impl ObjectKind {
+    /// The kind's name in metrics and tables.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ObjectKind::Shm { .. } => ChannelKind::Shm.as_str(),
+            ObjectKind::Fifo => ChannelKind::Fifo.as_str(),
+            ObjectKind::Socket => ChannelKind::Socket.as_str(),
+            ObjectKind::Semaphore { .. } => "semaphore",
+        }
+    }
+}
+
+/// One object to materialize, with everything resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectPlan {
+    /// Channel or semaphore name (a validated DNS label).
+    pub name: String,
+    /// Where it came from in the spec, for error messages.
+    pub field: String,
+    /// What it is.
+    #[serde(flatten)]
+    pub kind: ObjectKind,
+    /// Permission bits (no setuid, setgid or sticky).
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+}
+
+impl ObjectPlan {
+    /// File name inside the link directory; built only from a validated DNS label, so it
+    /// never holds `/`, `.` or `..` (glibc keeps semaphore NAME as `sem.NAME`).
+    pub fn file_name(&self) -> String {
+        match self.kind {
+            ObjectKind::Semaphore {
+                abi: SemaphoreAbi::Glibc,
+                ..
+            } => format!("sem.{}", self.name),
+            _ => self.name.clone(),
+        }
+    }
+}
+
+/// A validated link, ready to materialize.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkPlan {
+    /// Namespace (DNS label; "default" when the document has none).
+    pub namespace: String,
+    /// Link name (DNS label).
+    pub name: String,
+    /// tmpfs `size=` in bytes, a multiple of the page size.
+    pub size_limit: u64,
+    /// tmpfs `nr_inodes=`.
+    pub nr_inodes: u64,
+    /// Channels, then semaphores, in spec order.
+    pub objects: Vec<ObjectPlan>,
+}
+
+/// Checks a DNS label (RFC 1123): 1..=63 of `a-z0-9-`, starting and ending alphanumeric.
+pub fn check_dns_label(value: &str) -> Result<(), String> {
+    let allowed = "a DNS label: 1 to 63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit";
+    if value.is_empty() {
+        return Err(format!("must not be empty; must be {allowed}"));
+    }
+    if value.len() > 63 {
+        return Err(format!(
+            "{:?} is {} characters long; must be {allowed}",
+            value.escape_debug().to_string(),
+            value.len()
+        ));
+    }
+    let ok = value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{:?} is not {allowed}", value))
+    }
+}
+
+/// Parses an octal mode string; refuses setuid, setgid and sticky bits.
+pub fn parse_mode(mode: &Mode) -> Result<u32, String> {
+    let s = mode.0.as_str();
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let allowed = "an octal string of permission bits from \"0000\" to \"0777\", e.g. \"0660\"";
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(format!("{s:?} is not {allowed}"));
+    }
+    let bits = u32::from_str_radix(digits, 8).map_err(|_| format!("{s:?} is not {allowed}"))?;
+    if bits & 0o7000 != 0 {
+        let which: Vec<&str> = [(0o4000, "setuid"), (0o2000, "setgid"), (0o1000, "sticky")]
+            .iter()
+            .filter(|(bit, _)| bits & bit != 0)
+            .map(|(_, name)| *name)
+            .collect();
+        return Err(format!(
+            "{s:?} sets the {} bit; only permission bits \"0000\" to \"0777\" are allowed",
+            which.join(" and ")
+        ));
+    }
+    Ok(bits)
+}
+
+fn check_owner(owner: &Owner, field: &str, problems: &mut Vec<Problem>) -> (u32, u32) {
+    let mut one = |value: i64, name: &str| -> u32 {
+        if (0..=MAX_ID).contains(&value) {
+            value as u32
+        } else {
+            problems.push(Problem::new(
+                format!("{field}.{name}"),
+                format!("{value} is out of range; allowed 0 to {MAX_ID}"),
+            ));
+            0
+        }
+    };
+    (one(owner.uid, "uid"), one(owner.gid, "gid"))
+}
+
+fn round_up_page(bytes: u64) -> u64 {
+    bytes.div_ceil(PAGE) * PAGE
+}
+
+/// Validates a link and resolves it into a [`LinkPlan`], or returns every problem.
+pub fn validate(link: &IpcLink) -> Result<LinkPlan, Problems> {
+    let mut problems = Vec::new();
+    let name = link.metadata.name.clone().unwrap_or_default();
+    if let Err(e) = check_dns_label(&name) {
+        problems.push(Problem::new("metadata.name", e));
+    }
+    let namespace = link
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    if let Err(e) = check_dns_label(&namespace) {
+        problems.push(Problem::new("metadata.namespace", e));
+    }
+    let spec = &link.spec;
+
+    let size_limit = match &spec.size_limit {
+        None => DEFAULT_SIZE_LIMIT,
+        Some(q) => match parse_bytes(&q.0) {
+            Ok(v) => round_up_page(v),
+            Err(e) => {
+                problems.push(Problem::new("spec.sizeLimit", e.to_string()));
+                DEFAULT_SIZE_LIMIT
+            }
+        },
+    };
+    let default_owner = match &spec.owner {
+        Some(o) => check_owner(o, "spec.owner", &mut problems),
+        None => (0, 0),
+    };
+
+    let mut members = BTreeSet::new();
+    for (i, m) in spec.members.iter().enumerate() {
+        let field = format!("spec.members[{i}].name");
+        if let Err(e) = check_dns_label(&m.name) {
+            problems.push(Problem::new(field, e));
+        } else if !members.insert(m.name.as_str()) {
+            problems.push(Problem::new(
+                field,
+                format!("member {:?} is declared twice; member names must be unique", m.name),
+            ));
+        }
+    }
+
+    // Channel and semaphore names share one namespace: a musl semaphore `x` and a channel
+    // `x` would be the same file.
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let mut claim = |name: &str, field: &str, problems: &mut Vec<Problem>| {
+        if let Err(e) = check_dns_label(name) {
+            problems.push(Problem::new(format!("{field}.name"), e));
+        } else if let Some(first) = names.get(name) {
+            problems.push(Problem::new(
+                format!("{field}.name"),
+                format!("{name:?} is already used by {first}; channel and semaphore names must be unique together"),
+            ));
+        } else {
+            names.insert(name.to_owned(), field.to_owned());
+        }
+    };
+
+    let mut objects = Vec::new();
+    let mut used = 0u64;
+    for (i, c) in spec.channels.iter().enumerate() {
+        let field = format!("spec.channels[{i}]");
+        claim(&c.name, &field, &mut problems);
+        let kind = match (c.kind, &c.size) {
+            (ChannelKind::Shm, Some(q)) => match parse_bytes(&q.0) {
+                Ok(size) => {
+                    used = used.saturating_add(round_up_page(size));
+                    ObjectKind::Shm { size }
+                }
+                Err(e) => {
+                    problems.push(Problem::new(format!("{field}.size"), e.to_string()));
+                    ObjectKind::Shm { size: 0 }
+                }
+            },
+            (ChannelKind::Shm, None) => {
+                problems.push(Problem::new(
+                    format!("{field}.size"),
+                    "is required for an shm channel (e.g. \"64Mi\")",
+                ));
+                ObjectKind::Shm { size: 0 }
+            }
+            (other, Some(_)) => {
+                problems.push(Problem::new(
+                    format!("{field}.size"),
+                    format!("is allowed only for shm channels, not {}", other.as_str()),
+                ));
+                ObjectKind::Fifo
+            }
+            (ChannelKind::Fifo, None) => ObjectKind::Fifo,
+            (ChannelKind::Socket, None) => ObjectKind::Socket,
+        };
+        let default_mode = if c.kind == ChannelKind::Socket { 0o770 } else { 0o660 };
+        let mode = match &c.mode {
+            None => default_mode,
+            Some(m) => parse_mode(m).unwrap_or_else(|e| {
+                problems.push(Problem::new(format!("{field}.mode"), e));
+                default_mode
+            }),
+        };
+        let (uid, gid) = match &c.owner {
+            Some(o) => check_owner(o, &format!("{field}.owner"), &mut problems),
+            None => default_owner,
+        };
+        for (list, role) in [(&c.writers, "writers"), (&c.readers, "readers")] {
+            for (j, who) in list.iter().enumerate() {
+                if !members.contains(who.as_str()) {
+                    let declared: Vec<&str> = members.iter().copied().collect();
+                    problems.push(Problem::new(
+                        format!("{field}.{role}[{j}]"),
+                        format!(
+                            "{who:?} is not a member of this link; declared members: [{}]",
+                            declared.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        objects.push(ObjectPlan {
+            name: c.name.clone(),
+            field,
+            kind,
+            mode,
+            uid,
+            gid,
+        });
+    }
+    for (i, s) in spec.semaphores.iter().enumerate() {
+        let field = format!("spec.semaphores[{i}]");
+        claim(&s.name, &field, &mut problems);
+        let initial = if (0..=SEM_VALUE_MAX).contains(&s.initial) {
+            s.initial as u32
+        } else {
+            problems.push(Problem::new(
+                format!("{field}.initial"),
+                format!(
+                    "{} is out of range; allowed 0 to {SEM_VALUE_MAX} (SEM_VALUE_MAX)",
+                    s.initial
+                ),
+            ));
+            0
+        };
+        let mode = match &s.mode {
+            None => 0o660,
+            Some(m) => parse_mode(m).unwrap_or_else(|e| {
+                problems.push(Problem::new(format!("{field}.mode"), e));
+                0o660
+            }),
+        };
+        let (uid, gid) = match &s.owner {
+            Some(o) => check_owner(o, &format!("{field}.owner"), &mut problems),
+            None => default_owner,
+        };
+        used = used.saturating_add(PAGE);
+        objects.push(ObjectPlan {
+            name: s.name.clone(),
+            field,
+            kind: ObjectKind::Semaphore {
+                initial,
+                abi: s.abi,
+            },
+            mode,
+            uid,
+            gid,
+        });
+    }
+    if used > size_limit {
+        problems.push(Problem::new(
+            "spec.sizeLimit",
+            format!(
+                "{} is smaller than what the channels and semaphores need ({}: shm sizes rounded up to 4Ki pages, plus 4Ki per semaphore); raise sizeLimit to at least {}",
+                format_bytes(size_limit),
+                format_bytes(used),
+                format_bytes(used)
+            ),
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(Problems(problems));
+    }
+    Ok(LinkPlan {
+        nr_inodes: objects.len() as u64 + SPARE_INODES,
+        namespace,
+        name,
+        size_limit,
+        objects,
+    })
+}
+
+impl LinkPlan {
+    /// Sum of bytes the declared objects occupy on the tmpfs.
+    pub fn declared_bytes(&self) -> u64 {
+        self.objects
+            .iter()
+            .map(|o| match o.kind {
+                ObjectKind::Shm { size } => round_up_page(size),
+                ObjectKind::Semaphore { .. } => PAGE,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["a", "frames", "a-1", &"a".repeat(63)] {
+            assert!(check_dns_label(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", ".", "..", "a/b", "../x", "A", "a_b", "-a", "a-", "a.b", "a\0b", "é",
+            &"a".repeat(64),
+        ] {
+            assert!(check_dns_label(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode(&Mode("0660".into())), Ok(0o660));
+        assert_eq!(parse_mode(&Mode("660".into())), Ok(0o660));
+        assert_eq!(parse_mode(&Mode("0o600".into())), Ok(0o600));
+        for bad in ["4777", "2770", "1777", "0888", "rw-", "", "07777", "99999"] {
+            assert!(parse_mode(&Mode(bad.into())).is_err(), "{bad}");
+        }
+        assert!(parse_mode(&Mode("4777".into())).unwrap_err().contains("setuid"));
+        assert!(parse_mode(&Mode("1777".into())).unwrap_err().contains("sticky"));
+    }
+}

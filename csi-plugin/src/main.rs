@@ -1,0 +1,5 @@
+//! `ipclink-csi`: CSI driver (node and controller) for IpcLink volumes. Grows in its own issue; for now it reports its version.
+
+fn main() {
+    println!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
+}
