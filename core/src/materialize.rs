@@ -262,39 +262,112 @@ impl Store {
         }
         remove_leftovers(link_fd.as_fd(), lp)?;
 
-        // Inspect everything before changing anything.
-        let mut missing = Vec::new();
-        let mut conflicts = Vec::new();
-        for obj in &plan.objects {
-            let file = obj.file_name();
-            match fstatat(link_fd.as_fd(), file.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Err(Errno::ENOENT) => missing.push(obj),
-                Err(errno) => {
-                    return Err(MaterializeError::Sys {
-                        path: format!("{}/{file}", lp()),
-                        op: "stat",
-                        errno,
-                    });
-                }
-                Ok(st) if matches(obj, &st, self.apply_owner) => outcome.kept.push(file),
-                Ok(st) => conflicts.push(Problem::new(
-                    obj.field.clone(),
-                    format!(
-                        "{file} exists as {}, the spec wants {}; ipclink does not change a live object (tear the link down first)",
-                        describe(&st),
-                        want(obj)
-                    ),
-                )),
-            }
-        }
-        if !conflicts.is_empty() {
-            return Err(MaterializeError::Conflicts(Problems(conflicts)));
-        }
+        let missing = inspect(link_fd.as_fd(), plan, self.apply_owner, lp, &mut outcome)?;
         for obj in missing {
             self.create(link_fd.as_fd(), obj, lp)?;
             outcome.created.push(obj.file_name());
         }
         Ok(outcome)
+    }
+
+    /// Checks an existing link against `plan` without changing anything: Ok when the link
+    /// does not exist yet or every existing object matches.
+    pub fn check(&self, plan: &LinkPlan) -> Result<(), MaterializeError> {
+        let link_path = self.link_path(&plan.namespace, &plan.name);
+        let lp = || link_path.display().to_string();
+        let link = match self.open_link(&plan.namespace, &plan.name) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                return Err(MaterializeError::Refused {
+                    path: lp(),
+                    message: "exists and is not a directory (symlinks are never followed)".into(),
+                });
+            }
+            Err(errno) => return Err(MaterializeError::Sys { path: lp(), op: "open", errno }),
+        };
+        if self.mode == StorageMode::Tmpfs {
+            let ns = sys(self.open_namespace(&plan.namespace), lp, "open")?;
+            if sys(fstat(ns.as_fd()), lp, "stat")?.st_dev != sys(fstat(link.as_fd()), lp, "stat")?.st_dev {
+                self.check_mounted(link.as_fd(), plan, lp)?;
+            } else if dir_has_entries(link.as_fd(), lp)? {
+                return Err(MaterializeError::Refused {
+                    path: lp(),
+                    message: "exists, is not an ipclink tmpfs and is not empty; refusing to mount over it".into(),
+                });
+            }
+        }
+        inspect(link.as_fd(), plan, self.apply_owner, lp, &mut Outcome::default()).map(drop)
+    }
+
+    /// Saves `plan` as the link's record (`<namespace>/.<name>.json`, next to the link
+    /// directory, never inside what members see): temp file, fsync, rename, fsync dir.
+    pub fn write_record(&self, plan: &LinkPlan) -> Result<(), MaterializeError> {
+        let lp = || self.link_path(&plan.namespace, &plan.name).display().to_string();
+        let ns = sys(self.open_namespace(&plan.namespace), lp, "open")?;
+        let body = serde_json::to_vec_pretty(plan).unwrap_or_default();
+        let record = format!(".{}.json", plan.name);
+        let tmp = format!("{TMP_PREFIX}{}", plan.name);
+        let _ = unlinkat(ns.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        let fd = sys(
+            openat(
+                ns.as_fd(),
+                tmp.as_str(),
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            ),
+            lp,
+            "create record",
+        )?;
+        let file = File::from(fd);
+        let io = |e: std::io::Error| MaterializeError::Sys {
+            path: lp(),
+            op: "write record",
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+        };
+        file.write_all_at(&body, 0).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        sys(
+            nix::fcntl::renameat(ns.as_fd(), tmp.as_str(), ns.as_fd(), record.as_str()),
+            lp,
+            "rename record",
+        )?;
+        sys(nix::unistd::fsync(ns.as_fd()), lp, "fsync")
+    }
+
+    /// Every link record under the base directory, in (namespace, name) order. Records
+    /// that cannot be read are reported by their path.
+    pub fn records(&self) -> (Vec<LinkPlan>, Vec<String>) {
+        let mut plans = Vec::new();
+        let mut bad = Vec::new();
+        for ns in list_names(self.base.as_fd()) {
+            if crate::validate::check_dns_label(&ns).is_err() {
+                continue;
+            }
+            let Ok(ns_fd) = self.open_namespace(&ns) else { continue };
+            for entry in list_names(ns_fd.as_fd()) {
+                let Some(name) = entry.strip_prefix('.').and_then(|n| n.strip_suffix(".json")) else {
+                    continue;
+                };
+                let path = self.base_path.join(&ns).join(&entry).display().to_string();
+                let read = openat(
+                    ns_fd.as_fd(),
+                    entry.as_str(),
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .ok()
+                .and_then(|fd| std::io::read_to_string(File::from(fd)).ok())
+                .and_then(|text| serde_json::from_str::<LinkPlan>(&text).ok())
+                .filter(|p| p.namespace == ns && p.name == name);
+                match read {
+                    Some(p) => plans.push(p),
+                    None => bad.push(path),
+                }
+            }
+        }
+        plans.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        (plans, bad)
     }
 
     fn ensure_dir(
@@ -483,6 +556,11 @@ impl Store {
                 remove_tree_at(ns_fd.as_fd(), name, lp)?;
             }
         }
+        let record = format!(".{name}.json");
+        match unlinkat(ns_fd.as_fd(), record.as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(errno) => return Err(MaterializeError::Sys { path: lp(), op: "remove record", errno }),
+        }
         // The namespace directory goes when its last link goes.
         drop(ns_fd);
         match unlinkat(self.base.as_fd(), namespace, UnlinkatFlags::RemoveDir) {
@@ -490,6 +568,56 @@ impl Store {
             Err(errno) => Err(MaterializeError::Sys { path: lp(), op: "rmdir", errno }),
         }
     }
+}
+
+/// Inspects every declared object; returns those missing, or every conflict.
+fn inspect<'p>(
+    link: BorrowedFd<'_>,
+    plan: &'p LinkPlan,
+    apply_owner: bool,
+    lp: impl Fn() -> String,
+    outcome: &mut Outcome,
+) -> Result<Vec<&'p ObjectPlan>, MaterializeError> {
+    let mut missing = Vec::new();
+    let mut conflicts = Vec::new();
+    for obj in &plan.objects {
+        let file = obj.file_name();
+        match fstatat(link, file.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Err(Errno::ENOENT) => missing.push(obj),
+            Err(errno) => {
+                return Err(MaterializeError::Sys {
+                    path: format!("{}/{file}", lp()),
+                    op: "stat",
+                    errno,
+                });
+            }
+            Ok(st) if matches(obj, &st, apply_owner) => outcome.kept.push(file),
+            Ok(st) => conflicts.push(Problem::new(
+                obj.field.clone(),
+                format!(
+                    "{file} exists as {}, the spec wants {}; ipclink does not change a live object (tear the link down first)",
+                    describe(&st),
+                    want(obj)
+                ),
+            )),
+        }
+    }
+    if conflicts.is_empty() {
+        Ok(missing)
+    } else {
+        Err(MaterializeError::Conflicts(Problems(conflicts)))
+    }
+}
+
+/// Names in a directory (not `.` and `..`), skipping names that are not UTF-8.
+fn list_names(dir: BorrowedFd<'_>) -> Vec<String> {
+    let Ok(dup) = open_dir_at(dir, ".") else { return Vec::new() };
+    let Ok(mut d) = Dir::from_fd(dup) else { return Vec::new() };
+    d.iter()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
+        .filter(|n| n != "." && n != "..")
+        .collect()
 }
 
 fn dir_has_entries(dir: BorrowedFd<'_>, lp: impl Fn() -> String) -> Result<bool, MaterializeError> {

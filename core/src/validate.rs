@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::quantity::{format_bytes, parse_bytes};
 use crate::spec::{ChannelKind, IpcLink, Mode, Owner, SemaphoreAbi};
@@ -64,7 +64,7 @@ impl fmt::Display for Problems {
 }
 
 /// What one declared object is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum ObjectKind {
     /// Regular file preallocated to `size` bytes.
@@ -98,7 +98,7 @@ impl ObjectKind {
 }
 
 /// One object to materialize, with everything resolved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectPlan {
     /// Channel or semaphore name (a validated DNS label).
@@ -131,7 +131,7 @@ impl ObjectPlan {
 }
 
 /// A validated link, ready to materialize.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LinkPlan {
     /// Namespace (DNS label; "default" when the document has none).

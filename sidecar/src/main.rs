@@ -1,1 +1,62 @@
-fn main() {}
+//! `ipclink-sidecar`: flags and wiring; the work is in the library.
+
+use clap::Parser;
+use ipclink_sidecar::cli::{Cli, Command, default_root};
+use ipclink_sidecar::{Error, load_files, status, status_table, up};
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IPCLINK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                what: "start runtime".into(),
+                source,
+            })
+            .and_then(|rt| rt.block_on(up(args))),
+        Command::Validate { files } => load_files(&files).map(|plans| {
+            for p in &plans {
+                println!(
+                    "{}/{}: valid ({} objects, sizeLimit {} bytes)",
+                    p.namespace,
+                    p.name,
+                    p.objects.len(),
+                    p.size_limit
+                );
+            }
+        }),
+        Command::Status { root, json } => {
+            status(&root.unwrap_or_else(default_root)).map(|samples| {
+                if json {
+                    let report = ipclink_sidecar::app::LinksReport { links: samples };
+                    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                } else if samples.is_empty() {
+                    println!("no links");
+                } else {
+                    print!("{}", status_table(&samples));
+                }
+            })
+        }
+    };
+    if let Err(e) = result {
+        match &e {
+            Error::Invalid(problems) => {
+                for p in &problems.0 {
+                    eprintln!("error: {p}");
+                }
+                eprintln!("{} problem(s); nothing was changed", problems.0.len());
+            }
+            other => eprintln!("error: {other}"),
+        }
+        std::process::exit(e.exit_code());
+    }
+}

@@ -1,0 +1,110 @@
+//! Helpers for tests against real peers: the kernel's namespaces, real compilers and
+//! libcs. A missing peer or missing root fails the test with what to install; nothing is
+//! skipped silently.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Panics unless running as root (namespaces and tmpfs mounts need it).
+pub fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root (namespaces, mounts); run the README test command, which runs as root in CI"
+    );
+}
+
+/// Panics unless `tool` is on PATH.
+pub fn require_tool(tool: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("{tool} is not installed; run scripts/install-test-deps (the README test command does)")
+    })
+}
+
+/// Which C library a peer program is built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Libc {
+    /// Debian's gcc and glibc, dynamically linked.
+    Glibc,
+    /// musl-gcc, statically linked.
+    Musl,
+}
+
+/// Directory for build products of the tests (under the cargo target directory).
+pub fn scratch_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e");
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|t| PathBuf::from(t).join("e2e"))
+        .unwrap_or(dir);
+    std::fs::create_dir_all(&dir).expect("creating the e2e scratch directory");
+    dir
+}
+
+/// Compiles `e2e/peers/NAME.c` against `libc`, returning the program's path.
+pub fn compile_peer(name: &str, libc: Libc) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers").join(format!("{name}.c"));
+    let (cc, suffix, extra): (&str, &str, &[&str]) = match libc {
+        Libc::Glibc => ("gcc", "glibc", &["-pthread"]),
+        Libc::Musl => ("musl-gcc", "musl", &["-static"]),
+    };
+    require_tool(cc);
+    let out = scratch_dir().join(format!("{name}-{suffix}"));
+    let status = Command::new(cc)
+        .args(["-O2", "-Wall", "-Werror", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(extra)
+        .status()
+        .expect("running the C compiler");
+    assert!(status.success(), "{cc} failed on {}", src.display());
+    out
+}
+
+/// A stand-in for a pod: a process in its own mount, IPC and network namespaces that
+/// sees only `link_dir`, bind-mounted at `/dev/shm`.
+pub fn spawn_pod(link_dir: &Path, program: &Path, args: &[&str]) -> Child {
+    require_tool("unshare");
+    Command::new("unshare")
+        .args(["--mount", "--ipc", "--net", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /dev/shm && shift && exec "$@""#)
+        .arg("pod")
+        .arg(link_dir)
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting a pod process with unshare")
+}
+
+/// Waits for a child up to `limit`, killing it after; returns its output.
+pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        match child.try_wait().expect("waiting for a child") {
+            Some(_) => break,
+            None if start.elapsed() > limit => {
+                let _ = child.kill();
+                break;
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    child.wait_with_output().expect("collecting a child's output")
+}
+
+/// Formats a child's output for an assertion message.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -1,0 +1,120 @@
+//! Two "pods" (processes with their own mount, IPC and network namespaces), each with the
+//! link bind-mounted at /dev/shm, exchange data through unchanged POSIX calls.
+
+use std::time::Duration;
+
+use ipclink_core::{Store, StorageMode, parse_links, validate};
+use ipclink_e2e::{Libc, compile_peer, describe, require_root, spawn_pod, wait_with_timeout};
+
+fn link_yaml(abi: &str) -> String {
+    format!(
+        r#"
+apiVersion: ipclink.dev/v1alpha1
+kind: IpcLink
+metadata: {{ name: frames, namespace: vision }}
+spec:
+  sizeLimit: 8Mi
+  members: [{{ name: camera }}, {{ name: detector }}]
+  channels:
+    - {{ name: frames,  kind: shm,    size: 4Mi }}
+    - {{ name: events,  kind: fifo,   writers: [camera], readers: [detector] }}
+    - {{ name: control, kind: socket }}
+  semaphores:
+    - {{ name: frame-ready, initial: 0, abi: {abi} }}
+    - {{ name: slots,       initial: 8, abi: {abi} }}
+"#
+    )
+}
+
+fn exchange(libc: Libc, abi: &str) {
+    require_root();
+    let peer = compile_peer("posix_peer", libc);
+    let base = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
+    let link = &parse_links("test", &link_yaml(abi)).expect("parse")[0];
+    let plan = validate(link).expect("valid");
+    store.materialize(&plan).expect("materialize");
+    let dir = store.link_path("vision", "frames");
+
+    let consumer = spawn_pod(&dir, &peer, &["consumer"]);
+    let producer = spawn_pod(&dir, &peer, &["producer"]);
+    let p = wait_with_timeout(producer, Duration::from_secs(20));
+    let c = wait_with_timeout(consumer, Duration::from_secs(20));
+    store.teardown("vision", "frames").expect("teardown");
+    assert!(p.status.success(), "producer failed: {}", describe(&p));
+    assert!(c.status.success(), "consumer failed: {}", describe(&c));
+    assert!(String::from_utf8_lossy(&p.stdout).contains("producer ok"), "{}", describe(&p));
+    assert!(String::from_utf8_lossy(&c.stdout).contains("consumer ok"), "{}", describe(&c));
+}
+
+#[test]
+fn glibc_pods_share_shm_semaphores_fifo_and_socket() {
+    exchange(Libc::Glibc, "glibc");
+}
+
+#[test]
+fn musl_pods_share_shm_semaphores_fifo_and_socket() {
+    exchange(Libc::Musl, "musl");
+}
+
+/// A pod that declares nothing can still not create objects at the link's top level:
+/// the root belongs to ipclink and is 0755 (members bind sockets in socket channels).
+#[test]
+fn a_pod_cannot_add_or_remove_top_level_objects() {
+    require_root();
+    let base = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
+    let link = &parse_links("test", &link_yaml("glibc")).expect("parse")[0];
+    store.materialize(&validate(link).expect("valid")).expect("materialize");
+    let dir = store.link_path("vision", "frames");
+    let sh = ipclink_e2e::require_tool("setpriv");
+    let out = std::process::Command::new(sh)
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "sh", "-c"])
+        .arg(r#"touch "$1/new" 2>&1; rm -f "$1/sem.slots" 2>&1; echo done"#)
+        .arg("x")
+        .arg(&dir)
+        .output()
+        .expect("setpriv");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Permission denied"), "{text}");
+    assert!(dir.join("sem.slots").exists());
+    assert!(!dir.join("new").exists());
+    store.teardown("vision", "frames").expect("teardown");
+}
+
+/// The layouts differ: a musl program does not find a glibc-layout semaphore.
+#[test]
+fn a_musl_program_fails_on_a_glibc_layout_link() {
+    require_root();
+    let peer = compile_peer("posix_peer", Libc::Musl);
+    let base = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
+    let link = &parse_links("test", &link_yaml("glibc")).expect("parse")[0];
+    store.materialize(&validate(link).expect("valid")).expect("materialize");
+    let dir = store.link_path("vision", "frames");
+    let out = wait_with_timeout(spawn_pod(&dir, &peer, &["producer"]), Duration::from_secs(10));
+    store.teardown("vision", "frames").expect("teardown");
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sem_open /slots"), "{}", describe(&out));
+}
+
+/// ipclink's semaphore bytes equal those the C library writes for `sem_open(O_CREAT)`.
+#[test]
+fn semaphore_bytes_match_what_each_libc_creates() {
+    require_root();
+    for (libc, abi, file) in [
+        (Libc::Glibc, ipclink_core::SemaphoreAbi::Glibc, "sem.probe"),
+        (Libc::Musl, ipclink_core::SemaphoreAbi::Musl, "probe"),
+    ] {
+        let maker = compile_peer("sem_make", libc);
+        let shm = tempfile::tempdir().expect("temp dir");
+        let out = wait_with_timeout(spawn_pod(shm.path(), &maker, &["/probe", "5"]), Duration::from_secs(10));
+        assert!(out.status.success(), "{}", describe(&out));
+        let made = std::fs::read(shm.path().join(file)).expect("the libc's semaphore file");
+        assert_eq!(
+            made,
+            ipclink_core::materialize::semaphore_bytes(5, abi).to_vec(),
+            "{abi:?} layout differs from what the libc wrote"
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! Command line of `ipclink-sidecar`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Provisions IpcLinks on this machine (shared memory, FIFOs, socket directories,
+/// semaphores) and serves their queue depths as Prometheus metrics.
+#[derive(Debug, Parser)]
+#[command(name = "ipclink-sidecar", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Materialize every link of the files, serve metrics, tear down on SIGTERM or Ctrl-C.
+    Up(UpArgs),
+    /// Check the files and print every problem; exit 2 if there is any.
+    Validate {
+        /// IpcLink YAML files (several documents per file allowed).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print a table of the links materialized under the root.
+    Status {
+        /// Base directory of the links.
+        #[arg(long, env = "IPCLINK_ROOT")]
+        root: Option<PathBuf>,
+        /// Print the `/v1/links` JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Arguments of `up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// IpcLink YAML files (several documents per file allowed).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Base directory; each link lives in ROOT/<namespace>/<name>/
+    /// [default: /run/ipclink as root, else $XDG_RUNTIME_DIR/ipclink]
+    #[arg(long, env = "IPCLINK_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Address of the metrics and status endpoint.
+    #[arg(long, env = "IPCLINK_LISTEN", default_value = "127.0.0.1:9464")]
+    pub listen: SocketAddr,
+    /// Leave the links in place on exit.
+    #[arg(long, env = "IPCLINK_KEEP")]
+    pub keep: bool,
+    /// tmpfs per link (needs root; enforces sizeLimit) or a plain directory.
+    /// [default: tmpfs as root, else dir]
+    #[arg(long, env = "IPCLINK_STORAGE", value_enum)]
+    pub storage: Option<Storage>,
+}
+
+/// Storage choice on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Storage {
+    /// One tmpfs per link.
+    Tmpfs,
+    /// A plain directory (sizes not enforced).
+    Dir,
+}
+
+/// The default root: `/run/ipclink` for root, `$XDG_RUNTIME_DIR/ipclink` otherwise.
+pub fn default_root() -> PathBuf {
+    if nix::unistd::Uid::effective().is_root() {
+        return PathBuf::from("/run/ipclink");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("ipclink"),
+        _ => std::env::temp_dir().join(format!("ipclink-{}", nix::unistd::Uid::effective())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

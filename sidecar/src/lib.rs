@@ -1,0 +1,258 @@
+//! ipclink-sidecar: materializes IpcLinks on this machine and serves their depths.
+
+pub mod app;
+pub mod cli;
+pub mod http;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ipclink_core::probe::{LinkProbe, LinkSample};
+use ipclink_core::{LinkPlan, MaterializeError, Problem, Problems, StorageMode, Store, load_plans};
+use tokio::net::TcpListener;
+
+use crate::app::{LinkSet, app};
+use crate::cli::{Storage, UpArgs, default_root};
+
+/// Why a command failed; [`Error::exit_code`] tells the shell.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input is wrong; nothing was changed.
+    #[error("{0}")]
+    Invalid(Problems),
+    /// The links on disk differ from the files; nothing was changed.
+    #[error(transparent)]
+    Materialize(#[from] MaterializeError),
+    /// The endpoint could not be served.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was attempted.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// 2 for input that was refused with nothing changed, 1 for anything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Invalid(_) | Error::Materialize(MaterializeError::Conflicts(_)) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Reads and validates the files; every problem of every file, or the plans.
+pub fn load_files(files: &[PathBuf]) -> Result<Vec<LinkPlan>, Error> {
+    let mut texts = Vec::new();
+    let mut problems = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(f) {
+            Ok(t) => texts.push((f.display().to_string(), t)),
+            Err(e) => problems.push(Problem::new(f.display().to_string(), format!("cannot read: {e}"))),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Invalid(Problems(problems)));
+    }
+    load_plans(&texts)
+        .map(|v| v.into_iter().map(|(_, plan)| plan).collect())
+        .map_err(Error::Invalid)
+}
+
+fn storage_mode(choice: Option<Storage>) -> StorageMode {
+    match choice {
+        Some(Storage::Tmpfs) => StorageMode::Tmpfs,
+        Some(Storage::Dir) => StorageMode::PlainDir,
+        None => StorageMode::default_for_user(),
+    }
+}
+
+/// A store opened for `up`, with its links materialized.
+#[derive(Debug)]
+pub struct Materialized {
+    /// The base directory.
+    pub store: Store,
+    /// The links, in file order.
+    pub plans: Vec<LinkPlan>,
+}
+
+/// Validates, checks every existing link, then materializes all of them. On a problem
+/// nothing is created (not even the root directory, for invalid files).
+pub fn materialize_files(files: &[PathBuf], root: &Path, storage: Option<Storage>) -> Result<Materialized, Error> {
+    let plans = load_files(files)?;
+    let store = Store::open(root, storage_mode(storage))?;
+    if store.mode() == StorageMode::PlainDir {
+        tracing::warn!(
+            root = %root.display(),
+            "links live in plain directories: sizeLimit is NOT enforced (run as root for one tmpfs per link)"
+        );
+    }
+    if !store.applies_owner() {
+        tracing::warn!("not root: object owners from the spec are not applied; objects belong to this user");
+    }
+    for plan in &plans {
+        store.check(plan)?;
+    }
+    for plan in &plans {
+        let outcome = store.materialize(plan)?;
+        store.write_record(plan)?;
+        tracing::info!(
+            link = %format!("{}/{}", plan.namespace, plan.name),
+            path = %store.link_path(&plan.namespace, &plan.name).display(),
+            created = outcome.created.len(),
+            kept = outcome.kept.len(),
+            tmpfs = outcome.mounted,
+            "link materialized"
+        );
+    }
+    Ok(Materialized { store, plans })
+}
+
+/// Opens a probe for every plan.
+pub fn open_probes(store: &Store, plans: &[LinkPlan]) -> Result<Vec<LinkProbe>, Error> {
+    plans
+        .iter()
+        .map(|p| {
+            LinkProbe::open(store, p).map_err(|errno| Error::Io {
+                what: format!("open {}", store.link_path(&p.namespace, &p.name).display()),
+                source: std::io::Error::from_raw_os_error(errno as i32),
+            })
+        })
+        .collect()
+}
+
+/// Resolves when SIGTERM or SIGINT arrives; the one signal watcher of the process.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+    }
+}
+
+/// `ipclink-sidecar up`.
+pub async fn up(args: UpArgs) -> Result<(), Error> {
+    let root = args.root.clone().unwrap_or_else(default_root);
+    // Validate before binding, bind before creating anything: a bad file or a busy port
+    // leaves the machine as it was.
+    load_files(&args.files)?;
+    let listener = TcpListener::bind(args.listen).await.map_err(|source| Error::Io {
+        what: format!("listen on {}", args.listen),
+        source,
+    })?;
+    let m = materialize_files(&args.files, &root, args.storage)?;
+    let probes = open_probes(&m.store, &m.plans)?;
+    let state = Arc::new(Mutex::new(LinkSet::new(probes)));
+    tracing::info!(
+        links = m.plans.len(),
+        root = %root.display(),
+        metrics = %format!("http://{}/metrics", args.listen),
+        "ready"
+    );
+    let served = http::serve(listener, app(state), http::Limits::default(), shutdown_signal()).await;
+    if args.keep {
+        tracing::info!(root = %root.display(), "--keep: links left in place");
+    } else {
+        for plan in &m.plans {
+            if let Err(e) = m.store.teardown(&plan.namespace, &plan.name) {
+                tracing::error!(error = %e, "teardown failed");
+            }
+        }
+        tracing::info!("links torn down");
+    }
+    served.map_err(|source| Error::Io {
+        what: "serve".into(),
+        source,
+    })
+}
+
+/// `ipclink-sidecar status`: samples of every recorded link under `root`.
+pub fn status(root: &Path) -> Result<Vec<LinkSample>, Error> {
+    if !root.is_dir() {
+        return Ok(Vec::new());
+    }
+    let store = Store::open(root, StorageMode::default_for_user())?;
+    let (plans, bad) = store.records();
+    for path in bad {
+        tracing::warn!(%path, "unreadable link record skipped");
+    }
+    let probes = plans
+        .iter()
+        .filter_map(|p| LinkProbe::open(&store, p).ok())
+        .collect();
+    Ok(LinkSet::new(probes).sample())
+}
+
+/// Renders samples as the `status` table.
+pub fn status_table(samples: &[LinkSample]) -> String {
+    let mut rows = vec![[
+        "LINK".to_owned(),
+        "CHANNEL".into(),
+        "KIND".into(),
+        "PATH".into(),
+        "OWNER".into(),
+        "MODE".into(),
+        "DEPTH/VALUE".into(),
+    ]];
+    for s in samples {
+        let link = format!("{}/{}", s.namespace, s.name);
+        for c in &s.channels {
+            let depth = if !c.present {
+                "MISSING".to_owned()
+            } else {
+                match c.kind.as_str() {
+                    "fifo" if c.reader_present == Some(false) => "0 B queued (no reader)".into(),
+                    "fifo" => format!("{} B queued of {}", c.queue_bytes.unwrap_or(0), c.capacity_bytes.unwrap_or(0)),
+                    "shm" => format!(
+                        "{} B, {} B resident",
+                        c.capacity_bytes.unwrap_or(0),
+                        c.resident_bytes.unwrap_or(0)
+                    ),
+                    _ => format!(
+                        "{} sockets, backlog {}, {} B queued",
+                        c.sockets.unwrap_or(0),
+                        c.backlog_connections.unwrap_or(0),
+                        c.queue_bytes.unwrap_or(0)
+                    ),
+                }
+            };
+            rows.push([
+                link.clone(),
+                c.name.clone(),
+                c.kind.clone(),
+                format!("{}/{}", s.path, c.name),
+                format!("{}:{}", c.uid, c.gid),
+                c.mode.clone(),
+                depth,
+            ]);
+        }
+        for m in &s.semaphores {
+            let file = if m.abi == "glibc" { format!("sem.{}", m.name) } else { m.name.clone() };
+            let value = match (m.present, m.value) {
+                (true, Some(v)) => format!("value {v}, waiters {}", m.waiters.unwrap_or(0)),
+                _ => "MISSING".into(),
+            };
+            rows.push([
+                link.clone(),
+                m.name.clone(),
+                format!("semaphore/{}", m.abi),
+                format!("{}/{file}", s.path),
+                format!("{}:{}", m.uid, m.gid),
+                m.mode.clone(),
+                value,
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..7).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
