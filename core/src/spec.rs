@@ -310,6 +310,9 @@ impl<'de> Deserialize<'de> for Mode {
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Mode, E> {
                 self.visit_u64(v.unsigned_abs())
             }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Mode, E> {
+                self.visit_u64(v.abs() as u64)
+            }
         }
         d.deserialize_any(ModeVisitor)
     }

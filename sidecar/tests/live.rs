@@ -1,0 +1,340 @@
+//! A running `ipclink-sidecar up` as root: live depths, probes that disturb nothing,
+//! re-runs that keep data, conflicts that change nothing, limits, shutdown.
+
+mod common;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{BIN, Sidecar, get, metric, write_file};
+
+const LINK: &str = r#"
+apiVersion: ipclink.dev/v1alpha1
+kind: IpcLink
+metadata: { name: frames, namespace: vision }
+spec:
+  sizeLimit: 2Mi
+  members: [{ name: camera }, { name: detector }]
+  channels:
+    - { name: frames,  kind: shm,    size: 1Mi, mode: "0640" }
+    - { name: events,  kind: fifo,   writers: [camera], readers: [detector] }
+    - { name: control, kind: socket }
+  semaphores:
+    - { name: frame-ready, initial: 3 }
+    - { name: slots, initial: 8, abi: musl }
+"#;
+
+fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root (tmpfs mounts); run the README test command"
+    );
+}
+
+/// Kills a helper process if a test fails while it still runs.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    file: PathBuf,
+    root: PathBuf,
+    link: PathBuf,
+}
+
+fn setup(yaml: &str) -> Setup {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write_file(dir.path(), "link.yaml", yaml);
+    let root = dir.path().join("root");
+    let link = root.join("vision/frames");
+    Setup { _dir: dir, file, root, link }
+}
+
+/// Everything observable about the files of a link: names, types, modes, owners, sizes,
+/// contents of regular files.
+fn snapshot(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir).expect("read link dir").flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let m = e.path().symlink_metadata().expect("lstat");
+        let content = if m.is_file() {
+            format!("{:x}", std::fs::read(e.path()).map(|b| b.iter().map(|&x| u64::from(x)).sum::<u64>()).unwrap_or(0))
+        } else {
+            String::new()
+        };
+        out.push(format!(
+            "{:?} {:o} {}:{} {} {content}",
+            e.file_name(),
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.len()
+        ));
+    }
+    out
+}
+
+#[test]
+fn a_writer_blocked_in_open_stays_blocked_while_metrics_are_scraped() {
+    let s = setup(LINK);
+    let sidecar = Sidecar::up(&s.root, &[&s.file], &[]);
+    let fifo = s.link.join("events");
+    // A shell blocks in open(O_WRONLY) for its redirection until a reader comes.
+    let mut writer = KillOnDrop(
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"echo payload > "$1"; echo opened"#)
+            .arg("sh")
+            .arg(&fifo)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("writer"),
+    );
+    let writer = &mut writer.0;
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..25 {
+        let (code, body) = get(sidecar.port, "/metrics");
+        assert_eq!(code, 200);
+        let labels = [("channel", "events")];
+        assert_eq!(metric(&body, "ipclink_fifo_reader_present", &labels), Some(0.0), "{body}");
+        assert_eq!(metric(&body, "ipclink_channel_queue_bytes", &labels), Some(0.0));
+        assert!(writer.try_wait().expect("try_wait").is_none(), "the writer was released by a scrape");
+    }
+    let wchan = std::fs::read_to_string(format!("/proc/{}/wchan", writer.id())).unwrap_or_default();
+    assert_eq!(wchan, "wait_for_partner", "the writer should wait in the fifo open");
+    // Now a real reader: the writer goes through and the data arrives intact.
+    let mut reader = File::open(&fifo).expect("reader");
+    let mut got = String::new();
+    reader.read_to_string(&mut got).expect("read");
+    assert_eq!(got, "payload\n");
+    writer.wait().expect("writer exits");
+    let mut said = String::new();
+    writer.stdout.take().expect("stdout").read_to_string(&mut said).expect("read");
+    assert_eq!(said, "opened\n");
+}
+
+#[test]
+fn fifo_depth_is_reported_and_the_reader_still_gets_every_byte_and_eof() {
+    let s = setup(LINK);
+    let sidecar = Sidecar::up(&s.root, &[&s.file], &[]);
+    let fifo = s.link.join("events");
+    let mut reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(&fifo)
+        .expect("reader");
+    let mut writer = OpenOptions::new().write(true).open(&fifo).expect("writer");
+    writer.write_all(&[7u8; 1000]).expect("write");
+    let (_, body) = get(sidecar.port, "/metrics");
+    let labels = [("channel", "events"), ("kind", "fifo")];
+    assert_eq!(metric(&body, "ipclink_channel_queue_bytes", &labels), Some(1000.0), "{body}");
+    assert_eq!(metric(&body, "ipclink_channel_capacity_bytes", &labels), Some(65536.0));
+    assert_eq!(metric(&body, "ipclink_fifo_reader_present", &labels), Some(1.0));
+    drop(writer);
+    get(sidecar.port, "/metrics");
+    let mut got = Vec::new();
+    reader.read_to_end(&mut got).expect("read to EOF");
+    assert_eq!(got, vec![7u8; 1000]);
+}
+
+#[test]
+fn socket_backlog_semaphores_and_shm_are_reported() {
+    let s = setup(LINK);
+    let sidecar = Sidecar::up(&s.root, &[&s.file], &[]);
+    let sock = s.link.join("control/server.sock");
+    let _listener = UnixListener::bind(&sock).expect("bind");
+    let _clients: Vec<UnixStream> = (0..3).map(|_| UnixStream::connect(&sock).expect("connect")).collect();
+    let (_, body) = get(sidecar.port, "/metrics");
+    let control = [("channel", "control"), ("kind", "socket")];
+    assert_eq!(metric(&body, "ipclink_socket_backlog_connections", &control), Some(3.0), "{body}");
+    assert_eq!(metric(&body, "ipclink_semaphore_value", &[("channel", "frame-ready")]), Some(3.0));
+    assert_eq!(metric(&body, "ipclink_semaphore_value", &[("channel", "slots")]), Some(8.0));
+    assert_eq!(metric(&body, "ipclink_semaphore_waiters", &[("channel", "slots")]), Some(0.0));
+    assert_eq!(metric(&body, "ipclink_shm_size_bytes", &[("channel", "frames")]), Some(1048576.0));
+    assert_eq!(metric(&body, "ipclink_shm_resident_bytes", &[("channel", "frames")]), Some(1048576.0));
+    assert_eq!(metric(&body, "ipclink_link_limit_bytes", &[("link", "frames")]), Some(2097152.0));
+    let used = metric(&body, "ipclink_link_used_bytes", &[("link", "frames")]).expect("used");
+    assert!(used >= 1048576.0 + 8192.0, "used {used}");
+
+    let (code, json) = get(sidecar.port, "/v1/links");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let link = &v["links"][0];
+    assert_eq!(link["namespace"], "vision");
+    assert_eq!(link["sizeLimitEnforced"], true);
+    assert_eq!(link["channels"][2]["backlogConnections"], 3);
+    assert_eq!(link["channels"][2]["sockets"], 1);
+    assert_eq!(link["semaphores"][0]["value"], 3);
+    assert_eq!(link["semaphores"][1]["abi"], "musl");
+    assert_eq!(link["channels"][0]["mode"], "0640");
+
+    // The metrics text is what Prometheus' own checker accepts.
+    let promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut promtool = promtool.expect("promtool is not installed; run scripts/install-test-deps");
+    promtool.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("feed promtool");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn objects_have_declared_modes_and_the_tmpfs_its_limits() {
+    let s = setup(LINK);
+    let _sidecar = Sidecar::up(&s.root, &[&s.file], &[]);
+    let mode = |p: &str| std::fs::symlink_metadata(s.link.join(p)).expect(p).permissions().mode() & 0o7777;
+    assert_eq!(mode("frames"), 0o640);
+    assert_eq!(mode("events"), 0o660);
+    assert_eq!(mode("control"), 0o770);
+    assert_eq!(mode("sem.frame-ready"), 0o660);
+    assert_eq!(mode("slots"), 0o660);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(s.link.to_str().expect("utf-8")))
+        .expect("the link is a mount point");
+    for opt in ["nosuid", "nodev", "noexec", "size=2048k", "nr_inodes=1029"] {
+        assert!(line.contains(opt), "{opt} missing: {line}");
+    }
+}
+
+#[test]
+fn a_full_tmpfs_gives_the_writer_enospc_and_the_sidecar_stays_healthy() {
+    let s = setup(LINK);
+    let sidecar = Sidecar::up(&s.root, &[&s.file], &[]);
+    // Bytes: 2Mi limit, 1Mi + 2 pages used; a member filling its socket directory hits ENOSPC.
+    let mut f = File::create(s.link.join("control/fill")).expect("create");
+    let chunk = vec![1u8; 64 * 1024];
+    let err = (0..64).find_map(|_| f.write_all(&chunk).err()).expect("ENOSPC before 4Mi");
+    assert_eq!(err.raw_os_error(), Some(nix::libc::ENOSPC), "{err}");
+    drop(f);
+    std::fs::remove_file(s.link.join("control/fill")).expect("rm");
+    // Inodes: nr_inodes is objects + 1024.
+    let err = (0..2000)
+        .find_map(|i| File::create(s.link.join(format!("control/f{i}"))).err())
+        .expect("inode limit before 2000 files");
+    assert_eq!(err.raw_os_error(), Some(nix::libc::ENOSPC), "{err}");
+    let (code, body) = get(sidecar.port, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(metric(&body, "ipclink_semaphore_value", &[("channel", "frame-ready")]), Some(3.0));
+    assert_eq!(get(sidecar.port, "/healthz").0, 200);
+}
+
+#[test]
+fn rerun_keeps_data_and_a_changed_spec_changes_nothing() {
+    let s = setup(LINK);
+    let mut first = Sidecar::up(&s.root, &[&s.file], &["--keep"]);
+    // A member writes a frame and posts a semaphore.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.link.join("frames"))
+        .and_then(|mut f| f.write_all(b"frame-1"))
+        .expect("write frame");
+    let mut sem = std::fs::read(s.link.join("sem.frame-ready")).expect("sem");
+    sem[0] = 4;
+    std::fs::write(s.link.join("sem.frame-ready"), &sem).expect("post");
+    assert_eq!(first.stop(), 0);
+    assert!(s.link.join("frames").exists(), "--keep left the link");
+
+    // Same spec again: nothing recreated, nothing truncated, nothing reset.
+    let again = Sidecar::up(&s.root, &[&s.file], &["--keep"]);
+    let mut head = [0u8; 7];
+    File::open(s.link.join("frames")).and_then(|mut f| f.read_exact(&mut head)).expect("read");
+    assert_eq!(&head, b"frame-1");
+    let (_, body) = get(again.port, "/metrics");
+    assert_eq!(metric(&body, "ipclink_semaphore_value", &[("channel", "frame-ready")]), Some(4.0));
+    assert!(again.log().contains("kept=5"), "{}", again.log());
+    drop(again);
+
+    // A changed mode, size and limit: exit 2 naming each field, and nothing changes.
+    let before = snapshot(&s.link);
+    for (from, to, field) in [
+        (r#"mode: "0640""#, r#"mode: "0600""#, "spec.channels[0]"),
+        ("size: 1Mi", "size: 512Ki", "spec.channels[0]"),
+        ("sizeLimit: 2Mi", "sizeLimit: 4Mi", "spec.sizeLimit"),
+        ("kind: fifo", "kind: socket", "spec.channels[1]"),
+    ] {
+        let changed = write_file(s.file.parent().expect("dir"), "changed.yaml", &LINK.replace(from, to));
+        let out = Command::new(BIN)
+            .arg("up")
+            .arg(&changed)
+            .arg("--root")
+            .arg(&s.root)
+            .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+            .output()
+            .expect("up");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{to}: {err}");
+        assert!(err.contains(field), "{to}: {err}");
+        assert_eq!(snapshot(&s.link), before, "{to} changed the link");
+    }
+
+    // status works offline on the kept link.
+    let out = Command::new(BIN).arg("status").arg("--root").arg(&s.root).output().expect("status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("LINK") && table.contains("vision/frames"), "{table}");
+    assert!(table.contains("value 4, waiters 0"), "{table}");
+    assert!(table.contains("semaphore/musl"), "{table}");
+
+    // A final run without --keep tears everything down on SIGTERM.
+    let mut last = Sidecar::up(&s.root, &[&s.file], &[]);
+    assert_eq!(last.stop(), 0);
+    assert!(!s.root.join("vision").exists(), "teardown left {:?}", std::fs::read_dir(&s.root).map(|d| d.count()));
+}
+
+#[test]
+fn a_symlink_planted_at_the_link_path_is_refused_and_not_followed() {
+    let s = setup(LINK);
+    let outside = tempfile::tempdir().expect("outside");
+    std::fs::write(outside.path().join("precious"), b"x").expect("write");
+    std::fs::create_dir_all(s.root.join("vision")).expect("mkdir");
+    std::os::unix::fs::symlink(outside.path(), &s.link).expect("symlink");
+    let out = Command::new(BIN)
+        .arg("up")
+        .arg(&s.file)
+        .arg("--root")
+        .arg(&s.root)
+        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+        .output()
+        .expect("up");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("symlinks are never followed"), "{err}");
+    let names: Vec<_> = std::fs::read_dir(outside.path()).expect("ls").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("precious")]);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(outside.path().to_str().expect("utf-8")), "mounted through the symlink");
+}
+
+#[test]
+fn teardown_of_a_plain_directory_link_never_follows_symlinks() {
+    let s = setup(LINK);
+    let outside = tempfile::tempdir().expect("outside");
+    std::fs::write(outside.path().join("precious"), b"x").expect("write");
+    let mut sidecar = Sidecar::up(&s.root, &[&s.file], &["--storage", "dir"]);
+    let (_, json) = get(sidecar.port, "/v1/links");
+    assert!(json.contains("\"sizeLimitEnforced\":false"), "{json}");
+    assert!(sidecar.log().contains("NOT enforced"), "{}", sidecar.log());
+    // A member leaves a symlink to elsewhere in its socket directory.
+    std::os::unix::fs::symlink(outside.path(), s.link.join("control/escape")).expect("symlink");
+    assert_eq!(sidecar.stop(), 0);
+    assert!(!s.link.exists(), "teardown left the link");
+    assert!(outside.path().join("precious").exists(), "teardown followed a symlink");
+}
