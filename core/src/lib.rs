@@ -11,5 +11,7 @@ pub mod validate;
 
 pub use load::{load_plans, parse_links};
 pub use materialize::{MaterializeError, Outcome, StorageMode, Store};
-pub use spec::{Channel, ChannelKind, IpcLink, IpcLinkSpec, IpcLinkStatus, Semaphore, SemaphoreAbi};
+pub use spec::{
+    Channel, ChannelKind, IpcLink, IpcLinkSpec, IpcLinkStatus, Semaphore, SemaphoreAbi,
+};
 pub use validate::{LinkPlan, ObjectKind, ObjectPlan, Problem, Problems, validate};

@@ -100,7 +100,8 @@ pub fn load_plans(files: &[(String, String)]) -> Result<Vec<(IpcLink, LinkPlan)>
             Err(Problems(p)) => problems.extend(p),
             Ok(links) => {
                 for link in links {
-                    let label = format!("{source}: {}", link.metadata.name.as_deref().unwrap_or(""));
+                    let label =
+                        format!("{source}: {}", link.metadata.name.as_deref().unwrap_or(""));
                     match validate(&link) {
                         Err(Problems(p)) => problems.extend(p.into_iter().map(|mut p| {
                             p.field = format!("{label}: {}", p.field);

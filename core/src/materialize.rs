@@ -96,7 +96,11 @@ pub struct Store {
     apply_owner: bool,
 }
 
-fn sys<T>(r: nix::Result<T>, path: impl FnOnce() -> String, op: &'static str) -> Result<T, MaterializeError> {
+fn sys<T>(
+    r: nix::Result<T>,
+    path: impl FnOnce() -> String,
+    op: &'static str,
+) -> Result<T, MaterializeError> {
     r.map_err(|errno| MaterializeError::Sys {
         path: path(),
         op,
@@ -146,7 +150,10 @@ fn want(obj: &ObjectPlan) -> String {
         ObjectKind::Fifo => "a fifo".into(),
         ObjectKind::Socket => "a directory".into(),
     };
-    format!("{kind} with mode {:04o} owned by {}:{}", obj.mode, obj.uid, obj.gid)
+    format!(
+        "{kind} with mode {:04o} owned by {}:{}",
+        obj.mode, obj.uid, obj.gid
+    )
 }
 
 /// The exact bytes `sem_open` of the given libc expects for a process-shared semaphore.
@@ -284,11 +291,19 @@ impl Store {
                     message: "exists and is not a directory (symlinks are never followed)".into(),
                 });
             }
-            Err(errno) => return Err(MaterializeError::Sys { path: lp(), op: "open", errno }),
+            Err(errno) => {
+                return Err(MaterializeError::Sys {
+                    path: lp(),
+                    op: "open",
+                    errno,
+                });
+            }
         };
         if self.mode == StorageMode::Tmpfs {
             let ns = sys(self.open_namespace(&plan.namespace), lp, "open")?;
-            if sys(fstat(ns.as_fd()), lp, "stat")?.st_dev != sys(fstat(link.as_fd()), lp, "stat")?.st_dev {
+            if sys(fstat(ns.as_fd()), lp, "stat")?.st_dev
+                != sys(fstat(link.as_fd()), lp, "stat")?.st_dev
+            {
                 self.check_mounted(link.as_fd(), plan, lp)?;
             } else if dir_has_entries(link.as_fd(), lp)? {
                 return Err(MaterializeError::Refused {
@@ -297,13 +312,24 @@ impl Store {
                 });
             }
         }
-        inspect(link.as_fd(), plan, self.apply_owner, lp, &mut Outcome::default()).map(drop)
+        inspect(
+            link.as_fd(),
+            plan,
+            self.apply_owner,
+            lp,
+            &mut Outcome::default(),
+        )
+        .map(drop)
     }
 
     /// Saves `plan` as the link's record (`<namespace>/.<name>.json`, next to the link
     /// directory, never inside what members see): temp file, fsync, rename, fsync dir.
     pub fn write_record(&self, plan: &LinkPlan) -> Result<(), MaterializeError> {
-        let lp = || self.link_path(&plan.namespace, &plan.name).display().to_string();
+        let lp = || {
+            self.link_path(&plan.namespace, &plan.name)
+                .display()
+                .to_string()
+        };
         let ns = sys(self.open_namespace(&plan.namespace), lp, "open")?;
         let body = serde_json::to_vec_pretty(plan).unwrap_or_default();
         let record = format!(".{}.json", plan.name);
@@ -313,7 +339,11 @@ impl Store {
             openat(
                 ns.as_fd(),
                 tmp.as_str(),
-                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
                 Mode::from_bits_truncate(0o644),
             ),
             lp,
@@ -344,9 +374,14 @@ impl Store {
             if crate::validate::check_dns_label(&ns).is_err() {
                 continue;
             }
-            let Ok(ns_fd) = self.open_namespace(&ns) else { continue };
+            let Ok(ns_fd) = self.open_namespace(&ns) else {
+                continue;
+            };
             for entry in list_names(ns_fd.as_fd()) {
-                let Some(name) = entry.strip_prefix('.').and_then(|n| n.strip_suffix(".json")) else {
+                let Some(name) = entry
+                    .strip_prefix('.')
+                    .and_then(|n| n.strip_suffix(".json"))
+                else {
                     continue;
                 };
                 let path = self.base_path.join(&ns).join(&entry).display().to_string();
@@ -463,7 +498,8 @@ impl Store {
         let file = obj.file_name();
         let tmp = format!("{TMP_PREFIX}{file}");
         let at = || format!("{}/{file}", lp());
-        let excl = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let excl =
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let private = Mode::from_bits_truncate(0o600);
         let fd = match obj.kind {
             ObjectKind::Shm { size } => {
@@ -492,7 +528,11 @@ impl Store {
                 OwnedFd::from(file)
             }
             ObjectKind::Fifo => {
-                sys(mknodat(link, tmp.as_str(), SFlag::S_IFIFO, private, 0), at, "mkfifo")?;
+                sys(
+                    mknodat(link, tmp.as_str(), SFlag::S_IFIFO, private, 0),
+                    at,
+                    "mkfifo",
+                )?;
                 // The read end of a fifo nobody else can name yet: opening it is harmless.
                 sys(
                     openat(
@@ -506,20 +546,38 @@ impl Store {
                 )?
             }
             ObjectKind::Socket => {
-                sys(mkdirat(link, tmp.as_str(), Mode::from_bits_truncate(0o700)), at, "mkdir")?;
+                sys(
+                    mkdirat(link, tmp.as_str(), Mode::from_bits_truncate(0o700)),
+                    at,
+                    "mkdir",
+                )?;
                 sys(open_dir_at(link, tmp.as_str()), at, "open")?
             }
         };
         if self.apply_owner {
             sys(
-                fchown(fd.as_fd(), Some(Uid::from_raw(obj.uid)), Some(Gid::from_raw(obj.gid))),
+                fchown(
+                    fd.as_fd(),
+                    Some(Uid::from_raw(obj.uid)),
+                    Some(Gid::from_raw(obj.gid)),
+                ),
                 at,
                 "chown",
             )?;
         }
-        sys(fchmod(fd.as_fd(), Mode::from_bits_truncate(obj.mode)), at, "chmod")?;
         sys(
-            renameat2(link, tmp.as_str(), link, file.as_str(), RenameFlags::RENAME_NOREPLACE),
+            fchmod(fd.as_fd(), Mode::from_bits_truncate(obj.mode)),
+            at,
+            "chmod",
+        )?;
+        sys(
+            renameat2(
+                link,
+                tmp.as_str(),
+                link,
+                file.as_str(),
+                RenameFlags::RENAME_NOREPLACE,
+            ),
             at,
             "rename into place",
         )
@@ -533,11 +591,23 @@ impl Store {
         let ns_fd = match self.open_namespace(namespace) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(()),
-            Err(errno) => return Err(MaterializeError::Sys { path: lp(), op: "open", errno }),
+            Err(errno) => {
+                return Err(MaterializeError::Sys {
+                    path: lp(),
+                    op: "open",
+                    errno,
+                });
+            }
         };
         match open_dir_at(ns_fd.as_fd(), name) {
             Err(Errno::ENOENT) => {}
-            Err(errno) => return Err(MaterializeError::Sys { path: lp(), op: "open", errno }),
+            Err(errno) => {
+                return Err(MaterializeError::Sys {
+                    path: lp(),
+                    op: "open",
+                    errno,
+                });
+            }
             Ok(link) => {
                 let parent = sys(fstat(ns_fd.as_fd()), lp, "stat")?;
                 let here = sys(fstat(link.as_fd()), lp, "stat")?;
@@ -546,11 +616,17 @@ impl Store {
                     if fs.filesystem_type() != TMPFS_MAGIC {
                         return Err(MaterializeError::Refused {
                             path: lp(),
-                            message: "is a mount point that is not a tmpfs; not ipclink's, left alone".into(),
+                            message:
+                                "is a mount point that is not a tmpfs; not ipclink's, left alone"
+                                    .into(),
                         });
                     }
                     let target = format!("/proc/self/fd/{}", link.as_raw_fd());
-                    sys(umount2(target.as_str(), MntFlags::MNT_DETACH), lp, "unmount")?;
+                    sys(
+                        umount2(target.as_str(), MntFlags::MNT_DETACH),
+                        lp,
+                        "unmount",
+                    )?;
                 }
                 drop(link);
                 remove_tree_at(ns_fd.as_fd(), name, lp)?;
@@ -559,13 +635,23 @@ impl Store {
         let record = format!(".{name}.json");
         match unlinkat(ns_fd.as_fd(), record.as_str(), UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => {}
-            Err(errno) => return Err(MaterializeError::Sys { path: lp(), op: "remove record", errno }),
+            Err(errno) => {
+                return Err(MaterializeError::Sys {
+                    path: lp(),
+                    op: "remove record",
+                    errno,
+                });
+            }
         }
         // The namespace directory goes when its last link goes.
         drop(ns_fd);
         match unlinkat(self.base.as_fd(), namespace, UnlinkatFlags::RemoveDir) {
             Ok(()) | Err(Errno::ENOTEMPTY | Errno::EEXIST | Errno::ENOENT) => Ok(()),
-            Err(errno) => Err(MaterializeError::Sys { path: lp(), op: "rmdir", errno }),
+            Err(errno) => Err(MaterializeError::Sys {
+                path: lp(),
+                op: "rmdir",
+                errno,
+            }),
         }
     }
 }
@@ -611,8 +697,12 @@ fn inspect<'p>(
 
 /// Names in a directory (not `.` and `..`), skipping names that are not UTF-8.
 fn list_names(dir: BorrowedFd<'_>) -> Vec<String> {
-    let Ok(dup) = open_dir_at(dir, ".") else { return Vec::new() };
-    let Ok(mut d) = Dir::from_fd(dup) else { return Vec::new() };
+    let Ok(dup) = open_dir_at(dir, ".") else {
+        return Vec::new();
+    };
+    let Ok(mut d) = Dir::from_fd(dup) else {
+        return Vec::new();
+    };
     d.iter()
         .flatten()
         .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
@@ -640,7 +730,11 @@ fn remove_leftovers(dir: BorrowedFd<'_>, lp: impl Fn() -> String) -> Result<(), 
     let mut stale = Vec::new();
     for entry in d.iter() {
         let entry = sys(entry, &lp, "readdir")?;
-        if entry.file_name().to_bytes().starts_with(TMP_PREFIX.as_bytes()) {
+        if entry
+            .file_name()
+            .to_bytes()
+            .starts_with(TMP_PREFIX.as_bytes())
+        {
             stale.push(entry.file_name().to_owned());
         }
     }
@@ -664,10 +758,18 @@ pub fn remove_tree_at<P: ?Sized + NixPath + std::fmt::Debug>(
         Err(Errno::ENOTDIR | Errno::ELOOP) => {
             match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
                 Ok(()) | Err(Errno::ENOENT) => Ok(()),
-                Err(errno) => Err(MaterializeError::Sys { path: lp(), op: "unlink", errno }),
+                Err(errno) => Err(MaterializeError::Sys {
+                    path: lp(),
+                    op: "unlink",
+                    errno,
+                }),
             }
         }
-        Err(errno) => Err(MaterializeError::Sys { path: lp(), op: "open", errno }),
+        Err(errno) => Err(MaterializeError::Sys {
+            path: lp(),
+            op: "open",
+            errno,
+        }),
         Ok(child) => {
             let parent_dev = sys(fstat(dir), lp, "stat")?.st_dev;
             if sys(fstat(child.as_fd()), lp, "stat")?.st_dev != parent_dev {
@@ -694,7 +796,11 @@ pub fn remove_tree_at<P: ?Sized + NixPath + std::fmt::Debug>(
             }
             match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
                 Ok(()) | Err(Errno::ENOENT) => Ok(()),
-                Err(errno) => Err(MaterializeError::Sys { path: lp(), op: "rmdir", errno }),
+                Err(errno) => Err(MaterializeError::Sys {
+                    path: lp(),
+                    op: "rmdir",
+                    errno,
+                }),
             }
         }
     }

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
@@ -23,7 +24,7 @@ use nix::sys::stat::{Mode, fstat, makedev};
 use nix::sys::statvfs::fstatvfs;
 use serde::{Deserialize, Serialize};
 
-use crate::materialize::{Store, StorageMode, open_dir_at};
+use crate::materialize::{StorageMode, Store, open_dir_at};
 use crate::spec::SemaphoreAbi;
 use crate::validate::{LinkPlan, ObjectKind, ObjectPlan};
 
@@ -32,11 +33,11 @@ use crate::validate::{LinkPlan, ObjectKind, ObjectPlan};
 #[serde(rename_all = "camelCase")]
 pub struct LinkSample {
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Link name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Directory members mount.
-    pub path: String,
+    pub path: Arc<str>,
     /// Whether `limitBytes` is enforced by a tmpfs (false in a plain directory).
     pub size_limit_enforced: bool,
     /// tmpfs size, or the declared limit when not enforced.
@@ -53,18 +54,11 @@ pub struct LinkSample {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelSample {
-    /// Channel name.
-    pub name: String,
-    /// shm, fifo or socket.
-    pub kind: String,
+    /// Name, kind, mode and owner, shared by every sample of this object.
+    #[serde(flatten)]
+    pub info: Arc<ObjectInfo>,
     /// Whether the object exists.
     pub present: bool,
-    /// Permission bits as declared, octal.
-    pub mode: String,
-    /// Declared owner uid.
-    pub uid: u32,
-    /// Declared owner gid.
-    pub gid: u32,
     /// fifo: bytes queued; socket: bytes queued on bound datagram/stream sockets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_bytes: Option<u64>,
@@ -92,24 +86,38 @@ pub struct ChannelSample {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SemaphoreSample {
-    /// Semaphore name.
-    pub name: String,
-    /// glibc or musl.
-    pub abi: String,
+    /// Name, kind ("semaphore"), abi, mode and owner, shared by every sample.
+    #[serde(flatten)]
+    pub info: Arc<ObjectInfo>,
     /// Whether the object exists.
     pub present: bool,
-    /// Permission bits, octal.
-    pub mode: String,
-    /// Declared owner uid.
-    pub uid: u32,
-    /// Declared owner gid.
-    pub gid: u32,
     /// Current value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<u32>,
     /// Threads blocked in `sem_wait` (as the libc records them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiters: Option<u32>,
+}
+
+/// What a sample says of an object that does not change between samples.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectInfo {
+    /// Channel or semaphore name.
+    pub name: String,
+    /// shm, fifo, socket or semaphore.
+    pub kind: String,
+    /// Semaphore layout: glibc or musl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abi: Option<String>,
+    /// File name in the link directory.
+    pub file: String,
+    /// Permission bits as declared, octal.
+    pub mode: String,
+    /// Declared owner uid.
+    pub uid: u32,
+    /// Declared owner gid.
+    pub gid: u32,
 }
 
 /// Unix sockets of this network namespace, by (device, inode) of their bound path.
@@ -165,7 +173,12 @@ impl SocketTable {
         req.extend_from_slice(&0u32.to_ne_bytes()); // ino
         req.extend_from_slice(&(UDIAG_SHOW_VFS | UDIAG_SHOW_RQLEN).to_ne_bytes());
         req.extend_from_slice(&[0xff; 8]); // cookie: none
-        sendto(fd.as_raw_fd(), &req, &NetlinkAddr::new(0, 0), MsgFlags::empty())?;
+        sendto(
+            fd.as_raw_fd(),
+            &req,
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )?;
 
         let mut table = SocketTable::default();
         let mut buf = vec![0u8; 64 * 1024];
@@ -243,7 +256,6 @@ fn libc_af_unix() -> u8 {
     nix::libc::AF_UNIX as u8
 }
 
-
 nix::ioctl_read_bad!(fionread, nix::libc::FIONREAD, nix::libc::c_int);
 
 /// Bytes queued in a pipe, through one of its descriptors.
@@ -259,6 +271,8 @@ fn queued_bytes(fd: BorrowedFd<'_>) -> nix::Result<u64> {
 struct ProbeObject {
     plan: ObjectPlan,
     file: String,
+    /// Shared by every sample: one reference count instead of several strings.
+    info: Arc<ObjectInfo>,
     /// Kept open for shm and semaphores; reopened when missing.
     fd: Option<std::fs::File>,
 }
@@ -266,9 +280,9 @@ struct ProbeObject {
 /// Probes one materialized link; keeps descriptors to its regular files.
 #[derive(Debug)]
 pub struct LinkProbe {
-    namespace: String,
-    name: String,
-    path: String,
+    namespace: Arc<str>,
+    name: Arc<str>,
+    path: Arc<str>,
     link: OwnedFd,
     dev: u64,
     enforced: bool,
@@ -282,9 +296,13 @@ impl LinkProbe {
         let link = store.open_link(&plan.namespace, &plan.name)?;
         let dev = fstat(link.as_fd())?.st_dev;
         Ok(LinkProbe {
-            namespace: plan.namespace.clone(),
-            name: plan.name.clone(),
-            path: store.link_path(&plan.namespace, &plan.name).display().to_string(),
+            namespace: plan.namespace.as_str().into(),
+            name: plan.name.as_str().into(),
+            path: store
+                .link_path(&plan.namespace, &plan.name)
+                .display()
+                .to_string()
+                .into(),
             link,
             dev,
             enforced: store.mode() == StorageMode::Tmpfs,
@@ -294,6 +312,18 @@ impl LinkProbe {
                 .iter()
                 .map(|o| ProbeObject {
                     file: o.file_name(),
+                    info: Arc::new(ObjectInfo {
+                        name: o.name.clone(),
+                        kind: o.kind.as_str().into(),
+                        abi: match o.kind {
+                            ObjectKind::Semaphore { abi, .. } => Some(abi.as_str().into()),
+                            _ => None,
+                        },
+                        file: o.file_name(),
+                        mode: format!("{:04o}", o.mode),
+                        uid: o.uid,
+                        gid: o.gid,
+                    }),
                     plan: o.clone(),
                     fd: None,
                 })
@@ -308,7 +338,9 @@ impl LinkProbe {
 
     /// Whether any channel is a socket directory (so a [`SocketTable`] is worth dumping).
     pub fn has_sockets(&self) -> bool {
-        self.objects.iter().any(|o| o.plan.kind == ObjectKind::Socket)
+        self.objects
+            .iter()
+            .any(|o| o.plan.kind == ObjectKind::Socket)
     }
 
     /// Whether every declared object exists.
@@ -331,20 +363,16 @@ impl LinkProbe {
             path: self.path.clone(),
             size_limit_enforced: self.enforced,
             limit_bytes: self.size_limit,
+            channels: Vec::with_capacity(self.objects.len()),
             ..LinkSample::default()
         };
         let link = self.link.as_fd();
         let mut object_bytes = 0u64;
         for o in &mut self.objects {
-            let mode = format!("{:04o}", o.plan.mode);
             match o.plan.kind {
                 ObjectKind::Semaphore { abi, .. } => {
                     let mut s = SemaphoreSample {
-                        name: o.plan.name.clone(),
-                        abi: abi.as_str().into(),
-                        mode,
-                        uid: o.plan.uid,
-                        gid: o.plan.gid,
+                        info: o.info.clone(),
                         ..SemaphoreSample::default()
                     };
                     if let Some(f) = keep_open(link, o) {
@@ -355,17 +383,18 @@ impl LinkProbe {
                             s.value = Some(value);
                             s.waiters = Some(waiters);
                         }
-                        object_bytes += fstat(f.as_fd()).map(|st| st.st_blocks as u64 * 512).unwrap_or(0);
+                        // On a tmpfs, one fstatvfs per link gives the usage instead.
+                        if !self.enforced {
+                            object_bytes += fstat(f.as_fd())
+                                .map(|st| st.st_blocks as u64 * 512)
+                                .unwrap_or(0);
+                        }
                     }
                     out.semaphores.push(s);
                 }
                 kind => {
                     let mut c = ChannelSample {
-                        name: o.plan.name.clone(),
-                        kind: kind.as_str().into(),
-                        mode,
-                        uid: o.plan.uid,
-                        gid: o.plan.gid,
+                        info: o.info.clone(),
                         ..ChannelSample::default()
                     };
                     match kind {
@@ -454,8 +483,16 @@ fn probe_fifo(link: BorrowedFd<'_>, file: &str, c: &mut ChannelSample) {
     }
 }
 
-fn probe_socket_dir(link: BorrowedFd<'_>, file: &str, dev: u64, sockets: &SocketTable, c: &mut ChannelSample) {
-    let Ok(dir) = open_dir_at(link, file) else { return };
+fn probe_socket_dir(
+    link: BorrowedFd<'_>,
+    file: &str,
+    dev: u64,
+    sockets: &SocketTable,
+    c: &mut ChannelSample,
+) {
+    let Ok(dir) = open_dir_at(link, file) else {
+        return;
+    };
     let Ok(mut d) = Dir::from_fd(dir) else { return };
     c.present = true;
     let (mut count, mut visible, mut backlog, mut queued) = (0u64, 0u64, 0u64, 0u64);

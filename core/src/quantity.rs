@@ -7,7 +7,9 @@ pub const MAX_BYTES: u64 = 1 << 40;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantityError {
     /// Not of the Kubernetes quantity form.
-    #[error("{0:?} is not a quantity; use an integer with an optional suffix Ki, Mi, Gi, Ti, k, M, G, T (e.g. \"64Mi\")")]
+    #[error(
+        "{0:?} is not a quantity; use an integer with an optional suffix Ki, Mi, Gi, Ti, k, M, G, T (e.g. \"64Mi\")"
+    )]
     Syntax(String),
     /// Zero or negative.
     #[error("{0:?} must be greater than 0")]
@@ -63,7 +65,9 @@ pub fn parse_bytes(text: &str) -> Result<u64, QuantityError> {
     if int_part.len() + frac_part.len() > 30 {
         return Err(QuantityError::TooLarge(text.to_owned()));
     }
-    let mantissa: u128 = format!("{int_part}{frac_part}").parse().map_err(|_| syntax())?;
+    let mantissa: u128 = format!("{int_part}{frac_part}")
+        .parse()
+        .map_err(|_| syntax())?;
     let scale = exp10 - frac_part.len() as i32;
     let value = if scale >= 0 {
         mantissa
@@ -75,7 +79,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, QuantityError> {
         let num = mantissa
             .checked_mul(mult)
             .ok_or_else(|| QuantityError::TooLarge(text.to_owned()))?;
-        if num % div != 0 {
+        if !num.is_multiple_of(div) {
             return Err(QuantityError::Fractional(text.to_owned()));
         }
         num / div
@@ -92,7 +96,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, QuantityError> {
 /// Formats bytes the way users write them ("64Mi" when exact, else plain bytes).
 pub fn format_bytes(bytes: u64) -> String {
     for (suffix, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{suffix}", bytes >> shift);
         }
     }
@@ -115,15 +119,36 @@ mod tests {
 
     #[test]
     fn refuses_with_a_reason() {
-        assert!(matches!(parse_bytes("0"), Err(QuantityError::NotPositive(_))));
-        assert!(matches!(parse_bytes("-1Mi"), Err(QuantityError::NotPositive(_))));
-        assert!(matches!(parse_bytes("9Ei"), Err(QuantityError::TooLarge(_))));
-        assert!(matches!(parse_bytes("1e20"), Err(QuantityError::TooLarge(_))));
-        assert!(matches!(parse_bytes("2Ti"), Err(QuantityError::TooLarge(_))));
+        assert!(matches!(
+            parse_bytes("0"),
+            Err(QuantityError::NotPositive(_))
+        ));
+        assert!(matches!(
+            parse_bytes("-1Mi"),
+            Err(QuantityError::NotPositive(_))
+        ));
+        assert!(matches!(
+            parse_bytes("9Ei"),
+            Err(QuantityError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse_bytes("1e20"),
+            Err(QuantityError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse_bytes("2Ti"),
+            Err(QuantityError::TooLarge(_))
+        ));
         assert!(matches!(parse_bytes("abc"), Err(QuantityError::Syntax(_))));
         assert!(matches!(parse_bytes("1MB"), Err(QuantityError::Syntax(_))));
-        assert!(matches!(parse_bytes("1.2.3"), Err(QuantityError::Syntax(_))));
-        assert!(matches!(parse_bytes("0.5"), Err(QuantityError::Fractional(_))));
+        assert!(matches!(
+            parse_bytes("1.2.3"),
+            Err(QuantityError::Syntax(_))
+        ));
+        assert!(matches!(
+            parse_bytes("0.5"),
+            Err(QuantityError::Fractional(_))
+        ));
         assert!(matches!(parse_bytes(""), Err(QuantityError::Syntax(_))));
     }
 

@@ -15,8 +15,10 @@ pub const DEFAULT_SIZE_LIMIT: u64 = 64 << 20;
 pub const SEM_VALUE_MAX: i64 = 2_147_483_647;
 /// Largest uid/gid (`(uid_t)-1` means "no change" to chown, so it is refused).
 pub const MAX_ID: i64 = 4_294_967_294;
-/// Inodes a link's tmpfs gets beyond its declared objects, for the sockets members bind.
+/// Inodes a link's tmpfs gets beyond its declared objects, for files members make.
 pub const SPARE_INODES: u64 = 1024;
+/// Further inodes per socket channel, for the sockets members bind in it.
+pub const INODES_PER_SOCKET_DIR: u64 = 16;
 /// tmpfs accounts in pages.
 pub const PAGE: u64 = 4096;
 /// Bytes of a named semaphore object, glibc and musl alike on 64-bit Linux.
@@ -176,7 +178,8 @@ pub fn parse_mode(mode: &Mode) -> Result<u32, String> {
     let s = mode.0.as_str();
     let digits = s.strip_prefix("0o").unwrap_or(s);
     let allowed = "an octal string of permission bits from \"0000\" to \"0777\", e.g. \"0660\"";
-    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
         return Err(format!("{s:?} is not {allowed}"));
     }
     let bits = u32::from_str_radix(digits, 8).map_err(|_| format!("{s:?} is not {allowed}"))?;
@@ -253,7 +256,10 @@ pub fn validate(link: &IpcLink) -> Result<LinkPlan, Problems> {
         } else if !members.insert(m.name.as_str()) {
             problems.push(Problem::new(
                 field,
-                format!("member {:?} is declared twice; member names must be unique", m.name),
+                format!(
+                    "member {:?} is declared twice; member names must be unique",
+                    m.name
+                ),
             ));
         }
     }
@@ -307,7 +313,11 @@ pub fn validate(link: &IpcLink) -> Result<LinkPlan, Problems> {
             (ChannelKind::Fifo, None) => ObjectKind::Fifo,
             (ChannelKind::Socket, None) => ObjectKind::Socket,
         };
-        let default_mode = if c.kind == ChannelKind::Socket { 0o770 } else { 0o660 };
+        let default_mode = if c.kind == ChannelKind::Socket {
+            0o770
+        } else {
+            0o660
+        };
         let mode = match &c.mode {
             None => default_mode,
             Some(m) => parse_mode(m).unwrap_or_else(|e| {
@@ -396,7 +406,13 @@ pub fn validate(link: &IpcLink) -> Result<LinkPlan, Problems> {
         return Err(Problems(problems));
     }
     Ok(LinkPlan {
-        nr_inodes: objects.len() as u64 + SPARE_INODES,
+        nr_inodes: objects.len() as u64
+            + SPARE_INODES
+            + INODES_PER_SOCKET_DIR
+                * objects
+                    .iter()
+                    .filter(|o| o.kind == ObjectKind::Socket)
+                    .count() as u64,
         namespace,
         name,
         size_limit,
@@ -428,7 +444,18 @@ mod tests {
             assert!(check_dns_label(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", ".", "..", "a/b", "../x", "A", "a_b", "-a", "a-", "a.b", "a\0b", "é",
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "A",
+            "a_b",
+            "-a",
+            "a-",
+            "a.b",
+            "a\0b",
+            "é",
             &"a".repeat(64),
         ] {
             assert!(check_dns_label(bad).is_err(), "{bad:?}");
@@ -443,7 +470,15 @@ mod tests {
         for bad in ["4777", "2770", "1777", "0888", "rw-", "", "07777", "99999"] {
             assert!(parse_mode(&Mode(bad.into())).is_err(), "{bad}");
         }
-        assert!(parse_mode(&Mode("4777".into())).unwrap_err().contains("setuid"));
-        assert!(parse_mode(&Mode("1777".into())).unwrap_err().contains("sticky"));
+        assert!(
+            parse_mode(&Mode("4777".into()))
+                .unwrap_err()
+                .contains("setuid")
+        );
+        assert!(
+            parse_mode(&Mode("1777".into()))
+                .unwrap_err()
+                .contains("sticky")
+        );
     }
 }

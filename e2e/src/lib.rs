@@ -22,7 +22,9 @@ pub fn require_tool(tool: &str) -> PathBuf {
             .find(|p| p.is_file())
     });
     found.unwrap_or_else(|| {
-        panic!("{tool} is not installed; run scripts/install-test-deps (the README test command does)")
+        panic!(
+            "{tool} is not installed; run scripts/install-test-deps (the README test command does)"
+        )
     })
 }
 
@@ -47,7 +49,9 @@ pub fn scratch_dir() -> PathBuf {
 
 /// Compiles `e2e/peers/NAME.c` against `libc`, returning the program's path.
 pub fn compile_peer(name: &str, libc: Libc) -> PathBuf {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers").join(format!("{name}.c"));
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("peers")
+        .join(format!("{name}.c"));
     let (cc, suffix, extra): (&str, &str, &[&str]) = match libc {
         Libc::Glibc => ("gcc", "glibc", &["-pthread"]),
         Libc::Musl => ("musl-gcc", "musl", &["-static"]),
@@ -70,7 +74,16 @@ pub fn compile_peer(name: &str, libc: Libc) -> PathBuf {
 pub fn spawn_pod(link_dir: &Path, program: &Path, args: &[&str]) -> Child {
     require_tool("unshare");
     Command::new("unshare")
-        .args(["--mount", "--ipc", "--net", "--propagation", "private", "--", "sh", "-c"])
+        .args([
+            "--mount",
+            "--ipc",
+            "--net",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+        ])
         .arg(r#"mount --bind "$1" /dev/shm && shift && exec "$@""#)
         .arg("pod")
         .arg(link_dir)
@@ -96,7 +109,9 @@ pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
             None => std::thread::sleep(Duration::from_millis(20)),
         }
     }
-    child.wait_with_output().expect("collecting a child's output")
+    child
+        .wait_with_output()
+        .expect("collecting a child's output")
 }
 
 /// Formats a child's output for an assertion message.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ipclink_core::{Store, StorageMode, parse_links, validate};
+use ipclink_core::{StorageMode, Store, parse_links, validate};
 use ipclink_e2e::{Libc, compile_peer, describe, require_root, spawn_pod, wait_with_timeout};
 
 fn link_yaml(abi: &str) -> String {
@@ -43,8 +43,16 @@ fn exchange(libc: Libc, abi: &str) {
     store.teardown("vision", "frames").expect("teardown");
     assert!(p.status.success(), "producer failed: {}", describe(&p));
     assert!(c.status.success(), "consumer failed: {}", describe(&c));
-    assert!(String::from_utf8_lossy(&p.stdout).contains("producer ok"), "{}", describe(&p));
-    assert!(String::from_utf8_lossy(&c.stdout).contains("consumer ok"), "{}", describe(&c));
+    assert!(
+        String::from_utf8_lossy(&p.stdout).contains("producer ok"),
+        "{}",
+        describe(&p)
+    );
+    assert!(
+        String::from_utf8_lossy(&c.stdout).contains("consumer ok"),
+        "{}",
+        describe(&c)
+    );
 }
 
 #[test]
@@ -65,7 +73,9 @@ fn a_pod_cannot_add_or_remove_top_level_objects() {
     let base = tempfile::tempdir().expect("temp dir");
     let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
     let link = &parse_links("test", &link_yaml("glibc")).expect("parse")[0];
-    store.materialize(&validate(link).expect("valid")).expect("materialize");
+    store
+        .materialize(&validate(link).expect("valid"))
+        .expect("materialize");
     let dir = store.link_path("vision", "frames");
     let sh = ipclink_e2e::require_tool("setpriv");
     let out = std::process::Command::new(sh)
@@ -90,12 +100,21 @@ fn a_musl_program_fails_on_a_glibc_layout_link() {
     let base = tempfile::tempdir().expect("temp dir");
     let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
     let link = &parse_links("test", &link_yaml("glibc")).expect("parse")[0];
-    store.materialize(&validate(link).expect("valid")).expect("materialize");
+    store
+        .materialize(&validate(link).expect("valid"))
+        .expect("materialize");
     let dir = store.link_path("vision", "frames");
-    let out = wait_with_timeout(spawn_pod(&dir, &peer, &["producer"]), Duration::from_secs(10));
+    let out = wait_with_timeout(
+        spawn_pod(&dir, &peer, &["producer"]),
+        Duration::from_secs(10),
+    );
     store.teardown("vision", "frames").expect("teardown");
     assert!(!out.status.success(), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("sem_open /slots"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sem_open /slots"),
+        "{}",
+        describe(&out)
+    );
 }
 
 /// ipclink's semaphore bytes equal those the C library writes for `sem_open(O_CREAT)`.
@@ -108,7 +127,10 @@ fn semaphore_bytes_match_what_each_libc_creates() {
     ] {
         let maker = compile_peer("sem_make", libc);
         let shm = tempfile::tempdir().expect("temp dir");
-        let out = wait_with_timeout(spawn_pod(shm.path(), &maker, &["/probe", "5"]), Duration::from_secs(10));
+        let out = wait_with_timeout(
+            spawn_pod(shm.path(), &maker, &["/probe", "5"]),
+            Duration::from_secs(10),
+        );
         assert!(out.status.success(), "{}", describe(&out));
         let made = std::fs::read(shm.path().join(file)).expect("the libc's semaphore file");
         assert_eq!(

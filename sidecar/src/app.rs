@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use ipclink_core::metrics::{ChannelMetrics, render};
+use ipclink_core::metrics::render_channels;
 use ipclink_core::probe::{LinkProbe, LinkSample, SocketTable};
 use serde::Serialize;
 
@@ -15,7 +15,6 @@ use serde::Serialize;
 #[derive(Debug)]
 pub struct LinkSet {
     probes: Vec<LinkProbe>,
-    metrics: ChannelMetrics,
 }
 
 /// Shared handle to the link set.
@@ -31,10 +30,7 @@ pub struct LinksReport {
 impl LinkSet {
     /// A set over already-open probes.
     pub fn new(probes: Vec<LinkProbe>) -> Self {
-        LinkSet {
-            probes,
-            metrics: ChannelMetrics::default(),
-        }
+        LinkSet { probes }
     }
 
     /// Observes every link once. Socket queues come from one netlink dump, taken only
@@ -54,8 +50,13 @@ impl LinkSet {
     /// Samples and renders the Prometheus text exposition.
     pub fn render_metrics(&mut self) -> String {
         let samples = self.sample();
-        self.metrics.observe(&samples);
-        render(self.metrics.registry())
+        let channels: usize = samples
+            .iter()
+            .map(|s| s.channels.len() + s.semaphores.len())
+            .sum();
+        let mut out = String::with_capacity(4096 + channels * 6 * 120);
+        render_channels(&samples, &[], &mut out);
+        out
     }
 
     /// Links some of whose declared objects are missing, as `namespace/name`.
@@ -93,13 +94,24 @@ async fn with_links<T: Send + 'static>(
     .await
     .map_err(|e| {
         tracing::error!(error = %e, "probe task failed");
-        (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({"Err": "probe failed"}))).into_response()
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({"Err": "probe failed"})),
+        )
+            .into_response()
     })
 }
 
 async fn metrics(State(state): State<Shared>) -> Response {
     match with_links(state, LinkSet::render_metrics).await {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
         Err(r) => r,
     }
 }

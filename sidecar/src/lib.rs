@@ -50,7 +50,10 @@ pub fn load_files(files: &[PathBuf]) -> Result<Vec<LinkPlan>, Error> {
     for f in files {
         match std::fs::read_to_string(f) {
             Ok(t) => texts.push((f.display().to_string(), t)),
-            Err(e) => problems.push(Problem::new(f.display().to_string(), format!("cannot read: {e}"))),
+            Err(e) => problems.push(Problem::new(
+                f.display().to_string(),
+                format!("cannot read: {e}"),
+            )),
         }
     }
     if !problems.is_empty() {
@@ -80,7 +83,11 @@ pub struct Materialized {
 
 /// Validates, checks every existing link, then materializes all of them. On a problem
 /// nothing is created (not even the root directory, for invalid files).
-pub fn materialize_files(files: &[PathBuf], root: &Path, storage: Option<Storage>) -> Result<Materialized, Error> {
+pub fn materialize_files(
+    files: &[PathBuf],
+    root: &Path,
+    storage: Option<Storage>,
+) -> Result<Materialized, Error> {
     let plans = load_files(files)?;
     let store = Store::open(root, storage_mode(storage))?;
     if store.mode() == StorageMode::PlainDir {
@@ -90,7 +97,9 @@ pub fn materialize_files(files: &[PathBuf], root: &Path, storage: Option<Storage
         );
     }
     if !store.applies_owner() {
-        tracing::warn!("not root: object owners from the spec are not applied; objects belong to this user");
+        tracing::warn!(
+            "not root: object owners from the spec are not applied; objects belong to this user"
+        );
     }
     for plan in &plans {
         store.check(plan)?;
@@ -140,10 +149,12 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
     // Validate before binding, bind before creating anything: a bad file or a busy port
     // leaves the machine as it was.
     load_files(&args.files)?;
-    let listener = TcpListener::bind(args.listen).await.map_err(|source| Error::Io {
-        what: format!("listen on {}", args.listen),
-        source,
-    })?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| Error::Io {
+            what: format!("listen on {}", args.listen),
+            source,
+        })?;
     let m = materialize_files(&args.files, &root, args.storage)?;
     let probes = open_probes(&m.store, &m.plans)?;
     let state = Arc::new(Mutex::new(LinkSet::new(probes)));
@@ -153,7 +164,13 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
         metrics = %format!("http://{}/metrics", args.listen),
         "ready"
     );
-    let served = http::serve(listener, app(state), http::Limits::default(), shutdown_signal()).await;
+    let served = http::serve(
+        listener,
+        app(state),
+        http::Limits::default(),
+        shutdown_signal(),
+    )
+    .await;
     if args.keep {
         tracing::info!(root = %root.display(), "--keep: links left in place");
     } else {
@@ -204,9 +221,13 @@ pub fn status_table(samples: &[LinkSample]) -> String {
             let depth = if !c.present {
                 "MISSING".to_owned()
             } else {
-                match c.kind.as_str() {
+                match c.info.kind.as_str() {
                     "fifo" if c.reader_present == Some(false) => "0 B queued (no reader)".into(),
-                    "fifo" => format!("{} B queued of {}", c.queue_bytes.unwrap_or(0), c.capacity_bytes.unwrap_or(0)),
+                    "fifo" => format!(
+                        "{} B queued of {}",
+                        c.queue_bytes.unwrap_or(0),
+                        c.capacity_bytes.unwrap_or(0)
+                    ),
                     "shm" => format!(
                         "{} B, {} B resident",
                         c.capacity_bytes.unwrap_or(0),
@@ -222,35 +243,40 @@ pub fn status_table(samples: &[LinkSample]) -> String {
             };
             rows.push([
                 link.clone(),
-                c.name.clone(),
-                c.kind.clone(),
-                format!("{}/{}", s.path, c.name),
-                format!("{}:{}", c.uid, c.gid),
-                c.mode.clone(),
+                c.info.name.clone(),
+                c.info.kind.clone(),
+                format!("{}/{}", s.path, c.info.file),
+                format!("{}:{}", c.info.uid, c.info.gid),
+                c.info.mode.clone(),
                 depth,
             ]);
         }
         for m in &s.semaphores {
-            let file = if m.abi == "glibc" { format!("sem.{}", m.name) } else { m.name.clone() };
             let value = match (m.present, m.value) {
                 (true, Some(v)) => format!("value {v}, waiters {}", m.waiters.unwrap_or(0)),
                 _ => "MISSING".into(),
             };
             rows.push([
                 link.clone(),
-                m.name.clone(),
-                format!("semaphore/{}", m.abi),
-                format!("{}/{file}", s.path),
-                format!("{}:{}", m.uid, m.gid),
-                m.mode.clone(),
+                m.info.name.clone(),
+                format!("semaphore/{}", m.info.abi.as_deref().unwrap_or("glibc")),
+                format!("{}/{}", s.path, m.info.file),
+                format!("{}:{}", m.info.uid, m.info.gid),
+                m.info.mode.clone(),
                 value,
             ]);
         }
     }
-    let widths: Vec<usize> = (0..7).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for r in rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }

@@ -39,7 +39,10 @@ fn main() {
             status(&root.unwrap_or_else(default_root)).map(|samples| {
                 if json {
                     let report = ipclink_sidecar::app::LinksReport { links: samples };
-                    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
                 } else if samples.is_empty() {
                     println!("no links");
                 } else {

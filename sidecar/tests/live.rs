@@ -53,25 +53,51 @@ struct Setup {
     link: PathBuf,
 }
 
+impl Drop for Setup {
+    /// Links kept with --keep by a test that then failed must not outlive it.
+    fn drop(&mut self) {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let root = self.root.to_string_lossy().into_owned();
+        for target in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if target.starts_with(&root) {
+                let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
 fn setup(yaml: &str) -> Setup {
     require_root();
     let dir = tempfile::tempdir().expect("temp dir");
     let file = write_file(dir.path(), "link.yaml", yaml);
     let root = dir.path().join("root");
     let link = root.join("vision/frames");
-    Setup { _dir: dir, file, root, link }
+    Setup {
+        _dir: dir,
+        file,
+        root,
+        link,
+    }
 }
 
 /// Everything observable about the files of a link: names, types, modes, owners, sizes,
 /// contents of regular files.
 fn snapshot(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(dir).expect("read link dir").flatten().collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("read link dir")
+        .flatten()
+        .collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let m = e.path().symlink_metadata().expect("lstat");
         let content = if m.is_file() {
-            format!("{:x}", std::fs::read(e.path()).map(|b| b.iter().map(|&x| u64::from(x)).sum::<u64>()).unwrap_or(0))
+            format!(
+                "{:x}",
+                std::fs::read(e.path())
+                    .map(|b| b.iter().map(|&x| u64::from(x)).sum::<u64>())
+                    .unwrap_or(0)
+            )
         } else {
             String::new()
         };
@@ -110,12 +136,25 @@ fn a_writer_blocked_in_open_stays_blocked_while_metrics_are_scraped() {
         let (code, body) = get(sidecar.port, "/metrics");
         assert_eq!(code, 200);
         let labels = [("channel", "events")];
-        assert_eq!(metric(&body, "ipclink_fifo_reader_present", &labels), Some(0.0), "{body}");
-        assert_eq!(metric(&body, "ipclink_channel_queue_bytes", &labels), Some(0.0));
-        assert!(writer.try_wait().expect("try_wait").is_none(), "the writer was released by a scrape");
+        assert_eq!(
+            metric(&body, "ipclink_fifo_reader_present", &labels),
+            Some(0.0),
+            "{body}"
+        );
+        assert_eq!(
+            metric(&body, "ipclink_channel_queue_bytes", &labels),
+            Some(0.0)
+        );
+        assert!(
+            writer.try_wait().expect("try_wait").is_none(),
+            "the writer was released by a scrape"
+        );
     }
     let wchan = std::fs::read_to_string(format!("/proc/{}/wchan", writer.id())).unwrap_or_default();
-    assert_eq!(wchan, "wait_for_partner", "the writer should wait in the fifo open");
+    assert_eq!(
+        wchan, "wait_for_partner",
+        "the writer should wait in the fifo open"
+    );
     // Now a real reader: the writer goes through and the data arrives intact.
     let mut reader = File::open(&fifo).expect("reader");
     let mut got = String::new();
@@ -123,7 +162,12 @@ fn a_writer_blocked_in_open_stays_blocked_while_metrics_are_scraped() {
     assert_eq!(got, "payload\n");
     writer.wait().expect("writer exits");
     let mut said = String::new();
-    writer.stdout.take().expect("stdout").read_to_string(&mut said).expect("read");
+    writer
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut said)
+        .expect("read");
     assert_eq!(said, "opened\n");
 }
 
@@ -141,9 +185,19 @@ fn fifo_depth_is_reported_and_the_reader_still_gets_every_byte_and_eof() {
     writer.write_all(&[7u8; 1000]).expect("write");
     let (_, body) = get(sidecar.port, "/metrics");
     let labels = [("channel", "events"), ("kind", "fifo")];
-    assert_eq!(metric(&body, "ipclink_channel_queue_bytes", &labels), Some(1000.0), "{body}");
-    assert_eq!(metric(&body, "ipclink_channel_capacity_bytes", &labels), Some(65536.0));
-    assert_eq!(metric(&body, "ipclink_fifo_reader_present", &labels), Some(1.0));
+    assert_eq!(
+        metric(&body, "ipclink_channel_queue_bytes", &labels),
+        Some(1000.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "ipclink_channel_capacity_bytes", &labels),
+        Some(65536.0)
+    );
+    assert_eq!(
+        metric(&body, "ipclink_fifo_reader_present", &labels),
+        Some(1.0)
+    );
     drop(writer);
     get(sidecar.port, "/metrics");
     let mut got = Vec::new();
@@ -157,16 +211,48 @@ fn socket_backlog_semaphores_and_shm_are_reported() {
     let sidecar = Sidecar::up(&s.root, &[&s.file], &[]);
     let sock = s.link.join("control/server.sock");
     let _listener = UnixListener::bind(&sock).expect("bind");
-    let _clients: Vec<UnixStream> = (0..3).map(|_| UnixStream::connect(&sock).expect("connect")).collect();
+    let _clients: Vec<UnixStream> = (0..3)
+        .map(|_| UnixStream::connect(&sock).expect("connect"))
+        .collect();
     let (_, body) = get(sidecar.port, "/metrics");
     let control = [("channel", "control"), ("kind", "socket")];
-    assert_eq!(metric(&body, "ipclink_socket_backlog_connections", &control), Some(3.0), "{body}");
-    assert_eq!(metric(&body, "ipclink_semaphore_value", &[("channel", "frame-ready")]), Some(3.0));
-    assert_eq!(metric(&body, "ipclink_semaphore_value", &[("channel", "slots")]), Some(8.0));
-    assert_eq!(metric(&body, "ipclink_semaphore_waiters", &[("channel", "slots")]), Some(0.0));
-    assert_eq!(metric(&body, "ipclink_shm_size_bytes", &[("channel", "frames")]), Some(1048576.0));
-    assert_eq!(metric(&body, "ipclink_shm_resident_bytes", &[("channel", "frames")]), Some(1048576.0));
-    assert_eq!(metric(&body, "ipclink_link_limit_bytes", &[("link", "frames")]), Some(2097152.0));
+    assert_eq!(
+        metric(&body, "ipclink_socket_backlog_connections", &control),
+        Some(3.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "ipclink_semaphore_value",
+            &[("channel", "frame-ready")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&body, "ipclink_semaphore_value", &[("channel", "slots")]),
+        Some(8.0)
+    );
+    assert_eq!(
+        metric(&body, "ipclink_semaphore_waiters", &[("channel", "slots")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&body, "ipclink_shm_size_bytes", &[("channel", "frames")]),
+        Some(1048576.0)
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "ipclink_shm_resident_bytes",
+            &[("channel", "frames")]
+        ),
+        Some(1048576.0)
+    );
+    assert_eq!(
+        metric(&body, "ipclink_link_limit_bytes", &[("link", "frames")]),
+        Some(2097152.0)
+    );
     let used = metric(&body, "ipclink_link_used_bytes", &[("link", "frames")]).expect("used");
     assert!(used >= 1048576.0 + 8192.0, "used {used}");
 
@@ -190,16 +276,32 @@ fn socket_backlog_semaphores_and_shm_are_reported() {
         .stderr(Stdio::piped())
         .spawn();
     let mut promtool = promtool.expect("promtool is not installed; run scripts/install-test-deps");
-    promtool.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("feed promtool");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("feed promtool");
     let out = promtool.wait_with_output().expect("promtool");
-    assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn objects_have_declared_modes_and_the_tmpfs_its_limits() {
     let s = setup(LINK);
     let _sidecar = Sidecar::up(&s.root, &[&s.file], &[]);
-    let mode = |p: &str| std::fs::symlink_metadata(s.link.join(p)).expect(p).permissions().mode() & 0o7777;
+    let mode = |p: &str| {
+        std::fs::symlink_metadata(s.link.join(p))
+            .expect(p)
+            .permissions()
+            .mode()
+            & 0o7777
+    };
     assert_eq!(mode("frames"), 0o640);
     assert_eq!(mode("events"), 0o660);
     assert_eq!(mode("control"), 0o770);
@@ -210,7 +312,7 @@ fn objects_have_declared_modes_and_the_tmpfs_its_limits() {
         .lines()
         .find(|l| l.split(' ').nth(4) == Some(s.link.to_str().expect("utf-8")))
         .expect("the link is a mount point");
-    for opt in ["nosuid", "nodev", "noexec", "size=2048k", "nr_inodes=1029"] {
+    for opt in ["nosuid", "nodev", "noexec", "size=2048k", "nr_inodes=1045"] {
         assert!(line.contains(opt), "{opt} missing: {line}");
     }
 }
@@ -222,18 +324,33 @@ fn a_full_tmpfs_gives_the_writer_enospc_and_the_sidecar_stays_healthy() {
     // Bytes: 2Mi limit, 1Mi + 2 pages used; a member filling its socket directory hits ENOSPC.
     let mut f = File::create(s.link.join("control/fill")).expect("create");
     let chunk = vec![1u8; 64 * 1024];
-    let err = (0..64).find_map(|_| f.write_all(&chunk).err()).expect("ENOSPC before 4Mi");
+    let err = (0..64)
+        .find_map(|_| f.write_all(&chunk).err())
+        .expect("ENOSPC before 4Mi");
     assert_eq!(err.raw_os_error(), Some(nix::libc::ENOSPC), "{err}");
     drop(f);
     std::fs::remove_file(s.link.join("control/fill")).expect("rm");
-    // Inodes: nr_inodes is objects + 1024.
+    // Inodes: nr_inodes is objects + 1024 + 16 per socket channel.
     let err = (0..2000)
         .find_map(|i| File::create(s.link.join(format!("control/f{i}"))).err())
         .expect("inode limit before 2000 files");
+    assert_eq!(
+        std::fs::read_dir(s.link.join("control"))
+            .expect("ls")
+            .count(),
+        1045 - 5 - 1
+    );
     assert_eq!(err.raw_os_error(), Some(nix::libc::ENOSPC), "{err}");
     let (code, body) = get(sidecar.port, "/metrics");
     assert_eq!(code, 200);
-    assert_eq!(metric(&body, "ipclink_semaphore_value", &[("channel", "frame-ready")]), Some(3.0));
+    assert_eq!(
+        metric(
+            &body,
+            "ipclink_semaphore_value",
+            &[("channel", "frame-ready")]
+        ),
+        Some(3.0)
+    );
     assert_eq!(get(sidecar.port, "/healthz").0, 200);
 }
 
@@ -256,10 +373,19 @@ fn rerun_keeps_data_and_a_changed_spec_changes_nothing() {
     // Same spec again: nothing recreated, nothing truncated, nothing reset.
     let again = Sidecar::up(&s.root, &[&s.file], &["--keep"]);
     let mut head = [0u8; 7];
-    File::open(s.link.join("frames")).and_then(|mut f| f.read_exact(&mut head)).expect("read");
+    File::open(s.link.join("frames"))
+        .and_then(|mut f| f.read_exact(&mut head))
+        .expect("read");
     assert_eq!(&head, b"frame-1");
     let (_, body) = get(again.port, "/metrics");
-    assert_eq!(metric(&body, "ipclink_semaphore_value", &[("channel", "frame-ready")]), Some(4.0));
+    assert_eq!(
+        metric(
+            &body,
+            "ipclink_semaphore_value",
+            &[("channel", "frame-ready")]
+        ),
+        Some(4.0)
+    );
     assert!(again.log().contains("kept=5"), "{}", again.log());
     drop(again);
 
@@ -271,7 +397,11 @@ fn rerun_keeps_data_and_a_changed_spec_changes_nothing() {
         ("sizeLimit: 2Mi", "sizeLimit: 4Mi", "spec.sizeLimit"),
         ("kind: fifo", "kind: socket", "spec.channels[1]"),
     ] {
-        let changed = write_file(s.file.parent().expect("dir"), "changed.yaml", &LINK.replace(from, to));
+        let changed = write_file(
+            s.file.parent().expect("dir"),
+            "changed.yaml",
+            &LINK.replace(from, to),
+        );
         let out = Command::new(BIN)
             .arg("up")
             .arg(&changed)
@@ -287,16 +417,28 @@ fn rerun_keeps_data_and_a_changed_spec_changes_nothing() {
     }
 
     // status works offline on the kept link.
-    let out = Command::new(BIN).arg("status").arg("--root").arg(&s.root).output().expect("status");
+    let out = Command::new(BIN)
+        .arg("status")
+        .arg("--root")
+        .arg(&s.root)
+        .output()
+        .expect("status");
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("LINK") && table.contains("vision/frames"), "{table}");
+    assert!(
+        table.contains("LINK") && table.contains("vision/frames"),
+        "{table}"
+    );
     assert!(table.contains("value 4, waiters 0"), "{table}");
     assert!(table.contains("semaphore/musl"), "{table}");
 
     // A final run without --keep tears everything down on SIGTERM.
     let mut last = Sidecar::up(&s.root, &[&s.file], &[]);
     assert_eq!(last.stop(), 0);
-    assert!(!s.root.join("vision").exists(), "teardown left {:?}", std::fs::read_dir(&s.root).map(|d| d.count()));
+    assert!(
+        !s.root.join("vision").exists(),
+        "teardown left {:?}",
+        std::fs::read_dir(&s.root).map(|d| d.count())
+    );
 }
 
 #[test]
@@ -317,10 +459,17 @@ fn a_symlink_planted_at_the_link_path_is_refused_and_not_followed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("symlinks are never followed"), "{err}");
-    let names: Vec<_> = std::fs::read_dir(outside.path()).expect("ls").flatten().map(|e| e.file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(outside.path())
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("precious")]);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    assert!(!mounts.contains(outside.path().to_str().expect("utf-8")), "mounted through the symlink");
+    assert!(
+        !mounts.contains(outside.path().to_str().expect("utf-8")),
+        "mounted through the symlink"
+    );
 }
 
 #[test]
@@ -336,5 +485,8 @@ fn teardown_of_a_plain_directory_link_never_follows_symlinks() {
     std::os::unix::fs::symlink(outside.path(), s.link.join("control/escape")).expect("symlink");
     assert_eq!(sidecar.stop(), 0);
     assert!(!s.link.exists(), "teardown left the link");
-    assert!(outside.path().join("precious").exists(), "teardown followed a symlink");
+    assert!(
+        outside.path().join("precious").exists(),
+        "teardown followed a symlink"
+    );
 }

@@ -24,8 +24,15 @@ pub fn get(port: u16, path: &str) -> (u16, String) {
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send request");
     let mut text = String::new();
     s.read_to_string(&mut text).expect("read response");
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -33,7 +40,11 @@ pub fn get(port: u16, path: &str) -> (u16, String) {
 pub fn metric(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with('{'))
-        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
@@ -81,7 +92,11 @@ impl Sidecar {
             if let Some(status) = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("sidecar exited with {status}:\n{}", s.log());
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "sidecar not ready:\n{}", s.log());
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "sidecar not ready:\n{}",
+                s.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
