@@ -4,6 +4,11 @@
 //!   blocked in `open()` waiting for a reader is never released (the read end is never
 //!   opened). With a reader, `FIONREAD` on the write end gives the bytes queued and
 //!   `F_GETPIPE_SZ` the capacity (and fails on anything that is not a pipe).
+//!   Known limit: the kernel counts a reader still blocked in `open()` as a reader, so
+//!   when a fifo has such a reader and no writer at all, the probe's brief write end lets
+//!   that `open()` return and the reader then reads EOF. Duplicating an existing
+//!   descriptor with `pidfd_getfd` instead of opening would avoid it (needs the holder's
+//!   pid and ptrace rights); not done yet.
 //! - semaphore, shm: read through a descriptor opened once (`pread`, `fstat`).
 //! - socket directory: one `NETLINK_SOCK_DIAG` dump of the Unix sockets visible in this
 //!   network namespace, matched to the directory's socket files by device and inode.

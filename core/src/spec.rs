@@ -326,3 +326,30 @@ impl JsonSchema for Mode {
         json_schema!({"type": "string", "pattern": "^0?[0-7]{3}$"})
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn the_crd_has_the_names_users_type() {
+        let crd = serde_json::to_value(IpcLink::crd()).expect("crd");
+        let spec = &crd["spec"];
+        assert_eq!(crd["metadata"]["name"], "ipclinks.ipclink.dev");
+        assert_eq!(spec["group"], GROUP);
+        assert_eq!(spec["scope"], "Namespaced");
+        assert_eq!(spec["names"]["kind"], KIND);
+        assert_eq!(spec["names"]["shortNames"][0], "ipcl");
+        let version = &spec["versions"][0];
+        assert_eq!(version["name"], VERSION);
+        assert!(version["subresources"]["status"].is_object());
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_array()
+            .expect("printer columns")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(columns, ["Phase", "Node", "Channels", "Members", "Age"]);
+    }
+}

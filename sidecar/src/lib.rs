@@ -104,9 +104,28 @@ pub fn materialize_files(
     for plan in &plans {
         store.check(plan)?;
     }
+    // Links this run makes from nothing are removed again if a later step fails; links
+    // that existed before are never touched by that rollback.
+    let mut fresh: Vec<&LinkPlan> = Vec::new();
     for plan in &plans {
-        let outcome = store.materialize(plan)?;
-        store.write_record(plan)?;
+        let existed = store.open_link(&plan.namespace, &plan.name).is_ok();
+        if !existed {
+            fresh.push(plan);
+        }
+        let result = store
+            .materialize(plan)
+            .and_then(|o| store.write_record(plan).map(|()| o));
+        let outcome = match result {
+            Ok(o) => o,
+            Err(e) => {
+                for p in &fresh {
+                    if let Err(t) = store.teardown(&p.namespace, &p.name) {
+                        tracing::error!(error = %t, "rollback teardown failed");
+                    }
+                }
+                return Err(e.into());
+            }
+        };
         tracing::info!(
             link = %format!("{}/{}", plan.namespace, plan.name),
             path = %store.link_path(&plan.namespace, &plan.name).display(),
@@ -132,20 +151,27 @@ pub fn open_probes(store: &Store, plans: &[LinkPlan]) -> Result<Vec<LinkProbe>, 
         .collect()
 }
 
-/// Resolves when SIGTERM or SIGINT arrives; the one signal watcher of the process.
-pub async fn shutdown_signal() {
+/// Installs the process's one SIGTERM/SIGINT watcher now (so a signal during start-up is
+/// not fatal) and returns a future that resolves when either arrives.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+        }
+    })
 }
 
 /// `ipclink-sidecar up`.
 pub async fn up(args: UpArgs) -> Result<(), Error> {
     let root = args.root.clone().unwrap_or_else(default_root);
+    let shutdown = shutdown_signal().map_err(|source| Error::Io {
+        what: "install signal handlers".into(),
+        source,
+    })?;
     // Validate before binding, bind before creating anything: a bad file or a busy port
     // leaves the machine as it was.
     load_files(&args.files)?;
@@ -164,13 +190,7 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
         metrics = %format!("http://{}/metrics", args.listen),
         "ready"
     );
-    let served = http::serve(
-        listener,
-        app(state),
-        http::Limits::default(),
-        shutdown_signal(),
-    )
-    .await;
+    let served = http::serve(listener, app(state), http::Limits::default(), shutdown).await;
     if args.keep {
         tracing::info!(root = %root.display(), "--keep: links left in place");
     } else {
