@@ -261,6 +261,32 @@ fn libc_af_unix() -> u8 {
     nix::libc::AF_UNIX as u8
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semaphore_words_decode_for_each_libc() {
+        let word = |v: u32, w: u32| {
+            let mut b = [0u8; 8];
+            b[..4].copy_from_slice(&v.to_ne_bytes());
+            b[4..].copy_from_slice(&w.to_ne_bytes());
+            b
+        };
+        assert_eq!(read_semaphore(&word(5, 0), SemaphoreAbi::Glibc), (5, 0));
+        assert_eq!(read_semaphore(&word(0, 2), SemaphoreAbi::Glibc), (0, 2));
+        assert_eq!(read_semaphore(&word(7, 0), SemaphoreAbi::Musl), (7, 0));
+        assert_eq!(
+            read_semaphore(&word(u32::MAX, 1), SemaphoreAbi::Musl),
+            (0, 1)
+        ); // musl <= 1.2.3
+        assert_eq!(
+            read_semaphore(&word(0x8000_0000, 1), SemaphoreAbi::Musl),
+            (0, 1)
+        ); // later musl
+    }
+}
+
 nix::ioctl_read_bad!(fionread, nix::libc::FIONREAD, nix::libc::c_int);
 
 /// Bytes queued in a pipe, through one of its descriptors.
@@ -457,7 +483,9 @@ pub fn read_semaphore(b: &[u8; 8], abi: SemaphoreAbi) -> (u32, u32) {
     match abi {
         // glibc (64-bit atomics): value in the low half, waiter count in the high half.
         SemaphoreAbi::Glibc => (lo, hi),
-        // musl: the top bit of the value flags waiters; the second int counts them.
+        // musl: the second int counts waiters. "Zero with waiters" is -1 up to musl 1.2.3
+        // (its sem_getvalue reports negatives as 0); later musl sets the top bit instead.
+        SemaphoreAbi::Musl if lo == u32::MAX => (0, hi),
         SemaphoreAbi::Musl => (lo & 0x7fff_ffff, hi),
     }
 }

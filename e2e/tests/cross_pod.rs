@@ -140,3 +140,60 @@ fn semaphore_bytes_match_what_each_libc_creates() {
         );
     }
 }
+
+/// A member blocked in `sem_wait` shows as a waiter, with glibc and musl alike; a post by
+/// another member wakes it, and the probe then reads value 0 and no waiter.
+#[test]
+fn semaphore_waiters_are_read_from_the_object() {
+    use ipclink_core::probe::{LinkProbe, SocketTable};
+    require_root();
+    for (libc, abi) in [(Libc::Glibc, "glibc"), (Libc::Musl, "musl")] {
+        let waiter = compile_peer("sem_waiter", libc);
+        let poster = compile_peer("posix_peer", libc);
+        let base = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
+        let link = &parse_links("test", &link_yaml(abi)).expect("parse")[0];
+        let plan = validate(link).expect("valid");
+        store.materialize(&plan).expect("materialize");
+        let dir = store.link_path("vision", "frames");
+        let mut probe = LinkProbe::open(&store, &plan).expect("probe");
+
+        let w = spawn_pod(&dir, &waiter, &["/frame-ready"]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let waiters = loop {
+            let s = probe.sample(&SocketTable::default());
+            let ready = &s.semaphores[0];
+            if ready.waiters == Some(1) || std::time::Instant::now() > deadline {
+                break (ready.value, ready.waiters);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            waiters,
+            (Some(0), Some(1)),
+            "{abi}: value and waiters while one waits"
+        );
+
+        // The producer role posts frame-ready once (its other steps need a consumer, so it
+        // is stopped once the waiter is woken).
+        let p = spawn_pod(&dir, &poster, &["producer"]);
+        let out = wait_with_timeout(w, Duration::from_secs(10));
+        let mut p = p;
+        let _ = p.kill();
+        let _ = p.wait();
+        assert!(out.status.success(), "{abi}: waiter: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("woken"),
+            "{}",
+            describe(&out)
+        );
+        let s = probe.sample(&SocketTable::default());
+        assert_eq!(
+            (s.semaphores[0].value, s.semaphores[0].waiters),
+            (Some(0), Some(0)),
+            "{abi} after the wake-up"
+        );
+        drop(probe);
+        store.teardown("vision", "frames").expect("teardown");
+    }
+}

@@ -490,3 +490,43 @@ fn teardown_of_a_plain_directory_link_never_follows_symlinks() {
         "teardown followed a symlink"
     );
 }
+
+#[test]
+fn without_root_up_uses_a_plain_directory_under_xdg_runtime_dir_and_says_so() {
+    require_root(); // to become an unprivileged user with setpriv
+    let dir = tempfile::tempdir().expect("temp dir");
+    let user = nix::unistd::Uid::from_raw(1000);
+    let group = nix::unistd::Gid::from_raw(1000);
+    let own = |p: &Path| nix::unistd::chown(p, Some(user), Some(group)).expect("chown");
+    own(dir.path());
+    let file = write_file(dir.path(), "link.yaml", LINK);
+    own(&file);
+    let xdg = dir.path().join("xdg");
+    std::fs::create_dir(&xdg).expect("mkdir");
+    own(&xdg);
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=1000", "--regid=1000", "--clear-groups", BIN, "up"])
+        .arg(&file)
+        .env("XDG_RUNTIME_DIR", &xdg);
+    let mut sidecar = Sidecar::start(cmd, &xdg.join("ipclink"));
+    let link = xdg.join("ipclink/vision/frames");
+    let fifo = std::fs::symlink_metadata(link.join("events"))
+        .expect("the fifo under $XDG_RUNTIME_DIR/ipclink");
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fifo.file_type()));
+    assert_eq!(fifo.uid(), 1000, "objects belong to the user");
+    let log = sidecar.log();
+    assert!(log.contains("sizeLimit is NOT enforced"), "{log}");
+    assert!(
+        log.contains("owners from the spec are not applied"),
+        "{log}"
+    );
+    let (_, json) = get(sidecar.port, "/v1/links");
+    assert!(json.contains("\"sizeLimitEnforced\":false"), "{json}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(link.to_str().expect("utf-8")),
+        "an unprivileged up mounted something"
+    );
+    assert_eq!(sidecar.stop(), 0);
+    assert!(!link.exists(), "teardown left the link");
+}

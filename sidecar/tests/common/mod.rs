@@ -59,16 +59,23 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts `up` on `files` with extra args, and waits until `/readyz` answers 200.
     pub fn up(root: &Path, files: &[&Path], extra: &[&str]) -> Sidecar {
-        let port = free_port();
-        let log = root.with_extension("log");
-        let child = Command::new(BIN)
-            .arg("up")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("up")
             .args(files)
             .arg("--root")
             .arg(root)
+            .args(extra);
+        Sidecar::start(cmd, root)
+    }
+
+    /// Starts `cmd` (an `up` without `--listen`, possibly wrapped) on a free port and
+    /// waits until `/readyz` answers 200. Its log goes next to `root`.
+    pub fn start(mut cmd: Command, root: &Path) -> Sidecar {
+        let port = free_port();
+        let log = root.with_extension("log");
+        let child = cmd
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
-            .args(extra)
             .env("IPCLINK_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -83,11 +90,8 @@ impl Sidecar {
         };
         let start = Instant::now();
         loop {
-            if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
-                drop(c.write_all(b""));
-                if get(port, "/readyz").0 == 200 {
-                    return s;
-                }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() && get(port, "/readyz").0 == 200 {
+                return s;
             }
             if let Some(status) = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("sidecar exited with {status}:\n{}", s.log());
