@@ -3,13 +3,14 @@
 
 pub mod load;
 pub mod materialize;
+pub mod members;
 pub mod metrics;
 pub mod probe;
 pub mod quantity;
 pub mod spec;
 pub mod validate;
 
-pub use load::{load_plans, parse_links};
+pub use load::{load_plans, parse_link_value, parse_links, yaml_documents};
 pub use materialize::{MaterializeError, Outcome, StorageMode, Store};
 pub use spec::{
     Channel, ChannelKind, IpcLink, IpcLinkSpec, IpcLinkStatus, Semaphore, SemaphoreAbi,

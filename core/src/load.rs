@@ -36,10 +36,7 @@ struct LinkMetadata {
 
 /// Parses every document of `text` (named `source` in errors) into links.
 pub fn parse_links(source: &str, text: &str) -> Result<Vec<IpcLink>, Problems> {
-    // YAML syntax first (serde-saphyr reports line and column and enforces its budgets
-    // against alias bombs), then each document through serde_path_to_error for the path.
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text)
-        .map_err(|e| Problems(vec![Problem::new(source, format!("malformed YAML: {e}"))]))?;
+    let docs = yaml_documents(source, text)?;
     let mut links = Vec::new();
     let mut problems = Vec::new();
     for (i, doc) in docs.into_iter().enumerate() {
@@ -48,38 +45,9 @@ pub fn parse_links(source: &str, text: &str) -> Result<Vec<IpcLink>, Problems> {
         } else {
             format!("{source} (document {})", i + 1)
         };
-        match serde_path_to_error::deserialize::<_, LinkDocument>(doc) {
-            Ok(d) => {
-                if d.api_version != API_VERSION {
-                    problems.push(Problem::new(
-                        format!("{at}: apiVersion"),
-                        format!("{:?} is not served; use {API_VERSION:?}", d.api_version),
-                    ));
-                }
-                if d.kind != KIND {
-                    problems.push(Problem::new(
-                        format!("{at}: kind"),
-                        format!("{:?} is not handled; use {KIND:?}", d.kind),
-                    ));
-                }
-                let mut link = IpcLink::new(d.metadata.name.as_deref().unwrap_or(""), d.spec);
-                link.metadata = ObjectMeta {
-                    name: d.metadata.name,
-                    namespace: d.metadata.namespace,
-                    labels: Some(d.metadata.labels).filter(|l| !l.is_empty()),
-                    annotations: Some(d.metadata.annotations).filter(|a| !a.is_empty()),
-                    ..ObjectMeta::default()
-                };
-                links.push(link);
-            }
-            Err(e) => {
-                let path = e.path().to_string();
-                let path = if path == "." { String::new() } else { path };
-                problems.push(Problem::new(
-                    format!("{at}: {path}").trim_end_matches(": ").to_owned(),
-                    e.into_inner().to_string(),
-                ));
-            }
+        match parse_link_value(&at, doc) {
+            Ok(link) => links.push(link),
+            Err(Problems(p)) => problems.extend(p),
         }
     }
     if problems.is_empty() {
@@ -87,6 +55,53 @@ pub fn parse_links(source: &str, text: &str) -> Result<Vec<IpcLink>, Problems> {
     } else {
         Err(Problems(problems))
     }
+}
+
+/// Splits multi-document YAML into generic documents. serde-saphyr reports line and column
+/// and enforces its budgets against alias bombs; the typed pass comes after, with paths.
+pub fn yaml_documents(source: &str, text: &str) -> Result<Vec<serde_json::Value>, Problems> {
+    serde_saphyr::from_multiple(text)
+        .map_err(|e| Problems(vec![Problem::new(source, format!("malformed YAML: {e}"))]))
+}
+
+/// Parses one already-read YAML document (named `at` in errors) into a link.
+pub fn parse_link_value(at: &str, doc: serde_json::Value) -> Result<IpcLink, Problems> {
+    let d = match serde_path_to_error::deserialize::<_, LinkDocument>(doc) {
+        Ok(d) => d,
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            return Err(Problems(vec![Problem::new(
+                format!("{at}: {path}").trim_end_matches(": ").to_owned(),
+                e.into_inner().to_string(),
+            )]));
+        }
+    };
+    let mut problems = Vec::new();
+    if d.api_version != API_VERSION {
+        problems.push(Problem::new(
+            format!("{at}: apiVersion"),
+            format!("{:?} is not served; use {API_VERSION:?}", d.api_version),
+        ));
+    }
+    if d.kind != KIND {
+        problems.push(Problem::new(
+            format!("{at}: kind"),
+            format!("{:?} is not handled; use {KIND:?}", d.kind),
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(Problems(problems));
+    }
+    let mut link = IpcLink::new(d.metadata.name.as_deref().unwrap_or(""), d.spec);
+    link.metadata = ObjectMeta {
+        name: d.metadata.name,
+        namespace: d.metadata.namespace,
+        labels: Some(d.metadata.labels).filter(|l| !l.is_empty()),
+        annotations: Some(d.metadata.annotations).filter(|a| !a.is_empty()),
+        ..ObjectMeta::default()
+    };
+    Ok(link)
 }
 
 /// Parses and validates several files; returns every problem of every file, or the plans

@@ -1,5 +1,201 @@
-//! `ipclink-csi`: CSI driver (node and controller) for IpcLink volumes. Grows in its own issue; for now it reports its version.
+//! `ipclink-csi node|controller`: flags and wiring; the work is in the library.
 
-fn main() {
-    println!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use ipclink_core::metrics::{CsiMetrics, render, render_channels};
+use ipclink_csi::controller::ControllerPlugin;
+use ipclink_csi::csi::controller_server::ControllerServer;
+use ipclink_csi::csi::identity_server::IdentityServer;
+use ipclink_csi::csi::node_server::NodeServer;
+use ipclink_csi::grpc::{Controller, Identity, Node};
+use ipclink_csi::node::NodePlugin;
+use ipclink_csi::source::DirSource;
+
+/// The ipclink CSI driver (csi.ipclink.dev).
+#[derive(Debug, Parser)]
+#[command(name = "ipclink-csi", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Debug, Subcommand)]
+enum Role {
+    /// Node plugin: Identity and Node services.
+    Node {
+        #[command(flatten)]
+        common: Common,
+        /// This node's name (the topology value of topology.ipclink.dev/node).
+        #[arg(long, env = "NODE_ID")]
+        node_id: String,
+    },
+    /// Controller plugin: Identity and Controller services.
+    Controller {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// gRPC endpoint, unix://PATH.
+    #[arg(
+        long,
+        env = "CSI_ENDPOINT",
+        default_value = "unix:///run/ipclink/csi.sock"
+    )]
+    endpoint: String,
+    /// Directory for state files (and, on a node, the links' tmpfs mounts).
+    #[arg(
+        long,
+        env = "IPCLINK_STATE_DIR",
+        default_value = "/var/lib/ipclink-csi"
+    )]
+    state_dir: PathBuf,
+    /// Directory of IpcLink (and Pod) YAML: the link source when running standalone.
+    #[arg(long, env = "IPCLINK_LINKS_DIR")]
+    links_dir: PathBuf,
+    /// Serve /metrics here.
+    #[arg(long, env = "IPCLINK_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IPCLINK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let shutdown = ipclink_sidecar::shutdown_signal()?;
+    let (common, node_id) = match cli.role {
+        Role::Node { common, node_id } => (common, Some(node_id)),
+        Role::Controller { common } => (common, None),
+    };
+    let registry = prometheus::Registry::new();
+    let metrics = CsiMetrics::new(&registry)?;
+    let source = DirSource::new(common.links_dir.clone());
+    let path = common
+        .endpoint
+        .strip_prefix("unix://")
+        .map(PathBuf::from)
+        .with_context(|| {
+            format!(
+                "--endpoint {:?}: only unix://PATH is served",
+                common.endpoint
+            )
+        })?;
+    let listener = ipclink_csi::bind_socket(&path)?;
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let identity = IdentityServer::new(Identity {
+        metrics: metrics.clone(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut server = tonic::transport::Server::builder();
+    let router = match node_id {
+        Some(node_id) => {
+            let plugin = NodePlugin::new(node_id, &common.state_dir, source)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(addr) = common.metrics_listen {
+                spawn_metrics(
+                    addr,
+                    registry.clone(),
+                    Some(plugin.clone()),
+                    stop_rx.clone(),
+                )
+                .await?;
+            }
+            server
+                .add_service(identity)
+                .add_service(NodeServer::new(Node { plugin, metrics }))
+        }
+        None => {
+            let plugin = ControllerPlugin::new(&common.state_dir, source)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(addr) = common.metrics_listen {
+                spawn_metrics(addr, registry.clone(), None, stop_rx.clone()).await?;
+            }
+            server
+                .add_service(identity)
+                .add_service(ControllerServer::new(Controller {
+                    plugin: Arc::new(plugin),
+                    metrics,
+                }))
+        }
+    };
+    tracing::info!(endpoint = %common.endpoint, "serving CSI");
+    let result = router
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    let _ = std::fs::remove_file(&path);
+    if let Err(e) = result {
+        bail!("gRPC server: {e}");
+    }
+    Ok(())
+}
+
+async fn spawn_metrics(
+    addr: SocketAddr,
+    registry: prometheus::Registry,
+    node: Option<Arc<NodePlugin>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics-listen {addr}"))?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                let node = node.clone();
+                async move {
+                    let mut text = render(&registry);
+                    if let Some(node) = node {
+                        let store = node.store();
+                        let (plans, _) = store.records();
+                        let probes = plans
+                            .iter()
+                            .filter_map(|p| ipclink_core::probe::LinkProbe::open(store, p).ok())
+                            .collect();
+                        let samples = ipclink_sidecar::app::LinkSet::new(probes).sample();
+                        render_channels(&samples, &[], &mut text);
+                    }
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    tokio::spawn(async move {
+        let _ = ipclink_sidecar::http::serve(listener, app, Default::default(), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    });
+    Ok(())
 }

@@ -1,0 +1,277 @@
+//! The CSI controller service: one persistent volume per claim of a link, placed on the
+//! node the first consumer picked (WaitForFirstConsumer passes it as a topology).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ipclink_core::validate::check_dns_label;
+use serde::{Deserialize, Serialize};
+
+use crate::csi;
+use crate::error::CsiError;
+use crate::ids::{self, MAX_ID, VolumeId};
+use crate::node::{TOPOLOGY_KEY, check_capability};
+use crate::source::DirSource;
+use crate::state::{load_json, save_json};
+
+/// Parameters a StorageClass may pass (external-provisioner adds the pvc/pv ones).
+const PARAMETERS: &[&str] = &[
+    ids::LINK,
+    ids::NAMESPACE,
+    "csi.storage.k8s.io/pvc/name",
+    "csi.storage.k8s.io/pvc/namespace",
+    "csi.storage.k8s.io/pv/name",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Created {
+    volume_id: String,
+    required_bytes: i64,
+    limit_bytes: i64,
+    parameters: BTreeMap<String, String>,
+    capacity_bytes: i64,
+    node: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Volumes {
+    by_name: BTreeMap<String, Created>,
+}
+
+/// The controller plugin.
+#[derive(Debug)]
+pub struct ControllerPlugin {
+    source: DirSource,
+    state_file: PathBuf,
+    state: Mutex<Volumes>,
+}
+
+impl ControllerPlugin {
+    /// Opens (or starts) the controller state in `state_dir`.
+    pub fn new(state_dir: &Path, source: DirSource) -> Result<Self, CsiError> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| CsiError::Internal(format!("state dir: {e}")))?;
+        let state_file = state_dir.join("volumes.json");
+        let state = load_json::<Volumes>(&state_file)
+            .map_err(CsiError::Internal)?
+            .unwrap_or_default();
+        Ok(ControllerPlugin {
+            source,
+            state_file,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn volume(&self, c: &Created) -> csi::Volume {
+        let id = VolumeId::parse(&c.volume_id);
+        csi::Volume {
+            capacity_bytes: c.capacity_bytes,
+            volume_id: c.volume_id.clone(),
+            volume_context: id
+                .map(|id| {
+                    HashMap::from([
+                        (ids::LINK.to_owned(), id.link),
+                        (ids::NAMESPACE.to_owned(), id.namespace),
+                    ])
+                })
+                .unwrap_or_default(),
+            content_source: None,
+            accessible_topology: c
+                .node
+                .iter()
+                .map(|n| csi::Topology {
+                    segments: HashMap::from([(TOPOLOGY_KEY.to_owned(), n.clone())]),
+                })
+                .collect(),
+        }
+    }
+
+    /// CreateVolume.
+    pub fn create(&self, req: csi::CreateVolumeRequest) -> Result<csi::Volume, CsiError> {
+        if req.name.is_empty() {
+            return Err(CsiError::invalid("name", "is required"));
+        }
+        if req.name.chars().any(char::is_control) {
+            return Err(CsiError::invalid("name", "holds a control character"));
+        }
+        if req.volume_capabilities.is_empty() {
+            return Err(CsiError::invalid(
+                "volume_capabilities",
+                "at least one is required",
+            ));
+        }
+        for cap in &req.volume_capabilities {
+            check_capability(cap)?;
+        }
+        if req.volume_content_source.is_some() {
+            return Err(CsiError::invalid(
+                "volume_content_source",
+                "ipclink volumes cannot be made from a snapshot or clone",
+            ));
+        }
+        let parameters: BTreeMap<String, String> = req.parameters.clone().into_iter().collect();
+        for k in parameters.keys() {
+            if !PARAMETERS.contains(&k.as_str()) {
+                return Err(CsiError::invalid(
+                    "parameters",
+                    format!("unknown key {k:?}; allowed: {}", PARAMETERS.join(", ")),
+                ));
+            }
+        }
+        let get = |k: &str| {
+            parameters.get(k).ok_or_else(|| {
+                CsiError::invalid(
+                    "parameters",
+                    format!("{k} is required (the IpcLink this volume serves)"),
+                )
+            })
+        };
+        let (link, namespace) = (get(ids::LINK)?, get(ids::NAMESPACE)?);
+        check_dns_label(link).map_err(|e| CsiError::invalid("parameters", format!("link: {e}")))?;
+        check_dns_label(namespace)
+            .map_err(|e| CsiError::invalid("parameters", format!("namespace: {e}")))?;
+        let (required, limit) = req
+            .capacity_range
+            .as_ref()
+            .map(|c| (c.required_bytes, c.limit_bytes))
+            .unwrap_or((0, 0));
+        if required < 0 || limit < 0 {
+            return Err(CsiError::invalid(
+                "capacity_range",
+                "bytes must not be negative",
+            ));
+        }
+        if limit > 0 && required > limit {
+            return Err(CsiError::invalid(
+                "capacity_range",
+                "required_bytes exceeds limit_bytes",
+            ));
+        }
+        // A name that exists answers first: the same request again is the same volume,
+        // anything else is a conflict, whatever the link looks like now.
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = state.by_name.get(&req.name) {
+            if c.required_bytes == required && c.limit_bytes == limit && c.parameters == parameters
+            {
+                return Ok(self.volume(c));
+            }
+            return Err(CsiError::AlreadyExists(format!(
+                "volume {:?} exists with other capacity or parameters",
+                req.name
+            )));
+        }
+        let snapshot = self.source.snapshot()?;
+        let (_, plan) = snapshot.link(namespace, link).map_err(|e| match e {
+            CsiError::NotFound(m) => CsiError::invalid("parameters", m),
+            other => other,
+        })?;
+        let size = plan.size_limit as i64;
+        if required > size {
+            return Err(CsiError::OutOfRange(format!(
+                "required_bytes {required} exceeds the sizeLimit of link {namespace}/{link} ({size} bytes)"
+            )));
+        }
+        if limit > 0 && limit < size {
+            return Err(CsiError::OutOfRange(format!(
+                "limit_bytes {limit} is below the sizeLimit of link {namespace}/{link} ({size} bytes)"
+            )));
+        }
+        let node = req.accessibility_requirements.as_ref().and_then(|t| {
+            t.preferred
+                .iter()
+                .chain(&t.requisite)
+                .find_map(|topo| topo.segments.get(TOPOLOGY_KEY).cloned())
+        });
+
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        req.name.hash(&mut h);
+        let id = VolumeId {
+            namespace: namespace.clone(),
+            link: link.clone(),
+            uid: format!("{:016x}", h.finish()),
+        }
+        .render();
+        if id.len() > MAX_ID {
+            return Err(CsiError::invalid(
+                "parameters",
+                format!("namespace and link make an id over {MAX_ID} bytes"),
+            ));
+        }
+        let created = Created {
+            volume_id: id,
+            required_bytes: required,
+            limit_bytes: limit,
+            parameters,
+            capacity_bytes: size,
+            node,
+        };
+        state.by_name.insert(req.name.clone(), created.clone());
+        save_json(&self.state_file, &*state)
+            .map_err(|e| CsiError::Internal(format!("state file: {e}")))?;
+        Ok(self.volume(&created))
+    }
+
+    /// DeleteVolume: idempotent; an id that is not ours was never created, so it is gone.
+    pub fn delete(&self, volume_id: &str) -> Result<(), CsiError> {
+        if volume_id.is_empty() {
+            return Err(CsiError::invalid("volume_id", "is required"));
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let before = state.by_name.len();
+        state.by_name.retain(|_, c| c.volume_id != volume_id);
+        if state.by_name.len() != before {
+            save_json(&self.state_file, &*state)
+                .map_err(|e| CsiError::Internal(format!("state file: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// ValidateVolumeCapabilities.
+    pub fn validate(
+        &self,
+        req: csi::ValidateVolumeCapabilitiesRequest,
+    ) -> Result<csi::ValidateVolumeCapabilitiesResponse, CsiError> {
+        if req.volume_id.is_empty() {
+            return Err(CsiError::invalid("volume_id", "is required"));
+        }
+        if req.volume_capabilities.is_empty() {
+            return Err(CsiError::invalid(
+                "volume_capabilities",
+                "at least one is required",
+            ));
+        }
+        let known = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_name
+            .values()
+            .any(|c| c.volume_id == req.volume_id);
+        if !known {
+            return Err(CsiError::NotFound(format!(
+                "volume {:?} does not exist",
+                req.volume_id
+            )));
+        }
+        if let Err(e) = req
+            .volume_capabilities
+            .iter()
+            .try_for_each(check_capability)
+        {
+            return Ok(csi::ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message: e.to_string(),
+            });
+        }
+        Ok(csi::ValidateVolumeCapabilitiesResponse {
+            confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
+                volume_context: req.volume_context,
+                volume_capabilities: req.volume_capabilities,
+                parameters: req.parameters,
+            }),
+            message: String::new(),
+        })
+    }
+}

@@ -1,0 +1,538 @@
+//! The CSI node service: materialize a link once per node on its own tmpfs (under the
+//! state directory), bind-mount it into each pod's target, and keep a state file of the
+//! publications (temp + fsync + rename) so every call is idempotent across restarts.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ipclink_core::members::members_of;
+use ipclink_core::validate::check_dns_label;
+use ipclink_core::{StorageMode, Store};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, fstat, mkdirat};
+use nix::sys::statvfs::statvfs;
+use nix::unistd::{UnlinkatFlags, unlinkat};
+use serde::{Deserialize, Serialize};
+
+use crate::csi;
+use crate::error::CsiError;
+use crate::ids::{self, VolumeId, check_context, check_id, check_target};
+use crate::source::DirSource;
+use crate::state::{load_json, save_json};
+
+/// Topology key every node reports.
+pub const TOPOLOGY_KEY: &str = "topology.ipclink.dev/node";
+
+/// One bind mount of a link into a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publication {
+    /// The CO's volume id.
+    pub volume_id: String,
+    /// Link namespace.
+    pub namespace: String,
+    /// Link name.
+    pub link: String,
+    /// Published read-only.
+    pub readonly: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Publications {
+    by_target: BTreeMap<String, Publication>,
+}
+
+/// The node plugin.
+#[derive(Debug)]
+pub struct NodePlugin {
+    node_id: String,
+    source: DirSource,
+    store: Store,
+    state_file: PathBuf,
+    state: Mutex<Publications>,
+    /// (volume id, target) pairs being worked on: a concurrent duplicate gets Aborted.
+    busy: Mutex<HashSet<(String, String)>>,
+    /// Serializes materialization and mounting, so one link is mounted once.
+    mounting: Mutex<()>,
+}
+
+/// Releases a busy slot when a call ends.
+struct BusyGuard<'a>(&'a Mutex<HashSet<(String, String)>>, (String, String));
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
+}
+
+fn errno(what: &str, e: Errno) -> CsiError {
+    CsiError::Internal(format!("{what}: {e}"))
+}
+
+fn magic(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+impl NodePlugin {
+    /// Opens the state directory (links live in `STATE/links`).
+    pub fn new(
+        node_id: String,
+        state_dir: &Path,
+        source: DirSource,
+    ) -> Result<Arc<Self>, CsiError> {
+        check_dns_label(&node_id).map_err(|e| CsiError::invalid("--node-id", e))?;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| CsiError::Internal(format!("state dir: {e}")))?;
+        let store = Store::open(&state_dir.join("links"), StorageMode::Tmpfs)?;
+        let state_file = state_dir.join("publications.json");
+        let state = match load_json::<Publications>(&state_file) {
+            Ok(Some(s)) => s,
+            Ok(None) => Publications::default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "state file unreadable; starting from the mounts that exist");
+                Publications::default()
+            }
+        };
+        Ok(Arc::new(NodePlugin {
+            node_id,
+            source,
+            store,
+            state_file,
+            state: Mutex::new(state),
+            busy: Mutex::new(HashSet::new()),
+            mounting: Mutex::new(()),
+        }))
+    }
+
+    /// The store holding this node's links.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Every publication, by target path.
+    pub fn publications(&self) -> BTreeMap<String, Publication> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_target
+            .clone()
+    }
+
+    fn save(&self, state: &Publications) -> Result<(), CsiError> {
+        save_json(&self.state_file, state)
+            .map_err(|e| CsiError::Internal(format!("state file: {e}")))
+    }
+
+    fn claim(&self, volume_id: &str, target: &str) -> Result<BusyGuard<'_>, CsiError> {
+        let key = (volume_id.to_owned(), target.to_owned());
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if !busy.insert(key.clone()) {
+            return Err(CsiError::Busy(format!(
+                "volume {volume_id} at {target} is being published or unpublished by another call"
+            )));
+        }
+        Ok(BusyGuard(&self.busy, key))
+    }
+
+    /// NodePublishVolume.
+    pub fn publish(&self, req: csi::NodePublishVolumeRequest) -> Result<(), CsiError> {
+        check_id("volume_id", &req.volume_id)?;
+        check_target("target_path", &req.target_path)?;
+        let cap = req
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| CsiError::invalid("volume_capability", "is required"))?;
+        check_capability(cap)?;
+        let ctx: BTreeMap<String, String> = req.volume_context.clone().into_iter().collect();
+        check_context(&ctx)?;
+        let (namespace, link_name) = resolve_link(&req.volume_id, &ctx)?;
+        let _busy = self.claim(&req.volume_id, &req.target_path)?;
+
+        if let Some(p) = self.publications().get(&req.target_path) {
+            if p.volume_id != req.volume_id {
+                return Err(CsiError::AlreadyExists(format!(
+                    "target {} already holds volume {}",
+                    req.target_path, p.volume_id
+                )));
+            }
+            if p.readonly != req.readonly {
+                return Err(CsiError::AlreadyExists(format!(
+                    "volume {} is published at {} with readonly={}; asked readonly={}",
+                    req.volume_id, req.target_path, p.readonly, req.readonly
+                )));
+            }
+            return Ok(());
+        }
+
+        let snapshot = self.source.snapshot()?;
+        let (link, plan) = snapshot.link(&namespace, &link_name)?;
+        if link.spec.members.iter().any(|m| m.pod_selector.is_some()) {
+            let pod = ctx.get(ids::POD_NAME).ok_or_else(|| {
+                CsiError::Denied(format!(
+                    "link {namespace}/{link_name} admits only its members and the request names no pod (the CSIDriver needs podInfoOnMount: true)"
+                ))
+            })?;
+            let labels = snapshot
+                .pod_labels(&namespace, pod)
+                .ok_or_else(|| CsiError::Denied(format!("pod {namespace}/{pod} is unknown; it may not mount link {namespace}/{link_name}")))?;
+            if members_of(link, labels).is_empty() {
+                return Err(CsiError::Denied(format!(
+                    "pod {namespace}/{pod} is not selected by any member of link {namespace}/{link_name}"
+                )));
+            }
+        }
+
+        let _mounting = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
+        self.store.materialize(plan)?;
+        self.store.write_record(plan)?;
+        let link_fd = self
+            .store
+            .open_link(&namespace, &link_name)
+            .map_err(|e| errno("open link", e))?;
+        bind(&link_fd, Path::new(&req.target_path), req.readonly)?;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.by_target.insert(
+            req.target_path.clone(),
+            Publication {
+                volume_id: req.volume_id.clone(),
+                namespace,
+                link: link_name,
+                readonly: req.readonly,
+            },
+        );
+        self.save(&state)
+    }
+
+    /// NodeUnpublishVolume.
+    pub fn unpublish(&self, req: csi::NodeUnpublishVolumeRequest) -> Result<(), CsiError> {
+        check_id("volume_id", &req.volume_id)?;
+        check_target("target_path", &req.target_path)?;
+        let _busy = self.claim(&req.volume_id, &req.target_path)?;
+        let known = self.publications().get(&req.target_path).cloned();
+        if let Some(p) = &known
+            && p.volume_id != req.volume_id
+        {
+            return Err(CsiError::NotFound(format!(
+                "volume {} is not published at {} (it holds {})",
+                req.volume_id, req.target_path, p.volume_id
+            )));
+        }
+        let _mounting = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
+        unbind(Path::new(&req.target_path), known.is_some())?;
+        if let Some(p) = known {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.by_target.remove(&req.target_path);
+            self.save(&state)?;
+            let still_used = state
+                .by_target
+                .values()
+                .any(|q| q.namespace == p.namespace && q.link == p.link);
+            drop(state);
+            // The link goes with its last publication, once it no longer exists.
+            if !still_used && !self.source.snapshot()?.has_link(&p.namespace, &p.link) {
+                self.store.teardown(&p.namespace, &p.link)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// NodeGetVolumeStats: bytes and inodes of the link's tmpfs.
+    pub fn stats(
+        &self,
+        req: csi::NodeGetVolumeStatsRequest,
+    ) -> Result<Vec<csi::VolumeUsage>, CsiError> {
+        check_id("volume_id", &req.volume_id)?;
+        if req.volume_path.is_empty() {
+            return Err(CsiError::invalid("volume_path", "is required"));
+        }
+        let pubs = self.publications();
+        if !pubs.values().any(|p| p.volume_id == req.volume_id) {
+            return Err(CsiError::NotFound(format!(
+                "volume {} is not published on this node",
+                req.volume_id
+            )));
+        }
+        match pubs.get(&req.volume_path) {
+            Some(p) if p.volume_id == req.volume_id => {}
+            _ => {
+                return Err(CsiError::NotFound(format!(
+                    "volume {} is not published at {}",
+                    req.volume_id, req.volume_path
+                )));
+            }
+        }
+        let v = statvfs(req.volume_path.as_str()).map_err(|e| errno("statvfs", e))?;
+        let f = v.fragment_size();
+        let usage =
+            |unit: csi::volume_usage::Unit, total: u64, free: u64, avail: u64| csi::VolumeUsage {
+                total: total as i64,
+                available: avail as i64,
+                used: total.saturating_sub(free) as i64,
+                unit: unit as i32,
+            };
+        Ok(vec![
+            usage(
+                csi::volume_usage::Unit::Bytes,
+                v.blocks() * f,
+                v.blocks_free() * f,
+                v.blocks_available() * f,
+            ),
+            usage(
+                csi::volume_usage::Unit::Inodes,
+                v.files(),
+                v.files_free(),
+                v.files_available(),
+            ),
+        ])
+    }
+
+    /// NodeGetInfo.
+    pub fn info(&self) -> csi::NodeGetInfoResponse {
+        csi::NodeGetInfoResponse {
+            node_id: self.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: Some(csi::Topology {
+                segments: HashMap::from([(TOPOLOGY_KEY.to_owned(), self.node_id.clone())]),
+            }),
+        }
+    }
+}
+
+/// Only mounted directories: block access makes no sense for a link.
+pub fn check_capability(cap: &csi::VolumeCapability) -> Result<(), CsiError> {
+    use csi::volume_capability::AccessType;
+    match cap.access_type {
+        Some(AccessType::Mount(_)) => {}
+        Some(AccessType::Block(_)) => {
+            return Err(CsiError::invalid(
+                "volume_capability",
+                "block access is not supported; an ipclink volume is a directory (use mount)",
+            ));
+        }
+        None => {
+            return Err(CsiError::invalid(
+                "volume_capability",
+                "access_type is required (mount)",
+            ));
+        }
+    }
+    match cap.access_mode.as_ref().map(|m| m.mode) {
+        Some(m) if m != 0 => Ok(()),
+        _ => Err(CsiError::invalid(
+            "volume_capability",
+            "access_mode is required",
+        )),
+    }
+}
+
+/// (namespace, link) of a publish request: from the id for a persistent volume, from the
+/// context for an inline ephemeral one. A pod of another namespace is refused.
+fn resolve_link(
+    volume_id: &str,
+    ctx: &BTreeMap<String, String>,
+) -> Result<(String, String), CsiError> {
+    let pod_ns = ctx.get(ids::POD_NAMESPACE);
+    if ctx.get(ids::EPHEMERAL).map(String::as_str) == Some("true") {
+        let link = ctx.get(ids::LINK).ok_or_else(|| {
+            CsiError::invalid(
+                "volume_context",
+                "an inline volume needs volumeAttributes.link",
+            )
+        })?;
+        check_dns_label(link)
+            .map_err(|e| CsiError::invalid("volume_context", format!("link: {e}")))?;
+        let ns = pod_ns.ok_or_else(|| {
+            CsiError::invalid(
+                "volume_context",
+                "no pod namespace: the CSIDriver needs podInfoOnMount: true",
+            )
+        })?;
+        check_dns_label(ns)
+            .map_err(|e| CsiError::invalid("volume_context", format!("pod namespace: {e}")))?;
+        return Ok((ns.clone(), link.clone()));
+    }
+    let id = VolumeId::parse(volume_id)
+        .ok_or_else(|| CsiError::NotFound(format!("{volume_id:?} is not an ipclink volume id")))?;
+    for (key, want) in [(ids::NAMESPACE, &id.namespace), (ids::LINK, &id.link)] {
+        if let Some(v) = ctx.get(key)
+            && v != want
+        {
+            return Err(CsiError::invalid(
+                "volume_context",
+                format!("{key} {v:?} does not match the volume id"),
+            ));
+        }
+    }
+    if let Some(ns) = pod_ns
+        && ns != &id.namespace
+    {
+        return Err(CsiError::Denied(format!(
+            "a pod of namespace {ns} may not mount link {}/{}",
+            id.namespace, id.link
+        )));
+    }
+    Ok((id.namespace, id.link))
+}
+
+/// Opens the parent of `target` without following any symlink on the way.
+fn open_parent(target: &Path) -> Result<(OwnedFd, String), CsiError> {
+    let parent = target.parent().unwrap_or(Path::new("/"));
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| CsiError::invalid("target_path", "has no final name"))?
+        .to_owned();
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    match openat2(nix::fcntl::AT_FDCWD, parent, how) {
+        Ok(fd) => Ok((fd, name)),
+        Err(Errno::ELOOP) => Err(CsiError::invalid("target_path", "goes through a symlink")),
+        Err(Errno::ENOENT) => Err(CsiError::NotFound(format!(
+            "the parent of {} does not exist",
+            target.display()
+        ))),
+        Err(Errno::ENOTDIR) => Err(CsiError::invalid(
+            "target_path",
+            "a parent is not a directory",
+        )),
+        Err(e) => Err(errno("open target parent", e)),
+    }
+}
+
+fn open_target(parent: &OwnedFd, name: &str) -> Result<OwnedFd, CsiError> {
+    match openat(
+        parent.as_fd(),
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::ELOOP) => Err(CsiError::invalid("target_path", "is a symlink")),
+        Err(Errno::ENOTDIR) => Err(CsiError::invalid(
+            "target_path",
+            "exists and is not a directory",
+        )),
+        Err(e) => Err(errno("open target", e)),
+    }
+}
+
+fn bind(link: &OwnedFd, target: &Path, readonly: bool) -> Result<(), CsiError> {
+    let (parent, name) = open_parent(target)?;
+    match mkdirat(
+        parent.as_fd(),
+        name.as_str(),
+        Mode::from_bits_truncate(0o750),
+    ) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(errno("create target", e)),
+    }
+    let tfd = open_target(&parent, &name)?;
+    if fstat(tfd.as_fd()).map_err(|e| errno("stat", e))?.st_dev
+        != fstat(parent.as_fd()).map_err(|e| errno("stat", e))?.st_dev
+    {
+        return Err(CsiError::Precondition(format!(
+            "{} is already a mount point",
+            target.display()
+        )));
+    }
+    let mut d = nix::dir::Dir::from_fd(
+        openat(
+            tfd.as_fd(),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| errno("open target", e))?,
+    )
+    .map_err(|e| errno("read target", e))?;
+    if d.iter()
+        .flatten()
+        .any(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+    {
+        return Err(CsiError::Precondition(format!(
+            "{} exists and is not empty",
+            target.display()
+        )));
+    }
+    mount(
+        Some(magic(link).as_str()),
+        magic(&tfd).as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| errno("bind mount", e))?;
+    // The flags of the link's tmpfs (nosuid, nodev, noexec) come along with the bind;
+    // read-only needs a remount of the new mount, reached by opening the target again.
+    let mounted = open_target(&parent, &name)?;
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    let flags = if readonly {
+        flags | MsFlags::MS_RDONLY
+    } else {
+        flags
+    };
+    if let Err(e) = mount(
+        None::<&str>,
+        magic(&mounted).as_str(),
+        None::<&str>,
+        flags,
+        None::<&str>,
+    ) {
+        let _ = umount2(magic(&mounted).as_str(), MntFlags::MNT_DETACH);
+        return Err(errno("remount", e));
+    }
+    Ok(())
+}
+
+/// Unmounts `target` if it is a mount point and removes it if empty. A target that is
+/// gone is fine (idempotent).
+fn unbind(target: &Path, ours: bool) -> Result<(), CsiError> {
+    let (parent, name) = match open_parent(target) {
+        Ok(p) => p,
+        Err(CsiError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let tfd = match openat(
+        parent.as_fd(),
+        name.as_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(Errno::ELOOP | Errno::ENOTDIR) => {
+            return Err(CsiError::invalid(
+                "target_path",
+                "is not a directory; left alone",
+            ));
+        }
+        Err(e) => return Err(errno("open target", e)),
+    };
+    let is_mount = fstat(tfd.as_fd()).map_err(|e| errno("stat", e))?.st_dev
+        != fstat(parent.as_fd()).map_err(|e| errno("stat", e))?.st_dev;
+    if is_mount {
+        if !ours {
+            return Err(CsiError::NotFound(format!(
+                "{} is a mount ipclink did not make",
+                target.display()
+            )));
+        }
+        umount2(magic(&tfd).as_str(), MntFlags::MNT_DETACH).map_err(|e| errno("unmount", e))?;
+    }
+    drop(tfd);
+    match unlinkat(parent.as_fd(), name.as_str(), UnlinkatFlags::RemoveDir) {
+        Ok(()) | Err(Errno::ENOENT | Errno::ENOTEMPTY | Errno::EEXIST) => Ok(()),
+        Err(e) => Err(errno("remove target", e)),
+    }
+}

@@ -1,0 +1,113 @@
+//! Where link specs and pod labels come from. Standalone: a directory of YAML holding
+//! IpcLink documents and, for membership checks without an API server, Pod documents
+//! (name, namespace, labels). Read again on each call, so edits apply without a restart.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use ipclink_core::{IpcLink, LinkPlan, parse_link_value, validate, yaml_documents};
+
+use crate::error::CsiError;
+
+/// A directory of `*.yaml` / `*.yml` files.
+#[derive(Debug, Clone)]
+pub struct DirSource {
+    dir: PathBuf,
+}
+
+/// What the directory holds now.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    links: BTreeMap<(String, String), Result<(IpcLink, LinkPlan), String>>,
+    pods: BTreeMap<(String, String), BTreeMap<String, String>>,
+}
+
+impl DirSource {
+    /// A source over `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        DirSource { dir }
+    }
+
+    /// Reads every file. Broken files are logged and skipped; a broken link document is
+    /// kept as an error so that a publish of it says why.
+    pub fn snapshot(&self) -> Result<Snapshot, CsiError> {
+        let mut snap = Snapshot::default();
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| CsiError::Internal(format!("links dir {}: {e}", self.dir.display())))?;
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        files.sort();
+        for file in files {
+            let name = file.display().to_string();
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            let docs = match yaml_documents(&name, &text) {
+                Ok(d) => d,
+                Err(p) => {
+                    tracing::warn!(file = %name, problems = %p, "links dir file skipped");
+                    continue;
+                }
+            };
+            for doc in docs {
+                let kind = doc
+                    .get("kind")
+                    .and_then(|k| k.as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                let meta = doc.get("metadata");
+                let field = |k: &str| {
+                    meta.and_then(|m| m.get(k))
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned)
+                };
+                let ns = field("namespace").unwrap_or_else(|| "default".into());
+                let Some(obj) = field("name") else { continue };
+                if kind == "Pod" {
+                    let labels = meta
+                        .and_then(|m| m.get("labels"))
+                        .and_then(|l| {
+                            serde_json::from_value::<BTreeMap<String, String>>(l.clone()).ok()
+                        })
+                        .unwrap_or_default();
+                    snap.pods.insert((ns, obj), labels);
+                    continue;
+                }
+                let parsed = parse_link_value(&name, doc)
+                    .and_then(|link| validate(&link).map(|plan| (link, plan)))
+                    .map_err(|p| p.to_string());
+                snap.links.insert((ns, obj), parsed);
+            }
+        }
+        Ok(snap)
+    }
+}
+
+impl Snapshot {
+    /// The link `namespace/name`, validated.
+    pub fn link(&self, namespace: &str, name: &str) -> Result<&(IpcLink, LinkPlan), CsiError> {
+        match self.links.get(&(namespace.to_owned(), name.to_owned())) {
+            None => Err(CsiError::NotFound(format!(
+                "link {namespace}/{name} does not exist"
+            ))),
+            Some(Err(problems)) => Err(CsiError::Precondition(format!(
+                "link {namespace}/{name} is invalid:\n{problems}"
+            ))),
+            Some(Ok(found)) => Ok(found),
+        }
+    }
+
+    /// Whether the link exists (valid or not).
+    pub fn has_link(&self, namespace: &str, name: &str) -> bool {
+        self.links
+            .contains_key(&(namespace.to_owned(), name.to_owned()))
+    }
+
+    /// Labels of a pod, if the source knows it.
+    pub fn pod_labels(&self, namespace: &str, name: &str) -> Option<&BTreeMap<String, String>> {
+        self.pods.get(&(namespace.to_owned(), name.to_owned()))
+    }
+}

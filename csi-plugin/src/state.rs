@@ -1,0 +1,33 @@
+//! State files: written to a temporary name, fsynced, renamed over the old one, and the
+//! directory fsynced, so a crash leaves either the old or the new file, never a torn one.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Reads a JSON state file; `Ok(None)` when it does not exist, `Err` when it is corrupt.
+pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
+    match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+    }
+}
+
+/// Replaces a JSON state file atomically and durably.
+pub fn save_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    let mut f = File::create(&tmp)?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}

@@ -1,0 +1,120 @@
+//! Running `ipclink-csi node` and `controller` as real processes for tests; stopped, their
+//! mounts removed and (on failure) their logs printed in Drop.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ipclink-csi");
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root (tmpfs and bind mounts); run the README test command"
+    );
+}
+
+pub fn sanity_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sanity")
+}
+
+/// A plugin process and its directories.
+pub struct Plugin {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    role: String,
+}
+
+impl Plugin {
+    /// Starts `ipclink-csi ROLE` with its socket and state under `dir`.
+    pub fn start(role: &str, dir: &Path, links: &Path, extra: &[&str]) -> Plugin {
+        std::fs::create_dir_all(dir).expect("plugin dir");
+        let socket = dir.join(format!("{role}.sock"));
+        let log = dir.join(format!("{role}.log"));
+        let mut cmd = Command::new(BIN);
+        cmd.arg(role)
+            .arg("--endpoint")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--state-dir")
+            .arg(dir.join(format!("{role}-state")))
+            .arg("--links-dir")
+            .arg(links)
+            .args(extra)
+            .env("IPCLINK_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("log"),
+            );
+        if role == "node" {
+            cmd.args(["--node-id", "node-1"]);
+        }
+        let child = cmd.spawn().expect("start ipclink-csi");
+        let p = Plugin {
+            child: Some(child),
+            socket,
+            dir: dir.to_path_buf(),
+            log,
+            role: role.into(),
+        };
+        let start = Instant::now();
+        while !p.socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{role} did not start:\n{}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- ipclink-csi {} log ---\n{}", self.role, self.log());
+        }
+        unmount_under(&self.dir);
+    }
+}
+
+/// Lazily unmounts every mount under `dir` (deepest first).
+pub fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut targets: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|t| t.starts_with(&prefix))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
