@@ -93,12 +93,18 @@ impl NodePlugin {
         let state_file = state_dir.join("publications.json");
         let state = match load_json::<Publications>(&state_file) {
             Ok(Some(s)) => s,
-            Ok(None) => Publications::default(),
+            Ok(None) => rebuild_from_mountinfo(&state_dir.join("links")),
             Err(e) => {
-                tracing::warn!(error = %e, "state file unreadable; starting from the mounts that exist");
-                Publications::default()
+                tracing::warn!(error = %e, "state file unreadable; rebuilding it from /proc/self/mountinfo");
+                rebuild_from_mountinfo(&state_dir.join("links"))
             }
         };
+        if !state.by_target.is_empty() {
+            tracing::info!(
+                publications = state.by_target.len(),
+                "publications restored"
+            );
+        }
         Ok(Arc::new(NodePlugin {
             node_id,
             source,
@@ -155,6 +161,14 @@ impl NodePlugin {
         let _busy = self.claim(&req.volume_id, &req.target_path)?;
 
         if let Some(p) = self.publications().get(&req.target_path) {
+            if p.volume_id.is_empty() && p.namespace == namespace && p.link == link_name {
+                // Rebuilt from mountinfo after a lost state file: the id comes back now.
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(q) = state.by_target.get_mut(&req.target_path) {
+                    q.volume_id = req.volume_id.clone();
+                }
+                return self.save(&state);
+            }
             if p.volume_id != req.volume_id {
                 return Err(CsiError::AlreadyExists(format!(
                     "target {} already holds volume {}",
@@ -189,6 +203,8 @@ impl NodePlugin {
         }
 
         let _mounting = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
+        // A target that cannot be used is refused before the link is materialized.
+        check_target_dir(Path::new(&req.target_path))?;
         self.store.materialize(plan)?;
         self.store.write_record(plan)?;
         let link_fd = self
@@ -216,6 +232,7 @@ impl NodePlugin {
         let _busy = self.claim(&req.volume_id, &req.target_path)?;
         let known = self.publications().get(&req.target_path).cloned();
         if let Some(p) = &known
+            && !p.volume_id.is_empty()
             && p.volume_id != req.volume_id
         {
             return Err(CsiError::NotFound(format!(
@@ -302,6 +319,69 @@ impl NodePlugin {
             }),
         }
     }
+}
+
+/// Rebuilds the publications from one read of `/proc/self/mountinfo`: every mount of a
+/// link's tmpfs (same device) outside the links directory is a publication. Volume ids are
+/// not in mountinfo; they are filled in by the CO's next publish of the same target.
+fn rebuild_from_mountinfo(links_dir: &Path) -> Publications {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let base = links_dir.to_string_lossy().into_owned();
+    // mountinfo: id parent major:minor root mount-point options ... - fstype source super-options
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split(' ').collect())
+        .filter(|f: &Vec<&str>| f.len() > 5)
+        .collect();
+    let mut links: HashMap<&str, (String, String)> = HashMap::new();
+    for f in &rows {
+        if let Some(rest) = f[4].strip_prefix(&base)
+            && let Some((ns, name)) = rest.trim_start_matches('/').split_once('/')
+            && check_dns_label(ns).is_ok()
+            && check_dns_label(name).is_ok()
+        {
+            links.insert(f[2], (ns.to_owned(), name.to_owned()));
+        }
+    }
+    let mut out = Publications::default();
+    for f in &rows {
+        if f[4].starts_with(&base) || f[3] != "/" {
+            continue;
+        }
+        if let Some((ns, name)) = links.get(f[2]) {
+            // Octal escapes (\040 for a space) are how mountinfo writes odd paths.
+            let target = unescape_mountinfo(f[4]);
+            out.by_target.insert(
+                target,
+                Publication {
+                    volume_id: String::new(),
+                    namespace: ns.clone(),
+                    link: name.clone(),
+                    readonly: f[5].split(',').any(|o| o == "ro"),
+                },
+            );
+        }
+    }
+    out
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Only mounted directories: block access makes no sense for a link.
@@ -423,6 +503,55 @@ fn open_target(parent: &OwnedFd, name: &str) -> Result<OwnedFd, CsiError> {
     }
 }
 
+/// Refuses, changing nothing, a target that is not absent, an empty directory, or a mount
+/// point (which [`bind`] then checks is this link's).
+fn check_target_dir(target: &Path) -> Result<(), CsiError> {
+    let (parent, name) = open_parent(target)?;
+    let tfd = match openat(
+        parent.as_fd(),
+        name.as_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(Errno::ELOOP) => return Err(CsiError::invalid("target_path", "is a symlink")),
+        Err(Errno::ENOTDIR) => {
+            return Err(CsiError::invalid(
+                "target_path",
+                "exists and is not a directory",
+            ));
+        }
+        Err(e) => return Err(errno("open target", e)),
+        Ok(fd) => fd,
+    };
+    let here = fstat(tfd.as_fd()).map_err(|e| errno("stat", e))?.st_dev;
+    if here != fstat(parent.as_fd()).map_err(|e| errno("stat", e))?.st_dev {
+        return Ok(());
+    }
+    if !dir_is_empty(&tfd)? {
+        return Err(CsiError::Precondition(format!(
+            "{} exists and is not empty",
+            target.display()
+        )));
+    }
+    Ok(())
+}
+
+fn dir_is_empty(dir: &OwnedFd) -> Result<bool, CsiError> {
+    let dup = openat(
+        dir.as_fd(),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| errno("open target", e))?;
+    let mut d = nix::dir::Dir::from_fd(dup).map_err(|e| errno("read target", e))?;
+    Ok(!d
+        .iter()
+        .flatten()
+        .any(|e| !matches!(e.file_name().to_bytes(), b"." | b"..")))
+}
+
 fn bind(link: &OwnedFd, target: &Path, readonly: bool) -> Result<(), CsiError> {
     let (parent, name) = open_parent(target)?;
     match mkdirat(
@@ -434,28 +563,19 @@ fn bind(link: &OwnedFd, target: &Path, readonly: bool) -> Result<(), CsiError> {
         Err(e) => return Err(errno("create target", e)),
     }
     let tfd = open_target(&parent, &name)?;
-    if fstat(tfd.as_fd()).map_err(|e| errno("stat", e))?.st_dev
-        != fstat(parent.as_fd()).map_err(|e| errno("stat", e))?.st_dev
-    {
+    let here = fstat(tfd.as_fd()).map_err(|e| errno("stat", e))?.st_dev;
+    if here != fstat(parent.as_fd()).map_err(|e| errno("stat", e))?.st_dev {
+        // Mounted already: ours if it is this link (a crash between the mount and the
+        // state write), otherwise something else that is left alone.
+        if here == fstat(link.as_fd()).map_err(|e| errno("stat", e))?.st_dev {
+            return Ok(());
+        }
         return Err(CsiError::Precondition(format!(
             "{} is already a mount point",
             target.display()
         )));
     }
-    let mut d = nix::dir::Dir::from_fd(
-        openat(
-            tfd.as_fd(),
-            ".",
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| errno("open target", e))?,
-    )
-    .map_err(|e| errno("read target", e))?;
-    if d.iter()
-        .flatten()
-        .any(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
-    {
+    if !dir_is_empty(&tfd)? {
         return Err(CsiError::Precondition(format!(
             "{} exists and is not empty",
             target.display()
@@ -534,5 +654,17 @@ fn unbind(target: &Path, ours: bool) -> Result<(), CsiError> {
     match unlinkat(parent.as_fd(), name.as_str(), UnlinkatFlags::RemoveDir) {
         Ok(()) | Err(Errno::ENOENT | Errno::ENOTEMPTY | Errno::EEXIST) => Ok(()),
         Err(e) => Err(errno("remove target", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/var/lib/a\\040b"), "/var/lib/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/trailing\\04"), "/trailing\\04");
     }
 }

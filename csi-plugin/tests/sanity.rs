@@ -24,6 +24,7 @@ fn csi_sanity_passes() {
     let sanity = String::from_utf8_lossy(&out.stdout).trim().to_owned();
 
     let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = common::Unmounter(dir.path().to_path_buf());
     let links = sanity_dir().join("links");
     let node = Plugin::start("node", dir.path(), &links, &[]);
     let controller = Plugin::start("controller", dir.path(), &links, &[]);

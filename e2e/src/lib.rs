@@ -123,3 +123,36 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Tears a materialized link down when dropped, so a failing test leaves no mount behind.
+#[derive(Debug)]
+pub struct LinkGuard<'a> {
+    /// The store holding the link.
+    pub store: &'a ipclink_core::Store,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl Drop for LinkGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.store.teardown(&self.namespace, &self.name);
+    }
+}
+
+/// Materializes `yaml`'s single link in `store`; the guard removes it again.
+pub fn materialize<'a>(
+    store: &'a ipclink_core::Store,
+    yaml: &str,
+) -> (ipclink_core::LinkPlan, LinkGuard<'a>) {
+    let link = &ipclink_core::parse_links("test", yaml).expect("parse")[0];
+    let plan = ipclink_core::validate(link).expect("valid");
+    store.materialize(&plan).expect("materialize");
+    let guard = LinkGuard {
+        store,
+        namespace: plan.namespace.clone(),
+        name: plan.name.clone(),
+    };
+    (plan, guard)
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ipclink_core::{StorageMode, Store, parse_links, validate};
+use ipclink_core::{StorageMode, Store};
 use ipclink_e2e::{Libc, compile_peer, describe, require_root, spawn_pod, wait_with_timeout};
 
 fn link_yaml(abi: &str) -> String {
@@ -31,16 +31,13 @@ fn exchange(libc: Libc, abi: &str) {
     let peer = compile_peer("posix_peer", libc);
     let base = tempfile::tempdir().expect("temp dir");
     let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
-    let link = &parse_links("test", &link_yaml(abi)).expect("parse")[0];
-    let plan = validate(link).expect("valid");
-    store.materialize(&plan).expect("materialize");
+    let (_plan, _guard) = ipclink_e2e::materialize(&store, &link_yaml(abi));
     let dir = store.link_path("vision", "frames");
 
     let consumer = spawn_pod(&dir, &peer, &["consumer"]);
     let producer = spawn_pod(&dir, &peer, &["producer"]);
     let p = wait_with_timeout(producer, Duration::from_secs(20));
     let c = wait_with_timeout(consumer, Duration::from_secs(20));
-    store.teardown("vision", "frames").expect("teardown");
     assert!(p.status.success(), "producer failed: {}", describe(&p));
     assert!(c.status.success(), "consumer failed: {}", describe(&c));
     assert!(
@@ -72,10 +69,7 @@ fn a_pod_cannot_add_or_remove_top_level_objects() {
     require_root();
     let base = tempfile::tempdir().expect("temp dir");
     let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
-    let link = &parse_links("test", &link_yaml("glibc")).expect("parse")[0];
-    store
-        .materialize(&validate(link).expect("valid"))
-        .expect("materialize");
+    let (_plan, _guard) = ipclink_e2e::materialize(&store, &link_yaml("glibc"));
     let dir = store.link_path("vision", "frames");
     let sh = ipclink_e2e::require_tool("setpriv");
     let out = std::process::Command::new(sh)
@@ -99,10 +93,7 @@ fn a_musl_program_fails_on_a_glibc_layout_link() {
     let peer = compile_peer("posix_peer", Libc::Musl);
     let base = tempfile::tempdir().expect("temp dir");
     let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
-    let link = &parse_links("test", &link_yaml("glibc")).expect("parse")[0];
-    store
-        .materialize(&validate(link).expect("valid"))
-        .expect("materialize");
+    let (_plan, _guard) = ipclink_e2e::materialize(&store, &link_yaml("glibc"));
     let dir = store.link_path("vision", "frames");
     let out = wait_with_timeout(
         spawn_pod(&dir, &peer, &["producer"]),
@@ -152,9 +143,7 @@ fn semaphore_waiters_are_read_from_the_object() {
         let poster = compile_peer("posix_peer", libc);
         let base = tempfile::tempdir().expect("temp dir");
         let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
-        let link = &parse_links("test", &link_yaml(abi)).expect("parse")[0];
-        let plan = validate(link).expect("valid");
-        store.materialize(&plan).expect("materialize");
+        let (plan, _guard) = ipclink_e2e::materialize(&store, &link_yaml(abi));
         let dir = store.link_path("vision", "frames");
         let mut probe = LinkProbe::open(&store, &plan).expect("probe");
 

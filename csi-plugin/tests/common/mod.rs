@@ -66,7 +66,8 @@ impl Plugin {
             role: role.into(),
         };
         let start = Instant::now();
-        while !p.socket.exists() {
+        // The socket file of a killed plugin may still be there: wait for a live one.
+        while std::os::unix::net::UnixStream::connect(&p.socket).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "{role} did not start:\n{}",
@@ -100,7 +101,15 @@ impl Drop for Plugin {
         if std::thread::panicking() {
             eprintln!("--- ipclink-csi {} log ---\n{}", self.role, self.log());
         }
-        unmount_under(&self.dir);
+    }
+}
+
+/// Unmounts everything under a directory when dropped (after the plugins are gone).
+pub struct Unmounter(pub PathBuf);
+
+impl Drop for Unmounter {
+    fn drop(&mut self) {
+        unmount_under(&self.0);
     }
 }
 
@@ -117,4 +126,68 @@ pub fn unmount_under(dir: &Path) {
     for t in targets {
         let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
     }
+}
+
+/// A gRPC channel to a plugin's Unix socket.
+pub async fn connect(socket: &Path) -> tonic::transport::Channel {
+    let path = socket.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://localhost")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to the plugin socket")
+}
+
+/// A mount capability (single node writer).
+pub fn mount_cap() -> ipclink_csi::csi::VolumeCapability {
+    use ipclink_csi::csi::volume_capability::{
+        AccessMode, AccessType, MountVolume, access_mode::Mode,
+    };
+    ipclink_csi::csi::VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+    }
+}
+
+/// A publish request for an inline ephemeral volume of `link`, for pod `ns/pod`.
+pub fn ephemeral(
+    id: &str,
+    target: &Path,
+    ns: &str,
+    pod: &str,
+    link: &str,
+) -> ipclink_csi::csi::NodePublishVolumeRequest {
+    ipclink_csi::csi::NodePublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(mount_cap()),
+        volume_context: [
+            ("csi.storage.k8s.io/ephemeral", "true"),
+            ("csi.storage.k8s.io/pod.name", pod),
+            ("csi.storage.k8s.io/pod.namespace", ns),
+            ("link", link),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        ..Default::default()
+    }
+}
+
+/// Mount points of /proc/self/mountinfo, in order.
+pub fn mount_points() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .collect()
 }
