@@ -254,3 +254,41 @@ impl csi::controller_server::Controller for Controller {
         )
     }
 }
+
+/// The kubelet plugin registration service of the node plugin.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The CSI socket path as the kubelet sees it.
+    pub endpoint: String,
+}
+
+#[tonic::async_trait]
+impl crate::registration::registration_server::Registration for Registration {
+    async fn get_info(
+        &self,
+        _: Request<crate::registration::InfoRequest>,
+    ) -> Result<Response<crate::registration::PluginInfo>, Status> {
+        tracing::info!(endpoint = %self.endpoint, "kubelet asked for plugin info");
+        Ok(Response::new(crate::registration::PluginInfo {
+            r#type: "CSIPlugin".into(),
+            name: DRIVER_NAME.into(),
+            endpoint: self.endpoint.clone(),
+            supported_versions: vec!["1.0.0".into()],
+        }))
+    }
+
+    async fn notify_registration_status(
+        &self,
+        req: Request<crate::registration::RegistrationStatus>,
+    ) -> Result<Response<crate::registration::RegistrationStatusResponse>, Status> {
+        let status = req.into_inner();
+        if status.plugin_registered {
+            tracing::info!("registered with the kubelet");
+        } else {
+            tracing::error!(error = %status.error, "the kubelet refused the registration");
+        }
+        Ok(Response::new(
+            crate::registration::RegistrationStatusResponse {},
+        ))
+    }
+}

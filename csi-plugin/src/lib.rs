@@ -22,6 +22,17 @@ pub mod csi {
     tonic::include_proto!("csi.v1");
 }
 
+/// The kubelet's plugin registration messages, from `proto/pluginregistration.proto`.
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic
+)]
+pub mod registration {
+    tonic::include_proto!("pluginregistration");
+}
+
 /// Binds the control socket with mode 0600, replacing a stale socket (never another
 /// kind of file) left by a previous run.
 pub fn bind_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {

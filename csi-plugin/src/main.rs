@@ -32,6 +32,13 @@ enum Role {
         /// This node's name (the topology value of topology.ipclink.dev/node).
         #[arg(long, env = "NODE_ID")]
         node_id: String,
+        /// The kubelet's plugin registration directory (e.g. /var/lib/kubelet/plugins_registry);
+        /// when set, the registration socket csi.ipclink.dev-reg.sock is served there.
+        #[arg(long, env = "IPCLINK_REGISTRATION_DIR")]
+        registration_dir: Option<PathBuf>,
+        /// The CSI socket path as the kubelet sees it [default: the --endpoint path].
+        #[arg(long, env = "IPCLINK_KUBELET_ENDPOINT")]
+        kubelet_endpoint: Option<String>,
     },
     /// Controller plugin: Identity and Controller services.
     Controller {
@@ -83,9 +90,18 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = ipclink_sidecar::shutdown_signal()?;
-    let (common, node_id) = match cli.role {
-        Role::Node { common, node_id } => (common, Some(node_id)),
-        Role::Controller { common } => (common, None),
+    let (common, node_id, registration) = match cli.role {
+        Role::Node {
+            common,
+            node_id,
+            registration_dir,
+            kubelet_endpoint,
+        } => (
+            common,
+            Some(node_id),
+            registration_dir.map(|d| (d, kubelet_endpoint)),
+        ),
+        Role::Controller { common } => (common, None, None),
     };
     let registry = prometheus::Registry::new();
     let metrics = CsiMetrics::new(&registry)?;
@@ -106,6 +122,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         metrics: metrics.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some((dir, kubelet_endpoint)) = registration {
+        let endpoint = kubelet_endpoint.unwrap_or_else(|| path.display().to_string());
+        spawn_registration(&dir, endpoint, stop_rx.clone())?;
+    }
     let mut server = tonic::transport::Server::builder();
     let router = match node_id {
         Some(node_id) => {
@@ -149,6 +169,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Err(e) = result {
         bail!("gRPC server: {e}");
     }
+    Ok(())
+}
+
+fn spawn_registration(
+    dir: &std::path::Path,
+    endpoint: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use ipclink_csi::registration::registration_server::RegistrationServer;
+    let socket = dir.join(format!("{}-reg.sock", ipclink_csi::grpc::DRIVER_NAME));
+    let listener = ipclink_csi::bind_socket(&socket)
+        .with_context(|| format!("registration socket {}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "serving kubelet plugin registration");
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(RegistrationServer::new(ipclink_csi::grpc::Registration {
+                endpoint,
+            }))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "registration server failed");
+        }
+        let _ = std::fs::remove_file(&socket);
+    });
     Ok(())
 }
 

@@ -388,7 +388,10 @@ fn a_node_plugin_killed_after_the_mount_recovers_and_keeps_the_data() {
         .expect("a pod writes");
     let state = f.dir.path().join("node-state/publications.json");
 
-    for (round, damage) in ["none", "corrupt", "missing", "unrecorded"].into_iter().enumerate() {
+    for (round, damage) in ["none", "corrupt", "missing", "unrecorded"]
+        .into_iter()
+        .enumerate()
+    {
         f.node.kill9();
         match damage {
             // A write torn by the crash: a half file left under the temporary name and a

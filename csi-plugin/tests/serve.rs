@@ -1,0 +1,294 @@
+//! The plugins' other faces: kubelet registration, metrics, the controller's placement and
+//! capacity rules, and a link's teardown once it is deleted and unpublished.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::{Plugin, Unmounter, connect, ephemeral, mount_cap, mount_points, require_root};
+use ipclink_csi::csi::controller_client::ControllerClient;
+use ipclink_csi::csi::node_client::NodeClient;
+use ipclink_csi::csi::{
+    CapacityRange, CreateVolumeRequest, NodeUnpublishVolumeRequest, Topology, TopologyRequirement,
+};
+use ipclink_csi::registration::registration_client::RegistrationClient;
+use tonic::Code;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn node_links() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node-links")
+}
+
+#[test]
+fn the_node_plugin_registers_itself_with_the_kubelet() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let registry = dir.path().join("plugins_registry");
+    let reg = registry.join("csi.ipclink.dev-reg.sock");
+    let _unmount = Unmounter(dir.path().to_path_buf());
+    let node = Plugin::start(
+        "node",
+        dir.path(),
+        &node_links(),
+        &["--registration-dir", registry.to_str().expect("utf-8")],
+    );
+    let start = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&reg).is_err() {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "no registration socket:\n{}",
+            node.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::metadata(&reg)
+            .expect("socket")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(&node.socket)
+            .expect("socket")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    rt().block_on(async {
+        let mut c = RegistrationClient::new(connect(&reg).await);
+        let info = c
+            .get_info(ipclink_csi::registration::InfoRequest {})
+            .await
+            .expect("GetInfo")
+            .into_inner();
+        assert_eq!(info.r#type, "CSIPlugin");
+        assert_eq!(info.name, "csi.ipclink.dev");
+        assert_eq!(info.endpoint, node.socket.display().to_string());
+        assert_eq!(info.supported_versions, vec!["1.0.0".to_owned()]);
+        c.notify_registration_status(ipclink_csi::registration::RegistrationStatus {
+            plugin_registered: true,
+            error: String::new(),
+        })
+        .await
+        .expect("NotifyRegistrationStatus");
+    });
+    assert!(
+        node.log().contains("registered with the kubelet"),
+        "{}",
+        node.log()
+    );
+}
+
+#[test]
+fn the_node_plugin_serves_request_and_channel_metrics() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = Unmounter(dir.path().to_path_buf());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let node = Plugin::start(
+        "node",
+        dir.path(),
+        &node_links(),
+        &["--metrics-listen", &format!("127.0.0.1:{port}")],
+    );
+    let target = dir.path().join("t");
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&node.socket).await);
+        c.node_publish_volume(ephemeral("csi-m", &target, "vision", "camera-0", "frames"))
+            .await
+            .expect("publish");
+        let e = c
+            .node_publish_volume(ephemeral(
+                "csi-n",
+                &dir.path().join("u"),
+                "vision",
+                "intruder",
+                "frames",
+            ))
+            .await;
+        assert_eq!(e.expect_err("intruder").code(), Code::PermissionDenied);
+    });
+    let body = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .expect("request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("response");
+        text
+    };
+    for line in [
+        r#"ipclink_csi_requests_total{code="Ok",method="NodePublishVolume"} 1"#,
+        r#"ipclink_csi_requests_total{code="PermissionDenied",method="NodePublishVolume"} 1"#,
+        r#"ipclink_link_limit_bytes{namespace="vision",link="frames"} 8388608"#,
+        r#"ipclink_semaphore_value{namespace="vision",link="frames",channel="slots",kind="semaphore"} 8"#,
+        "ipclink_csi_request_duration_seconds_bucket",
+    ] {
+        assert!(body.contains(line), "missing {line}:\n{body}");
+    }
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&node.socket).await);
+        c.node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: "csi-m".into(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .expect("unpublish");
+    });
+}
+
+#[test]
+fn the_controller_places_volumes_and_refuses_impossible_capacities() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let controller = Plugin::start("controller", dir.path(), &node_links(), &[]);
+    let state = dir.path().join("controller-state/volumes.json");
+    rt().block_on(async {
+        let mut c = ControllerClient::new(connect(&controller.socket).await);
+        let req = |name: &str, required: i64, limit: i64| CreateVolumeRequest {
+            name: name.into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: required,
+                limit_bytes: limit,
+            }),
+            volume_capabilities: vec![mount_cap()],
+            parameters: [("link", "frames"), ("namespace", "vision")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            accessibility_requirements: Some(TopologyRequirement {
+                requisite: vec![],
+                preferred: vec![Topology {
+                    segments: [("topology.ipclink.dev/node".to_owned(), "node-7".to_owned())]
+                        .into(),
+                }],
+            }),
+            ..Default::default()
+        };
+        let v = c
+            .create_volume(req("pvc-1", 1 << 20, 0))
+            .await
+            .expect("create")
+            .into_inner()
+            .volume
+            .expect("volume");
+        assert_eq!(v.capacity_bytes, 8 << 20, "a volume is as big as its link");
+        assert!(v.volume_id.starts_with("vision.frames."), "{}", v.volume_id);
+        assert_eq!(
+            v.accessible_topology[0].segments["topology.ipclink.dev/node"],
+            "node-7"
+        );
+        assert_eq!(v.volume_context["link"], "frames");
+
+        let before = std::fs::read(&state).expect("state");
+        let mut unknown = req("pvc-2", 0, 0);
+        unknown.parameters.insert("fsType".into(), "ext4".into());
+        let mut missing_link = req("pvc-3", 0, 0);
+        missing_link.parameters.insert("link".into(), "nope".into());
+        let mut hostile_link = req("pvc-4", 0, 0);
+        hostile_link
+            .parameters
+            .insert("link".into(), "../etc".into());
+        for (case, r, want) in [
+            (
+                "required over the link's size",
+                req("pvc-5", 9 << 20, 0),
+                Code::OutOfRange,
+            ),
+            (
+                "required i64::MAX",
+                req("pvc-6", i64::MAX, 0),
+                Code::OutOfRange,
+            ),
+            ("negative", req("pvc-7", -1, 0), Code::InvalidArgument),
+            (
+                "limit below the link's size",
+                req("pvc-8", 0, 1 << 20),
+                Code::OutOfRange,
+            ),
+            (
+                "required over limit",
+                req("pvc-9", 2 << 20, 1 << 20),
+                Code::InvalidArgument,
+            ),
+            (
+                "same name, other capacity",
+                req("pvc-1", 2 << 20, 0),
+                Code::AlreadyExists,
+            ),
+            ("unknown parameter", unknown, Code::InvalidArgument),
+            ("unknown link", missing_link, Code::InvalidArgument),
+            ("hostile link", hostile_link, Code::InvalidArgument),
+            ("empty name", req("", 0, 0), Code::InvalidArgument),
+        ] {
+            let got = c
+                .create_volume(r)
+                .await
+                .map(|_| Code::Ok)
+                .unwrap_or_else(|s| s.code());
+            assert_eq!(got, want, "{case}");
+            assert_eq!(
+                std::fs::read(&state).expect("state"),
+                before,
+                "{case} changed the state"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_deleted_link_goes_with_its_last_publication() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = Unmounter(dir.path().to_path_buf());
+    let links = dir.path().join("links");
+    std::fs::create_dir(&links).expect("links");
+    std::fs::copy(node_links().join("frames.yaml"), links.join("frames.yaml")).expect("copy");
+    let node = Plugin::start("node", dir.path(), &links, &[]);
+    let link_dir = dir
+        .path()
+        .join("node-state/links/vision/frames")
+        .display()
+        .to_string();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&node.socket).await);
+        c.node_publish_volume(ephemeral("csi-a", &a, "vision", "camera-0", "frames"))
+            .await
+            .expect("a");
+        c.node_publish_volume(ephemeral("csi-b", &b, "vision", "detector-0", "frames"))
+            .await
+            .expect("b");
+        assert!(mount_points().contains(&link_dir));
+        std::fs::remove_file(links.join("frames.yaml")).expect("delete the link");
+        let un = |id: &str, t: &Path| NodeUnpublishVolumeRequest {
+            volume_id: id.into(),
+            target_path: t.display().to_string(),
+        };
+        c.node_unpublish_volume(un("csi-a", &a))
+            .await
+            .expect("unpublish a");
+        assert!(mount_points().contains(&link_dir), "b still uses the link");
+        c.node_unpublish_volume(un("csi-b", &b))
+            .await
+            .expect("unpublish b");
+        assert!(
+            !mount_points().contains(&link_dir),
+            "the last publication took the link with it"
+        );
+    });
+}
