@@ -55,3 +55,17 @@ pub fn bind_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     nix::sys::stat::umask(old);
     bound
 }
+
+/// A gRPC channel to a plugin's Unix socket (for tests, benchmarks and tools).
+pub async fn connect(socket: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = socket.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+}

@@ -15,6 +15,9 @@ use ipclink_csi::grpc::{Controller, Identity, Node};
 use ipclink_csi::node::NodePlugin;
 use ipclink_csi::source::DirSource;
 
+/// How long in-flight calls get after SIGTERM.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The ipclink CSI driver (csi.ipclink.dev).
 #[derive(Debug, Parser)]
 #[command(name = "ipclink-csi", version, about)]
@@ -57,12 +60,10 @@ struct Common {
     )]
     endpoint: String,
     /// Directory for state files (and, on a node, the links' tmpfs mounts).
-    #[arg(
-        long,
-        env = "IPCLINK_STATE_DIR",
-        default_value = "/var/lib/ipclink-csi"
-    )]
-    state_dir: PathBuf,
+    /// [default: node /run/ipclink-csi — tmpfs, gone at reboot like the mounts it
+    /// describes; controller /var/lib/ipclink-csi — its volumes outlive reboots]
+    #[arg(long, env = "IPCLINK_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// Directory of IpcLink (and Pod) YAML: the link source when running standalone.
     #[arg(long, env = "IPCLINK_LINKS_DIR")]
     links_dir: PathBuf,
@@ -103,6 +104,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         Role::Controller { common } => (common, None, None),
     };
+    let state_dir = common.state_dir.clone().unwrap_or_else(|| {
+        PathBuf::from(if node_id.is_some() {
+            "/run/ipclink-csi"
+        } else {
+            "/var/lib/ipclink-csi"
+        })
+    });
     let registry = prometheus::Registry::new();
     let metrics = CsiMetrics::new(&registry)?;
     let source = DirSource::new(common.links_dir.clone());
@@ -129,8 +137,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut server = tonic::transport::Server::builder();
     let router = match node_id {
         Some(node_id) => {
-            let plugin = NodePlugin::new(node_id, &common.state_dir, source)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let plugin =
+                NodePlugin::new(node_id, &state_dir, source).map_err(|e| anyhow::anyhow!("{e}"))?;
             if let Some(addr) = common.metrics_listen {
                 spawn_metrics(
                     addr,
@@ -145,8 +153,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .add_service(NodeServer::new(Node { plugin, metrics }))
         }
         None => {
-            let plugin = ControllerPlugin::new(&common.state_dir, source)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let plugin =
+                ControllerPlugin::new(&state_dir, source).map_err(|e| anyhow::anyhow!("{e}"))?;
             if let Some(addr) = common.metrics_listen {
                 spawn_metrics(addr, registry.clone(), None, stop_rx.clone()).await?;
             }
@@ -159,12 +167,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     tracing::info!(endpoint = %common.endpoint, "serving CSI");
-    let result = router
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await;
+    let mut stopping = stop_rx.clone();
+    let server = router.serve_with_incoming_shutdown(incoming, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    tokio::pin!(server);
+    // A kubelet keeps its connection open: drain in-flight calls for a bounded time, then
+    // exit rather than wait for clients to hang up.
+    let result = tokio::select! {
+        r = &mut server => r,
+        _ = async {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(DRAIN).await;
+        } => {
+            tracing::warn!("clients still connected after the drain time; exiting");
+            Ok(())
+        }
+    };
     let _ = std::fs::remove_file(&path);
     if let Err(e) = result {
         bail!("gRPC server: {e}");

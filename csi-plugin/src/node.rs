@@ -55,8 +55,9 @@ pub struct NodePlugin {
     state: Mutex<Publications>,
     /// (volume id, target) pairs being worked on: a concurrent duplicate gets Aborted.
     busy: Mutex<HashSet<(String, String)>>,
-    /// Serializes materialization and mounting, so one link is mounted once.
-    mounting: Mutex<()>,
+    /// Serializes materialization and mounting, so one link is mounted once; holds the
+    /// plan each link was materialized with by this process (unchanged plan: no work).
+    mounting: Mutex<HashMap<(String, String), ipclink_core::LinkPlan>>,
 }
 
 /// Releases a busy slot when a call ends.
@@ -112,7 +113,7 @@ impl NodePlugin {
             state_file,
             state: Mutex::new(state),
             busy: Mutex::new(HashSet::new()),
-            mounting: Mutex::new(()),
+            mounting: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -202,11 +203,15 @@ impl NodePlugin {
             }
         }
 
-        let _mounting = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut materialized = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
         // A target that cannot be used is refused before the link is materialized.
         check_target_dir(Path::new(&req.target_path))?;
-        self.store.materialize(plan)?;
-        self.store.write_record(plan)?;
+        let key = (namespace.clone(), link_name.clone());
+        if materialized.get(&key) != Some(plan) {
+            self.store.materialize(plan)?;
+            self.store.write_record(plan)?;
+            materialized.insert(key, plan.clone());
+        }
         let link_fd = self
             .store
             .open_link(&namespace, &link_name)
@@ -240,7 +245,7 @@ impl NodePlugin {
                 req.volume_id, req.target_path, p.volume_id
             )));
         }
-        let _mounting = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut materialized = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
         unbind(Path::new(&req.target_path), known.is_some())?;
         if let Some(p) = known {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -254,6 +259,7 @@ impl NodePlugin {
             // The link goes with its last publication, once it no longer exists.
             if !still_used && !self.source.snapshot()?.has_link(&p.namespace, &p.link) {
                 self.store.teardown(&p.namespace, &p.link)?;
+                materialized.remove(&(p.namespace.clone(), p.link.clone()));
             }
         }
         Ok(())

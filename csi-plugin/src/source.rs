@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use ipclink_core::{IpcLink, LinkPlan, parse_link_value, validate, yaml_documents};
 
@@ -13,7 +15,16 @@ use crate::error::CsiError;
 #[derive(Debug, Clone)]
 pub struct DirSource {
     dir: PathBuf,
+    /// The last snapshot and the (name, mtime, size) of the files it was read from: a
+    /// call re-reads the files only when one of them changed.
+    cache: Arc<Mutex<Option<Cached>>>,
 }
+
+/// A snapshot with the fingerprint of the files it was read from.
+type Cached = (Fingerprint, Arc<Snapshot>);
+
+/// (path, mtime, size) of every file a snapshot was read from.
+type Fingerprint = Vec<(PathBuf, SystemTime, u64)>;
 
 /// What the directory holds now.
 #[derive(Debug, Default)]
@@ -25,21 +36,43 @@ pub struct Snapshot {
 impl DirSource {
     /// A source over `dir`.
     pub fn new(dir: PathBuf) -> Self {
-        DirSource { dir }
+        DirSource {
+            dir,
+            cache: Arc::default(),
+        }
     }
 
-    /// Reads every file. Broken files are logged and skipped; a broken link document is
-    /// kept as an error so that a publish of it says why.
-    pub fn snapshot(&self) -> Result<Snapshot, CsiError> {
-        let mut snap = Snapshot::default();
+    /// What the directory holds now (read again only if a file changed). Broken files
+    /// are logged and skipped; a broken link document is kept as an error so that a
+    /// publish of it says why.
+    pub fn snapshot(&self) -> Result<Arc<Snapshot>, CsiError> {
         let entries = std::fs::read_dir(&self.dir)
             .map_err(|e| CsiError::Internal(format!("links dir {}: {e}", self.dir.display())))?;
-        let mut files: Vec<PathBuf> = entries
+        let mut files: Fingerprint = entries
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .filter_map(|p| {
+                let m = std::fs::metadata(&p).ok()?;
+                Some((p, m.modified().ok()?, m.len()))
+            })
             .collect();
         files.sort();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, snap)) = cache.as_ref()
+            && *seen == files
+        {
+            return Ok(snap.clone());
+        }
+        let snap = Arc::new(read_files(files.iter().map(|(p, _, _)| p.clone())));
+        *cache = Some((files, snap.clone()));
+        Ok(snap)
+    }
+}
+
+fn read_files(files: impl Iterator<Item = PathBuf>) -> Snapshot {
+    let mut snap = Snapshot::default();
+    {
         for file in files {
             let name = file.display().to_string();
             let Ok(text) = std::fs::read_to_string(&file) else {
@@ -82,8 +115,8 @@ impl DirSource {
                 snap.links.insert((ns, obj), parsed);
             }
         }
-        Ok(snap)
     }
+    snap
 }
 
 impl Snapshot {

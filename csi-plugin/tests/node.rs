@@ -180,7 +180,15 @@ fn host_state(f: &Fixture) -> (Vec<String>, Vec<String>) {
     let mut files = Vec::new();
     walk(f.dir.path(), &mut files);
     files.retain(|l| !l.contains("node.log"));
-    (mount_points(), files)
+    // Tests run in parallel: other fixtures' mounts come and go. Ours, and any mount
+    // outside a test directory (say /etc/t), are what a hostile request could change.
+    let ours = f.dir.path().display().to_string();
+    let tmp = std::env::temp_dir().join(".tmp").display().to_string();
+    let mounts = mount_points()
+        .into_iter()
+        .filter(|m| m.starts_with(&ours) || !m.starts_with(&tmp))
+        .collect();
+    (mounts, files)
 }
 
 #[test]

@@ -292,3 +292,41 @@ fn a_deleted_link_goes_with_its_last_publication() {
         );
     });
 }
+
+#[test]
+fn sigterm_ends_the_plugin_even_while_a_client_stays_connected() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = Unmounter(dir.path().to_path_buf());
+    let mut node = Plugin::start("node", dir.path(), &node_links(), &[]);
+    // A client that never hangs up: its runtime is not driven after the call, so it does
+    // not even answer the server's GOAWAY (a busy or stuck kubelet looks the same).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let channel = rt.block_on(connect(&node.socket));
+    let mut c = NodeClient::new(channel);
+    rt.block_on(c.node_get_info(ipclink_csi::csi::NodeGetInfoRequest {}))
+        .expect("a call on the connection");
+    let mut child = node.child.take().expect("running");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let asked = std::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if asked.elapsed().as_secs() > 20 {
+            let _ = child.kill();
+            panic!(
+                "the plugin ignored SIGTERM while a client was connected:\n{}",
+                node.log()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit {status}:\n{}", node.log());
+    assert!(!node.socket.exists(), "the socket is removed on exit");
+    drop(c);
+}

@@ -157,11 +157,12 @@ fn semaphore_waiters_are_read_from_the_object() {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        assert_eq!(
-            waiters,
-            (Some(0), Some(1)),
-            "{abi}: value and waiters while one waits"
-        );
+        if waiters != (Some(0), Some(1)) {
+            let mut w = w;
+            let _ = w.kill();
+            let _ = w.wait();
+            panic!("{abi}: value and waiters while one waits: {waiters:?}");
+        }
 
         // The producer role posts frame-ready once (its other steps need a consumer, so it
         // is stopped once the waiter is woken).

@@ -130,17 +130,7 @@ pub fn unmount_under(dir: &Path) {
 
 /// A gRPC channel to a plugin's Unix socket.
 pub async fn connect(socket: &Path) -> tonic::transport::Channel {
-    let path = socket.to_path_buf();
-    tonic::transport::Endpoint::try_from("http://localhost")
-        .expect("endpoint")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
+    ipclink_csi::connect(socket)
         .await
         .expect("connect to the plugin socket")
 }

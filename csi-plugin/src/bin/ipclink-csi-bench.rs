@@ -1,0 +1,164 @@
+//! ipclink-csi-bench: NodePublishVolume + NodeUnpublishVolume latency over N volumes on
+//! one node, through the real `ipclink-csi node` process and a gRPC client, side by side
+//! in the same run with the same bind/unbind done by exec'ing mount(8)/umount(8) — the
+//! mechanism of csi-driver-host-path, whose module the Go proxy here refuses to serve.
+//!
+//! `ipclink-csi-bench [--volumes N]` (root). Prints a Markdown table; nothing is asserted.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ipclink_csi::csi::node_client::NodeClient;
+use ipclink_csi::csi::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
+use ipclink_csi::csi::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest, VolumeCapability};
+
+const LINK: &str = "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: { name: bench, namespace: bench }\nspec:\n  sizeLimit: 1Mi\n  channels:\n    - { name: events, kind: fifo }\n    - { name: buf, kind: shm, size: 64Ki }\n";
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i].as_secs_f64() * 1e3
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let n: usize = args
+        .iter()
+        .position(|a| a == "--volumes")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    anyhow::ensure!(
+        nix::unistd::Uid::effective().is_root(),
+        "run as root (bind mounts)"
+    );
+    // Targets on disk like the kubelet's pods directory; the node's state on tmpfs like
+    // its default /run/ipclink-csi.
+    let dir = tempfile::tempdir()?;
+    let run = tempfile::tempdir_in("/dev/shm")?;
+    let links = dir.path().join("links");
+    std::fs::create_dir(&links)?;
+    std::fs::write(links.join("bench.yaml"), LINK)?;
+    let socket = dir.path().join("node.sock");
+    let bin = std::env::current_exe()?.with_file_name("ipclink-csi");
+    let mut node = Command::new(&bin)
+        .args(["node", "--node-id", "bench", "--endpoint"])
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--state-dir")
+        .arg(run.path().join("state"))
+        .arg("--links-dir")
+        .arg(&links)
+        .env("IPCLINK_LOG", "warn")
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "node plugin did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let targets: Vec<_> = (0..n)
+        .map(|i| dir.path().join(format!("pods/{i}/mount")))
+        .collect();
+    for t in &targets {
+        std::fs::create_dir_all(t.parent().unwrap_or(Path::new("/")))?;
+    }
+    let cap = VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut publish, mut unpublish) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    rt.block_on(async {
+        let mut c = NodeClient::new(ipclink_csi::connect(&socket).await?);
+        for (i, t) in targets.iter().enumerate() {
+            let req = NodePublishVolumeRequest {
+                volume_id: format!("csi-{i}"),
+                target_path: t.display().to_string(),
+                volume_capability: Some(cap.clone()),
+                volume_context: [
+                    ("csi.storage.k8s.io/ephemeral", "true"),
+                    ("csi.storage.k8s.io/pod.namespace", "bench"),
+                    ("csi.storage.k8s.io/pod.name", "p"),
+                    ("link", "bench"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+                ..Default::default()
+            };
+            let s = Instant::now();
+            c.node_publish_volume(req).await?;
+            publish.push(s.elapsed());
+        }
+        for (i, t) in targets.iter().enumerate() {
+            let s = Instant::now();
+            c.node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: format!("csi-{i}"),
+                target_path: t.display().to_string(),
+            })
+            .await?;
+            unpublish.push(s.elapsed());
+        }
+        anyhow::Ok(())
+    })?;
+
+    // The same bind and unbind, the way a driver that execs mount(8) does it.
+    let source = run.path().join("state/links/bench/bench");
+    let (mut exec_mount, mut exec_umount) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for t in &targets {
+        let s = Instant::now();
+        std::fs::create_dir_all(t)?;
+        let ok = Command::new("mount")
+            .arg("--bind")
+            .arg(&source)
+            .arg(t)
+            .status()?;
+        exec_mount.push(s.elapsed());
+        anyhow::ensure!(ok.success(), "mount --bind failed");
+    }
+    for t in &targets {
+        let s = Instant::now();
+        let ok = Command::new("umount").arg(t).status()?;
+        std::fs::remove_dir(t)?;
+        exec_umount.push(s.elapsed());
+        anyhow::ensure!(ok.success(), "umount failed");
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(node.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = node.wait();
+    let _ = nix::mount::umount2(&source, nix::mount::MntFlags::MNT_DETACH);
+
+    println!(
+        "ipclink-csi-bench — {n} volumes on one node, one client, calls in sequence; node state on tmpfs, targets on disk\n"
+    );
+    println!(
+        "| call | ipclink p50 (ms) | ipclink p99 (ms) | exec'd mount(8) p50 (ms) | exec'd mount(8) p99 (ms) | p99 ratio |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, ours, theirs) in [
+        ("publish (bind)", &mut publish, &mut exec_mount),
+        ("unpublish (unbind)", &mut unpublish, &mut exec_umount),
+    ] {
+        let (a50, a99, b50, b99) = (
+            pct(ours, 0.5),
+            pct(ours, 0.99),
+            pct(theirs, 0.5),
+            pct(theirs, 0.99),
+        );
+        println!(
+            "| {name} | {a50:.3} | {a99:.3} | {b50:.3} | {b99:.3} | {:.1}× faster |",
+            b99 / a99
+        );
+    }
+    Ok(())
+}
