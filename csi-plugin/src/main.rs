@@ -73,14 +73,7 @@ struct Common {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IPCLINK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    ipclink_sidecar::init_logging();
     let cli = Cli::parse();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

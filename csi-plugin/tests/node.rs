@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Plugin, connect, ephemeral, mount_points, require_root};
+use common::{Plugin, connect, ephemeral, mount_points, require_root, rt};
 use ipclink_csi::csi::node_client::NodeClient;
 use ipclink_csi::csi::{
     NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeUnpublishVolumeRequest,
@@ -16,14 +16,6 @@ use tonic::Code;
 
 fn links_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node-links")
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 // Dropped in this order: the plugin, then every mount, then the directory.

@@ -6,7 +6,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{Plugin, Unmounter, connect, ephemeral, mount_cap, mount_points, require_root};
+use common::{Plugin, Unmounter, connect, ephemeral, mount_cap, mount_points, require_root, rt};
 use ipclink_csi::csi::controller_client::ControllerClient;
 use ipclink_csi::csi::node_client::NodeClient;
 use ipclink_csi::csi::{
@@ -14,14 +14,6 @@ use ipclink_csi::csi::{
 };
 use ipclink_csi::registration::registration_client::RegistrationClient;
 use tonic::Code;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn node_links() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node-links")

@@ -14,6 +14,19 @@ use tokio::net::TcpListener;
 use crate::app::{LinkSet, app};
 use crate::cli::{Storage, UpArgs, default_root};
 
+/// Logs to stderr, filtered by `IPCLINK_LOG` (default `info`), in colour only on a
+/// terminal; shared by every ipclink binary.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IPCLINK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 /// Why a command failed; [`Error::exit_code`] tells the shell.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -5,14 +5,7 @@ use ipclink_sidecar::cli::{Cli, Command, default_root};
 use ipclink_sidecar::{Error, load_files, status, status_table, up};
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IPCLINK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    ipclink_sidecar::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(args) => tokio::runtime::Builder::new_multi_thread()

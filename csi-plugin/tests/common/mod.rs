@@ -181,3 +181,12 @@ pub fn mount_points() -> Vec<String> {
         .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
         .collect()
 }
+
+/// A two-worker runtime for driving a client.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
