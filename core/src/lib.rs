@@ -10,6 +10,7 @@ pub mod quantity;
 pub mod spec;
 pub mod validate;
 
+pub use kube::CustomResourceExt;
 pub use load::{load_plans, parse_link_value, parse_links, yaml_documents};
 pub use materialize::{MaterializeError, Outcome, StorageMode, Store};
 pub use spec::{

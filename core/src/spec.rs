@@ -29,8 +29,9 @@ pub const KIND: &str = "IpcLink";
     status = "IpcLinkStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.node"}"#,
-    printcolumn = r#"{"name":"Channels","type":"string","jsonPath":".spec.channels[*].name"}"#,
-    printcolumn = r#"{"name":"Members","type":"string","jsonPath":".spec.members[*].name"}"#,
+    // Counts, not name lists: a JSONPath array column shows only its first element.
+    printcolumn = r#"{"name":"Channels","type":"integer","jsonPath":".status.channelCount"}"#,
+    printcolumn = r#"{"name":"Members","type":"integer","jsonPath":".status.memberCount"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -181,6 +182,12 @@ pub struct IpcLinkStatus {
     /// Last observed depth per channel.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<ChannelStatus>,
+    /// Channels and semaphores declared (printed by `kubectl get ipcl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_count: Option<i32>,
+    /// Pods currently matched by `members` (printed by `kubectl get ipcl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_count: Option<i32>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -2,6 +2,8 @@
 //! libcs. A missing peer or missing root fails the test with what to install; nothing is
 //! skipped silently.
 
+pub mod control_plane;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
