@@ -13,7 +13,7 @@ use crate::csi;
 use crate::error::CsiError;
 use crate::ids::{self, MAX_ID, VolumeId};
 use crate::node::{TOPOLOGY_KEY, check_capability};
-use crate::source::DirSource;
+use crate::source::LinkSource;
 use crate::state::{load_json, save_json};
 
 /// Parameters a StorageClass may pass (external-provisioner adds the pvc/pv ones).
@@ -43,14 +43,14 @@ struct Volumes {
 /// The controller plugin.
 #[derive(Debug)]
 pub struct ControllerPlugin {
-    source: DirSource,
+    source: LinkSource,
     state_file: PathBuf,
     state: Mutex<Volumes>,
 }
 
 impl ControllerPlugin {
     /// Opens (or starts) the controller state in `state_dir`.
-    pub fn new(state_dir: &Path, source: DirSource) -> Result<Self, CsiError> {
+    pub fn new(state_dir: &Path, source: LinkSource) -> Result<Self, CsiError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| CsiError::Internal(format!("state dir: {e}")))?;
         let state_file = state_dir.join("volumes.json");
@@ -162,7 +162,7 @@ impl ControllerPlugin {
                 req.name
             )));
         }
-        let snapshot = self.source.snapshot()?;
+        let snapshot = self.source.lookup(namespace, link, None)?;
         let (_, plan) = snapshot.link(namespace, link).map_err(|e| match e {
             CsiError::NotFound(m) => CsiError::invalid("parameters", m),
             other => other,

@@ -13,7 +13,7 @@ use ipclink_csi::csi::identity_server::IdentityServer;
 use ipclink_csi::csi::node_server::NodeServer;
 use ipclink_csi::grpc::{Controller, Identity, Node};
 use ipclink_csi::node::NodePlugin;
-use ipclink_csi::source::DirSource;
+use ipclink_csi::source::{DirSource, KubeSource, LinkSource};
 
 /// How long in-flight calls get after SIGTERM.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -65,8 +65,10 @@ struct Common {
     #[arg(long, env = "IPCLINK_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Directory of IpcLink (and Pod) YAML: the link source when running standalone.
+    /// Without it, links and pods come from the Kubernetes API (in-cluster config or
+    /// KUBECONFIG).
     #[arg(long, env = "IPCLINK_LINKS_DIR")]
-    links_dir: PathBuf,
+    links_dir: Option<PathBuf>,
     /// Serve /metrics here.
     #[arg(long, env = "IPCLINK_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -106,7 +108,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     let registry = prometheus::Registry::new();
     let metrics = CsiMetrics::new(&registry)?;
-    let source = DirSource::new(common.links_dir.clone());
+    let source = match &common.links_dir {
+        Some(dir) => LinkSource::Dir(DirSource::new(dir.clone())),
+        None => LinkSource::Kube(
+            KubeSource::connect()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+    };
     let path = common
         .endpoint
         .strip_prefix("unix://")

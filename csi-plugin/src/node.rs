@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::csi;
 use crate::error::CsiError;
 use crate::ids::{self, VolumeId, check_context, check_id, check_target};
-use crate::source::DirSource;
+use crate::source::LinkSource;
 use crate::state::{load_json, save_json};
 
 /// Topology key every node reports.
@@ -49,7 +49,7 @@ struct Publications {
 #[derive(Debug)]
 pub struct NodePlugin {
     node_id: String,
-    source: DirSource,
+    source: LinkSource,
     store: Store,
     state_file: PathBuf,
     state: Mutex<Publications>,
@@ -85,7 +85,7 @@ impl NodePlugin {
     pub fn new(
         node_id: String,
         state_dir: &Path,
-        source: DirSource,
+        source: LinkSource,
     ) -> Result<Arc<Self>, CsiError> {
         check_dns_label(&node_id).map_err(|e| CsiError::invalid("--node-id", e))?;
         std::fs::create_dir_all(state_dir)
@@ -185,7 +185,11 @@ impl NodePlugin {
             return Ok(());
         }
 
-        let snapshot = self.source.snapshot()?;
+        let snapshot = self.source.lookup(
+            &namespace,
+            &link_name,
+            ctx.get(ids::POD_NAME).map(String::as_str),
+        )?;
         let (link, plan) = snapshot.link(&namespace, &link_name)?;
         if link.spec.members.iter().any(|m| m.pod_selector.is_some()) {
             let pod = ctx.get(ids::POD_NAME).ok_or_else(|| {
@@ -257,7 +261,12 @@ impl NodePlugin {
                 .any(|q| q.namespace == p.namespace && q.link == p.link);
             drop(state);
             // The link goes with its last publication, once it no longer exists.
-            if !still_used && !self.source.snapshot()?.has_link(&p.namespace, &p.link) {
+            if !still_used
+                && !self
+                    .source
+                    .lookup(&p.namespace, &p.link, None)?
+                    .has_link(&p.namespace, &p.link)
+            {
                 self.store.teardown(&p.namespace, &p.link)?;
                 materialized.remove(&(p.namespace.clone(), p.link.clone()));
             }

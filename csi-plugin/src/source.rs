@@ -1,6 +1,7 @@
-//! Where link specs and pod labels come from. Standalone: a directory of YAML holding
-//! IpcLink documents and, for membership checks without an API server, Pod documents
-//! (name, namespace, labels). Read again on each call, so edits apply without a restart.
+//! Where link specs and pod labels come from: in a cluster, the Kubernetes API (IpcLink
+//! and Pod, read-only); standalone, a directory of YAML holding IpcLink documents and, for
+//! membership checks without an API server, Pod documents (name, namespace, labels),
+//! read again whenever a file changes.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -142,5 +143,88 @@ impl Snapshot {
     /// Labels of a pod, if the source knows it.
     pub fn pod_labels(&self, namespace: &str, name: &str) -> Option<&BTreeMap<String, String>> {
         self.pods.get(&(namespace.to_owned(), name.to_owned()))
+    }
+}
+
+/// The link source a plugin uses.
+#[derive(Debug, Clone)]
+pub enum LinkSource {
+    /// A directory of YAML (standalone, tests, csi-sanity).
+    Dir(DirSource),
+    /// The Kubernetes API.
+    Kube(KubeSource),
+}
+
+impl LinkSource {
+    /// What the source knows of link `namespace/link` and, if named, pod `namespace/pod`.
+    pub fn lookup(
+        &self,
+        namespace: &str,
+        link: &str,
+        pod: Option<&str>,
+    ) -> Result<Arc<Snapshot>, CsiError> {
+        match self {
+            LinkSource::Dir(d) => d.snapshot(),
+            LinkSource::Kube(k) => k.lookup(namespace, link, pod),
+        }
+    }
+}
+
+/// IpcLinks and Pods read from the API server, one GET each per call (read-only RBAC:
+/// `get` on ipclinks and pods).
+#[derive(Clone)]
+pub struct KubeSource {
+    client: kube::Client,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KubeSource")
+    }
+}
+
+impl KubeSource {
+    /// Connects with the in-cluster configuration, or `KUBECONFIG`.
+    pub async fn connect() -> Result<Self, CsiError> {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| CsiError::Internal(format!("Kubernetes client: {e}")))?;
+        Ok(KubeSource { client })
+    }
+
+    fn lookup(
+        &self,
+        namespace: &str,
+        link: &str,
+        pod: Option<&str>,
+    ) -> Result<Arc<Snapshot>, CsiError> {
+        use k8s_openapi::api::core::v1::Pod;
+        use kube::Api;
+        // The gRPC handlers are synchronous over a multi-threaded runtime.
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let api_error = |e: kube::Error| CsiError::Internal(format!("Kubernetes API: {e}"));
+                let mut snap = Snapshot::default();
+                let links: Api<ipclink_core::IpcLink> =
+                    Api::namespaced(self.client.clone(), namespace);
+                if let Some(found) = links.get_opt(link).await.map_err(api_error)? {
+                    let checked = validate(&found)
+                        .map(|plan| (found, plan))
+                        .map_err(|p| p.to_string());
+                    snap.links
+                        .insert((namespace.to_owned(), link.to_owned()), checked);
+                }
+                if let Some(pod) = pod {
+                    let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+                    if let Some(p) = pods.get_opt(pod).await.map_err(api_error)? {
+                        snap.pods.insert(
+                            (namespace.to_owned(), pod.to_owned()),
+                            p.metadata.labels.unwrap_or_default(),
+                        );
+                    }
+                }
+                Ok(Arc::new(snap))
+            })
+        })
     }
 }

@@ -32,6 +32,12 @@ pub struct Plugin {
 impl Plugin {
     /// Starts `ipclink-csi ROLE` with its socket and state under `dir`.
     pub fn start(role: &str, dir: &Path, links: &Path, extra: &[&str]) -> Plugin {
+        let links = ["--links-dir", links.to_str().expect("utf-8")];
+        Plugin::start_with(role, dir, &[&links[..], extra].concat(), &[])
+    }
+
+    /// Starts `ipclink-csi ROLE` with any arguments and environment.
+    pub fn start_with(role: &str, dir: &Path, extra: &[&str], envs: &[(&str, &Path)]) -> Plugin {
         std::fs::create_dir_all(dir).expect("plugin dir");
         let socket = dir.join(format!("{role}.sock"));
         let log = dir.join(format!("{role}.log"));
@@ -41,9 +47,8 @@ impl Plugin {
             .arg(format!("unix://{}", socket.display()))
             .arg("--state-dir")
             .arg(dir.join(format!("{role}-state")))
-            .arg("--links-dir")
-            .arg(links)
             .args(extra)
+            .envs(envs.iter().copied())
             .env("IPCLINK_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,145 @@
+//! The node plugin with the Kubernetes API as its link source, on a real kube-apiserver:
+//! membership comes from the IpcLink's podSelectors and the Pods' labels in the API.
+
+mod common;
+
+use common::{Plugin, Unmounter, connect, ephemeral, rt};
+use ipclink_core::CustomResourceExt;
+use ipclink_csi::csi::node_client::NodeClient;
+use ipclink_e2e::control_plane::ControlPlane;
+use tonic::Code;
+
+fn created(cp: &ControlPlane, path: &str, body: &str) {
+    let (code, text) = cp.request("POST", path, Some(body)).expect("request");
+    assert_eq!(code, 201, "POST {path}: {text}");
+}
+
+fn pod(name: &str, app: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "vision", "labels": {"app": app}},
+        "spec": {"nodeName": "node-1", "automountServiceAccountToken": false,
+                 "containers": [{"name": "c", "image": "local/ipclink-demo"}]}
+    })
+    .to_string()
+}
+
+#[test]
+fn membership_comes_from_the_kubernetes_api() {
+    let cp = ControlPlane::start();
+    created(
+        &cp,
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        &serde_json::to_string(&ipclink_core::IpcLink::crd()).expect("crd"),
+    );
+    let start = std::time::Instant::now();
+    while cp
+        .request("GET", "/apis/ipclink.dev/v1alpha1/ipclinks", None)
+        .expect("list")
+        .0
+        != 200
+    {
+        assert!(start.elapsed().as_secs() < 60, "CRD not served");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    created(
+        &cp,
+        "/api/v1/namespaces",
+        r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"vision"}}"#,
+    );
+    created(
+        &cp,
+        "/api/v1/namespaces/vision/serviceaccounts",
+        r#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default"}}"#,
+    );
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/node-links/frames.yaml"
+    ))
+    .expect("links");
+    let link = ipclink_core::parse_links(
+        "frames",
+        yaml.split("\n---\n").next().expect("first document"),
+    )
+    .expect("parse");
+    created(
+        &cp,
+        "/apis/ipclink.dev/v1alpha1/namespaces/vision/ipclinks",
+        &serde_json::to_string(&link[0]).expect("json"),
+    );
+    created(
+        &cp,
+        "/api/v1/namespaces/vision/pods",
+        &pod("camera-0", "camera"),
+    );
+    created(
+        &cp,
+        "/api/v1/namespaces/vision/pods",
+        &pod("intruder", "other"),
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = Unmounter(dir.path().to_path_buf());
+    let node = Plugin::start_with("node", dir.path(), &[], &[("KUBECONFIG", &cp.kubeconfig)]);
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&node.socket).await);
+        let code = |r: Result<tonic::Response<_>, tonic::Status>| {
+            r.map(|_| Code::Ok).unwrap_or_else(|s| s.code())
+        };
+        let target = dir.path().join("camera");
+        assert_eq!(
+            code(
+                c.node_publish_volume(ephemeral("csi-1", &target, "vision", "camera-0", "frames"))
+                    .await
+            ),
+            Code::Ok,
+            "{}",
+            node.log()
+        );
+        assert!(target.join("sem.slots").exists());
+        let denied = c
+            .node_publish_volume(ephemeral(
+                "csi-2",
+                &dir.path().join("x"),
+                "vision",
+                "intruder",
+                "frames",
+            ))
+            .await;
+        assert_eq!(code(denied), Code::PermissionDenied);
+        let ghost = c
+            .node_publish_volume(ephemeral(
+                "csi-3",
+                &dir.path().join("y"),
+                "vision",
+                "ghost",
+                "frames",
+            ))
+            .await;
+        assert_eq!(
+            code(ghost),
+            Code::PermissionDenied,
+            "a pod the API does not know"
+        );
+        let missing = c
+            .node_publish_volume(ephemeral(
+                "csi-4",
+                &dir.path().join("z"),
+                "vision",
+                "camera-0",
+                "nope",
+            ))
+            .await;
+        assert_eq!(code(missing), Code::NotFound);
+        assert!(
+            !dir.path().join("x").exists()
+                && !dir.path().join("y").exists()
+                && !dir.path().join("z").exists()
+        );
+        let un = ipclink_csi::csi::NodeUnpublishVolumeRequest {
+            volume_id: "csi-1".into(),
+            target_path: target.display().to_string(),
+        };
+        c.node_unpublish_volume(un).await.expect("unpublish");
+    });
+}
