@@ -4,15 +4,9 @@
 mod common;
 
 use common::{Plugin, Unmounter, connect, ephemeral, rt};
-use ipclink_core::CustomResourceExt;
 use ipclink_csi::csi::node_client::NodeClient;
 use ipclink_e2e::control_plane::ControlPlane;
 use tonic::Code;
-
-fn created(cp: &ControlPlane, path: &str, body: &str) {
-    let (code, text) = cp.request("POST", path, Some(body)).expect("request");
-    assert_eq!(code, 201, "POST {path}: {text}");
-}
 
 fn pod(name: &str, app: &str) -> String {
     serde_json::json!({
@@ -27,28 +21,12 @@ fn pod(name: &str, app: &str) -> String {
 #[test]
 fn membership_comes_from_the_kubernetes_api() {
     let cp = ControlPlane::start();
-    created(
-        &cp,
-        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-        &serde_json::to_string(&ipclink_core::IpcLink::crd()).expect("crd"),
-    );
-    let start = std::time::Instant::now();
-    while cp
-        .request("GET", "/apis/ipclink.dev/v1alpha1/ipclinks", None)
-        .expect("list")
-        .0
-        != 200
-    {
-        assert!(start.elapsed().as_secs() < 60, "CRD not served");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    created(
-        &cp,
+    cp.install_ipclink_crd();
+    cp.create(
         "/api/v1/namespaces",
         r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"vision"}}"#,
     );
-    created(
-        &cp,
+    cp.create(
         "/api/v1/namespaces/vision/serviceaccounts",
         r#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default"}}"#,
     );
@@ -62,21 +40,12 @@ fn membership_comes_from_the_kubernetes_api() {
         yaml.split("\n---\n").next().expect("first document"),
     )
     .expect("parse");
-    created(
-        &cp,
+    cp.create(
         "/apis/ipclink.dev/v1alpha1/namespaces/vision/ipclinks",
         &serde_json::to_string(&link[0]).expect("json"),
     );
-    created(
-        &cp,
-        "/api/v1/namespaces/vision/pods",
-        &pod("camera-0", "camera"),
-    );
-    created(
-        &cp,
-        "/api/v1/namespaces/vision/pods",
-        &pod("intruder", "other"),
-    );
+    cp.create("/api/v1/namespaces/vision/pods", &pod("camera-0", "camera"));
+    cp.create("/api/v1/namespaces/vision/pods", &pod("intruder", "other"));
 
     let dir = tempfile::tempdir().expect("temp dir");
     let _unmount = Unmounter(dir.path().to_path_buf());

@@ -182,6 +182,36 @@ impl ControlPlane {
         Ok((code.trim().parse().unwrap_or(0), body.to_owned()))
     }
 
+    /// POSTs `body` to `path` and insists on 201 Created.
+    pub fn create(&self, path: &str, body: &str) {
+        let (code, text) = self.request("POST", path, Some(body)).expect("request");
+        assert_eq!(code, 201, "POST {path}: {text}");
+    }
+
+    /// Installs the IpcLink CRD generated from the Rust type and waits until it is served.
+    pub fn install_ipclink_crd(&self) {
+        use ipclink_core::CustomResourceExt;
+        let crd = serde_json::to_string(&ipclink_core::IpcLink::crd()).expect("crd json");
+        self.create(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            &crd,
+        );
+        let start = Instant::now();
+        while self
+            .request("GET", "/apis/ipclink.dev/v1alpha1/ipclinks", None)
+            .map(|r| r.0)
+            .unwrap_or(0)
+            != 200
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the IpcLink CRD is not served:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Both logs, for failure messages.
     pub fn logs(&self) -> String {
         let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
