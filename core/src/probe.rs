@@ -29,7 +29,7 @@ use nix::sys::stat::{Mode, fstat, makedev};
 use nix::sys::statvfs::fstatvfs;
 use serde::{Deserialize, Serialize};
 
-use crate::materialize::{StorageMode, Store, open_dir_at};
+use crate::materialize::{Store, open_dir_at};
 use crate::spec::SemaphoreAbi;
 use crate::validate::{LinkPlan, ObjectKind, ObjectPlan};
 
@@ -324,8 +324,14 @@ pub struct LinkProbe {
 impl LinkProbe {
     /// Opens the link's directory in `store`.
     pub fn open(store: &Store, plan: &LinkPlan) -> nix::Result<Self> {
-        let link = store.open_link(&plan.namespace, &plan.name)?;
+        let ns = store.open_namespace(&plan.namespace)?;
+        let link = open_dir_at(ns.as_fd(), plan.name.as_str())?;
         let dev = fstat(link.as_fd())?.st_dev;
+        // Enforced when the link is its own tmpfs, whatever mode the caller's store has
+        // (`status` does not know how `up` made the link).
+        let enforced = dev != fstat(ns.as_fd())?.st_dev
+            && nix::sys::statfs::fstatfs(link.as_fd())?.filesystem_type()
+                == nix::sys::statfs::TMPFS_MAGIC;
         Ok(LinkProbe {
             namespace: plan.namespace.as_str().into(),
             name: plan.name.as_str().into(),
@@ -336,7 +342,7 @@ impl LinkProbe {
                 .into(),
             link,
             dev,
-            enforced: store.mode() == StorageMode::Tmpfs,
+            enforced,
             size_limit: plan.size_limit,
             objects: plan
                 .objects

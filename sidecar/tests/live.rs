@@ -481,6 +481,16 @@ fn teardown_of_a_plain_directory_link_never_follows_symlinks() {
     let (_, json) = get(sidecar.port, "/v1/links");
     assert!(json.contains("\"sizeLimitEnforced\":false"), "{json}");
     assert!(sidecar.log().contains("NOT enforced"), "{}", sidecar.log());
+    // `status` (which does not know how `up` made the link) sees it too.
+    let out = Command::new(BIN)
+        .arg("status")
+        .arg("--json")
+        .arg("--root")
+        .arg(&s.root)
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"sizeLimitEnforced\": false"), "{text}");
     // A member leaves a symlink to elsewhere in its socket directory.
     std::os::unix::fs::symlink(outside.path(), s.link.join("control/escape")).expect("symlink");
     assert_eq!(sidecar.stop(), 0);
