@@ -604,28 +604,26 @@ fn bind(link: &OwnedFd, target: &Path, readonly: bool) -> Result<(), CsiError> {
         None::<&str>,
     )
     .map_err(|e| errno("bind mount", e))?;
-    // The flags of the link's tmpfs (nosuid, nodev, noexec) come along with the bind;
-    // read-only needs a remount of the new mount, reached by opening the target again.
-    let mounted = open_target(&parent, &name)?;
-    let flags = MsFlags::MS_BIND
-        | MsFlags::MS_REMOUNT
-        | MsFlags::MS_NOSUID
-        | MsFlags::MS_NODEV
-        | MsFlags::MS_NOEXEC;
-    let flags = if readonly {
-        flags | MsFlags::MS_RDONLY
-    } else {
-        flags
-    };
-    if let Err(e) = mount(
-        None::<&str>,
-        magic(&mounted).as_str(),
-        None::<&str>,
-        flags,
-        None::<&str>,
-    ) {
-        let _ = umount2(magic(&mounted).as_str(), MntFlags::MNT_DETACH);
-        return Err(errno("remount", e));
+    // The bind copies the flags of the link's tmpfs mount (nosuid, nodev, noexec); only
+    // read-only needs a remount, of the new mount, reached by opening the target again.
+    if readonly {
+        let mounted = open_target(&parent, &name)?;
+        let flags = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC;
+        if let Err(e) = mount(
+            None::<&str>,
+            magic(&mounted).as_str(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        ) {
+            let _ = umount2(magic(&mounted).as_str(), MntFlags::MNT_DETACH);
+            return Err(errno("remount read-only", e));
+        }
     }
     Ok(())
 }

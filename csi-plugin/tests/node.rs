@@ -85,6 +85,20 @@ fn two_pods_share_a_link_through_two_publications_and_strangers_are_refused() {
             Code::Ok
         );
 
+        // What a pod gets: the link's tmpfs with its safety flags, read-write.
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let line = mountinfo
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(a.to_str().expect("utf-8")))
+            .expect("the target is a mount");
+        for flag in ["rw", "nosuid", "nodev", "noexec"] {
+            assert!(
+                line.split(' ')
+                    .nth(5)
+                    .is_some_and(|o| o.split(',').any(|x| x == flag)),
+                "{flag}: {line}"
+            );
+        }
         let consumer = spawn_pod(&a, &peer, &["consumer"]);
         let producer = spawn_pod(&b, &peer, &["producer"]);
         let p = wait_with_timeout(producer, Duration::from_secs(20));
@@ -334,6 +348,30 @@ fn hostile_requests_get_the_right_code_and_change_nothing() {
         assert_eq!(publish(&mut c, ro).await, Code::AlreadyExists);
         assert_eq!(host_state(&f), after);
         assert_eq!(unpublish(&mut c, "csi-x", &ok_target).await, Code::Ok);
+
+        // A read-only publication is read-only (and keeps the safety flags).
+        let ro_target = pods.join("ro");
+        let ro = NodePublishVolumeRequest {
+            readonly: true,
+            ..ephemeral("csi-ro", &ro_target, "vision", "camera-0", "frames")
+        };
+        assert_eq!(publish(&mut c, ro).await, Code::Ok);
+        let err = std::fs::File::create(ro_target.join("control/x")).expect_err("read-only");
+        assert_eq!(err.raw_os_error(), Some(nix::libc::EROFS));
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let line = mountinfo
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(ro_target.to_str().expect("utf-8")))
+            .expect("mount");
+        for flag in ["ro", "nosuid", "nodev", "noexec"] {
+            assert!(
+                line.split(' ')
+                    .nth(5)
+                    .is_some_and(|o| o.split(',').any(|x| x == flag)),
+                "{flag}: {line}"
+            );
+        }
+        assert_eq!(unpublish(&mut c, "csi-ro", &ro_target).await, Code::Ok);
     });
 }
 
