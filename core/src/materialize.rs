@@ -250,22 +250,10 @@ impl Store {
             self.base_path.join(&plan.namespace).display().to_string()
         })?;
         let mut link_fd = self.ensure_dir(ns_fd.as_fd(), &plan.name, lp)?;
-        if self.mode == StorageMode::Tmpfs {
-            let parent = sys(fstat(ns_fd.as_fd()), lp, "stat")?;
-            let here = sys(fstat(link_fd.as_fd()), lp, "stat")?;
-            if parent.st_dev == here.st_dev {
-                if dir_has_entries(link_fd.as_fd(), lp)? {
-                    return Err(MaterializeError::Refused {
-                        path: lp(),
-                        message: "exists, is not an ipclink tmpfs and is not empty; refusing to mount over it".into(),
-                    });
-                }
-                self.mount_tmpfs(link_fd.as_fd(), plan, lp)?;
-                link_fd = sys(open_dir_at(ns_fd.as_fd(), plan.name.as_str()), lp, "open")?;
-                outcome.mounted = true;
-            } else {
-                self.check_mounted(link_fd.as_fd(), plan, lp)?;
-            }
+        if self.needs_mount(ns_fd.as_fd(), link_fd.as_fd(), plan, lp)? {
+            self.mount_tmpfs(link_fd.as_fd(), plan, lp)?;
+            link_fd = sys(open_dir_at(ns_fd.as_fd(), plan.name.as_str()), lp, "open")?;
+            outcome.mounted = true;
         }
         remove_leftovers(link_fd.as_fd(), lp)?;
 
@@ -299,19 +287,8 @@ impl Store {
                 });
             }
         };
-        if self.mode == StorageMode::Tmpfs {
-            let ns = sys(self.open_namespace(&plan.namespace), lp, "open")?;
-            if sys(fstat(ns.as_fd()), lp, "stat")?.st_dev
-                != sys(fstat(link.as_fd()), lp, "stat")?.st_dev
-            {
-                self.check_mounted(link.as_fd(), plan, lp)?;
-            } else if dir_has_entries(link.as_fd(), lp)? {
-                return Err(MaterializeError::Refused {
-                    path: lp(),
-                    message: "exists, is not an ipclink tmpfs and is not empty; refusing to mount over it".into(),
-                });
-            }
-        }
+        let ns = sys(self.open_namespace(&plan.namespace), lp, "open")?;
+        self.needs_mount(ns.as_fd(), link.as_fd(), plan, lp)?;
         inspect(
             link.as_fd(),
             plan,
@@ -433,6 +410,34 @@ impl Store {
                 errno,
             }),
         }
+    }
+
+    /// In tmpfs mode: false when the link is already its tmpfs (whose size must match),
+    /// true when it is an empty directory to mount on; refuses anything else. In a plain
+    /// directory: always false.
+    fn needs_mount(
+        &self,
+        ns: BorrowedFd<'_>,
+        link: BorrowedFd<'_>,
+        plan: &LinkPlan,
+        lp: impl Fn() -> String + Copy,
+    ) -> Result<bool, MaterializeError> {
+        if self.mode != StorageMode::Tmpfs {
+            return Ok(false);
+        }
+        if sys(is_mount_point(ns, link), lp, "stat")? {
+            self.check_mounted(link, plan, lp)?;
+            return Ok(false);
+        }
+        if !sys(dir_is_empty(link), lp, "readdir")? {
+            return Err(MaterializeError::Refused {
+                path: lp(),
+                message:
+                    "exists, is not an ipclink tmpfs and is not empty; refusing to mount over it"
+                        .into(),
+            });
+        }
+        Ok(true)
     }
 
     fn mount_tmpfs(
@@ -609,9 +614,7 @@ impl Store {
                 });
             }
             Ok(link) => {
-                let parent = sys(fstat(ns_fd.as_fd()), lp, "stat")?;
-                let here = sys(fstat(link.as_fd()), lp, "stat")?;
-                if parent.st_dev != here.st_dev {
+                if sys(is_mount_point(ns_fd.as_fd(), link.as_fd()), lp, "stat")? {
                     let fs = sys(fstatfs(link.as_fd()), lp, "statfs")?;
                     if fs.filesystem_type() != TMPFS_MAGIC {
                         return Err(MaterializeError::Refused {
@@ -710,17 +713,20 @@ fn list_names(dir: BorrowedFd<'_>) -> Vec<String> {
         .collect()
 }
 
-fn dir_has_entries(dir: BorrowedFd<'_>, lp: impl Fn() -> String) -> Result<bool, MaterializeError> {
-    let dup = sys(open_dir_at(dir, "."), &lp, "open")?;
-    let mut d = sys(Dir::from_fd(dup), &lp, "readdir")?;
+/// Whether `dir` is the root of another mount than `parent`, its parent directory.
+pub fn is_mount_point(parent: BorrowedFd<'_>, dir: BorrowedFd<'_>) -> nix::Result<bool> {
+    Ok(fstat(parent)?.st_dev != fstat(dir)?.st_dev)
+}
+
+/// Whether `dir` holds nothing but `.` and `..`.
+pub fn dir_is_empty(dir: BorrowedFd<'_>) -> nix::Result<bool> {
+    let mut d = Dir::from_fd(open_dir_at(dir, ".")?)?;
     for entry in d.iter() {
-        let entry = sys(entry, &lp, "readdir")?;
-        let n = entry.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            return Ok(true);
+        if !matches!(entry?.file_name().to_bytes(), b"." | b"..") {
+            return Ok(false);
         }
     }
-    Ok(false)
+    Ok(true)
 }
 
 /// Removes temporaries a crash may have left behind.
@@ -771,8 +777,7 @@ pub fn remove_tree_at<P: ?Sized + NixPath + std::fmt::Debug>(
             errno,
         }),
         Ok(child) => {
-            let parent_dev = sys(fstat(dir), lp, "stat")?.st_dev;
-            if sys(fstat(child.as_fd()), lp, "stat")?.st_dev != parent_dev {
+            if sys(is_mount_point(dir, child.as_fd()), lp, "stat")? {
                 return Err(MaterializeError::Refused {
                     path: lp(),
                     message: format!("{name:?} is another mount; not entered, left alone"),

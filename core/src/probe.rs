@@ -29,7 +29,7 @@ use nix::sys::stat::{Mode, fstat, makedev};
 use nix::sys::statvfs::fstatvfs;
 use serde::{Deserialize, Serialize};
 
-use crate::materialize::{Store, open_dir_at};
+use crate::materialize::{Store, is_mount_point, open_dir_at};
 use crate::spec::SemaphoreAbi;
 use crate::validate::{LinkPlan, ObjectKind, ObjectPlan};
 
@@ -301,7 +301,6 @@ fn queued_bytes(fd: BorrowedFd<'_>) -> nix::Result<u64> {
 #[derive(Debug)]
 struct ProbeObject {
     plan: ObjectPlan,
-    file: String,
     /// Shared by every sample: one reference count instead of several strings.
     info: Arc<ObjectInfo>,
     /// Kept open for shm and semaphores; reopened when missing.
@@ -329,7 +328,7 @@ impl LinkProbe {
         let dev = fstat(link.as_fd())?.st_dev;
         // Enforced when the link is its own tmpfs, whatever mode the caller's store has
         // (`status` does not know how `up` made the link).
-        let enforced = dev != fstat(ns.as_fd())?.st_dev
+        let enforced = is_mount_point(ns.as_fd(), link.as_fd())?
             && nix::sys::statfs::fstatfs(link.as_fd())?.filesystem_type()
                 == nix::sys::statfs::TMPFS_MAGIC;
         Ok(LinkProbe {
@@ -348,7 +347,6 @@ impl LinkProbe {
                 .objects
                 .iter()
                 .map(|o| ProbeObject {
-                    file: o.file_name(),
                     info: Arc::new(ObjectInfo {
                         name: o.name.clone(),
                         kind: o.kind.as_str().into(),
@@ -385,7 +383,7 @@ impl LinkProbe {
         self.objects.iter().all(|o| {
             nix::sys::stat::fstatat(
                 self.link.as_fd(),
-                o.file.as_str(),
+                o.info.file.as_str(),
                 nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
             )
             .is_ok()
@@ -446,8 +444,8 @@ impl LinkProbe {
                                 object_bytes += resident;
                             }
                         }
-                        ObjectKind::Fifo => probe_fifo(link, &o.file, &mut c),
-                        _ => probe_socket_dir(link, &o.file, self.dev, sockets, &mut c),
+                        ObjectKind::Fifo => probe_fifo(link, &o.info.file, &mut c),
+                        _ => probe_socket_dir(link, &o.info.file, self.dev, sockets, &mut c),
                     }
                     out.channels.push(c);
                 }
@@ -468,7 +466,7 @@ fn keep_open<'a>(link: BorrowedFd<'_>, o: &'a mut ProbeObject) -> Option<&'a std
     if o.fd.is_none() {
         let fd = openat(
             link,
-            o.file.as_str(),
+            o.info.file.as_str(),
             OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
