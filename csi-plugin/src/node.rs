@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use ipclink_core::materialize::{dir_is_empty, is_mount_point};
 use ipclink_core::members::members_of;
 use ipclink_core::validate::check_dns_label;
 use ipclink_core::{StorageMode, Store};
@@ -209,7 +210,7 @@ impl NodePlugin {
 
         let mut materialized = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
         // A target that cannot be used is refused before the link is materialized.
-        check_target_dir(Path::new(&req.target_path))?;
+        let target = check_target_dir(Path::new(&req.target_path))?;
         let key = (namespace.clone(), link_name.clone());
         if materialized.get(&key) != Some(plan) {
             self.store.materialize(plan)?;
@@ -220,7 +221,7 @@ impl NodePlugin {
             .store
             .open_link(&namespace, &link_name)
             .map_err(|e| errno("open link", e))?;
-        bind(&link_fd, Path::new(&req.target_path), req.readonly)?;
+        bind(&link_fd, target, Path::new(&req.target_path), req.readonly)?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.by_target.insert(
             req.target_path.clone(),
@@ -501,14 +502,17 @@ fn open_parent(target: &Path) -> Result<(OwnedFd, String), CsiError> {
     }
 }
 
-fn open_target(parent: &OwnedFd, name: &str) -> Result<OwnedFd, CsiError> {
+/// Opens `name` under `parent` as a directory, never following a symlink; `None` when
+/// it does not exist.
+fn open_target(parent: &OwnedFd, name: &str) -> Result<Option<OwnedFd>, CsiError> {
     match openat(
         parent.as_fd(),
         name,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     ) {
-        Ok(fd) => Ok(fd),
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT) => Ok(None),
         Err(Errno::ELOOP) => Err(CsiError::invalid("target_path", "is a symlink")),
         Err(Errno::ENOTDIR) => Err(CsiError::invalid(
             "target_path",
@@ -518,82 +522,61 @@ fn open_target(parent: &OwnedFd, name: &str) -> Result<OwnedFd, CsiError> {
     }
 }
 
+/// A publish target, opened without following symlinks and checked before anything is
+/// created; [`bind`] then uses these descriptors.
+struct Target {
+    parent: OwnedFd,
+    name: String,
+    /// The existing directory, if any (empty, or a mount point).
+    dir: Option<OwnedFd>,
+}
+
 /// Refuses, changing nothing, a target that is not absent, an empty directory, or a mount
 /// point (which [`bind`] then checks is this link's).
-fn check_target_dir(target: &Path) -> Result<(), CsiError> {
+fn check_target_dir(target: &Path) -> Result<Target, CsiError> {
     let (parent, name) = open_parent(target)?;
-    let tfd = match openat(
-        parent.as_fd(),
-        name.as_str(),
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
-        Err(Errno::ENOENT) => return Ok(()),
-        Err(Errno::ELOOP) => return Err(CsiError::invalid("target_path", "is a symlink")),
-        Err(Errno::ENOTDIR) => {
-            return Err(CsiError::invalid(
-                "target_path",
-                "exists and is not a directory",
-            ));
-        }
-        Err(e) => return Err(errno("open target", e)),
-        Ok(fd) => fd,
-    };
-    let here = fstat(tfd.as_fd()).map_err(|e| errno("stat", e))?.st_dev;
-    if here != fstat(parent.as_fd()).map_err(|e| errno("stat", e))?.st_dev {
-        return Ok(());
-    }
-    if !dir_is_empty(&tfd)? {
+    let dir = open_target(&parent, &name)?;
+    if let Some(fd) = &dir
+        && !is_mount_point(parent.as_fd(), fd.as_fd()).map_err(|e| errno("stat", e))?
+        && !dir_is_empty(fd.as_fd()).map_err(|e| errno("read target", e))?
+    {
         return Err(CsiError::Precondition(format!(
             "{} exists and is not empty",
             target.display()
         )));
     }
-    Ok(())
+    Ok(Target { parent, name, dir })
 }
 
-fn dir_is_empty(dir: &OwnedFd) -> Result<bool, CsiError> {
-    let dup = openat(
-        dir.as_fd(),
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| errno("open target", e))?;
-    let mut d = nix::dir::Dir::from_fd(dup).map_err(|e| errno("read target", e))?;
-    Ok(!d
-        .iter()
-        .flatten()
-        .any(|e| !matches!(e.file_name().to_bytes(), b"." | b"..")))
-}
-
-fn bind(link: &OwnedFd, target: &Path, readonly: bool) -> Result<(), CsiError> {
-    let (parent, name) = open_parent(target)?;
-    match mkdirat(
-        parent.as_fd(),
-        name.as_str(),
-        Mode::from_bits_truncate(0o750),
-    ) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => return Err(errno("create target", e)),
-    }
-    let tfd = open_target(&parent, &name)?;
-    let here = fstat(tfd.as_fd()).map_err(|e| errno("stat", e))?.st_dev;
-    if here != fstat(parent.as_fd()).map_err(|e| errno("stat", e))?.st_dev {
+fn bind(link: &OwnedFd, target: Target, path: &Path, readonly: bool) -> Result<(), CsiError> {
+    let Target { parent, name, dir } = target;
+    let tfd = match dir {
+        Some(fd) => fd,
+        None => {
+            match mkdirat(
+                parent.as_fd(),
+                name.as_str(),
+                Mode::from_bits_truncate(0o750),
+            ) {
+                Ok(()) => {}
+                // Made by someone else since the check: it is checked like any other.
+                Err(Errno::EEXIST) => return bind(link, check_target_dir(path)?, path, readonly),
+                Err(e) => return Err(errno("create target", e)),
+            }
+            open_target(&parent, &name)?
+                .ok_or_else(|| CsiError::Internal(format!("{} vanished", path.display())))?
+        }
+    };
+    if is_mount_point(parent.as_fd(), tfd.as_fd()).map_err(|e| errno("stat", e))? {
         // Mounted already: ours if it is this link (a crash between the mount and the
         // state write), otherwise something else that is left alone.
+        let here = fstat(tfd.as_fd()).map_err(|e| errno("stat", e))?.st_dev;
         if here == fstat(link.as_fd()).map_err(|e| errno("stat", e))?.st_dev {
             return Ok(());
         }
         return Err(CsiError::Precondition(format!(
             "{} is already a mount point",
-            target.display()
-        )));
-    }
-    if !dir_is_empty(&tfd)? {
-        return Err(CsiError::Precondition(format!(
-            "{} exists and is not empty",
-            target.display()
+            path.display()
         )));
     }
     mount(
@@ -607,7 +590,8 @@ fn bind(link: &OwnedFd, target: &Path, readonly: bool) -> Result<(), CsiError> {
     // The bind copies the flags of the link's tmpfs mount (nosuid, nodev, noexec); only
     // read-only needs a remount, of the new mount, reached by opening the target again.
     if readonly {
-        let mounted = open_target(&parent, &name)?;
+        let mounted = open_target(&parent, &name)?
+            .ok_or_else(|| CsiError::Internal(format!("{} vanished", path.display())))?;
         let flags = MsFlags::MS_BIND
             | MsFlags::MS_REMOUNT
             | MsFlags::MS_RDONLY
@@ -636,24 +620,10 @@ fn unbind(target: &Path, ours: bool) -> Result<(), CsiError> {
         Err(CsiError::NotFound(_)) => return Ok(()),
         Err(e) => return Err(e),
     };
-    let tfd = match openat(
-        parent.as_fd(),
-        name.as_str(),
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(()),
-        Err(Errno::ELOOP | Errno::ENOTDIR) => {
-            return Err(CsiError::invalid(
-                "target_path",
-                "is not a directory; left alone",
-            ));
-        }
-        Err(e) => return Err(errno("open target", e)),
+    let Some(tfd) = open_target(&parent, &name)? else {
+        return Ok(());
     };
-    let is_mount = fstat(tfd.as_fd()).map_err(|e| errno("stat", e))?.st_dev
-        != fstat(parent.as_fd()).map_err(|e| errno("stat", e))?.st_dev;
+    let is_mount = is_mount_point(parent.as_fd(), tfd.as_fd()).map_err(|e| errno("stat", e))?;
     if is_mount {
         if !ours {
             return Err(CsiError::NotFound(format!(
