@@ -309,37 +309,13 @@ impl Store {
         };
         let ns = sys(self.open_namespace(&plan.namespace), lp, "open")?;
         let body = serde_json::to_vec_pretty(plan).unwrap_or_default();
-        let record = format!(".{}.json", plan.name);
-        let tmp = format!("{TMP_PREFIX}{}", plan.name);
-        let _ = unlinkat(ns.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        let fd = sys(
-            openat(
-                ns.as_fd(),
-                tmp.as_str(),
-                OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_WRONLY
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o644),
-            ),
-            lp,
-            "create record",
-        )?;
-        let file = File::from(fd);
-        let io = |e: std::io::Error| MaterializeError::Sys {
-            path: lp(),
-            op: "write record",
-            errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-        };
-        file.write_all_at(&body, 0).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        sys(
-            nix::fcntl::renameat(ns.as_fd(), tmp.as_str(), ns.as_fd(), record.as_str()),
-            lp,
-            "rename record",
-        )?;
-        sys(nix::unistd::fsync(ns.as_fd()), lp, "fsync")
+        write_atomic_at(ns.as_fd(), &format!(".{}.json", plan.name), &body).map_err(|e| {
+            MaterializeError::Sys {
+                path: lp(),
+                op: "write record",
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            }
+        })
     }
 
     /// Every link record under the base directory, in (namespace, name) order. Records
@@ -711,6 +687,26 @@ fn list_names(dir: BorrowedFd<'_>) -> Vec<String> {
         .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
         .filter(|n| n != "." && n != "..")
         .collect()
+}
+
+/// Replaces `name` in `dir` atomically and durably: a temporary file (a stale one from a
+/// crash is removed first), fsync, rename over `name`, fsync of the directory. A crash
+/// leaves the old file or the new one, never a torn one.
+pub fn write_atomic_at(dir: BorrowedFd<'_>, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = format!("{TMP_PREFIX}{name}");
+    let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+    let fd = openat(
+        dir,
+        tmp.as_str(),
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )?;
+    let file = File::from(fd);
+    file.write_all_at(bytes, 0)?;
+    file.sync_all()?;
+    nix::fcntl::renameat(dir, tmp.as_str(), dir, name)?;
+    nix::unistd::fsync(dir)?;
+    Ok(())
 }
 
 /// Whether `dir` is the root of another mount than `parent`, its parent directory.

@@ -2,7 +2,6 @@
 //! directory fsynced, so a crash leaves either the old or the new file, never a torn one.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
@@ -19,15 +18,14 @@ pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, String> 
     }
 }
 
-/// Replaces a JSON state file atomically and durably.
+/// Replaces a JSON state file atomically and durably (see
+/// [`ipclink_core::materialize::write_atomic_at`]).
 pub fn save_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("json.tmp");
+    let dir = File::open(path.parent().unwrap_or(Path::new(".")))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| std::io::Error::other(format!("{}: no file name", path.display())))?;
     let body = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    let mut f = File::create(&tmp)?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    ipclink_core::materialize::write_atomic_at(std::os::fd::AsFd::as_fd(&dir), name, &body)
 }

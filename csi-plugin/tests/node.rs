@@ -435,8 +435,13 @@ fn a_node_plugin_killed_after_the_mount_recovers_and_keeps_the_data() {
             // A write torn by the crash: a half file left under the temporary name and a
             // state file that does not parse.
             "corrupt" => {
-                std::fs::write(state.with_extension("json.tmp"), b"{\"by_target\": {")
-                    .expect("tmp");
+                std::fs::write(
+                    f.dir
+                        .path()
+                        .join("node-state/.ipclink-tmp-publications.json"),
+                    b"{\"by_target\": {",
+                )
+                .expect("tmp");
                 std::fs::write(&state, b"{\"by_tar").expect("corrupt");
             }
             "missing" => std::fs::remove_file(&state).expect("rm state"),
