@@ -2,7 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use ipclink_core::LinkPlan;
+use ipclink_core::probe::LinkProbe;
+use ipclink_sidecar::app::LinkSet;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -234,23 +238,31 @@ async fn spawn_metrics(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("--metrics-listen {addr}"))?;
+    // Probes keep descriptors to semaphores and shm regions open between scrapes; they
+    // are opened again only when the set of links on this node changes.
+    let probes: Arc<Mutex<(Vec<LinkPlan>, LinkSet)>> =
+        Arc::new(Mutex::new((Vec::new(), LinkSet::new(Vec::new()))));
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
                 let registry = registry.clone();
                 let node = node.clone();
+                let probes = probes.clone();
                 async move {
                     let mut text = render(&registry);
                     if let Some(node) = node {
                         let store = node.store();
                         let (plans, _) = store.records();
-                        let probes = plans
-                            .iter()
-                            .filter_map(|p| ipclink_core::probe::LinkProbe::open(store, p).ok())
-                            .collect();
-                        let samples = ipclink_sidecar::app::LinkSet::new(probes).sample();
-                        render_channels(&samples, &[], &mut text);
+                        let mut cached = probes.lock().unwrap_or_else(|p| p.into_inner());
+                        if cached.0 != plans {
+                            let opened = plans
+                                .iter()
+                                .filter_map(|p| LinkProbe::open(store, p).ok())
+                                .collect();
+                            *cached = (plans, LinkSet::new(opened));
+                        }
+                        render_channels(&cached.1.sample(), &[], &mut text);
                     }
                     (
                         [(
