@@ -153,9 +153,18 @@ fn series(out: &mut String, family: &str, labels: &[(&str, &str)], value: u64) {
 /// a registry: a scrape of 10,000 channels must not pay a hash lookup per series.
 /// `extra` labels (e.g. `node`) are added to every series.
 pub fn render_channels(samples: &[LinkSample], extra: &[(&str, &str)], out: &mut String) {
+    render_channel_groups(&[(extra, samples)], out);
+}
+
+/// [`render_channels`] over several groups of samples, each with its own `extra` label
+/// (e.g. the samples of each node), every family still written once.
+pub fn render_channel_groups(groups: &[(&[(&str, &str)], &[LinkSample])], out: &mut String) {
     for f in FAMILIES {
         let _ = writeln!(out, "# HELP {} {}\n# TYPE {} gauge", f.name, f.help, f.name);
-        for s in samples {
+        for (extra, s) in groups
+            .iter()
+            .flat_map(|(extra, samples)| samples.iter().map(move |s| (*extra, s)))
+        {
             if let Some(v) = (f.link)(s) {
                 let mut labels = vec![("namespace", &*s.namespace), ("link", &*s.name)];
                 labels.extend_from_slice(extra);

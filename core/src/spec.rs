@@ -35,6 +35,12 @@ pub const KIND: &str = "IpcLink";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.channels) || !has(self.semaphores) || !self.channels.exists(c, self.semaphores.exists(s, s.name == c.name))",
+    "message": "channel and semaphore names share one namespace: a name may be used once",
+    "fieldPath": ".semaphores",
+    "reason": "FieldValueDuplicate"
+}]))]
 pub struct IpcLinkSpec {
     /// tmpfs size of the whole link (a hard limit: writers get ENOSPC). Default 64Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,13 +50,34 @@ pub struct IpcLinkSpec {
     pub owner: Option<Owner>,
     /// Who may mount the link (pods of the same namespace only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub members: Vec<Member>,
     /// Shared-memory regions, FIFOs and socket directories.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub channels: Vec<Channel>,
     /// POSIX named semaphores, laid out for `sem_open`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub semaphores: Vec<Semaphore>,
+    /// Persistent mode: the operator keeps a PersistentVolumeClaim with the link's name
+    /// on a `WaitForFirstConsumer` class, so the first member picks the node and the
+    /// others follow. Without it, pods use inline `csi` volumes and are placed by you.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<ClaimSpec>,
+}
+
+/// The PersistentVolumeClaim the operator keeps for a link in persistent mode.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimSpec {
+    /// StorageClass of the claim (provisioner `csi.ipclink.dev`); default `ipclink`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub storage_class_name: Option<String>,
 }
 
 /// Numeric owner of an object.
@@ -58,8 +85,10 @@ pub struct IpcLinkSpec {
 #[serde(deny_unknown_fields)]
 pub struct Owner {
     /// User id, 0..=4294967294.
+    #[schemars(range(min = 0, max = 4_294_967_294_i64))]
     pub uid: i64,
     /// Group id, 0..=4294967294.
+    #[schemars(range(min = 0, max = 4_294_967_294_i64))]
     pub gid: i64,
 }
 
@@ -68,6 +97,10 @@ pub struct Owner {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Member {
     /// Member name, referenced by channels' `readers` and `writers`.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Pods of the link's namespace that are this member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,8 +133,18 @@ impl ChannelKind {
 /// One channel of a link.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.kind == 'shm' ? has(self.size) : !has(self.size)",
+    "message": "size is required for an shm channel and not allowed for fifo and socket channels",
+    "fieldPath": ".size",
+    "reason": "FieldValueInvalid"
+}]))]
 pub struct Channel {
     /// DNS label; the object's file name in the link directory.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// shm, fifo or socket.
     pub kind: ChannelKind,
@@ -116,9 +159,23 @@ pub struct Channel {
     pub owner: Option<Owner>,
     /// Members that write to this channel.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
     pub writers: Vec<String>,
     /// Members that read from this channel.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
     pub readers: Vec<String>,
 }
 
@@ -148,9 +205,14 @@ impl SemaphoreAbi {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Semaphore {
     /// DNS label; `sem_open("/NAME")` opens it.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Initial value, 0..=2147483647.
     #[serde(default)]
+    #[schemars(range(min = 0, max = 2_147_483_647))]
     pub initial: i64,
     /// glibc (default) or musl layout.
     #[serde(default)]

@@ -13,8 +13,12 @@ use crate::require_tool;
 #[derive(Debug)]
 pub struct ControlPlane {
     dir: tempfile::TempDir,
+    bin: PathBuf,
+    apiserver_args: Vec<String>,
     etcd: Option<Child>,
     apiserver: Option<Child>,
+    /// kube-scheduler and kube-controller-manager, when started.
+    others: Vec<Child>,
     /// `https://127.0.0.1:PORT`.
     pub url: String,
     /// Bearer token of a `system:masters` user.
@@ -98,30 +102,21 @@ impl ControlPlane {
         )
         .expect("tokens");
 
-        let apiserver = Command::new(bin.join("kube-apiserver"))
-            .arg(format!("--etcd-servers=http://127.0.0.1:{client}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
-            .arg(format!("--secure-port={secure}"))
-            .arg(format!("--cert-dir={}", d.join("pki").display()))
-            .arg(format!(
-                "--token-auth-file={}",
-                d.join("tokens.csv").display()
-            ))
-            .arg("--authorization-mode=RBAC")
-            .arg("--service-account-issuer=https://kubernetes.default.svc")
-            .arg(format!("--service-account-key-file={}", public.display()))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                key.display()
-            ))
-            .arg("--service-cluster-ip-range=10.96.0.0/16")
-            .arg("--enable-priority-and-fairness=false")
-            .stdin(Stdio::null())
-            .stdout(log_file(d, "apiserver.log"))
-            .stderr(log_file(d, "apiserver.err"))
-            .spawn()
-            .expect("start kube-apiserver");
+        let apiserver_args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{client}"),
+            "--bind-address=127.0.0.1".to_owned(),
+            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--secure-port={secure}"),
+            format!("--cert-dir={}", d.join("pki").display()),
+            format!("--token-auth-file={}", d.join("tokens.csv").display()),
+            "--authorization-mode=RBAC".to_owned(),
+            "--service-account-issuer=https://kubernetes.default.svc".to_owned(),
+            format!("--service-account-key-file={}", public.display()),
+            format!("--service-account-signing-key-file={}", key.display()),
+            "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
+            "--enable-priority-and-fairness=false".to_owned(),
+        ];
+        let apiserver = spawn_apiserver(&bin, &apiserver_args, d);
 
         let url = format!("https://127.0.0.1:{secure}");
         let kubeconfig = d.join("kubeconfig");
@@ -134,24 +129,99 @@ impl ControlPlane {
         .expect("kubeconfig");
         let cp = ControlPlane {
             dir,
+            bin,
+            apiserver_args,
             etcd: Some(etcd),
             apiserver: Some(apiserver),
+            others: Vec::new(),
             url,
             token,
             kubeconfig,
         };
+        cp.wait_ready();
+        cp
+    }
+
+    fn wait_ready(&self) {
         let start = Instant::now();
         loop {
-            if let Ok((200, _)) = cp.request("GET", "/readyz", None) {
-                return cp;
+            if let Ok((200, _)) = self.request("GET", "/readyz", None) {
+                return;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(120),
                 "kube-apiserver not ready:\n{}",
-                cp.logs()
+                self.logs()
             );
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Kills kube-apiserver (SIGKILL) and starts it again with the same flags and port;
+    /// returns once it is ready. etcd keeps the data.
+    pub fn restart_apiserver(&mut self) {
+        if let Some(mut old) = self.apiserver.take() {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        self.apiserver = Some(spawn_apiserver(
+            &self.bin,
+            &self.apiserver_args,
+            self.dir.path(),
+        ));
+        self.wait_ready();
+    }
+
+    /// Starts kube-scheduler and kube-controller-manager (the persistent-volume binder,
+    /// garbage collector and the controllers volumes need), with the administrator's
+    /// kubeconfig and no serving port.
+    pub fn start_scheduling(&mut self) {
+        let kubeconfig = format!("--kubeconfig={}", self.kubeconfig.display());
+        let d = self.dir.path();
+        let scheduler = Command::new(self.bin.join("kube-scheduler"))
+            .arg(&kubeconfig)
+            .args(["--leader-elect=false", "--secure-port=0", "-v=2"])
+            .stdin(Stdio::null())
+            .stdout(log_file(d, "scheduler.log"))
+            .stderr(log_file(d, "scheduler.err"))
+            .spawn()
+            .expect("start kube-scheduler");
+        let manager = Command::new(self.bin.join("kube-controller-manager"))
+            .arg(&kubeconfig)
+            .args([
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--use-service-account-credentials=false",
+                "--controllers=persistentvolume-binder-controller,garbage-collector-controller,persistentvolume-protection-controller,persistentvolumeclaim-protection-controller,namespace-controller",
+                "-v=2",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log_file(d, "controller-manager.log"))
+            .stderr(log_file(d, "controller-manager.err"))
+            .spawn()
+            .expect("start kube-controller-manager");
+        self.others.push(scheduler);
+        self.others.push(manager);
+    }
+
+    /// Creates a Ready, schedulable Node object (no kubelet behind it) with the CSI
+    /// topology label, so that the scheduler can place pods on it.
+    pub fn add_node(&self, name: &str) {
+        self.create(
+            "/api/v1/nodes",
+            &format!(
+                r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}","labels":{{"kubernetes.io/hostname":"{name}","topology.ipclink.dev/node":"{name}"}}}}}}"#
+            ),
+        );
+        let status = r#"{"status":{"capacity":{"cpu":"8","memory":"16Gi","pods":"110"},"allocatable":{"cpu":"8","memory":"16Gi","pods":"110"},"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","message":"test node"}]}}"#;
+        let (code, text) = self
+            .request(
+                "PATCH",
+                &format!("/api/v1/nodes/{name}/status"),
+                Some(status),
+            )
+            .expect("request");
+        assert_eq!(code, 200, "node status: {text}");
     }
 
     /// One HTTPS request as the administrator; returns (status, body).
@@ -225,11 +295,19 @@ impl ControlPlane {
                 .collect::<Vec<_>>()
                 .join("\n")
         };
-        format!(
+        let mut out = format!(
             "--- etcd ---\n{}\n--- kube-apiserver ---\n{}",
             tail(read("etcd.err")),
             tail(read("apiserver.err"))
-        )
+        );
+        if !self.others.is_empty() {
+            out.push_str(&format!(
+                "\n--- kube-scheduler ---\n{}\n--- kube-controller-manager ---\n{}",
+                tail(read("scheduler.err")),
+                tail(read("controller-manager.err"))
+            ));
+        }
+        out
     }
 }
 
@@ -238,13 +316,32 @@ impl Drop for ControlPlane {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
-        for child in [self.apiserver.take(), self.etcd.take()]
-            .into_iter()
-            .flatten()
-        {
+        let others = std::mem::take(&mut self.others);
+        for child in others.into_iter().chain(
+            [self.apiserver.take(), self.etcd.take()]
+                .into_iter()
+                .flatten(),
+        ) {
             let mut child = child;
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+fn spawn_apiserver(bin: &Path, args: &[String], dir: &Path) -> Child {
+    let log = |name: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(name))
+            .expect("log file")
+    };
+    Command::new(bin.join("kube-apiserver"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log("apiserver.log"))
+        .stderr(log("apiserver.err"))
+        .spawn()
+        .expect("start kube-apiserver")
 }

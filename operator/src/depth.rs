@@ -1,0 +1,139 @@
+//! Channel depths gathered from the node plugins' (or sidecars') `/v1/links` endpoints,
+//! re-exported on the operator's `/metrics` with a `node` label and folded into
+//! `status.channels` at most once per interval per link.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use ipclink_core::IpcLink;
+use ipclink_core::probe::LinkSample;
+use ipclink_core::spec::ChannelStatus;
+use kube::runtime::reflector::ObjectRef;
+use serde::Deserialize;
+
+use crate::controller::Depths;
+
+/// Largest `/v1/links` body accepted (10,000 channels are about 3 MB).
+pub const MAX_BODY: usize = 32 << 20;
+
+/// Where depths come from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// `HOST:PORT` of each endpoint given on the command line, with the node it names.
+    pub endpoints: Vec<String>,
+    /// Time between two rounds.
+    pub interval: Duration,
+    /// Time allowed for one endpoint.
+    pub timeout: Duration,
+}
+
+#[derive(Deserialize)]
+struct LinksReport {
+    links: Vec<LinkSample>,
+}
+
+/// Latest samples by endpoint, for `/metrics`.
+pub type Samples = Arc<Mutex<Vec<(String, Vec<LinkSample>)>>>;
+
+/// One GET of `http://{endpoint}/v1/links`.
+pub async fn fetch(endpoint: &str, timeout: Duration) -> anyhow::Result<Vec<LinkSample>> {
+    let work = async {
+        let stream = tokio::net::TcpStream::connect(endpoint).await?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = hyper::Request::get("/v1/links")
+            .header(hyper::header::HOST, endpoint)
+            .body(Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        anyhow::ensure!(
+            resp.status() == hyper::StatusCode::OK,
+            "GET /v1/links answered {}",
+            resp.status()
+        );
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the body: {e}"))?
+            .to_bytes();
+        let report: LinksReport = serde_json::from_slice(&body)?;
+        Ok(report.links)
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
+}
+
+/// What a link's status shows of a sample.
+pub fn channel_status(sample: &LinkSample) -> Vec<ChannelStatus> {
+    let channels = sample.channels.iter().map(|c| ChannelStatus {
+        name: c.info.name.clone(),
+        kind: c.info.kind.clone(),
+        queue_bytes: c.queue_bytes.or(c.resident_bytes),
+        value: None,
+    });
+    let semaphores = sample.semaphores.iter().map(|s| ChannelStatus {
+        name: s.info.name.clone(),
+        kind: s.info.kind.clone(),
+        queue_bytes: None,
+        value: s.value,
+    });
+    channels.chain(semaphores).collect()
+}
+
+/// Gathers every `interval` until `stop` fires; links whose depths changed are sent on
+/// `changed` (their next status write carries the new depths).
+pub async fn run(
+    sources: Sources,
+    depths: Depths,
+    samples: Samples,
+    changed: futures::channel::mpsc::Sender<ObjectRef<IpcLink>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut changed = changed;
+    let mut tick = tokio::time::interval(sources.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let mut round = Vec::new();
+        let mut next: HashMap<(String, String), Vec<ChannelStatus>> = HashMap::new();
+        for endpoint in &sources.endpoints {
+            match fetch(endpoint, sources.timeout).await {
+                Ok(links) => {
+                    for l in &links {
+                        next.insert(
+                            (l.namespace.to_string(), l.name.to_string()),
+                            channel_status(l),
+                        );
+                    }
+                    round.push((endpoint.clone(), links));
+                }
+                Err(e) => tracing::warn!(endpoint, error = %e, "cannot gather depths"),
+            }
+        }
+        let wake: Vec<ObjectRef<IpcLink>> = {
+            let mut current = depths.lock().unwrap_or_else(|p| p.into_inner());
+            let wake = next
+                .iter()
+                .filter(|(k, v)| current.get(*k) != Some(*v))
+                .map(|((ns, name), _)| ObjectRef::new(name).within(ns))
+                .collect();
+            *current = next;
+            wake
+        };
+        *samples.lock().unwrap_or_else(|p| p.into_inner()) = round;
+        for r in wake {
+            if futures::SinkExt::send(&mut changed, r).await.is_err() {
+                return;
+            }
+        }
+    }
+}
