@@ -39,7 +39,7 @@ pub const KIND: &str = "IpcLink";
     "rule": "!has(self.channels) || !has(self.semaphores) || !self.channels.exists(c, self.semaphores.exists(s, s.name == c.name))",
     "message": "channel and semaphore names share one namespace: a name may be used once",
     "fieldPath": ".semaphores",
-    "reason": "FieldValueDuplicate"
+    "reason": "FieldValueInvalid"
 }]))]
 pub struct IpcLinkSpec {
     /// tmpfs size of the whole link (a hard limit: writers get ENOSPC). Default 64Mi.

@@ -282,6 +282,52 @@ impl ControlPlane {
         }
     }
 
+    /// GET `path` as JSON: (status, body).
+    pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (code, body) = self.request("GET", path, None).expect("request");
+        (
+            code,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Polls `path` until `done` holds for its JSON (a 404 reads as `null`); panics
+    /// after `limit` with the last body and the logs.
+    pub fn wait_for(
+        &self,
+        path: &str,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let (_, v) = self.get_json(path);
+            if done(&v) {
+                return v;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{what}: not within {limit:?}; last {path}:\n{v:#}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Creates a namespace and its `default` ServiceAccount (no controller-manager
+    /// makes one here, and pod admission needs it).
+    pub fn namespace(&self, name: &str) {
+        self.create(
+            "/api/v1/namespaces",
+            &format!(r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{name}"}}}}"#),
+        );
+        self.create(
+            &format!("/api/v1/namespaces/{name}/serviceaccounts"),
+            r#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default"}}"#,
+        );
+    }
+
     /// Both logs, for failure messages.
     pub fn logs(&self) -> String {
         let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();

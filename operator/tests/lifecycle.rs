@@ -1,0 +1,413 @@
+//! The operator against a real kube-apiserver: admission, Invalid with an Event, status
+//! through scheduling, permissions and mounting, depths from a real sidecar endpoint,
+//! update, deletion held by the finalizer, metrics.
+
+mod common;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use ipclink_e2e::control_plane::ControlPlane;
+use serde_json::json;
+
+const NS: &str = "vision";
+
+fn frames_spec() -> serde_json::Value {
+    json!({
+        "sizeLimit": "16Mi",
+        "owner": {"uid": 1000, "gid": 2000},
+        "members": [
+            {"name": "camera", "podSelector": {"matchLabels": {"app": "camera"}}},
+            {"name": "detector", "podSelector": {"matchLabels": {"app": "detector"}}}
+        ],
+        "channels": [
+            {"name": "frames", "kind": "shm", "size": "1Mi", "mode": "0660", "writers": ["camera"], "readers": ["detector"]},
+            {"name": "events", "kind": "fifo", "mode": "0640", "writers": ["camera"], "readers": ["detector"]},
+            {"name": "control", "kind": "socket", "mode": "0770"}
+        ],
+        "semaphores": [{"name": "slots", "initial": 8}]
+    })
+}
+
+/// Serves the sidecar's own router (`/v1/links`) over `frames` materialized in a plain
+/// directory; returns its port.
+fn sidecar(dir: &std::path::Path) -> u16 {
+    let file = dir.join("frames.yaml");
+    std::fs::write(&file, link(NS, "frames", frames_spec())).expect("link file");
+    let m = ipclink_sidecar::materialize_files(
+        &[file],
+        &dir.join("root"),
+        Some(ipclink_sidecar::cli::Storage::Dir),
+    )
+    .expect("materialize");
+    let probes = ipclink_sidecar::open_probes(&m.store, &m.plans).expect("probes");
+    let state = Arc::new(Mutex::new(ipclink_sidecar::app::LinkSet::new(probes)));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async move {
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let _keep = m;
+            axum::serve(listener, ipclink_sidecar::app::app(state))
+                .await
+                .expect("serve");
+        });
+    });
+    port
+}
+
+#[test]
+fn links_are_reconciled_on_a_real_apiserver() {
+    let cp = ControlPlane::start();
+
+    // Without the CRD the operator stops at once and says what to install.
+    let out = Command::new(OPERATOR)
+        .args(["run", "--metrics-listen", "127.0.0.1:0"])
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .output()
+        .expect("run operator");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the IpcLink CRD (ipclinks.ipclink.dev) is not installed")
+            && stderr.contains("ipclink-operator crd | kubectl apply -f -"),
+        "{stderr}"
+    );
+
+    cp.install_ipclink_crd();
+    cp.namespace(NS);
+    cp.add_node("node-a");
+    cp.add_node("node-b");
+    let scratch = tempfile::tempdir().expect("temp");
+    let sidecar_port = sidecar(scratch.path());
+    let endpoint = format!("node-a=127.0.0.1:{sidecar_port}");
+    let op = Operator::start(
+        &cp,
+        &[
+            "--links-endpoint",
+            &endpoint,
+            "--depth-interval-seconds",
+            "1",
+        ],
+        &[],
+    );
+    let links = links_path(NS);
+
+    // What the schema can say is refused at admission, and nothing is stored.
+    let mut bad_name = frames_spec();
+    bad_name["channels"][0]["name"] = "Bad_Name".into();
+    let mut setuid = frames_spec();
+    setuid["channels"][1]["mode"] = "4777".into();
+    let mut no_size = frames_spec();
+    no_size["channels"][0]
+        .as_object_mut()
+        .expect("obj")
+        .remove("size");
+    let mut clash = frames_spec();
+    clash["semaphores"][0]["name"] = "events".into();
+    let mut uid = frames_spec();
+    uid["owner"]["uid"] = (-1).into();
+    let mut initial = frames_spec();
+    initial["semaphores"][0]["initial"] = 2_147_483_648_i64.into();
+    let mut twice = frames_spec();
+    twice["channels"][2]["name"] = "events".into();
+    for (spec, field, says) in [
+        (bad_name, "spec.channels[0].name", "should match"),
+        (setuid, "spec.channels[1].mode", "should match"),
+        (
+            no_size,
+            "spec.channels[0].size",
+            "size is required for an shm channel",
+        ),
+        (clash, "spec.semaphores", "a name may be used once"),
+        (
+            uid,
+            "spec.owner.uid",
+            "should be greater than or equal to 0",
+        ),
+        (
+            initial,
+            "spec.semaphores[0].initial",
+            "should be less than or equal to 2147483647",
+        ),
+        (twice, "spec.channels[2]", "Duplicate value"),
+    ] {
+        let (code, text) = cp
+            .request("POST", &links, Some(&link(NS, "rejected", spec)))
+            .expect("post");
+        assert_eq!(code, 422, "{field}: {text}");
+        assert!(
+            text.contains(field) && text.contains(says),
+            "{field} / {says}: {text}"
+        );
+    }
+    let (_, list) = cp.get_json(&links);
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+
+    // What only the operator can judge: Invalid, with an Event naming the field.
+    let mut ghost = frames_spec();
+    ghost["channels"][1]["readers"] = json!(["ghost"]);
+    cp.create(&links, &link(NS, "broken", ghost));
+    let broken = cp.wait_for(
+        &format!("{links}/broken"),
+        "broken goes Invalid",
+        CONVERGE,
+        |v| v["status"]["phase"] == "Invalid",
+    );
+    let accepted = condition(&broken, "Accepted");
+    assert_eq!(accepted["reason"], "InvalidSpec", "{broken:#}");
+    assert!(
+        accepted["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.channels[1].readers[0]") && m.contains("ghost")),
+        "{broken:#}"
+    );
+    let start = std::time::Instant::now();
+    while !events(&cp, NS, "broken").iter().any(|(t, r, n)| {
+        t == "Warning" && r == "InvalidSpec" && n.contains("spec.channels[1].readers[0]")
+    }) {
+        assert!(
+            start.elapsed() < CONVERGE,
+            "no InvalidSpec event: {:?}",
+            events(&cp, NS, "broken")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Fixing the spec (an update) makes it valid.
+    let (code, text) = cp
+        .request(
+            "PATCH",
+            &format!("{links}/broken"),
+            Some(&json!({"spec": {"channels": frames_spec()["channels"]}}).to_string()),
+        )
+        .expect("patch");
+    assert_eq!(code, 200, "{text}");
+    cp.wait_for(
+        &format!("{links}/broken"),
+        "broken accepted after the fix",
+        CONVERGE,
+        |v| v["status"]["phase"] == "Pending" && condition(v, "Accepted")["status"] == "True",
+    );
+
+    // A valid link: accepted, finalizer set, counts for `kubectl get ipcl`.
+    cp.create(&links, &link(NS, "frames", frames_spec()));
+    let path = format!("{links}/frames");
+    let v = cp.wait_for(&path, "frames accepted", CONVERGE, |v| {
+        condition(v, "Accepted")["status"] == "True"
+    });
+    assert_eq!(
+        v["metadata"]["finalizers"],
+        json!(["ipclink.dev/cleanup"]),
+        "{v:#}"
+    );
+    assert_eq!(v["status"]["channelCount"], 4, "{v:#}");
+    assert_eq!(v["status"]["phase"], "Pending", "{v:#}");
+
+    // Members on two nodes, and a writer whose uid cannot write its channel.
+    let pods = format!("/api/v1/namespaces/{NS}/pods");
+    cp.create(
+        &pods,
+        &pod(
+            "cam-0",
+            "camera",
+            "frames",
+            Some("node-a"),
+            1001,
+            None,
+            false,
+        ),
+    );
+    cp.create(
+        &pods,
+        &pod(
+            "det-0",
+            "detector",
+            "frames",
+            Some("node-b"),
+            1002,
+            Some(2000),
+            false,
+        ),
+    );
+    let v = cp.wait_for(
+        &path,
+        "Scheduled=False and PermissionsConsistent=False",
+        CONVERGE,
+        |v| {
+            condition(v, "Scheduled")["status"] == "False"
+                && condition(v, "PermissionsConsistent")["status"] == "False"
+        },
+    );
+    assert_eq!(v["status"]["phase"], "Degraded", "{v:#}");
+    let scheduled = condition(&v, "Scheduled")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        scheduled.contains("det-0") && scheduled.contains("node-b") && scheduled.contains("node-a"),
+        "{scheduled}"
+    );
+    let perms = condition(&v, "PermissionsConsistent")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        perms.contains("member camera (pod cam-0, container main, uid 1001")
+            && perms.contains("cannot write channel events (mode 0640, owner 1000:2000)"),
+        "{perms}"
+    );
+    assert_eq!(
+        condition(&v, "PermissionsConsistent")["reason"],
+        "MemberCannotUseChannel"
+    );
+
+    // Replaced by pods on one node with fitting identities, then running (mounted).
+    for p in ["cam-0", "det-0"] {
+        let (code, text) = cp
+            .request("DELETE", &format!("{pods}/{p}?gracePeriodSeconds=0"), None)
+            .expect("delete pod");
+        assert_eq!(code, 200, "{text}");
+    }
+    cp.create(
+        &pods,
+        &pod(
+            "cam-1",
+            "camera",
+            "frames",
+            Some("node-a"),
+            1000,
+            None,
+            false,
+        ),
+    );
+    cp.create(
+        &pods,
+        &pod(
+            "det-1",
+            "detector",
+            "frames",
+            Some("node-a"),
+            1002,
+            Some(2000),
+            false,
+        ),
+    );
+    let v = cp.wait_for(&path, "Scheduled=True on node-a", CONVERGE, |v| {
+        condition(v, "Scheduled")["status"] == "True"
+            && condition(v, "PermissionsConsistent")["status"] == "True"
+    });
+    assert_eq!(v["status"]["node"], "node-a", "{v:#}");
+    assert_eq!(v["status"]["phase"], "Pending", "{v:#}");
+    for p in ["cam-1", "det-1"] {
+        let (code, text) = cp
+            .request(
+                "PATCH",
+                &format!("{pods}/{p}/status"),
+                Some(r#"{"status":{"phase":"Running"}}"#),
+            )
+            .expect("pod status");
+        assert_eq!(code, 200, "{text}");
+    }
+    let v = cp.wait_for(&path, "frames Ready", CONVERGE, |v| {
+        v["status"]["phase"] == "Ready"
+    });
+    assert_eq!(v["status"]["memberCount"], 2, "{v:#}");
+    let members = v["status"]["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        members
+            .iter()
+            .all(|m| m["mounted"] == true && m["node"] == "node-a")
+            && members.len() == 2,
+        "{v:#}"
+    );
+    assert!(
+        events(&cp, NS, "frames")
+            .iter()
+            .any(|(t, r, _)| t == "Normal" && r == "Ready"),
+        "{:?}",
+        events(&cp, NS, "frames")
+    );
+
+    // Depths gathered from the sidecar's /v1/links reach status and /metrics.
+    let v = cp.wait_for(&path, "semaphore value in status.channels", CONVERGE, |v| {
+        v["status"]["channels"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["name"] == "slots" && c["value"] == 8))
+    });
+    assert!(
+        v["status"]["channels"].as_array().is_some_and(|cs| cs
+            .iter()
+            .any(|c| c["name"] == "events" && c["kind"] == "fifo")),
+        "{v:#}"
+    );
+    let text = op.metrics();
+    assert_eq!(
+        metric(
+            &text,
+            r#"ipclink_semaphore_value{namespace="vision",link="frames",channel="slots",kind="semaphore",node="node-a"}"#
+        ),
+        Some(8.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, r#"ipclink_reconcile_total{result="ok"}"#).is_some_and(|n| n >= 5.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, r#"ipclink_reconcile_total{result="invalid"}"#).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, r#"ipclink_links{phase="Ready"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, r#"ipclink_links{phase="Pending"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "ipclink_reconcile_duration_seconds_count").is_some_and(|n| n >= 5.0),
+        "{text}"
+    );
+
+    // An update: one more semaphore; the status follows the new generation.
+    let mut spec = frames_spec();
+    spec["semaphores"] = json!([{"name": "slots", "initial": 8}, {"name": "done", "initial": 0}]);
+    let (code, text) = cp
+        .request("PATCH", &path, Some(&json!({"spec": spec}).to_string()))
+        .expect("patch");
+    assert_eq!(code, 200, "{text}");
+    cp.wait_for(&path, "channelCount follows the update", CONVERGE, |v| {
+        v["status"]["channelCount"] == 5
+            && v["status"]["observedGeneration"] == v["metadata"]["generation"]
+    });
+
+    // Deletion waits while members have the link mounted, then completes.
+    let (code, text) = cp.request("DELETE", &path, None).expect("delete");
+    assert_eq!(code, 200, "{text}");
+    let v = cp.wait_for(&path, "Terminating while mounted", CONVERGE, |v| {
+        v["status"]["phase"] == "Terminating"
+    });
+    let held = condition(&v, "Terminating")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(held.contains("cam-1") && held.contains("det-1"), "{v:#}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(cp.get_json(&path).0, 200, "deleted while still mounted");
+    for p in ["cam-1", "det-1"] {
+        cp.request("DELETE", &format!("{pods}/{p}?gracePeriodSeconds=0"), None)
+            .expect("delete pod");
+    }
+    cp.wait_for(&path, "frames deleted after unmount", CONVERGE, |v| {
+        v["code"] == 404
+    });
+}
