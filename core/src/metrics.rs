@@ -156,9 +156,12 @@ pub fn render_channels(samples: &[LinkSample], extra: &[(&str, &str)], out: &mut
     render_channel_groups(&[(extra, samples)], out);
 }
 
+/// Samples that share the extra labels (e.g. `node`) given first.
+pub type SampleGroup<'a> = (&'a [(&'a str, &'a str)], &'a [LinkSample]);
+
 /// [`render_channels`] over several groups of samples, each with its own `extra` label
 /// (e.g. the samples of each node), every family still written once.
-pub fn render_channel_groups(groups: &[(&[(&str, &str)], &[LinkSample])], out: &mut String) {
+pub fn render_channel_groups(groups: &[SampleGroup<'_>], out: &mut String) {
     for f in FAMILIES {
         let _ = writeln!(out, "# HELP {} {}\n# TYPE {} gauge", f.name, f.help, f.name);
         for (extra, s) in groups

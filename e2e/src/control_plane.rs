@@ -222,6 +222,16 @@ impl ControlPlane {
             )
             .expect("request");
         assert_eq!(code, 200, "node status: {text}");
+        // Admission taints a new node not-ready; the node lifecycle controller would lift
+        // it on the first heartbeat, and there is no kubelet to send one.
+        let (code, text) = self
+            .request(
+                "PATCH",
+                &format!("/api/v1/nodes/{name}"),
+                Some(r#"{"spec":{"taints":null}}"#),
+            )
+            .expect("request");
+        assert_eq!(code, 200, "node taints: {text}");
     }
 
     /// One HTTPS request as the administrator; returns (status, body).

@@ -189,7 +189,8 @@ async fn reconcile_inner(
                 observed.claim_node = node;
                 if created && ctx.fault.as_deref() == Some("exit-after-claim") {
                     tracing::error!("fault injection: exiting after creating the claim");
-                    std::process::abort();
+                    // As a kill -9 would: no destructors, no core file.
+                    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
                 }
             }
             ClaimState::Foreign(why) => observed.claim_conflict = Some(why),
@@ -403,7 +404,7 @@ async fn ensure_claim(
                     .unwrap_or_else(|| DEFAULT_CLASS.into()),
             ),
             resources: Some(VolumeResourceRequirements {
-                requests: Some([("storage".to_owned(), Quantity(size.to_string()))].into()),
+                requests: Some([("storage".to_owned(), Quantity(binary_quantity(size)))].into()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -423,6 +424,47 @@ async fn ensure_claim(
             Ok(judge(&c, false))
         }
         Err(e) => Err(kube_err("create the link's claim")(e)),
+    }
+}
+
+/// Bytes as the largest exact binary unit ("8Mi"), as users write them.
+pub fn binary_quantity(bytes: u64) -> String {
+    for (shift, unit) in [(40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")] {
+        if bytes > 0 && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Reconnect backoff for every watch: 250 ms doubling to at most 4 s, reset by the
+/// first event. kube's default climbs to 30 s, which leaves a restarted API server's
+/// changes unseen for half a minute.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    next: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            next: Duration::from_millis(250),
+        }
+    }
+}
+
+impl Iterator for Reconnect {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(4));
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for Reconnect {
+    fn reset(&mut self) {
+        *self = Reconnect::default();
     }
 }
 
@@ -482,13 +524,13 @@ pub async fn run(
     let (pod_store, pod_writer) = reflector::store();
     let pod_stream = reflector(
         pod_writer,
-        watcher(pods, watcher::Config::default()).default_backoff(),
+        watcher(pods, watcher::Config::default()).backoff(Reconnect::default()),
     )
     .applied_objects();
 
-    let controller = Controller::new(links, watcher::Config::default()).with_config(
-        kube::runtime::controller::Config::default().concurrency(settings.concurrency),
-    );
+    let controller = Controller::new(links, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
+        .trigger_backoff(Reconnect::default());
     let link_store = controller.store();
     let _ = ready.send(Shared {
         links: link_store.clone(),

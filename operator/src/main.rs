@@ -229,7 +229,7 @@ fn serve_metrics(
                     [("node", node)]
                 })
                 .collect();
-            let groups: Vec<(&[(&str, &str)], &[ipclink_core::probe::LinkSample])> = held
+            let groups: Vec<ipclink_core::metrics::SampleGroup<'_>> = held
                 .iter()
                 .zip(&labels)
                 .map(|((_, s), l)| (&l[..], s.as_slice()))

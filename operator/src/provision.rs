@@ -24,7 +24,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
-use crate::controller::{LINK_LABEL, SELECTED_NODE};
+use crate::controller::{LINK_LABEL, Reconnect, SELECTED_NODE};
 use crate::plan::DRIVER;
 
 /// The node topology key of the CSI driver.
@@ -173,10 +173,12 @@ pub async fn run(client: Client, stop: tokio::sync::watch::Receiver<bool>) {
         Api::<PersistentVolumeClaim>::all(client.clone()),
         by_link.clone(),
     )
+    .trigger_backoff(Reconnect::default())
     .graceful_shutdown_on(shutdown())
     .run(provision, retry, ctx.clone())
     .for_each(|_| async {});
     let volumes = Controller::new(Api::<PersistentVolume>::all(client), by_link)
+        .trigger_backoff(Reconnect::default())
         .graceful_shutdown_on(shutdown())
         .run(reclaim, retry, ctx)
         .for_each(|_| async {});
