@@ -242,27 +242,34 @@ async fn spawn_metrics(
     // are opened again only when the set of links on this node changes.
     let probes: Arc<Mutex<(Vec<LinkPlan>, LinkSet)>> =
         Arc::new(Mutex::new((Vec::new(), LinkSet::new(Vec::new()))));
+    // Samples this node's links through the cached probes (reopened only when the set
+    // of links changes); `None` for the controller, which has no links.
+    let sample = move || -> Option<Vec<ipclink_core::probe::LinkSample>> {
+        let node = node.as_ref()?;
+        let store = node.store();
+        let (plans, _) = store.records();
+        let mut cached = probes.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.0 != plans {
+            let opened = plans
+                .iter()
+                .filter_map(|p| LinkProbe::open(store, p).ok())
+                .collect();
+            *cached = (plans, LinkSet::new(opened));
+        }
+        Some(cached.1.sample())
+    };
+    let sample = Arc::new(sample);
+    let for_links = sample.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
                 let registry = registry.clone();
-                let node = node.clone();
-                let probes = probes.clone();
+                let sample = sample.clone();
                 async move {
                     let mut text = render(&registry);
-                    if let Some(node) = node {
-                        let store = node.store();
-                        let (plans, _) = store.records();
-                        let mut cached = probes.lock().unwrap_or_else(|p| p.into_inner());
-                        if cached.0 != plans {
-                            let opened = plans
-                                .iter()
-                                .filter_map(|p| LinkProbe::open(store, p).ok())
-                                .collect();
-                            *cached = (plans, LinkSet::new(opened));
-                        }
-                        render_channels(&cached.1.sample(), &[], &mut text);
+                    if let Ok(Some(samples)) = tokio::task::spawn_blocking(move || sample()).await {
+                        render_channels(&samples, &[], &mut text);
                     }
                     (
                         [(
@@ -271,6 +278,21 @@ async fn spawn_metrics(
                         )],
                         text,
                     )
+                }
+            }),
+        )
+        // The same format as ipclink-sidecar's, gathered by the operator.
+        .route(
+            "/v1/links",
+            get(move || {
+                let sample = for_links.clone();
+                async move {
+                    let links = tokio::task::spawn_blocking(move || sample())
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    axum::Json(ipclink_sidecar::app::LinksReport { links })
                 }
             }),
         )

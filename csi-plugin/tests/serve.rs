@@ -114,15 +114,29 @@ fn the_node_plugin_serves_request_and_channel_metrics() {
             .await;
         assert_eq!(e.expect_err("intruder").code(), Code::PermissionDenied);
     });
-    let body = {
+    let get = |path: &str| {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics");
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
             .expect("request");
         let mut text = String::new();
         s.read_to_string(&mut text).expect("response");
         text
     };
+    let body = get("/metrics");
+    // The operator gathers /v1/links, in the sidecar's format, from every node plugin.
+    let links = get("/v1/links");
+    let json = links
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let report: ipclink_sidecar::app::LinksReport =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {links}"));
+    assert_eq!(report.links.len(), 1, "{links}");
+    let frames = &report.links[0];
+    assert_eq!((&*frames.namespace, &*frames.name), ("vision", "frames"));
+    let slots = frames.semaphores.iter().find(|s| s.info.name == "slots");
+    assert_eq!(slots.and_then(|s| s.value), Some(8), "{links}");
     for line in [
         r#"ipclink_csi_requests_total{code="Ok",method="NodePublishVolume"} 1"#,
         r#"ipclink_csi_requests_total{code="PermissionDenied",method="NodePublishVolume"} 1"#,

@@ -20,10 +20,13 @@ use crate::controller::Depths;
 pub const MAX_BODY: usize = 32 << 20;
 
 /// Where depths come from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Sources {
-    /// `HOST:PORT` of each endpoint given on the command line, with the node it names.
-    pub endpoints: Vec<String>,
+    /// (node, `HOST:PORT`) of each endpoint given on the command line.
+    pub endpoints: Vec<(String, String)>,
+    /// Node plugin pods found each round: their API, label selector and metrics port;
+    /// each running pod is gathered at `podIP:port` and labelled with its node.
+    pub plugins: Option<(kube::Api<k8s_openapi::api::core::v1::Pod>, String, u16)>,
     /// Time between two rounds.
     pub interval: Duration,
     /// Time allowed for one endpoint.
@@ -35,7 +38,43 @@ struct LinksReport {
     links: Vec<LinkSample>,
 }
 
-/// Latest samples by endpoint, for `/metrics`.
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("endpoints", &self.endpoints)
+            .field("plugins", &self.plugins.as_ref().map(|(_, s, p)| (s, p)))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The endpoints of this round: the static ones, then the running node plugin pods.
+async fn endpoints(sources: &Sources) -> Vec<(String, String)> {
+    let mut all = sources.endpoints.clone();
+    if let Some((api, selector, port)) = &sources.plugins {
+        match api
+            .list(&kube::api::ListParams::default().labels(selector))
+            .await
+        {
+            Ok(pods) => all.extend(pods.items.into_iter().filter_map(|p| {
+                let node = p.spec.as_ref()?.node_name.clone()?;
+                let status = p.status.as_ref()?;
+                let ip = status.pod_ip.clone()?;
+                (status.phase.as_deref() == Some("Running")).then(|| {
+                    let addr = if ip.contains(':') {
+                        format!("[{ip}]:{port}")
+                    } else {
+                        format!("{ip}:{port}")
+                    };
+                    (node, addr)
+                })
+            })),
+            Err(e) => tracing::warn!(selector, error = %e, "cannot list node plugin pods"),
+        }
+    }
+    all
+}
+
+/// Latest samples by node, for `/metrics`.
 pub type Samples = Arc<Mutex<Vec<(String, Vec<LinkSample>)>>>;
 
 /// One GET of `http://{endpoint}/v1/links`.
@@ -105,8 +144,8 @@ pub async fn run(
         }
         let mut round = Vec::new();
         let mut next: HashMap<(String, String), Vec<ChannelStatus>> = HashMap::new();
-        for endpoint in &sources.endpoints {
-            match fetch(endpoint, sources.timeout).await {
+        for (node, endpoint) in endpoints(&sources).await {
+            match fetch(&endpoint, sources.timeout).await {
                 Ok(links) => {
                     for l in &links {
                         next.insert(
@@ -114,9 +153,9 @@ pub async fn run(
                             channel_status(l),
                         );
                     }
-                    round.push((endpoint.clone(), links));
+                    round.push((node, links));
                 }
-                Err(e) => tracing::warn!(endpoint, error = %e, "cannot gather depths"),
+                Err(e) => tracing::warn!(node, endpoint, error = %e, "cannot gather depths"),
             }
         }
         let wake: Vec<ObjectRef<IpcLink>> = {

@@ -1,7 +1,6 @@
 //! `ipclink-operator`: `crd` prints the CustomResourceDefinition; `run` reconciles.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -46,6 +45,13 @@ struct RunArgs {
     /// `HOST:PORT` or `NODE=HOST:PORT`. Repeatable.
     #[arg(long = "links-endpoint", value_name = "[NODE=]HOST:PORT")]
     links_endpoints: Vec<String>,
+    /// Gather from node plugin pods found by label: `NAMESPACE/SELECTOR`, e.g.
+    /// `ipclink-system/app.kubernetes.io/component=node-plugin`.
+    #[arg(long, value_name = "NAMESPACE/SELECTOR")]
+    node_plugins: Option<String>,
+    /// Metrics port of the node plugin pods.
+    #[arg(long, default_value_t = 9809)]
+    node_plugin_port: u16,
     /// Seconds between two gatherings of depths (the rate at which status.channels
     /// changes).
     #[arg(long, default_value_t = 30)]
@@ -147,13 +153,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics,
         shared,
         samples.clone(),
-        endpoints.clone(),
         stop_rx.clone(),
     );
-    if !endpoints.is_empty() {
+    let plugins = match &args.node_plugins {
+        None => None,
+        Some(arg) => {
+            let (ns, selector) = arg
+                .split_once('/')
+                .filter(|(ns, sel)| !ns.is_empty() && !sel.is_empty())
+                .with_context(|| format!("--node-plugins {arg:?}: expected NAMESPACE/SELECTOR"))?;
+            Some((
+                kube::Api::namespaced(client.clone(), ns),
+                selector.to_owned(),
+                args.node_plugin_port,
+            ))
+        }
+    };
+    if !endpoints.is_empty() || plugins.is_some() {
         tokio::spawn(depth::run(
             Sources {
-                endpoints: endpoints.into_iter().map(|(_, a)| a).collect(),
+                endpoints,
+                plugins,
                 interval: Duration::from_secs(args.depth_interval_seconds.max(1)),
                 timeout: Duration::from_secs(5),
             },
@@ -180,18 +200,15 @@ fn serve_metrics(
     metrics: OperatorMetrics,
     shared: Shared,
     samples: Samples,
-    endpoints: Vec<(String, String)>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use axum::routing::get;
-    let nodes: Arc<Vec<(String, String)>> = Arc::new(endpoints);
     let links = shared.links;
     let scrape = move || {
         let registry = registry.clone();
         let metrics = metrics.clone();
         let links = links.clone();
         let samples = samples.clone();
-        let nodes = nodes.clone();
         async move {
             let phases = [
                 Phase::Pending,
@@ -221,13 +238,7 @@ fn serve_metrics(
             let held = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let labels: Vec<[(&str, &str); 1]> = held
                 .iter()
-                .map(|(addr, _)| {
-                    let node = nodes
-                        .iter()
-                        .find(|(_, a)| a == addr)
-                        .map_or(addr.as_str(), |(n, _)| n.as_str());
-                    [("node", node)]
-                })
+                .map(|(node, _)| [("node", node.as_str())])
                 .collect();
             let groups: Vec<ipclink_core::metrics::SampleGroup<'_>> = held
                 .iter()

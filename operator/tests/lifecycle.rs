@@ -84,11 +84,32 @@ fn links_are_reconciled_on_a_real_apiserver() {
     let scratch = tempfile::tempdir().expect("temp");
     let sidecar_port = sidecar(scratch.path());
     let endpoint = format!("node-a=127.0.0.1:{sidecar_port}");
+    // A "node plugin pod" on node-b, found by label, whose podIP is the same endpoint.
+    cp.namespace("ipclink-system");
+    cp.create(
+        "/api/v1/namespaces/ipclink-system/pods",
+        &json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "node-plugin-b", "labels": {"app": "node-plugin"}},
+            "spec": {"nodeName": "node-b", "containers": [{"name": "csi", "image": "ipclink-csi:local"}]}})
+        .to_string(),
+    );
+    let (code, text) = cp
+        .request(
+            "PATCH",
+            "/api/v1/namespaces/ipclink-system/pods/node-plugin-b/status",
+            Some(r#"{"status":{"phase":"Running","podIP":"127.0.0.1","podIPs":[{"ip":"127.0.0.1"}]}}"#),
+        )
+        .expect("pod status");
+    assert_eq!(code, 200, "{text}");
     let op = Operator::start(
         &cp,
         &[
             "--links-endpoint",
             &endpoint,
+            "--node-plugins",
+            "ipclink-system/app=node-plugin",
+            "--node-plugin-port",
+            &sidecar_port.to_string(),
             "--depth-interval-seconds",
             "1",
         ],
@@ -347,14 +368,12 @@ fn links_are_reconciled_on_a_real_apiserver() {
         "{v:#}"
     );
     let text = op.metrics();
-    assert_eq!(
-        metric(
-            &text,
-            r#"ipclink_semaphore_value{namespace="vision",link="frames",channel="slots",kind="semaphore",node="node-a"}"#
-        ),
-        Some(8.0),
-        "{text}"
-    );
+    for node in ["node-a", "node-b"] {
+        let series = format!(
+            r#"ipclink_semaphore_value{{namespace="vision",link="frames",channel="slots",kind="semaphore",node="{node}"}}"#
+        );
+        assert_eq!(metric(&text, &series), Some(8.0), "{text}");
+    }
     assert!(
         metric(&text, r#"ipclink_reconcile_total{result="ok"}"#).is_some_and(|n| n >= 5.0),
         "{text}"
