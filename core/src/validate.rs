@@ -243,6 +243,24 @@ pub fn validate(link: &IpcLink) -> Result<LinkPlan, Problems> {
             }
         },
     };
+    if let Some(class) = spec
+        .claim
+        .as_ref()
+        .and_then(|c| c.storage_class_name.as_ref())
+    {
+        let ok = !class.is_empty()
+            && class.len() <= 253
+            && class.split('.').all(|part| check_dns_label(part).is_ok());
+        if !ok {
+            problems.push(Problem::new(
+                "spec.claim.storageClassName",
+                format!(
+                    "{:?} is not a StorageClass name: DNS labels joined by '.', at most 253 characters",
+                    class.escape_debug().to_string()
+                ),
+            ));
+        }
+    }
     let default_owner = match &spec.owner {
         Some(o) => check_owner(o, "spec.owner", &mut problems),
         None => (0, 0),

@@ -292,6 +292,11 @@ impl ControlPlane {
         }
     }
 
+    /// Directory of the control-plane binaries (and `kubectl`).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
     /// GET `path` as JSON: (status, body).
     pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let (code, body) = self.request("GET", path, None).expect("request");

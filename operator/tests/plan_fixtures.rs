@@ -164,3 +164,8 @@ fn the_chart_crd_is_what_the_operator_prints() {
         "charts/ipclink/crds/ipclinks.ipclink.dev.yaml drifted from `ipclink-operator crd`; regenerate it with\n  cargo run -p ipclink-operator -- crd > charts/ipclink/crds/ipclinks.ipclink.dev.yaml"
     );
 }
+
+#[test]
+fn a_claim_on_an_impossible_storage_class_is_invalid() {
+    run("invalid-claim.yaml");
+}
