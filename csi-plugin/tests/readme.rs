@@ -12,14 +12,7 @@ use common::{BIN, Unmounter, require_root};
 fn the_readme_csi_section_works_as_written() {
     require_root();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
-    let start = readme.find("<!-- csi:").expect("csi start marker");
-    let end = readme.find("<!-- /csi -->").expect("csi end marker");
-    let block = readme[start..end]
-        .split("```sh\n")
-        .nth(1)
-        .expect("sh block");
-    let block = block.split("```").next().expect("closed block");
+    let block = ipclink_e2e::readme_block("csi");
     let dir = tempfile::tempdir().expect("temp dir");
     let _unmount = Unmounter(dir.path().to_path_buf());
     let script: String = block

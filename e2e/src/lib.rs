@@ -158,3 +158,22 @@ pub fn materialize<'a>(
     };
     (plan, guard)
 }
+
+/// The first ```sh block between `<!-- NAME:` and `<!-- /NAME -->` in the README, which
+/// the README tests run as written.
+pub fn readme_block(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(path).expect("README.md");
+    let start = readme
+        .find(&format!("<!-- {name}:"))
+        .unwrap_or_else(|| panic!("README: no <!-- {name}: marker"));
+    let end = readme
+        .find(&format!("<!-- /{name} -->"))
+        .unwrap_or_else(|| panic!("README: no <!-- /{name} --> marker"));
+    readme[start..end]
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap_or_else(|| panic!("README {name}: no closed sh block"))
+        .to_owned()
+}

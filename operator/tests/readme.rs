@@ -14,18 +14,7 @@ use ipclink_e2e::control_plane::ControlPlane;
 fn the_readme_operator_section_works_as_written() {
     let cp = ControlPlane::start();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
-    let start = readme
-        .find("<!-- operator:")
-        .expect("operator start marker");
-    let end = readme
-        .find("<!-- /operator -->")
-        .expect("operator end marker");
-    let block = readme[start..end]
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
-        .expect("a closed sh block");
+    let block = ipclink_e2e::readme_block("operator");
     let port = free_port().to_string();
     let script: String = block
         .lines()
