@@ -1,5 +1,6 @@
 //! ipclink-csi: the CSI node and controller plugins for IpcLink volumes.
 
+pub mod authority;
 pub mod controller;
 pub mod error;
 pub mod grpc;

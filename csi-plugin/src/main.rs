@@ -214,7 +214,11 @@ fn spawn_registration(
                 endpoint,
             }))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                // The kubelet sends the socket path as :authority; see authority.rs.
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    |conn| conn.map(ipclink_csi::authority::LocalAuthority::new),
+                ),
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },

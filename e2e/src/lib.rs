@@ -3,6 +3,7 @@
 //! skipped silently.
 
 pub mod control_plane;
+pub mod node;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

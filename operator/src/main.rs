@@ -67,8 +67,13 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd => {
-            print!("{}", ipclink_operator::crd::crd_yaml());
-            Ok(())
+            use std::io::Write;
+            let yaml = ipclink_operator::crd::crd_yaml();
+            match std::io::stdout().lock().write_all(yaml.as_bytes()) {
+                // `ipclink-operator crd | head` is not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                r => r.context("writing the CRD to stdout"),
+            }
         }
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -1,0 +1,285 @@
+//! The node plugin under a real kubelet: kube-apiserver + etcd, kubelet + containerd +
+//! runc + CNI bridge. The plugin registers itself (no registrar sidecar), the kubelet
+//! mounts inline volumes into real pods in a namespace that enforces the restricted Pod
+//! Security profile, and two unchanged POSIX programs in their own pods (own network,
+//! IPC and mount namespaces) share shm + semaphores, a FIFO and a path socket through
+//! it. Pods that are not members, or of another namespace, are refused; the link's
+//! tmpfs goes when its last publication ends after the link is deleted.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Plugin, require_root};
+use ipclink_e2e::control_plane::ControlPlane;
+use ipclink_e2e::node::{Node, PAUSE_IMAGE, PEER_IMAGE};
+use serde_json::json;
+
+const NS: &str = "vision";
+const LONG: Duration = Duration::from_secs(90);
+
+fn pod(name: &str, app: &str, image: &str, args: &[&str], link: &str) -> String {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {
+            "nodeName": "node-1",
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 5,
+            "securityContext": {
+                "runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": true,
+                "seccompProfile": {"type": "RuntimeDefault"}
+            },
+            "containers": [{
+                "name": "main", "image": image, "imagePullPolicy": "Never", "args": args,
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [{"name": "ipc", "mountPath": "/dev/shm"}]
+            }],
+            "volumes": [{"name": "ipc", "csi": {"driver": "csi.ipclink.dev", "volumeAttributes": {"link": link}}}]
+        }
+    })
+    .to_string()
+}
+
+fn failed_mount(cp: &ControlPlane, namespace: &str, pod: &str) -> Option<String> {
+    let (_, v) = cp.get_json(&format!(
+        "/api/v1/namespaces/{namespace}/events?fieldSelector=involvedObject.name={pod}"
+    ));
+    v["items"]
+        .as_array()?
+        .iter()
+        .find(|e| {
+            e["reason"] == "FailedMount"
+                && e["message"].as_str().is_some_and(|m| m.contains("\"ipc\""))
+        })
+        .and_then(|e| e["message"].as_str().map(str::to_owned))
+}
+
+fn mounts_containing(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_real_kubelet_mounts_links_into_restricted_pods() {
+    require_root();
+    let cp = ControlPlane::start();
+    cp.install_ipclink_crd();
+    cp.create(
+        "/apis/storage.k8s.io/v1/csidrivers",
+        &json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+            "metadata": {"name": "csi.ipclink.dev"},
+            "spec": {"attachRequired": false, "podInfoOnMount": true, "fsGroupPolicy": "None",
+                     "volumeLifecycleModes": ["Persistent", "Ephemeral"]}
+        })
+        .to_string(),
+    );
+    for ns in [NS, "elsewhere"] {
+        cp.create(
+            "/api/v1/namespaces",
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns,
+                "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+            .to_string(),
+        );
+        cp.create(
+            &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+            r#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default"}}"#,
+        );
+    }
+    let node = Node::start(&cp, "node-1");
+
+    // The node plugin registers itself with the kubelet through its own socket.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = common::Unmounter(dir.path().to_path_buf());
+    let reg = node.registration_dir();
+    let plugin = Plugin::start_with(
+        "node",
+        dir.path(),
+        &["--registration-dir", reg.to_str().expect("utf-8")],
+        &[("KUBECONFIG", cp.kubeconfig.as_path())],
+    );
+    let csinode = cp.wait_for(
+        "/apis/storage.k8s.io/v1/csinodes/node-1",
+        "driver registered",
+        LONG,
+        |v| {
+            v["spec"]["drivers"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["name"] == "csi.ipclink.dev"))
+        },
+    );
+    assert_eq!(
+        csinode["spec"]["drivers"][0],
+        json!({"name": "csi.ipclink.dev", "nodeID": "node-1", "topologyKeys": ["topology.ipclink.dev/node"]}),
+        "{csinode:#}"
+    );
+    assert!(
+        plugin.log().contains("registered with the kubelet"),
+        "{}",
+        plugin.log()
+    );
+
+    // The link the peer program expects (musl layout: the program is static musl).
+    cp.create(
+        &format!("/apis/ipclink.dev/v1alpha1/namespaces/{NS}/ipclinks"),
+        &json!({
+            "apiVersion": "ipclink.dev/v1alpha1", "kind": "IpcLink",
+            "metadata": {"name": "frames", "namespace": NS},
+            "spec": {
+                "sizeLimit": "16Mi",
+                "owner": {"uid": 1000, "gid": 1000},
+                "members": [
+                    {"name": "camera", "podSelector": {"matchLabels": {"app": "camera"}}},
+                    {"name": "detector", "podSelector": {"matchLabels": {"app": "detector"}}}
+                ],
+                "channels": [
+                    {"name": "frames", "kind": "shm", "size": "4Mi", "mode": "0660"},
+                    {"name": "events", "kind": "fifo", "mode": "0660", "writers": ["camera"], "readers": ["detector"]},
+                    {"name": "control", "kind": "socket", "mode": "0770"}
+                ],
+                "semaphores": [
+                    {"name": "frame-ready", "initial": 0, "abi": "musl"},
+                    {"name": "slots", "initial": 8, "abi": "musl"}
+                ]
+            }
+        })
+        .to_string(),
+    );
+    let pods = format!("/api/v1/namespaces/{NS}/pods");
+    cp.create(
+        &pods,
+        &pod("detector", "detector", PEER_IMAGE, &["consumer"], "frames"),
+    );
+    cp.wait_for(&format!("{pods}/detector"), "consumer running", LONG, |v| {
+        v["status"]["phase"] == "Running" || v["status"]["phase"] == "Succeeded"
+    });
+    cp.create(
+        &pods,
+        &pod("camera", "camera", PEER_IMAGE, &["producer"], "frames"),
+    );
+    let mut ips = Vec::new();
+    for p in ["camera", "detector"] {
+        let v = cp.wait_for(&format!("{pods}/{p}"), "pod finished", LONG, |v| {
+            matches!(v["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        });
+        assert_eq!(
+            v["status"]["phase"],
+            "Succeeded",
+            "{p}: {v:#}\nlog: {}",
+            node.container_log(NS, p, "main")
+        );
+        ips.push(v["status"]["podIP"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(
+        node.container_log(NS, "camera", "main").trim(),
+        "producer ok"
+    );
+    assert!(
+        node.container_log(NS, "detector", "main")
+            .ends_with("consumer ok")
+    );
+    assert!(
+        ips[0] != ips[1] && !ips[0].is_empty(),
+        "each pod has its own network namespace: {ips:?}"
+    );
+
+    // Not a member, and a pod of another namespace: refused, nothing mounted.
+    cp.create(
+        &pods,
+        &pod("intruder", "intruder", PAUSE_IMAGE, &[], "frames"),
+    );
+    cp.create(
+        "/api/v1/namespaces/elsewhere/pods",
+        &pod("camera", "camera", PAUSE_IMAGE, &[], "frames"),
+    );
+    let start = std::time::Instant::now();
+    let (intruder, other) = loop {
+        match (
+            failed_mount(&cp, NS, "intruder"),
+            failed_mount(&cp, "elsewhere", "camera"),
+        ) {
+            (Some(a), Some(b)) => break (a, b),
+            _ => assert!(
+                start.elapsed() < LONG,
+                "no FailedMount events\n{}",
+                node.logs()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        intruder.contains("PermissionDenied")
+            && intruder.contains("frames")
+            && intruder.contains("intruder"),
+        "{intruder}"
+    );
+    assert!(
+        other.contains("NotFound") && other.contains("elsewhere"),
+        "{other}"
+    );
+    for p in [
+        format!("{pods}/intruder"),
+        "/api/v1/namespaces/elsewhere/pods/camera".into(),
+    ] {
+        let (_, v) = cp.get_json(&p);
+        assert_eq!(v["status"]["phase"], "Pending", "{v:#}");
+        let uid = v["metadata"]["uid"].as_str().expect("uid").to_owned();
+        assert!(
+            mounts_containing(&uid).iter().all(|m| !m.contains("csi")),
+            "mounted for {p}"
+        );
+    }
+
+    // A member that holds the link; the link is deleted; when the member goes, its
+    // unpublish is the last one and the link's tmpfs goes with it.
+    cp.create(&pods, &pod("holder", "camera", PAUSE_IMAGE, &[], "frames"));
+    cp.wait_for(&format!("{pods}/holder"), "holder running", LONG, |v| {
+        v["status"]["phase"] == "Running"
+    });
+    let link_mount = "links/vision/frames";
+    assert_eq!(mounts_containing(link_mount).len(), 1, "the link's tmpfs");
+    let (code, text) = cp
+        .request(
+            "DELETE",
+            &format!("/apis/ipclink.dev/v1alpha1/namespaces/{NS}/ipclinks/frames"),
+            None,
+        )
+        .expect("delete link");
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(
+        mounts_containing(link_mount).len(),
+        1,
+        "kept while a member holds it"
+    );
+    for p in ["holder", "intruder", "camera", "detector"] {
+        cp.request("DELETE", &format!("{pods}/{p}"), None)
+            .expect("delete pod");
+    }
+    cp.request("DELETE", "/api/v1/namespaces/elsewhere/pods/camera", None)
+        .expect("delete pod");
+    cp.wait_for(&format!("{pods}/holder"), "holder gone", LONG, |v| {
+        v["code"] == 404
+    });
+    let start = std::time::Instant::now();
+    while !mounts_containing(link_mount).is_empty()
+        || !mounts_containing("kubernetes.io~csi").is_empty()
+    {
+        assert!(
+            start.elapsed() < LONG,
+            "left mounted: {:?} {:?}\n{}",
+            mounts_containing(link_mount),
+            mounts_containing("kubernetes.io~csi"),
+            plugin.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    drop(plugin);
+    drop(node);
+}

@@ -1,0 +1,331 @@
+//! A real Kubernetes node for tests: containerd and runc (Debian), CNI bridge plugins
+//! (Debian), and a kubelet of the control plane's Kubernetes line (Go module proxy),
+//! registered with a [`ControlPlane`]. No registry is reachable, so the pod sandbox
+//! image and the test images are made here from static programs of `e2e/peers/`
+//! (`scripts/oci-image`) and imported into containerd. Everything lives under one
+//! temporary directory; Drop stops the kubelet, containerd and their containers and
+//! unmounts what they left there.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::control_plane::ControlPlane;
+use crate::{Libc, compile_peer, require_tool};
+
+/// The pod sandbox image (a static `pause`).
+pub const PAUSE_IMAGE: &str = "docker.io/ipclink/pause:local";
+/// An image whose entrypoint is `e2e/peers/posix_peer.c` built static with musl.
+pub const PEER_IMAGE: &str = "docker.io/ipclink/peer:local";
+
+/// A running kubelet + containerd.
+#[derive(Debug)]
+pub struct Node {
+    dir: tempfile::TempDir,
+    containerd: Option<Child>,
+    kubelet: Option<Child>,
+    /// Node name.
+    pub name: String,
+}
+
+fn log(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .expect("log file")
+}
+
+impl Node {
+    /// The kubelet's root directory.
+    pub fn root_dir(&self) -> PathBuf {
+        self.dir.path().join("kubelet")
+    }
+
+    /// Where node plugins put their registration sockets.
+    pub fn registration_dir(&self) -> PathBuf {
+        self.root_dir().join("plugins_registry")
+    }
+
+    /// A plugin's own directory under the kubelet root (created).
+    pub fn plugin_dir(&self, driver: &str) -> PathBuf {
+        let d = self.root_dir().join("plugins").join(driver);
+        std::fs::create_dir_all(&d).expect("plugin dir");
+        d
+    }
+
+    /// The log of a container: its lines without the CRI prefix.
+    pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> String {
+        let logs = self.dir.path().join("pod-logs");
+        let Ok(entries) = std::fs::read_dir(&logs) else {
+            return String::new();
+        };
+        let prefix = format!("{namespace}_{pod}_");
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .filter_map(|e| std::fs::read_to_string(e.path().join(container).join("0.log")).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .map(|l| l.splitn(4, ' ').nth(3).unwrap_or_default().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Starts containerd and a kubelet named `name` against `cp`; returns once the Node
+    /// object is Ready.
+    pub fn start(cp: &ControlPlane, name: &str) -> Node {
+        crate::require_root();
+        for tool in ["containerd", "runc", "ctr", "musl-gcc", "tar", "sha256sum"] {
+            require_tool(tool);
+        }
+        assert!(
+            Path::new("/usr/lib/cni/bridge").exists(),
+            "CNI plugins missing; run scripts/install-test-deps (containernetworking-plugins)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("ipclink-node-")
+            .tempdir()
+            .expect("temp dir");
+        let d = dir.path().to_owned();
+        let socket = d.join("containerd.sock");
+        std::fs::create_dir_all(d.join("cni")).expect("cni dir");
+        std::fs::write(
+            d.join("cni/10-ipclink-test.conflist"),
+            r#"{"cniVersion": "0.4.0", "name": "ipclink-test", "plugins": [
+  {"type": "bridge", "bridge": "ipclt0", "isGateway": true, "ipMasq": false,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]], "dataDir": "DIR/cni-ipam"}},
+  {"type": "loopback"}]}"#
+                .replace("DIR", &d.display().to_string()),
+        )
+        .expect("cni config");
+        std::fs::write(
+            d.join("containerd.toml"),
+            format!(
+                r#"version = 2
+root = "{d}/containerd/root"
+state = "{d}/containerd/state"
+[grpc]
+  address = "{sock}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "native"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{d}/cni"
+"#,
+                d = d.display(),
+                sock = socket.display()
+            ),
+        )
+        .expect("containerd config");
+        let containerd = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("containerd.toml"))
+            .stdin(Stdio::null())
+            .stdout(log(&d, "containerd.log"))
+            .stderr(log(&d, "containerd.log"))
+            .spawn()
+            .expect("start containerd");
+        let mut node = Node {
+            dir,
+            containerd: Some(containerd),
+            kubelet: None,
+            name: name.to_owned(),
+        };
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "containerd did not start:\n{}",
+                node.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        node.import(PAUSE_IMAGE, &compile_peer("pause", Libc::Musl), "pause");
+        node.import(
+            PEER_IMAGE,
+            &compile_peer("posix_peer", Libc::Musl),
+            "posix_peer",
+        );
+
+        let kport = free_port();
+        let hport = free_port();
+        std::fs::write(
+            d.join("kubelet.yaml"),
+            format!(
+                r#"apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix://{sock}
+failSwapOn: false
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+authentication:
+  anonymous: {{enabled: true}}
+  webhook: {{enabled: false}}
+authorization: {{mode: AlwaysAllow}}
+address: 127.0.0.1
+port: {kport}
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: {hport}
+podLogsDir: {d}/pod-logs
+evictionHard: {{memory.available: "1Mi", nodefs.available: "1%", nodefs.inodesFree: "1%", imagefs.available: "1%"}}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+resolvConf: ""
+localStorageCapacityIsolation: false
+makeIPTablesUtilChains: false
+podPidsLimit: -1
+"#,
+                sock = socket.display(),
+                d = d.display()
+            ),
+        )
+        .expect("kubelet config");
+        let kubelet = Command::new(cp.bin_dir().join("kubelet"))
+            .arg(format!("--config={}", d.join("kubelet.yaml").display()))
+            .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+            .arg(format!("--root-dir={}", d.join("kubelet").display()))
+            .arg(format!("--hostname-override={name}"))
+            .arg("--v=2")
+            .stdin(Stdio::null())
+            .stdout(log(&d, "kubelet.log"))
+            .stderr(log(&d, "kubelet.log"))
+            .spawn()
+            .expect("start kubelet");
+        node.kubelet = Some(kubelet);
+        cp.wait_for(
+            &format!("/api/v1/nodes/{name}"),
+            "the kubelet's node Ready",
+            Duration::from_secs(90),
+            |v| {
+                v["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            },
+        );
+        node
+    }
+
+    fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(["-n", "k8s.io"]);
+        c
+    }
+
+    /// Builds a one-program image and imports it into containerd's Kubernetes namespace.
+    fn import(&self, image: &str, program: &Path, entry: &str) {
+        let rootfs = self.dir.path().join(format!("rootfs-{entry}"));
+        std::fs::create_dir_all(&rootfs).expect("rootfs");
+        std::fs::copy(program, rootfs.join(entry)).expect("copy program");
+        let archive = self.dir.path().join(format!("{entry}.tar"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/oci-image");
+        let out = Command::new(script)
+            .arg(image)
+            .arg(&archive)
+            .arg(&rootfs)
+            .arg(format!("/{entry}"))
+            .output()
+            .expect("scripts/oci-image");
+        assert!(
+            out.status.success(),
+            "oci-image: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = self
+            .ctr()
+            .args(["images", "import"])
+            .arg(&archive)
+            .output()
+            .expect("ctr");
+        assert!(
+            out.status.success(),
+            "ctr images import: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+    }
+
+    /// The tails of the containerd and kubelet logs.
+    pub fn logs(&self) -> String {
+        let tail = |n: &str| {
+            let text = std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        format!(
+            "--- containerd ---\n{}\n--- kubelet ---\n{}",
+            tail("containerd.log"),
+            tail("kubelet.log")
+        )
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Mount points at or below `dir`, deepest first.
+fn mounts_below(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.display().to_string();
+    let mut found: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| *m == prefix || m.starts_with(&format!("{prefix}/")))
+        .map(str::to_owned)
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    found.dedup();
+    found
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        if let Some(mut k) = self.kubelet.take() {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+        // Containers outlive containerd in their shims: kill those of this node.
+        let _ = self.ctr().args(["tasks", "ls", "-q"]).output().map(|out| {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = self
+                    .ctr()
+                    .args(["tasks", "kill", "-s", "SIGKILL", id])
+                    .output();
+            }
+        });
+        if let Some(mut c) = self.containerd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f"])
+            .arg(format!("containerd-shim.*{}", self.dir.path().display()))
+            .status();
+        for _ in 0..3 {
+            for m in mounts_below(self.dir.path()) {
+                let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
