@@ -115,6 +115,8 @@ impl ControlPlane {
             format!("--service-account-signing-key-file={}", key.display()),
             "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
             "--enable-priority-and-fairness=false".to_owned(),
+            // As in every real cluster: CSI node plugins are privileged.
+            "--allow-privileged=true".to_owned(),
         ];
         let apiserver = spawn_apiserver(&bin, &apiserver_args, d);
 
@@ -192,7 +194,7 @@ impl ControlPlane {
                 "--leader-elect=false",
                 "--secure-port=0",
                 "--use-service-account-credentials=false",
-                "--controllers=persistentvolume-binder-controller,garbage-collector-controller,persistentvolume-protection-controller,persistentvolumeclaim-protection-controller,namespace-controller",
+                "--controllers=persistentvolume-binder-controller,garbage-collector-controller,persistentvolume-protection-controller,persistentvolumeclaim-protection-controller,namespace-controller,deployment-controller,replicaset-controller,serviceaccount-controller",
                 "-v=2",
             ])
             .stdin(Stdio::null())

@@ -1,0 +1,528 @@
+//! The Helm chart, the rendered manifests, the dashboard and the alerts, checked by the
+//! real tools: helm (lint, template, install, uninstall), kubeconform with schemas taken
+//! from our own kube-apiserver, the API server's Pod Security admission, and promtool.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use ipclink_e2e::control_plane::ControlPlane;
+use ipclink_e2e::require_tool;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn tools() -> PathBuf {
+    let out = Command::new(root().join("scripts/install-chart-tools"))
+        .output()
+        .expect("scripts/install-chart-tools");
+    assert!(
+        out.status.success(),
+        "building helm and kubeconform failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.current_dir(root()).output().expect("run tool");
+    out
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn helm(args: &[&str]) -> Output {
+    run(Command::new(tools().join("helm")).args(args))
+}
+
+fn render(extra: &[&str]) -> String {
+    let mut args = vec![
+        "template",
+        "ipclink",
+        "charts/ipclink",
+        "--namespace",
+        "ipclink-system",
+        "--kube-version",
+        "1.34.0",
+    ];
+    args.extend_from_slice(extra);
+    let out = helm(&args);
+    assert!(out.status.success(), "helm template: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_chart_lints_strictly_and_refuses_bad_values_naming_them() {
+    let out = helm(&["lint", "--strict", "charts/ipclink"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("0 chart(s) failed"), "{}", text(&out));
+
+    for (set, says) in [
+        (
+            "node.metricsPort=-1",
+            "at '/node/metricsPort': minimum: got -1, want 1",
+        ),
+        (
+            "operator.resources.limits.memory=-64Mi",
+            "at '/operator/resources/limits/memory': '-64Mi' does not match pattern",
+        ),
+        (
+            "operator.concurrency=lots",
+            "at '/operator/concurrency': got string, want integer",
+        ),
+        (
+            "operator.replicas=2",
+            "at '/operator/replicas': maximum: got 2, want 1",
+        ),
+        (
+            "kubeletDir=var/lib/kubelet",
+            "at '/kubeletDir': 'var/lib/kubelet' does not match pattern",
+        ),
+        ("storageClass.name=Bad_Name", "at '/storageClass/name'"),
+        ("image.pullPolicy=Sometimes", "at '/image/pullPolicy'"),
+        (
+            "nodePlugin.enabled=true",
+            "additional properties 'nodePlugin' not allowed",
+        ),
+        (
+            "operator.verbose=true",
+            "at '/operator': additional properties 'verbose' not allowed",
+        ),
+    ] {
+        let out = helm(&[
+            "template",
+            "ipclink",
+            "charts/ipclink",
+            "--kube-version",
+            "1.34.0",
+            "--set",
+            set,
+        ]);
+        assert!(!out.status.success(), "{set} was accepted");
+        assert!(out.stdout.is_empty(), "{set}: something was rendered");
+        assert!(text(&out).contains(says), "{set}: {}", text(&out));
+    }
+    // Optional objects render when asked for.
+    let all = render(&[
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.podMonitor.enabled=true",
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+    ]);
+    for kind in [
+        "kind: ServiceMonitor",
+        "kind: PodMonitor",
+        "kind: PrometheusRule",
+        "alert: IpclinkDegraded",
+    ] {
+        assert!(all.contains(kind), "{kind} missing");
+    }
+    let none = render(&[
+        "--set",
+        "crds.install=false",
+        "--set",
+        "storageClass.create=false",
+        "--set",
+        "grafana.dashboard.enabled=false",
+    ]);
+    for kind in ["CustomResourceDefinition", "StorageClass", "ConfigMap"] {
+        assert!(
+            !none.contains(&format!("kind: {kind}")),
+            "{kind} rendered though disabled"
+        );
+    }
+}
+
+#[test]
+fn the_committed_manifests_are_the_chart_rendered() {
+    let dir = tempfile::tempdir().expect("temp");
+    let fresh = dir.path().join("install.yaml");
+    let out = run(Command::new(root().join("scripts/render-manifests")).arg(&fresh));
+    assert!(out.status.success(), "{}", text(&out));
+    let committed =
+        std::fs::read_to_string(root().join("manifests/install.yaml")).expect("install.yaml");
+    assert!(
+        committed == std::fs::read_to_string(&fresh).expect("rendered"),
+        "manifests/install.yaml drifted from the chart; run scripts/render-manifests"
+    );
+    let crd =
+        std::fs::read_to_string(root().join("charts/ipclink/files/crds/ipclinks.ipclink.dev.yaml"))
+            .expect("crd");
+    assert!(
+        committed.contains(crd.trim()),
+        "the rendered CRD is the generated one"
+    );
+}
+
+/// Every PromQL expression of the alert rules and the dashboard, parsed by promtool, and
+/// the alerts' unit tests.
+#[test]
+fn alerts_and_dashboard_queries_pass_promtool() {
+    let promtool = require_tool("promtool");
+    let rules = root().join("charts/ipclink/files/alerts/ipclink.rules.yaml");
+    let out = run(Command::new(&promtool)
+        .arg("check")
+        .arg("rules")
+        .arg(&rules));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("SUCCESS: 5 rules found"),
+        "{}",
+        text(&out)
+    );
+    let out = run(Command::new(&promtool)
+        .args(["test", "rules"])
+        .arg(root().join("e2e/tests/fixtures/alerts.test.yaml")));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("SUCCESS"), "{}", text(&out));
+
+    // Grafana variables are replaced by what they stand for, then each query becomes a
+    // recording rule, which promtool parses.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("charts/ipclink/files/dashboards/ipclink.json"))
+            .expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    for v in dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+    {
+        if let Some(q) = v["query"]
+            .as_str()
+            .filter(|q| q.starts_with("label_values("))
+        {
+            // label_values(SELECTOR, label): the selector is PromQL.
+            let inner = &q["label_values(".len()..q.rfind(',').expect("label")];
+            exprs.push(inner.to_owned());
+        }
+    }
+    assert!(exprs.len() >= 15, "{exprs:?}");
+    let families: BTreeSet<&str> = [
+        "ipclink_channel_queue_bytes",
+        "ipclink_channel_capacity_bytes",
+        "ipclink_semaphore_value",
+        "ipclink_semaphore_waiters",
+        "ipclink_shm_resident_bytes",
+        "ipclink_shm_size_bytes",
+        "ipclink_link_used_bytes",
+        "ipclink_link_limit_bytes",
+        "ipclink_socket_backlog_connections",
+        "ipclink_csi_requests_total",
+        "ipclink_csi_request_duration_seconds_bucket",
+        "ipclink_reconcile_total",
+        "ipclink_reconcile_duration_seconds_bucket",
+        "ipclink_links",
+    ]
+    .into();
+    for f in &families {
+        assert!(
+            exprs.iter().any(|e| e.contains(f)),
+            "the dashboard does not show {f}"
+        );
+    }
+    let mut file = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$namespace", ".*")
+            .replace("$link", ".*");
+        file.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {}\n",
+            serde_json::to_string(&e).expect("quote")
+        ));
+    }
+    let dir = tempfile::tempdir().expect("temp");
+    let path = dir.path().join("dashboard.rules.yaml");
+    std::fs::write(&path, &file).expect("write");
+    let out = run(Command::new(&promtool).arg("check").arg("rules").arg(&path));
+    assert!(out.status.success(), "{}\n{file}", text(&out));
+    // A broken query would be caught: the same check fails on one.
+    std::fs::write(
+        &path,
+        "groups:\n  - name: x\n    rules:\n      - record: x:y\n        expr: sum(rate(x[5m])\n",
+    )
+    .expect("write");
+    let out = run(Command::new(&promtool).arg("check").arg("rules").arg(&path));
+    assert!(!out.status.success(), "promtool accepted a broken query");
+}
+
+/// JSON schemas, one per kind, from the API server's OpenAPI v2 document (built-in kinds
+/// and served CRDs), strict: objects allow no properties the API does not know.
+fn schemas_from(cp: &ControlPlane, dir: &Path) -> usize {
+    let (code, body) = cp.request("GET", "/openapi/v2", None).expect("openapi");
+    assert_eq!(code, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("openapi json");
+    let defs = doc["definitions"].as_object().expect("definitions");
+    fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(r) = m.get("$ref").and_then(|r| r.as_str()) {
+                    out.push(r.trim_start_matches("#/definitions/").to_owned());
+                }
+                m.values().for_each(|x| refs(x, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    fn strict(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let open = m.contains_key("x-kubernetes-preserve-unknown-fields");
+                if m.contains_key("properties") && !m.contains_key("additionalProperties") && !open
+                {
+                    m.insert("additionalProperties".into(), false.into());
+                }
+                m.values_mut().for_each(strict);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strict),
+            _ => {}
+        }
+    }
+    let mut written = 0;
+    for (name, def) in defs {
+        let Some(gvks) = def["x-kubernetes-group-version-kind"].as_array() else {
+            continue;
+        };
+        let mut closure = BTreeMap::new();
+        let mut todo = vec![name.clone()];
+        while let Some(n) = todo.pop() {
+            if closure.contains_key(&n) {
+                continue;
+            }
+            let d = defs.get(&n).cloned().unwrap_or_default();
+            let mut found = Vec::new();
+            refs(&d, &mut found);
+            todo.extend(found);
+            closure.insert(n, d);
+        }
+        let mut schema =
+            serde_json::json!({"$ref": format!("#/definitions/{name}"), "definitions": closure});
+        strict(&mut schema);
+        for gvk in gvks {
+            let (group, version, kind) = (
+                gvk["group"].as_str().unwrap_or_default(),
+                gvk["version"].as_str().unwrap_or_default(),
+                gvk["kind"].as_str().unwrap_or_default().to_lowercase(),
+            );
+            let group_dir = if group.is_empty() { version } else { group };
+            let path = dir.join(group_dir).join(format!("{kind}_{version}.json"));
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&path, schema.to_string()).expect("schema");
+            written += 1;
+        }
+    }
+    written
+}
+
+fn kubectl(cp: &ControlPlane, args: &[&str]) -> Output {
+    run(Command::new(cp.bin_dir().join("kubectl"))
+        .args(args)
+        .env("KUBECONFIG", &cp.kubeconfig))
+}
+
+#[test]
+fn the_chart_installs_into_a_real_apiserver_and_uninstalls_cleanly() {
+    let mut cp = ControlPlane::start();
+    // Deployments become pods (and meet Pod Security admission) through the
+    // controller-manager.
+    cp.start_scheduling();
+    let tools = tools();
+    let dir = tempfile::tempdir().expect("temp");
+    let install = root().join("manifests/install.yaml");
+
+    // kubeconform, strict, with schemas from this API server; CRDs' schemas once served.
+    let schemas = dir.path().join("schemas");
+    let location = format!(
+        "{}/{{{{ .Group }}}}/{{{{ .ResourceKind }}}}_{{{{ .ResourceAPIVersion }}}}.json",
+        schemas.display()
+    );
+    let before = schemas_from(&cp, &schemas);
+    assert!(before > 50, "{before} schemas");
+    let conform = |files: &[&Path]| {
+        run(Command::new(tools.join("kubeconform"))
+            .args(["-strict", "-summary", "-schema-location", &location])
+            .args(files))
+    };
+    let out = conform(&[&install]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("Invalid: 0, Errors: 0, Skipped: 0"),
+        "{}",
+        text(&out)
+    );
+    // A field the API does not know is caught (strict), so the check can fail.
+    let typo = dir.path().join("typo.yaml");
+    std::fs::write(
+        &typo,
+        std::fs::read_to_string(&install).expect("install").replace(
+            "attachRequired: false",
+            "attachRequired: false\n  attachRequird: true",
+        ),
+    )
+    .expect("write");
+    let out = conform(&[&typo]);
+    assert!(
+        !out.status.success() && text(&out).contains("attachRequird"),
+        "{}",
+        text(&out)
+    );
+
+    // helm install: every object of the chart is created.
+    let out = run(Command::new(tools.join("helm"))
+        .args([
+            "install",
+            "ipclink",
+            "charts/ipclink",
+            "--namespace",
+            "ipclink-system",
+            "--create-namespace",
+            "--wait=false",
+        ])
+        .env("KUBECONFIG", &cp.kubeconfig));
+    assert!(
+        out.status.success(),
+        "helm install: {}\n{}",
+        text(&out),
+        cp.logs()
+    );
+    let rendered = dir.path().join("rendered.yaml");
+    std::fs::write(&rendered, render(&[])).expect("write");
+    let out = kubectl(
+        &cp,
+        &["get", "-f", rendered.to_str().expect("utf-8"), "-o", "name"],
+    );
+    assert!(
+        out.status.success(),
+        "objects missing after install: {}",
+        text(&out)
+    );
+    let created = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(created, 14, "{}", text(&out));
+
+    // The examples, with the CRD now served: schema-valid, and admitted in namespaces
+    // that enforce the restricted profile (the pods exist: the ReplicaSet controller's
+    // creates passed Pod Security admission).
+    let served = schemas_from(&cp, &schemas);
+    assert!(served > before, "the IpcLink schema is served");
+    let examples = [
+        root().join("manifests/examples/inline.yaml"),
+        root().join("manifests/examples/persistent.yaml"),
+    ];
+    let out = conform(&[&examples[0], &examples[1]]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("Invalid: 0, Errors: 0, Skipped: 0"),
+        "{}",
+        text(&out)
+    );
+    for (file, ns) in examples.iter().zip(["vision-inline", "vision-persistent"]) {
+        let out = kubectl(&cp, &["apply", "-f", file.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            !text(&out).contains("Warning"),
+            "PodSecurity warnings: {}",
+            text(&out)
+        );
+        for app in ["camera", "detector"] {
+            cp.wait_for(
+                &format!("/api/v1/namespaces/{ns}/pods?labelSelector=app={app}"),
+                "a pod of the example admitted",
+                Duration::from_secs(60),
+                |v| v["items"].as_array().is_some_and(|i| i.len() == 1),
+            );
+        }
+        // And enforcement is on: the same namespace refuses a hostIPC pod.
+        let out = kubectl(
+            &cp,
+            &[
+                "run",
+                "sneaky",
+                "-n",
+                ns,
+                "--image=localhost/ipclink/demo:0.1.0",
+                "--overrides",
+                r#"{"spec":{"hostIPC":true}}"#,
+            ],
+        );
+        assert!(!out.status.success(), "hostIPC admitted in {ns}");
+        assert!(
+            text(&out).contains("violates PodSecurity \"restricted:latest\""),
+            "{}",
+            text(&out)
+        );
+        let out = kubectl(
+            &cp,
+            &[
+                "delete",
+                "-f",
+                file.to_str().expect("utf-8"),
+                "--wait=false",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+
+    // helm uninstall leaves nothing of ours.
+    let out = run(Command::new(tools.join("helm"))
+        .args([
+            "uninstall",
+            "ipclink",
+            "--namespace",
+            "ipclink-system",
+            "--wait",
+        ])
+        .env("KUBECONFIG", &cp.kubeconfig));
+    assert!(out.status.success(), "{}", text(&out));
+    let out = kubectl(
+        &cp,
+        &[
+            "get",
+            "-f",
+            rendered.to_str().expect("utf-8"),
+            "-o",
+            "name",
+            "--ignore-not-found",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "left behind after uninstall"
+    );
+    let out = kubectl(
+        &cp,
+        &[
+            "get",
+            "all,sa,cm,csidriver,storageclass,clusterrole,clusterrolebinding,crd",
+            "-A",
+            "-l",
+            "app.kubernetes.io/name=ipclink",
+            "-o",
+            "name",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "labelled objects left"
+    );
+}
