@@ -27,8 +27,7 @@ fn tools() -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.current_dir(root()).output().expect("run tool");
-    out
+    cmd.current_dir(root()).output().expect("run tool")
 }
 
 fn text(out: &Output) -> String {
