@@ -525,3 +525,45 @@ fn the_chart_installs_into_a_real_apiserver_and_uninstalls_cleanly() {
         "labelled objects left"
     );
 }
+
+#[test]
+fn the_readme_kubernetes_section_works_as_written() {
+    let mut cp = ControlPlane::start();
+    cp.start_scheduling();
+    let script: String = ipclink_e2e::readme_block("kubernetes")
+        .lines()
+        // Images are not needed for the objects to be created (no kubelet here); the
+        // image build is exercised by the in-cluster test.
+        .filter(|l| !l.starts_with("scripts/build-images"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = format!(
+        "{}:{}:{}",
+        tools().display(),
+        cp.bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = run(Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env("PATH", path)
+        .env("KUBECONFIG", &cp.kubeconfig));
+    assert!(
+        out.status.success(),
+        "README Kubernetes section:\n{script}\n{}",
+        text(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("STATUS: deployed"), "{stdout}");
+    assert!(
+        stdout.contains("ipclink.ipclink.dev/frames created"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("frames ")),
+        "kubectl get ipcl: {stdout}"
+    );
+    assert!(
+        stdout.contains("release \"ipclink\" uninstalled"),
+        "{stdout}"
+    );
+}

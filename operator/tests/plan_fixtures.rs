@@ -156,12 +156,12 @@ fn deletion_with_a_mounted_member_is_terminating() {
 fn the_chart_crd_is_what_the_operator_prints() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../charts/ipclink/crds/ipclinks.ipclink.dev.yaml"
+        "/../charts/ipclink/files/crds/ipclinks.ipclink.dev.yaml"
     );
     let committed = std::fs::read_to_string(path).expect("charts/ipclink/crds copy");
     assert!(
         committed == ipclink_operator::crd::crd_yaml(),
-        "charts/ipclink/crds/ipclinks.ipclink.dev.yaml drifted from `ipclink-operator crd`; regenerate it with\n  cargo run -p ipclink-operator -- crd > charts/ipclink/crds/ipclinks.ipclink.dev.yaml"
+        "charts/ipclink/files/crds/ipclinks.ipclink.dev.yaml drifted from `ipclink-operator crd`; regenerate it with\n  cargo run -p ipclink-operator -- crd > charts/ipclink/files/crds/ipclinks.ipclink.dev.yaml"
     );
 }
 
