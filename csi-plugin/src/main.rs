@@ -46,6 +46,10 @@ enum Role {
         /// The CSI socket path as the kubelet sees it [default: the --endpoint path].
         #[arg(long, env = "IPCLINK_KUBELET_ENDPOINT")]
         kubelet_endpoint: Option<String>,
+        /// Seconds between two looks for links that were deleted after their last
+        /// member unmounted them (their tmpfs is then removed); 0 never looks.
+        #[arg(long, env = "IPCLINK_GC_INTERVAL_SECONDS", default_value_t = 30)]
+        gc_interval_seconds: u64,
     },
     /// Controller plugin: Identity and Controller services.
     Controller {
@@ -90,18 +94,20 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = ipclink_sidecar::shutdown_signal()?;
-    let (common, node_id, registration) = match cli.role {
+    let (common, node_id, registration, gc_interval) = match cli.role {
         Role::Node {
             common,
             node_id,
             registration_dir,
             kubelet_endpoint,
+            gc_interval_seconds,
         } => (
             common,
             Some(node_id),
             registration_dir.map(|d| (d, kubelet_endpoint)),
+            gc_interval_seconds,
         ),
-        Role::Controller { common } => (common, None, None),
+        Role::Controller { common } => (common, None, None, 0),
     };
     let state_dir = common.state_dir.clone().unwrap_or_else(|| {
         PathBuf::from(if node_id.is_some() {
@@ -145,6 +151,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(node_id) => {
             let plugin =
                 NodePlugin::new(node_id, &state_dir, source).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if gc_interval > 0 {
+                let plugin = plugin.clone();
+                let mut stop = stop_rx.clone();
+                tokio::spawn(async move {
+                    let mut tick =
+                        tokio::time::interval(std::time::Duration::from_secs(gc_interval));
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => {}
+                            _ = stop.wait_for(|s| *s) => return,
+                        }
+                        plugin.collect_garbage();
+                    }
+                });
+            }
             if let Some(addr) = common.metrics_listen {
                 spawn_metrics(
                     addr,

@@ -275,6 +275,48 @@ impl NodePlugin {
         Ok(())
     }
 
+    /// Tears down the links that no publication uses and that no longer exist: a link
+    /// deleted after its last member left (its last unpublish kept it, as it still
+    /// existed then). Returns the links removed.
+    pub fn collect_garbage(&self) -> Vec<(String, String)> {
+        let in_use = |ns: &str, name: &str| {
+            self.publications()
+                .values()
+                .any(|p| p.namespace == ns && p.link == name)
+        };
+        let mut removed = Vec::new();
+        for plan in self.store.records().0 {
+            let (ns, name) = (plan.namespace.as_str(), plan.name.as_str());
+            if in_use(ns, name) {
+                continue;
+            }
+            match self.source.lookup(ns, name, None) {
+                Ok(snapshot) if !snapshot.has_link(ns, name) => {
+                    // Publishes hold this lock from materializing to recording.
+                    let mut materialized = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
+                    if in_use(ns, name) {
+                        continue;
+                    }
+                    match self.store.teardown(ns, name) {
+                        Ok(()) => {
+                            materialized.remove(&(ns.to_owned(), name.to_owned()));
+                            tracing::info!(namespace = ns, link = name, "deleted link torn down");
+                            removed.push((ns.to_owned(), name.to_owned()));
+                        }
+                        Err(e) => {
+                            tracing::warn!(namespace = ns, link = name, error = %e, "cannot tear down a deleted link")
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(namespace = ns, link = name, error = %e, "cannot look up an unused link")
+                }
+            }
+        }
+        removed
+    }
+
     /// NodeGetVolumeStats: bytes and inodes of the link's tmpfs.
     pub fn stats(
         &self,

@@ -541,3 +541,50 @@ fn a_full_link_gives_the_writer_enospc_and_the_plugin_stays_healthy() {
         assert_eq!(unpublish(&mut c, "csi-f", &target).await, Code::Ok);
     });
 }
+
+#[test]
+fn a_link_outlives_its_members_until_it_is_deleted_then_its_tmpfs_goes() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = common::Unmounter(dir.path().to_path_buf());
+    let links = dir.path().join("links");
+    std::fs::create_dir(&links).expect("links dir");
+    std::fs::copy(links_dir().join("frames.yaml"), links.join("frames.yaml")).expect("copy");
+    let node = Plugin::start("node", dir.path(), &links, &["--gc-interval-seconds", "1"]);
+    let pods = dir.path().join("pods");
+    std::fs::create_dir(&pods).expect("pods dir");
+    let target = pods.join("t");
+    let link_mount = |m: &String| m.ends_with("/links/vision/frames");
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&node.socket).await);
+        let req = ephemeral("csi-g", &target, "vision", "camera-0", "frames");
+        assert_eq!(publish(&mut c, req.clone()).await, Code::Ok);
+        std::fs::write(target.join("control/note"), b"kept").expect("write into the link");
+        assert_eq!(unpublish(&mut c, "csi-g", &target).await, Code::Ok);
+        // The link still exists: its data waits for the next member.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(mount_points().iter().filter(|m| link_mount(m)).count(), 1);
+        assert_eq!(publish(&mut c, req).await, Code::Ok);
+        assert_eq!(
+            std::fs::read(target.join("control/note")).expect("read"),
+            b"kept"
+        );
+        assert_eq!(unpublish(&mut c, "csi-g", &target).await, Code::Ok);
+    });
+    // Deleted after its last member left: the next look removes its tmpfs.
+    std::fs::remove_file(links.join("frames.yaml")).expect("delete the link");
+    let start = std::time::Instant::now();
+    while mount_points().iter().any(link_mount) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "tmpfs kept:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        node.log().contains("deleted link torn down"),
+        "{}",
+        node.log()
+    );
+}

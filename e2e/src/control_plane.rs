@@ -19,6 +19,7 @@ pub struct ControlPlane {
     apiserver: Option<Child>,
     /// kube-scheduler and kube-controller-manager, when started.
     others: Vec<Child>,
+    in_cluster: bool,
     /// `https://127.0.0.1:PORT`.
     pub url: String,
     /// Bearer token of a `system:masters` user.
@@ -26,6 +27,9 @@ pub struct ControlPlane {
     /// A kubeconfig for that user.
     pub kubeconfig: PathBuf,
 }
+
+/// The `kubernetes` Service's ClusterIP (first address of the service range).
+pub const SERVICE_IP: &str = "10.96.0.1";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -42,6 +46,19 @@ impl ControlPlane {
     /// Builds (or reuses) the binaries and starts etcd and kube-apiserver; returns once
     /// `/readyz` answers.
     pub fn start() -> ControlPlane {
+        ControlPlane::start_with(false)
+    }
+
+    /// Like [`start`](Self::start), but reachable from pods the way in-cluster clients
+    /// expect without kube-proxy: kube-apiserver listens on port 443 of every address,
+    /// and the `kubernetes` Service's address (10.96.0.1) is added to `lo`, so a pod's
+    /// `KUBERNETES_SERVICE_HOST:443` reaches it through its CNI gateway. One such
+    /// control plane at a time; Drop removes the address.
+    pub fn start_in_cluster() -> ControlPlane {
+        ControlPlane::start_with(true)
+    }
+
+    fn start_with(in_cluster: bool) -> ControlPlane {
         crate::require_root();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-control-plane");
         let out = Command::new(&script)
@@ -57,7 +74,14 @@ impl ControlPlane {
         require_tool("curl");
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
-        let (client, peer, secure) = (free_port(), free_port(), free_port());
+        let (client, peer) = (free_port(), free_port());
+        let secure = if in_cluster { 443 } else { free_port() };
+        if in_cluster {
+            let ip = require_tool("ip");
+            let _ = Command::new(&ip)
+                .args(["addr", "add", &format!("{SERVICE_IP}/32"), "dev", "lo"])
+                .status();
+        }
 
         let etcd = Command::new(bin.join("etcd"))
             .arg("--name=test")
@@ -104,7 +128,10 @@ impl ControlPlane {
 
         let apiserver_args = vec![
             format!("--etcd-servers=http://127.0.0.1:{client}"),
-            "--bind-address=127.0.0.1".to_owned(),
+            format!(
+                "--bind-address={}",
+                if in_cluster { "0.0.0.0" } else { "127.0.0.1" }
+            ),
             "--advertise-address=127.0.0.1".to_owned(),
             format!("--secure-port={secure}"),
             format!("--cert-dir={}", d.join("pki").display()),
@@ -133,6 +160,7 @@ impl ControlPlane {
             dir,
             bin,
             apiserver_args,
+            in_cluster,
             etcd: Some(etcd),
             apiserver: Some(apiserver),
             others: Vec::new(),
@@ -194,7 +222,8 @@ impl ControlPlane {
                 "--leader-elect=false",
                 "--secure-port=0",
                 "--use-service-account-credentials=false",
-                "--controllers=persistentvolume-binder-controller,garbage-collector-controller,persistentvolume-protection-controller,persistentvolumeclaim-protection-controller,namespace-controller,deployment-controller,replicaset-controller,serviceaccount-controller",
+                &format!("--root-ca-file={}", d.join("pki/apiserver.crt").display()),
+                "--controllers=persistentvolume-binder-controller,garbage-collector-controller,persistentvolume-protection-controller,persistentvolumeclaim-protection-controller,namespace-controller,deployment-controller,replicaset-controller,serviceaccount-controller,daemonset-controller,root-ca-certificate-publisher-controller",
                 "-v=2",
             ])
             .stdin(Stdio::null())
@@ -378,6 +407,11 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
+        }
+        if self.in_cluster {
+            let _ = Command::new("ip")
+                .args(["addr", "del", &format!("{SERVICE_IP}/32"), "dev", "lo"])
+                .status();
         }
         let others = std::mem::take(&mut self.others);
         for child in others.into_iter().chain(

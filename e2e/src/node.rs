@@ -245,15 +245,21 @@ podPidsLimit: -1
             "oci-image: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        self.import_archive(&archive);
+    }
+
+    /// Imports an image archive (OCI or docker) into containerd's Kubernetes namespace.
+    pub fn import_archive(&self, archive: &Path) {
         let out = self
             .ctr()
             .args(["images", "import"])
-            .arg(&archive)
+            .arg(archive)
             .output()
             .expect("ctr");
         assert!(
             out.status.success(),
-            "ctr images import: {}\n{}",
+            "ctr images import {}: {}\n{}",
+            archive.display(),
             String::from_utf8_lossy(&out.stderr),
             self.logs()
         );

@@ -1,0 +1,211 @@
+//! The whole product in a real cluster: kube-apiserver, kube-scheduler and
+//! kube-controller-manager, a kubelet with containerd, runc and CNI, the images built
+//! from our binaries by `scripts/build-images`, the chart installed by helm. The node
+//! plugin runs as the chart's DaemonSet pod and registers with the kubelet; the
+//! operator runs as its Deployment; both examples of `manifests/examples` (inline and
+//! persistent) run their demo producer and consumer in restricted namespaces until the
+//! links are Ready with depths in status; deleting everything leaves no mount behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use ipclink_e2e::control_plane::ControlPlane;
+use ipclink_e2e::node::Node;
+
+const LONG: Duration = Duration::from_secs(180);
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn script(name: &str) -> PathBuf {
+    let out = Command::new(root().join("scripts").join(name))
+        .current_dir(root())
+        .output()
+        .expect("run script");
+    assert!(
+        out.status.success(),
+        "scripts/{name} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn mounts_containing(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn pod_name(cp: &ControlPlane, ns: &str, app: &str) -> String {
+    let v = cp.wait_for(
+        &format!("/api/v1/namespaces/{ns}/pods?labelSelector=app={app}"),
+        "a running pod",
+        LONG,
+        |v| {
+            v["items"]
+                .as_array()
+                .is_some_and(|i| i.iter().any(|p| p["status"]["phase"] == "Running"))
+        },
+    );
+    v["items"]
+        .as_array()
+        .and_then(|i| i.iter().find(|p| p["status"]["phase"] == "Running"))
+        .and_then(|p| p["metadata"]["name"].as_str())
+        .expect("pod name")
+        .to_owned()
+}
+
+#[test]
+fn the_chart_runs_the_examples_on_a_real_node() {
+    let images = script("build-images");
+    let tools = script("install-chart-tools");
+    let mut cp = ControlPlane::start_in_cluster();
+    cp.start_scheduling();
+    let node = Node::start(&cp, "node-1");
+    for archive in ["ipclink.tar", "demo.tar"] {
+        node.import_archive(&images.join(archive));
+    }
+    let kubelet_dir = node.root_dir();
+    let run = |cmd: &mut Command| -> Output {
+        cmd.current_dir(root())
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .output()
+            .expect("run")
+    };
+    let kubectl = |args: &[&str]| run(Command::new(cp.bin_dir().join("kubectl")).args(args));
+
+    let out = run(Command::new(tools.join("helm")).args([
+        "install",
+        "ipclink",
+        "charts/ipclink",
+        "--namespace",
+        "ipclink-system",
+        "--create-namespace",
+        "--set",
+        &format!("kubeletDir={}", kubelet_dir.display()),
+        "--set",
+        &format!("node.stateDir={}/ipclink-state", kubelet_dir.display()),
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        "operator.depthIntervalSeconds=2",
+        "--set",
+        "node.gcIntervalSeconds=2",
+    ]));
+    assert!(out.status.success(), "helm install: {}", text(&out));
+
+    // The DaemonSet's pod registers the driver with the kubelet; the operator runs.
+    let csinode = cp.wait_for(
+        "/apis/storage.k8s.io/v1/csinodes/node-1",
+        "the node plugin pod registered the driver",
+        LONG,
+        |v| {
+            v["spec"]["drivers"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["name"] == "csi.ipclink.dev"))
+        },
+    );
+    assert_eq!(
+        csinode["spec"]["drivers"][0]["topologyKeys"][0],
+        "topology.ipclink.dev/node"
+    );
+    let (_, n) = cp.get_json("/api/v1/nodes/node-1");
+    assert_eq!(
+        n["metadata"]["labels"]["topology.ipclink.dev/node"], "node-1",
+        "{n:#}"
+    );
+    cp.wait_for(
+        "/apis/apps/v1/namespaces/ipclink-system/deployments/ipclink-operator",
+        "the operator available",
+        LONG,
+        |v| v["status"]["availableReplicas"] == 1,
+    );
+
+    for (file, ns) in [
+        ("inline.yaml", "vision-inline"),
+        ("persistent.yaml", "vision-persistent"),
+    ] {
+        let path = root().join("manifests/examples").join(file);
+        let out = kubectl(&["apply", "-f", path.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "{}", text(&out));
+        let link = format!("/apis/ipclink.dev/v1alpha1/namespaces/{ns}/ipclinks/frames");
+        let v = cp.wait_for(&link, "the example link Ready with depths", LONG, |v| {
+            v["status"]["phase"] == "Ready"
+                && v["status"]["channels"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["kind"] == "semaphore"))
+        });
+        assert_eq!(v["status"]["node"], "node-1", "{v:#}");
+        for app in ["camera", "detector"] {
+            let pod = pod_name(&cp, ns, app);
+            let start = std::time::Instant::now();
+            let want = if app == "camera" {
+                "produce: 1000 frames"
+            } else {
+                "consume: 1000 frames"
+            };
+            while !node.container_log(ns, &pod, app).contains(want) {
+                assert!(
+                    start.elapsed() < LONG,
+                    "{ns}/{pod}: no {want:?} in\n{}",
+                    node.container_log(ns, &pod, app)
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        if ns == "vision-persistent" {
+            let (_, pvc) = cp.get_json(&format!(
+                "/api/v1/namespaces/{ns}/persistentvolumeclaims/frames"
+            ));
+            assert_eq!(pvc["status"]["phase"], "Bound", "{pvc:#}");
+        }
+    }
+
+    // Removing the examples (their links wait for the members to go) and the chart
+    // leaves no volume mounted and no link tmpfs.
+    for file in ["inline.yaml", "persistent.yaml"] {
+        let path = root().join("manifests/examples").join(file);
+        let out = kubectl(&[
+            "delete",
+            "-f",
+            path.to_str().expect("utf-8"),
+            "--wait=true",
+            "--timeout=150s",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let start = std::time::Instant::now();
+    while !mounts_containing("kubernetes.io~csi").is_empty()
+        || !mounts_containing("ipclink-state/links/").is_empty()
+    {
+        assert!(
+            start.elapsed() < LONG,
+            "left mounted: {:?}",
+            mounts_containing(&kubelet_dir.display().to_string())
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = run(Command::new(tools.join("helm")).args([
+        "uninstall",
+        "ipclink",
+        "--namespace",
+        "ipclink-system",
+        "--wait",
+    ]));
+    assert!(out.status.success(), "{}", text(&out));
+    drop(node);
+}
