@@ -168,15 +168,19 @@ impl ControlPlane {
             token,
             kubeconfig,
         };
+        let mut cp = cp;
         cp.wait_ready();
         cp
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let start = Instant::now();
         loop {
             if let Ok((200, _)) = self.request("GET", "/readyz", None) {
                 return;
+            }
+            if let Some(Ok(Some(status))) = self.apiserver.as_mut().map(Child::try_wait) {
+                panic!("kube-apiserver exited ({status}):\n{}", self.logs());
             }
             assert!(
                 start.elapsed() < Duration::from_secs(120),

@@ -24,6 +24,8 @@ pub struct Node {
     dir: tempfile::TempDir,
     containerd: Option<Child>,
     kubelet: Option<Child>,
+    /// Network namespaces that existed before (containerd keeps pods' in /run/netns).
+    netns_before: Vec<String>,
     /// Node name.
     pub name: String,
 }
@@ -64,7 +66,19 @@ impl Node {
         entries
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-            .filter_map(|e| std::fs::read_to_string(e.path().join(container).join("0.log")).ok())
+            .filter_map(|e| {
+                // One file per attempt (0.log, 1.log, ...): the latest.
+                let dir = e.path().join(container);
+                let last = std::fs::read_dir(&dir)
+                    .ok()?
+                    .flatten()
+                    .filter_map(|f| {
+                        let name = f.file_name().to_string_lossy().into_owned();
+                        name.strip_suffix(".log")?.parse::<u32>().ok()
+                    })
+                    .max()?;
+                std::fs::read_to_string(dir.join(format!("{last}.log"))).ok()
+            })
             .flat_map(|text| {
                 text.lines()
                     .map(|l| l.splitn(4, ' ').nth(3).unwrap_or_default().to_owned())
@@ -96,7 +110,7 @@ impl Node {
             d.join("cni/10-ipclink-test.conflist"),
             r#"{"cniVersion": "0.4.0", "name": "ipclink-test", "plugins": [
   {"type": "bridge", "bridge": "ipclt0", "isGateway": true, "ipMasq": false,
-   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]], "dataDir": "DIR/cni-ipam"}},
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "DIR/cni-ipam"}},
   {"type": "loopback"}]}"#
                 .replace("DIR", &d.display().to_string()),
         )
@@ -139,6 +153,7 @@ state = "{d}/containerd/state"
             dir,
             containerd: Some(containerd),
             kubelet: None,
+            netns_before: netns(),
             name: name.to_owned(),
         };
         let start = Instant::now();
@@ -215,6 +230,16 @@ podPidsLimit: -1
                 })
             },
         );
+        // Admission taints a new node not-ready and only the node lifecycle controller
+        // (not run here) lifts it.
+        let (code, text) = cp
+            .request(
+                "PATCH",
+                &format!("/api/v1/nodes/{name}"),
+                Some(r#"{"spec":{"taints":null}}"#),
+            )
+            .expect("request");
+        assert_eq!(code, 200, "node taints: {text}");
         node
     }
 
@@ -280,6 +305,17 @@ podPidsLimit: -1
     }
 }
 
+/// Names in /run/netns.
+fn netns() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -328,6 +364,14 @@ impl Drop for Node {
             .args(["-KILL", "-f"])
             .arg(format!("containerd-shim.*{}", self.dir.path().display()))
             .status();
+        // Pod network namespaces containerd had no time to remove.
+        for name in netns() {
+            if name.starts_with("cni-") && !self.netns_before.contains(&name) {
+                let path = format!("/run/netns/{name}");
+                let _ = nix::mount::umount2(path.as_str(), nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_file(&path);
+            }
+        }
         for _ in 0..3 {
             for m in mounts_below(self.dir.path()) {
                 let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use ipclink_e2e::control_plane::ControlPlane;
 use ipclink_e2e::node::Node;
 
-const LONG: Duration = Duration::from_secs(180);
+const LONG: Duration = Duration::from_secs(120);
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -66,6 +66,16 @@ fn pod_name(cp: &ControlPlane, ns: &str, app: &str) -> String {
         .and_then(|i| i.iter().find(|p| p["status"]["phase"] == "Running"))
         .and_then(|p| p["metadata"]["name"].as_str())
         .expect("pod name")
+        .to_owned()
+}
+
+fn pod_name_any(cp: &ControlPlane, ns: &str, selector: &str) -> String {
+    let (_, v) = cp.get_json(&format!(
+        "/api/v1/namespaces/{ns}/pods?labelSelector={selector}"
+    ));
+    v["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
         .to_owned()
 }
 
@@ -128,12 +138,36 @@ fn the_chart_runs_the_examples_on_a_real_node() {
         n["metadata"]["labels"]["topology.ipclink.dev/node"], "node-1",
         "{n:#}"
     );
-    cp.wait_for(
-        "/apis/apps/v1/namespaces/ipclink-system/deployments/ipclink-operator",
-        "the operator available",
-        LONG,
-        |v| v["status"]["availableReplicas"] == 1,
-    );
+    let start = std::time::Instant::now();
+    while cp
+        .get_json("/apis/apps/v1/namespaces/ipclink-system/deployments/ipclink-operator")
+        .1["status"]["availableReplicas"]
+        != 1
+    {
+        if start.elapsed() > LONG {
+            let out = kubectl(&["get", "pods", "-A", "-o", "wide"]);
+            let events = kubectl(&["get", "events", "-n", "ipclink-system"]);
+            let pod = pod_name_any(
+                &cp,
+                "ipclink-system",
+                "app.kubernetes.io/component=operator",
+            );
+            let plugin = pod_name_any(
+                &cp,
+                "ipclink-system",
+                "app.kubernetes.io/component=node-plugin",
+            );
+            panic!(
+                "the operator is not available:\n{}\n{}\n--- operator log ---\n{}\n--- node plugin log ---\n{}\n{}",
+                text(&out),
+                text(&events),
+                node.container_log("ipclink-system", &pod, "operator"),
+                node.container_log("ipclink-system", &plugin, "csi"),
+                node.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     for (file, ns) in [
         ("inline.yaml", "vision-inline"),
