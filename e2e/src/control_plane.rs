@@ -372,10 +372,17 @@ impl ControlPlane {
             "/api/v1/namespaces",
             &format!(r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{name}"}}}}"#),
         );
-        self.create(
-            &format!("/api/v1/namespaces/{name}/serviceaccounts"),
-            r#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default"}}"#,
-        );
+        // The serviceaccount controller, when running, may have made it first.
+        let (code, text) = self
+            .request(
+                "POST",
+                &format!("/api/v1/namespaces/{name}/serviceaccounts"),
+                Some(
+                    r#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default"}}"#,
+                ),
+            )
+            .expect("request");
+        assert!(code == 201 || code == 409, "default ServiceAccount: {text}");
     }
 
     /// Both logs, for failure messages.
