@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::{Plugin, require_root};
 use ipclink_e2e::control_plane::ControlPlane;
+use ipclink_e2e::mounts_containing;
 use ipclink_e2e::node::{Node, PAUSE_IMAGE, PEER_IMAGE};
 use serde_json::json;
 
@@ -54,16 +55,6 @@ fn failed_mount(cp: &ControlPlane, namespace: &str, pod: &str) -> Option<String>
                 && e["message"].as_str().is_some_and(|m| m.contains("\"ipc\""))
         })
         .and_then(|e| e["message"].as_str().map(str::to_owned))
-}
-
-fn mounts_containing(needle: &str) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.contains(needle))
-        .map(str::to_owned)
-        .collect()
 }
 
 #[test]

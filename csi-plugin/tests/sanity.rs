@@ -11,17 +11,7 @@ use common::{Plugin, require_root, sanity_dir};
 #[test]
 fn csi_sanity_passes() {
     require_root();
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-csi-sanity");
-    let out = Command::new(&script)
-        .output()
-        .expect("run scripts/install-csi-sanity");
-    assert!(
-        out.status.success(),
-        "installing csi-sanity failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sanity = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let sanity = ipclink_e2e::script_path("install-csi-sanity");
 
     let dir = tempfile::tempdir().expect("temp dir");
     let _unmount = common::Unmounter(dir.path().to_path_buf());

@@ -60,16 +60,7 @@ impl ControlPlane {
 
     fn start_with(in_cluster: bool) -> ControlPlane {
         crate::require_root();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-control-plane");
-        let out = Command::new(&script)
-            .output()
-            .expect("run scripts/install-control-plane");
-        assert!(
-            out.status.success(),
-            "building the control plane failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let bin = crate::script_path("install-control-plane");
         let openssl = require_tool("openssl");
         require_tool("curl");
         let dir = tempfile::tempdir().expect("temp dir");
@@ -257,8 +248,12 @@ impl ControlPlane {
             )
             .expect("request");
         assert_eq!(code, 200, "node status: {text}");
-        // Admission taints a new node not-ready; the node lifecycle controller would lift
-        // it on the first heartbeat, and there is no kubelet to send one.
+        self.untaint_node(name);
+    }
+
+    /// Lifts the not-ready taint admission puts on a new node: the node lifecycle
+    /// controller would, on a heartbeat, and it does not run here.
+    pub fn untaint_node(&self, name: &str) {
         let (code, text) = self
             .request(
                 "PATCH",
@@ -387,17 +382,8 @@ impl ControlPlane {
 
     /// Both logs, for failure messages.
     pub fn logs(&self) -> String {
-        let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
-        let tail = |s: String| {
-            s.lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
+        let read = |n: &str| self.dir.path().join(n);
+        let tail = |p: PathBuf| crate::log_tail(&p, 40);
         let mut out = format!(
             "--- etcd ---\n{}\n--- kube-apiserver ---\n{}",
             tail(read("etcd.err")),

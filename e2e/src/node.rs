@@ -230,16 +230,7 @@ podPidsLimit: -1
                 })
             },
         );
-        // Admission taints a new node not-ready and only the node lifecycle controller
-        // (not run here) lifts it.
-        let (code, text) = cp
-            .request(
-                "PATCH",
-                &format!("/api/v1/nodes/{name}"),
-                Some(r#"{"spec":{"taints":null}}"#),
-            )
-            .expect("request");
-        assert_eq!(code, 200, "node taints: {text}");
+        cp.untaint_node(name);
         node
     }
 
@@ -292,11 +283,7 @@ podPidsLimit: -1
 
     /// The tails of the containerd and kubelet logs.
     pub fn logs(&self) -> String {
-        let tail = |n: &str| {
-            let text = std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        };
+        let tail = |n: &str| crate::log_tail(&self.dir.path().join(n), 40);
         format!(
             "--- containerd ---\n{}\n--- kubelet ---\n{}",
             tail("containerd.log"),

@@ -10,32 +10,14 @@ use std::time::Duration;
 use ipclink_e2e::control_plane::ControlPlane;
 use ipclink_e2e::require_tool;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use ipclink_e2e::{output_text as text, repo_root as root, script_path};
 
 fn tools() -> PathBuf {
-    let out = Command::new(root().join("scripts/install-chart-tools"))
-        .output()
-        .expect("scripts/install-chart-tools");
-    assert!(
-        out.status.success(),
-        "building helm and kubeconform failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    script_path("install-chart-tools")
 }
 
 fn run(cmd: &mut Command) -> Output {
     cmd.current_dir(root()).output().expect("run tool")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn helm(args: &[&str]) -> Output {

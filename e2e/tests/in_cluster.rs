@@ -6,7 +6,6 @@
 //! persistent) run their demo producer and consumer in restricted namespaces until the
 //! links are Ready with depths in status; deleting everything leaves no mount behind.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -15,40 +14,9 @@ use ipclink_e2e::node::Node;
 
 const LONG: Duration = Duration::from_secs(120);
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn script(name: &str) -> PathBuf {
-    let out = Command::new(root().join("scripts").join(name))
-        .current_dir(root())
-        .output()
-        .expect("run script");
-    assert!(
-        out.status.success(),
-        "scripts/{name} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn mounts_containing(needle: &str) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.contains(needle))
-        .map(str::to_owned)
-        .collect()
-}
+use ipclink_e2e::{
+    mounts_containing, output_text as text, repo_root as root, script_path as script,
+};
 
 fn pod_name(cp: &ControlPlane, ns: &str, app: &str) -> String {
     let v = cp.wait_for(
