@@ -96,16 +96,7 @@ fn a_real_kubelet_mounts_links_into_restricted_pods() {
         &["--registration-dir", reg.to_str().expect("utf-8")],
         &[("KUBECONFIG", cp.kubeconfig.as_path())],
     );
-    let csinode = cp.wait_for(
-        "/apis/storage.k8s.io/v1/csinodes/node-1",
-        "driver registered",
-        LONG,
-        |v| {
-            v["spec"]["drivers"]
-                .as_array()
-                .is_some_and(|d| d.iter().any(|d| d["name"] == "csi.ipclink.dev"))
-        },
-    );
+    let csinode = node.wait_for_driver(&cp, "csi.ipclink.dev", LONG);
     assert_eq!(
         csinode["spec"]["drivers"][0],
         json!({"name": "csi.ipclink.dev", "nodeID": "node-1", "topologyKeys": ["topology.ipclink.dev/node"]}),

@@ -234,6 +234,25 @@ podPidsLimit: -1
         node
     }
 
+    /// Waits until `driver` has registered with this node's kubelet; returns the CSINode.
+    pub fn wait_for_driver(
+        &self,
+        cp: &ControlPlane,
+        driver: &str,
+        limit: Duration,
+    ) -> serde_json::Value {
+        cp.wait_for(
+            &format!("/apis/storage.k8s.io/v1/csinodes/{}", self.name),
+            &format!("{driver} registered with the kubelet"),
+            limit,
+            |v| {
+                v["spec"]["drivers"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|d| d["name"] == driver))
+            },
+        )
+    }
+
     fn ctr(&self) -> Command {
         let mut c = Command::new("ctr");
         c.arg("--address")

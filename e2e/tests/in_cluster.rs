@@ -87,16 +87,7 @@ fn the_chart_runs_the_examples_on_a_real_node() {
     assert!(out.status.success(), "helm install: {}", text(&out));
 
     // The DaemonSet's pod registers the driver with the kubelet; the operator runs.
-    let csinode = cp.wait_for(
-        "/apis/storage.k8s.io/v1/csinodes/node-1",
-        "the node plugin pod registered the driver",
-        LONG,
-        |v| {
-            v["spec"]["drivers"]
-                .as_array()
-                .is_some_and(|d| d.iter().any(|d| d["name"] == "csi.ipclink.dev"))
-        },
-    );
+    let csinode = node.wait_for_driver(&cp, "csi.ipclink.dev", LONG);
     assert_eq!(
         csinode["spec"]["drivers"][0]["topologyKeys"][0],
         "topology.ipclink.dev/node"
