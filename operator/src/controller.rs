@@ -142,20 +142,11 @@ async fn reconcile_inner(
             .map(|p| p.name.as_str())
             .collect();
         if !holding.is_empty() {
+            // Written only when it changes: the write itself wakes this link again.
             let planned = plan::plan(link, &pods, &Observed::default(), &now);
-            let mut status = planned.status;
-            status.conditions.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-                type_: "Terminating".into(),
-                status: "True".into(),
-                reason: plan::reason::WAITING_FOR_UNMOUNT.into(),
-                message: format!(
-                    "deletion waits until no member has the link mounted; still mounted by pod {}",
-                    holding.join(", ")
-                ),
-                observed_generation: link.metadata.generation,
-                last_transition_time: now,
-            });
-            write_status(&api, link, status).await?;
+            if !same_but_time(link.status.as_ref(), &planned.status) {
+                write_status(&api, link, planned.status).await?;
+            }
             return Ok((
                 Action::requeue(Duration::from_secs(5)),
                 ipclink_core::spec::Phase::Terminating,

@@ -51,6 +51,8 @@ pub mod reason {
     pub const NOT_CHECKED: &str = "NotChecked";
     /// Event: the link became Ready.
     pub const READY: &str = "Ready";
+    /// Condition: deletion has been asked for (present only then).
+    pub const TERMINATING: &str = "Terminating";
     /// Event and condition reason while deletion waits for members.
     pub const WAITING_FOR_UNMOUNT: &str = "WaitingForUnmount";
 }
@@ -242,6 +244,29 @@ pub fn plan(link: &IpcLink, pods: &[PodView], observed: &Observed, now: &Time) -
         Phase::Pending
     };
 
+    let mut conditions = vec![accepted, scheduled, members_ready, permissions];
+    if terminating {
+        let holding: Vec<&str> = pods
+            .iter()
+            .filter(|p| p.mounted)
+            .map(|p| p.name.as_str())
+            .collect();
+        let message = if holding.is_empty() {
+            "no member has the link mounted; cleaning up".to_owned()
+        } else {
+            format!(
+                "deletion waits until no member has the link mounted; still mounted by pod {}",
+                holding.join(", ")
+            )
+        };
+        conditions.push(cond(
+            reason::TERMINATING,
+            "True",
+            reason::WAITING_FOR_UNMOUNT,
+            message,
+        ));
+    }
+
     let mut members: Vec<MemberStatus> = pods
         .iter()
         .flat_map(|p| {
@@ -258,7 +283,7 @@ pub fn plan(link: &IpcLink, pods: &[PodView], observed: &Observed, now: &Time) -
     let status = IpcLinkStatus {
         phase: Some(phase),
         node,
-        conditions: vec![accepted, scheduled, members_ready, permissions],
+        conditions,
         member_count: Some(pods.len() as i32),
         members,
         channels: observed.channels.clone().unwrap_or(old.channels.clone()),
