@@ -128,6 +128,8 @@ async fn reconcile_inner(
     let api: Api<IpcLink> = Api::namespaced(ctx.client.clone(), &ns);
     let pods = member_pods(link, &ctx.pods);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
+    // Validate (pure), once: Apply and plan both need it.
+    let validated = ipclink_core::validate(link);
 
     if link.metadata.deletion_timestamp.is_some() {
         if !link.finalizers().iter().any(|f| f == FINALIZER) {
@@ -136,14 +138,9 @@ async fn reconcile_inner(
                 ipclink_core::spec::Phase::Terminating,
             ));
         }
-        let holding: Vec<&str> = pods
-            .iter()
-            .filter(|p| p.mounted)
-            .map(|p| p.name.as_str())
-            .collect();
-        if !holding.is_empty() {
+        if pods.iter().any(|p| p.mounted) {
             // Written only when it changes: the write itself wakes this link again.
-            let planned = plan::plan(link, &pods, &Observed::default(), &now);
+            let planned = plan::plan(link, &validated, &pods, &Observed::default(), &now);
             if !same_but_time(link.status.as_ref(), &planned.status) {
                 write_status(&api, link, planned.status).await?;
             }
@@ -173,8 +170,7 @@ async fn reconcile_inner(
         ..Observed::default()
     };
     // Apply: the claim of a persistent-mode link, only once the spec is valid.
-    let valid = plan::validate_link(link);
-    if let (Some(claim), Ok(valid)) = (&link.spec.claim, &valid) {
+    if let (Some(claim), Ok(valid)) = (&link.spec.claim, &validated) {
         match ensure_claim(link, claim, valid.size_limit, ctx).await? {
             ClaimState::Ours { node, created } => {
                 observed.claim_node = node;
@@ -187,11 +183,9 @@ async fn reconcile_inner(
             ClaimState::Foreign(why) => observed.claim_conflict = Some(why),
         }
     }
-    let planned = plan::plan(link, &pods, &observed, &now);
+    let planned = plan::plan(link, &validated, &pods, &observed, &now);
     let phase = planned.phase();
-    if link.status.as_ref() != Some(&planned.status)
-        && !same_but_time(link.status.as_ref(), &planned.status)
-    {
+    if !same_but_time(link.status.as_ref(), &planned.status) {
         write_status(&api, link, planned.status).await?;
     }
     let reference = link.object_ref(&());
@@ -214,8 +208,8 @@ async fn reconcile_inner(
     Ok((Action::requeue(ctx.resync), phase))
 }
 
-/// True when only transition times differ (they never do for equal statuses, but a
-/// status read back from the API server has second precision).
+/// Whether `new` is what `old` already says, transition times aside (a status read
+/// back from the API server has second precision).
 fn same_but_time(old: Option<&IpcLinkStatus>, new: &IpcLinkStatus) -> bool {
     let Some(old) = old else { return false };
     let strip = |s: &IpcLinkStatus| {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ipclink_core::spec::{ChannelStatus, IpcLinkStatus, MemberStatus, Phase};
-use ipclink_core::{IpcLink, LinkPlan, Problems, validate};
+use ipclink_core::{IpcLink, LinkPlan, Problems};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -147,10 +147,6 @@ pub struct Note {
 /// The outcome of planning one link.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// The validated link, when the spec is valid.
-    pub link: Option<LinkPlan>,
-    /// Validation problems, when it is not.
-    pub problems: Option<Problems>,
     /// Status to write.
     pub status: IpcLinkStatus,
     /// Events for the changes between the old and the new status.
@@ -164,18 +160,21 @@ impl Plan {
     }
 }
 
-/// Validate (pure): the core validator, one plan or every problem.
-pub fn validate_link(link: &IpcLink) -> Result<LinkPlan, Problems> {
-    validate(link)
-}
-
 /// Plan (pure): the status a link should have given its pods, and the Events the change
 /// from its current status calls for. `terminating` is set while deletion waits.
-pub fn plan(link: &IpcLink, pods: &[PodView], observed: &Observed, now: &Time) -> Plan {
+///
+/// `validated` is the outcome of the validate stage for `link` (`ipclink_core::validate`),
+/// which the caller has already needed for its own work.
+pub fn plan(
+    link: &IpcLink,
+    validated: &Result<LinkPlan, Problems>,
+    pods: &[PodView],
+    observed: &Observed,
+    now: &Time,
+) -> Plan {
     let old = link.status.clone().unwrap_or_default();
     let generation = link.metadata.generation;
     let terminating = link.metadata.deletion_timestamp.is_some();
-    let validated = validate_link(link);
     let cond = |type_: &str, status: &str, reason: &str, message: String| {
         condition(
             &old.conditions,
@@ -188,7 +187,7 @@ pub fn plan(link: &IpcLink, pods: &[PodView], observed: &Observed, now: &Time) -
         )
     };
 
-    let accepted = match (&validated, &observed.claim_conflict) {
+    let accepted = match (validated, &observed.claim_conflict) {
         (Err(problems), _) => cond(
             reason::ACCEPTED,
             "False",
@@ -222,7 +221,7 @@ pub fn plan(link: &IpcLink, pods: &[PodView], observed: &Observed, now: &Time) -
     let scheduled = cond(reason::SCHEDULED, scheduled.0, scheduled.1, scheduled.2);
     let ready = members_ready(link, pods);
     let members_ready = cond(reason::MEMBERS_READY, ready.0, ready.1, ready.2);
-    let perms = match &validated {
+    let perms = match validated {
         Ok(plan) => permissions::check(link, plan, pods),
         Err(_) => (
             "Unknown",
@@ -291,16 +290,7 @@ pub fn plan(link: &IpcLink, pods: &[PodView], observed: &Observed, now: &Time) -
         observed_generation: generation,
     };
     let notes = notes(&old, &status);
-    let (link_plan, problems) = match validated {
-        Ok(p) => (Some(p), None),
-        Err(p) => (None, Some(p)),
-    };
-    Plan {
-        link: link_plan,
-        problems,
-        status,
-        notes,
-    }
+    Plan { status, notes }
 }
 
 /// One condition; its transition time moves only when its status changes.

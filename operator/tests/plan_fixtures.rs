@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use ipclink_core::validate;
 use ipclink_operator::plan::{Observed, PodView, plan};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -64,7 +65,7 @@ fn run(file: &str) {
     let (link, expect) = (link.expect("an IpcLink"), expect.expect("an Expect"));
     let views: Vec<PodView> = pods.iter().filter_map(|p| PodView::of(p, &link)).collect();
     let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-    let planned = plan(&link, &views, &Observed::default(), &now);
+    let planned = plan(&link, &validate(&link), &views, &Observed::default(), &now);
     let status = &planned.status;
     let phase = format!("{:?}", status.phase.expect("phase"));
     assert_eq!(phase, expect.phase, "{file}: phase; status {status:#?}");
@@ -110,7 +111,13 @@ fn run(file: &str) {
     // Planning the planned status again changes nothing and says nothing new.
     let mut again = link.clone();
     again.status = Some(status.clone());
-    let replanned = plan(&again, &views, &Observed::default(), &now);
+    let replanned = plan(
+        &again,
+        &validate(&again),
+        &views,
+        &Observed::default(),
+        &now,
+    );
     assert_eq!(
         &replanned.status, status,
         "{file}: plan is not a fixed point"
