@@ -6,11 +6,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Plugin, connect, ephemeral, mount_points, require_root, rt};
+use common::{Plugin, connect, ephemeral, require_root, rt};
 use ipclink_csi::csi::node_client::NodeClient;
 use ipclink_csi::csi::{
     NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeUnpublishVolumeRequest,
 };
+use ipclink_e2e::mount_points;
 use ipclink_e2e::{Libc, compile_peer, describe, spawn_pod, wait_with_timeout};
 use tonic::Code;
 

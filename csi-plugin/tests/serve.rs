@@ -6,13 +6,14 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{Plugin, Unmounter, connect, ephemeral, mount_cap, mount_points, require_root, rt};
+use common::{Plugin, Unmounter, connect, ephemeral, mount_cap, require_root, rt};
 use ipclink_csi::csi::controller_client::ControllerClient;
 use ipclink_csi::csi::node_client::NodeClient;
 use ipclink_csi::csi::{
     CapacityRange, CreateVolumeRequest, NodeUnpublishVolumeRequest, Topology, TopologyRequirement,
 };
 use ipclink_csi::registration::registration_client::RegistrationClient;
+use ipclink_e2e::mount_points;
 use tonic::Code;
 
 fn node_links() -> std::path::PathBuf {

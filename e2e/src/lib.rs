@@ -208,15 +208,34 @@ pub fn output_text(out: &Output) -> String {
     )
 }
 
-/// Mount points whose path contains `needle`.
-pub fn mounts_containing(needle: &str) -> Vec<String> {
+/// Every mount point of this mount namespace (field 5 of /proc/self/mountinfo).
+pub fn mount_points() -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.contains(needle))
-        .map(str::to_owned)
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
         .collect()
+}
+
+/// Mount points whose path contains `needle`.
+pub fn mounts_containing(needle: &str) -> Vec<String> {
+    mount_points()
+        .into_iter()
+        .filter(|m| m.contains(needle))
+        .collect()
+}
+
+/// Lazily unmounts every mount at or below `dir`, deepest first.
+pub fn unmount_below(dir: &Path) {
+    let prefix = dir.display().to_string();
+    let mut found: Vec<String> = mount_points()
+        .into_iter()
+        .filter(|m| *m == prefix || m.starts_with(&format!("{prefix}/")))
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in found {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 /// The last `n` lines of a log file (empty when it cannot be read).

@@ -329,21 +329,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Mount points at or below `dir`, deepest first.
-fn mounts_below(dir: &Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let prefix = dir.display().to_string();
-    let mut found: Vec<String> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| *m == prefix || m.starts_with(&format!("{prefix}/")))
-        .map(str::to_owned)
-        .collect();
-    found.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    found.dedup();
-    found
-}
-
 impl Drop for Node {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -378,10 +363,9 @@ impl Drop for Node {
                 let _ = std::fs::remove_file(&path);
             }
         }
+        // Bind mounts may stack: a few passes.
         for _ in 0..3 {
-            for m in mounts_below(self.dir.path()) {
-                let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-            }
+            crate::unmount_below(self.dir.path());
         }
     }
 }

@@ -114,22 +114,7 @@ pub struct Unmounter(pub PathBuf);
 
 impl Drop for Unmounter {
     fn drop(&mut self) {
-        unmount_under(&self.0);
-    }
-}
-
-/// Lazily unmounts every mount under `dir` (deepest first).
-pub fn unmount_under(dir: &Path) {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let prefix = dir.to_string_lossy().into_owned();
-    let mut targets: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|t| t.starts_with(&prefix))
-        .collect();
-    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-    for t in targets {
-        let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
+        ipclink_e2e::unmount_below(&self.0);
     }
 }
 
@@ -176,15 +161,6 @@ pub fn ephemeral(
         .collect(),
         ..Default::default()
     }
-}
-
-/// Mount points of /proc/self/mountinfo, in order.
-pub fn mount_points() -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-        .collect()
 }
 
 /// A two-worker runtime for driving a client.
