@@ -290,7 +290,14 @@ fn s(p: &Path) -> &str {
 
 fn fifo_stream(p: &Pair, bytes: usize) -> Duration {
     let c = spawn(&["fifo-source", s(&p.up), &bytes.to_string()]);
-    let mut r = File::open(&p.up).expect("open fifo");
+    let d = drain(&mut File::open(&p.up).expect("open fifo"), bytes);
+    finish(c);
+    d
+}
+
+/// Reads `bytes` in CHUNK-sized reads; the clock starts after the first read, so the
+/// peer's start-up is not counted.
+fn drain(r: &mut impl Read, bytes: usize) -> Duration {
     let mut buf = vec![0u8; CHUNK];
     let mut got = r.read(&mut buf).expect("read");
     let start = Instant::now();
@@ -299,9 +306,7 @@ fn fifo_stream(p: &Pair, bytes: usize) -> Duration {
         assert!(n > 0, "early EOF");
         got += n;
     }
-    let d = start.elapsed();
-    finish(c);
-    d
+    start.elapsed()
 }
 
 fn fifo_rtt(p: &Pair, n: usize) -> Duration {
@@ -338,15 +343,7 @@ fn sock_stream(p: &Pair, bytes: usize) -> Duration {
     let l = listen(&p.sock);
     let c = spawn(&["sock-source", s(&p.sock), &bytes.to_string()]);
     let (mut conn, _) = l.accept().expect("accept");
-    let mut buf = vec![0u8; CHUNK];
-    let mut got = conn.read(&mut buf).expect("read");
-    let start = Instant::now();
-    while got < bytes {
-        let n = conn.read(&mut buf).expect("read");
-        assert!(n > 0, "early EOF");
-        got += n;
-    }
-    let d = start.elapsed();
+    let d = drain(&mut conn, bytes);
     finish(c);
     d
 }
