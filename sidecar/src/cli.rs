@@ -26,6 +26,15 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Serve `driver: ipclink` volumes to Docker or podman (the volume plugin protocol).
+    VolumePlugin(PluginArgs),
+    /// Exit 0 when a running sidecar reports every object present (`/readyz`), else 1;
+    /// for Compose `healthcheck` in images without a shell.
+    Ready {
+        /// Address of the sidecar's endpoint.
+        #[arg(long, env = "IPCLINK_LISTEN", default_value = "127.0.0.1:9464")]
+        listen: SocketAddr,
+    },
     /// Print a table of the links materialized under the root.
     Status {
         /// Base directory of the links.
@@ -54,6 +63,34 @@ pub struct UpArgs {
     #[arg(long, env = "IPCLINK_KEEP")]
     pub keep: bool,
     /// tmpfs per link (needs root; enforces sizeLimit) or a plain directory.
+    /// [default: tmpfs as root, else dir]
+    #[arg(long, env = "IPCLINK_STORAGE", value_enum)]
+    pub storage: Option<Storage>,
+}
+
+/// Arguments of `volume-plugin`.
+#[derive(Debug, clap::Args)]
+pub struct PluginArgs {
+    /// Unix socket to serve the plugin protocol on (mode 0600); name it in the engine's
+    /// configuration (podman: `[engine.volume_plugins] ipclink = "PATH"` in containers.conf;
+    /// Docker: /run/docker/plugins/ipclink.sock).
+    #[arg(
+        long,
+        env = "IPCLINK_PLUGIN_SOCKET",
+        default_value = "/run/ipclink/plugin.sock"
+    )]
+    pub socket: PathBuf,
+    /// Base directory of the volumes (each is ROOT/docker/<name>) and of the state file.
+    #[arg(
+        long,
+        env = "IPCLINK_PLUGIN_ROOT",
+        default_value = "/run/ipclink/volumes"
+    )]
+    pub root: PathBuf,
+    /// Also serve `/metrics` and `/v1/links` for the volumes on this address.
+    #[arg(long, env = "IPCLINK_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// tmpfs per volume (needs root; enforces `size`) or a plain directory.
     /// [default: tmpfs as root, else dir]
     #[arg(long, env = "IPCLINK_STORAGE", value_enum)]
     pub storage: Option<Storage>,

@@ -1,5 +1,5 @@
-//! Serving a router on TCP with a header-read timeout, a connection cap and graceful
-//! shutdown (axum's `serve` has neither knob).
+//! Serving a router on TCP or a Unix socket with a header-read timeout, a connection cap
+//! and graceful shutdown (axum's `serve` has neither knob).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,8 +9,31 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
+
+/// A listening socket whose connections [`serve`] can take.
+pub trait Listener: Send {
+    /// One accepted connection.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Waits for the next connection.
+    fn next(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn next(&self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+impl Listener for UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn next(&self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
 
 /// Limits of the metrics endpoint.
 #[derive(Debug, Clone, Copy)]
@@ -34,8 +57,8 @@ impl Default for Limits {
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then drains connections.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L: Listener>(
+    listener: L,
     app: Router,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
@@ -48,9 +71,9 @@ pub async fn serve(
             _ = &mut shutdown => break,
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        let (stream, _) = tokio::select! {
+        let stream = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
+            accepted = listener.next() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

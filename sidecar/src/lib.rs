@@ -3,6 +3,7 @@
 pub mod app;
 pub mod cli;
 pub mod http;
+pub mod plugin;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use ipclink_core::{LinkPlan, MaterializeError, Problem, Problems, StorageMode, S
 use tokio::net::TcpListener;
 
 use crate::app::{LinkSet, app};
-use crate::cli::{Storage, UpArgs, default_root};
+use crate::cli::{PluginArgs, Storage, UpArgs, default_root};
 
 /// Logs to stderr, filtered by `IPCLINK_LOG` (default `info`), in colour only on a
 /// terminal; shared by every ipclink binary.
@@ -217,6 +218,106 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
     served.map_err(|source| Error::Io {
         what: "serve".into(),
         source,
+    })
+}
+
+/// `ipclink-sidecar volume-plugin`: serves the plugin protocol until SIGTERM or Ctrl-C.
+/// Volumes stay in place when it stops: containers keep using them, and the next start
+/// picks them up from the state file.
+pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
+    let shutdown = shutdown_signal().map_err(|source| Error::Io {
+        what: "install signal handlers".into(),
+        source,
+    })?;
+    let metrics = match args.listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Io {
+            what: format!("listen on {addr}"),
+            source,
+        })?),
+        None => None,
+    };
+    let links = Arc::new(Mutex::new(LinkSet::new(Vec::new())));
+    let mode = storage_mode(args.storage);
+    let plugin = plugin::Plugin::open(&args.root, mode, links.clone())?;
+    let socket = plugin::bind_socket(&args.socket)?;
+    tracing::info!(
+        socket = %args.socket.display(),
+        root = %args.root.display(),
+        volumes = plugin.volumes().len(),
+        "volume plugin ready"
+    );
+    let plugin = Arc::new(Mutex::new(plugin));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let metrics_task = metrics.map(|listener| {
+        tokio::spawn(http::serve(
+            listener,
+            app(links),
+            http::Limits::default(),
+            stopped(stop_rx.clone()),
+        ))
+    });
+    let served = http::serve(
+        socket,
+        plugin::router(plugin),
+        http::Limits::default(),
+        async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        },
+    )
+    .await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    let _ = std::fs::remove_file(&args.socket);
+    served.map_err(|source| Error::Io {
+        what: "serve".into(),
+        source,
+    })
+}
+
+/// `ipclink-sidecar ready`: asks a running sidecar's `/readyz`.
+pub fn ready(listen: std::net::SocketAddr) -> Result<(), Error> {
+    use std::io::{Read, Write};
+    let io = |what: &str| {
+        let what = format!("{what} http://{listen}/readyz");
+        move |source| Error::Io { what, source }
+    };
+    let timeout = std::time::Duration::from_secs(3);
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&listen, timeout).map_err(io("connect to"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(io("set up"))?;
+    stream
+        .write_all(
+            format!("GET /readyz HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .map_err(io("ask"))?;
+    let mut answer = Vec::new();
+    stream
+        .take(64 * 1024)
+        .read_to_end(&mut answer)
+        .map_err(io("read"))?;
+    let text = String::from_utf8_lossy(&answer);
+    if text.starts_with("HTTP/1.1 200") {
+        return Ok(());
+    }
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    Err(Error::Io {
+        what: format!(
+            "not ready: {}",
+            if body.is_empty() {
+                text.lines().next().unwrap_or("")
+            } else {
+                body
+            }
+        ),
+        source: std::io::Error::other("readyz"),
     })
 }
 

@@ -2,13 +2,13 @@
 
 use clap::Parser;
 use ipclink_sidecar::cli::{Cli, Command, default_root};
-use ipclink_sidecar::{Error, load_files, status, status_table, up};
+use ipclink_sidecar::{Error, load_files, ready, status, status_table, up, volume_plugin};
 
 fn main() {
     ipclink_sidecar::init_logging();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Up(args) => tokio::runtime::Builder::new_multi_thread()
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
@@ -16,7 +16,11 @@ fn main() {
                 what: "start runtime".into(),
                 source,
             })
-            .and_then(|rt| rt.block_on(up(args))),
+    };
+    let result = match cli.command {
+        Command::Up(args) => runtime().and_then(|rt| rt.block_on(up(args))),
+        Command::VolumePlugin(args) => runtime().and_then(|rt| rt.block_on(volume_plugin(args))),
+        Command::Ready { listen } => ready(listen),
         Command::Validate { files } => load_files(&files).map(|plans| {
             for p in &plans {
                 println!(

@@ -1,0 +1,570 @@
+//! The Docker volume plugin protocol, spoken to a running `ipclink-sidecar volume-plugin`
+//! over its Unix socket exactly as an engine would: the whole lifecycle, every hostile
+//! input (each a JSON error, with the state file, the tree under the root and the mount
+//! table unchanged), and a `kill -9` + restart that keeps the data and the mounts.
+//! Needs root (one tmpfs per volume).
+
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ipclink-sidecar");
+
+struct Plugin {
+    child: Option<Child>,
+    socket: PathBuf,
+    root: PathBuf,
+    log: PathBuf,
+}
+
+impl Plugin {
+    fn start(dir: &Path) -> Plugin {
+        let socket = dir.join("plugin.sock");
+        let root = dir.join("root");
+        let log = dir.join("plugin.log");
+        let child = Command::new(BIN)
+            .args(["volume-plugin", "--storage", "tmpfs", "--socket"])
+            .arg(&socket)
+            .arg("--root")
+            .arg(&root)
+            .env("IPCLINK_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start the plugin");
+        let p = Plugin {
+            child: Some(child),
+            socket,
+            root,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while p.call("/Plugin.Activate", "{}").0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "plugin did not answer:\n{}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reap");
+        }
+    }
+
+    /// POSTs `body` to `endpoint`; (status, parsed JSON body).
+    fn call(&self, endpoint: &str, body: &str) -> (u16, serde_json::Value) {
+        self.raw(&format!(
+            "POST {endpoint} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ))
+    }
+
+    fn raw(&self, request: &str) -> (u16, serde_json::Value) {
+        let Ok(mut s) = UnixStream::connect(&self.socket) else {
+            return (0, serde_json::Value::Null);
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.write_all(request.as_bytes()).expect("send");
+        read_answer(s)
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- plugin log ---\n{}", self.log());
+        }
+    }
+}
+
+fn read_answer(mut s: UnixStream) -> (u16, serde_json::Value) {
+    let mut text = Vec::new();
+    let _ = s.read_to_end(&mut text);
+    let text = String::from_utf8_lossy(&text);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text}")),
+    )
+}
+
+/// Everything a refused call must leave as it was: every path under the root with its
+/// type, mode, owner, size and (for files) content, plus the mount table's lines there.
+fn snapshot(root: &Path) -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let path = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let content = if m.is_file() {
+                format!("{:?}", std::fs::read(&path).unwrap_or_default())
+            } else {
+                String::new()
+            };
+            out.push(format!(
+                "{} {:o} {}:{} {} {}",
+                path.display(),
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                m.size(),
+                content
+            ));
+            if m.is_dir() {
+                walk(&path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, &mut out);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let needle = root.display().to_string();
+    out.extend(mounts.lines().filter(|l| l.contains(&needle)).map(|l| {
+        // Drop the mount id and parent id, which are the same on an unchanged table.
+        l.split(' ').skip(2).collect::<Vec<_>>().join(" ")
+    }));
+    out
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ipclink-plugin-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+fn unmount_below(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let needle = dir.display().to_string();
+    for l in mounts.lines() {
+        if let Some(p) = l.split(' ').nth(4).filter(|p| p.starts_with(&needle)) {
+            let _ = Command::new("umount").args(["-l", p]).status();
+        }
+    }
+}
+
+fn err_of(v: &serde_json::Value) -> String {
+    v["Err"].as_str().unwrap_or_default().to_owned()
+}
+
+const CREATE: &str = r#"{"Name":"proj_frames","Opts":{"shm":"frames:64Ki","fifo":"events","socket":"control","semaphores":"slots:8,frame-ready","abi":"musl","owner":"1000:1000","mode":"0660","size":"4Mi"}}"#;
+
+#[test]
+fn lifecycle_hostile_inputs_and_restart() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root (a tmpfs per volume); run it through scripts/test"
+    );
+    let dir = tmp();
+    let mut p = Plugin::start(dir.path());
+
+    assert_eq!(
+        p.call("/Plugin.Activate", "").1,
+        serde_json::json!({"Implements": ["VolumeDriver"]})
+    );
+    assert_eq!(
+        p.call("/VolumeDriver.Capabilities", "{}").1["Capabilities"]["Scope"],
+        "local"
+    );
+    // The engine asks before it creates: an unknown volume must be an error.
+    let (status, body) = p.call("/VolumeDriver.Get", r#"{"Name":"proj_frames"}"#);
+    assert_eq!(status, 404, "{body}");
+    assert!(err_of(&body).contains("no ipclink volume"), "{body}");
+
+    let (status, body) = p.call("/VolumeDriver.Create", CREATE);
+    assert_eq!((status, err_of(&body).as_str()), (200, ""), "{body}");
+    // Create again with the same options is a no-op.
+    assert_eq!(p.call("/VolumeDriver.Create", CREATE).0, 200);
+    let (_, got) = p.call("/VolumeDriver.Get", r#"{"Name":"proj_frames"}"#);
+    let mountpoint = PathBuf::from(got["Volume"]["Mountpoint"].as_str().expect("Mountpoint"));
+    assert!(mountpoint.starts_with(&p.root), "{got}");
+    for (file, mode) in [
+        ("frames", 0o100660),
+        ("events", 0o010660),
+        ("control", 0o040660),
+        ("slots", 0o100660),
+        ("frame-ready", 0o100660),
+    ] {
+        let m = std::fs::metadata(mountpoint.join(file)).expect(file);
+        assert_eq!((m.mode(), m.uid(), m.gid()), (mode, 1000, 1000), "{file}");
+    }
+    let (_, listed) = p.call("/VolumeDriver.List", "{}");
+    assert_eq!(
+        listed["Volumes"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+
+    let mount = r#"{"Name":"proj_frames","ID":"c1"}"#;
+    let (status, body) = p.call("/VolumeDriver.Mount", mount);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["Mountpoint"], got["Volume"]["Mountpoint"]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(mountpoint.join("frames"))
+        .and_then(|mut f| f.write_all(b"kept across a plugin crash"))
+        .expect("write into the region");
+
+    // Hostile inputs: each a JSON error naming what is wrong, and nothing changed.
+    let big = format!("{{\"Name\":\"{}\"}}", "a".repeat(300));
+    let deep = format!("{{\"Name\":{}1{}}}", "[".repeat(10_000), "]".repeat(10_000));
+    let opts = |extra: &str| format!(r#"{{"Name":"other","Opts":{{"fifo":"events",{extra}}}}}"#);
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "non-JSON",
+            "/VolumeDriver.Create",
+            "Name=x".into(),
+            400,
+            "request body",
+        ),
+        (
+            "truncated",
+            "/VolumeDriver.Create",
+            r#"{"Name":"x""#.into(),
+            400,
+            "EOF",
+        ),
+        (
+            "trailing garbage",
+            "/VolumeDriver.Create",
+            r#"{"Name":"x"} junk"#.into(),
+            400,
+            "trailing",
+        ),
+        (
+            "deep nesting",
+            "/VolumeDriver.Create",
+            deep,
+            400,
+            "request body",
+        ),
+        (
+            "missing Name",
+            "/VolumeDriver.Create",
+            r#"{"Opts":{}}"#.into(),
+            400,
+            "missing field `Name`",
+        ),
+        (
+            "null Name",
+            "/VolumeDriver.Create",
+            r#"{"Name":null}"#.into(),
+            400,
+            "invalid type: null",
+        ),
+        (
+            "unknown field",
+            "/VolumeDriver.Create",
+            r#"{"Name":"x","Bogus":1}"#.into(),
+            400,
+            "unknown field `Bogus`",
+        ),
+        (
+            "name with /",
+            "/VolumeDriver.Create",
+            r#"{"Name":"a/b"}"#.into(),
+            400,
+            "Name: \"a/b\"",
+        ),
+        (
+            "name ..",
+            "/VolumeDriver.Create",
+            r#"{"Name":".."}"#.into(),
+            400,
+            "Name: \"..\"",
+        ),
+        (
+            "name with NUL",
+            "/VolumeDriver.Create",
+            r#"{"Name":"a\u0000b"}"#.into(),
+            400,
+            "Name: ",
+        ),
+        (
+            "leading -",
+            "/VolumeDriver.Create",
+            r#"{"Name":"-x"}"#.into(),
+            400,
+            "Name: \"-x\"",
+        ),
+        ("300 chars", "/VolumeDriver.Create", big, 400, "Name: "),
+        (
+            "unknown option",
+            "/VolumeDriver.Create",
+            opts(r#""colour":"red""#),
+            400,
+            "Opts: unknown option \"colour\"",
+        ),
+        (
+            "size=-1",
+            "/VolumeDriver.Create",
+            opts(r#""size":"-1""#),
+            400,
+            "Opts.size",
+        ),
+        (
+            "size=abc",
+            "/VolumeDriver.Create",
+            opts(r#""size":"abc""#),
+            400,
+            "Opts.size",
+        ),
+        (
+            "size=1e20",
+            "/VolumeDriver.Create",
+            opts(r#""size":"1e20""#),
+            400,
+            "Opts.size",
+        ),
+        (
+            "mode=4777",
+            "/VolumeDriver.Create",
+            opts(r#""mode":"4777""#),
+            400,
+            "Opts.mode",
+        ),
+        (
+            "no objects",
+            "/VolumeDriver.Create",
+            r#"{"Name":"other"}"#.into(),
+            400,
+            "Opts: declare the link",
+        ),
+        (
+            "create with other options",
+            "/VolumeDriver.Create",
+            r#"{"Name":"proj_frames","Opts":{"fifo":"x"}}"#.into(),
+            409,
+            "exists with different options",
+        ),
+        (
+            "mount twice with one id",
+            "/VolumeDriver.Mount",
+            mount.into(),
+            409,
+            "already mounted",
+        ),
+        (
+            "mount without create",
+            "/VolumeDriver.Mount",
+            r#"{"Name":"ghost","ID":"c1"}"#.into(),
+            404,
+            "no ipclink volume \"ghost\"",
+        ),
+        (
+            "unmount unknown id",
+            "/VolumeDriver.Unmount",
+            r#"{"Name":"proj_frames","ID":"nobody"}"#.into(),
+            404,
+            "has not mounted",
+        ),
+        (
+            "remove while mounted",
+            "/VolumeDriver.Remove",
+            r#"{"Name":"proj_frames"}"#.into(),
+            409,
+            "is mounted by 1 caller(s) (c1)",
+        ),
+        (
+            "unknown endpoint",
+            "/VolumeDriver.Explode",
+            "{}".into(),
+            404,
+            "no endpoint",
+        ),
+        (
+            "mount id with /",
+            "/VolumeDriver.Mount",
+            r#"{"Name":"proj_frames","ID":"../x"}"#.into(),
+            400,
+            "ID: ",
+        ),
+        (
+            "arguments to List",
+            "/VolumeDriver.List",
+            r#"{"Name":"x"}"#.into(),
+            400,
+            "takes no arguments",
+        ),
+    ];
+    let before = snapshot(&p.root);
+    assert!(before.len() > 5, "{before:#?}");
+    for (what, endpoint, body, status, needle) in &cases {
+        let (got_status, got) = p.call(endpoint, body);
+        assert_eq!(got_status, *status, "{what}: {got}");
+        let err = err_of(&got);
+        assert!(err.contains(needle), "{what}: {err:?} lacks {needle:?}");
+        assert_eq!(snapshot(&p.root), before, "{what} changed something");
+    }
+    // Wrong method.
+    let (status, got) =
+        p.raw("GET /VolumeDriver.List HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 405, "{got}");
+    assert!(err_of(&got).contains("uses POST"), "{got}");
+    // A 100 MB body is refused without being read.
+    let s = UnixStream::connect(&p.socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let writer = s.try_clone().expect("clone");
+    let feeder = std::thread::spawn(move || {
+        let mut w = writer;
+        let head = format!(
+            "POST /VolumeDriver.Create HTTP/1.1\r\nHost: p\r\nContent-Length: {}\r\n\r\n{{\"Name\":\"",
+            100 * 1024 * 1024
+        );
+        if w.write_all(head.as_bytes()).is_err() {
+            return 0;
+        }
+        let chunk = vec![b'a'; 1 << 20];
+        let mut sent = 0usize;
+        while sent < 100 * (1 << 20) && w.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    });
+    let (status, got) = read_answer(s);
+    let sent = feeder.join().expect("feeder");
+    assert_eq!(status, 413, "{got}");
+    assert!(err_of(&got).contains("larger than 65536 bytes"), "{got}");
+    assert!(sent < 100 * (1 << 20), "the plugin read all {sent} bytes");
+    assert_eq!(snapshot(&p.root), before, "the big body changed something");
+    assert!(
+        p.call("/Plugin.Activate", "{}").0 == 200,
+        "plugin still serves"
+    );
+
+    // kill -9 while the volume is mounted: the data and the mount survive, and the
+    // restarted plugin knows the caller.
+    p.kill9();
+    assert_eq!(
+        std::fs::read(mountpoint.join("frames"))
+            .expect("read")
+            .get(..26),
+        Some(&b"kept across a plugin crash"[..])
+    );
+    drop(p);
+    let p = Plugin::start(dir.path());
+    assert_eq!(snapshot(&p.root), before, "a restart changed something");
+    let (status, body) = p.call("/VolumeDriver.Mount", mount);
+    assert_eq!(status, 409, "the restarted plugin forgot the mount: {body}");
+    assert_eq!(
+        std::fs::read(mountpoint.join("frames"))
+            .expect("read")
+            .get(..26),
+        Some(&b"kept across a plugin crash"[..])
+    );
+    let (status, body) = p.call("/VolumeDriver.Unmount", mount);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = p.call("/VolumeDriver.Remove", r#"{"Name":"proj_frames"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(!mountpoint.exists(), "the link directory is gone");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    assert!(
+        !mounts.contains(&p.root.display().to_string()),
+        "no tmpfs is left"
+    );
+    assert_eq!(
+        p.call("/VolumeDriver.Get", r#"{"Name":"proj_frames"}"#).0,
+        404
+    );
+    drop(p);
+    unmount_below(dir.path());
+}
+
+#[test]
+fn link_file_volumes_and_a_busy_socket() {
+    assert!(nix::unistd::Uid::effective().is_root(), "needs root");
+    let dir = tmp();
+    let file = dir.path().join("link.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: { name: anything }\nspec:\n  channels:\n    - { name: events, kind: fifo, mode: \"0600\" }\n  semaphores:\n    - { name: ready, initial: 3 }\n",
+    )
+    .expect("write link");
+    let p = Plugin::start(dir.path());
+    let body = format!(
+        r#"{{"Name":"Mixed.Case_vol","Opts":{{"link":"{}"}}}}"#,
+        file.display()
+    );
+    let (status, got) = p.call("/VolumeDriver.Create", &body);
+    assert_eq!(status, 200, "{got}");
+    let (_, got) = p.call("/VolumeDriver.Path", r#"{"Name":"Mixed.Case_vol"}"#);
+    let mp = PathBuf::from(got["Mountpoint"].as_str().expect("Mountpoint"));
+    assert!(
+        mp.join("events").exists() && mp.join("sem.ready").exists(),
+        "{got}"
+    );
+    let key = mp.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    assert!(key.starts_with("mixed-case-vol-"), "{key}");
+
+    // A link file combined with inline options, or one that is invalid, is refused.
+    let before = snapshot(&p.root);
+    let combined = format!(
+        r#"{{"Name":"v2","Opts":{{"link":"{}","fifo":"x"}}}}"#,
+        file.display()
+    );
+    let (status, got) = p.call("/VolumeDriver.Create", &combined);
+    assert_eq!(status, 400);
+    assert!(
+        err_of(&got).starts_with("Opts.link: cannot be combined"),
+        "{got}"
+    );
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "kind: IpcLink\nspec: { channels: [ { name: x, kind: pipe } ] }\n",
+    )
+    .expect("write");
+    let bad = format!(
+        r#"{{"Name":"v3","Opts":{{"link":"{}"}}}}"#,
+        dir.path().join("bad.yaml").display()
+    );
+    let (status, got) = p.call("/VolumeDriver.Create", &bad);
+    assert_eq!(status, 400);
+    assert!(err_of(&got).contains("spec.channels[0].kind"), "{got}");
+    assert_eq!(snapshot(&p.root), before);
+
+    // A second plugin on the same socket refuses to start and leaves the first serving.
+    let out = Command::new(BIN)
+        .args(["volume-plugin", "--socket"])
+        .arg(&p.socket)
+        .arg("--root")
+        .arg(dir.path().join("other"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another plugin is serving it"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(p.call("/Plugin.Activate", "{}").0, 200);
+    let (status, got) = p.call("/VolumeDriver.Remove", r#"{"Name":"Mixed.Case_vol"}"#);
+    assert_eq!(status, 200, "{got}");
+    drop(p);
+    unmount_below(dir.path());
+}
