@@ -148,6 +148,19 @@ fn series(out: &mut String, family: &str, labels: &[(&str, &str)], value: u64) {
     out.push('\n');
 }
 
+/// Renders one gauge family (HELP, TYPE, then every row) in the text format, with label
+/// values escaped; nothing when there are no rows.
+pub fn render_gauge(out: &mut String, family: &str, help: &str, rows: &[(Vec<(&str, &str)>, u64)]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP {family} {help}");
+    let _ = writeln!(out, "# TYPE {family} gauge");
+    for (labels, value) in rows {
+        series(out, family, labels, *value);
+    }
+}
+
 /// Renders the channel, semaphore and link families of `samples` in the Prometheus text
 /// format, each family once with its HELP and TYPE. Written directly rather than through
 /// a registry: a scrape of 10,000 channels must not pay a hash lookup per series.

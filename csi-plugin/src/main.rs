@@ -317,7 +317,10 @@ async fn spawn_metrics(
                         .ok()
                         .flatten()
                         .unwrap_or_default();
-                    axum::Json(ipclink_sidecar::app::LinksReport { links })
+                    axum::Json(ipclink_sidecar::app::LinksReport {
+                        links,
+                        members: Vec::new(),
+                    })
                 }
             }),
         )

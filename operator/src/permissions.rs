@@ -2,8 +2,8 @@
 //! kernel's permission check (owner, group, other bits) run ahead of time against the
 //! pods' securityContext, so a mismatch is a condition instead of an EACCES at 3 a.m.
 
-use ipclink_core::spec::ChannelKind;
-use ipclink_core::{IpcLink, LinkPlan, ObjectKind, ObjectPlan};
+use ipclink_core::access::denials;
+use ipclink_core::{IpcLink, LinkPlan};
 use k8s_openapi::api::core::v1::PodSpec;
 
 use crate::plan::{PodView, reason};
@@ -70,66 +70,6 @@ pub fn identities(spec: &PodSpec, volumes: &[&str]) -> Vec<Identity> {
         .collect()
 }
 
-const READ: u32 = 4;
-const WRITE: u32 = 2;
-const SEARCH: u32 = 1;
-
-/// The permission bits that apply to `who` for `object` (the kernel's order: owner,
-/// then group, then other); root passes everything, as with CAP_DAC_OVERRIDE.
-fn bits_for(object: &ObjectPlan, uid: u32, groups: &[u32]) -> u32 {
-    if uid == 0 {
-        7
-    } else if uid == object.uid {
-        (object.mode >> 6) & 7
-    } else if groups.contains(&object.gid) {
-        (object.mode >> 3) & 7
-    } else {
-        object.mode & 7
-    }
-}
-
-fn verbs(bits: u32) -> String {
-    let mut v = Vec::new();
-    if bits & READ != 0 {
-        v.push("read");
-    }
-    if bits & WRITE != 0 {
-        v.push("write");
-    }
-    if bits & SEARCH != 0 {
-        v.push("enter");
-    }
-    v.join(" and ")
-}
-
-/// What `member` needs on `object`: readers read, writers write (an shm writer maps the
-/// region read-write, a socket writer binds in the directory), and everyone needs read
-/// and write when the channel names no readers and no writers. Semaphores are opened
-/// read-write by every libc. Socket directories also need search permission.
-fn needs(link: &IpcLink, object: &ObjectPlan, member: &str) -> u32 {
-    let Some(channel) = link.spec.channels.iter().find(|c| c.name == object.name) else {
-        return READ | WRITE; // a semaphore
-    };
-    let reads = channel.readers.iter().any(|r| r == member);
-    let writes = channel.writers.iter().any(|w| w == member);
-    let undeclared = channel.readers.is_empty() && channel.writers.is_empty();
-    let (reads, writes) = if undeclared {
-        (true, true)
-    } else {
-        (reads, writes)
-    };
-    match channel.kind {
-        ChannelKind::Fifo => (if reads { READ } else { 0 }) | (if writes { WRITE } else { 0 }),
-        ChannelKind::Shm => {
-            (if reads || writes { READ } else { 0 }) | (if writes { WRITE } else { 0 })
-        }
-        // Connecting to a socket needs search on the directory; binding one needs write.
-        ChannelKind::Socket => {
-            (if reads || writes { SEARCH } else { 0 }) | (if writes { WRITE } else { 0 })
-        }
-    }
-}
-
 /// The PermissionsConsistent condition: (status, reason, message naming each member,
 /// pod, container and channel that does not fit).
 pub fn check(
@@ -148,27 +88,11 @@ pub fn check(
             };
             checked += 1;
             for member in &pod.members {
-                for object in &plan.objects {
-                    let need = needs(link, object, member);
-                    let have = bits_for(object, uid, &who.groups);
-                    let missing = need & !have;
-                    if missing != 0 {
-                        let what = match object.kind {
-                            ObjectKind::Semaphore { .. } => "semaphore",
-                            _ => "channel",
-                        };
-                        failures.push(format!(
-                            "member {member} (pod {}, container {}, uid {uid}, groups {:?}) cannot {} {what} {} (mode {:04o}, owner {}:{})",
-                            pod.name,
-                            who.container,
-                            who.groups,
-                            verbs(missing),
-                            object.name,
-                            object.mode,
-                            object.uid,
-                            object.gid
-                        ));
-                    }
+                for d in denials(link, plan, member, uid, &who.groups) {
+                    failures.push(format!(
+                        "member {member} (pod {}, container {}, uid {uid}, groups {:?}) {d}",
+                        pod.name, who.container, who.groups,
+                    ));
                 }
             }
         }

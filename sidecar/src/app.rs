@@ -7,14 +7,17 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use ipclink_core::metrics::render_channels;
+use ipclink_core::metrics::{render_channels, render_gauge};
 use ipclink_core::probe::{LinkProbe, LinkSample, SocketTable};
 use serde::Serialize;
+
+use crate::discover::MemberReport;
 
 /// The links a sidecar watches, with their probes and metric families.
 #[derive(Debug)]
 pub struct LinkSet {
     probes: Vec<LinkProbe>,
+    members: Vec<MemberReport>,
 }
 
 /// Shared handle to the link set.
@@ -25,12 +28,36 @@ pub type Shared = Arc<Mutex<LinkSet>>;
 pub struct LinksReport {
     /// Every link, in (namespace, name) order.
     pub links: Vec<LinkSample>,
+    /// Containers found mounting the links (Compose discovery), with their problems.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberReport>,
 }
 
 impl LinkSet {
     /// A set over already-open probes.
     pub fn new(probes: Vec<LinkProbe>) -> Self {
-        LinkSet { probes }
+        LinkSet {
+            probes,
+            members: Vec::new(),
+        }
+    }
+
+    /// Replaces the discovered members.
+    pub fn set_members(&mut self, members: Vec<MemberReport>) {
+        self.members = members;
+    }
+
+    /// The discovered members.
+    pub fn members(&self) -> &[MemberReport] {
+        &self.members
+    }
+
+    /// Samples every link and adds the discovered members: the `/v1/links` body.
+    pub fn report(&mut self) -> LinksReport {
+        LinksReport {
+            links: self.sample(),
+            members: self.members.clone(),
+        }
     }
 
     /// Observes every link once. Socket queues come from one netlink dump, taken only
@@ -56,6 +83,49 @@ impl LinkSet {
             .sum();
         let mut out = String::with_capacity(4096 + channels * 6 * 120);
         render_channels(&samples, &[], &mut out);
+        let info: Vec<_> = self
+            .members
+            .iter()
+            .map(|m| {
+                let labels = vec![
+                    ("namespace", m.namespace.as_str()),
+                    ("link", m.link.as_str()),
+                    ("service", m.service.as_str()),
+                    ("container", m.container.as_str()),
+                    ("user", m.user.as_str()),
+                ];
+                (labels, 1)
+            })
+            .collect();
+        render_gauge(
+            &mut out,
+            "ipclink_member_info",
+            "Containers that mount a link, by Compose service; always 1.",
+            &info,
+        );
+        let denied: Vec<_> = self
+            .members
+            .iter()
+            .flat_map(|m| {
+                m.denied.iter().map(move |(channel, access)| {
+                    let labels = vec![
+                        ("namespace", m.namespace.as_str()),
+                        ("link", m.link.as_str()),
+                        ("service", m.service.as_str()),
+                        ("container", m.container.as_str()),
+                        ("channel", channel.as_str()),
+                        ("access", access.as_str()),
+                    ];
+                    (labels, 1)
+                })
+            })
+            .collect();
+        render_gauge(
+            &mut out,
+            "ipclink_member_denied",
+            "Channels and semaphores a member cannot use as the link declares (access missing); always 1.",
+            &denied,
+        );
         out
     }
 
@@ -117,7 +187,7 @@ async fn metrics(State(state): State<Shared>) -> Response {
 }
 
 async fn links(State(state): State<Shared>) -> Response {
-    match with_links(state, |s| LinksReport { links: s.sample() }).await {
+    match with_links(state, LinkSet::report).await {
         Ok(report) => Json(report).into_response(),
         Err(r) => r,
     }

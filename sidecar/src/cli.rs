@@ -66,6 +66,17 @@ pub struct UpArgs {
     /// [default: tmpfs as root, else dir]
     #[arg(long, env = "IPCLINK_STORAGE", value_enum)]
     pub storage: Option<Storage>,
+    /// Docker API socket of the engine (`unix:///var/run/docker.sock`): discover which
+    /// containers of this Compose project mount each link's volume, as which user, and
+    /// report those that cannot use a channel as declared. Only read calls are made.
+    #[arg(long, env = "IPCLINK_ENGINE")]
+    pub engine: Option<String>,
+    /// This sidecar's own container (id or name) for discovery. [default: $HOSTNAME]
+    #[arg(long, env = "HOSTNAME")]
+    pub container: Option<String>,
+    /// Seconds between two discovery rounds.
+    #[arg(long, default_value_t = 5)]
+    pub discover_interval_seconds: u64,
 }
 
 /// Arguments of `volume-plugin`.

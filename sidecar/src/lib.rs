@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod discover;
 pub mod http;
 pub mod plugin;
 
@@ -59,6 +60,11 @@ impl Error {
 
 /// Reads and validates the files; every problem of every file, or the plans.
 pub fn load_files(files: &[PathBuf]) -> Result<Vec<LinkPlan>, Error> {
+    load_links(files).map(|v| v.into_iter().map(|(_, plan)| plan).collect())
+}
+
+/// [`load_files`], keeping each link with its plan.
+pub fn load_links(files: &[PathBuf]) -> Result<Vec<(ipclink_core::IpcLink, LinkPlan)>, Error> {
     let mut texts = Vec::new();
     let mut problems = Vec::new();
     for f in files {
@@ -73,9 +79,7 @@ pub fn load_files(files: &[PathBuf]) -> Result<Vec<LinkPlan>, Error> {
     if !problems.is_empty() {
         return Err(Error::Invalid(Problems(problems)));
     }
-    load_plans(&texts)
-        .map(|v| v.into_iter().map(|(_, plan)| plan).collect())
-        .map_err(Error::Invalid)
+    load_plans(&texts).map_err(Error::Invalid)
 }
 
 fn storage_mode(choice: Option<Storage>) -> StorageMode {
@@ -198,6 +202,31 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
     let m = materialize_files(&args.files, &root, args.storage)?;
     let probes = open_probes(&m.store, &m.plans)?;
     let state = Arc::new(Mutex::new(LinkSet::new(probes)));
+    if let Some(socket) = &args.engine {
+        let engine = discover::Engine {
+            socket: socket.clone(),
+            container: args.container.clone().unwrap_or_default(),
+        };
+        let links: Vec<_> = load_links(&args.files)?
+            .into_iter()
+            .map(|(link, plan)| {
+                let path = m.store.link_path(&plan.namespace, &plan.name);
+                (link, plan, path)
+            })
+            .collect();
+        let shared = state.clone();
+        tokio::spawn(discover::run(
+            engine,
+            links,
+            std::time::Duration::from_secs(args.discover_interval_seconds.max(1)),
+            move |members| {
+                shared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_members(members)
+            },
+        ));
+    }
     tracing::info!(
         links = m.plans.len(),
         root = %root.display(),

@@ -35,7 +35,10 @@ fn main() {
         Command::Status { root, json } => {
             status(&root.unwrap_or_else(default_root)).map(|samples| {
                 if json {
-                    let report = ipclink_sidecar::app::LinksReport { links: samples };
+                    let report = ipclink_sidecar::app::LinksReport {
+                        links: samples,
+                        members: Vec::new(),
+                    };
                     println!(
                         "{}",
                         serde_json::to_string_pretty(&report).unwrap_or_default()

@@ -2,11 +2,12 @@
 //! on a Unix socket), so that Compose files can say `driver: ipclink`. Docker and podman
 //! both speak it.
 //!
-//! Each volume is one link, materialized under `ROOT/docker/<key>/` (its own tmpfs as
+//! Each volume is one link, materialized under `ROOT/docker/<key>/` (the name as a DNS
+//! label, see [`key_for`]) (its own tmpfs as
 //! root) when it is created and torn down when it is removed. `driver_opts` either name
 //! a link file (`link=/abs/file.yaml`) or declare the objects inline (`shm=frames:1Mi`,
-//! `fifo=events`, `socket=control`, `semaphores=slots:8`, `size=`, `owner=`, `mode=`,
-//! `abi=`). Mounts are counted per caller id. The volumes and their mounts are kept in
+//! `fifo=events`, `socket=control:0770` (an optional mode each), `semaphores=slots:8`,
+//! `size=`, `owner=`, `mode=` (of every object without its own), `abi=`). Mounts are counted per caller id. The volumes and their mounts are kept in
 //! `ROOT/.volumes.json` (temp file, fsync, rename), so a restarted plugin carries on
 //! where the last one stopped.
 //!
@@ -122,23 +123,28 @@ pub fn check_name(name: &str) -> Result<(), Refusal> {
     }
 }
 
-/// The link name for a volume: the name itself when it is a DNS label, else a DNS label
-/// made of its lowercased characters and a hash of the whole name.
+/// The link name for a volume: the name itself when it is a DNS label; else lowercased
+/// with `_` and `.` as `-`; a name that still is not a DNS label (too long) gets a hash
+/// of the whole name. Two volumes that map to one link are refused at Create.
 pub fn key_for(name: &str) -> String {
-    if ipclink_core::validate::check_dns_label(name).is_ok() {
+    use ipclink_core::validate::check_dns_label;
+    if check_dns_label(name).is_ok() {
         return name.to_owned();
     }
-    let mut stem: String = name
+    let plain: String = name
         .to_ascii_lowercase()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(40)
         .collect();
-    stem = stem.trim_matches('-').to_owned();
+    if check_dns_label(&plain).is_ok() {
+        return plain;
+    }
     // FNV-1a, 64 bits: stable across versions and machines.
     let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });
+    let stem: String = plain.chars().take(40).collect();
+    let stem = stem.trim_matches('-');
     if stem.is_empty() {
         format!("v-{hash:016x}")
     } else {
@@ -251,10 +257,16 @@ pub fn link_from_opts(key: &str, opts: &BTreeMap<String, String>) -> Result<IpcL
     for (field, kind) in [("fifo", ChannelKind::Fifo), ("socket", ChannelKind::Socket)] {
         if let Some(v) = opts.get(field) {
             for (name, arg) in split_entries(field, v)? {
-                if arg.is_some() {
-                    return Err(bad(format!("Opts.{field}: {name:?} takes no argument")));
+                let mut c = channel(name, kind, None);
+                // `name:MODE` sets this channel's mode (a socket directory needs search
+                // bits, which the shared `mode` of files does not have).
+                if let Some(m) = arg {
+                    let m = Mode(m.to_owned());
+                    ipclink_core::validate::parse_mode(&m)
+                        .map_err(|e| bad(format!("Opts.{field}: {name}: {e}")))?;
+                    c.mode = Some(m);
                 }
-                spec.channels.push(channel(name, kind, None));
+                spec.channels.push(c);
             }
         }
     }
@@ -821,13 +833,14 @@ mod tests {
             assert!(e.message.starts_with("Name: "), "{}", e.message);
         }
         assert_eq!(key_for("frames"), "frames");
-        let k = key_for("Proj_Frames");
+        assert_eq!(key_for("Proj_Frames"), "proj-frames");
+        assert_eq!(key_for("proj.frames"), "proj-frames");
+        let long = key_for(&"x_".repeat(64));
         assert!(
-            k.starts_with("proj-frames-") && k.len() == "proj-frames-".len() + 16,
-            "{k}"
+            ipclink_core::validate::check_dns_label(&long).is_ok(),
+            "{long}"
         );
-        assert_ne!(key_for("proj_frames"), key_for("proj.frames"));
-        assert!(ipclink_core::validate::check_dns_label(&key_for(&"x_".repeat(64))).is_ok());
+        assert_ne!(long, key_for(&"x.".repeat(64)));
     }
 
     #[test]
@@ -835,7 +848,7 @@ mod tests {
         let opts: BTreeMap<String, String> = [
             ("shm", "frames:64Ki"),
             ("fifo", "events"),
-            ("socket", "control"),
+            ("socket", "control:0770"),
             ("semaphores", "slots:8,frame-ready"),
             ("owner", "1000:1000"),
             ("mode", "0660"),
@@ -858,6 +871,7 @@ mod tests {
             ("abi", "bsd", "Opts.abi"),
             ("bogus", "1", "Opts: unknown option"),
             ("shm", "frames", "Opts.shm"),
+            ("socket", "control:777x", "Opts.socket"),
             ("fifo", "Bad_Name", "Opts.fifo"),
             ("semaphores", "s:-1x", "Opts.semaphores"),
             ("link", "relative.yaml", "Opts.link"),

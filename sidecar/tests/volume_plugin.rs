@@ -173,7 +173,7 @@ fn err_of(v: &serde_json::Value) -> String {
     v["Err"].as_str().unwrap_or_default().to_owned()
 }
 
-const CREATE: &str = r#"{"Name":"proj_frames","Opts":{"shm":"frames:64Ki","fifo":"events","socket":"control","semaphores":"slots:8,frame-ready","abi":"musl","owner":"1000:1000","mode":"0660","size":"4Mi"}}"#;
+const CREATE: &str = r#"{"Name":"proj_frames","Opts":{"shm":"frames:64Ki","fifo":"events","socket":"control:0770","semaphores":"slots:8,frame-ready","abi":"musl","owner":"1000:1000","mode":"0660","size":"4Mi"}}"#;
 
 #[test]
 fn lifecycle_hostile_inputs_and_restart() {
@@ -207,7 +207,7 @@ fn lifecycle_hostile_inputs_and_restart() {
     for (file, mode) in [
         ("frames", 0o100660),
         ("events", 0o010660),
-        ("control", 0o040660),
+        ("control", 0o040770),
         ("slots", 0o100660),
         ("frame-ready", 0o100660),
     ] {
@@ -520,7 +520,17 @@ fn link_file_volumes_and_a_busy_socket() {
         "{got}"
     );
     let key = mp.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    assert!(key.starts_with("mixed-case-vol-"), "{key}");
+    assert_eq!(key, "mixed-case-vol");
+    // Another name for the same link is refused.
+    let (status, got) = p.call(
+        "/VolumeDriver.Create",
+        r#"{"Name":"mixed_case.VOL","Opts":{"fifo":"x"}}"#,
+    );
+    assert_eq!(status, 409, "{got}");
+    assert!(
+        err_of(&got).contains("which volume \"Mixed.Case_vol\" uses"),
+        "{got}"
+    );
 
     // A link file combined with inline options, or one that is invalid, is refused.
     let before = snapshot(&p.root);

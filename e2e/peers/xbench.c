@@ -1,0 +1,276 @@
+/* xbench: throughput and round trip between two containers, through an ipclink volume
+ * mounted at /dev/shm and, for comparison, TCP over their network.
+ *   xbench server            answers every test in order, then exits
+ *   xbench client SERVER_IP  drives them and prints one RESULT line per transport:
+ *       RESULT <transport> <bytes per second> <round trip ns>
+ * Transports, in order: tcp, socket (path socket in control/), fifo (up + down),
+ * shm-ring (a ring in shm "ring" polled by both sides; round trip through two polled
+ * words), shm-sem (the same ring handed over with semaphores slots/filled; round trip
+ * with ping/pong). The link (see the benchmark) declares: shm ring 16Mi, fifos up and
+ * down, socket dir control, musl semaphores ping 0, pong 0, slots 16, filled 0.
+ * XBENCH_BYTES (default 1 GiB) and XBENCH_TRIPS (default 20000) size the runs. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHUNK (64 * 1024)
+#define RING_SLOTS 128 /* polled ring: 8 MiB */
+#define SEM_SLOTS 16   /* semaphore ring: 1 MiB, the value of "slots" */
+#define PORT 5099
+#define SOCK_PATH "/dev/shm/control/xbench.sock"
+
+struct header {
+    _Alignas(64) _Atomic uint64_t phase;
+    _Alignas(64) _Atomic uint64_t head;
+    _Alignas(64) _Atomic uint64_t tail;
+    _Alignas(64) _Atomic uint64_t ping;
+    _Alignas(64) _Atomic uint64_t pong;
+};
+
+static uint64_t total_bytes, trips;
+static unsigned char *buf;
+
+static void die(const char *what) {
+    fprintf(stderr, "xbench: %s: %s\n", what, strerror(errno));
+    exit(1);
+}
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static void io_all(int fd, void *p, size_t len, int writing) {
+    unsigned char *c = p;
+    while (len) {
+        ssize_t n = writing ? write(fd, c, len) : read(fd, c, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) die(writing ? "write" : "read");
+        c += n;
+        len -= (size_t)n;
+    }
+}
+
+/* Stream total_bytes one way, then trips 8-byte round trips, over (rd, wr). */
+static void stream_client(const char *name, int rd, int wr) {
+    uint64_t t0 = now_ns();
+    for (uint64_t sent = 0; sent < total_bytes; sent += CHUNK) io_all(wr, buf, CHUNK, 1);
+    char ack;
+    io_all(rd, &ack, 1, 0);
+    uint64_t t1 = now_ns();
+    uint64_t v = 0;
+    for (uint64_t i = 0; i < trips; i++) {
+        io_all(wr, &i, 8, 1);
+        io_all(rd, &v, 8, 0);
+        if (v != i) { fprintf(stderr, "xbench: %s: bad echo\n", name); exit(1); }
+    }
+    uint64_t t2 = now_ns();
+    printf("RESULT %s %.0f %.0f\n", name, total_bytes * 1e9 / (double)(t1 - t0),
+           (double)(t2 - t1) / (double)trips);
+    fflush(stdout);
+}
+
+static void stream_server(int rd, int wr) {
+    for (uint64_t got = 0; got < total_bytes; got += CHUNK) io_all(rd, buf, CHUNK, 0);
+    io_all(wr, "k", 1, 1);
+    uint64_t v;
+    for (uint64_t i = 0; i < trips; i++) {
+        io_all(rd, &v, 8, 0);
+        io_all(wr, &v, 8, 1);
+    }
+}
+
+static int tcp_socket(void) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0) die("socket");
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    return fd;
+}
+
+static int connect_retry(int (*make)(void), const struct sockaddr *a, socklen_t len) {
+    for (int tries = 0;; tries++) {
+        int fd = make();
+        if (connect(fd, a, len) == 0) return fd;
+        close(fd);
+        if (tries == 600) die("connect");
+        usleep(50 * 1000);
+    }
+}
+
+static int unix_socket(void) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) die("socket");
+    return fd;
+}
+
+static void *map_ring(struct header **h) {
+    int fd = shm_open("/ring", O_RDWR, 0);
+    if (fd < 0) die("shm_open /ring");
+    size_t len = 4096 + (size_t)RING_SLOTS * CHUNK;
+    unsigned char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) die("mmap ring");
+    *h = (struct header *)m;
+    return m + 4096;
+}
+
+static sem_t *sem(const char *name) {
+    sem_t *s = sem_open(name, 0);
+    if (s == SEM_FAILED) die(name);
+    return s;
+}
+
+static void sem_wait_all(sem_t *s) {
+    while (sem_wait(s) < 0)
+        if (errno != EINTR) die("sem_wait");
+}
+
+static void spin_until(_Atomic uint64_t *w, uint64_t value) {
+    while (atomic_load_explicit(w, memory_order_acquire) != value) __builtin_ia32_pause();
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || (strcmp(argv[1], "server") && (strcmp(argv[1], "client") || argc != 3))) {
+        fprintf(stderr, "usage: xbench server | xbench client SERVER_IP\n");
+        return 2;
+    }
+    int server = strcmp(argv[1], "server") == 0;
+    total_bytes = getenv("XBENCH_BYTES") ? strtoull(getenv("XBENCH_BYTES"), NULL, 10) : 1ull << 30;
+    total_bytes = total_bytes / CHUNK * CHUNK;
+    trips = getenv("XBENCH_TRIPS") ? strtoull(getenv("XBENCH_TRIPS"), NULL, 10) : 20000;
+    buf = malloc(CHUNK);
+    if (!buf) die("malloc");
+    memset(buf, 0xab, CHUNK);
+
+    /* tcp */
+    struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons(PORT)};
+    if (server) {
+        int l = tcp_socket();
+        if (bind(l, (struct sockaddr *)&in, sizeof in) < 0 || listen(l, 1) < 0) die("tcp listen");
+        /* The socket test's listener exists before the client can finish tcp. */
+        int ul = unix_socket();
+        struct sockaddr_un un = {.sun_family = AF_UNIX};
+        strcpy(un.sun_path, SOCK_PATH);
+        unlink(SOCK_PATH);
+        if (bind(ul, (struct sockaddr *)&un, sizeof un) < 0 || listen(ul, 1) < 0) die("unix listen");
+        int c = accept(l, NULL, NULL);
+        if (c < 0) die("accept");
+        int one = 1;
+        setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        stream_server(c, c);
+        close(c);
+        c = accept(ul, NULL, NULL);
+        if (c < 0) die("accept unix");
+        stream_server(c, c);
+        close(c);
+        unlink(SOCK_PATH);
+    } else {
+        if (inet_pton(AF_INET, argv[2], &in.sin_addr) != 1) { fprintf(stderr, "bad SERVER_IP\n"); return 2; }
+        int c = connect_retry(tcp_socket, (struct sockaddr *)&in, sizeof in);
+        stream_client("tcp", c, c);
+        close(c);
+        struct sockaddr_un un = {.sun_family = AF_UNIX};
+        strcpy(un.sun_path, SOCK_PATH);
+        c = connect_retry(unix_socket, (struct sockaddr *)&un, sizeof un);
+        stream_client("socket", c, c);
+        close(c);
+    }
+
+    /* fifo: up carries client -> server, down the answers */
+    int up = open("/dev/shm/up", server ? O_RDONLY : O_WRONLY);
+    int down = open("/dev/shm/down", server ? O_WRONLY : O_RDONLY);
+    if (up < 0 || down < 0) die("open fifos");
+    fcntl(up, F_SETPIPE_SZ, 1 << 20);
+    if (server) stream_server(up, down);
+    else stream_client("fifo", down, up);
+    close(up);
+    close(down);
+
+    /* shm-ring: both sides poll */
+    struct header *h;
+    unsigned char *ring = map_ring(&h);
+    uint64_t chunks = total_bytes / CHUNK;
+    if (server) {
+        spin_until(&h->phase, 1);
+        for (uint64_t t = 0; t < chunks; t++) {
+            while (atomic_load_explicit(&h->head, memory_order_acquire) == t) __builtin_ia32_pause();
+            memcpy(buf, ring + (t % RING_SLOTS) * CHUNK, CHUNK);
+            atomic_store_explicit(&h->tail, t + 1, memory_order_release);
+        }
+        for (uint64_t i = 1; i <= trips * 10; i++) {
+            spin_until(&h->ping, i);
+            atomic_store_explicit(&h->pong, i, memory_order_release);
+        }
+    } else {
+        atomic_store(&h->head, 0);
+        atomic_store(&h->tail, 0);
+        atomic_store(&h->ping, 0);
+        atomic_store(&h->pong, 0);
+        atomic_store_explicit(&h->phase, 1, memory_order_release);
+        uint64_t t0 = now_ns();
+        for (uint64_t t = 0; t < chunks; t++) {
+            while (t - atomic_load_explicit(&h->tail, memory_order_acquire) >= RING_SLOTS) __builtin_ia32_pause();
+            memcpy(ring + (t % RING_SLOTS) * CHUNK, buf, CHUNK);
+            atomic_store_explicit(&h->head, t + 1, memory_order_release);
+        }
+        spin_until(&h->tail, chunks);
+        uint64_t t1 = now_ns();
+        for (uint64_t i = 1; i <= trips * 10; i++) {
+            atomic_store_explicit(&h->ping, i, memory_order_release);
+            spin_until(&h->pong, i);
+        }
+        uint64_t t2 = now_ns();
+        printf("RESULT shm-ring %.0f %.1f\n", total_bytes * 1e9 / (double)(t1 - t0),
+               (double)(t2 - t1) / (double)(trips * 10));
+        fflush(stdout);
+    }
+
+    /* shm-sem: the first SEM_SLOTS slots of the ring, handed over by semaphores */
+    sem_t *slots = sem("/slots"), *filled = sem("/filled"), *ping = sem("/ping"), *pong = sem("/pong");
+    if (server) {
+        for (uint64_t t = 0; t < chunks; t++) {
+            sem_wait_all(filled);
+            memcpy(buf, ring + (t % SEM_SLOTS) * CHUNK, CHUNK);
+            sem_post(slots);
+        }
+        for (uint64_t i = 0; i < trips; i++) {
+            sem_wait_all(ping);
+            sem_post(pong);
+        }
+    } else {
+        uint64_t t0 = now_ns();
+        for (uint64_t t = 0; t < chunks; t++) {
+            sem_wait_all(slots);
+            memcpy(ring + (t % SEM_SLOTS) * CHUNK, buf, CHUNK);
+            sem_post(filled);
+        }
+        for (int i = 0; i < SEM_SLOTS; i++) sem_wait_all(slots); /* all consumed */
+        uint64_t t1 = now_ns();
+        for (int i = 0; i < SEM_SLOTS; i++) sem_post(slots);
+        for (uint64_t i = 0; i < trips; i++) {
+            sem_post(ping);
+            sem_wait_all(pong);
+        }
+        uint64_t t2 = now_ns();
+        printf("RESULT shm-sem %.0f %.0f\n", total_bytes * 1e9 / (double)(t1 - t0),
+               (double)(t2 - t1) / (double)trips);
+        fflush(stdout);
+    }
+    return 0;
+}
