@@ -244,3 +244,17 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// The static binary `name` that `scripts/build-images` built next to its `images`
+/// directory (`<target>/<host triple>/release/<name>`).
+pub fn static_binary(images: &Path, name: &str) -> PathBuf {
+    images
+        .parent()
+        .and_then(|target| {
+            std::fs::read_dir(target).ok()?.flatten().find_map(|e| {
+                let b = e.path().join("release").join(name);
+                b.is_file().then_some(b)
+            })
+        })
+        .unwrap_or_else(|| panic!("no static {name} next to {}", images.display()))
+}

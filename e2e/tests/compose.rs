@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ipclink_e2e::{mounts_containing, output_text as text, repo_root, require_root};
+use ipclink_e2e::{mounts_containing, output_text as text, repo_root, require_root, static_binary};
 
 const ENGINE: &str = "unix:///run/podman/podman.sock";
 
@@ -435,15 +435,7 @@ fn restart_engine() {
 fn plugin_example_on_podman_with_faults() {
     let _one = one_at_a_time();
     let images = engine_ready();
-    let bin = images
-        .parent()
-        .and_then(|target| {
-            std::fs::read_dir(target).ok()?.flatten().find_map(|e| {
-                let b = e.path().join("release/ipclink-sidecar");
-                b.is_file().then_some(b)
-            })
-        })
-        .expect("the static ipclink-sidecar next to the images");
+    let bin = static_binary(&images, "ipclink-sidecar");
     let work = tempfile::Builder::new()
         .prefix("ipclink-compose-plugin-")
         .tempdir()

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ipclink_e2e::{output_text, repo_root};
+use ipclink_e2e::{output_text, repo_root, static_binary};
 
 const PLUGIN_SOCKET: &str = "/run/ipclink/plugin.sock";
 const NETWORK: &str = "ipclink-bench";
@@ -97,15 +97,7 @@ fn main() {
     podman(&["volume", "rm", "-f", VOLUME]);
     let root = tempfile::tempdir().expect("temp dir");
     if !plugin_answers() {
-        let bin = images
-            .parent()
-            .and_then(|t| {
-                std::fs::read_dir(t).ok()?.flatten().find_map(|e| {
-                    let b = e.path().join("release/ipclink-sidecar");
-                    b.is_file().then_some(b)
-                })
-            })
-            .expect("the static ipclink-sidecar next to the images");
+        let bin = static_binary(&images, "ipclink-sidecar");
         cleanup.plugin = Some(
             Command::new(bin)
                 .args(["volume-plugin", "--socket", PLUGIN_SOCKET, "--root"])
