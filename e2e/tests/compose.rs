@@ -96,6 +96,12 @@ fn exit_code(container: &str, limit: Duration) -> i64 {
     })
 }
 
+/// Waits for the container to exit and asserts it succeeded, showing its log if not.
+fn exited_ok(container: &str, limit: Duration) {
+    let code = exit_code(container, limit);
+    assert_eq!(code, 0, "{container} exited {code}:\n{}", logs(container));
+}
+
 /// The `up` value Prometheus has for job ipclink, once it has one.
 fn prometheus_up(port: u16) -> f64 {
     wait_until(
@@ -309,18 +315,8 @@ fn sidecar_example_on_podman() {
     );
 
     // Every frame arrives, through all three channels.
-    assert_eq!(
-        exit_code(&consumer, Duration::from_secs(120)),
-        0,
-        "{}",
-        logs(&consumer)
-    );
-    assert_eq!(
-        exit_code(&producer, Duration::from_secs(10)),
-        0,
-        "{}",
-        logs(&producer)
-    );
+    exited_ok(&consumer, Duration::from_secs(120));
+    exited_ok(&producer, Duration::from_secs(10));
     let clog = logs(&consumer);
     assert!(
         clog.contains("fifo, socket") && clog.contains("consume: 30000 frames"),
@@ -499,18 +495,8 @@ fn plugin_example_on_podman_with_faults() {
         assert!(out.status.success(), "{}", text(&out));
         std::thread::sleep(Duration::from_secs(1));
         plugin.restart();
-        assert_eq!(
-            exit_code(&consumer, Duration::from_secs(120)),
-            0,
-            "{}",
-            logs(&consumer)
-        );
-        assert_eq!(
-            exit_code(&producer, Duration::from_secs(10)),
-            0,
-            "{}",
-            logs(&producer)
-        );
+        exited_ok(&consumer, Duration::from_secs(120));
+        exited_ok(&producer, Duration::from_secs(10));
         assert!(logs(&consumer).contains("consume: done"));
         let m = http_get(9465, "/metrics");
         assert_eq!(
@@ -542,12 +528,7 @@ fn plugin_example_on_podman_with_faults() {
             &["up", "-d", "producer", "consumer"],
         );
         assert!(out.status.success(), "{}", text(&out));
-        assert_eq!(
-            exit_code(&consumer, Duration::from_secs(60)),
-            0,
-            "{}",
-            logs(&consumer)
-        );
+        exited_ok(&consumer, Duration::from_secs(60));
         // `down -v` below unmounts and removes through the restarted plugin.
     }
     let list: serde_json::Value = {

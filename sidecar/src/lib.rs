@@ -108,12 +108,6 @@ pub fn materialize_files(
 ) -> Result<Materialized, Error> {
     let plans = load_files(files)?;
     let store = Store::open(root, storage_mode(storage))?;
-    if store.mode() == StorageMode::PlainDir {
-        tracing::warn!(
-            root = %root.display(),
-            "links live in plain directories: sizeLimit is NOT enforced (run as root for one tmpfs per link)"
-        );
-    }
     if !store.applies_owner() {
         tracing::warn!(
             "not root: object owners from the spec are not applied; objects belong to this user"
@@ -154,6 +148,29 @@ pub fn materialize_files(
         );
     }
     Ok(Materialized { store, plans })
+}
+
+/// In a plain directory the size limit is whatever the directory's filesystem enforces:
+/// nothing, or a volume's own tmpfs (Compose). Says which, per link.
+fn warn_unenforced_limits(samples: &[LinkSample], plans: &[LinkPlan]) {
+    use ipclink_core::quantity::format_bytes;
+    for (s, plan) in samples.iter().zip(plans) {
+        let link = format!("{}/{}", s.namespace, s.name);
+        if !s.size_limit_enforced {
+            tracing::warn!(%link, path = %s.path, "a plain directory: sizeLimit is NOT enforced (run as root for one tmpfs per link, or mount a tmpfs volume there)");
+        } else if s.limit_bytes > plan.size_limit {
+            let plan_limit = plan.size_limit;
+            tracing::warn!(
+                %link,
+                tmpfs = %format_bytes(s.limit_bytes),
+                size_limit = %format_bytes(plan_limit),
+                "the link is a tmpfs larger than its sizeLimit: give the volume size={} to enforce it",
+                format_bytes(plan_limit)
+            );
+        } else {
+            tracing::info!(%link, tmpfs = %format_bytes(s.limit_bytes), "the link is a tmpfs of its own (a volume); its size is the limit");
+        }
+    }
 }
 
 /// Opens a probe for every plan.
@@ -201,6 +218,10 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
         })?;
     let m = materialize_files(&args.files, &root, args.storage)?;
     let probes = open_probes(&m.store, &m.plans)?;
+    if m.store.mode() == StorageMode::PlainDir {
+        let samples = LinkSet::new(open_probes(&m.store, &m.plans)?).sample();
+        warn_unenforced_limits(&samples, &m.plans);
+    }
     let state = Arc::new(Mutex::new(LinkSet::new(probes)));
     if let Some(socket) = &args.engine {
         let engine = discover::Engine {

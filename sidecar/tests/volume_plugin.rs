@@ -152,6 +152,15 @@ fn snapshot(root: &Path) -> Vec<String> {
     out
 }
 
+/// Unmounts whatever a test left mounted under its directory, even when it fails.
+struct UnmountBelow(PathBuf);
+
+impl Drop for UnmountBelow {
+    fn drop(&mut self) {
+        unmount_below(&self.0);
+    }
+}
+
 fn tmp() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("ipclink-plugin-")
@@ -182,6 +191,7 @@ fn lifecycle_hostile_inputs_and_restart() {
         "this test needs root (a tmpfs per volume); run it through scripts/test"
     );
     let dir = tmp();
+    let _unmount = UnmountBelow(dir.path().to_owned());
     let mut p = Plugin::start(dir.path());
 
     assert_eq!(
@@ -493,13 +503,13 @@ fn lifecycle_hostile_inputs_and_restart() {
         404
     );
     drop(p);
-    unmount_below(dir.path());
 }
 
 #[test]
 fn link_file_volumes_and_a_busy_socket() {
     assert!(nix::unistd::Uid::effective().is_root(), "needs root");
     let dir = tmp();
+    let _unmount = UnmountBelow(dir.path().to_owned());
     let file = dir.path().join("link.yaml");
     std::fs::write(
         &file,
@@ -576,5 +586,4 @@ fn link_file_volumes_and_a_busy_socket() {
     let (status, got) = p.call("/VolumeDriver.Remove", r#"{"Name":"Mixed.Case_vol"}"#);
     assert_eq!(status, 200, "{got}");
     drop(p);
-    unmount_below(dir.path());
 }
