@@ -632,15 +632,17 @@ impl Plugin {
             ));
         }
         let key = v.key.clone();
-        let mut next = self.volumes.clone();
-        next.remove(name);
-        self.save(&next)?;
-        self.volumes = next;
-        self.refresh_probes();
+        // Tear down first: if that fails the volume is still on record and Remove can be
+        // retried; if saving fails after it, a restarted plugin recreates the link empty.
         if let Err(e) = self.store.teardown(NAMESPACE, &key) {
             tracing::error!(volume = name, error = %e, "teardown failed");
             return Err(internal(e));
         }
+        let mut next = self.volumes.clone();
+        next.remove(name);
+        self.volumes = next;
+        self.refresh_probes();
+        self.save(&self.volumes)?;
         tracing::info!(volume = name, "volume removed");
         Ok(())
     }
