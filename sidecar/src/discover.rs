@@ -1,7 +1,7 @@
 //! Compose discovery: through the engine's Docker API (read-only calls only), which
-//! containers of this sidecar's Compose project (running or not) mount the volume that holds each link,
-//! under which service name and as which user, and whether that user can use each
-//! channel as the link declares.
+//! containers of this sidecar's Compose project (running or not) mount the volume that
+//! holds each link, under which service name and as which user, and whether that user
+//! can use each channel as the link declares.
 //!
 //! The sidecar mounts each link's volume at the link's own path
 //! (`ROOT/<namespace>/<name>`); a container that mounts the same volume is a member, and
