@@ -47,11 +47,6 @@ impl LinkSet {
         self.members = members;
     }
 
-    /// The discovered members.
-    pub fn members(&self) -> &[MemberReport] {
-        &self.members
-    }
-
     /// Samples every link and adds the discovered members: the `/v1/links` body.
     pub fn report(&mut self) -> LinksReport {
         LinksReport {

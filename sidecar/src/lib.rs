@@ -95,7 +95,9 @@ fn storage_mode(choice: Option<Storage>) -> StorageMode {
 pub struct Materialized {
     /// The base directory.
     pub store: Store,
-    /// The links, in file order.
+    /// The links as written, in file order (what discovery checks members against).
+    pub links: Vec<ipclink_core::IpcLink>,
+    /// Their plans, in the same order.
     pub plans: Vec<LinkPlan>,
 }
 
@@ -106,7 +108,16 @@ pub fn materialize_files(
     root: &Path,
     storage: Option<Storage>,
 ) -> Result<Materialized, Error> {
-    let plans = load_files(files)?;
+    materialize_links(load_links(files)?, root, storage)
+}
+
+/// [`materialize_files`] for links already loaded and validated.
+pub fn materialize_links(
+    loaded: Vec<(ipclink_core::IpcLink, LinkPlan)>,
+    root: &Path,
+    storage: Option<Storage>,
+) -> Result<Materialized, Error> {
+    let (links, plans): (Vec<_>, Vec<_>) = loaded.into_iter().unzip();
     let store = Store::open(root, storage_mode(storage))?;
     if !store.applies_owner() {
         tracing::warn!(
@@ -147,7 +158,11 @@ pub fn materialize_files(
             "link materialized"
         );
     }
-    Ok(Materialized { store, plans })
+    Ok(Materialized {
+        store,
+        links,
+        plans,
+    })
 }
 
 /// In a plain directory the size limit is whatever the directory's filesystem enforces:
@@ -209,30 +224,31 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
     })?;
     // Validate before binding, bind before creating anything: a bad file or a busy port
     // leaves the machine as it was.
-    load_files(&args.files)?;
+    let loaded = load_links(&args.files)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| Error::Io {
             what: format!("listen on {}", args.listen),
             source,
         })?;
-    let m = materialize_files(&args.files, &root, args.storage)?;
-    let probes = open_probes(&m.store, &m.plans)?;
+    let m = materialize_links(loaded, &root, args.storage)?;
+    let mut set = LinkSet::new(open_probes(&m.store, &m.plans)?);
     if m.store.mode() == StorageMode::PlainDir {
-        let samples = LinkSet::new(open_probes(&m.store, &m.plans)?).sample();
-        warn_unenforced_limits(&samples, &m.plans);
+        warn_unenforced_limits(&set.sample(), &m.plans);
     }
-    let state = Arc::new(Mutex::new(LinkSet::new(probes)));
+    let state = Arc::new(Mutex::new(set));
     if let Some(socket) = &args.engine {
         let engine = discover::Engine {
             socket: socket.clone(),
             container: args.container.clone().unwrap_or_default(),
         };
-        let links: Vec<_> = load_links(&args.files)?
-            .into_iter()
+        let links: Vec<_> = m
+            .links
+            .iter()
+            .zip(&m.plans)
             .map(|(link, plan)| {
                 let path = m.store.link_path(&plan.namespace, &plan.name);
-                (link, plan, path)
+                (link.clone(), plan.clone(), path)
             })
             .collect();
         let shared = state.clone();

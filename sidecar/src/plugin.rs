@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -638,9 +638,7 @@ impl Plugin {
             tracing::error!(volume = name, error = %e, "teardown failed");
             return Err(internal(e));
         }
-        let mut next = self.volumes.clone();
-        next.remove(name);
-        self.volumes = next;
+        self.volumes.remove(name);
         self.refresh_probes();
         self.save(&self.volumes)?;
         tracing::info!(volume = name, "volume removed");
@@ -803,11 +801,6 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, crate::Error
         .set_nonblocking(true)
         .map_err(io("set non-blocking".into()))?;
     tokio::net::UnixListener::from_std(listener).map_err(io("register the socket".into()))
-}
-
-/// Default root of the plugin's volumes.
-pub fn default_root() -> PathBuf {
-    PathBuf::from("/run/ipclink/volumes")
 }
 
 #[cfg(test)]
