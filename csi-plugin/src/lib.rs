@@ -9,7 +9,6 @@ pub mod node;
 pub mod source;
 pub mod state;
 
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 /// Messages and services generated from `proto/csi.proto`.
@@ -35,27 +34,8 @@ pub mod registration {
 }
 
 /// Binds the control socket with mode 0600, replacing a stale socket (never another
-/// kind of file) left by a previous run.
-pub fn bind_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
-        Ok(_) => {
-            return Err(std::io::Error::other(format!(
-                "{} exists and is not a socket; not removed",
-                path.display()
-            )));
-        }
-        Err(_) => {}
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    // Created 0600 from the start: no moment in which others could connect.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = tokio::net::UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    bound
-}
+/// kind of file) left by a previous run: the sidecar's binder, shared by every socket.
+pub use ipclink_sidecar::http::bind_unix as bind_socket;
 
 /// A gRPC channel to a plugin's Unix socket (for tests, benchmarks and tools).
 pub async fn connect(socket: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {

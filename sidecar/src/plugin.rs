@@ -773,34 +773,16 @@ async fn handle(
 /// Binds the plugin socket (mode 0600). A socket file nobody answers on is a leftover and
 /// is replaced; one that answers belongs to a running plugin and is an error.
 pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, crate::Error> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let io = |what: String| move |source| crate::Error::Io { what, source };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(crate::Error::Io {
+            what: format!("{}: another plugin is serving it", path.display()),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        });
     }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(crate::Error::Io {
-                what: format!("{} exists and is not a socket", path.display()),
-                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-            });
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(crate::Error::Io {
-                what: format!("{}: another plugin is serving it", path.display()),
-                source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
-            });
-        }
-        std::fs::remove_file(path).map_err(io(format!("remove stale {}", path.display())))?;
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path)
-        .map_err(io(format!("bind {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io(format!("chmod {}", path.display())))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(io("set non-blocking".into()))?;
-    tokio::net::UnixListener::from_std(listener).map_err(io("register the socket".into()))
+    crate::http::bind_unix(path).map_err(|source| crate::Error::Io {
+        what: format!("bind {}", path.display()),
+        source,
+    })
 }
 
 #[cfg(test)]
