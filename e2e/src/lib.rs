@@ -187,7 +187,13 @@ pub fn repo_root() -> PathBuf {
 /// Runs `scripts/NAME` (an installer or builder that prints one path) and returns that
 /// path; panics with the script's stderr when it fails.
 pub fn script_path(name: &str) -> PathBuf {
+    script_path_with(name, &[])
+}
+
+/// [`script_path`] with arguments.
+pub fn script_path_with(name: &str, args: &[&str]) -> PathBuf {
     let out = Command::new(repo_root().join("scripts").join(name))
+        .args(args)
         .current_dir(repo_root())
         .output()
         .unwrap_or_else(|e| panic!("running scripts/{name}: {e}"));
@@ -197,6 +203,16 @@ pub fn script_path(name: &str) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// podman serving the Docker API, docker-compose and our images loaded, through the
+/// project's own scripts (`install-compose`, then `build-images --podman`); returns the
+/// images directory. Panics without root.
+pub fn compose_engine() -> PathBuf {
+    require_root();
+    // It prints the DOCKER_HOST line rather than a path; only its success matters here.
+    script_path("install-compose");
+    script_path_with("build-images", &["--podman"])
 }
 
 /// A command's stdout and stderr together, for assertions and failure messages.

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ipclink_e2e::{mounts_containing, output_text as text, repo_root, require_root, static_binary};
+use ipclink_e2e::{
+    compose_engine, mounts_containing, output_text as text, repo_root, static_binary,
+};
 
 const ENGINE: &str = "unix:///run/podman/podman.sock";
 
@@ -115,26 +117,6 @@ fn prometheus_up(port: u16) -> f64 {
     )
 }
 
-/// Engine, images and the healthcheck runner, through the project's own script.
-fn engine_ready() -> PathBuf {
-    require_root();
-    let out = Command::new(repo_root().join("scripts/install-compose"))
-        .output()
-        .expect("run scripts/install-compose");
-    assert!(
-        out.status.success(),
-        "install-compose failed:\n{}",
-        text(&out)
-    );
-    let out = Command::new(repo_root().join("scripts/build-images"))
-        .arg("--podman")
-        .current_dir(repo_root())
-        .output()
-        .expect("run scripts/build-images");
-    assert!(out.status.success(), "build-images failed:\n{}", text(&out));
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
 struct Down<'a> {
     dir: &'a Path,
     project: &'a str,
@@ -178,7 +160,7 @@ impl Drop for Down<'_> {
 #[test]
 fn sidecar_example_on_podman() {
     let _one = one_at_a_time();
-    engine_ready();
+    compose_engine();
     let dir = repo_root().join("examples/compose/sidecar");
     let project = "ipclink-e2e-sidecar";
     let (metrics_port, prom_port) = ("19464", "19090");
@@ -430,7 +412,7 @@ fn restart_engine() {
 #[test]
 fn plugin_example_on_podman_with_faults() {
     let _one = one_at_a_time();
-    let images = engine_ready();
+    let images = compose_engine();
     let bin = static_binary(&images, "ipclink-sidecar");
     let work = tempfile::Builder::new()
         .prefix("ipclink-compose-plugin-")
@@ -559,7 +541,7 @@ fn plugin_example_on_podman_with_faults() {
 #[test]
 fn readme_compose_section_runs_as_written() {
     let _one = one_at_a_time();
-    engine_ready();
+    compose_engine();
     let block = ipclink_e2e::readme_block("compose");
     let dir = repo_root().join("examples/compose/sidecar");
     let down = Down {

@@ -9,11 +9,11 @@
 //! containers.conf names unless one already answers there.
 //!   ipclink-compose-bench [--quick]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ipclink_e2e::{output_text, repo_root, static_binary};
+use ipclink_e2e::{compose_engine, output_text, repo_root, static_binary};
 
 const PLUGIN_SOCKET: &str = "/run/ipclink/plugin.sock";
 const NETWORK: &str = "ipclink-bench";
@@ -83,14 +83,7 @@ fn main() {
         nix::unistd::Uid::effective().is_root(),
         "needs root (podman, the plugin's tmpfs)"
     );
-    run(&mut Command::new(
-        repo_root().join("scripts/install-compose"),
-    ));
-    let images = PathBuf::from(stdout(&run(Command::new(
-        repo_root().join("scripts/build-images"),
-    )
-    .arg("--podman")
-    .current_dir(repo_root()))));
+    let images = compose_engine();
     load_peer(&images);
     let mut cleanup = Cleanup { plugin: None };
     podman(&["rm", "-f", "-t", "0", SERVER]);
