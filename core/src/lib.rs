@@ -2,12 +2,15 @@
 //! objects in a directory, depth probes and the metric families. No network, no client.
 
 pub mod access;
+pub mod fs;
 pub mod load;
 pub mod materialize;
 pub mod members;
 pub mod metrics;
+pub mod names;
 pub mod probe;
 pub mod quantity;
+pub mod report;
 pub mod spec;
 pub mod validate;
 

@@ -11,24 +11,21 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use std::ffi::CString;
-
-use nix::NixPath;
-use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, FallocateFlags, OFlag, RenameFlags, fallocate, openat, renameat2};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat, mknodat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstatat, mkdirat, mknodat};
 use nix::sys::statfs::{TMPFS_MAGIC, fstatfs};
 use nix::sys::statvfs::fstatvfs;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 
+use crate::fs::{
+    RemoveError, TMP_PREFIX, dir_is_empty, is_mount_point, list_names, open_dir_at,
+    remove_leftovers, remove_tree_at, write_atomic_at,
+};
 use crate::quantity::format_bytes;
 use crate::spec::SemaphoreAbi;
 use crate::validate::{LinkPlan, ObjectKind, ObjectPlan, Problem, Problems, SEM_BYTES};
-
-/// Prefix of names this module uses while building; never a DNS label.
-const TMP_PREFIX: &str = ".ipclink-tmp-";
 
 /// Where a link's objects live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,14 +105,19 @@ fn sys<T>(
     })
 }
 
-/// Opens `name` under `dir` as a directory, never following a symlink.
-pub fn open_dir_at<P: ?Sized + NixPath>(dir: BorrowedFd<'_>, name: &P) -> nix::Result<OwnedFd> {
-    openat(
-        dir,
-        name,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
+/// A [`RemoveError`] under the link at `lp`.
+fn removing(e: RemoveError, lp: impl Fn() -> String) -> MaterializeError {
+    match e {
+        RemoveError::Sys { op, errno } => MaterializeError::Sys {
+            path: lp(),
+            op,
+            errno,
+        },
+        RemoveError::OtherMount(_) => MaterializeError::Refused {
+            path: lp(),
+            message: e.to_string(),
+        },
+    }
 }
 
 fn file_type(st: &FileStat) -> SFlag {
@@ -255,7 +257,7 @@ impl Store {
             link_fd = sys(open_dir_at(ns_fd.as_fd(), plan.name.as_str()), lp, "open")?;
             outcome.mounted = true;
         }
-        remove_leftovers(link_fd.as_fd(), lp)?;
+        remove_leftovers(link_fd.as_fd()).map_err(|e| removing(e, lp))?;
 
         let missing = inspect(link_fd.as_fd(), plan, self.apply_owner, lp, &mut outcome)?;
         for obj in missing {
@@ -608,7 +610,7 @@ impl Store {
                     )?;
                 }
                 drop(link);
-                remove_tree_at(ns_fd.as_fd(), name, lp)?;
+                remove_tree_at(ns_fd.as_fd(), name).map_err(|e| removing(e, lp))?;
             }
         }
         let record = format!(".{name}.json");
@@ -671,138 +673,5 @@ fn inspect<'p>(
         Ok(missing)
     } else {
         Err(MaterializeError::Conflicts(Problems(conflicts)))
-    }
-}
-
-/// Names in a directory (not `.` and `..`), skipping names that are not UTF-8.
-fn list_names(dir: BorrowedFd<'_>) -> Vec<String> {
-    let Ok(dup) = open_dir_at(dir, ".") else {
-        return Vec::new();
-    };
-    let Ok(mut d) = Dir::from_fd(dup) else {
-        return Vec::new();
-    };
-    d.iter()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
-        .filter(|n| n != "." && n != "..")
-        .collect()
-}
-
-/// Replaces `name` in `dir` atomically and durably: a temporary file (a stale one from a
-/// crash is removed first), fsync, rename over `name`, fsync of the directory. A crash
-/// leaves the old file or the new one, never a torn one.
-pub fn write_atomic_at(dir: BorrowedFd<'_>, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = format!("{TMP_PREFIX}{name}");
-    let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-    let fd = openat(
-        dir,
-        tmp.as_str(),
-        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o644),
-    )?;
-    let file = File::from(fd);
-    file.write_all_at(bytes, 0)?;
-    file.sync_all()?;
-    nix::fcntl::renameat(dir, tmp.as_str(), dir, name)?;
-    nix::unistd::fsync(dir)?;
-    Ok(())
-}
-
-/// Whether `dir` is the root of another mount than `parent`, its parent directory.
-pub fn is_mount_point(parent: BorrowedFd<'_>, dir: BorrowedFd<'_>) -> nix::Result<bool> {
-    Ok(fstat(parent)?.st_dev != fstat(dir)?.st_dev)
-}
-
-/// Whether `dir` holds nothing but `.` and `..`.
-pub fn dir_is_empty(dir: BorrowedFd<'_>) -> nix::Result<bool> {
-    let mut d = Dir::from_fd(open_dir_at(dir, ".")?)?;
-    for entry in d.iter() {
-        if !matches!(entry?.file_name().to_bytes(), b"." | b"..") {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// Removes temporaries a crash may have left behind.
-fn remove_leftovers(dir: BorrowedFd<'_>, lp: impl Fn() -> String) -> Result<(), MaterializeError> {
-    let dup = sys(open_dir_at(dir, "."), &lp, "open")?;
-    let mut d = sys(Dir::from_fd(dup), &lp, "readdir")?;
-    let mut stale = Vec::new();
-    for entry in d.iter() {
-        let entry = sys(entry, &lp, "readdir")?;
-        if entry
-            .file_name()
-            .to_bytes()
-            .starts_with(TMP_PREFIX.as_bytes())
-        {
-            stale.push(entry.file_name().to_owned());
-        }
-    }
-    for n in stale {
-        remove_tree_at(dir, n.as_c_str(), &lp)?;
-    }
-    Ok(())
-}
-
-/// Removes `name` under `dir` and, if it is a directory on the same filesystem, all it
-/// holds. Symlinks are removed, never followed; other mounts are never entered.
-pub fn remove_tree_at<P: ?Sized + NixPath + std::fmt::Debug>(
-    dir: BorrowedFd<'_>,
-    name: &P,
-    lp: impl Fn() -> String + Copy,
-) -> Result<(), MaterializeError> {
-    // O_DIRECTORY fails with ENOTDIR before any open(2) side effect, so a fifo is never
-    // opened here.
-    match open_dir_at(dir, name) {
-        Err(Errno::ENOENT) => Ok(()),
-        Err(Errno::ENOTDIR | Errno::ELOOP) => {
-            match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
-                Ok(()) | Err(Errno::ENOENT) => Ok(()),
-                Err(errno) => Err(MaterializeError::Sys {
-                    path: lp(),
-                    op: "unlink",
-                    errno,
-                }),
-            }
-        }
-        Err(errno) => Err(MaterializeError::Sys {
-            path: lp(),
-            op: "open",
-            errno,
-        }),
-        Ok(child) => {
-            if sys(is_mount_point(dir, child.as_fd()), lp, "stat")? {
-                return Err(MaterializeError::Refused {
-                    path: lp(),
-                    message: format!("{name:?} is another mount; not entered, left alone"),
-                });
-            }
-            let mut names: Vec<CString> = Vec::new();
-            {
-                let dup = sys(open_dir_at(child.as_fd(), "."), lp, "open")?;
-                let mut d = sys(Dir::from_fd(dup), lp, "readdir")?;
-                for entry in d.iter() {
-                    let entry = sys(entry, lp, "readdir")?;
-                    let n = entry.file_name().to_bytes();
-                    if n == b"." || n == b".." {
-                        continue;
-                    }
-                    names.push(entry.file_name().to_owned());
-                }
-            }
-            for n in names {
-                remove_tree_at(child.as_fd(), n.as_c_str(), lp)?;
-            }
-            match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
-                Ok(()) | Err(Errno::ENOENT) => Ok(()),
-                Err(errno) => Err(MaterializeError::Sys {
-                    path: lp(),
-                    op: "rmdir",
-                    errno,
-                }),
-            }
-        }
     }
 }

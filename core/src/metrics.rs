@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::probe::{ChannelSample, LinkSample, SemaphoreSample};
@@ -266,8 +266,10 @@ impl CsiMetrics {
 pub struct OperatorMetrics {
     /// `ipclink_reconcile_total{result}`.
     pub reconciles: IntCounterVec,
+    /// `ipclink_reconcile_errors_total{error}`: failed reconciles by the error's category.
+    pub errors: IntCounterVec,
     /// `ipclink_reconcile_duration_seconds`.
-    pub duration: HistogramVec,
+    pub duration: Histogram,
     /// `ipclink_links{phase}`.
     pub links: IntGaugeVec,
 }
@@ -282,31 +284,35 @@ impl OperatorMetrics {
             ),
             &["result"],
         )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "ipclink_reconcile_duration_seconds",
-                "Time to reconcile one IpcLink.",
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "ipclink_reconcile_errors_total",
+                "Reconciles of IpcLinks that failed, by the category of the error.",
             ),
-            &[],
+            &["error"],
         )?;
+        let duration = Histogram::with_opts(HistogramOpts::new(
+            "ipclink_reconcile_duration_seconds",
+            "Time to reconcile one IpcLink.",
+        ))?;
         let links = IntGaugeVec::new(Opts::new("ipclink_links", "IpcLinks by phase."), &["phase"])?;
         registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(links.clone()))?;
         Ok(OperatorMetrics {
             reconciles,
+            errors,
             duration,
             links,
         })
     }
 }
 
-/// Renders a registry in the Prometheus text format.
-pub fn render(registry: &Registry) -> String {
-    let mut buf = Vec::new();
-    // Encoding our own families into a Vec cannot fail.
-    let _ = TextEncoder::new().encode(&registry.gather(), &mut buf);
-    String::from_utf8(buf).unwrap_or_default()
+/// Appends a registry's families to `out` in the Prometheus text format.
+pub fn render(registry: &Registry, out: &mut String) {
+    // Encoding our own families into a String cannot fail.
+    let _ = TextEncoder::new().encode_utf8(&registry.gather(), out);
 }
 
 #[cfg(test)]

@@ -29,7 +29,8 @@ use nix::sys::stat::{Mode, fstat, makedev};
 use nix::sys::statvfs::fstatvfs;
 use serde::{Deserialize, Serialize};
 
-use crate::materialize::{Store, is_mount_point, open_dir_at};
+use crate::fs::{is_mount_point, open_dir_at};
+use crate::materialize::Store;
 use crate::spec::SemaphoreAbi;
 use crate::validate::{LinkPlan, ObjectKind, ObjectPlan};
 

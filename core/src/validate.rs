@@ -438,20 +438,6 @@ pub fn validate(link: &IpcLink) -> Result<LinkPlan, Problems> {
     })
 }
 
-impl LinkPlan {
-    /// Sum of bytes the declared objects occupy on the tmpfs.
-    pub fn declared_bytes(&self) -> u64 {
-        self.objects
-            .iter()
-            .map(|o| match o.kind {
-                ObjectKind::Shm { size } => round_up_page(size),
-                ObjectKind::Semaphore { .. } => PAGE,
-                _ => 0,
-            })
-            .sum()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

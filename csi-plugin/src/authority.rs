@@ -63,11 +63,6 @@ impl<S> LocalAuthority<S> {
         }
     }
 
-    /// The wrapped connection.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
     /// Moves every complete unit of `input` to `output`, rewritten.
     fn process(&mut self) -> io::Result<()> {
         if !self.preface_done {

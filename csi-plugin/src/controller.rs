@@ -4,15 +4,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use ipclink_core::names::TOPOLOGY_KEY;
 use ipclink_core::validate::check_dns_label;
 use serde::{Deserialize, Serialize};
 
 use crate::csi;
 use crate::error::CsiError;
 use crate::ids::{self, MAX_ID, VolumeId};
-use crate::node::{TOPOLOGY_KEY, check_capability};
+use crate::node::check_capability;
 use crate::source::LinkSource;
 use crate::state::{load_json, save_json};
 
@@ -88,8 +89,32 @@ impl ControllerPlugin {
         }
     }
 
+    /// The volume named `name` if it exists: the same request again is the same volume,
+    /// anything else is a conflict, whatever the link looks like now.
+    fn existing(
+        &self,
+        state: &Volumes,
+        name: &str,
+        required: i64,
+        limit: i64,
+        parameters: &BTreeMap<String, String>,
+    ) -> Result<Option<csi::Volume>, CsiError> {
+        let Some(c) = state.by_name.get(name) else {
+            return Ok(None);
+        };
+        if c.required_bytes == required && c.limit_bytes == limit && c.parameters == *parameters {
+            return Ok(Some(self.volume(c)));
+        }
+        Err(CsiError::AlreadyExists(format!(
+            "volume {name:?} exists with other capacity or parameters"
+        )))
+    }
+
     /// CreateVolume.
-    pub fn create(&self, req: csi::CreateVolumeRequest) -> Result<csi::Volume, CsiError> {
+    pub async fn create(
+        self: &Arc<Self>,
+        req: csi::CreateVolumeRequest,
+    ) -> Result<csi::Volume, CsiError> {
         if req.name.is_empty() {
             return Err(CsiError::invalid("name", "is required"));
         }
@@ -149,20 +174,14 @@ impl ControllerPlugin {
                 "required_bytes exceeds limit_bytes",
             ));
         }
-        // A name that exists answers first: the same request again is the same volume,
-        // anything else is a conflict, whatever the link looks like now.
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = state.by_name.get(&req.name) {
-            if c.required_bytes == required && c.limit_bytes == limit && c.parameters == parameters
-            {
-                return Ok(self.volume(c));
+        // A name that exists answers first.
+        {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(v) = self.existing(&state, &req.name, required, limit, &parameters)? {
+                return Ok(v);
             }
-            return Err(CsiError::AlreadyExists(format!(
-                "volume {:?} exists with other capacity or parameters",
-                req.name
-            )));
         }
-        let snapshot = self.source.lookup(namespace, link, None)?;
+        let snapshot = self.source.lookup(namespace, link, None).await?;
         let (_, plan) = snapshot.link(namespace, link).map_err(|e| match e {
             CsiError::NotFound(m) => CsiError::invalid("parameters", m),
             other => other,
@@ -207,25 +226,48 @@ impl ControllerPlugin {
             capacity_bytes: size,
             node,
         };
-        state.by_name.insert(req.name.clone(), created.clone());
-        save_json(&self.state_file, &*state)
-            .map_err(|e| CsiError::Internal(format!("state file: {e}")))?;
-        Ok(self.volume(&created))
+        let (this, name) = (self.clone(), req.name);
+        crate::blocking(move || {
+            let mut state = this.state.lock().unwrap_or_else(|p| p.into_inner());
+            // A create of the same name may have finished while the link was looked up.
+            let c = &created;
+            if let Some(v) = this.existing(
+                &state,
+                &name,
+                c.required_bytes,
+                c.limit_bytes,
+                &c.parameters,
+            )? {
+                return Ok(v);
+            }
+            state.by_name.insert(name, created.clone());
+            this.save(&state)?;
+            Ok(this.volume(&created))
+        })
+        .await
+    }
+
+    fn save(&self, state: &Volumes) -> Result<(), CsiError> {
+        save_json(&self.state_file, state)
+            .map_err(|e| CsiError::Internal(format!("state file: {e}")))
     }
 
     /// DeleteVolume: idempotent; an id that is not ours was never created, so it is gone.
-    pub fn delete(&self, volume_id: &str) -> Result<(), CsiError> {
+    pub async fn delete(self: &Arc<Self>, volume_id: String) -> Result<(), CsiError> {
         if volume_id.is_empty() {
             return Err(CsiError::invalid("volume_id", "is required"));
         }
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let before = state.by_name.len();
-        state.by_name.retain(|_, c| c.volume_id != volume_id);
-        if state.by_name.len() != before {
-            save_json(&self.state_file, &*state)
-                .map_err(|e| CsiError::Internal(format!("state file: {e}")))?;
-        }
-        Ok(())
+        let this = self.clone();
+        crate::blocking(move || {
+            let mut state = this.state.lock().unwrap_or_else(|p| p.into_inner());
+            let before = state.by_name.len();
+            state.by_name.retain(|_, c| c.volume_id != volume_id);
+            if state.by_name.len() != before {
+                this.save(&state)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// ValidateVolumeCapabilities.

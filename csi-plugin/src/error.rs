@@ -34,6 +34,9 @@ pub enum CsiError {
     /// Not supported by this plugin.
     #[error("{0}")]
     Unsupported(String),
+    /// A dependency (the Kubernetes API) cannot be reached now; the CO retries.
+    #[error("{0}")]
+    Unavailable(String),
     /// A system call or state write failed.
     #[error("{0}")]
     Internal(String),
@@ -59,6 +62,7 @@ impl CsiError {
             CsiError::OutOfRange(_) => Code::OutOfRange,
             CsiError::Busy(_) => Code::Aborted,
             CsiError::Unsupported(_) => Code::InvalidArgument,
+            CsiError::Unavailable(_) => Code::Unavailable,
             CsiError::Internal(_) => Code::Internal,
         }
     }

@@ -6,15 +6,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ipclink_core::metrics::CsiMetrics;
+use ipclink_core::names::DRIVER_NAME;
 use tonic::{Code, Request, Response, Status};
 
 use crate::controller::ControllerPlugin;
 use crate::csi;
 use crate::error::CsiError;
 use crate::node::NodePlugin;
-
-/// Driver name registered with Kubernetes.
-pub const DRIVER_NAME: &str = "csi.ipclink.dev";
 
 fn finish<T>(
     metrics: &CsiMetrics,
@@ -129,6 +127,7 @@ impl csi::node_server::Node for Node {
         let r = self
             .plugin
             .publish(req.into_inner())
+            .await
             .map(|()| csi::NodePublishVolumeResponse {});
         finish(&self.metrics, "NodePublishVolume", start, r)
     }
@@ -141,6 +140,7 @@ impl csi::node_server::Node for Node {
         let r = self
             .plugin
             .unpublish(req.into_inner())
+            .await
             .map(|()| csi::NodeUnpublishVolumeResponse {});
         finish(&self.metrics, "NodeUnpublishVolume", start, r)
     }
@@ -153,6 +153,7 @@ impl csi::node_server::Node for Node {
         let r = self
             .plugin
             .stats(req.into_inner())
+            .await
             .map(|usage| csi::NodeGetVolumeStatsResponse { usage });
         finish(&self.metrics, "NodeGetVolumeStats", start, r)
     }
@@ -209,6 +210,7 @@ impl csi::controller_server::Controller for Controller {
         let r = self
             .plugin
             .create(req.into_inner())
+            .await
             .map(|v| csi::CreateVolumeResponse { volume: Some(v) });
         finish(&self.metrics, "CreateVolume", start, r)
     }
@@ -220,7 +222,8 @@ impl csi::controller_server::Controller for Controller {
         let start = Instant::now();
         let r = self
             .plugin
-            .delete(&req.into_inner().volume_id)
+            .delete(req.into_inner().volume_id)
+            .await
             .map(|()| csi::DeleteVolumeResponse {});
         finish(&self.metrics, "DeleteVolume", start, r)
     }

@@ -1,11 +1,13 @@
 //! ipclink-csi: the CSI node and controller plugins for IpcLink volumes.
 
 pub mod authority;
+pub mod cli;
 pub mod controller;
 pub mod error;
 pub mod grpc;
 pub mod ids;
 pub mod node;
+pub mod serve;
 pub mod source;
 pub mod state;
 
@@ -33,9 +35,15 @@ pub mod registration {
     tonic::include_proto!("pluginregistration");
 }
 
-/// Binds the control socket with mode 0600, replacing a stale socket (never another
-/// kind of file) left by a previous run: the sidecar's binder, shared by every socket.
-pub use ipclink_sidecar::http::bind_unix as bind_socket;
+/// Runs blocking work (mounts, `fallocate`, state files, directory reads) on Tokio's
+/// blocking pool, so the gRPC workers only ever wait on futures.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, error::CsiError> + Send + 'static,
+) -> Result<T, error::CsiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| error::CsiError::Internal(format!("blocking task failed: {e}")))?
+}
 
 /// A gRPC channel to a plugin's Unix socket (for tests, benchmarks and tools).
 pub async fn connect(socket: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {

@@ -157,15 +157,18 @@ pub enum LinkSource {
 
 impl LinkSource {
     /// What the source knows of link `namespace/link` and, if named, pod `namespace/pod`.
-    pub fn lookup(
+    pub async fn lookup(
         &self,
         namespace: &str,
         link: &str,
         pod: Option<&str>,
     ) -> Result<Arc<Snapshot>, CsiError> {
         match self {
-            LinkSource::Dir(d) => d.snapshot(),
-            LinkSource::Kube(k) => k.lookup(namespace, link, pod),
+            LinkSource::Dir(d) => {
+                let d = d.clone();
+                crate::blocking(move || d.snapshot()).await
+            }
+            LinkSource::Kube(k) => k.lookup(namespace, link, pod).await,
         }
     }
 }
@@ -192,7 +195,7 @@ impl KubeSource {
         Ok(KubeSource { client })
     }
 
-    fn lookup(
+    async fn lookup(
         &self,
         namespace: &str,
         link: &str,
@@ -200,31 +203,68 @@ impl KubeSource {
     ) -> Result<Arc<Snapshot>, CsiError> {
         use k8s_openapi::api::core::v1::Pod;
         use kube::Api;
-        // The gRPC handlers are synchronous over a multi-threaded runtime.
-        tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(async {
-                let api_error = |e: kube::Error| CsiError::Internal(format!("Kubernetes API: {e}"));
-                let mut snap = Snapshot::default();
-                let links: Api<ipclink_core::IpcLink> =
-                    Api::namespaced(self.client.clone(), namespace);
-                if let Some(found) = links.get_opt(link).await.map_err(api_error)? {
-                    let checked = validate(&found)
-                        .map(|plan| (found, plan))
-                        .map_err(|p| p.to_string());
-                    snap.links
-                        .insert((namespace.to_owned(), link.to_owned()), checked);
-                }
-                if let Some(pod) = pod {
-                    let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-                    if let Some(p) = pods.get_opt(pod).await.map_err(api_error)? {
-                        snap.pods.insert(
-                            (namespace.to_owned(), pod.to_owned()),
-                            p.metadata.labels.unwrap_or_default(),
-                        );
-                    }
-                }
-                Ok(Arc::new(snap))
-            })
-        })
+        let mut snap = Snapshot::default();
+        let links: Api<ipclink_core::IpcLink> = Api::namespaced(self.client.clone(), namespace);
+        if let Some(found) = links.get_opt(link).await.map_err(api_error)? {
+            let checked = validate(&found)
+                .map(|plan| (found, plan))
+                .map_err(|p| p.to_string());
+            snap.links
+                .insert((namespace.to_owned(), link.to_owned()), checked);
+        }
+        if let Some(pod) = pod {
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+            if let Some(p) = pods.get_opt(pod).await.map_err(api_error)? {
+                snap.pods.insert(
+                    (namespace.to_owned(), pod.to_owned()),
+                    p.metadata.labels.unwrap_or_default(),
+                );
+            }
+        }
+        Ok(Arc::new(snap))
+    }
+}
+
+/// An API error as the CO should see it: `Unavailable` (retry) when the API server is
+/// unreachable, overloaded or failing; `Internal` for what a retry will not fix.
+fn api_error(e: kube::Error) -> CsiError {
+    let transient = match &e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    };
+    if transient {
+        CsiError::Unavailable(format!("Kubernetes API: {e}"))
+    } else {
+        CsiError::Internal(format!("Kubernetes API: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn status(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("x", "y")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn transient_api_errors_are_unavailable_and_the_rest_internal() {
+        for code in [429, 500, 503] {
+            assert_eq!(api_error(status(code)).code(), Code::Unavailable, "{code}");
+        }
+        for code in [400, 401, 403, 422] {
+            assert_eq!(api_error(status(code)).code(), Code::Internal, "{code}");
+        }
+        let parse = serde_json::from_str::<u8>("x").expect_err("not a number");
+        assert_eq!(
+            api_error(kube::Error::SerdeError(parse)).code(),
+            Code::Internal
+        );
     }
 }

@@ -19,7 +19,7 @@ pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, String> 
 }
 
 /// Replaces a JSON state file atomically and durably (see
-/// [`ipclink_core::materialize::write_atomic_at`]).
+/// [`ipclink_core::fs::write_atomic_at`]).
 pub fn save_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     let dir = File::open(path.parent().unwrap_or(Path::new(".")))?;
     let name = path
@@ -27,5 +27,5 @@ pub fn save_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
         .and_then(|n| n.to_str())
         .ok_or_else(|| std::io::Error::other(format!("{}: no file name", path.display())))?;
     let body = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    ipclink_core::materialize::write_atomic_at(std::os::fd::AsFd::as_fd(&dir), name, &body)
+    ipclink_core::fs::write_atomic_at(std::os::fd::AsFd::as_fd(&dir), name, &body)
 }

@@ -5,17 +5,16 @@ mod common;
 
 use common::{Plugin, Unmounter, connect, ephemeral, rt};
 use ipclink_csi::csi::node_client::NodeClient;
-use ipclink_e2e::control_plane::ControlPlane;
+use ipclink_testkit::control_plane::ControlPlane;
 use tonic::Code;
 
 fn pod(name: &str, app: &str) -> String {
-    serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "vision", "labels": {"app": app}},
-        "spec": {"nodeName": "node-1", "automountServiceAccountToken": false,
-                 "containers": [{"name": "c", "image": "local/ipclink-demo"}]}
-    })
-    .to_string()
+    ipclink_testkit::pods::pod(name, app)
+        .namespace("vision")
+        .on_node("node-1")
+        .no_token()
+        .container_image("c", "local/ipclink-demo")
+        .json()
 }
 
 #[test]

@@ -11,36 +11,24 @@ mod common;
 use std::time::Duration;
 
 use common::{Plugin, require_root};
-use ipclink_e2e::control_plane::ControlPlane;
-use ipclink_e2e::mounts_containing;
-use ipclink_e2e::node::{Node, PAUSE_IMAGE, PEER_IMAGE};
+use ipclink_testkit::control_plane::ControlPlane;
+use ipclink_testkit::mounts::mounts_containing;
+use ipclink_testkit::node::{Node, PAUSE_IMAGE, PEER_IMAGE};
 use serde_json::json;
 
 const NS: &str = "vision";
 const LONG: Duration = Duration::from_secs(90);
 
+/// A restricted member pod on the test node that runs `image` with `args`.
 fn pod(name: &str, app: &str, image: &str, args: &[&str], link: &str) -> String {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": app}},
-        "spec": {
-            "nodeName": "node-1",
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 5,
-            "securityContext": {
-                "runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": true,
-                "seccompProfile": {"type": "RuntimeDefault"}
-            },
-            "containers": [{
-                "name": "main", "image": image, "imagePullPolicy": "Never", "args": args,
-                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-                "volumeMounts": [{"name": "ipc", "mountPath": "/dev/shm"}]
-            }],
-            "volumes": [{"name": "ipc", "csi": {"driver": "csi.ipclink.dev", "volumeAttributes": {"link": link}}}]
-        }
-    })
-    .to_string()
+    ipclink_testkit::pods::pod(name, app)
+        .on_node("node-1")
+        .runs(image, args)
+        .no_token()
+        .run_as(1000, Some(1000))
+        .restricted()
+        .inline_link(link)
+        .json()
 }
 
 fn failed_mount(cp: &ControlPlane, namespace: &str, pod: &str) -> Option<String> {

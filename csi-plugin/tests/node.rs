@@ -11,8 +11,8 @@ use ipclink_csi::csi::node_client::NodeClient;
 use ipclink_csi::csi::{
     NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeUnpublishVolumeRequest,
 };
-use ipclink_e2e::mount_points;
-use ipclink_e2e::{Libc, compile_peer, describe, spawn_pod, wait_with_timeout};
+use ipclink_testkit::mounts::{mount_options, mount_points, snapshot};
+use ipclink_testkit::{Libc, compile_peer, describe, spawn_pod, wait_with_timeout};
 use tonic::Code;
 
 fn links_dir() -> PathBuf {
@@ -87,18 +87,9 @@ fn two_pods_share_a_link_through_two_publications_and_strangers_are_refused() {
         );
 
         // What a pod gets: the link's tmpfs with its safety flags, read-write.
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        let line = mountinfo
-            .lines()
-            .find(|l| l.split(' ').nth(4) == Some(a.to_str().expect("utf-8")))
-            .expect("the target is a mount");
+        let options = mount_options(&a).expect("the target is a mount");
         for flag in ["rw", "nosuid", "nodev", "noexec"] {
-            assert!(
-                line.split(' ')
-                    .nth(5)
-                    .is_some_and(|o| o.split(',').any(|x| x == flag)),
-                "{flag}: {line}"
-            );
+            assert!(options.iter().any(|x| x == flag), "{flag}: {options:?}");
         }
         let consumer = spawn_pod(&a, &peer, &["consumer"]);
         let producer = spawn_pod(&b, &peer, &["producer"]);
@@ -167,25 +158,7 @@ fn two_pods_share_a_link_through_two_publications_and_strangers_are_refused() {
 /// Everything a hostile request could touch: the mounts, the plugin's state directory,
 /// and the pods directory.
 fn host_state(f: &Fixture) -> (Vec<String>, Vec<String>) {
-    fn walk(p: &Path, out: &mut Vec<String>) {
-        if let Ok(rd) = std::fs::read_dir(p) {
-            let mut entries: Vec<_> = rd.flatten().collect();
-            entries.sort_by_key(|e| e.file_name());
-            for e in entries {
-                let m = e.path().symlink_metadata().ok();
-                out.push(format!(
-                    "{} {:?}",
-                    e.path().display(),
-                    m.map(|m| (m.len(), m.file_type()))
-                ));
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    walk(&e.path(), out);
-                }
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(f.dir.path(), &mut files);
+    let mut files = snapshot(f.dir.path());
     files.retain(|l| !l.contains("node.log"));
     // Tests run in parallel: other fixtures' mounts come and go. Ours, and any mount
     // outside a test directory (say /etc/t), are what a hostile request could change.
@@ -359,18 +332,9 @@ fn hostile_requests_get_the_right_code_and_change_nothing() {
         assert_eq!(publish(&mut c, ro).await, Code::Ok);
         let err = std::fs::File::create(ro_target.join("control/x")).expect_err("read-only");
         assert_eq!(err.raw_os_error(), Some(nix::libc::EROFS));
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        let line = mountinfo
-            .lines()
-            .find(|l| l.split(' ').nth(4) == Some(ro_target.to_str().expect("utf-8")))
-            .expect("mount");
+        let options = mount_options(&ro_target).expect("mount");
         for flag in ["ro", "nosuid", "nodev", "noexec"] {
-            assert!(
-                line.split(' ')
-                    .nth(5)
-                    .is_some_and(|o| o.split(',').any(|x| x == flag)),
-                "{flag}: {line}"
-            );
+            assert!(options.iter().any(|x| x == flag), "{flag}: {options:?}");
         }
         assert_eq!(unpublish(&mut c, "csi-ro", &ro_target).await, Code::Ok);
     });

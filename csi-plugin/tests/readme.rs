@@ -3,35 +3,22 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
 use common::{BIN, Unmounter, require_root};
+use ipclink_testkit::{readme_script, run_script};
 
 #[test]
 fn the_readme_csi_section_works_as_written() {
     require_root();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let block = ipclink_e2e::readme_block("csi");
     let dir = tempfile::tempdir().expect("temp dir");
     let _unmount = Unmounter(dir.path().to_path_buf());
-    let script: String = block
-        .lines()
-        .filter(|l| !l.starts_with("cargo build"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .replace("target/release/ipclink-csi", BIN)
-        .replace("/tmp/ipclink", dir.path().to_str().expect("utf-8"));
-    let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(&root)
-        .output()
-        .expect("bash");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "README CSI section failed:\n{script}\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let script = readme_script(
+        "csi",
+        &["cargo build"],
+        &[
+            ("target/release/ipclink-csi", BIN),
+            ("/tmp/ipclink", dir.path().to_str().expect("utf-8")),
+        ],
     );
+    let (stdout, _) = run_script("README CSI section", &script, &[]);
     assert!(stdout.contains("SUCCESS!"), "{stdout}");
 }

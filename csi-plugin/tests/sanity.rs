@@ -11,7 +11,7 @@ use common::{Plugin, require_root, sanity_dir};
 #[test]
 fn csi_sanity_passes() {
     require_root();
-    let sanity = ipclink_e2e::script_path("install-csi-sanity");
+    let sanity = ipclink_testkit::script_path("install-csi-sanity");
 
     let dir = tempfile::tempdir().expect("temp dir");
     let _unmount = common::Unmounter(dir.path().to_path_buf());

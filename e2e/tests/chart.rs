@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use ipclink_e2e::control_plane::ControlPlane;
-use ipclink_e2e::require_tool;
+use ipclink_testkit::control_plane::ControlPlane;
+use ipclink_testkit::require_tool;
 
-use ipclink_e2e::{output_text as text, repo_root as root, script_path};
+use ipclink_testkit::{
+    output_text as text, path_with, readme_script, repo_root as root, run_script, script_path,
+};
 
 fn tools() -> PathBuf {
     script_path("install-chart-tools")
@@ -512,29 +514,17 @@ fn the_chart_installs_into_a_real_apiserver_and_uninstalls_cleanly() {
 fn the_readme_kubernetes_section_works_as_written() {
     let mut cp = ControlPlane::start();
     cp.start_scheduling();
-    let script: String = ipclink_e2e::readme_block("kubernetes")
-        .lines()
-        // Images are not needed for the objects to be created (no kubelet here); the
-        // image build is exercised by the in-cluster test.
-        .filter(|l| !l.starts_with("scripts/build-images"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let path = format!(
-        "{}:{}:{}",
-        tools().display(),
-        cp.bin_dir().display(),
-        std::env::var("PATH").unwrap_or_default()
+    // Images are not needed for the objects to be created (no kubelet here); the image
+    // build is exercised by the in-cluster test.
+    let script = readme_script("kubernetes", &["scripts/build-images"], &[]);
+    let (stdout, _) = run_script(
+        "README Kubernetes section",
+        &script,
+        &[
+            ("PATH", &path_with(&[&tools(), cp.bin_dir()])),
+            ("KUBECONFIG", cp.kubeconfig.as_os_str()),
+        ],
     );
-    let out = run(Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .env("PATH", path)
-        .env("KUBECONFIG", &cp.kubeconfig));
-    assert!(
-        out.status.success(),
-        "README Kubernetes section:\n{script}\n{}",
-        text(&out)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("STATUS: deployed"), "{stdout}");
     assert!(
         stdout.contains("ipclink.ipclink.dev/frames created"),

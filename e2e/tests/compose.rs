@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ipclink_e2e::{
-    compose_engine, mounts_containing, output_text as text, repo_root, static_binary,
-};
+use ipclink_testkit::http::{get_ok, metric};
+use ipclink_testkit::mounts::mounts_containing;
+use ipclink_testkit::{compose_engine, output_text as text, repo_root, run_script, static_binary};
 
 const ENGINE: &str = "unix:///run/podman/podman.sock";
 
@@ -41,32 +41,6 @@ fn podman(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run podman")
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
-
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -110,7 +84,8 @@ fn prometheus_up(port: u16) -> f64 {
         "Prometheus to scrape the target",
         Duration::from_secs(60),
         || {
-            let body = http_get(port, "/api/v1/query?query=up%7Bjob%3D%22ipclink%22%7D");
+            let body =
+                get_ok(port, "/api/v1/query?query=up%7Bjob%3D%22ipclink%22%7D").unwrap_or_default();
             let v: serde_json::Value = serde_json::from_str(&body).ok()?;
             v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
         },
@@ -193,7 +168,8 @@ fn sidecar_example_on_podman() {
         &format!("discovery; sidecar log:\n{}", logs(&sidecar)),
         Duration::from_secs(30),
         || {
-            let v: serde_json::Value = serde_json::from_str(&http_get(port, "/v1/links")).ok()?;
+            let v: serde_json::Value =
+                serde_json::from_str(&get_ok(port, "/v1/links").unwrap_or_default()).ok()?;
             (v["members"].as_array()?.len() == 2).then_some(v)
         },
     );
@@ -212,7 +188,7 @@ fn sidecar_example_on_podman() {
         "the producer to fill the ring",
         Duration::from_secs(20),
         || {
-            let m = http_get(port, "/metrics");
+            let m = get_ok(port, "/metrics").unwrap_or_default();
             (metric(&m, "ipclink_semaphore_value", &[("channel", "slots")]) == Some(0.0))
                 .then_some(m)
         },
@@ -306,7 +282,7 @@ fn sidecar_example_on_podman() {
     );
     assert!(clog.contains("consume: done"), "{clog}");
     // Both done: the semaphores are back to their declared values.
-    let m = http_get(port, "/metrics");
+    let m = get_ok(port, "/metrics").unwrap_or_default();
     assert_eq!(
         metric(&m, "ipclink_semaphore_value", &[("channel", "slots")]),
         Some(8.0),
@@ -455,7 +431,7 @@ fn plugin_example_on_podman_with_faults() {
         let out = podman(&["pause", &consumer]);
         assert!(out.status.success(), "{}", text(&out));
         let m = wait_until("the ring to fill", Duration::from_secs(20), || {
-            let m = http_get(9465, "/metrics");
+            let m = get_ok(9465, "/metrics").unwrap_or_default();
             (metric(&m, "ipclink_semaphore_value", &[("channel", "slots")]) == Some(0.0))
                 .then_some(m)
         });
@@ -480,7 +456,7 @@ fn plugin_example_on_podman_with_faults() {
         exited_ok(&consumer, Duration::from_secs(120));
         exited_ok(&producer, Duration::from_secs(10));
         assert!(logs(&consumer).contains("consume: done"));
-        let m = http_get(9465, "/metrics");
+        let m = get_ok(9465, "/metrics").unwrap_or_default();
         assert_eq!(
             metric(&m, "ipclink_semaphore_value", &[("channel", "slots")]),
             Some(8.0),
@@ -542,21 +518,15 @@ fn plugin_example_on_podman_with_faults() {
 fn readme_compose_section_runs_as_written() {
     let _one = one_at_a_time();
     compose_engine();
-    let block = ipclink_e2e::readme_block("compose");
+    let block = ipclink_testkit::readme_block("compose");
     let dir = repo_root().join("examples/compose/sidecar");
     let down = Down {
         dir: &dir,
         project: "sidecar",
     };
     down.clean();
-    let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &block])
-        .current_dir(repo_root())
-        .output()
-        .expect("run the README block");
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
-    let mut lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (mut lines, stderr) = run_script("README Compose section", &block, &[]);
+    let t = format!("{lines}{stderr}");
     lines.retain(|c| c != '\r');
     assert!(
         lines.lines().any(|l| l.trim() == "0"),

@@ -1,7 +1,7 @@
 //! The IpcLink CRD on a real kube-apiserver (with etcd), built from the Go module proxy.
 
 use ipclink_core::CustomResourceExt;
-use ipclink_e2e::control_plane::ControlPlane;
+use ipclink_testkit::control_plane::ControlPlane;
 
 fn link_json(mode: &str) -> String {
     let yaml = std::fs::read_to_string(concat!(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ipclink_core::{StorageMode, Store};
-use ipclink_e2e::{Libc, compile_peer, describe, require_root, spawn_pod, wait_with_timeout};
+use ipclink_testkit::{Libc, compile_peer, describe, require_root, spawn_pod, wait_with_timeout};
 
 fn link_yaml(abi: &str) -> String {
     format!(
@@ -31,7 +31,7 @@ fn exchange(libc: Libc, abi: &str) {
     let peer = compile_peer("posix_peer", libc);
     let base = tempfile::tempdir().expect("temp dir");
     let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
-    let (_plan, _guard) = ipclink_e2e::materialize(&store, &link_yaml(abi));
+    let (_plan, _guard) = ipclink_testkit::materialize(&store, &link_yaml(abi));
     let dir = store.link_path("vision", "frames");
 
     let consumer = spawn_pod(&dir, &peer, &["consumer"]);
@@ -69,9 +69,9 @@ fn a_pod_cannot_add_or_remove_top_level_objects() {
     require_root();
     let base = tempfile::tempdir().expect("temp dir");
     let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
-    let (_plan, _guard) = ipclink_e2e::materialize(&store, &link_yaml("glibc"));
+    let (_plan, _guard) = ipclink_testkit::materialize(&store, &link_yaml("glibc"));
     let dir = store.link_path("vision", "frames");
-    let sh = ipclink_e2e::require_tool("setpriv");
+    let sh = ipclink_testkit::require_tool("setpriv");
     let out = std::process::Command::new(sh)
         .args(["--reuid=1000", "--regid=1000", "--clear-groups", "sh", "-c"])
         .arg(r#"touch "$1/new" 2>&1; rm -f "$1/sem.slots" 2>&1; echo done"#)
@@ -93,7 +93,7 @@ fn a_musl_program_fails_on_a_glibc_layout_link() {
     let peer = compile_peer("posix_peer", Libc::Musl);
     let base = tempfile::tempdir().expect("temp dir");
     let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
-    let (_plan, _guard) = ipclink_e2e::materialize(&store, &link_yaml("glibc"));
+    let (_plan, _guard) = ipclink_testkit::materialize(&store, &link_yaml("glibc"));
     let dir = store.link_path("vision", "frames");
     let out = wait_with_timeout(
         spawn_pod(&dir, &peer, &["producer"]),
@@ -143,7 +143,7 @@ fn semaphore_waiters_are_read_from_the_object() {
         let poster = compile_peer("posix_peer", libc);
         let base = tempfile::tempdir().expect("temp dir");
         let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
-        let (plan, _guard) = ipclink_e2e::materialize(&store, &link_yaml(abi));
+        let (plan, _guard) = ipclink_testkit::materialize(&store, &link_yaml(abi));
         let dir = store.link_path("vision", "frames");
         let mut probe = LinkProbe::open(&store, &plan).expect("probe");
 

@@ -9,14 +9,13 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use ipclink_e2e::control_plane::ControlPlane;
-use ipclink_e2e::node::Node;
+use ipclink_testkit::control_plane::ControlPlane;
+use ipclink_testkit::node::Node;
 
 const LONG: Duration = Duration::from_secs(120);
 
-use ipclink_e2e::{
-    mounts_containing, output_text as text, repo_root as root, script_path as script,
-};
+use ipclink_testkit::mounts::mounts_containing;
+use ipclink_testkit::{output_text as text, repo_root as root, script_path as script};
 
 fn pod_name(cp: &ControlPlane, ns: &str, app: &str) -> String {
     let v = cp.wait_for(

@@ -3,15 +3,13 @@
 //! Prints one table: control-plane warm start, time to create, time until every link is
 //! Accepted, reconciles per second, and the mean reconcile duration.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Operator, metric};
 use futures::{StreamExt, stream};
 use ipclink_core::IpcLink;
-use ipclink_e2e::control_plane::ControlPlane;
+use ipclink_testkit::control_plane::ControlPlane;
+use ipclink_testkit::http::metric;
+use ipclink_testkit::operator::Operator;
 use kube::api::{Api, ListParams, PostParams};
 
 fn main() {
@@ -31,7 +29,12 @@ fn main() {
     let warm_start = started.elapsed();
     cp.install_ipclink_crd();
     cp.namespace("bench");
-    let op = Operator::start(&cp, &["--concurrency", &concurrency], &[]);
+    let op = Operator::start(
+        env!("CARGO_BIN_EXE_ipclink-operator"),
+        &cp,
+        &["--concurrency", &concurrency],
+        &[],
+    );
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (created, accepted) = rt.block_on(async {
@@ -84,10 +87,10 @@ fn main() {
         }
     });
     let text = op.metrics();
-    let total = metric(&text, r#"ipclink_reconcile_total{result="ok"}"#).unwrap_or(0.0);
-    let errors = metric(&text, r#"ipclink_reconcile_total{result="error"}"#).unwrap_or(0.0);
-    let sum = metric(&text, "ipclink_reconcile_duration_seconds_sum").unwrap_or(0.0);
-    let count = metric(&text, "ipclink_reconcile_duration_seconds_count").unwrap_or(1.0);
+    let total = metric(&text, "ipclink_reconcile_total", &[("result", "ok")]).unwrap_or(0.0);
+    let errors = metric(&text, "ipclink_reconcile_total", &[("result", "error")]).unwrap_or(0.0);
+    let sum = metric(&text, "ipclink_reconcile_duration_seconds_sum", &[]).unwrap_or(0.0);
+    let count = metric(&text, "ipclink_reconcile_duration_seconds_count", &[]).unwrap_or(1.0);
     println!(
         "| links | concurrency | control plane warm start | create all | all Accepted | reconciles | reconciles/s | mean reconcile | errors |"
     );

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ipclink_core::IpcLink;
 use ipclink_core::metrics::OperatorMetrics;
+use ipclink_core::names::LINK_LABEL;
+use ipclink_core::quantity::format_bytes;
 use ipclink_core::spec::{ChannelStatus, IpcLinkStatus};
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, VolumeResourceRequirements,
@@ -21,14 +23,13 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 
-use crate::plan::{self, Observed, PodView};
+use crate::plan::{self, Observed};
+use crate::pods::PodView;
 
 /// The finalizer that makes deletion wait for members to unmount.
 pub const FINALIZER: &str = "ipclink.dev/cleanup";
 /// Field manager of every write.
 pub const MANAGER: &str = "ipclink-operator";
-/// Label on objects the operator creates for a link.
-pub const LINK_LABEL: &str = "ipclink.dev/link";
 /// Default StorageClass of persistent-mode claims.
 pub const DEFAULT_CLASS: &str = "ipclink";
 /// Annotation the scheduler sets on a WaitForFirstConsumer claim.
@@ -75,6 +76,30 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// A constant category of the error: the `error` label of
+    /// `ipclink_reconcile_errors_total` (never a formatted payload, so the family's
+    /// cardinality stays fixed).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { source, .. } => match source {
+                kube::Error::Api(s) => match s.code {
+                    403 => "forbidden",
+                    404 => "not_found",
+                    409 => "conflict",
+                    422 => "invalid",
+                    429 => "throttled",
+                    c if c >= 500 => "apiserver",
+                    _ => "api",
+                },
+                kube::Error::HyperError(_) | kube::Error::Service(_) => "connection",
+                kube::Error::SerdeError(_) => "serialization",
+                _ => "client",
+            },
+        }
+    }
+}
+
 fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let what = what.into();
     move |source| Error::Kube { what, source }
@@ -109,13 +134,16 @@ pub async fn reconcile(link: Arc<IpcLink>, ctx: Arc<Context>) -> Result<Action, 
     let label = match &result {
         Ok((_, phase)) if *phase == ipclink_core::spec::Phase::Invalid => "invalid",
         Ok(_) => "ok",
-        Err(_) => "error",
+        Err(e) => {
+            ctx.metrics
+                .errors
+                .with_label_values(&[e.metric_label()])
+                .inc();
+            "error"
+        }
     };
     ctx.metrics.reconciles.with_label_values(&[label]).inc();
-    ctx.metrics
-        .duration
-        .with_label_values(&[] as &[&str])
-        .observe(start.elapsed().as_secs_f64());
+    ctx.metrics.duration.observe(start.elapsed().as_secs_f64());
     result.map(|(action, _)| action)
 }
 
@@ -196,7 +224,7 @@ async fn reconcile_inner(
             } else {
                 EventType::Normal
             },
-            reason: note.reason.into(),
+            reason: note.reason.as_str().into(),
             note: Some(note.message),
             action: "Reconcile".into(),
             secondary: None,
@@ -242,6 +270,12 @@ async fn write_status(
     .map_err(kube_err(format!("write the status of {}", link.name_any())))
 }
 
+// The finalizer is added and removed here rather than through kube-runtime's
+// `finalizer()` helper: deletion first has to wait, requeueing and writing a planned
+// `Terminating` status, until no member has the link mounted, and validate and plan run
+// once for both branches; the helper's Apply/Cleanup split would make that wait a second
+// code path. The patches carry a `test` op, so a concurrent change of the list fails
+// instead of being overwritten.
 async fn add_finalizer(api: &Api<IpcLink>, link: &IpcLink) -> Result<(), Error> {
     if link.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(());
@@ -389,7 +423,7 @@ async fn ensure_claim(
                     .unwrap_or_else(|| DEFAULT_CLASS.into()),
             ),
             resources: Some(VolumeResourceRequirements {
-                requests: Some([("storage".to_owned(), Quantity(binary_quantity(size)))].into()),
+                requests: Some([("storage".to_owned(), Quantity(format_bytes(size)))].into()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -410,16 +444,6 @@ async fn ensure_claim(
         }
         Err(e) => Err(kube_err("create the link's claim")(e)),
     }
-}
-
-/// Bytes as the largest exact binary unit ("8Mi"), as users write them.
-pub fn binary_quantity(bytes: u64) -> String {
-    for (shift, unit) in [(40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")] {
-        if bytes > 0 && bytes.is_multiple_of(1 << shift) {
-            return format!("{}{unit}", bytes >> shift);
-        }
-    }
-    bytes.to_string()
 }
 
 /// Reconnect backoff for every watch: 250 ms doubling to at most 4 s, reset by the
@@ -454,7 +478,7 @@ impl kube::runtime::utils::Backoff for Reconnect {
 }
 
 fn error_policy(link: Arc<IpcLink>, error: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!(namespace = ?link.namespace(), link = %link.name_any(), %error, "reconcile failed; retrying");
+    tracing::warn!(namespace = %link.namespace().unwrap_or_default(), link = %link.name_any(), %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(2))
 }
 
@@ -567,4 +591,42 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> Error {
+        Error::Kube {
+            what: format!("a call answered {code}"),
+            source: kube::Error::Api(
+                kube::core::Status::failure("x", "y")
+                    .with_code(code)
+                    .boxed(),
+            ),
+        }
+    }
+
+    #[test]
+    fn errors_have_constant_metric_labels() {
+        for (code, label) in [
+            (403, "forbidden"),
+            (404, "not_found"),
+            (409, "conflict"),
+            (422, "invalid"),
+            (429, "throttled"),
+            (500, "apiserver"),
+            (503, "apiserver"),
+            (400, "api"),
+        ] {
+            assert_eq!(api(code).metric_label(), label, "{code}");
+        }
+        let parse = serde_json::from_str::<u8>("x").expect_err("not a number");
+        let e = Error::Kube {
+            what: "decode".into(),
+            source: kube::Error::SerdeError(parse),
+        };
+        assert_eq!(e.metric_label(), "serialization");
+    }
 }

@@ -10,9 +10,10 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use ipclink_core::IpcLink;
 use ipclink_core::probe::LinkSample;
+use ipclink_core::report::LinksReport;
 use ipclink_core::spec::ChannelStatus;
+use ipclink_runtime::Shutdown;
 use kube::runtime::reflector::ObjectRef;
-use serde::Deserialize;
 
 use crate::controller::Depths;
 
@@ -31,11 +32,6 @@ pub struct Sources {
     pub interval: Duration,
     /// Time allowed for one endpoint.
     pub timeout: Duration,
-}
-
-#[derive(Deserialize)]
-struct LinksReport {
-    links: Vec<LinkSample>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -125,14 +121,14 @@ pub fn channel_status(sample: &LinkSample) -> Vec<ChannelStatus> {
     channels.chain(semaphores).collect()
 }
 
-/// Gathers every `interval` until `stop` fires; links whose depths changed are sent on
+/// Gathers every `interval` until shutdown; links whose depths changed are sent on
 /// `changed` (their next status write carries the new depths).
 pub async fn run(
     sources: Sources,
     depths: Depths,
     samples: Samples,
     changed: futures::channel::mpsc::Sender<ObjectRef<IpcLink>>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let mut changed = changed;
     let mut tick = tokio::time::interval(sources.interval);
@@ -140,7 +136,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = shutdown.wait() => return,
         }
         let mut round = Vec::new();
         let mut next: HashMap<(String, String), Vec<ChannelStatus>> = HashMap::new();

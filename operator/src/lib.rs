@@ -1,9 +1,18 @@
 //! ipclink-operator: reconciles IpcLinks — validation, co-scheduling of members,
 //! permission checks, persistent-mode volumes, status, Events and metrics.
+//!
+//! Modules depend one way: `pods` and `conditions` know nothing of the others;
+//! `permissions` reads pods into a verdict; `plan` turns a link, its pods and what was
+//! observed into a status; `controller` applies it; `provision`, `depth` and `metrics`
+//! run beside it.
 
+pub mod cli;
+pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod depth;
+pub mod metrics;
 pub mod permissions;
 pub mod plan;
+pub mod pods;
 pub mod provision;

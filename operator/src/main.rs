@@ -1,80 +1,25 @@
 //! `ipclink-operator`: `crd` prints the CustomResourceDefinition; `run` reconciles.
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use ipclink_core::metrics::{OperatorMetrics, render, render_channel_groups};
-use ipclink_core::spec::Phase;
-use ipclink_operator::controller::{self, Settings, Shared};
+use clap::Parser;
+use ipclink_core::metrics::OperatorMetrics;
+use ipclink_operator::cli::{Cli, Command, RunArgs};
+use ipclink_operator::controller::{self, Settings};
 use ipclink_operator::depth::{self, Samples, Sources};
+use ipclink_operator::metrics::Exposed;
 use ipclink_operator::provision;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "ipclink-operator",
-    version,
-    about = "Reconciles IpcLink resources"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Print the IpcLink CustomResourceDefinition (YAML) for `kubectl apply -f -`.
-    Crd,
-    /// Run the controller against the cluster of KUBECONFIG (or in-cluster).
-    Run(RunArgs),
-}
-
-#[derive(clap::Args, Debug)]
-struct RunArgs {
-    /// Serve /metrics and /healthz here.
-    #[arg(long, default_value = "0.0.0.0:9810")]
-    metrics_listen: SocketAddr,
-    /// Links reconciled at once.
-    #[arg(long, default_value_t = 16)]
-    concurrency: u16,
-    /// Look at an unchanged link again after this many seconds.
-    #[arg(long, default_value_t = 300)]
-    resync_seconds: u64,
-    /// A node plugin's (or sidecar's) metrics address whose /v1/links is gathered:
-    /// `HOST:PORT` or `NODE=HOST:PORT`. Repeatable.
-    #[arg(long = "links-endpoint", value_name = "[NODE=]HOST:PORT")]
-    links_endpoints: Vec<String>,
-    /// Gather from node plugin pods found by label: `NAMESPACE/SELECTOR`, e.g.
-    /// `ipclink-system/app.kubernetes.io/component=node-plugin`.
-    #[arg(long, value_name = "NAMESPACE/SELECTOR")]
-    node_plugins: Option<String>,
-    /// Metrics port of the node plugin pods.
-    #[arg(long, default_value_t = 9809)]
-    node_plugin_port: u16,
-    /// Seconds between two gatherings of depths (the rate at which status.channels
-    /// changes).
-    #[arg(long, default_value_t = 30)]
-    depth_interval_seconds: u64,
-    /// Do not provision PersistentVolumes for persistent-mode claims (when
-    /// external-provisioner does it through the CSI controller instead).
-    #[arg(long)]
-    no_provisioner: bool,
-}
+use ipclink_runtime::Shutdown;
+use ipclink_runtime::http::{Limits, serve};
+use ipclink_runtime::links::router;
 
 fn main() {
-    ipclink_sidecar::init_logging();
+    ipclink_runtime::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Crd => {
-            use std::io::Write;
-            let yaml = ipclink_operator::crd::crd_yaml();
-            match std::io::stdout().lock().write_all(yaml.as_bytes()) {
-                // `ipclink-operator crd | head` is not an error.
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-                r => r.context("writing the CRD to stdout"),
-            }
-        }
+        Command::Crd => print_crd(),
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -87,25 +32,19 @@ fn main() {
     }
 }
 
-/// (node label, address) of a `--links-endpoint`.
-fn endpoint(arg: &str) -> anyhow::Result<(String, String)> {
-    let (node, addr) = arg.split_once('=').unwrap_or((arg, arg));
-    anyhow::ensure!(
-        addr.rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
-        "--links-endpoint {arg:?}: expected HOST:PORT or NODE=HOST:PORT"
-    );
-    Ok((node.to_owned(), addr.to_owned()))
+fn print_crd() -> anyhow::Result<()> {
+    use std::io::Write;
+    let yaml = ipclink_operator::crd::crd_yaml().context("serializing the CRD")?;
+    match std::io::stdout().lock().write_all(yaml.as_bytes()) {
+        // `ipclink-operator crd | head` is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing the CRD to stdout"),
+    }
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     // The one signal watcher, installed before anything starts.
-    let signal = ipclink_sidecar::shutdown_signal().context("installing the signal handler")?;
-    let endpoints: Vec<(String, String)> = args
-        .links_endpoints
-        .iter()
-        .map(|a| endpoint(a))
-        .collect::<anyhow::Result<_>>()?;
+    let shutdown = Shutdown::install().context("installing the signal handler")?;
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes API: set KUBECONFIG or run in a cluster")?;
@@ -116,22 +55,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("--metrics-listen {}", args.metrics_listen))?;
     let registry = prometheus::Registry::new();
     let metrics = OperatorMetrics::new(&registry)?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = {
-        let rx = stop_rx.clone();
-        move || {
-            let mut rx = rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        }
-    };
-    tokio::spawn(async move {
-        signal.await;
-        tracing::info!("signal received; finishing in-flight reconciles");
-        let _ = stop_tx.send(true);
-    });
-
     let depths = controller::Depths::default();
     let samples = Samples::default();
     let (changed_tx, changed_rx) = futures::channel::mpsc::channel(1024);
@@ -148,36 +71,33 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         depths.clone(),
         changed_rx,
-        stopped(),
+        shutdown.signalled(),
         ready_tx,
     ));
     let shared = ready_rx.await.context("the controller did not start")?;
-    serve_metrics(
-        listener,
+    let exposed = Exposed {
         registry,
         metrics,
-        shared,
-        samples.clone(),
-        stop_rx.clone(),
-    );
-    let plugins = match &args.node_plugins {
-        None => None,
-        Some(arg) => {
-            let (ns, selector) = arg
-                .split_once('/')
-                .filter(|(ns, sel)| !ns.is_empty() && !sel.is_empty())
-                .with_context(|| format!("--node-plugins {arg:?}: expected NAMESPACE/SELECTOR"))?;
-            Some((
-                kube::Api::namespaced(client.clone(), ns),
-                selector.to_owned(),
-                args.node_plugin_port,
-            ))
-        }
+        links: shared.links,
+        samples: samples.clone(),
     };
-    if !endpoints.is_empty() || plugins.is_some() {
+    tokio::spawn(serve(
+        listener,
+        router(Arc::new(exposed)),
+        Limits::default(),
+        shutdown.signalled(),
+    ));
+    let plugins = args.node_plugins.as_ref().map(|(ns, selector)| {
+        (
+            kube::Api::namespaced(client.clone(), ns),
+            selector.clone(),
+            args.node_plugin_port,
+        )
+    });
+    if !args.links_endpoints.is_empty() || plugins.is_some() {
         tokio::spawn(depth::run(
             Sources {
-                endpoints,
+                endpoints: args.links_endpoints.clone(),
                 plugins,
                 interval: Duration::from_secs(args.depth_interval_seconds.max(1)),
                 timeout: Duration::from_secs(5),
@@ -185,11 +105,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             depths,
             samples,
             changed_tx,
-            stop_rx.clone(),
+            shutdown.clone(),
         ));
     }
     let provisioner =
-        (!args.no_provisioner).then(|| tokio::spawn(provision::run(client, stop_rx.clone())));
+        (!args.no_provisioner).then(|| tokio::spawn(provision::run(client, shutdown.clone())));
     tracing::info!(metrics = %args.metrics_listen, "ipclink-operator running");
     controller.await.context("controller task")?;
     if let Some(p) = provisioner {
@@ -197,76 +117,4 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    registry: prometheus::Registry,
-    metrics: OperatorMetrics,
-    shared: Shared,
-    samples: Samples,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    use axum::routing::get;
-    let links = shared.links;
-    let scrape = move || {
-        let registry = registry.clone();
-        let metrics = metrics.clone();
-        let links = links.clone();
-        let samples = samples.clone();
-        async move {
-            let phases = [
-                Phase::Pending,
-                Phase::Ready,
-                Phase::Degraded,
-                Phase::Invalid,
-                Phase::Terminating,
-            ];
-            let state = links.state();
-            for p in phases {
-                let n = state
-                    .iter()
-                    .filter(|l| {
-                        l.status
-                            .as_ref()
-                            .and_then(|s| s.phase)
-                            .unwrap_or(Phase::Pending)
-                            == p
-                    })
-                    .count();
-                metrics
-                    .links
-                    .with_label_values(&[format!("{p:?}").as_str()])
-                    .set(n as i64);
-            }
-            let mut text = render(&registry);
-            let held = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let labels: Vec<[(&str, &str); 1]> = held
-                .iter()
-                .map(|(node, _)| [("node", node.as_str())])
-                .collect();
-            let groups: Vec<ipclink_core::metrics::SampleGroup<'_>> = held
-                .iter()
-                .zip(&labels)
-                .map(|((_, s), l)| (&l[..], s.as_slice()))
-                .collect();
-            render_channel_groups(&groups, &mut text);
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4",
-                )],
-                text,
-            )
-        }
-    };
-    let app = axum::Router::new()
-        .route("/metrics", get(scrape))
-        .route("/healthz", get(|| async { "ok\n" }));
-    tokio::spawn(async move {
-        let _ = ipclink_sidecar::http::serve(listener, app, Default::default(), async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
-    });
 }

@@ -4,79 +4,13 @@
 
 use ipclink_core::access::denials;
 use ipclink_core::{IpcLink, LinkPlan};
-use k8s_openapi::api::core::v1::PodSpec;
 
-use crate::plan::{PodView, reason};
+use crate::conditions::{Reason, Truth, Verdict};
+use crate::pods::PodView;
 
-/// The user and groups a container's processes run with, as far as the pod says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// Container name.
-    pub container: String,
-    /// `runAsUser` (container, else pod); `None` when the image decides.
-    pub uid: Option<u32>,
-    /// `runAsGroup`, `fsGroup` and `supplementalGroups`.
-    pub groups: Vec<u32>,
-}
-
-/// The identities of the containers that mount one of `volumes` (every container when
-/// `volumes` is empty or no container mounts them).
-pub fn identities(spec: &PodSpec, volumes: &[&str]) -> Vec<Identity> {
-    let pod = spec.security_context.as_ref();
-    let mounting: Vec<_> = spec
-        .containers
-        .iter()
-        .filter(|c| {
-            c.volume_mounts
-                .iter()
-                .flatten()
-                .any(|m| volumes.contains(&m.name.as_str()))
-        })
-        .collect();
-    let chosen = if mounting.is_empty() {
-        spec.containers.iter().collect()
-    } else {
-        mounting
-    };
-    chosen
-        .into_iter()
-        .map(|c| {
-            let sc = c.security_context.as_ref();
-            let uid = sc
-                .and_then(|s| s.run_as_user)
-                .or_else(|| pod.and_then(|p| p.run_as_user));
-            let gid = sc
-                .and_then(|s| s.run_as_group)
-                .or_else(|| pod.and_then(|p| p.run_as_group));
-            let mut groups: Vec<i64> = gid.into_iter().collect();
-            groups.extend(pod.and_then(|p| p.fs_group));
-            groups.extend(
-                pod.and_then(|p| p.supplemental_groups.clone())
-                    .into_iter()
-                    .flatten(),
-            );
-            let mut groups: Vec<u32> = groups
-                .into_iter()
-                .filter_map(|g| u32::try_from(g).ok())
-                .collect();
-            groups.sort_unstable();
-            groups.dedup();
-            Identity {
-                container: c.name.clone(),
-                uid: uid.and_then(|u| u32::try_from(u).ok()),
-                groups,
-            }
-        })
-        .collect()
-}
-
-/// The PermissionsConsistent condition: (status, reason, message naming each member,
-/// pod, container and channel that does not fit).
-pub fn check(
-    link: &IpcLink,
-    plan: &LinkPlan,
-    pods: &[PodView],
-) -> (&'static str, &'static str, String) {
+/// The PermissionsConsistent condition, naming each member, pod, container and channel
+/// that does not fit.
+pub fn check(link: &IpcLink, plan: &LinkPlan, pods: &[PodView]) -> Verdict {
     let mut failures = Vec::new();
     let mut checked = 0usize;
     let mut unknown = Vec::new();
@@ -98,7 +32,11 @@ pub fn check(
         }
     }
     if !failures.is_empty() {
-        return ("False", reason::MEMBER_CANNOT_USE, failures.join("; "));
+        return Verdict::new(
+            Truth::False,
+            Reason::MemberCannotUseChannel,
+            failures.join("; "),
+        );
     }
     let mut message = format!("{checked} member containers can use their channels as declared");
     if !unknown.is_empty() {
@@ -107,5 +45,5 @@ pub fn check(
             unknown.join(", ")
         ));
     }
-    ("True", reason::CONSISTENT, message)
+    Verdict::new(Truth::True, Reason::Consistent, message)
 }

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use ipclink_core::names::{DRIVER_NAME, LINK_LABEL, TOPOLOGY_KEY};
+use ipclink_runtime::Shutdown;
 use k8s_openapi::api::core::v1::{
     CSIPersistentVolumeSource, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
     ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec,
@@ -24,11 +26,8 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
-use crate::controller::{LINK_LABEL, Reconnect, SELECTED_NODE};
-use crate::plan::DRIVER;
+use crate::controller::{Reconnect, SELECTED_NODE};
 
-/// The node topology key of the CSI driver.
-pub const TOPOLOGY_KEY: &str = "topology.ipclink.dev/node";
 const PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner";
 const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 
@@ -47,7 +46,7 @@ pub fn volume_handle(namespace: &str, link: &str, claim_uid: &str) -> String {
 /// The PV that satisfies `claim` on `node`; `None` when the claim is not ours to serve.
 pub fn volume_for(claim: &PersistentVolumeClaim) -> Option<PersistentVolume> {
     let annotations = claim.annotations();
-    if annotations.get(PROVISIONER).map(String::as_str) != Some(DRIVER) {
+    if annotations.get(PROVISIONER).map(String::as_str) != Some(DRIVER_NAME) {
         return None;
     }
     let spec = claim.spec.as_ref()?;
@@ -63,7 +62,7 @@ pub fn volume_for(claim: &PersistentVolumeClaim) -> Option<PersistentVolume> {
         metadata: ObjectMeta {
             name: Some(volume_name(&uid)),
             labels: Some([(LINK_LABEL.to_owned(), link.clone())].into()),
-            annotations: Some([(PROVISIONED_BY.to_owned(), DRIVER.to_owned())].into()),
+            annotations: Some([(PROVISIONED_BY.to_owned(), DRIVER_NAME.to_owned())].into()),
             ..ObjectMeta::default()
         },
         spec: Some(PersistentVolumeSpec {
@@ -81,7 +80,7 @@ pub fn volume_for(claim: &PersistentVolumeClaim) -> Option<PersistentVolume> {
             storage_class_name: spec.storage_class_name.clone(),
             volume_mode: Some("Filesystem".into()),
             csi: Some(CSIPersistentVolumeSource {
-                driver: DRIVER.into(),
+                driver: DRIVER_NAME.into(),
                 volume_handle: volume_handle(&ns, link, &uid),
                 volume_attributes: Some(
                     [
@@ -124,7 +123,7 @@ async fn provision(
     let api: Api<PersistentVolume> = Api::all((*client).clone());
     match api.create(&PostParams::default(), &pv).await {
         Ok(_) => {
-            tracing::info!(claim = %claim.name_any(), namespace = ?claim.namespace(), volume = %pv.name_any(), "provisioned");
+            tracing::info!(namespace = %claim.namespace().unwrap_or_default(), claim = %claim.name_any(), volume = %pv.name_any(), "provisioned");
             Ok(Action::await_change())
         }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Action::await_change()),
@@ -133,7 +132,7 @@ async fn provision(
 }
 
 async fn reclaim(pv: Arc<PersistentVolume>, client: Arc<Client>) -> Result<Action, Failed> {
-    let ours = pv.annotations().get(PROVISIONED_BY).map(String::as_str) == Some(DRIVER);
+    let ours = pv.annotations().get(PROVISIONED_BY).map(String::as_str) == Some(DRIVER_NAME);
     let released = pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
     let delete = pv
         .spec
@@ -159,14 +158,8 @@ fn retry<K>(_: Arc<K>, e: &Failed, _: Arc<Client>) -> Action {
     Action::requeue(Duration::from_secs(2))
 }
 
-/// Runs the provisioner and the reclaimer until `shutdown` resolves.
-pub async fn run(client: Client, stop: tokio::sync::watch::Receiver<bool>) {
-    let shutdown = move || {
-        let mut stop = stop.clone();
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }
-    };
+/// Runs the provisioner and the reclaimer until shutdown.
+pub async fn run(client: Client, shutdown: Shutdown) {
     let by_link = watcher::Config::default().labels(LINK_LABEL);
     let ctx = Arc::new(client.clone());
     let claims = Controller::new(
@@ -174,12 +167,12 @@ pub async fn run(client: Client, stop: tokio::sync::watch::Receiver<bool>) {
         by_link.clone(),
     )
     .trigger_backoff(Reconnect::default())
-    .graceful_shutdown_on(shutdown())
+    .graceful_shutdown_on(shutdown.signalled())
     .run(provision, retry, ctx.clone())
     .for_each(|_| async {});
     let volumes = Controller::new(Api::<PersistentVolume>::all(client), by_link)
         .trigger_backoff(Reconnect::default())
-        .graceful_shutdown_on(shutdown())
+        .graceful_shutdown_on(shutdown.signalled())
         .run(reclaim, retry, ctx)
         .for_each(|_| async {});
     futures::join!(claims, volumes);

@@ -5,10 +5,9 @@
 mod common;
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
 use common::*;
-use ipclink_e2e::control_plane::ControlPlane;
+use ipclink_testkit::control_plane::ControlPlane;
 use serde_json::json;
 
 const NS: &str = "vision";
@@ -30,33 +29,10 @@ fn frames_spec() -> serde_json::Value {
     })
 }
 
-/// Serves the sidecar's own router (`/v1/links`) over `frames` materialized in a plain
-/// directory; returns its port.
+/// Serves the runtime's links endpoint (`/v1/links`, as the sidecar and the node plugins
+/// serve it) over `frames` materialized in a plain directory; returns its port.
 fn sidecar(dir: &std::path::Path) -> u16 {
-    let file = dir.join("frames.yaml");
-    std::fs::write(&file, link(NS, "frames", frames_spec())).expect("link file");
-    let m = ipclink_sidecar::materialize_files(
-        &[file],
-        &dir.join("root"),
-        Some(ipclink_sidecar::cli::Storage::Dir),
-    )
-    .expect("materialize");
-    let probes = ipclink_sidecar::open_probes(&m.store, &m.plans).expect("probes");
-    let state = Arc::new(Mutex::new(ipclink_sidecar::app::LinkSet::new(probes)));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
-        rt.block_on(async move {
-            listener.set_nonblocking(true).expect("nonblocking");
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let _keep = m;
-            axum::serve(listener, ipclink_sidecar::app::app(state))
-                .await
-                .expect("serve");
-        });
-    });
-    port
+    ipclink_testkit::serve_links(&dir.join("root"), &[&link(NS, "frames", frames_spec())])
 }
 
 #[test]
@@ -102,6 +78,7 @@ fn links_are_reconciled_on_a_real_apiserver() {
         .expect("pod status");
     assert_eq!(code, 200, "{text}");
     let op = Operator::start(
+        OPERATOR,
         &cp,
         &[
             "--links-endpoint",
@@ -369,31 +346,40 @@ fn links_are_reconciled_on_a_real_apiserver() {
     );
     let text = op.metrics();
     for node in ["node-a", "node-b"] {
-        let series = format!(
-            r#"ipclink_semaphore_value{{namespace="vision",link="frames",channel="slots",kind="semaphore",node="{node}"}}"#
+        let series = [
+            ("namespace", "vision"),
+            ("link", "frames"),
+            ("channel", "slots"),
+            ("kind", "semaphore"),
+            ("node", node),
+        ];
+        assert_eq!(
+            metric(&text, "ipclink_semaphore_value", &series),
+            Some(8.0),
+            "{text}"
         );
-        assert_eq!(metric(&text, &series), Some(8.0), "{text}");
     }
     assert!(
-        metric(&text, r#"ipclink_reconcile_total{result="ok"}"#).is_some_and(|n| n >= 5.0),
+        metric(&text, "ipclink_reconcile_total", &[("result", "ok")]).is_some_and(|n| n >= 5.0),
         "{text}"
     );
     assert!(
-        metric(&text, r#"ipclink_reconcile_total{result="invalid"}"#).is_some_and(|n| n >= 1.0),
+        metric(&text, "ipclink_reconcile_total", &[("result", "invalid")])
+            .is_some_and(|n| n >= 1.0),
         "{text}"
     );
     assert_eq!(
-        metric(&text, r#"ipclink_links{phase="Ready"}"#),
+        metric(&text, "ipclink_links", &[("phase", "Ready")]),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        metric(&text, r#"ipclink_links{phase="Pending"}"#),
+        metric(&text, "ipclink_links", &[("phase", "Pending")]),
         Some(1.0),
         "{text}"
     );
     assert!(
-        metric(&text, "ipclink_reconcile_duration_seconds_count").is_some_and(|n| n >= 5.0),
+        metric(&text, "ipclink_reconcile_duration_seconds_count", &[]).is_some_and(|n| n >= 5.0),
         "{text}"
     );
 

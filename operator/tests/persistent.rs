@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use ipclink_e2e::control_plane::ControlPlane;
+use ipclink_testkit::control_plane::ControlPlane;
 use serde_json::json;
 
 const NS: &str = "vision";
@@ -31,7 +31,7 @@ fn the_first_member_picks_the_node_and_the_rest_follow() {
         })
         .to_string(),
     );
-    let _op = Operator::start(&cp, &[], &[]);
+    let _op = Operator::start(OPERATOR, &cp, &[], &[]);
     let spec = json!({
         "sizeLimit": "8Mi",
         "claim": {},

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use ipclink_core::validate;
-use ipclink_operator::plan::{Observed, PodView, plan};
+use ipclink_operator::plan::{Observed, plan};
+use ipclink_operator::pods::PodView;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Deserialize;
@@ -105,7 +106,7 @@ fn run(file: &str) {
             );
         }
     }
-    let reasons: Vec<&str> = planned.notes.iter().map(|n| n.reason).collect();
+    let reasons: Vec<&str> = planned.notes.iter().map(|n| n.reason.as_str()).collect();
     assert_eq!(reasons, expect.events, "{file}: events {:?}", planned.notes);
 
     // Planning the planned status again changes nothing and says nothing new.
@@ -167,7 +168,7 @@ fn the_chart_crd_is_what_the_operator_prints() {
     );
     let committed = std::fs::read_to_string(path).expect("charts/ipclink/crds copy");
     assert!(
-        committed == ipclink_operator::crd::crd_yaml(),
+        committed == ipclink_operator::crd::crd_yaml().expect("the CRD serializes"),
         "charts/ipclink/files/crds/ipclinks.ipclink.dev.yaml drifted from `ipclink-operator crd`; regenerate it with\n  cargo run -p ipclink-operator -- crd > charts/ipclink/files/crds/ipclinks.ipclink.dev.yaml"
     );
 }

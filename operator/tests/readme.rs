@@ -4,42 +4,29 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
 use common::{OPERATOR, free_port};
-use ipclink_e2e::control_plane::ControlPlane;
+use ipclink_testkit::control_plane::ControlPlane;
+use ipclink_testkit::{path_with, readme_script, run_script};
 
 #[test]
 fn the_readme_operator_section_works_as_written() {
     let cp = ControlPlane::start();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let block = ipclink_e2e::readme_block("operator");
     let port = free_port().to_string();
-    let script: String = block
-        .lines()
-        .filter(|l| !l.starts_with("cargo build"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .replace("target/release/ipclink-operator", OPERATOR)
-        .replace("127.0.0.1:9810", &format!("127.0.0.1:{port}"));
-    let path = format!(
-        "{}:{}",
-        cp.bin_dir().display(),
-        std::env::var("PATH").unwrap_or_default()
+    let script = readme_script(
+        "operator",
+        &["cargo build"],
+        &[
+            ("target/release/ipclink-operator", OPERATOR),
+            ("127.0.0.1:9810", &format!("127.0.0.1:{port}")),
+        ],
     );
-    let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(&root)
-        .env("PATH", path)
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .output()
-        .expect("bash");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "README operator section failed:\n{script}\n{stdout}\n{stderr}"
+    let (stdout, stderr) = run_script(
+        "README operator section",
+        &script,
+        &[
+            ("PATH", &path_with(&[cp.bin_dir()])),
+            ("KUBECONFIG", cp.kubeconfig.as_os_str()),
+        ],
     );
     let row = stdout
         .lines()

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ipclink_e2e::control_plane::ControlPlane;
+use ipclink_testkit::control_plane::ControlPlane;
 use serde_json::json;
 
 const NS: &str = "vision";
@@ -47,7 +47,12 @@ fn the_operator_converges_after_crashes_and_an_apiserver_restart() {
     );
 
     // Killed right after creating the claim, before any status was written.
-    let mut crashing = Operator::start(&cp, &[], &[("IPCLINK_OPERATOR_FAULT", "exit-after-claim")]);
+    let mut crashing = Operator::start(
+        OPERATOR,
+        &cp,
+        &[],
+        &[("IPCLINK_OPERATOR_FAULT", "exit-after-claim")],
+    );
     cp.create(&links, &link(NS, "frames", spec(1)));
     let status = crashing.wait_exit(Duration::from_secs(30));
     assert!(
@@ -74,7 +79,7 @@ fn the_operator_converges_after_crashes_and_an_apiserver_restart() {
 
     // A fresh operator: the deleted link is cleaned up, the crashed one converges, and
     // there is exactly one claim, owned by the link.
-    let mut op = Operator::start(&cp, &[], &[]);
+    let mut op = Operator::start(OPERATOR, &cp, &[], &[]);
     cp.wait_for(
         &format!("{links}/early"),
         "early link released",

@@ -15,39 +15,14 @@ use bollard::Docker;
 use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder};
 use ipclink_core::access::denials;
+pub use ipclink_core::report::MemberReport;
 use ipclink_core::{IpcLink, LinkPlan};
-use serde::{Deserialize, Serialize};
+use ipclink_runtime::Shutdown;
 
 /// Compose's label with the project name.
 pub const PROJECT_LABEL: &str = "com.docker.compose.project";
 /// Compose's label with the service name.
 pub const SERVICE_LABEL: &str = "com.docker.compose.service";
-
-/// One container that mounts a link.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MemberReport {
-    /// The link's namespace.
-    pub namespace: String,
-    /// The link's name.
-    pub link: String,
-    /// Compose service name (the member name), or the container name outside Compose.
-    pub service: String,
-    /// Container name.
-    pub container: String,
-    /// The user it runs as, as the engine reports it ("" is the image's default, root).
-    pub user: String,
-    /// The container's state (running, exited, paused, ...).
-    pub state: String,
-    /// Whether its permissions could be checked (a numeric user).
-    pub checked: bool,
-    /// What it cannot do, one line per object, naming service and channel.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub problems: Vec<String>,
-    /// Channels it cannot use as declared, with the missing access (for metrics).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub denied: Vec<(String, String)>,
-}
 
 /// Where the engine is and who this sidecar is.
 #[derive(Debug, Clone)]
@@ -219,13 +194,14 @@ pub async fn discover(
     Ok(reports)
 }
 
-/// Runs [`discover`] every `interval` until the process stops, handing each changed
-/// result to `publish` and logging each new problem once.
+/// Runs [`discover`] every `interval` until shutdown, handing each changed result to
+/// `publish` and logging each new problem once.
 pub async fn run(
     engine: Engine,
     links: Vec<(IpcLink, LinkPlan, PathBuf)>,
     interval: Duration,
     publish: impl Fn(Vec<MemberReport>) + Send + 'static,
+    shutdown: Shutdown,
 ) {
     let mut docker: Option<Docker> = None;
     let mut last: Option<Vec<MemberReport>> = None;
@@ -247,14 +223,15 @@ pub async fn run(
                             continue;
                         }
                         tracing::info!(
-                            link = %format!("{}/{}", r.namespace, r.link),
+                            namespace = %r.namespace,
+                            link = %r.link,
                             service = %r.service,
                             container = %r.container,
                             user = %r.user,
                             "member found"
                         );
                         for p in &r.problems {
-                            tracing::warn!(link = %format!("{}/{}", r.namespace, r.link), "{p}");
+                            tracing::warn!(namespace = %r.namespace, link = %r.link, "{p}");
                         }
                     }
                     publish(reports.clone());
@@ -267,7 +244,10 @@ pub async fn run(
                 }
             }
         }
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait() => return,
+        }
     }
 }
 

@@ -1,9 +1,7 @@
 //! ipclink-sidecar: materializes IpcLinks on this machine and serves their depths.
 
-pub mod app;
 pub mod cli;
 pub mod discover;
-pub mod http;
 pub mod plugin;
 
 use std::path::{Path, PathBuf};
@@ -11,23 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use ipclink_core::probe::{LinkProbe, LinkSample};
 use ipclink_core::{LinkPlan, MaterializeError, Problem, Problems, StorageMode, Store, load_plans};
+use ipclink_runtime::Shutdown;
+use ipclink_runtime::http::{Limits, serve};
+use ipclink_runtime::links::{LinkSet, SharedLinks, router};
 use tokio::net::TcpListener;
 
-use crate::app::{LinkSet, app};
 use crate::cli::{PluginArgs, Storage, UpArgs, default_root};
-
-/// Logs to stderr, filtered by `IPCLINK_LOG` (default `info`), in colour only on a
-/// terminal; shared by every ipclink binary.
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IPCLINK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
 
 /// Why a command failed; [`Error::exit_code`] tells the shell.
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +137,8 @@ pub fn materialize_links(
             }
         };
         tracing::info!(
-            link = %format!("{}/{}", plan.namespace, plan.name),
+            namespace = %plan.namespace,
+            link = %plan.name,
             path = %store.link_path(&plan.namespace, &plan.name).display(),
             created = outcome.created.len(),
             kept = outcome.kept.len(),
@@ -170,20 +158,21 @@ pub fn materialize_links(
 fn warn_unenforced_limits(samples: &[LinkSample], plans: &[LinkPlan]) {
     use ipclink_core::quantity::format_bytes;
     for (s, plan) in samples.iter().zip(plans) {
-        let link = format!("{}/{}", s.namespace, s.name);
+        let (namespace, link) = (&*s.namespace, &*s.name);
         if !s.size_limit_enforced {
-            tracing::warn!(%link, path = %s.path, "a plain directory: sizeLimit is NOT enforced (run as root for one tmpfs per link, or mount a tmpfs volume there)");
+            tracing::warn!(namespace, link, path = %s.path, "a plain directory: sizeLimit is NOT enforced (run as root for one tmpfs per link, or mount a tmpfs volume there)");
         } else if s.limit_bytes > plan.size_limit {
             let plan_limit = plan.size_limit;
             tracing::warn!(
-                %link,
+                namespace,
+                link,
                 tmpfs = %format_bytes(s.limit_bytes),
                 size_limit = %format_bytes(plan_limit),
                 "the link is a tmpfs larger than its sizeLimit: give the volume size={} to enforce it",
                 format_bytes(plan_limit)
             );
         } else {
-            tracing::info!(%link, tmpfs = %format_bytes(s.limit_bytes), "the link is a tmpfs of its own (a volume); its size is the limit");
+            tracing::info!(namespace, link, tmpfs = %format_bytes(s.limit_bytes), "the link is a tmpfs of its own (a volume); its size is the limit");
         }
     }
 }
@@ -201,27 +190,10 @@ pub fn open_probes(store: &Store, plans: &[LinkPlan]) -> Result<Vec<LinkProbe>, 
         .collect()
 }
 
-/// Installs the process's one SIGTERM/SIGINT watcher now (so a signal during start-up is
-/// not fatal) and returns a future that resolves when either arrives.
-pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
-        }
-    })
-}
-
 /// `ipclink-sidecar up`.
 pub async fn up(args: UpArgs) -> Result<(), Error> {
     let root = args.root.clone().unwrap_or_else(default_root);
-    let shutdown = shutdown_signal().map_err(|source| Error::Io {
-        what: "install signal handlers".into(),
-        source,
-    })?;
+    let shutdown = install_shutdown()?;
     // Validate before binding, bind before creating anything: a bad file or a busy port
     // leaves the machine as it was.
     let loaded = load_links(&args.files)?;
@@ -236,7 +208,7 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
     if m.store.mode() == StorageMode::PlainDir {
         warn_unenforced_limits(&set.sample(), &m.plans);
     }
-    let state = Arc::new(Mutex::new(set));
+    let state: SharedLinks = Arc::new(Mutex::new(set));
     if let Some(socket) = &args.engine {
         let engine = discover::Engine {
             socket: socket.clone(),
@@ -262,6 +234,7 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
                     .unwrap_or_else(|p| p.into_inner())
                     .set_members(members)
             },
+            shutdown.clone(),
         ));
     }
     tracing::info!(
@@ -270,13 +243,19 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
         metrics = %format!("http://{}/metrics", args.listen),
         "ready"
     );
-    let served = http::serve(listener, app(state), http::Limits::default(), shutdown).await;
+    let served = serve(
+        listener,
+        router(state),
+        Limits::default(),
+        shutdown.signalled(),
+    )
+    .await;
     if args.keep {
         tracing::info!(root = %root.display(), "--keep: links left in place");
     } else {
         for plan in &m.plans {
             if let Err(e) = m.store.teardown(&plan.namespace, &plan.name) {
-                tracing::error!(error = %e, "teardown failed");
+                tracing::error!(namespace = %plan.namespace, link = %plan.name, error = %e, "teardown failed");
             }
         }
         tracing::info!("links torn down");
@@ -291,10 +270,7 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
 /// Volumes stay in place when it stops: containers keep using them, and the next start
 /// picks them up from the state file.
 pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
-    let shutdown = shutdown_signal().map_err(|source| Error::Io {
-        what: "install signal handlers".into(),
-        source,
-    })?;
+    let shutdown = install_shutdown()?;
     let metrics = match args.listen {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Io {
             what: format!("listen on {addr}"),
@@ -302,7 +278,7 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
         })?),
         None => None,
     };
-    let links = Arc::new(Mutex::new(LinkSet::new(Vec::new())));
+    let links: SharedLinks = Arc::default();
     let mode = storage_mode(args.storage);
     let plugin = plugin::Plugin::open(&args.root, mode, links.clone())?;
     let socket = plugin::bind_socket(&args.socket)?;
@@ -312,27 +288,19 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
         volumes = plugin.volumes().len(),
         "volume plugin ready"
     );
-    let plugin = Arc::new(Mutex::new(plugin));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let metrics_task = metrics.map(|listener| {
-        tokio::spawn(http::serve(
+        tokio::spawn(serve(
             listener,
-            app(links),
-            http::Limits::default(),
-            stopped(stop_rx.clone()),
+            router(links),
+            Limits::default(),
+            shutdown.signalled(),
         ))
     });
-    let served = http::serve(
+    let served = serve(
         socket,
-        plugin::router(plugin),
-        http::Limits::default(),
-        async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        },
+        plugin::router(Arc::new(Mutex::new(plugin))),
+        Limits::default(),
+        shutdown.signalled(),
     )
     .await;
     if let Some(task) = metrics_task {
@@ -341,6 +309,13 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
     let _ = std::fs::remove_file(&args.socket);
     served.map_err(|source| Error::Io {
         what: "serve".into(),
+        source,
+    })
+}
+
+fn install_shutdown() -> Result<Shutdown, Error> {
+    Shutdown::install().map_err(|source| Error::Io {
+        what: "install signal handlers".into(),
         source,
     })
 }

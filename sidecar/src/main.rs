@@ -5,7 +5,7 @@ use ipclink_sidecar::cli::{Cli, Command, default_root};
 use ipclink_sidecar::{Error, load_files, ready, status, status_table, up, volume_plugin};
 
 fn main() {
-    ipclink_sidecar::init_logging();
+    ipclink_runtime::init_logging();
     let cli = Cli::parse();
     let runtime = || {
         tokio::runtime::Builder::new_multi_thread()
@@ -35,7 +35,7 @@ fn main() {
         Command::Status { root, json } => {
             status(&root.unwrap_or_else(default_root)).map(|samples| {
                 if json {
-                    let report = ipclink_sidecar::app::LinksReport {
+                    let report = ipclink_core::report::LinksReport {
                         links: samples,
                         members: Vec::new(),
                     };

@@ -12,6 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{BIN, Sidecar, get, metric, write_file};
+use ipclink_testkit::mounts::{mount_line, mounts_containing, snapshot, unmount_below};
+use ipclink_testkit::{KillOnDrop, require_root};
 
 const LINK: &str = r#"
 apiVersion: ipclink.dev/v1alpha1
@@ -29,23 +31,6 @@ spec:
     - { name: slots, initial: 8, abi: musl }
 "#;
 
-fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "this test needs root (tmpfs mounts); run the README test command"
-    );
-}
-
-/// Kills a helper process if a test fails while it still runs.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Setup {
     _dir: tempfile::TempDir,
     file: PathBuf,
@@ -56,13 +41,7 @@ struct Setup {
 impl Drop for Setup {
     /// Links kept with --keep by a test that then failed must not outlive it.
     fn drop(&mut self) {
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let root = self.root.to_string_lossy().into_owned();
-        for target in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
-            if target.starts_with(&root) {
-                let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
+        unmount_below(&self.root);
     }
 }
 
@@ -78,39 +57,6 @@ fn setup(yaml: &str) -> Setup {
         root,
         link,
     }
-}
-
-/// Everything observable about the files of a link: names, types, modes, owners, sizes,
-/// contents of regular files.
-fn snapshot(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .expect("read link dir")
-        .flatten()
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let m = e.path().symlink_metadata().expect("lstat");
-        let content = if m.is_file() {
-            format!(
-                "{:x}",
-                std::fs::read(e.path())
-                    .map(|b| b.iter().map(|&x| u64::from(x)).sum::<u64>())
-                    .unwrap_or(0)
-            )
-        } else {
-            String::new()
-        };
-        out.push(format!(
-            "{:?} {:o} {}:{} {} {content}",
-            e.file_name(),
-            m.mode(),
-            m.uid(),
-            m.gid(),
-            m.len()
-        ));
-    }
-    out
 }
 
 #[test]
@@ -307,11 +253,7 @@ fn objects_have_declared_modes_and_the_tmpfs_its_limits() {
     assert_eq!(mode("control"), 0o770);
     assert_eq!(mode("sem.frame-ready"), 0o660);
     assert_eq!(mode("slots"), 0o660);
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let line = mounts
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some(s.link.to_str().expect("utf-8")))
-        .expect("the link is a mount point");
+    let line = mount_line(&s.link).expect("the link is a mount point");
     for opt in ["nosuid", "nodev", "noexec", "size=2048k", "nr_inodes=1045"] {
         assert!(line.contains(opt), "{opt} missing: {line}");
     }
@@ -465,9 +407,8 @@ fn a_symlink_planted_at_the_link_path_is_refused_and_not_followed() {
         .map(|e| e.file_name())
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("precious")]);
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(
-        !mounts.contains(outside.path().to_str().expect("utf-8")),
+        mounts_containing(outside.path().to_str().expect("utf-8")).is_empty(),
         "mounted through the symlink"
     );
 }
@@ -532,9 +473,8 @@ fn without_root_up_uses_a_plain_directory_under_xdg_runtime_dir_and_says_so() {
     );
     let (_, json) = get(sidecar.port, "/v1/links");
     assert!(json.contains("\"sizeLimitEnforced\":false"), "{json}");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(
-        !mounts.contains(link.to_str().expect("utf-8")),
+        mounts_containing(link.to_str().expect("utf-8")).is_empty(),
         "an unprivileged up mounted something"
     );
     assert_eq!(sidecar.stop(), 0);

@@ -4,49 +4,30 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::{BIN, Sidecar};
-
-fn walkthrough() -> String {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-            .expect("README.md");
-    let start = readme
-        .find("<!-- walkthrough")
-        .expect("walkthrough start marker");
-    let end = readme
-        .find("<!-- /walkthrough -->")
-        .expect("walkthrough end marker");
-    let block = &readme[start..end];
-    let body = block.split("```sh\n").nth(1).expect("a sh block");
-    body.split("```").next().expect("closed block").to_owned()
-}
+use ipclink_testkit::{readme_script, require_root, run_script};
 
 #[test]
 fn the_readme_walkthrough_works_as_written() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "needs root (tmpfs); run the README test command"
-    );
+    require_root();
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("run-ipclink");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local/frames.yaml");
     let sidecar = Sidecar::up(&root, &[&example], &[]);
-    let script = walkthrough()
-        .replace("target/release/ipclink-sidecar", BIN)
-        .replace("/run/ipclink", root.to_str().expect("utf-8"))
-        .replace("127.0.0.1:9464", &format!("127.0.0.1:{}", sidecar.port));
-    let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .env("IPCLINK_ROOT", &root)
-        .output()
-        .expect("bash");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "walk-through failed:\n{script}\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let script = readme_script(
+        "walkthrough",
+        &[],
+        &[
+            ("target/release/ipclink-sidecar", BIN),
+            ("/run/ipclink", root.to_str().expect("utf-8")),
+            ("127.0.0.1:9464", &format!("127.0.0.1:{}", sidecar.port)),
+        ],
+    );
+    let (stdout, _) = run_script(
+        "README walk-through",
+        &script,
+        &[("IPCLINK_ROOT", root.as_os_str())],
     );
     assert!(
         stdout.contains("vision/frames  events"),

@@ -8,88 +8,76 @@ use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use ipclink_testkit::mounts::{Unmounter, snapshot};
+use ipclink_testkit::process::Process;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ipclink-sidecar");
 
 struct Plugin {
-    child: Option<Child>,
+    process: Process,
     socket: PathBuf,
     root: PathBuf,
-    log: PathBuf,
 }
 
 impl Plugin {
     fn start(dir: &Path) -> Plugin {
         let socket = dir.join("plugin.sock");
         let root = dir.join("root");
-        let log = dir.join("plugin.log");
-        let child = Command::new(BIN)
-            .args(["volume-plugin", "--storage", "tmpfs", "--socket"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["volume-plugin", "--storage", "tmpfs", "--socket"])
             .arg(&socket)
             .arg("--root")
             .arg(&root)
-            .env("IPCLINK_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start the plugin");
-        let p = Plugin {
-            child: Some(child),
+            .env("IPCLINK_LOG", "debug");
+        let log = dir.join("plugin.log");
+        let _ = std::fs::remove_file(&log);
+        let mut process = Process::spawn("ipclink-sidecar volume-plugin", cmd, &log);
+        process.wait_until("answering", Duration::from_secs(10), || {
+            call(&socket, "/Plugin.Activate", "{}").0 == 200
+        });
+        Plugin {
+            process,
             socket,
             root,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while p.call("/Plugin.Activate", "{}").0 != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "plugin did not answer:\n{}",
-                p.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        p
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().expect("SIGKILL");
-            c.wait().expect("reap");
-        }
+        self.process.kill9();
     }
 
     /// POSTs `body` to `endpoint`; (status, parsed JSON body).
     fn call(&self, endpoint: &str, body: &str) -> (u16, serde_json::Value) {
-        self.raw(&format!(
-            "POST {endpoint} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ))
+        call(&self.socket, endpoint, body)
     }
 
     fn raw(&self, request: &str) -> (u16, serde_json::Value) {
-        let Ok(mut s) = UnixStream::connect(&self.socket) else {
-            return (0, serde_json::Value::Null);
-        };
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        s.write_all(request.as_bytes()).expect("send");
-        read_answer(s)
+        raw(&self.socket, request)
     }
 }
 
-impl Drop for Plugin {
-    fn drop(&mut self) {
-        self.kill9();
-        if std::thread::panicking() {
-            eprintln!("--- plugin log ---\n{}", self.log());
-        }
-    }
+/// POSTs `body` to `endpoint` on `socket`; (status, parsed JSON body), or 0 when nothing
+/// answers.
+fn call(socket: &Path, endpoint: &str, body: &str) -> (u16, serde_json::Value) {
+    raw(
+        socket,
+        &format!(
+            "POST {endpoint} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+fn raw(socket: &Path, request: &str) -> (u16, serde_json::Value) {
+    let Ok(mut s) = UnixStream::connect(socket) else {
+        return (0, serde_json::Value::Null);
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(request.as_bytes()).expect("send");
+    read_answer(s)
 }
 
 fn read_answer(mut s: UnixStream) -> (u16, serde_json::Value) {
@@ -108,74 +96,11 @@ fn read_answer(mut s: UnixStream) -> (u16, serde_json::Value) {
     )
 }
 
-/// Everything a refused call must leave as it was: every path under the root with its
-/// type, mode, owner, size and (for files) content, plus the mount table's lines there.
-fn snapshot(root: &Path) -> Vec<String> {
-    fn walk(dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        let mut entries: Vec<_> = entries.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let path = e.path();
-            let Ok(m) = std::fs::symlink_metadata(&path) else {
-                continue;
-            };
-            let content = if m.is_file() {
-                format!("{:?}", std::fs::read(&path).unwrap_or_default())
-            } else {
-                String::new()
-            };
-            out.push(format!(
-                "{} {:o} {}:{} {} {}",
-                path.display(),
-                m.mode(),
-                m.uid(),
-                m.gid(),
-                m.size(),
-                content
-            ));
-            if m.is_dir() {
-                walk(&path, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, &mut out);
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let needle = root.display().to_string();
-    out.extend(mounts.lines().filter(|l| l.contains(&needle)).map(|l| {
-        // Drop the mount id and parent id, which are the same on an unchanged table.
-        l.split(' ').skip(2).collect::<Vec<_>>().join(" ")
-    }));
-    out
-}
-
-/// Unmounts whatever a test left mounted under its directory, even when it fails.
-struct UnmountBelow(PathBuf);
-
-impl Drop for UnmountBelow {
-    fn drop(&mut self) {
-        unmount_below(&self.0);
-    }
-}
-
 fn tmp() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("ipclink-plugin-")
         .tempdir()
         .expect("temp dir")
-}
-
-fn unmount_below(dir: &Path) {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let needle = dir.display().to_string();
-    for l in mounts.lines() {
-        if let Some(p) = l.split(' ').nth(4).filter(|p| p.starts_with(&needle)) {
-            let _ = Command::new("umount").args(["-l", p]).status();
-        }
-    }
 }
 
 fn err_of(v: &serde_json::Value) -> String {
@@ -191,7 +116,7 @@ fn lifecycle_hostile_inputs_and_restart() {
         "this test needs root (a tmpfs per volume); run it through scripts/test"
     );
     let dir = tmp();
-    let _unmount = UnmountBelow(dir.path().to_owned());
+    let _unmount = Unmounter(dir.path().to_owned());
     let mut p = Plugin::start(dir.path());
 
     assert_eq!(
@@ -509,7 +434,7 @@ fn lifecycle_hostile_inputs_and_restart() {
 fn link_file_volumes_and_a_busy_socket() {
     assert!(nix::unistd::Uid::effective().is_root(), "needs root");
     let dir = tmp();
-    let _unmount = UnmountBelow(dir.path().to_owned());
+    let _unmount = Unmounter(dir.path().to_owned());
     let file = dir.path().join("link.yaml");
     std::fs::write(
         &file,

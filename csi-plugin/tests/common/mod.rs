@@ -1,20 +1,18 @@
 //! Running `ipclink-csi node` and `controller` as real processes for tests; stopped, their
 //! mounts removed and (on failure) their logs printed in Drop.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use ipclink_testkit::process::Process;
+
+pub use ipclink_testkit::mounts::Unmounter;
+pub use ipclink_testkit::require_root;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ipclink-csi");
-
-pub fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "this test needs root (tmpfs and bind mounts); run the README test command"
-    );
-}
 
 pub fn sanity_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sanity")
@@ -22,11 +20,9 @@ pub fn sanity_dir() -> PathBuf {
 
 /// A plugin process and its directories.
 pub struct Plugin {
-    pub child: Option<Child>,
+    process: Process,
     pub socket: PathBuf,
     pub dir: PathBuf,
-    pub log: PathBuf,
-    role: String,
 }
 
 impl Plugin {
@@ -40,7 +36,6 @@ impl Plugin {
     pub fn start_with(role: &str, dir: &Path, extra: &[&str], envs: &[(&str, &Path)]) -> Plugin {
         std::fs::create_dir_all(dir).expect("plugin dir");
         let socket = dir.join(format!("{role}.sock"));
-        let log = dir.join(format!("{role}.log"));
         let mut cmd = Command::new(BIN);
         cmd.arg(role)
             .arg("--endpoint")
@@ -49,72 +44,35 @@ impl Plugin {
             .arg(dir.join(format!("{role}-state")))
             .args(extra)
             .envs(envs.iter().copied())
-            .env("IPCLINK_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .expect("log"),
-            );
+            .env("IPCLINK_LOG", "debug");
         if role == "node" {
             cmd.args(["--node-id", "node-1"]);
         }
-        let child = cmd.spawn().expect("start ipclink-csi");
-        let p = Plugin {
-            child: Some(child),
+        let log = dir.join(format!("{role}.log"));
+        let mut process = Process::spawn(&format!("ipclink-csi {role}"), cmd, &log);
+        // The socket file of a killed plugin may still be there: wait for a live one.
+        process.wait_until("serving its socket", Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        Plugin {
+            process,
             socket,
             dir: dir.to_path_buf(),
-            log,
-            role: role.into(),
-        };
-        let start = Instant::now();
-        // The socket file of a killed plugin may still be there: wait for a live one.
-        while std::os::unix::net::UnixStream::connect(&p.socket).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{role} did not start:\n{}",
-                p.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
-        p
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill9();
     }
-}
 
-impl Drop for Plugin {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- ipclink-csi {} log ---\n{}", self.role, self.log());
-        }
-    }
-}
-
-/// Unmounts everything under a directory when dropped (after the plugins are gone).
-pub struct Unmounter(pub PathBuf);
-
-impl Drop for Unmounter {
-    fn drop(&mut self) {
-        ipclink_e2e::unmount_below(&self.0);
+    /// SIGTERM, then waits for the exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.process.stop()
     }
 }
 

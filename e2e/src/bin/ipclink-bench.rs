@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use ipclink_core::probe::{LinkProbe, SocketTable};
 use ipclink_core::{LinkPlan, StorageMode, Store, parse_links, validate};
-use ipclink_sidecar::app::LinkSet;
+use ipclink_runtime::links::LinkSet;
 use nix::dir::Dir;
 use nix::fcntl::{OFlag, openat};
 use nix::libc;
@@ -723,7 +723,7 @@ fn probes(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
         );
     }
     let mut set = LinkSet::new(vec![LinkProbe::open(store, &plan).expect("probe")]);
-    set.render_metrics(); // first scrape opens descriptors
+    set.render_metrics(&mut String::new()); // first scrape opens descriptors
     let ms = |f: &mut dyn FnMut()| {
         median(
             (0..reps)
@@ -736,7 +736,7 @@ fn probes(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
         )
     };
     let probe_ms = ms(&mut || drop(set.sample()));
-    let full_ms = ms(&mut || drop(set.render_metrics()));
+    let full_ms = ms(&mut || set.render_metrics(&mut String::new()));
     rows.push(format!(
         "| mixed scrape of {n} channels, probes only (ms) | {probe_ms:.2} | — | — | ≤ 50 ms at 10,000 |"
     ));

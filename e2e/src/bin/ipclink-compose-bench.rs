@@ -5,7 +5,7 @@
 //! table; ratios are measured side by side in that run.
 //!
 //! Needs root, podman (scripts/install-compose) and our images; it builds and loads the
-//! `xbench` peer (e2e/peers/xbench.c) itself and serves the volume plugin on the socket
+//! `xbench` peer (testkit/peers/xbench.c) itself and serves the volume plugin on the socket
 //! containers.conf names unless one already answers there.
 //!   ipclink-compose-bench [--quick]
 
@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ipclink_e2e::{compose_engine, output_text, repo_root, static_binary};
+use ipclink_testkit::{compose_engine, output_text, repo_root, static_binary};
 
 const PLUGIN_SOCKET: &str = "/run/ipclink/plugin.sock";
 const NETWORK: &str = "ipclink-bench";
@@ -63,7 +63,7 @@ fn load_peer(images: &Path) {
     run(Command::new("musl-gcc")
         .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
         .arg(rootfs.join("xbench"))
-        .arg(repo_root().join("e2e/peers/xbench.c")));
+        .arg(repo_root().join("testkit/peers/xbench.c")));
     let archive = images.join("xbench.tar");
     run(Command::new(repo_root().join("scripts/oci-image"))
         .arg(IMAGE)

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::require_tool;
+use crate::{free_port, require_tool};
 
 /// A running etcd + kube-apiserver.
 #[derive(Debug)]
@@ -30,13 +30,6 @@ pub struct ControlPlane {
 
 /// The `kubernetes` Service's ClusterIP (first address of the service range).
 pub const SERVICE_IP: &str = "10.96.0.1";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 fn log_file(dir: &Path, name: &str) -> std::fs::File {
     std::fs::File::create(dir.join(name)).expect("log file")

@@ -1,7 +1,7 @@
 //! A real Kubernetes node for tests: containerd and runc (Debian), CNI bridge plugins
 //! (Debian), and a kubelet of the control plane's Kubernetes line (Go module proxy),
 //! registered with a [`ControlPlane`]. No registry is reachable, so the pod sandbox
-//! image and the test images are made here from static programs of `e2e/peers/`
+//! image and the test images are made here from static programs of `testkit/peers/`
 //! (`scripts/oci-image`) and imported into containerd. Everything lives under one
 //! temporary directory; Drop stops the kubelet, containerd and their containers and
 //! unmounts what they left there.
@@ -11,11 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::control_plane::ControlPlane;
-use crate::{Libc, compile_peer, require_tool};
+use crate::{Libc, compile_peer, free_port, require_tool};
 
 /// The pod sandbox image (a static `pause`).
 pub const PAUSE_IMAGE: &str = "docker.io/ipclink/pause:local";
-/// An image whose entrypoint is `e2e/peers/posix_peer.c` built static with musl.
+/// An image whose entrypoint is `testkit/peers/posix_peer.c` built static with musl.
 pub const PEER_IMAGE: &str = "docker.io/ipclink/peer:local";
 
 /// A running kubelet + containerd.
@@ -47,13 +47,6 @@ impl Node {
     /// Where node plugins put their registration sockets.
     pub fn registration_dir(&self) -> PathBuf {
         self.root_dir().join("plugins_registry")
-    }
-
-    /// A plugin's own directory under the kubelet root (created).
-    pub fn plugin_dir(&self, driver: &str) -> PathBuf {
-        let d = self.root_dir().join("plugins").join(driver);
-        std::fs::create_dir_all(&d).expect("plugin dir");
-        d
     }
 
     /// The log of a container: its lines without the CRI prefix.
@@ -322,13 +315,6 @@ fn netns() -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 impl Drop for Node {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -365,7 +351,7 @@ impl Drop for Node {
         }
         // Bind mounts may stack: a few passes.
         for _ in 0..3 {
-            crate::unmount_below(self.dir.path());
+            crate::mounts::unmount_below(self.dir.path());
         }
     }
 }

@@ -2,8 +2,6 @@
 //! and graceful shutdown (axum's `serve` has neither knob).
 
 use std::future::Future;
-use std::os::unix::fs::FileTypeExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,29 +12,6 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
-
-/// Binds a control socket with mode 0600, replacing a stale socket (never another kind
-/// of file) left by a previous run. Needs a Tokio runtime.
-pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
-        Ok(_) => {
-            return Err(std::io::Error::other(format!(
-                "{} exists and is not a socket; not removed",
-                path.display()
-            )));
-        }
-        Err(_) => {}
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    // Created 0600 from the start: no moment in which others could connect.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    bound
-}
 
 /// A listening socket whose connections [`serve`] can take.
 pub trait Listener: Send {
@@ -60,7 +35,7 @@ impl Listener for UnixListener {
     }
 }
 
-/// Limits of the metrics endpoint.
+/// Limits of a served endpoint.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// A client must send its request head within this time.

@@ -1,9 +1,15 @@
-//! Helpers for tests against real peers: the kernel's namespaces, real compilers and
-//! libcs. A missing peer or missing root fails the test with what to install; nothing is
-//! skipped silently.
+//! ipclink-testkit: what the tests of every crate share — real peers (a control plane, a
+//! kubelet node, the kernel's namespaces, real compilers and libcs), HTTP and metric
+//! helpers, mount-table helpers, tree snapshots and manifest builders. A missing peer or
+//! missing root fails the test with what to install; nothing is skipped silently.
 
 pub mod control_plane;
+pub mod http;
+pub mod mounts;
 pub mod node;
+pub mod operator;
+pub mod pods;
+pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -40,6 +46,25 @@ pub enum Libc {
     Musl,
 }
 
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Kills and reaps a child when dropped.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Directory for build products of the tests (under the cargo target directory).
 pub fn scratch_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e");
@@ -50,7 +75,7 @@ pub fn scratch_dir() -> PathBuf {
     dir
 }
 
-/// Compiles `e2e/peers/NAME.c` against `libc`, returning the program's path.
+/// Compiles `testkit/peers/NAME.c` against `libc`, returning the program's path.
 pub fn compile_peer(name: &str, libc: Libc) -> PathBuf {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("peers")
@@ -179,6 +204,50 @@ pub fn readme_block(name: &str) -> String {
         .to_owned()
 }
 
+/// [`readme_block`] made runnable here: without the lines that start with one of `skip`
+/// (builds a test has already done), and with each `(from, to)` replaced (paths, ports).
+pub fn readme_script(name: &str, skip: &[&str], replace: &[(&str, &str)]) -> String {
+    let mut script = readme_block(name)
+        .lines()
+        .filter(|l| !skip.iter().any(|s| l.starts_with(s)))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (from, to) in replace {
+        script = script.replace(from, to);
+    }
+    script
+}
+
+/// Runs `script` under `bash -euo pipefail` in the repository root with `env` added;
+/// (stdout, stderr) when it succeeds, a panic showing the script and both outputs when
+/// it fails.
+pub fn run_script(what: &str, script: &str, env: &[(&str, &std::ffi::OsStr)]) -> (String, String) {
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(repo_root())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: bash: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
+/// `PATH` with `dirs` in front.
+pub fn path_with(dirs: &[&Path]) -> std::ffi::OsString {
+    let current = std::env::var_os("PATH").unwrap_or_default();
+    let all = dirs
+        .iter()
+        .map(|d| d.to_path_buf())
+        .chain(std::env::split_paths(&current));
+    std::env::join_paths(all).expect("PATH entries without ':'")
+}
+
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -224,36 +293,6 @@ pub fn output_text(out: &Output) -> String {
     )
 }
 
-/// Every mount point of this mount namespace (field 5 of /proc/self/mountinfo).
-pub fn mount_points() -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-        .collect()
-}
-
-/// Mount points whose path contains `needle`.
-pub fn mounts_containing(needle: &str) -> Vec<String> {
-    mount_points()
-        .into_iter()
-        .filter(|m| m.contains(needle))
-        .collect()
-}
-
-/// Lazily unmounts every mount at or below `dir`, deepest first.
-pub fn unmount_below(dir: &Path) {
-    let prefix = dir.display().to_string();
-    let mut found: Vec<String> = mount_points()
-        .into_iter()
-        .filter(|m| *m == prefix || m.starts_with(&format!("{prefix}/")))
-        .collect();
-    found.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in found {
-        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 /// The last `n` lines of a log file (empty when it cannot be read).
 pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -273,4 +312,43 @@ pub fn static_binary(images: &Path, name: &str) -> PathBuf {
             })
         })
         .unwrap_or_else(|| panic!("no static {name} next to {}", images.display()))
+}
+
+/// Serves the runtime's links endpoint (`/metrics`, `/v1/links`, as the sidecar serves
+/// them) over the links of `yamls`, materialized in a plain directory under `root`, on a
+/// thread of its own; returns its port. The endpoint lives until the process ends.
+pub fn serve_links(root: &Path, yamls: &[&str]) -> u16 {
+    use std::sync::{Arc, Mutex};
+    let store = ipclink_core::Store::open(root, ipclink_core::StorageMode::PlainDir)
+        .expect("open the links directory");
+    let mut probes = Vec::new();
+    for yaml in yamls {
+        for link in ipclink_core::parse_links("links", yaml).expect("parse") {
+            let plan = ipclink_core::validate(&link).expect("valid");
+            store.materialize(&plan).expect("materialize");
+            probes.push(ipclink_core::probe::LinkProbe::open(&store, &plan).expect("probe"));
+        }
+    }
+    let links = Arc::new(Mutex::new(ipclink_runtime::links::LinkSet::new(probes)));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let _keep = store;
+            let _ = ipclink_runtime::http::serve(
+                listener,
+                ipclink_runtime::links::router(links),
+                ipclink_runtime::http::Limits::default(),
+                std::future::pending::<()>(),
+            )
+            .await;
+        });
+    });
+    port
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
-use ipclink_sidecar::http::{Limits, serve};
+use ipclink_runtime::http::{Limits, serve};
 
 fn start(
     limits: Limits,

@@ -3,7 +3,9 @@
 //! in the same run with the same bind/unbind done by exec'ing mount(8)/umount(8) — the
 //! mechanism of csi-driver-host-path, whose module the Go proxy here refuses to serve.
 //!
-//! `ipclink-csi-bench [--volumes N]` (root). Prints a Markdown table; nothing is asserted.
+//! `ipclink-csi-bench [--volumes N]` (root). The plugin is the `ipclink-csi` binary next
+//! to this one (`cargo build --release -p ipclink-csi` first) or `$IPCLINK_CSI`. Prints a
+//! Markdown table; nothing is asserted.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -41,7 +43,15 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir(&links)?;
     std::fs::write(links.join("bench.yaml"), LINK)?;
     let socket = dir.path().join("node.sock");
-    let bin = std::env::current_exe()?.with_file_name("ipclink-csi");
+    let bin = match std::env::var_os("IPCLINK_CSI") {
+        Some(b) => std::path::PathBuf::from(b),
+        None => std::env::current_exe()?.with_file_name("ipclink-csi"),
+    };
+    anyhow::ensure!(
+        bin.is_file(),
+        "{}: no ipclink-csi binary; build it first (cargo build --release -p ipclink-csi) or set IPCLINK_CSI",
+        bin.display()
+    );
     let mut node = Command::new(&bin)
         .args(["node", "--node-id", "bench", "--endpoint"])
         .arg(format!("unix://{}", socket.display()))

@@ -1,0 +1,82 @@
+//! Command line of `ipclink-csi`: one binary, a subcommand per role.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The ipclink CSI driver (csi.ipclink.dev).
+#[derive(Debug, Parser)]
+#[command(name = "ipclink-csi", version, about)]
+pub struct Cli {
+    /// Which plugin to run.
+    #[command(subcommand)]
+    pub role: Role,
+}
+
+/// The two plugins.
+#[derive(Debug, Subcommand)]
+pub enum Role {
+    /// Node plugin: Identity and Node services.
+    Node {
+        /// Flags both roles take.
+        #[command(flatten)]
+        common: Common,
+        /// This node's name (the topology value of topology.ipclink.dev/node).
+        #[arg(long, env = "NODE_ID")]
+        node_id: String,
+        /// The kubelet's plugin registration directory (e.g. /var/lib/kubelet/plugins_registry);
+        /// when set, the registration socket csi.ipclink.dev-reg.sock is served there.
+        #[arg(long, env = "IPCLINK_REGISTRATION_DIR")]
+        registration_dir: Option<PathBuf>,
+        /// The CSI socket path as the kubelet sees it [default: the --endpoint path].
+        #[arg(long, env = "IPCLINK_KUBELET_ENDPOINT")]
+        kubelet_endpoint: Option<String>,
+        /// Seconds between two looks for links that were deleted after their last
+        /// member unmounted them (their tmpfs is then removed); 0 never looks.
+        #[arg(long, env = "IPCLINK_GC_INTERVAL_SECONDS", default_value_t = 30)]
+        gc_interval_seconds: u64,
+    },
+    /// Controller plugin: Identity and Controller services.
+    Controller {
+        /// Flags both roles take.
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Flags of both roles.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// gRPC endpoint, unix://PATH.
+    #[arg(
+        long,
+        env = "CSI_ENDPOINT",
+        default_value = "unix:///run/ipclink/csi.sock"
+    )]
+    pub endpoint: String,
+    /// Directory for state files (and, on a node, the links' tmpfs mounts).
+    /// [default: node /run/ipclink-csi — tmpfs, gone at reboot like the mounts it
+    /// describes; controller /var/lib/ipclink-csi — its volumes outlive reboots]
+    #[arg(long, env = "IPCLINK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Directory of IpcLink (and Pod) YAML: the link source when running standalone.
+    /// Without it, links and pods come from the Kubernetes API (in-cluster config or
+    /// KUBECONFIG).
+    #[arg(long, env = "IPCLINK_LINKS_DIR")]
+    pub links_dir: Option<PathBuf>,
+    /// Serve /metrics here.
+    #[arg(long, env = "IPCLINK_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,514 @@
+//! The CSI node service: materialize a link once per node on its own tmpfs (under the
+//! state directory), bind-mount it into each pod's target, and keep a state file of the
+//! publications (temp + fsync + rename) so every call is idempotent across restarts.
+//!
+//! This module holds the rules of each RPC. The filesystem and mount work runs on Tokio's
+//! blocking pool ([`crate::blocking`]), so a slow `fallocate` or mount never holds up the
+//! gRPC workers; [`target`] does the mounts, [`mountinfo`] rebuilds lost state.
+
+mod mountinfo;
+mod target;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ipclink_core::members::members_of;
+use ipclink_core::names::TOPOLOGY_KEY;
+use ipclink_core::validate::check_dns_label;
+use ipclink_core::{LinkPlan, StorageMode, Store};
+use nix::sys::statvfs::statvfs;
+use serde::{Deserialize, Serialize};
+
+use crate::csi;
+use crate::error::CsiError;
+use crate::ids::{self, VolumeId, check_context, check_id, check_target};
+use crate::source::LinkSource;
+use crate::state::{load_json, save_json};
+
+/// One bind mount of a link into a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publication {
+    /// The CO's volume id.
+    pub volume_id: String,
+    /// Link namespace.
+    pub namespace: String,
+    /// Link name.
+    pub link: String,
+    /// Published read-only.
+    pub readonly: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Publications {
+    by_target: BTreeMap<String, Publication>,
+}
+
+/// The node plugin.
+#[derive(Debug)]
+pub struct NodePlugin {
+    node_id: String,
+    source: LinkSource,
+    store: Store,
+    state_file: PathBuf,
+    state: Mutex<Publications>,
+    /// (volume id, target) pairs being worked on: a concurrent duplicate gets Aborted.
+    busy: Mutex<HashSet<(String, String)>>,
+    /// Serializes materialization and mounting, so one link is mounted once; holds the
+    /// plan each link was materialized with by this process (unchanged plan: no work).
+    mounting: Mutex<HashMap<(String, String), LinkPlan>>,
+}
+
+/// Releases a busy slot when a call ends.
+struct BusyGuard<'a>(&'a Mutex<HashSet<(String, String)>>, (String, String));
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
+}
+
+fn errno(what: &str, e: nix::errno::Errno) -> CsiError {
+    CsiError::Internal(format!("{what}: {e}"))
+}
+
+impl NodePlugin {
+    /// Opens the state directory (links live in `STATE/links`).
+    pub fn new(
+        node_id: String,
+        state_dir: &Path,
+        source: LinkSource,
+    ) -> Result<Arc<Self>, CsiError> {
+        check_dns_label(&node_id).map_err(|e| CsiError::invalid("--node-id", e))?;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| CsiError::Internal(format!("state dir: {e}")))?;
+        let store = Store::open(&state_dir.join("links"), StorageMode::Tmpfs)?;
+        let state_file = state_dir.join("publications.json");
+        let state = match load_json::<Publications>(&state_file) {
+            Ok(Some(s)) => s,
+            Ok(None) => mountinfo::rebuild_from_mountinfo(&state_dir.join("links")),
+            Err(e) => {
+                tracing::warn!(error = %e, "state file unreadable; rebuilding it from /proc/self/mountinfo");
+                mountinfo::rebuild_from_mountinfo(&state_dir.join("links"))
+            }
+        };
+        if !state.by_target.is_empty() {
+            tracing::info!(
+                publications = state.by_target.len(),
+                "publications restored"
+            );
+        }
+        Ok(Arc::new(NodePlugin {
+            node_id,
+            source,
+            store,
+            state_file,
+            state: Mutex::new(state),
+            busy: Mutex::new(HashSet::new()),
+            mounting: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The store holding this node's links.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Every publication, by target path.
+    pub fn publications(&self) -> BTreeMap<String, Publication> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_target
+            .clone()
+    }
+
+    fn save(&self, state: &Publications) -> Result<(), CsiError> {
+        save_json(&self.state_file, state)
+            .map_err(|e| CsiError::Internal(format!("state file: {e}")))
+    }
+
+    fn claim(&self, volume_id: &str, target: &str) -> Result<BusyGuard<'_>, CsiError> {
+        let key = (volume_id.to_owned(), target.to_owned());
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if !busy.insert(key.clone()) {
+            return Err(CsiError::Busy(format!(
+                "volume {volume_id} at {target} is being published or unpublished by another call"
+            )));
+        }
+        Ok(BusyGuard(&self.busy, key))
+    }
+
+    /// Whether any publication uses link `namespace/name`.
+    fn in_use(&self, namespace: &str, name: &str) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_target
+            .values()
+            .any(|p| p.namespace == namespace && p.link == name)
+    }
+
+    /// Runs `f` with this plugin on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&NodePlugin) -> Result<T, CsiError> + Send + 'static,
+    ) -> Result<T, CsiError> {
+        let this = self.clone();
+        crate::blocking(move || f(&this)).await
+    }
+
+    /// NodePublishVolume.
+    pub async fn publish(
+        self: &Arc<Self>,
+        req: csi::NodePublishVolumeRequest,
+    ) -> Result<(), CsiError> {
+        check_id("volume_id", &req.volume_id)?;
+        check_target("target_path", &req.target_path)?;
+        let cap = req
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| CsiError::invalid("volume_capability", "is required"))?;
+        check_capability(cap)?;
+        let ctx: BTreeMap<String, String> = req.volume_context.clone().into_iter().collect();
+        check_context(&ctx)?;
+        let (namespace, link_name) = resolve_link(&req.volume_id, &ctx)?;
+        let _busy = self.claim(&req.volume_id, &req.target_path)?;
+
+        let publication = Publication {
+            volume_id: req.volume_id.clone(),
+            namespace: namespace.clone(),
+            link: link_name.clone(),
+            readonly: req.readonly,
+        };
+        let (target, asked) = (req.target_path.clone(), publication.clone());
+        if self.blocking(move |p| p.republish(&target, &asked)).await? {
+            return Ok(());
+        }
+
+        let pod = ctx.get(ids::POD_NAME).map(String::as_str);
+        let snapshot = self.source.lookup(&namespace, &link_name, pod).await?;
+        let (link, plan) = snapshot.link(&namespace, &link_name)?;
+        if link.spec.members.iter().any(|m| m.pod_selector.is_some()) {
+            let pod = pod.ok_or_else(|| {
+                CsiError::Denied(format!(
+                    "link {namespace}/{link_name} admits only its members and the request names no pod (the CSIDriver needs podInfoOnMount: true)"
+                ))
+            })?;
+            let labels = snapshot
+                .pod_labels(&namespace, pod)
+                .ok_or_else(|| CsiError::Denied(format!("pod {namespace}/{pod} is unknown; it may not mount link {namespace}/{link_name}")))?;
+            if members_of(link, labels).is_empty() {
+                return Err(CsiError::Denied(format!(
+                    "pod {namespace}/{pod} is not selected by any member of link {namespace}/{link_name}"
+                )));
+            }
+        }
+        let (plan, target) = (plan.clone(), req.target_path.clone());
+        self.blocking(move |p| p.mount(&plan, &target, publication))
+            .await
+    }
+
+    /// A publish of a target this node already has: `Ok(true)` when it is done (the same
+    /// publication again, or one whose id is filled in now), an error when the target
+    /// holds something else, `Ok(false)` when the target is not published.
+    fn republish(&self, target: &str, asked: &Publication) -> Result<bool, CsiError> {
+        let Some(p) = self.publications().get(target).cloned() else {
+            return Ok(false);
+        };
+        if p.volume_id.is_empty() && p.namespace == asked.namespace && p.link == asked.link {
+            // Rebuilt from mountinfo after a lost state file: the id comes back now.
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(q) = state.by_target.get_mut(target) {
+                q.volume_id = asked.volume_id.clone();
+            }
+            return self.save(&state).map(|()| true);
+        }
+        if p.volume_id != asked.volume_id {
+            return Err(CsiError::AlreadyExists(format!(
+                "target {target} already holds volume {}",
+                p.volume_id
+            )));
+        }
+        if p.readonly != asked.readonly {
+            return Err(CsiError::AlreadyExists(format!(
+                "volume {} is published at {target} with readonly={}; asked readonly={}",
+                asked.volume_id, p.readonly, asked.readonly
+            )));
+        }
+        Ok(true)
+    }
+
+    /// Materializes the link (once per plan) and binds it at `target`, then records the
+    /// publication.
+    fn mount(
+        &self,
+        plan: &LinkPlan,
+        target: &str,
+        publication: Publication,
+    ) -> Result<(), CsiError> {
+        let mut materialized = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
+        // A target that cannot be used is refused before the link is materialized.
+        let checked = target::check_target_dir(Path::new(target))?;
+        let key = (plan.namespace.clone(), plan.name.clone());
+        if materialized.get(&key) != Some(plan) {
+            self.store.materialize(plan)?;
+            self.store.write_record(plan)?;
+            materialized.insert(key, plan.clone());
+        }
+        let link_fd = self
+            .store
+            .open_link(&plan.namespace, &plan.name)
+            .map_err(|e| errno("open link", e))?;
+        target::bind(&link_fd, checked, Path::new(target), publication.readonly)?;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.by_target.insert(target.to_owned(), publication);
+        self.save(&state)
+    }
+
+    /// NodeUnpublishVolume.
+    pub async fn unpublish(
+        self: &Arc<Self>,
+        req: csi::NodeUnpublishVolumeRequest,
+    ) -> Result<(), CsiError> {
+        check_id("volume_id", &req.volume_id)?;
+        check_target("target_path", &req.target_path)?;
+        let _busy = self.claim(&req.volume_id, &req.target_path)?;
+        let (volume_id, target) = (req.volume_id.clone(), req.target_path.clone());
+        let released = self
+            .blocking(move |p| p.unbind(&volume_id, &target))
+            .await?;
+        // The link goes with its last publication, once it no longer exists.
+        if let Some((namespace, name)) = released {
+            self.teardown_if_deleted(&namespace, &name).await?;
+        }
+        Ok(())
+    }
+
+    /// Unmounts `target` and forgets its publication; the publication's link, when no
+    /// other publication uses it any more.
+    fn unbind(&self, volume_id: &str, target: &str) -> Result<Option<(String, String)>, CsiError> {
+        let known = self.publications().get(target).cloned();
+        if let Some(p) = &known
+            && !p.volume_id.is_empty()
+            && p.volume_id != volume_id
+        {
+            return Err(CsiError::NotFound(format!(
+                "volume {volume_id} is not published at {target} (it holds {})",
+                p.volume_id
+            )));
+        }
+        let _mounting = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
+        target::unbind(Path::new(target), known.is_some())?;
+        let Some(p) = known else { return Ok(None) };
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.by_target.remove(target);
+        self.save(&state)?;
+        let still_used = state
+            .by_target
+            .values()
+            .any(|q| q.namespace == p.namespace && q.link == p.link);
+        Ok((!still_used).then_some((p.namespace, p.link)))
+    }
+
+    /// Tears link `namespace/name` down when no publication uses it and it no longer
+    /// exists; `Ok(true)` when it was torn down.
+    async fn teardown_if_deleted(
+        self: &Arc<Self>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<bool, CsiError> {
+        if self.in_use(namespace, name)
+            || self
+                .source
+                .lookup(namespace, name, None)
+                .await?
+                .has_link(namespace, name)
+        {
+            return Ok(false);
+        }
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        self.blocking(move |p| {
+            // Publishes hold this lock from materializing to recording: a publish that
+            // came in since the look above is seen here.
+            let mut materialized = p.mounting.lock().unwrap_or_else(|p| p.into_inner());
+            if p.in_use(&namespace, &name) {
+                return Ok(false);
+            }
+            p.store.teardown(&namespace, &name)?;
+            materialized.remove(&(namespace, name));
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Tears down the links that no publication uses and that no longer exist: a link
+    /// deleted after its last member left (its last unpublish kept it, as it still
+    /// existed then). Returns the links removed.
+    pub async fn collect_garbage(self: &Arc<Self>) -> Vec<(String, String)> {
+        let records = match self.blocking(|p| Ok(p.store.records().0)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the link records");
+                return Vec::new();
+            }
+        };
+        let mut removed = Vec::new();
+        for plan in records {
+            let (namespace, link) = (plan.namespace.as_str(), plan.name.as_str());
+            match self.teardown_if_deleted(namespace, link).await {
+                Ok(true) => {
+                    tracing::info!(namespace, link, "deleted link torn down");
+                    removed.push((plan.namespace.clone(), plan.name.clone()));
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(namespace, link, error = %e, "cannot collect an unused link")
+                }
+            }
+        }
+        removed
+    }
+
+    /// NodeGetVolumeStats: bytes and inodes of the link's tmpfs.
+    pub async fn stats(
+        self: &Arc<Self>,
+        req: csi::NodeGetVolumeStatsRequest,
+    ) -> Result<Vec<csi::VolumeUsage>, CsiError> {
+        check_id("volume_id", &req.volume_id)?;
+        if req.volume_path.is_empty() {
+            return Err(CsiError::invalid("volume_path", "is required"));
+        }
+        let pubs = self.publications();
+        if !pubs.values().any(|p| p.volume_id == req.volume_id) {
+            return Err(CsiError::NotFound(format!(
+                "volume {} is not published on this node",
+                req.volume_id
+            )));
+        }
+        match pubs.get(&req.volume_path) {
+            Some(p) if p.volume_id == req.volume_id => {}
+            _ => {
+                return Err(CsiError::NotFound(format!(
+                    "volume {} is not published at {}",
+                    req.volume_id, req.volume_path
+                )));
+            }
+        }
+        let path = req.volume_path;
+        let v = crate::blocking(move || statvfs(path.as_str()).map_err(|e| errno("statvfs", e)))
+            .await?;
+        let f = v.fragment_size();
+        let usage =
+            |unit: csi::volume_usage::Unit, total: u64, free: u64, avail: u64| csi::VolumeUsage {
+                total: total as i64,
+                available: avail as i64,
+                used: total.saturating_sub(free) as i64,
+                unit: unit as i32,
+            };
+        Ok(vec![
+            usage(
+                csi::volume_usage::Unit::Bytes,
+                v.blocks() * f,
+                v.blocks_free() * f,
+                v.blocks_available() * f,
+            ),
+            usage(
+                csi::volume_usage::Unit::Inodes,
+                v.files(),
+                v.files_free(),
+                v.files_available(),
+            ),
+        ])
+    }
+
+    /// NodeGetInfo.
+    pub fn info(&self) -> csi::NodeGetInfoResponse {
+        csi::NodeGetInfoResponse {
+            node_id: self.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: Some(csi::Topology {
+                segments: HashMap::from([(TOPOLOGY_KEY.to_owned(), self.node_id.clone())]),
+            }),
+        }
+    }
+}
+
+/// Only mounted directories: block access makes no sense for a link.
+pub fn check_capability(cap: &csi::VolumeCapability) -> Result<(), CsiError> {
+    use csi::volume_capability::AccessType;
+    match cap.access_type {
+        Some(AccessType::Mount(_)) => {}
+        Some(AccessType::Block(_)) => {
+            return Err(CsiError::invalid(
+                "volume_capability",
+                "block access is not supported; an ipclink volume is a directory (use mount)",
+            ));
+        }
+        None => {
+            return Err(CsiError::invalid(
+                "volume_capability",
+                "access_type is required (mount)",
+            ));
+        }
+    }
+    match cap.access_mode.as_ref().map(|m| m.mode) {
+        Some(m) if m != 0 => Ok(()),
+        _ => Err(CsiError::invalid(
+            "volume_capability",
+            "access_mode is required",
+        )),
+    }
+}
+
+/// (namespace, link) of a publish request: from the id for a persistent volume, from the
+/// context for an inline ephemeral one. A pod of another namespace is refused.
+fn resolve_link(
+    volume_id: &str,
+    ctx: &BTreeMap<String, String>,
+) -> Result<(String, String), CsiError> {
+    let pod_ns = ctx.get(ids::POD_NAMESPACE);
+    if ctx.get(ids::EPHEMERAL).map(String::as_str) == Some("true") {
+        let link = ctx.get(ids::LINK).ok_or_else(|| {
+            CsiError::invalid(
+                "volume_context",
+                "an inline volume needs volumeAttributes.link",
+            )
+        })?;
+        check_dns_label(link)
+            .map_err(|e| CsiError::invalid("volume_context", format!("link: {e}")))?;
+        let ns = pod_ns.ok_or_else(|| {
+            CsiError::invalid(
+                "volume_context",
+                "no pod namespace: the CSIDriver needs podInfoOnMount: true",
+            )
+        })?;
+        check_dns_label(ns)
+            .map_err(|e| CsiError::invalid("volume_context", format!("pod namespace: {e}")))?;
+        return Ok((ns.clone(), link.clone()));
+    }
+    let id = VolumeId::parse(volume_id)
+        .ok_or_else(|| CsiError::NotFound(format!("{volume_id:?} is not an ipclink volume id")))?;
+    for (key, want) in [(ids::NAMESPACE, &id.namespace), (ids::LINK, &id.link)] {
+        if let Some(v) = ctx.get(key)
+            && v != want
+        {
+            return Err(CsiError::invalid(
+                "volume_context",
+                format!("{key} {v:?} does not match the volume id"),
+            ));
+        }
+    }
+    if let Some(ns) = pod_ns
+        && ns != &id.namespace
+    {
+        return Err(CsiError::Denied(format!(
+            "a pod of namespace {ns} may not mount link {}/{}",
+            id.namespace, id.link
+        )));
+    }
+    Ok((id.namespace, id.link))
+}

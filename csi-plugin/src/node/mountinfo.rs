@@ -1,0 +1,84 @@
+//! Publications rebuilt from `/proc/self/mountinfo` when the state file is lost: the
+//! mount table is the truth about what is bound where.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ipclink_core::validate::check_dns_label;
+
+use super::{Publication, Publications};
+
+/// Rebuilds the publications from one read of `/proc/self/mountinfo`: every mount of a
+/// link's tmpfs (same device) outside the links directory is a publication. Volume ids are
+/// not in mountinfo; they are filled in by the CO's next publish of the same target.
+pub(super) fn rebuild_from_mountinfo(links_dir: &Path) -> Publications {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let base = links_dir.to_string_lossy().into_owned();
+    // mountinfo: id parent major:minor root mount-point options ... - fstype source super-options
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split(' ').collect())
+        .filter(|f: &Vec<&str>| f.len() > 5)
+        .collect();
+    let mut links: HashMap<&str, (String, String)> = HashMap::new();
+    for f in &rows {
+        if let Some(rest) = f[4].strip_prefix(&base)
+            && let Some((ns, name)) = rest.trim_start_matches('/').split_once('/')
+            && check_dns_label(ns).is_ok()
+            && check_dns_label(name).is_ok()
+        {
+            links.insert(f[2], (ns.to_owned(), name.to_owned()));
+        }
+    }
+    let mut out = Publications::default();
+    for f in &rows {
+        if f[4].starts_with(&base) || f[3] != "/" {
+            continue;
+        }
+        if let Some((ns, name)) = links.get(f[2]) {
+            // Octal escapes (\040 for a space) are how mountinfo writes odd paths.
+            let target = unescape_mountinfo(f[4]);
+            out.by_target.insert(
+                target,
+                Publication {
+                    volume_id: String::new(),
+                    namespace: ns.clone(),
+                    link: name.clone(),
+                    readonly: f[5].split(',').any(|o| o == "ro"),
+                },
+            );
+        }
+    }
+    out
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/var/lib/a\\040b"), "/var/lib/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/trailing\\04"), "/trailing\\04");
+    }
+}

@@ -1,0 +1,266 @@
+//! Wiring of a running plugin: the CSI socket, the kubelet registration socket, the
+//! garbage-collection loop and the metrics endpoint, all stopped by one shutdown.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+use ipclink_core::LinkPlan;
+use ipclink_core::metrics::{CsiMetrics, render};
+use ipclink_core::names::DRIVER_NAME;
+use ipclink_core::probe::LinkProbe;
+use ipclink_core::report::LinksReport;
+use ipclink_runtime::Shutdown;
+use ipclink_runtime::http::{Limits, serve};
+use ipclink_runtime::links::{Exposition, LinkSet, router};
+use ipclink_runtime::unix::bind_unix;
+
+use crate::cli::{Cli, Role};
+use crate::controller::ControllerPlugin;
+use crate::csi::controller_server::ControllerServer;
+use crate::csi::identity_server::IdentityServer;
+use crate::csi::node_server::NodeServer;
+use crate::grpc::{Controller, Identity, Node};
+use crate::node::NodePlugin;
+use crate::source::{DirSource, KubeSource, LinkSource};
+
+/// How long in-flight calls get after SIGTERM.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs the plugin the command line asks for until SIGTERM or SIGINT.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let shutdown = Shutdown::install()?;
+    let (common, node_id, registration, gc_interval) = match cli.role {
+        Role::Node {
+            common,
+            node_id,
+            registration_dir,
+            kubelet_endpoint,
+            gc_interval_seconds,
+        } => (
+            common,
+            Some(node_id),
+            registration_dir.map(|d| (d, kubelet_endpoint)),
+            gc_interval_seconds,
+        ),
+        Role::Controller { common } => (common, None, None, 0),
+    };
+    let state_dir = common.state_dir.clone().unwrap_or_else(|| {
+        PathBuf::from(if node_id.is_some() {
+            "/run/ipclink-csi"
+        } else {
+            "/var/lib/ipclink-csi"
+        })
+    });
+    let registry = prometheus::Registry::new();
+    let metrics = CsiMetrics::new(&registry)?;
+    let source = match &common.links_dir {
+        Some(dir) => LinkSource::Dir(DirSource::new(dir.clone())),
+        None => LinkSource::Kube(
+            KubeSource::connect()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+    };
+    let path = common
+        .endpoint
+        .strip_prefix("unix://")
+        .map(PathBuf::from)
+        .with_context(|| {
+            format!(
+                "--endpoint {:?}: only unix://PATH is served",
+                common.endpoint
+            )
+        })?;
+    let listener = bind_unix(&path).with_context(|| format!("bind {}", path.display()))?;
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let identity = IdentityServer::new(Identity {
+        metrics: metrics.clone(),
+    });
+    if let Some((dir, kubelet_endpoint)) = registration {
+        let endpoint = kubelet_endpoint.unwrap_or_else(|| path.display().to_string());
+        spawn_registration(&dir, endpoint, shutdown.clone())?;
+    }
+    let mut server = tonic::transport::Server::builder();
+    let router = match node_id {
+        Some(node_id) => {
+            let plugin =
+                NodePlugin::new(node_id, &state_dir, source).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if gc_interval > 0 {
+                spawn_garbage_collection(
+                    plugin.clone(),
+                    std::time::Duration::from_secs(gc_interval),
+                    shutdown.clone(),
+                );
+            }
+            if let Some(addr) = common.metrics_listen {
+                let exposed = Exposed {
+                    registry: registry.clone(),
+                    node: Some(NodeLinks::new(plugin.clone())),
+                };
+                spawn_metrics(addr, exposed, shutdown.clone()).await?;
+            }
+            server
+                .add_service(identity)
+                .add_service(NodeServer::new(Node { plugin, metrics }))
+        }
+        None => {
+            let plugin =
+                ControllerPlugin::new(&state_dir, source).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(addr) = common.metrics_listen {
+                let exposed = Exposed {
+                    registry: registry.clone(),
+                    node: None,
+                };
+                spawn_metrics(addr, exposed, shutdown.clone()).await?;
+            }
+            server
+                .add_service(identity)
+                .add_service(ControllerServer::new(Controller {
+                    plugin: Arc::new(plugin),
+                    metrics,
+                }))
+        }
+    };
+    tracing::info!(endpoint = %common.endpoint, "serving CSI");
+    let server = router.serve_with_incoming_shutdown(incoming, shutdown.signalled());
+    tokio::pin!(server);
+    // A kubelet keeps its connection open: drain in-flight calls for a bounded time, then
+    // exit rather than wait for clients to hang up.
+    let result = tokio::select! {
+        r = &mut server => r,
+        _ = async {
+            shutdown.wait().await;
+            tokio::time::sleep(DRAIN).await;
+        } => {
+            tracing::warn!("clients still connected after the drain time; exiting");
+            Ok(())
+        }
+    };
+    let _ = std::fs::remove_file(&path);
+    if let Err(e) = result {
+        bail!("gRPC server: {e}");
+    }
+    Ok(())
+}
+
+fn spawn_garbage_collection(
+    plugin: Arc<NodePlugin>,
+    interval: std::time::Duration,
+    shutdown: Shutdown,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait() => return,
+            }
+            plugin.collect_garbage().await;
+        }
+    });
+}
+
+fn spawn_registration(dir: &Path, endpoint: String, shutdown: Shutdown) -> anyhow::Result<()> {
+    use crate::registration::registration_server::RegistrationServer;
+    let socket = dir.join(format!("{DRIVER_NAME}-reg.sock"));
+    let listener =
+        bind_unix(&socket).with_context(|| format!("registration socket {}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "serving kubelet plugin registration");
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(RegistrationServer::new(crate::grpc::Registration {
+                endpoint,
+            }))
+            .serve_with_incoming_shutdown(
+                // The kubelet sends the socket path as :authority; see authority.rs.
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    |conn| conn.map(crate::authority::LocalAuthority::new),
+                ),
+                shutdown.signalled(),
+            )
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "registration server failed");
+        }
+        let _ = std::fs::remove_file(&socket);
+    });
+    Ok(())
+}
+
+async fn spawn_metrics(
+    addr: std::net::SocketAddr,
+    exposed: Exposed,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics-listen {addr}"))?;
+    tokio::spawn(async move {
+        let _ = serve(
+            listener,
+            router(Arc::new(exposed)),
+            Limits::default(),
+            shutdown.signalled(),
+        )
+        .await;
+    });
+    Ok(())
+}
+
+/// The links of this node, probed through probes kept open between scrapes (they hold
+/// descriptors to semaphores and shm regions) and opened again only when the set of
+/// links on the node changes.
+#[derive(Debug)]
+struct NodeLinks {
+    plugin: Arc<NodePlugin>,
+    probes: Mutex<(Vec<LinkPlan>, LinkSet)>,
+}
+
+impl NodeLinks {
+    fn new(plugin: Arc<NodePlugin>) -> Self {
+        NodeLinks {
+            plugin,
+            probes: Mutex::new((Vec::new(), LinkSet::default())),
+        }
+    }
+
+    fn sample(&self) -> Vec<ipclink_core::probe::LinkSample> {
+        let store = self.plugin.store();
+        let (plans, _) = store.records();
+        let mut cached = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.0 != plans {
+            let opened = plans
+                .iter()
+                .filter_map(|p| LinkProbe::open(store, p).ok())
+                .collect();
+            *cached = (plans, LinkSet::new(opened));
+        }
+        cached.1.sample()
+    }
+}
+
+/// What a plugin shows on `--metrics-listen`: its request families and, on a node, the
+/// channel families of every link there and `/v1/links` in the sidecar's format.
+#[derive(Debug)]
+struct Exposed {
+    registry: prometheus::Registry,
+    node: Option<NodeLinks>,
+}
+
+impl Exposition for Exposed {
+    fn metrics(&self, out: &mut String) {
+        render(&self.registry, out);
+        if let Some(node) = &self.node {
+            ipclink_core::metrics::render_channels(&node.sample(), &[], out);
+        }
+    }
+
+    fn links(&self) -> Option<LinksReport> {
+        self.node.as_ref().map(|n| LinksReport {
+            links: n.sample(),
+            members: Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,109 @@
+//! Command line of `ipclink-operator`.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand};
+
+/// Reconciles IpcLink resources.
+#[derive(Parser, Debug)]
+#[command(name = "ipclink-operator", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the IpcLink CustomResourceDefinition (YAML) for `kubectl apply -f -`.
+    Crd,
+    /// Run the controller against the cluster of KUBECONFIG (or in-cluster).
+    Run(RunArgs),
+}
+
+/// Arguments of `run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Serve /metrics and /healthz here.
+    #[arg(long, default_value = "0.0.0.0:9810")]
+    pub metrics_listen: SocketAddr,
+    /// Links reconciled at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u16,
+    /// Look at an unchanged link again after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub resync_seconds: u64,
+    /// A node plugin's (or sidecar's) metrics address whose /v1/links is gathered:
+    /// `HOST:PORT` or `NODE=HOST:PORT`. Repeatable.
+    #[arg(long = "links-endpoint", value_name = "[NODE=]HOST:PORT", value_parser = endpoint)]
+    pub links_endpoints: Vec<(String, String)>,
+    /// Gather from node plugin pods found by label: `NAMESPACE/SELECTOR`, e.g.
+    /// `ipclink-system/app.kubernetes.io/component=node-plugin`.
+    #[arg(long, value_name = "NAMESPACE/SELECTOR", value_parser = node_plugins)]
+    pub node_plugins: Option<(String, String)>,
+    /// Metrics port of the node plugin pods.
+    #[arg(long, default_value_t = 9809)]
+    pub node_plugin_port: u16,
+    /// Seconds between two gatherings of depths (the rate at which status.channels
+    /// changes).
+    #[arg(long, default_value_t = 30)]
+    pub depth_interval_seconds: u64,
+    /// Do not provision PersistentVolumes for persistent-mode claims (when
+    /// external-provisioner does it through the CSI controller instead).
+    #[arg(long)]
+    pub no_provisioner: bool,
+}
+
+/// (node label, address) of a `--links-endpoint`.
+fn endpoint(arg: &str) -> Result<(String, String), String> {
+    let (node, addr) = arg.split_once('=').unwrap_or((arg, arg));
+    let valid = addr
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !valid {
+        return Err(format!("{arg:?}: expected HOST:PORT or NODE=HOST:PORT"));
+    }
+    Ok((node.to_owned(), addr.to_owned()))
+}
+
+/// (namespace, label selector) of `--node-plugins`.
+fn node_plugins(arg: &str) -> Result<(String, String), String> {
+    arg.split_once('/')
+        .filter(|(ns, sel)| !ns.is_empty() && !sel.is_empty())
+        .map(|(ns, sel)| (ns.to_owned(), sel.to_owned()))
+        .ok_or_else(|| format!("{arg:?}: expected NAMESPACE/SELECTOR"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn endpoints_and_selectors_are_checked() {
+        assert_eq!(
+            endpoint("node-a=10.0.0.1:9809"),
+            Ok(("node-a".into(), "10.0.0.1:9809".into()))
+        );
+        assert_eq!(
+            endpoint("127.0.0.1:1"),
+            Ok(("127.0.0.1:1".into(), "127.0.0.1:1".into()))
+        );
+        for bad in ["", "host", ":80", "a=host:port", "host:70000"] {
+            assert!(endpoint(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            node_plugins("ipclink-system/app=x"),
+            Ok(("ipclink-system".into(), "app=x".into()))
+        );
+        for bad in ["", "ns", "ns/", "/app=x"] {
+            assert!(node_plugins(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The HTTP face of every ipclink process: `/metrics`, `/v1/links`, `/healthz` and
+//! `/readyz`, over whatever the process exposes ([`Exposition`]), and [`LinkSet`], the
+//! exposition of a set of materialized links (the sidecar, the volume plugin, the CSI
+//! node plugin).
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use ipclink_core::metrics::{render_channels, render_gauge};
+use ipclink_core::probe::{LinkProbe, LinkSample, SocketTable};
+use ipclink_core::report::{LinksReport, MemberReport};
+
+/// Content type of `/metrics`: the Prometheus text format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What a process shows on its endpoint. Every method may block (probes read the
+/// filesystem): the router calls them on Tokio's blocking pool.
+pub trait Exposition: Send + Sync + 'static {
+    /// Appends every series of the process in the Prometheus text format.
+    fn metrics(&self, out: &mut String);
+
+    /// The `/v1/links` body; `None` when the process holds no links (404).
+    fn links(&self) -> Option<LinksReport> {
+        None
+    }
+
+    /// `Err(why)` while the process is not ready to serve (503 with the reason).
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The router over `exposed`.
+pub fn router(exposed: Arc<dyn Exposition>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/links", get(links))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(exposed)
+}
+
+/// A JSON `{"Err": ...}` answer.
+fn refusal(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({"Err": message.into()}))).into_response()
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    exposed: Arc<dyn Exposition>,
+    f: impl FnOnce(&dyn Exposition) -> T + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(move || f(&*exposed))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "probe task failed");
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, "probe failed")
+        })
+}
+
+async fn metrics(State(exposed): State<Arc<dyn Exposition>>) -> Response {
+    let rendered = blocking(exposed, |e| {
+        let mut out = String::with_capacity(16 * 1024);
+        e.metrics(&mut out);
+        out
+    })
+    .await;
+    match rendered {
+        Ok(text) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn links(State(exposed): State<Arc<dyn Exposition>>) -> Response {
+    match blocking(exposed, |e| e.links()).await {
+        Ok(Some(report)) => Json(report).into_response(),
+        Ok(None) => refusal(StatusCode::NOT_FOUND, "this process holds no links"),
+        Err(r) => r,
+    }
+}
+
+async fn readyz(State(exposed): State<Arc<dyn Exposition>>) -> Response {
+    match blocking(exposed, |e| e.ready()).await {
+        Ok(Ok(())) => "ready\n".into_response(),
+        Ok(Err(why)) => refusal(StatusCode::SERVICE_UNAVAILABLE, why),
+        Err(r) => r,
+    }
+}
+
+/// Links a process watches: their probes, kept open between scrapes, and the members
+/// Compose discovery found.
+#[derive(Debug, Default)]
+pub struct LinkSet {
+    probes: Vec<LinkProbe>,
+    members: Vec<MemberReport>,
+}
+
+/// A link set shared between the endpoint and whoever changes it.
+pub type SharedLinks = Arc<Mutex<LinkSet>>;
+
+impl LinkSet {
+    /// A set over already-open probes.
+    pub fn new(probes: Vec<LinkProbe>) -> Self {
+        LinkSet {
+            probes,
+            members: Vec::new(),
+        }
+    }
+
+    /// Replaces the discovered members.
+    pub fn set_members(&mut self, members: Vec<MemberReport>) {
+        self.members = members;
+    }
+
+    /// Samples every link and adds the discovered members: the `/v1/links` body.
+    pub fn report(&mut self) -> LinksReport {
+        LinksReport {
+            links: self.sample(),
+            members: self.members.clone(),
+        }
+    }
+
+    /// Observes every link once. Socket queues come from one netlink dump, taken only
+    /// when some link has a socket channel.
+    pub fn sample(&mut self) -> Vec<LinkSample> {
+        let sockets = if self.probes.iter().any(LinkProbe::has_sockets) {
+            SocketTable::dump().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "unix socket diagnostics unavailable; socket depths read as 0");
+                SocketTable::default()
+            })
+        } else {
+            SocketTable::default()
+        };
+        self.probes.iter_mut().map(|p| p.sample(&sockets)).collect()
+    }
+
+    /// Samples and appends the channel families and the Compose member families.
+    pub fn render_metrics(&mut self, out: &mut String) {
+        let samples = self.sample();
+        let channels: usize = samples
+            .iter()
+            .map(|s| s.channels.len() + s.semaphores.len())
+            .sum();
+        out.reserve(4096 + channels * 6 * 120);
+        render_channels(&samples, &[], out);
+        let info: Vec<_> = self
+            .members
+            .iter()
+            .map(|m| {
+                let labels = vec![
+                    ("namespace", m.namespace.as_str()),
+                    ("link", m.link.as_str()),
+                    ("service", m.service.as_str()),
+                    ("container", m.container.as_str()),
+                    ("user", m.user.as_str()),
+                ];
+                (labels, 1)
+            })
+            .collect();
+        render_gauge(
+            out,
+            "ipclink_member_info",
+            "Containers that mount a link, by Compose service; always 1.",
+            &info,
+        );
+        let denied: Vec<_> = self
+            .members
+            .iter()
+            .flat_map(|m| {
+                m.denied.iter().map(move |(channel, access)| {
+                    let labels = vec![
+                        ("namespace", m.namespace.as_str()),
+                        ("link", m.link.as_str()),
+                        ("service", m.service.as_str()),
+                        ("container", m.container.as_str()),
+                        ("channel", channel.as_str()),
+                        ("access", access.as_str()),
+                    ];
+                    (labels, 1)
+                })
+            })
+            .collect();
+        render_gauge(
+            out,
+            "ipclink_member_denied",
+            "Channels and semaphores a member cannot use as the link declares (access missing); always 1.",
+            &denied,
+        );
+    }
+
+    /// Links some of whose declared objects are missing, as `namespace/name`.
+    pub fn incomplete(&self) -> Vec<String> {
+        self.probes
+            .iter()
+            .filter(|p| !p.all_present())
+            .map(|p| {
+                let (ns, name) = p.key();
+                format!("{ns}/{name}")
+            })
+            .collect()
+    }
+}
+
+impl Exposition for Mutex<LinkSet> {
+    fn metrics(&self, out: &mut String) {
+        self.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .render_metrics(out);
+    }
+
+    fn links(&self) -> Option<LinksReport> {
+        Some(self.lock().unwrap_or_else(|p| p.into_inner()).report())
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        let missing = self.lock().unwrap_or_else(|p| p.into_inner()).incomplete();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("objects missing in {}", missing.join(", ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    struct Fixed;
+
+    impl Exposition for Fixed {
+        fn metrics(&self, out: &mut String) {
+            out.push_str("ipclink_test 1\n");
+        }
+
+        fn ready(&self) -> Result<(), String> {
+            Err("not yet".into())
+        }
+    }
+
+    async fn get(app: &Router, path: &str) -> (StatusCode, Option<String>, String) {
+        let resp = app
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("answer");
+        let status = resp.status();
+        let kind = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, kind, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn each_route_answers_from_the_exposition() {
+        let app = router(Arc::new(Fixed));
+        let (status, kind, body) = get(&app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(kind.as_deref(), Some(METRICS_CONTENT_TYPE));
+        assert_eq!(body, "ipclink_test 1\n");
+        let (status, _, body) = get(&app, "/v1/links").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("\"Err\""), "{body}");
+        let (status, _, body) = get(&app, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, r#"{"Err":"not yet"}"#);
+        assert_eq!(get(&app, "/healthz").await.2, "ok\n");
+    }
+
+    #[tokio::test]
+    async fn an_empty_link_set_is_ready_and_reports_no_links() {
+        let app = router(Arc::new(Mutex::new(LinkSet::default())));
+        assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
+        let (status, _, body) = get(&app, "/v1/links").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, r#"{"links":[]}"#);
+    }
+}

@@ -1,0 +1,199 @@
+//! The plugin protocol on the wire: one POST handler for every endpoint, which reads the
+//! body (at most [`MAX_BODY`] bytes), decodes the request strictly, runs the call on the
+//! blocking pool and answers in the plugin content type.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{MAX_BODY, NAMESPACE, Plugin, Refusal, bad, internal, refuse};
+
+const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameReq {
+    #[serde(rename = "Name")]
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateReq {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "Opts", default)]
+    opts: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MountReq {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "ID")]
+    id: String,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("request body: {e}")))
+}
+
+/// Bodies of calls that take no arguments: empty, `null` or `{}`.
+fn parse_empty(body: &[u8]) -> Result<(), Refusal> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let v: serde_json::Value = parse(body)?;
+    match v {
+        serde_json::Value::Null => Ok(()),
+        serde_json::Value::Object(m) if m.is_empty() => Ok(()),
+        _ => Err(bad(
+            "request body: this call takes no arguments; send {} or nothing",
+        )),
+    }
+}
+
+impl Plugin {
+    /// Handles one call: `(endpoint, body)` to the JSON answer.
+    pub fn call(&mut self, endpoint: &str, body: &[u8]) -> Result<serde_json::Value, Refusal> {
+        match endpoint {
+            "/Plugin.Activate" => {
+                parse_empty(body)?;
+                Ok(json!({"Implements": ["VolumeDriver"]}))
+            }
+            "/VolumeDriver.Capabilities" => {
+                parse_empty(body)?;
+                Ok(json!({"Capabilities": {"Scope": "local"}}))
+            }
+            "/VolumeDriver.List" => {
+                parse_empty(body)?;
+                let list: Vec<_> = self
+                    .volumes
+                    .values()
+                    .map(|v| json!({"Name": v.name, "Mountpoint": self.mountpoint(v)}))
+                    .collect();
+                Ok(json!({"Volumes": list, "Err": ""}))
+            }
+            "/VolumeDriver.Get" => {
+                let req: NameReq = parse(body)?;
+                let v = self.get(&req.name)?;
+                Ok(json!({"Volume": {
+                    "Name": v.name,
+                    "Mountpoint": self.mountpoint(v),
+                    "Status": {"link": format!("{NAMESPACE}/{}", v.key), "mounts": v.mounts.len()},
+                }, "Err": ""}))
+            }
+            "/VolumeDriver.Path" => {
+                let req: NameReq = parse(body)?;
+                let v = self.get(&req.name)?;
+                Ok(json!({"Mountpoint": self.mountpoint(v), "Err": ""}))
+            }
+            "/VolumeDriver.Create" => {
+                let req: CreateReq = parse(body)?;
+                self.create(&req.name, req.opts.unwrap_or_default())?;
+                Ok(json!({"Err": ""}))
+            }
+            "/VolumeDriver.Remove" => {
+                let req: NameReq = parse(body)?;
+                self.remove(&req.name)?;
+                Ok(json!({"Err": ""}))
+            }
+            "/VolumeDriver.Mount" => {
+                let req: MountReq = parse(body)?;
+                let mountpoint = self.mount(&req.name, &req.id)?;
+                Ok(json!({"Mountpoint": mountpoint, "Err": ""}))
+            }
+            "/VolumeDriver.Unmount" => {
+                let req: MountReq = parse(body)?;
+                self.unmount(&req.name, &req.id)?;
+                Ok(json!({"Err": ""}))
+            }
+            other => Err(refuse(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no endpoint {:?}; this plugin implements VolumeDriver",
+                    other.chars().take(64).collect::<String>()
+                ),
+            )),
+        }
+    }
+}
+
+/// Shared handle for the HTTP handlers.
+pub type SharedPlugin = Arc<Mutex<Plugin>>;
+
+/// The plugin's router: every path goes to one handler, which reads the body (at most
+/// [`MAX_BODY`] bytes) and answers in the plugin content type.
+pub fn router(plugin: SharedPlugin) -> Router {
+    Router::new().fallback(handle).with_state(plugin)
+}
+
+fn answer(status: StatusCode, body: &serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn handle(
+    State(plugin): State<SharedPlugin>,
+    method: Method,
+    uri: Uri,
+    body: Body,
+) -> Response {
+    let endpoint = uri.path().to_owned();
+    if method != Method::POST {
+        return answer(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"Err": format!("{method} {}: the plugin protocol uses POST", endpoint.chars().take(64).collect::<String>())}),
+        );
+    }
+    let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &json!({"Err": format!("request body: larger than {MAX_BODY} bytes")}),
+            );
+        }
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let mut p = plugin.lock().unwrap_or_else(|p| p.into_inner());
+        p.call(&endpoint, &bytes)
+    })
+    .await
+    .unwrap_or_else(|e| Err(internal(format!("handler failed: {e}"))));
+    match result {
+        Ok(v) => answer(StatusCode::OK, &v),
+        Err(r) => {
+            tracing::warn!(status = r.status.as_u16(), error = %r.message, "request refused");
+            answer(r.status, &json!({"Err": r.message}))
+        }
+    }
+}
+
+/// Binds the plugin socket (mode 0600). A socket file nobody answers on is a leftover and
+/// is replaced; one that answers belongs to a running plugin and is an error.
+pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, crate::Error> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(crate::Error::Io {
+            what: format!("{}: another plugin is serving it", path.display()),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        });
+    }
+    ipclink_runtime::unix::bind_unix(path).map_err(|source| crate::Error::Io {
+        what: format!("bind {}", path.display()),
+        source,
+    })
+}

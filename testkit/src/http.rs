@@ -1,0 +1,66 @@
+//! Plain HTTP on loopback and the Prometheus text format, as the tests read them.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// One HTTP/1.0 GET of `path` on `127.0.0.1:port`: (status, body); `None` when nothing
+/// answers.
+pub fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok())?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// [`try_get`] of an endpoint that must answer.
+pub fn get(port: u16, path: &str) -> (u16, String) {
+    try_get(port, path).unwrap_or_else(|| panic!("nothing answers GET {path} on port {port}"))
+}
+
+/// The body of a 200 answer to GET `path`; `None` for anything else.
+pub fn get_ok(port: u16, path: &str) -> Option<String> {
+    match try_get(port, path) {
+        Some((200, body)) => Some(body),
+        _ => None,
+    }
+}
+
+/// The value of the first series of family `name` whose labels include every
+/// `(label, value)` given (with none given, the first series of the family).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_are_found_by_family_and_labels() {
+        let text = "# HELP a x\na{k=\"1\",j=\"2\"} 3\na_total 4\na{k=\"5\"} 6\nb 7\n";
+        assert_eq!(metric(text, "a", &[("k", "1")]), Some(3.0));
+        assert_eq!(metric(text, "a", &[("k", "5")]), Some(6.0));
+        assert_eq!(metric(text, "a", &[("k", "9")]), None);
+        assert_eq!(metric(text, "a_total", &[]), Some(4.0));
+        assert_eq!(metric(text, "b", &[]), Some(7.0));
+        assert_eq!(metric(text, "c", &[]), None);
+    }
+}

@@ -1,0 +1,65 @@
+//! `ipclink-operator run` as a real process against a [`ControlPlane`].
+
+use std::path::Path;
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use crate::control_plane::ControlPlane;
+use crate::free_port;
+use crate::http::get_ok;
+use crate::process::Process;
+
+/// A running operator; stopped in Drop, its log printed when a test fails.
+#[derive(Debug)]
+pub struct Operator {
+    process: Process,
+    _dir: tempfile::TempDir,
+    /// Port of its /metrics.
+    pub port: u16,
+}
+
+impl Operator {
+    /// Starts the operator binary `bin` with the control plane's kubeconfig, a metrics
+    /// port of its own and a 30 s resync, and waits for /healthz.
+    pub fn start(bin: &str, cp: &ControlPlane, args: &[&str], env: &[(&str, &str)]) -> Operator {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("operator.log");
+        let port = free_port();
+        let mut cmd = Command::new(Path::new(bin));
+        cmd.args(["run", "--metrics-listen", &format!("127.0.0.1:{port}")])
+            .args(["--resync-seconds", "30"])
+            .args(args)
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .env("IPCLINK_LOG", "info,kube=warn")
+            .envs(env.iter().copied());
+        let mut process = Process::spawn("ipclink-operator", cmd, &log);
+        process.wait_until("serving /healthz", Duration::from_secs(30), || {
+            get_ok(port, "/healthz").is_some()
+        });
+        Operator {
+            process,
+            _dir: dir,
+            port,
+        }
+    }
+
+    /// Its log so far.
+    pub fn logs(&self) -> String {
+        self.process.log()
+    }
+
+    /// Its /metrics text.
+    pub fn metrics(&self) -> String {
+        get_ok(self.port, "/metrics").unwrap_or_default()
+    }
+
+    /// Waits for the process to exit by itself (e.g. after a fault), returning its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        self.process.wait_exit(limit)
+    }
+
+    /// SIGTERM, then waits; returns the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.process.stop()
+    }
+}
