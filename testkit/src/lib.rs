@@ -46,12 +46,32 @@ pub enum Libc {
     Musl,
 }
 
-/// A free loopback port.
+/// A free loopback port for a server a test starts. It is taken below the kernel's
+/// ephemeral range (`ip_local_port_range`), where `bind(0)` and outgoing connections
+/// never land, so nothing else grabs it between now and the server's own bind; and it is
+/// handed out once per process, so parallel tests never get the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    use std::sync::Mutex;
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let floor = low.saturating_sub(12000).max(1024);
+    let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
+    // Start at a place of this process's own, so two test binaries rarely meet either.
+    let mut port = next.unwrap_or(floor + (std::process::id() % 4000) as u16 * 2);
+    loop {
+        if port >= low {
+            port = floor;
+        }
+        let candidate = port;
+        port += 1;
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            *next = Some(port);
+            return candidate;
+        }
+    }
 }
 
 /// Kills and reaps a child when dropped.
@@ -98,30 +118,58 @@ pub fn compile_peer(name: &str, libc: Libc) -> PathBuf {
 }
 
 /// A stand-in for a pod: a process in its own mount, IPC and network namespaces that
-/// sees only `link_dir`, bind-mounted at `/dev/shm`.
+/// sees only `link_dir`, bind-mounted (recursively, as the node plugin publishes a link)
+/// at `/dev/shm`.
 pub fn spawn_pod(link_dir: &Path, program: &Path, args: &[&str]) -> Child {
+    pod_command(link_dir, None, program, args)
+        .spawn()
+        .expect("starting a pod process with unshare")
+}
+
+/// [`spawn_pod`] running as `uid:gid` (no supplementary groups), as a pod with
+/// `runAsUser` and `runAsGroup`.
+pub fn spawn_pod_as(link_dir: &Path, uid: u32, gid: u32, program: &Path, args: &[&str]) -> Child {
+    pod_command(link_dir, Some((uid, gid)), program, args)
+        .spawn()
+        .expect("starting a pod process with unshare")
+}
+
+fn pod_command(
+    link_dir: &Path,
+    user: Option<(u32, u32)>,
+    program: &Path,
+    args: &[&str],
+) -> Command {
     require_tool("unshare");
-    Command::new("unshare")
-        .args([
-            "--mount",
-            "--ipc",
-            "--net",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-        ])
-        .arg(r#"mount --bind "$1" /dev/shm && shift && exec "$@""#)
-        .arg("pod")
-        .arg(link_dir)
-        .arg(program)
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--ipc",
+        "--net",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+    ])
+    .arg(r#"mount --rbind "$1" /dev/shm && shift && exec "$@""#)
+    .arg("pod")
+    .arg(link_dir);
+    if let Some((uid, gid)) = user {
+        require_tool("setpriv");
+        cmd.args([
+            "setpriv",
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+        ]);
+    }
+    cmd.arg(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting a pod process with unshare")
+        .stderr(Stdio::piped());
+    cmd
 }
 
 /// Waits for a child up to `limit`, killing it after; returns its output.
