@@ -2,6 +2,7 @@
 //! objects in a directory, depth probes and the metric families. No network, no client.
 
 pub mod access;
+pub mod created;
 pub mod fs;
 pub mod load;
 pub mod materialize;
@@ -11,13 +12,16 @@ pub mod names;
 pub mod probe;
 pub mod quantity;
 pub mod report;
+pub mod sockdiag;
 pub mod spec;
 pub mod validate;
 
 pub use kube::CustomResourceExt;
 pub use load::{load_plans, parse_link_value, parse_links, yaml_documents};
-pub use materialize::{MaterializeError, Outcome, StorageMode, Store};
+pub use materialize::{
+    InProcess, MaterializeError, Outcome, Preallocate, PreallocateError, StorageMode, Store,
+};
 pub use spec::{
     Channel, ChannelKind, IpcLink, IpcLinkSpec, IpcLinkStatus, Semaphore, SemaphoreAbi,
 };
-pub use validate::{LinkPlan, ObjectKind, ObjectPlan, Problem, Problems, validate};
+pub use validate::{LinkPlan, ObjectKind, ObjectPlan, Problem, Problems, RootPlan, validate};

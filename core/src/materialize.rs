@@ -63,6 +63,16 @@ pub enum MaterializeError {
     /// Existing objects differ from the plan; nothing was changed.
     #[error("the link exists with different objects; nothing was changed:\n{0}")]
     Conflicts(Problems),
+    /// A region's pages could not be allocated where they are charged.
+    #[error("{path}: cannot preallocate: {message}")]
+    Preallocate {
+        /// Display path of the region.
+        path: String,
+        /// Why, naming the memory limit when it was too small.
+        message: String,
+        /// Whether a memory limit was too small (the caller's resources are exhausted).
+        out_of_memory: bool,
+    },
     /// Something on disk is not what ipclink made; it is left alone.
     #[error("{path}: {message}")]
     Refused {
@@ -71,6 +81,38 @@ pub enum MaterializeError {
         /// Why.
         message: String,
     },
+}
+
+/// Why a region's pages could not be allocated.
+#[derive(Debug, thiserror::Error)]
+pub enum PreallocateError {
+    /// `fallocate` failed (ENOSPC: the link's tmpfs is full).
+    #[error("{0}")]
+    Sys(Errno),
+    /// The memory the pages are charged to (a member pod's limit) cannot hold them.
+    #[error("{0}")]
+    OutOfMemory(String),
+    /// The allocation could not be run where it is charged.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// How a new shared-memory region gets its pages. A tmpfs page is charged to the memory
+/// cgroup of the task that first touches it, so where this runs decides whose memory
+/// limit the region counts against.
+pub trait Preallocate {
+    /// Allocates every page of `file` (a new, empty region) up to `size` bytes.
+    fn preallocate(&self, file: BorrowedFd<'_>, size: u64) -> Result<(), PreallocateError>;
+}
+
+/// Allocates in this process: the pages are charged to its own memory cgroup.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InProcess;
+
+impl Preallocate for InProcess {
+    fn preallocate(&self, file: BorrowedFd<'_>, size: u64) -> Result<(), PreallocateError> {
+        fallocate(file, FallocateFlags::empty(), 0, size as i64).map_err(PreallocateError::Sys)
+    }
 }
 
 /// What a run of [`Store::materialize`] did.
@@ -242,8 +284,19 @@ impl Store {
     }
 
     /// Creates what is missing of `plan`; leaves matching objects untouched (never
-    /// truncates); refuses, changing nothing, if an existing object differs.
+    /// truncates); refuses, changing nothing, if an existing object differs. Regions are
+    /// preallocated in this process.
     pub fn materialize(&self, plan: &LinkPlan) -> Result<Outcome, MaterializeError> {
+        self.materialize_with(plan, &InProcess)
+    }
+
+    /// [`Store::materialize`], with new regions' pages allocated by `alloc` (for example
+    /// charged to the first member's memory cgroup).
+    pub fn materialize_with(
+        &self,
+        plan: &LinkPlan,
+        alloc: &dyn Preallocate,
+    ) -> Result<Outcome, MaterializeError> {
         let link_path = self.link_path(&plan.namespace, &plan.name);
         let lp = || link_path.display().to_string();
         let mut outcome = Outcome::default();
@@ -258,13 +311,49 @@ impl Store {
             outcome.mounted = true;
         }
         remove_leftovers(link_fd.as_fd()).map_err(|e| removing(e, lp))?;
-
         let missing = inspect(link_fd.as_fd(), plan, self.apply_owner, lp, &mut outcome)?;
+        self.apply_root(link_fd.as_fd(), plan, lp)?;
         for obj in missing {
-            self.create(link_fd.as_fd(), obj, lp)?;
+            self.create(link_fd.as_fd(), obj, alloc, lp)?;
             outcome.created.push(obj.file_name());
         }
+        if plan.root.allows_create() && self.mode == StorageMode::Tmpfs {
+            for obj in &plan.objects {
+                pin(link_fd.as_fd(), obj, lp)?;
+            }
+        }
         Ok(outcome)
+    }
+
+    /// Gives the link's root the mode and owner of `plan.root` (a live change of
+    /// `allowCreate` lands here); the objects in it are not touched.
+    fn apply_root(
+        &self,
+        link: BorrowedFd<'_>,
+        plan: &LinkPlan,
+        lp: impl Fn() -> String + Copy,
+    ) -> Result<(), MaterializeError> {
+        let st = sys(nix::sys::stat::fstat(link), lp, "stat")?;
+        let root = plan.root;
+        if self.apply_owner && (st.st_uid != root.uid || st.st_gid != root.gid) {
+            sys(
+                fchown(
+                    link,
+                    Some(Uid::from_raw(root.uid)),
+                    Some(Gid::from_raw(root.gid)),
+                ),
+                lp,
+                "chown link root",
+            )?;
+        }
+        if st.st_mode & 0o7777 != root.mode {
+            sys(
+                fchmod(link, Mode::from_bits_truncate(root.mode)),
+                lp,
+                "chmod link root",
+            )?;
+        }
+        Ok(())
     }
 
     /// Checks an existing link against `plan` without changing anything: Ok when the link
@@ -428,8 +517,8 @@ impl Store {
         // the directory we opened with O_NOFOLLOW, whatever happens to the path meanwhile.
         let target = format!("/proc/self/fd/{}", dir.as_raw_fd());
         let data = format!(
-            "size={},nr_inodes={},mode=0755",
-            plan.size_limit, plan.nr_inodes
+            "size={},nr_inodes={},mode={:04o},uid={},gid={}",
+            plan.size_limit, plan.nr_inodes, plan.root.mode, plan.root.uid, plan.root.gid
         );
         sys(
             mount(
@@ -476,6 +565,7 @@ impl Store {
         &self,
         link: BorrowedFd<'_>,
         obj: &ObjectPlan,
+        alloc: &dyn Preallocate,
         lp: impl Fn() -> String,
     ) -> Result<(), MaterializeError> {
         let file = obj.file_name();
@@ -489,14 +579,26 @@ impl Store {
                 let fd = sys(openat(link, tmp.as_str(), excl, private), at, "create")?;
                 // Allocate every page now: a member never takes SIGBUS on first touch,
                 // and ENOSPC shows up here instead of in a member.
-                sys(
-                    fallocate(fd.as_fd(), FallocateFlags::empty(), 0, size as i64),
-                    at,
-                    "preallocate",
-                )
-                .inspect_err(|_| {
+                if let Err(e) = alloc.preallocate(fd.as_fd(), size) {
                     let _ = unlinkat(link, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-                })?;
+                    return Err(match e {
+                        PreallocateError::Sys(errno) => MaterializeError::Sys {
+                            path: at(),
+                            op: "preallocate",
+                            errno,
+                        },
+                        PreallocateError::OutOfMemory(message) => MaterializeError::Preallocate {
+                            path: at(),
+                            message,
+                            out_of_memory: true,
+                        },
+                        PreallocateError::Failed(message) => MaterializeError::Preallocate {
+                            path: at(),
+                            message,
+                            out_of_memory: false,
+                        },
+                    });
+                }
                 fd
             }
             ObjectKind::Semaphore { initial, abi } => {
@@ -635,6 +737,66 @@ impl Store {
             }),
         }
     }
+}
+
+/// Pins a declared object in a link members may write to: a bind mount of the object onto
+/// itself. The sticky root keeps members from removing one another's objects; a mount
+/// point keeps everyone, the object's own owner included, from removing or replacing a
+/// declared one (`unlink`, `rename` and `rmdir` of a mount point fail with EBUSY in
+/// every mount namespace that sees the mount, and publications bind the link
+/// recursively). Already pinned objects are left as they are.
+fn pin(
+    link: BorrowedFd<'_>,
+    obj: &ObjectPlan,
+    lp: impl Fn() -> String,
+) -> Result<(), MaterializeError> {
+    let file = obj.file_name();
+    let at = || format!("{}/{file}", lp());
+    // O_PATH: no open(2) side effects (a FIFO is not opened for reading or writing).
+    let fd = sys(
+        openat(
+            link,
+            file.as_str(),
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
+        at,
+        "open",
+    )?;
+    let io = |op: &'static str| {
+        let at = at();
+        move |e: std::io::Error| MaterializeError::Sys {
+            path: at,
+            op,
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+        }
+    };
+    if mount_id(fd.as_fd()).map_err(io("read fdinfo"))?
+        != mount_id(link).map_err(io("read fdinfo"))?
+    {
+        return Ok(());
+    }
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    sys(
+        mount(
+            Some(path.as_str()),
+            path.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ),
+        at,
+        "pin (bind onto itself)",
+    )
+}
+
+/// The id of the mount a descriptor is on (`mnt_id` of `/proc/self/fdinfo`).
+fn mount_id(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no mnt_id in fdinfo"))
 }
 
 /// Inspects every declared object; returns those missing, or every conflict.

@@ -117,6 +117,13 @@ const FAMILIES: &[Family] = &[
         semaphore: no_semaphore,
         link: |l| Some(l.limit_bytes),
     },
+    Family {
+        name: "ipclink_link_unreported_objects",
+        help: "Objects members created in a link beyond the per-link cap of reported objects (counted, not reported one by one).",
+        channel: no_channel,
+        semaphore: no_semaphore,
+        link: |l| Some(l.unreported_objects),
+    },
 ];
 
 /// Appends a label value with the exposition format's escapes.
@@ -186,43 +193,28 @@ pub fn render_channel_groups(groups: &[SampleGroup<'_>], out: &mut String) {
                 labels.extend_from_slice(extra);
                 series(out, f.name, &labels, v);
             }
-            for c in &s.channels {
-                if let Some(v) = (f.channel)(c) {
-                    let mut labels = [
-                        ("namespace", &*s.namespace),
-                        ("link", &*s.name),
-                        ("channel", c.info.name.as_str()),
-                        ("kind", c.info.kind.as_str()),
-                        ("", ""),
-                    ];
-                    let n = with_extra(&mut labels, extra);
-                    series(out, f.name, &labels[..n], v);
-                }
-            }
-            for m in &s.semaphores {
-                if let Some(v) = (f.semaphore)(m) {
-                    let mut labels = [
-                        ("namespace", &*s.namespace),
-                        ("link", &*s.name),
-                        ("channel", m.info.name.as_str()),
-                        ("kind", "semaphore"),
-                        ("", ""),
-                    ];
-                    let n = with_extra(&mut labels, extra);
-                    series(out, f.name, &labels[..n], v);
-                }
+            let channels = s.channels.iter().map(|c| (&c.info, (f.channel)(c)));
+            let semaphores = s.semaphores.iter().map(|m| (&m.info, (f.semaphore)(m)));
+            for (info, value) in channels.chain(semaphores) {
+                let Some(v) = value else { continue };
+                let mut labels = [
+                    ("namespace", &*s.namespace),
+                    ("link", &*s.name),
+                    ("channel", info.name.as_str()),
+                    ("kind", info.kind.as_str()),
+                    ("origin", info.origin()),
+                    ("", ""),
+                ];
+                let n = match extra.first() {
+                    Some(e) => {
+                        labels[5] = *e;
+                        6
+                    }
+                    None => 5,
+                };
+                series(out, f.name, &labels[..n], v);
             }
         }
-    }
-}
-
-fn with_extra<'a>(labels: &mut [(&'a str, &'a str); 5], extra: &[(&'a str, &'a str)]) -> usize {
-    match extra.first() {
-        Some(e) => {
-            labels[4] = *e;
-            5
-        }
-        None => 4,
     }
 }
 
@@ -347,7 +339,7 @@ mod tests {
             1
         );
         assert!(out.contains(
-            "ipclink_channel_queue_bytes{namespace=\"ns\",link=\"l\",channel=\"a\\\"b\\\\c\\nd\",kind=\"fifo\",node=\"n1\"} 3\n"
+            "ipclink_channel_queue_bytes{namespace=\"ns\",link=\"l\",channel=\"a\\\"b\\\\c\\nd\",kind=\"fifo\",origin=\"declared\",node=\"n1\"} 3\n"
         ), "{out}");
         assert!(
             out.contains("ipclink_link_limit_bytes{namespace=\"ns\",link=\"l\",node=\"n1\"} 10\n"),

@@ -14,7 +14,7 @@
 //!   network namespace, matched to the directory's socket files by device and inode.
 //! - link: `fstatvfs` of the tmpfs root.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -22,15 +22,13 @@ use std::sync::Arc;
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl, openat};
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
-};
-use nix::sys::stat::{Mode, fstat, makedev};
+use nix::sys::stat::{Mode, fstat};
 use nix::sys::statvfs::fstatvfs;
 use serde::{Deserialize, Serialize};
 
 use crate::fs::{is_mount_point, open_dir_at};
 use crate::materialize::Store;
+pub use crate::sockdiag::SocketTable;
 use crate::spec::SemaphoreAbi;
 use crate::validate::{LinkPlan, ObjectKind, ObjectPlan};
 
@@ -54,6 +52,14 @@ pub struct LinkSample {
     pub channels: Vec<ChannelSample>,
     /// Semaphores in spec order.
     pub semaphores: Vec<SemaphoreSample>,
+    /// Objects members created beyond the per-link cap ([`crate::created::MAX_REPORTED`]),
+    /// counted but not reported one by one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unreported_objects: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One channel's observation.
@@ -124,142 +130,20 @@ pub struct ObjectInfo {
     pub uid: u32,
     /// Declared owner gid.
     pub gid: u32,
+    /// A member created it (not declared); mode and owner are then as found.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discovered: bool,
 }
 
-/// Unix sockets of this network namespace, by (device, inode) of their bound path.
-#[derive(Debug, Default)]
-pub struct SocketTable {
-    by_path: HashMap<(u64, u64), UnixSocket>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct UnixSocket {
-    listening: bool,
-    rqueue: u32,
-}
-
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const UDIAG_SHOW_VFS: u32 = 0x2;
-const UDIAG_SHOW_RQLEN: u32 = 0x10;
-const UNIX_DIAG_VFS: u16 = 1;
-const UNIX_DIAG_RQLEN: u16 = 4;
-const TCP_LISTEN: u8 = 10;
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-impl SocketTable {
-    /// Dumps every Unix socket with a bound path in this network namespace.
-    pub fn dump() -> nix::Result<Self> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkSockDiag,
-        )?;
-        // struct nlmsghdr (16 bytes) + struct unix_diag_req (24 bytes)
-        let mut req = Vec::with_capacity(40);
-        req.extend_from_slice(&40u32.to_ne_bytes());
-        req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-        req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-        req.extend_from_slice(&0u32.to_ne_bytes()); // pid
-        req.push(libc_af_unix());
-        req.push(0); // protocol
-        req.extend_from_slice(&0u16.to_ne_bytes());
-        req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
-        req.extend_from_slice(&0u32.to_ne_bytes()); // ino
-        req.extend_from_slice(&(UDIAG_SHOW_VFS | UDIAG_SHOW_RQLEN).to_ne_bytes());
-        req.extend_from_slice(&[0xff; 8]); // cookie: none
-        sendto(
-            fd.as_raw_fd(),
-            &req,
-            &NetlinkAddr::new(0, 0),
-            MsgFlags::empty(),
-        )?;
-
-        let mut table = SocketTable::default();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-            let mut off = 0;
-            while off + 16 <= n {
-                let len = u32_at(&buf, off).unwrap_or(0) as usize;
-                let kind = u16_at(&buf, off + 4).unwrap_or(0);
-                if len < 16 || off + len > n {
-                    return Err(Errno::EBADMSG);
-                }
-                match kind {
-                    NLMSG_DONE => return Ok(table),
-                    NLMSG_ERROR => {
-                        let code = u32_at(&buf, off + 16).unwrap_or(0) as i32;
-                        return Err(Errno::from_raw(-code));
-                    }
-                    SOCK_DIAG_BY_FAMILY => table.add(&buf[off + 16..off + len]),
-                    _ => {}
-                }
-                off += len.div_ceil(4) * 4;
-            }
+impl ObjectInfo {
+    /// `declared` or `discovered`: the `origin` label of the metric families.
+    pub fn origin(&self) -> &'static str {
+        if self.discovered {
+            "discovered"
+        } else {
+            "declared"
         }
     }
-
-    fn add(&mut self, msg: &[u8]) {
-        // struct unix_diag_msg: family, type, state, pad, ino, cookie[2] = 16 bytes
-        let Some(&state) = msg.get(2) else { return };
-        let mut vfs = None;
-        let mut rqueue = 0;
-        let mut off = 16;
-        while off + 4 <= msg.len() {
-            let len = u16_at(msg, off).unwrap_or(0) as usize;
-            let kind = u16_at(msg, off + 2).unwrap_or(0);
-            if len < 4 || off + len > msg.len() {
-                break;
-            }
-            match kind {
-                UNIX_DIAG_VFS => {
-                    if let (Some(ino), Some(dev)) = (u32_at(msg, off + 4), u32_at(msg, off + 8)) {
-                        // The kernel reports its own dev_t (major << 20 | minor).
-                        let dev = makedev(u64::from(dev >> 20), u64::from(dev & 0xfffff));
-                        vfs = Some((dev, u64::from(ino)));
-                    }
-                }
-                UNIX_DIAG_RQLEN => rqueue = u32_at(msg, off + 4).unwrap_or(0),
-                _ => {}
-            }
-            off += len.div_ceil(4) * 4;
-        }
-        if let Some(key) = vfs {
-            self.by_path.insert(
-                key,
-                UnixSocket {
-                    listening: state == TCP_LISTEN,
-                    rqueue,
-                },
-            );
-        }
-    }
-
-    /// Number of bound sockets known.
-    pub fn len(&self) -> usize {
-        self.by_path.len()
-    }
-
-    /// Whether no bound socket is known.
-    pub fn is_empty(&self) -> bool {
-        self.by_path.is_empty()
-    }
-}
-
-fn libc_af_unix() -> u8 {
-    nix::libc::AF_UNIX as u8
 }
 
 #[cfg(test)]
@@ -319,6 +203,12 @@ pub struct LinkProbe {
     enforced: bool,
     size_limit: u64,
     objects: Vec<ProbeObject>,
+    /// File names of the declared objects, which the walk for created ones skips.
+    declared: HashSet<String>,
+    /// Whether members may create objects (and so bind sockets anywhere in the link).
+    allow_create: bool,
+    /// Directory listings of the walk for created objects, reused while unchanged.
+    listings: crate::created::Listings,
 }
 
 impl LinkProbe {
@@ -359,11 +249,15 @@ impl LinkProbe {
                         mode: format!("{:04o}", o.mode),
                         uid: o.uid,
                         gid: o.gid,
+                        discovered: false,
                     }),
                     plan: o.clone(),
                     fd: None,
                 })
                 .collect(),
+            declared: plan.objects.iter().map(ObjectPlan::file_name).collect(),
+            allow_create: plan.root.allows_create(),
+            listings: crate::created::Listings::default(),
         })
     }
 
@@ -372,11 +266,14 @@ impl LinkProbe {
         (&self.namespace, &self.name)
     }
 
-    /// Whether any channel is a socket directory (so a [`SocketTable`] is worth dumping).
+    /// Whether sockets may be bound in the link (a socket directory, or a root members
+    /// may create in), so a [`SocketTable`] is worth dumping.
     pub fn has_sockets(&self) -> bool {
-        self.objects
-            .iter()
-            .any(|o| o.plan.kind == ObjectKind::Socket)
+        self.allow_create
+            || self
+                .objects
+                .iter()
+                .any(|o| o.plan.kind == ObjectKind::Socket)
     }
 
     /// Whether every declared object exists.
@@ -452,6 +349,12 @@ impl LinkProbe {
                 }
             }
         }
+        let found =
+            crate::created::walk(link, self.dev, &self.declared, sockets, &mut self.listings);
+        out.channels.extend(found.channels);
+        out.semaphores.extend(found.semaphores);
+        out.unreported_objects = found.unreported;
+        object_bytes += found.bytes;
         match (self.enforced, fstatvfs(link)) {
             (true, Ok(v)) => {
                 out.limit_bytes = v.blocks() * v.fragment_size();
@@ -495,7 +398,9 @@ pub fn read_semaphore(b: &[u8; 8], abi: SemaphoreAbi) -> (u32, u32) {
     }
 }
 
-fn probe_fifo(link: BorrowedFd<'_>, file: &str, c: &mut ChannelSample) {
+/// Depth of the fifo `file` under `link` (see the module's notes on what opening the
+/// write end does).
+pub(crate) fn probe_fifo(link: BorrowedFd<'_>, file: &str, c: &mut ChannelSample) {
     match openat(
         link,
         file,
@@ -539,7 +444,7 @@ fn probe_socket_dir(
             continue;
         }
         count += 1;
-        if let Some(s) = sockets.by_path.get(&(dev, entry.ino())) {
+        if let Some(s) = sockets.get(dev, entry.ino()) {
             visible += 1;
             if s.listening {
                 backlog += u64::from(s.rqueue);

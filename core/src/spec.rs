@@ -40,6 +40,11 @@ pub const KIND: &str = "IpcLink";
     "message": "channel and semaphore names share one namespace: a name may be used once",
     "fieldPath": ".semaphores",
     "reason": "FieldValueInvalid"
+}, {
+    "rule": "!has(self.rootMode) || (has(self.allowCreate) && self.allowCreate)",
+    "message": "rootMode applies only with allowCreate: true",
+    "fieldPath": ".rootMode",
+    "reason": "FieldValueInvalid"
 }]))]
 pub struct IpcLinkSpec {
     /// tmpfs size of the whole link (a hard limit: writers get ENOSPC). Default 64Mi.
@@ -60,6 +65,18 @@ pub struct IpcLinkSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub semaphores: Vec<Semaphore>,
+    /// Members may also create, and remove their own, files, FIFOs, sockets and
+    /// directories in the link, as in `/dev/shm` (programs that `shm_open(O_CREAT)` or
+    /// `sem_open(O_CREAT)` their own objects): the link's root becomes sticky and
+    /// writable (see `rootMode`). Declared objects stay as declared and cannot be removed
+    /// or replaced by members. Default false: only the declared objects exist.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_create: bool,
+    /// Mode of the link's root with `allowCreate`: "1777" (any member may create, like
+    /// `/dev/shm`; the default) or "1770" (only members in the group `owner.gid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(1777|1770)$"))]
+    pub root_mode: Option<String>,
     /// Persistent mode: the operator keeps a PersistentVolumeClaim with the link's name
     /// on a `WaitForFirstConsumer` class, so the first member picks the node and the
     /// others follow. Without it, pods use inline `csi` volumes and are placed by you.
@@ -241,9 +258,14 @@ pub struct IpcLinkStatus {
     /// Pods matched by `members`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberStatus>,
-    /// Last observed depth per channel.
+    /// Last observed depth per channel: every declared one, then at most 64 of the
+    /// objects members created.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<ChannelStatus>,
+    /// Objects members created (`allowCreate`), all of them, including those beyond
+    /// `channels`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_objects: Option<u64>,
     /// Channels and semaphores declared (printed by `kubectl get ipcl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel_count: Option<i32>,
@@ -300,6 +322,9 @@ pub struct ChannelStatus {
     /// Semaphore value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<u32>,
+    /// A member created it (`allowCreate`); not declared in the spec.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discovered: bool,
 }
 
 /// A Kubernetes quantity as written by the user ("64Mi", "1G", 4096).

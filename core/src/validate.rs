@@ -17,6 +17,8 @@ pub const SEM_VALUE_MAX: i64 = 2_147_483_647;
 pub const MAX_ID: i64 = 4_294_967_294;
 /// Inodes a link's tmpfs gets beyond its declared objects, for files members make.
 pub const SPARE_INODES: u64 = 1024;
+/// Spare inodes of a link whose members may create objects (`allowCreate`).
+pub const SPARE_INODES_CREATE: u64 = 4096;
 /// Further inodes per socket channel, for the sockets members bind in it.
 pub const INODES_PER_SOCKET_DIR: u64 = 16;
 /// tmpfs accounts in pages.
@@ -132,6 +134,36 @@ impl ObjectPlan {
     }
 }
 
+/// The link's root directory: who may create objects in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RootPlan {
+    /// Permission bits, with the sticky bit when members may create (`allowCreate`).
+    pub mode: u32,
+    /// Owner uid (always root: the sticky bit then protects every member's objects).
+    pub uid: u32,
+    /// Owner gid (`owner.gid` for a group-only root, "1770").
+    pub gid: u32,
+}
+
+impl Default for RootPlan {
+    /// Members use the declared objects and cannot add or remove entries.
+    fn default() -> Self {
+        RootPlan {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        }
+    }
+}
+
+impl RootPlan {
+    /// Whether members may create objects (the root is writable and sticky).
+    pub fn allows_create(&self) -> bool {
+        self.mode & 0o1000 != 0
+    }
+}
+
 /// A validated link, ready to materialize.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -146,6 +178,10 @@ pub struct LinkPlan {
     pub nr_inodes: u64,
     /// Channels, then semaphores, in spec order.
     pub objects: Vec<ObjectPlan>,
+    /// The root directory (records written before `allowCreate` existed read as the
+    /// default, a closed root).
+    #[serde(default)]
+    pub root: RootPlan,
 }
 
 /// Checks a DNS label (RFC 1123): 1..=63 of `a-z0-9-`, starting and ending alphanumeric.
@@ -265,6 +301,7 @@ pub fn validate(link: &IpcLink) -> Result<LinkPlan, Problems> {
         Some(o) => check_owner(o, "spec.owner", &mut problems),
         None => (0, 0),
     };
+    let root = check_root(spec, default_owner.1, &mut problems);
 
     let mut members = BTreeSet::new();
     for (i, m) in spec.members.iter().enumerate() {
@@ -425,7 +462,11 @@ pub fn validate(link: &IpcLink) -> Result<LinkPlan, Problems> {
     }
     Ok(LinkPlan {
         nr_inodes: objects.len() as u64
-            + SPARE_INODES
+            + if root.allows_create() {
+                SPARE_INODES_CREATE
+            } else {
+                SPARE_INODES
+            }
             + INODES_PER_SOCKET_DIR
                 * objects
                     .iter()
@@ -435,7 +476,51 @@ pub fn validate(link: &IpcLink) -> Result<LinkPlan, Problems> {
         name,
         size_limit,
         objects,
+        root,
     })
+}
+
+/// The root directory `allowCreate` and `rootMode` ask for.
+fn check_root(spec: &crate::IpcLinkSpec, owner_gid: u32, problems: &mut Vec<Problem>) -> RootPlan {
+    let allowed = "\"1777\" (any member may create, like /dev/shm) or \"1770\" (members in the group owner.gid)";
+    match (spec.allow_create, spec.root_mode.as_deref()) {
+        (false, None) => RootPlan::default(),
+        (false, Some(_)) => {
+            problems.push(Problem::new(
+                "spec.rootMode",
+                "applies only with allowCreate: true (without it members cannot create objects and the root is 0755)",
+            ));
+            RootPlan::default()
+        }
+        (true, None | Some("1777")) => RootPlan {
+            mode: 0o1777,
+            uid: 0,
+            gid: 0,
+        },
+        (true, Some("1770")) => {
+            if spec.owner.is_none() {
+                problems.push(Problem::new(
+                    "spec.rootMode",
+                    "\"1770\" lets the group owner.gid create objects; set spec.owner",
+                ));
+            }
+            RootPlan {
+                mode: 0o1770,
+                uid: 0,
+                gid: owner_gid,
+            }
+        }
+        (true, Some(other)) => {
+            problems.push(Problem::new(
+                "spec.rootMode",
+                format!(
+                    "{:?} is not allowed; use {allowed}",
+                    other.escape_debug().to_string()
+                ),
+            ));
+            RootPlan::default()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -484,5 +569,58 @@ mod tests {
                 .unwrap_err()
                 .contains("sticky")
         );
+    }
+
+    fn plan_of(spec: &str) -> Result<LinkPlan, Problems> {
+        let yaml = format!(
+            "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: {{ name: link, namespace: test }}\nspec:\n{spec}"
+        );
+        let links = crate::parse_links("t", &yaml).expect("parse");
+        validate(&links[0])
+    }
+
+    #[test]
+    fn allow_create_opens_the_root_and_root_mode_needs_it() {
+        let closed = plan_of("  sizeLimit: 1Mi\n").expect("valid");
+        assert_eq!(closed.root, RootPlan::default());
+        assert!(!closed.root.allows_create());
+        assert_eq!(closed.nr_inodes, SPARE_INODES);
+        let open = plan_of("  allowCreate: true\n").expect("valid");
+        assert_eq!((open.root.mode, open.root.gid), (0o1777, 0));
+        assert!(open.root.allows_create());
+        assert_eq!(open.nr_inodes, SPARE_INODES_CREATE);
+        let group = plan_of(
+            "  allowCreate: true\n  rootMode: \"1770\"\n  owner: { uid: 1000, gid: 2000 }\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            (group.root.mode, group.root.uid, group.root.gid),
+            (0o1770, 0, 2000)
+        );
+        for (spec, field, says) in [
+            (
+                "  rootMode: \"1777\"\n",
+                "spec.rootMode",
+                "only with allowCreate",
+            ),
+            (
+                "  allowCreate: true\n  rootMode: \"0777\"\n",
+                "spec.rootMode",
+                "\"1777\"",
+            ),
+            (
+                "  allowCreate: true\n  rootMode: \"1770\"\n",
+                "spec.rootMode",
+                "set spec.owner",
+            ),
+        ] {
+            let problems = plan_of(spec).expect_err(spec).0;
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.field == field && p.message.contains(says)),
+                "{spec}: {problems:?}"
+            );
+        }
     }
 }

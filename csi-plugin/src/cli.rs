@@ -36,6 +36,37 @@ pub enum Role {
         /// member unmounted them (their tmpfs is then removed); 0 never looks.
         #[arg(long, env = "IPCLINK_GC_INTERVAL_SECONDS", default_value_t = 30)]
         gc_interval_seconds: u64,
+        /// Whose memory a link's preallocated shm pages count against: `pod` (the first
+        /// member pod's memory cgroup, as an emptyDir of medium Memory) or `plugin`.
+        #[arg(long, env = "IPCLINK_CHARGE_MEMORY", value_enum, default_value_t = ChargeMemory::Pod)]
+        charge_memory: ChargeMemory,
+        /// The host's cgroup mount, where the pods' memory cgroups are found.
+        #[arg(long, env = "IPCLINK_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+        cgroup_root: PathBuf,
+        /// Largest sizeLimit of one link this node takes, in bytes (0: no cap).
+        #[arg(long, env = "IPCLINK_MAX_LINK_BYTES", default_value_t = 0)]
+        max_link_bytes: u64,
+        /// Largest sum of the sizeLimits of the links on this node, in bytes (0: no cap).
+        #[arg(long, env = "IPCLINK_MAX_NODE_BYTES", default_value_t = 0)]
+        max_node_bytes: u64,
+        /// Volumes this node takes, as NodeGetInfo reports it to the scheduler (0: no
+        /// limit).
+        #[arg(long, env = "IPCLINK_MAX_VOLUMES_PER_NODE", default_value_t = 0)]
+        max_volumes_per_node: u32,
+    },
+    /// (Internal) Allocates a new region from inside a pod's memory cgroup; started by
+    /// the node plugin.
+    #[command(hide = true)]
+    Charge {
+        /// The `cgroup.procs` to join first.
+        #[arg(long)]
+        procs: PathBuf,
+        /// The region, through the node plugin's descriptor (`/proc/PID/fd/N`).
+        #[arg(long)]
+        file: PathBuf,
+        /// Bytes to allocate.
+        #[arg(long)]
+        size: u64,
     },
     /// Controller plugin: Identity and Controller services.
     Controller {
@@ -43,6 +74,15 @@ pub enum Role {
         #[command(flatten)]
         common: Common,
     },
+}
+
+/// Whose memory preallocated pages count against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChargeMemory {
+    /// The first member pod's memory cgroup.
+    Pod,
+    /// The node plugin's own.
+    Plugin,
 }
 
 /// Flags of both roles.

@@ -28,6 +28,9 @@ pub enum CsiError {
     /// More than the link allows.
     #[error("{0}")]
     OutOfRange(String),
+    /// The node's or the pod's budget cannot hold the link.
+    #[error("{0}")]
+    Exhausted(String),
     /// The same (volume, target) is being worked on by another call.
     #[error("{0}")]
     Busy(String),
@@ -60,6 +63,7 @@ impl CsiError {
             CsiError::AlreadyExists(_) => Code::AlreadyExists,
             CsiError::Precondition(_) => Code::FailedPrecondition,
             CsiError::OutOfRange(_) => Code::OutOfRange,
+            CsiError::Exhausted(_) => Code::ResourceExhausted,
             CsiError::Busy(_) => Code::Aborted,
             CsiError::Unsupported(_) => Code::InvalidArgument,
             CsiError::Unavailable(_) => Code::Unavailable,
@@ -78,6 +82,10 @@ impl From<ipclink_core::MaterializeError> for CsiError {
     fn from(e: ipclink_core::MaterializeError) -> Self {
         match e {
             ipclink_core::MaterializeError::Conflicts(p) => CsiError::Precondition(p.to_string()),
+            e @ ipclink_core::MaterializeError::Preallocate {
+                out_of_memory: true,
+                ..
+            } => CsiError::Exhausted(e.to_string()),
             other => CsiError::Internal(other.to_string()),
         }
     }

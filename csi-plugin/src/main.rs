@@ -2,11 +2,15 @@
 //! library (`serve::run`).
 
 use clap::Parser;
-use ipclink_csi::cli::Cli;
+use ipclink_csi::cli::{Cli, Role};
 
 fn main() -> anyhow::Result<()> {
-    ipclink_runtime::init_logging();
     let cli = Cli::parse();
+    if let Role::Charge { procs, file, size } = &cli.role {
+        // The short-lived helper the node plugin starts: no runtime, no logging.
+        std::process::exit(ipclink_csi::node::charge::run_helper(procs, file, *size));
+    }
+    ipclink_runtime::init_logging();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -15,13 +15,14 @@ use ipclink_runtime::http::{Limits, serve};
 use ipclink_runtime::links::{Exposition, LinkSet, router};
 use ipclink_runtime::unix::bind_unix;
 
-use crate::cli::{Cli, Role};
+use crate::cli::{ChargeMemory, Cli, Role};
 use crate::controller::ControllerPlugin;
 use crate::csi::controller_server::ControllerServer;
 use crate::csi::identity_server::IdentityServer;
 use crate::csi::node_server::NodeServer;
 use crate::grpc::{Controller, Identity, Node};
-use crate::node::NodePlugin;
+use crate::node::charge::Cgroups;
+use crate::node::{Charge, NodePlugin, NodeSettings};
 use crate::source::{DirSource, KubeSource, LinkSource};
 
 /// How long in-flight calls get after SIGTERM.
@@ -30,23 +31,40 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// Runs the plugin the command line asks for until SIGTERM or SIGINT.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = Shutdown::install()?;
-    let (common, node_id, registration, gc_interval) = match cli.role {
+    let (common, node, registration, gc_interval) = match cli.role {
         Role::Node {
             common,
             node_id,
             registration_dir,
             kubelet_endpoint,
             gc_interval_seconds,
-        } => (
-            common,
-            Some(node_id),
-            registration_dir.map(|d| (d, kubelet_endpoint)),
-            gc_interval_seconds,
-        ),
+            charge_memory,
+            cgroup_root,
+            max_link_bytes,
+            max_node_bytes,
+            max_volumes_per_node,
+        } => {
+            let settings = NodeSettings {
+                charge: match charge_memory {
+                    ChargeMemory::Pod => Charge::FirstMember(Cgroups::detect(&cgroup_root)),
+                    ChargeMemory::Plugin => Charge::Plugin,
+                },
+                max_link_bytes,
+                max_node_bytes,
+                max_volumes: i64::from(max_volumes_per_node),
+            };
+            (
+                common,
+                Some((node_id, settings)),
+                registration_dir.map(|d| (d, kubelet_endpoint)),
+                gc_interval_seconds,
+            )
+        }
         Role::Controller { common } => (common, None, None, 0),
+        Role::Charge { .. } => bail!("`charge` is started by the node plugin, not by hand"),
     };
     let state_dir = common.state_dir.clone().unwrap_or_else(|| {
-        PathBuf::from(if node_id.is_some() {
+        PathBuf::from(if node.is_some() {
             "/run/ipclink-csi"
         } else {
             "/var/lib/ipclink-csi"
@@ -82,10 +100,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         spawn_registration(&dir, endpoint, shutdown.clone())?;
     }
     let mut server = tonic::transport::Server::builder();
-    let router = match node_id {
-        Some(node_id) => {
-            let plugin =
-                NodePlugin::new(node_id, &state_dir, source).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let router = match node {
+        Some((node_id, settings)) => {
+            let plugin = NodePlugin::new(node_id, &state_dir, source, settings)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             if gc_interval > 0 {
                 spawn_garbage_collection(
                     plugin.clone(),

@@ -48,7 +48,12 @@ fn membership_comes_from_the_kubernetes_api() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let _unmount = Unmounter(dir.path().to_path_buf());
-    let node = Plugin::start_with("node", dir.path(), &[], &[("KUBECONFIG", &cp.kubeconfig)]);
+    let node = Plugin::start_with(
+        "node",
+        dir.path(),
+        &[],
+        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
+    );
     rt().block_on(async {
         let mut c = NodeClient::new(connect(&node.socket).await);
         let code = |r: Result<tonic::Response<_>, tonic::Status>| {

@@ -50,16 +50,7 @@ fn a_real_kubelet_mounts_links_into_restricted_pods() {
     require_root();
     let cp = ControlPlane::start();
     cp.install_ipclink_crd();
-    cp.create(
-        "/apis/storage.k8s.io/v1/csidrivers",
-        &json!({
-            "apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
-            "metadata": {"name": "csi.ipclink.dev"},
-            "spec": {"attachRequired": false, "podInfoOnMount": true, "fsGroupPolicy": "None",
-                     "volumeLifecycleModes": ["Persistent", "Ephemeral"]}
-        })
-        .to_string(),
-    );
+    cp.install_csi_driver();
     for ns in [NS, "elsewhere"] {
         cp.create(
             "/api/v1/namespaces",
@@ -82,7 +73,7 @@ fn a_real_kubelet_mounts_links_into_restricted_pods() {
         "node",
         dir.path(),
         &["--registration-dir", reg.to_str().expect("utf-8")],
-        &[("KUBECONFIG", cp.kubeconfig.as_path())],
+        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
     );
     let csinode = node.wait_for_driver(&cp, "csi.ipclink.dev", LONG);
     assert_eq!(

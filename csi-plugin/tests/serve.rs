@@ -130,7 +130,7 @@ fn the_node_plugin_serves_request_and_channel_metrics() {
         r#"ipclink_csi_requests_total{code="Ok",method="NodePublishVolume"} 1"#,
         r#"ipclink_csi_requests_total{code="PermissionDenied",method="NodePublishVolume"} 1"#,
         r#"ipclink_link_limit_bytes{namespace="vision",link="frames"} 8388608"#,
-        r#"ipclink_semaphore_value{namespace="vision",link="frames",channel="slots",kind="semaphore"} 8"#,
+        r#"ipclink_semaphore_value{namespace="vision",link="frames",channel="slots",kind="semaphore",origin="declared"} 8"#,
         "ipclink_csi_request_duration_seconds_bucket",
     ] {
         assert!(body.contains(line), "missing {line}:\n{body}");

@@ -533,8 +533,85 @@ fn readme_compose_section_runs_as_written() {
         "podman wait printed the exit code 0:\n{t}"
     );
     assert!(
-        lines.contains("ipclink_semaphore_value{namespace=\"compose\",link=\"frames\",channel=\"slots\",kind=\"semaphore\"} 8"),
+        lines.contains("ipclink_semaphore_value{namespace=\"compose\",link=\"frames\",channel=\"slots\",kind=\"semaphore\",origin=\"declared\"} 8"),
         "{t}"
     );
     assert!(lines.contains("\"status\":\"success\""), "{t}");
+}
+
+/// Programs we did not write that make their own IPC objects (Python's
+/// multiprocessing.shared_memory, iceoryx2) share a `driver: ipclink` volume between
+/// containers only when it lets members create (`allowCreate=true`).
+#[test]
+fn workloads_example_on_podman_needs_allow_create() {
+    let _one = one_at_a_time();
+    let images = compose_engine();
+    let bin = static_binary(&images, "ipclink-sidecar");
+    let work = tempfile::Builder::new()
+        .prefix("ipclink-compose-workloads-")
+        .tempdir()
+        .expect("temp dir");
+    let root = work.path().join("volumes");
+    let _plugin = PluginProcess::start(&bin, &root, &work.path().join("plugin.log"));
+    let dir = repo_root().join("examples/compose/workloads");
+    let project = "ipclink-e2e-workloads";
+    let down = Down { dir: &dir, project };
+    down.clean();
+    let out = compose(&dir, project, &[], &["up", "-d"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for c in ["py-producer", "py-consumer", "ice-ping", "ice-pong"] {
+        exited_ok(&format!("{project}_{c}_1"), Duration::from_secs(120));
+    }
+    for (c, said) in [
+        ("py-producer", "producer ok 200"),
+        ("py-consumer", "consumer ok 200 frames checked"),
+        ("ice-ping", "ping ok 1000 rtt_p50_ns"),
+        ("ice-pong", "pong ok 1000"),
+    ] {
+        let log = logs(&format!("{project}_{c}_1"));
+        assert!(log.contains(said), "{c}: {log}");
+    }
+    let link = root.join("docker").join(format!("{project}-shm"));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&link)
+            .expect("the volume's link")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o7777, 0o1777, "a sticky root members may create in");
+    let out = down.clean();
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The same producer on a volume that does not let members create: EACCES.
+    let closed = work.path().join("closed.yml");
+    std::fs::write(
+        &closed,
+        "volumes:\n  shm:\n    driver: ipclink\n    driver_opts:\n      allowCreate: \"false\"\n      shm: declared:4Ki\n",
+    )
+    .expect("override file");
+    let base = dir.join("docker-compose.yml");
+    let files = [
+        "-f",
+        base.to_str().expect("utf-8"),
+        "-f",
+        closed.to_str().expect("utf-8"),
+    ];
+    let out = compose(
+        &dir,
+        project,
+        &[],
+        &[&files[..], &["up", "-d", "py-producer"]].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let producer = format!("{project}_py-producer_1");
+    assert_eq!(
+        exit_code(&producer, Duration::from_secs(60)),
+        13,
+        "{}",
+        logs(&producer)
+    );
+    assert!(
+        logs(&producer).contains("Permission denied"),
+        "{}",
+        logs(&producer)
+    );
 }

@@ -1,8 +1,7 @@
 //! The apply and status stages: a kube-rs controller over IpcLinks that also watches the
 //! pods their members select and the claims it owns.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -10,7 +9,7 @@ use ipclink_core::IpcLink;
 use ipclink_core::metrics::OperatorMetrics;
 use ipclink_core::names::LINK_LABEL;
 use ipclink_core::quantity::format_bytes;
-use ipclink_core::spec::{ChannelStatus, IpcLinkStatus};
+use ipclink_core::spec::IpcLinkStatus;
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, VolumeResourceRequirements,
 };
@@ -23,6 +22,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 
+pub use crate::depth::Depths;
 use crate::plan::{self, Observed};
 use crate::pods::PodView;
 
@@ -34,9 +34,6 @@ pub const MANAGER: &str = "ipclink-operator";
 pub const DEFAULT_CLASS: &str = "ipclink";
 /// Annotation the scheduler sets on a WaitForFirstConsumer claim.
 pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
-
-/// Latest channel depths per (namespace, link), from the node plugins.
-pub type Depths = Arc<Mutex<HashMap<(String, String), Vec<ChannelStatus>>>>;
 
 /// Shared by every reconcile.
 pub struct Context {

@@ -15,7 +15,8 @@ use ipclink_core::spec::ChannelStatus;
 use ipclink_runtime::Shutdown;
 use kube::runtime::reflector::ObjectRef;
 
-use crate::controller::Depths;
+/// Latest channel depths per (namespace, link), from the node plugins.
+pub type Depths = Arc<Mutex<HashMap<(String, String), LinkDepths>>>;
 
 /// Largest `/v1/links` body accepted (10,000 channels are about 3 MB).
 pub const MAX_BODY: usize = 32 << 20;
@@ -104,21 +105,44 @@ pub async fn fetch(endpoint: &str, timeout: Duration) -> anyhow::Result<Vec<Link
         .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
 }
 
+/// Most objects members created that a link's status lists (the metrics list up to
+/// 1,000; a status is read by people and stored in etcd).
+pub const MAX_CREATED_IN_STATUS: usize = 64;
+
+/// The depths of one link as its status shows them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkDepths {
+    /// Every declared object, then at most [`MAX_CREATED_IN_STATUS`] created ones.
+    pub channels: Vec<ChannelStatus>,
+    /// How many objects members created, in all.
+    pub created: u64,
+}
+
 /// What a link's status shows of a sample.
-pub fn channel_status(sample: &LinkSample) -> Vec<ChannelStatus> {
+pub fn channel_status(sample: &LinkSample) -> LinkDepths {
     let channels = sample.channels.iter().map(|c| ChannelStatus {
         name: c.info.name.clone(),
         kind: c.info.kind.clone(),
         queue_bytes: c.queue_bytes.or(c.resident_bytes),
         value: None,
+        discovered: c.info.discovered,
     });
     let semaphores = sample.semaphores.iter().map(|s| ChannelStatus {
         name: s.info.name.clone(),
         kind: s.info.kind.clone(),
         queue_bytes: None,
         value: s.value,
+        discovered: s.info.discovered,
     });
-    channels.chain(semaphores).collect()
+    let (created, declared): (Vec<_>, Vec<_>) =
+        channels.chain(semaphores).partition(|c| c.discovered);
+    let total = created.len() as u64 + sample.unreported_objects;
+    let mut channels = declared;
+    channels.extend(created.into_iter().take(MAX_CREATED_IN_STATUS));
+    LinkDepths {
+        channels,
+        created: total,
+    }
 }
 
 /// Gathers every `interval` until shutdown; links whose depths changed are sent on
@@ -139,7 +163,7 @@ pub async fn run(
             _ = shutdown.wait() => return,
         }
         let mut round = Vec::new();
-        let mut next: HashMap<(String, String), Vec<ChannelStatus>> = HashMap::new();
+        let mut next: HashMap<(String, String), LinkDepths> = HashMap::new();
         for (node, endpoint) in endpoints(&sources).await {
             match fetch(&endpoint, sources.timeout).await {
                 Ok(links) => {

@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ipclink_core::spec::{ChannelStatus, IpcLinkStatus, MemberStatus, Phase};
+use ipclink_core::spec::{IpcLinkStatus, MemberStatus, Phase};
 use ipclink_core::{IpcLink, LinkPlan, Problems};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::conditions::{ConditionType, Reason, Truth, Verdict, bounded, to_condition};
+use crate::depth::LinkDepths;
 use crate::permissions;
 use crate::pods::PodView;
 
@@ -20,7 +21,7 @@ pub struct Observed {
     /// Why the link's claim cannot be used, if it cannot.
     pub claim_conflict: Option<String>,
     /// Latest depths gathered from the node plugins.
-    pub channels: Option<Vec<ChannelStatus>>,
+    pub channels: Option<LinkDepths>,
 }
 
 /// An Event to publish.
@@ -141,7 +142,13 @@ pub fn plan(
         conditions,
         member_count: Some(pods.len() as i32),
         members,
-        channels: observed.channels.clone().unwrap_or(old.channels.clone()),
+        channels: observed
+            .channels
+            .as_ref()
+            .map_or(old.channels.clone(), |d| d.channels.clone()),
+        created_objects: observed.channels.as_ref().map_or(old.created_objects, |d| {
+            (d.created > 0).then_some(d.created)
+        }),
         channel_count: Some(channel_count),
         observed_generation: generation,
     };

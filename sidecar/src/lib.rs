@@ -385,6 +385,7 @@ pub fn status_table(samples: &[LinkSample]) -> String {
         "LINK".to_owned(),
         "CHANNEL".into(),
         "KIND".into(),
+        "ORIGIN".into(),
         "PATH".into(),
         "OWNER".into(),
         "MODE".into(),
@@ -420,6 +421,7 @@ pub fn status_table(samples: &[LinkSample]) -> String {
                 link.clone(),
                 c.info.name.clone(),
                 c.info.kind.clone(),
+                c.info.origin().into(),
                 format!("{}/{}", s.path, c.info.file),
                 format!("{}:{}", c.info.uid, c.info.gid),
                 c.info.mode.clone(),
@@ -435,6 +437,7 @@ pub fn status_table(samples: &[LinkSample]) -> String {
                 link.clone(),
                 m.info.name.clone(),
                 format!("semaphore/{}", m.info.abi.as_deref().unwrap_or("glibc")),
+                m.info.origin().into(),
                 format!("{}/{}", s.path, m.info.file),
                 format!("{}:{}", m.info.uid, m.info.gid),
                 m.info.mode.clone(),
@@ -442,7 +445,7 @@ pub fn status_table(samples: &[LinkSample]) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -454,6 +457,15 @@ pub fn status_table(samples: &[LinkSample]) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    for s in samples.iter().filter(|s| s.unreported_objects > 0) {
+        out.push_str(&format!(
+            "{}/{}: {} more objects members created are not listed (at most {} are)\n",
+            s.namespace,
+            s.name,
+            s.unreported_objects,
+            ipclink_core::created::MAX_REPORTED
+        ));
     }
     out
 }

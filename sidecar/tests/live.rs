@@ -12,8 +12,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{BIN, Sidecar, get, metric, write_file};
+use ipclink_testkit::http::promtool_check;
 use ipclink_testkit::mounts::{mount_line, mounts_containing, snapshot, unmount_below};
-use ipclink_testkit::{KillOnDrop, require_root};
+use ipclink_testkit::{KillOnDrop, Libc, compile_peer, require_root, spawn_pod};
 
 const LINK: &str = r#"
 apiVersion: ipclink.dev/v1alpha1
@@ -215,26 +216,7 @@ fn socket_backlog_semaphores_and_shm_are_reported() {
     assert_eq!(link["channels"][0]["mode"], "0640");
 
     // The metrics text is what Prometheus' own checker accepts.
-    let promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut promtool = promtool.expect("promtool is not installed; run scripts/install-test-deps");
-    promtool
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(body.as_bytes())
-        .expect("feed promtool");
-    let out = promtool.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&body);
 }
 
 #[test]
@@ -479,4 +461,159 @@ fn without_root_up_uses_a_plain_directory_under_xdg_runtime_dir_and_says_so() {
     );
     assert_eq!(sidecar.stop(), 0);
     assert!(!link.exists(), "teardown left the link");
+}
+
+const CREATE_LINK: &str = r#"
+apiVersion: ipclink.dev/v1alpha1
+kind: IpcLink
+metadata: { name: frames, namespace: vision }
+spec:
+  sizeLimit: 8Mi
+  allowCreate: true
+  channels:
+    - { name: events, kind: fifo }
+  semaphores:
+    - { name: slots, initial: 8 }
+"#;
+
+/// What members create in a link is probed like what it declares, with `origin`
+/// telling them apart, at most 1,000 per link; the rest is counted. The tmpfs limit
+/// still holds and the sidecar stays healthy.
+#[test]
+fn objects_members_create_are_probed_and_capped() {
+    let s = setup(CREATE_LINK);
+    let sidecar = Sidecar::up(&s.root, &[&s.file], &[]);
+    let link = &s.link;
+    // Two semaphores made by the C libraries' own sem_open(O_CREAT), in a "pod".
+    for (libc, name, value) in [(Libc::Glibc, "/gsem", "5"), (Libc::Musl, "/msem", "6")] {
+        let maker = compile_peer("sem_make", libc);
+        let out = ipclink_testkit::wait_with_timeout(
+            spawn_pod(link, &maker, &[name, value]),
+            Duration::from_secs(10),
+        );
+        assert!(out.status.success(), "{}", ipclink_testkit::describe(&out));
+    }
+    std::fs::create_dir_all(link.join("iceoryx2/segments")).expect("mkdir");
+    std::fs::write(link.join("iceoryx2/segments/seg1"), vec![1u8; 1 << 20]).expect("region");
+    nix::unistd::mkfifo(
+        &link.join("chan"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .expect("mkfifo");
+    let _reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(link.join("chan"))
+        .expect("reader");
+    OpenOptions::new()
+        .write(true)
+        .open(link.join("chan"))
+        .and_then(|mut w| w.write_all(b"hello\n"))
+        .expect("write");
+    let _listener = UnixListener::bind(link.join("sock")).expect("bind");
+    let _clients: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect(link.join("sock")).expect("connect"))
+        .collect();
+
+    let (_, body) = get(sidecar.port, "/metrics");
+    let found = |family: &str, channel: &str| {
+        metric(
+            &body,
+            family,
+            &[("channel", channel), ("origin", "discovered")],
+        )
+    };
+    assert_eq!(
+        found("ipclink_semaphore_value", "gsem"),
+        Some(5.0),
+        "{body}"
+    );
+    assert_eq!(
+        found("ipclink_semaphore_value", "msem"),
+        Some(6.0),
+        "{body}"
+    );
+    assert_eq!(
+        found("ipclink_shm_size_bytes", "iceoryx2/segments/seg1"),
+        Some(1048576.0),
+        "{body}"
+    );
+    assert_eq!(
+        found("ipclink_shm_resident_bytes", "iceoryx2/segments/seg1"),
+        Some(1048576.0)
+    );
+    assert_eq!(
+        found("ipclink_channel_queue_bytes", "chan"),
+        Some(6.0),
+        "{body}"
+    );
+    assert_eq!(
+        found("ipclink_socket_backlog_connections", "sock"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "ipclink_semaphore_value",
+            &[("channel", "slots"), ("origin", "declared")]
+        ),
+        Some(8.0)
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "ipclink_link_unreported_objects",
+            &[("link", "frames")]
+        ),
+        Some(0.0)
+    );
+    promtool_check(&body);
+
+    // 5 objects so far; 996 more make 1,001: one is counted, not reported.
+    for i in 0..996 {
+        std::fs::write(link.join(format!("f{i:04}")), b"x").expect("file");
+    }
+    let (_, body) = get(sidecar.port, "/metrics");
+    let reported = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("ipclink_channel_present{") && l.contains(r#"origin="discovered""#)
+        })
+        .count();
+    assert_eq!(reported, 1000, "reported objects");
+    assert_eq!(
+        metric(
+            &body,
+            "ipclink_link_unreported_objects",
+            &[("link", "frames")]
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    promtool_check(&body);
+    let (_, json) = get(sidecar.port, "/v1/links");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v["links"][0]["unreportedObjects"], 1);
+    let status = Command::new(BIN)
+        .args(["status", "--root"])
+        .arg(&s.root)
+        .output()
+        .expect("status");
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        table.contains("1 more objects members created are not listed"),
+        "{table}"
+    );
+    assert!(
+        table.lines().any(|l| l.contains("gsem")
+            && l.contains("semaphore/glibc")
+            && l.contains("discovered")),
+        "{table}"
+    );
+
+    // The tmpfs still holds: a member filling it gets ENOSPC and the sidecar answers.
+    let full = std::fs::write(link.join("big"), vec![0u8; 16 << 20]).expect_err("ENOSPC");
+    assert_eq!(full.raw_os_error(), Some(nix::libc::ENOSPC));
+    assert_eq!(get(sidecar.port, "/readyz").0, 200);
+    assert_eq!(get(sidecar.port, "/metrics").0, 200);
 }

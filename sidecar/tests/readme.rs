@@ -35,7 +35,7 @@ fn the_readme_walkthrough_works_as_written() {
     );
     assert!(
         stdout.contains(
-            r#"ipclink_channel_queue_bytes{namespace="vision",link="frames",channel="events",kind="fifo"} 6"#
+            r#"ipclink_channel_queue_bytes{namespace="vision",link="frames",channel="events",kind="fifo",origin="declared"} 6"#
         ),
         "the README's promised line is missing:\n{stdout}"
     );

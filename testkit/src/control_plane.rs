@@ -353,6 +353,21 @@ impl ControlPlane {
         }
     }
 
+    /// Creates the `CSIDriver` object of csi.ipclink.dev as the chart does (no attach,
+    /// pod info on mount, inline and persistent volumes).
+    pub fn install_csi_driver(&self) {
+        self.create(
+            "/apis/storage.k8s.io/v1/csidrivers",
+            &serde_json::json!({
+                "apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+                "metadata": {"name": ipclink_core::names::DRIVER_NAME},
+                "spec": {"attachRequired": false, "podInfoOnMount": true, "fsGroupPolicy": "None",
+                         "volumeLifecycleModes": ["Persistent", "Ephemeral"]}
+            })
+            .to_string(),
+        );
+    }
+
     /// Creates a namespace and its `default` ServiceAccount (no controller-manager
     /// makes one here, and pod admission needs it).
     pub fn namespace(&self, name: &str) {

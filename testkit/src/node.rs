@@ -175,7 +175,7 @@ kind: KubeletConfiguration
 cgroupDriver: cgroupfs
 containerRuntimeEndpoint: unix://{sock}
 failSwapOn: false
-cgroupsPerQOS: false
+cgroupsPerQOS: true
 enforceNodeAllocatable: []
 authentication:
   anonymous: {{enabled: true}}

@@ -6,6 +6,7 @@
 //! blocking pool ([`crate::blocking`]), so a slow `fallocate` or mount never holds up the
 //! gRPC workers; [`target`] does the mounts, [`mountinfo`] rebuilds lost state.
 
+pub mod charge;
 mod mountinfo;
 mod target;
 
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use ipclink_core::members::members_of;
 use ipclink_core::names::TOPOLOGY_KEY;
 use ipclink_core::validate::check_dns_label;
-use ipclink_core::{LinkPlan, StorageMode, Store};
+use ipclink_core::{InProcess, LinkPlan, Preallocate, StorageMode, Store};
 use nix::sys::statvfs::statvfs;
 use serde::{Deserialize, Serialize};
 
@@ -44,19 +45,71 @@ struct Publications {
     by_target: BTreeMap<String, Publication>,
 }
 
+/// Where a link's preallocated pages are charged.
+#[derive(Debug, Clone)]
+pub enum Charge {
+    /// To the memory cgroup of the pod whose publish materializes the link (under this
+    /// cgroup root); in this process when a publish names no pod.
+    FirstMember(charge::Cgroups),
+    /// To the node plugin itself.
+    Plugin,
+}
+
+/// What the node accepts, from its flags.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// Where preallocated pages are charged.
+    pub charge: Charge,
+    /// Largest `sizeLimit` of one link (0: no cap).
+    pub max_link_bytes: u64,
+    /// Largest sum of the `sizeLimit`s of the links on this node (0: no cap).
+    pub max_node_bytes: u64,
+    /// `max_volumes_per_node` reported by NodeGetInfo (0: no limit).
+    pub max_volumes: i64,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings {
+            charge: Charge::Plugin,
+            max_link_bytes: 0,
+            max_node_bytes: 0,
+            max_volumes: 0,
+        }
+    }
+}
+
+/// One link's lock: held while it is materialized, bound, unbound or torn down, with the
+/// plan this process materialized it with (unchanged plan: no work).
+type Slot = Arc<Mutex<Option<LinkPlan>>>;
+
 /// The node plugin.
 #[derive(Debug)]
 pub struct NodePlugin {
     node_id: String,
     source: LinkSource,
     store: Store,
+    settings: NodeSettings,
     state_file: PathBuf,
     state: Mutex<Publications>,
     /// (volume id, target) pairs being worked on: a concurrent duplicate gets Aborted.
     busy: Mutex<HashSet<(String, String)>>,
-    /// Serializes materialization and mounting, so one link is mounted once; holds the
-    /// plan each link was materialized with by this process (unchanged plan: no work).
-    mounting: Mutex<HashMap<(String, String), LinkPlan>>,
+    /// A lock per link, so a long preallocation of one link holds up no other.
+    slots: Mutex<HashMap<(String, String), Slot>>,
+    /// `sizeLimit`s of links being made now, counted against the node budget.
+    reserved: Mutex<HashMap<(String, String), u64>>,
+}
+
+/// Ends a link's reservation against the node budget.
+struct Reservation<'a>(&'a Mutex<HashMap<(String, String), u64>>, (String, String));
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
 }
 
 /// Releases a busy slot when a call ends.
@@ -81,6 +134,7 @@ impl NodePlugin {
         node_id: String,
         state_dir: &Path,
         source: LinkSource,
+        settings: NodeSettings,
     ) -> Result<Arc<Self>, CsiError> {
         check_dns_label(&node_id).map_err(|e| CsiError::invalid("--node-id", e))?;
         std::fs::create_dir_all(state_dir)
@@ -105,10 +159,12 @@ impl NodePlugin {
             node_id,
             source,
             store,
+            settings,
             state_file,
             state: Mutex::new(state),
             busy: Mutex::new(HashSet::new()),
-            mounting: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -140,6 +196,16 @@ impl NodePlugin {
             )));
         }
         Ok(BusyGuard(&self.busy, key))
+    }
+
+    /// The lock of link `namespace/name`.
+    fn slot(&self, namespace: &str, name: &str) -> Slot {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((namespace.to_owned(), name.to_owned()))
+            .or_default()
+            .clone()
     }
 
     /// Whether any publication uses link `namespace/name`.
@@ -208,7 +274,8 @@ impl NodePlugin {
             }
         }
         let (plan, target) = (plan.clone(), req.target_path.clone());
-        self.blocking(move |p| p.mount(&plan, &target, publication))
+        let pod_uid = ctx.get(ids::POD_UID).cloned();
+        self.blocking(move |p| p.mount(&plan, &target, publication, pod_uid.as_deref()))
             .await
     }
 
@@ -243,21 +310,38 @@ impl NodePlugin {
     }
 
     /// Materializes the link (once per plan) and binds it at `target`, then records the
-    /// publication.
+    /// publication. A link made from nothing here that cannot be completed is removed
+    /// again: a refused publish leaves nothing behind.
     fn mount(
         &self,
         plan: &LinkPlan,
         target: &str,
         publication: Publication,
+        pod_uid: Option<&str>,
     ) -> Result<(), CsiError> {
-        let mut materialized = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = self.slot(&plan.namespace, &plan.name);
+        let mut materialized = slot.lock().unwrap_or_else(|p| p.into_inner());
         // A target that cannot be used is refused before the link is materialized.
         let checked = target::check_target_dir(Path::new(target))?;
-        let key = (plan.namespace.clone(), plan.name.clone());
-        if materialized.get(&key) != Some(plan) {
-            self.store.materialize(plan)?;
-            self.store.write_record(plan)?;
-            materialized.insert(key, plan.clone());
+        if materialized.as_ref() != Some(plan) {
+            let fresh = self.store.open_link(&plan.namespace, &plan.name).is_err();
+            let _reservation = if fresh {
+                Some(self.reserve(plan)?)
+            } else {
+                None
+            };
+            let alloc = self.allocator(pod_uid)?;
+            let made = self
+                .store
+                .materialize_with(plan, &*alloc)
+                .and_then(|_| self.store.write_record(plan));
+            if let Err(e) = made {
+                if fresh && let Err(t) = self.store.teardown(&plan.namespace, &plan.name) {
+                    tracing::error!(namespace = %plan.namespace, link = %plan.name, error = %t, "cannot remove a link whose making failed");
+                }
+                return Err(e.into());
+            }
+            *materialized = Some(plan.clone());
         }
         let link_fd = self
             .store
@@ -267,6 +351,55 @@ impl NodePlugin {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.by_target.insert(target.to_owned(), publication);
         self.save(&state)
+    }
+
+    /// Where the first publish of a link charges its preallocated pages.
+    fn allocator(&self, pod_uid: Option<&str>) -> Result<Box<dyn Preallocate>, CsiError> {
+        match (&self.settings.charge, pod_uid) {
+            (Charge::FirstMember(cgroups), Some(uid)) => {
+                Ok(Box::new(cgroups.charge(cgroups.pod(uid)?, uid)))
+            }
+            // No pod named (csi-sanity, standalone use): nobody else to charge.
+            _ => Ok(Box::new(InProcess)),
+        }
+    }
+
+    /// Counts a link about to be made against the budgets of this node; the reservation
+    /// ends when the returned guard is dropped (by then the link's record counts).
+    fn reserve(&self, plan: &LinkPlan) -> Result<Reservation<'_>, CsiError> {
+        use ipclink_core::quantity::format_bytes;
+        let (ns, name, size) = (&plan.namespace, &plan.name, plan.size_limit);
+        let s = &self.settings;
+        if s.max_link_bytes > 0 && size > s.max_link_bytes {
+            return Err(CsiError::Exhausted(format!(
+                "link {ns}/{name} has sizeLimit {}; this node takes links of at most {} (--max-link-bytes)",
+                format_bytes(size),
+                format_bytes(s.max_link_bytes)
+            )));
+        }
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        if s.max_node_bytes > 0 {
+            let (records, _) = self.store.records();
+            let others: Vec<u64> = records
+                .iter()
+                .filter(|p| (&p.namespace, &p.name) != (ns, name))
+                .map(|p| p.size_limit)
+                .chain(reserved.values().copied())
+                .collect();
+            let in_use: u64 = others.iter().sum();
+            if in_use.saturating_add(size) > s.max_node_bytes {
+                return Err(CsiError::Exhausted(format!(
+                    "link {ns}/{name} (sizeLimit {}) does not fit this node's budget: {} links hold {} of {} (--max-node-bytes)",
+                    format_bytes(size),
+                    others.len(),
+                    format_bytes(in_use),
+                    format_bytes(s.max_node_bytes)
+                )));
+            }
+        }
+        let key = (ns.clone(), name.clone());
+        reserved.insert(key.clone(), size);
+        Ok(Reservation(&self.reserved, key))
     }
 
     /// NodeUnpublishVolume.
@@ -301,7 +434,11 @@ impl NodePlugin {
                 p.volume_id
             )));
         }
-        let _mounting = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
+        // The link's lock, so a publish of the same link does not race this unbind.
+        let slot = known.as_ref().map(|p| self.slot(&p.namespace, &p.link));
+        let _link = slot
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()));
         target::unbind(Path::new(target), known.is_some())?;
         let Some(p) = known else { return Ok(None) };
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -334,12 +471,13 @@ impl NodePlugin {
         self.blocking(move |p| {
             // Publishes hold this lock from materializing to recording: a publish that
             // came in since the look above is seen here.
-            let mut materialized = p.mounting.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = p.slot(&namespace, &name);
+            let mut materialized = slot.lock().unwrap_or_else(|p| p.into_inner());
             if p.in_use(&namespace, &name) {
                 return Ok(false);
             }
             p.store.teardown(&namespace, &name)?;
-            materialized.remove(&(namespace, name));
+            *materialized = None;
             Ok(true)
         })
         .await
@@ -429,7 +567,7 @@ impl NodePlugin {
     pub fn info(&self) -> csi::NodeGetInfoResponse {
         csi::NodeGetInfoResponse {
             node_id: self.node_id.clone(),
-            max_volumes_per_node: 0,
+            max_volumes_per_node: self.settings.max_volumes,
             accessible_topology: Some(csi::Topology {
                 segments: HashMap::from([(TOPOLOGY_KEY.to_owned(), self.node_id.clone())]),
             }),

@@ -129,11 +129,21 @@ pub fn bind(link: &OwnedFd, target: Target, path: &Path, readonly: bool) -> Resu
             path.display()
         )));
     }
+    // Recursive, so the pins of declared objects in a link members may write to (bind
+    // mounts of each object onto itself) come along: in the pod they are mount points
+    // too, which members cannot remove or replace. A read-only publication cannot remove
+    // anything, and a recursive bind would leave those pins writable: it binds the root
+    // alone.
+    let flags = if readonly {
+        MsFlags::MS_BIND
+    } else {
+        MsFlags::MS_BIND | MsFlags::MS_REC
+    };
     mount(
         Some(magic(link).as_str()),
         magic(&tfd).as_str(),
         None::<&str>,
-        MsFlags::MS_BIND,
+        flags,
         None::<&str>,
     )
     .map_err(|e| errno("bind mount", e))?;

@@ -33,7 +33,12 @@ impl Plugin {
     }
 
     /// Starts `ipclink-csi ROLE` with any arguments and environment.
-    pub fn start_with(role: &str, dir: &Path, extra: &[&str], envs: &[(&str, &Path)]) -> Plugin {
+    pub fn start_with(
+        role: &str,
+        dir: &Path,
+        extra: &[&str],
+        envs: &[(&str, &std::ffi::OsStr)],
+    ) -> Plugin {
         std::fs::create_dir_all(dir).expect("plugin dir");
         let socket = dir.join(format!("{role}.sock"));
         let mut cmd = Command::new(BIN);
@@ -63,6 +68,11 @@ impl Plugin {
 
     pub fn log(&self) -> String {
         self.process.log()
+    }
+
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 
     /// SIGKILL, as a crash would.

@@ -14,7 +14,7 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -90,6 +90,7 @@ fn main() {
     let mut rows = Vec::new();
     two_process(&store, raw.path(), &cfg, &mut rows);
     probes(&store, &cfg, &mut rows);
+    iceoryx2(&store, &cfg, &mut rows);
     for r in &rows {
         println!("{r}");
     }
@@ -486,6 +487,9 @@ fn link_of(store: &Store, name: &str, body: String) -> LinkPlan {
     );
     let plan = validate(&parse_links("bench", &yaml).expect("parse")[0]).expect("valid");
     store.materialize(&plan).expect("materialize");
+    // Scrapes come seconds apart; a probe reuses a directory's listing once its
+    // modification time is settled (50 ms old), which a link made a moment ago is not.
+    std::thread::sleep(Duration::from_millis(100));
     plan
 }
 
@@ -744,4 +748,158 @@ fn probes(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
         "| mixed scrape of {n} channels, full /metrics text (ms) | {full_ms:.2} | — | — | ≤ 50 ms at 10,000 |"
     ));
     drop(hold);
+
+    // A link members created 1,000 objects in (allowCreate): regions in nested
+    // directories, glibc-layout semaphores, FIFOs with a reader, bound sockets.
+    let plan = link_of(
+        store,
+        "created",
+        "  allowCreate: true\n  channels:\n    - { name: declared, kind: fifo }\n".into(),
+    );
+    let dir = store.link_path("probe", "created");
+    let per = 250;
+    let mut hold = Vec::new();
+    let mut listeners = Vec::new();
+    for i in 0..per {
+        let sub = dir.join(format!("seg/{}", i % 10));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        std::fs::write(sub.join(format!("r{i}")), vec![7u8; 4096]).expect("region");
+        let mut sem = [0u8; 32];
+        sem[..4].copy_from_slice(&1u32.to_le_bytes());
+        sem[8..12].copy_from_slice(&128u32.to_le_bytes());
+        std::fs::write(dir.join(format!("sem.s{i}")), sem).expect("semaphore");
+        let fifo = dir.join(format!("p{i}"));
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        hold.push(
+            File::options()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .expect("reader"),
+        );
+        listeners.push(UnixListener::bind(dir.join(format!("k{i}"))).expect("bind"));
+    }
+    let mut set = LinkSet::new(vec![LinkProbe::open(store, &plan).expect("probe")]);
+    let mut text = String::new();
+    set.render_metrics(&mut text);
+    let found = text.matches("ipclink_channel_present{").count() - 1;
+    assert_eq!(found, 4 * per, "objects found");
+    let created_ms = ms(&mut || set.render_metrics(&mut String::new()));
+    rows.push(format!(
+        "| scrape of a link with {} objects members created, full /metrics text (ms) | {created_ms:.2} | — | — | ≤ 20 ms |",
+        4 * per
+    ));
+    drop((hold, listeners));
+    store.teardown("probe", "created").expect("teardown");
+}
+
+/// iceoryx2 (a program we did not write) round trips: `ping` and `pong` as two "pods"
+/// (own mount, IPC and network namespaces, uid 1000) meeting in a link at /dev/shm that
+/// lets members create, beside the same two processes meeting in the host's /dev/shm;
+/// each pinned to one of two cores. The data path is iceoryx2's shared memory either way:
+/// ipclink should add nothing.
+fn iceoryx2(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
+    let bin = std::env::var_os("IPCLINK_ICEORYX2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::current_exe()
+                .expect("own path")
+                .with_file_name("ipclink-iceoryx2")
+        });
+    assert!(
+        bin.is_file(),
+        "{}: no ipclink-iceoryx2; build it first (cargo build --release -p ipclink-iceoryx2-example) or set IPCLINK_ICEORYX2",
+        bin.display()
+    );
+    let taskset = ipclink_testkit::require_tool("taskset");
+    let n = (cfg.round_trips * 10).to_string();
+    let plan = link_of(store, "iceoryx2", "  allowCreate: true\n".into());
+    let dir = store.link_path(&plan.namespace, &plan.name);
+    let host_root = format!("/dev/shm/ipclink-bench-iox2-{}/", std::process::id());
+    let before: std::collections::BTreeSet<_> = list("/dev/shm");
+    let p50 = |out: &std::process::Output| -> f64 {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "iceoryx2: {}",
+            ipclink_testkit::describe(out)
+        );
+        text.split("rtt_p50_ns ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no round trip in {text}"))
+            / 1e3
+    };
+    let args = |cpu: &str, role: &str| -> Vec<String> {
+        vec![
+            "-c".into(),
+            cpu.into(),
+            bin.display().to_string(),
+            role.into(),
+            n.clone(),
+        ]
+    };
+    let through_ipclink = || {
+        let run = |cpu, role| {
+            let a = args(cpu, role);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            ipclink_testkit::spawn_pod_as(&dir, 1000, 1000, &taskset, &a)
+        };
+        let pong = run("1", "pong");
+        let ping = ipclink_testkit::wait_with_timeout(run("0", "ping"), Duration::from_secs(300));
+        ipclink_testkit::wait_with_timeout(pong, Duration::from_secs(30));
+        p50(&ping)
+    };
+    let on_the_host = || {
+        let run = |cpu, role| {
+            Command::new(&taskset)
+                .args(args(cpu, role))
+                .env("IOX2_ROOT_PATH", &host_root)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("iceoryx2")
+        };
+        let pong = run("1", "pong");
+        let ping = ipclink_testkit::wait_with_timeout(run("0", "ping"), Duration::from_secs(300));
+        ipclink_testkit::wait_with_timeout(pong, Duration::from_secs(30));
+        p50(&ping)
+    };
+    // Children inherit this process's pinning to CPU 0; taskset places each one.
+    let all = nix::sched::CpuSet::new();
+    let mut all = all;
+    for cpu in 0..nproc() {
+        let _ = all.set(cpu);
+    }
+    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &all);
+    let (a, b) = side_by_side(cfg.reps.max(3), through_ipclink, on_the_host);
+    pin(0);
+    row(
+        rows,
+        "iceoryx2 ping/pong round trip p50, two pods through ipclink vs two processes on the host's /dev/shm",
+        "µs",
+        (a, b),
+        "≤ 1.05×",
+    );
+    // What this run made in the host's /dev/shm: its root path and iceoryx2's segments.
+    let _ = std::fs::remove_dir_all(&host_root);
+    for name in list("/dev/shm").difference(&before) {
+        if name.starts_with("iox2_") {
+            let _ = std::fs::remove_file(Path::new("/dev/shm").join(name));
+        }
+    }
+    store
+        .teardown(&plan.namespace, &plan.name)
+        .expect("teardown");
+}
+
+fn list(dir: &str) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }

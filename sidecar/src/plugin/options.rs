@@ -1,8 +1,8 @@
 //! `driver_opts` of a volume: either a link file (`link=/abs/file.yaml`) or the objects
 //! declared inline (`shm=frames:1Mi`, `fifo=events`, `socket=control:0770` (an optional
 //! mode each), `semaphores=slots:8`, `size=`, `owner=`, `mode=` (of every object without
-//! its own), `abi=`), resolved into one `IpcLink` through core's validator; and volume
-//! names and the link names they map to.
+//! its own), `abi=`, `allowCreate=true`, `rootMode=`), resolved into one `IpcLink`
+//! through core's validator; and volume names and the link names they map to.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -30,6 +30,8 @@ const OPTIONS: &[&str] = &[
     "fifo",
     "socket",
     "semaphores",
+    "allowCreate",
+    "rootMode",
 ];
 
 /// Checks a volume name from the engine: 1..=128 of `[A-Za-z0-9_.-]`, starting with a
@@ -132,6 +134,17 @@ pub fn link_from_opts(key: &str, opts: &BTreeMap<String, String>) -> Result<IpcL
         })?;
         spec.size_limit = Some(Quantity(size.clone()));
     }
+    match opts.get("allowCreate").map(String::as_str) {
+        None | Some("false") => {}
+        Some("true") => spec.allow_create = true,
+        Some(other) => {
+            return Err(bad(format!(
+                "Opts.allowCreate: {:?}; allowed: true, false",
+                other.escape_debug().to_string()
+            )));
+        }
+    }
+    spec.root_mode = opts.get("rootMode").cloned();
     if let Some(owner) = opts.get("owner") {
         let parsed = owner
             .split_once(':')
@@ -220,9 +233,13 @@ pub fn link_from_opts(key: &str, opts: &BTreeMap<String, String>) -> Result<IpcL
             });
         }
     }
-    if opts.get("link").is_none() && spec.channels.is_empty() && spec.semaphores.is_empty() {
+    if opts.get("link").is_none()
+        && spec.channels.is_empty()
+        && spec.semaphores.is_empty()
+        && !spec.allow_create
+    {
         return Err(bad(format!(
-            "Opts: declare the link with Opts.link=/path/link.yaml or with at least one of shm, fifo, socket, semaphores (options: {allowed})"
+            "Opts: declare the link with Opts.link=/path/link.yaml, with at least one of shm, fifo, socket, semaphores, or let members create their own objects with allowCreate=true (options: {allowed})"
         )));
     }
     let mut link = IpcLink::new(key, spec);

@@ -1,0 +1,245 @@
+//! Memory accounting that matches Kubernetes: the pages of a link's preallocated shm
+//! regions are charged to the first member pod's memory cgroup, never to the node
+//! plugin, so the pod's memory limit covers its link as it covers an `emptyDir` of
+//! medium Memory, and one tenant's large region cannot get the plugin OOM-killed.
+//!
+//! The kernel charges a tmpfs page to the memory cgroup of the task that first touches
+//! it. So the plugin starts a short-lived helper (this binary's hidden `charge`
+//! subcommand), which moves itself into the pod's memory cgroup and then `fallocate`s
+//! the new region, reopened through the plugin's descriptor (`/proc/PID/fd/N`). Past the
+//! pod's limit the kernel's OOM killer stops the helper (SIGKILL) before any page is
+//! kept: the publish is refused with `ResourceExhausted`, and the plugin's own memory
+//! never moves. cgroup v1 (the memory hierarchy) and v2 (the unified hierarchy, where a
+//! process must sit in a leaf, so the helper uses a child cgroup `ipclink-charge` of the
+//! pod's) are both handled; the pod's cgroup is found by the kubelet's names for it
+//! under `kubepods`: `pod<UID>` (cgroupfs driver) or `…-pod<UID with _>.slice`
+//! (systemd driver).
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ipclink_core::{Preallocate, PreallocateError};
+use nix::errno::Errno;
+
+use crate::error::CsiError;
+
+/// Exit code of the helper when the link's tmpfs is full.
+const EXIT_ENOSPC: i32 = 3;
+/// The child cgroup a v2 helper runs in.
+const LEAF: &str = "ipclink-charge";
+
+/// Where the memory controller's hierarchy is.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    memory: PathBuf,
+    v2: bool,
+}
+
+impl Cgroups {
+    /// The memory hierarchy under `root` (usually `/sys/fs/cgroup`): the unified
+    /// hierarchy itself when `cgroup.controllers` names `memory`, else `root/memory`.
+    pub fn detect(root: &Path) -> Cgroups {
+        let v2 = std::fs::read_to_string(root.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"));
+        Cgroups {
+            memory: if v2 {
+                root.to_path_buf()
+            } else {
+                root.join("memory")
+            },
+            v2,
+        }
+    }
+
+    /// The memory cgroup of the pod with `uid`, found under the `kubepods` trees.
+    pub fn pod(&self, uid: &str) -> Result<PathBuf, CsiError> {
+        let valid = !uid.is_empty()
+            && uid.len() <= 64
+            && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        if !valid {
+            return Err(CsiError::invalid(
+                "volume_context",
+                format!("pod uid {uid:?} is not a UID (hex digits and '-')"),
+            ));
+        }
+        let cgroupfs = format!("pod{uid}");
+        let systemd = format!("-pod{}.slice", uid.replace('-', "_"));
+        let matches = |name: &str| name == cgroupfs || name.ends_with(&systemd);
+        // kubepods[.slice]/[burstable|besteffort]/pod…: at most three levels down.
+        let mut level = vec![self.memory.clone()];
+        for depth in 0..3 {
+            let mut next = Vec::new();
+            for dir in &level {
+                let Ok(entries) = std::fs::read_dir(dir) else {
+                    continue;
+                };
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                        continue;
+                    }
+                    if depth > 0 && matches(&name) {
+                        return Ok(e.path());
+                    }
+                    // Below the root only the kubelet's trees; within them, every QoS
+                    // class (`burstable`, `kubepods-besteffort.slice`, ...).
+                    if depth > 0 || name.starts_with("kubepods") {
+                        next.push(e.path());
+                    }
+                }
+            }
+            level = next;
+        }
+        Err(CsiError::Precondition(format!(
+            "no memory cgroup of pod {uid} under {}/kubepods*: ipclink charges a link's shm regions to its first member pod; point --cgroup-root at the host's cgroup mount (or use --charge-memory=plugin)",
+            self.memory.display()
+        )))
+    }
+
+    /// A charge into the pod cgroup `pod`.
+    pub fn charge(&self, pod: PathBuf, pod_uid: &str) -> PodCharge {
+        PodCharge {
+            cgroup: pod,
+            v2: self.v2,
+            pod_uid: pod_uid.to_owned(),
+        }
+    }
+}
+
+/// Preallocates in the helper placed in one pod's memory cgroup.
+#[derive(Debug)]
+pub struct PodCharge {
+    cgroup: PathBuf,
+    v2: bool,
+    pod_uid: String,
+}
+
+impl PodCharge {
+    /// The `cgroup.procs` the helper writes its pid to.
+    fn procs(&self) -> Result<PathBuf, PreallocateError> {
+        if !self.v2 {
+            // v1 allows tasks in a cgroup that has children.
+            return Ok(self.cgroup.join("cgroup.procs"));
+        }
+        let leaf = self.cgroup.join(LEAF);
+        match std::fs::create_dir(&leaf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(PreallocateError::Failed(format!(
+                    "cannot make {}: {e}",
+                    leaf.display()
+                )));
+            }
+        }
+        Ok(leaf.join("cgroup.procs"))
+    }
+}
+
+impl Preallocate for PodCharge {
+    fn preallocate(&self, file: BorrowedFd<'_>, size: u64) -> Result<(), PreallocateError> {
+        let procs = self.procs()?;
+        let reopen = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
+        let out = Command::new("/proc/self/exe")
+            .arg("charge")
+            .arg("--procs")
+            .arg(&procs)
+            .arg("--file")
+            .arg(&reopen)
+            .arg("--size")
+            .arg(size.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| PreallocateError::Failed(format!("cannot start the helper: {e}")));
+        if self.v2 {
+            // Empty again once the helper is gone; its pages stay charged to the pod.
+            let _ = std::fs::remove_dir(procs.parent().unwrap_or(&self.cgroup));
+        }
+        let out = out?;
+        use std::os::unix::process::ExitStatusExt;
+        match (out.status.code(), out.status.signal()) {
+            (Some(0), _) => Ok(()),
+            (Some(EXIT_ENOSPC), _) => Err(PreallocateError::Sys(Errno::ENOSPC)),
+            (_, Some(9)) => Err(PreallocateError::OutOfMemory(format!(
+                "the memory limit of pod {} cannot hold {}: the kernel's OOM killer stopped the allocation in the pod's memory cgroup ({}); raise the first member's memory limit or shrink the region",
+                self.pod_uid,
+                ipclink_core::quantity::format_bytes(size),
+                self.cgroup.display()
+            ))),
+            _ => Err(PreallocateError::Failed(format!(
+                "the helper in {} failed ({}): {}",
+                self.cgroup.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))),
+        }
+    }
+}
+
+/// The hidden `ipclink-csi charge` subcommand: moves this process into the memory cgroup
+/// of `procs`, then allocates `size` bytes of `file`. Returns the exit code.
+pub fn run_helper(procs: &Path, file: &Path, size: u64) -> i32 {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        let _ = writeln!(std::io::stderr(), "{what}: {e}");
+        1
+    };
+    // First: every page this process touches from now on is charged to the pod.
+    if let Err(e) = std::fs::write(procs, std::process::id().to_string()) {
+        return fail(&format!("join {}", procs.display()), &e);
+    }
+    // Test hook: a preallocation that takes its time, to show it holds up nothing else.
+    if std::env::var("IPCLINK_CSI_FAULT").as_deref() == Ok("slow-charge") {
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+    {
+        Ok(f) => f,
+        Err(e) => return fail(&format!("open {}", file.display()), &e),
+    };
+    match nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, size as i64) {
+        Ok(()) => 0,
+        Err(Errno::ENOSPC) => EXIT_ENOSPC,
+        Err(e) => fail("fallocate", &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_cgroups_are_found_by_both_drivers_names_and_uids_are_checked() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let mem = root.path().join("memory");
+        let uid = "0b7f6d1e-2f6a-4c39-9d55-3c1a7f0e4b21";
+        let cgroupfs = mem.join(format!("kubepods/burstable/pod{uid}"));
+        std::fs::create_dir_all(&cgroupfs).expect("mkdir");
+        let systemd_uid = "11111111-2222-3333-4444-555555555555";
+        let systemd = mem.join(format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+            systemd_uid.replace('-', "_")
+        ));
+        std::fs::create_dir_all(&systemd).expect("mkdir");
+        let c = Cgroups::detect(root.path());
+        assert_eq!(c.pod(uid).expect("cgroupfs"), cgroupfs);
+        assert_eq!(c.pod(systemd_uid).expect("systemd"), systemd);
+        let missing = c.pod("99999999-0000-0000-0000-000000000000");
+        assert!(
+            matches!(missing, Err(CsiError::Precondition(ref m)) if m.contains("--cgroup-root")),
+            "{missing:?}"
+        );
+        for bad in ["", "../x", "a/b", "pod", "0b7f 6d1e"] {
+            assert!(
+                matches!(c.pod(bad), Err(CsiError::Invalid { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+}
