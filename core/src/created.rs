@@ -14,8 +14,10 @@ use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 
 use crate::fs::{TMP_PREFIX, list_names, open_dir_at};
-use crate::probe::{ChannelSample, ObjectInfo, SemaphoreSample, probe_fifo, read_semaphore};
-use crate::sockdiag::SocketTable;
+use crate::probe::{
+    ChannelSample, ObjectInfo, Observation, SemaphoreSample, fifo, file_holders, read_semaphore,
+    sockets_at,
+};
 use crate::spec::SemaphoreAbi;
 use crate::validate::SEM_BYTES;
 
@@ -93,10 +95,10 @@ impl Listings {
 struct Walk<'a> {
     dev: u64,
     declared: &'a HashSet<String>,
-    sockets: &'a SocketTable,
+    seen: &'a Observation,
     listings: &'a mut Listings,
-    /// Directories seen by this walk (the listings of others are dropped).
-    seen: HashSet<String>,
+    /// Directories visited by this walk (the listings of others are dropped).
+    visited: HashSet<String>,
     found: Found,
 }
 
@@ -106,26 +108,26 @@ pub(crate) fn walk(
     link: BorrowedFd<'_>,
     dev: u64,
     declared: &HashSet<String>,
-    sockets: &SocketTable,
+    seen: &Observation,
     listings: &mut Listings,
 ) -> Found {
     let mut w = Walk {
         dev,
         declared,
-        sockets,
+        seen,
         listings,
-        seen: HashSet::new(),
+        visited: HashSet::new(),
         found: Found::default(),
     };
     visit(&mut w, link, "", 0);
-    let seen = w.seen;
-    w.listings.by_dir.retain(|dir, _| seen.contains(dir));
+    let visited = w.visited;
+    w.listings.by_dir.retain(|dir, _| visited.contains(dir));
     w.found
 }
 
 fn visit(w: &mut Walk<'_>, dir: BorrowedFd<'_>, prefix: &str, depth: usize) {
-    w.seen.insert(prefix.to_owned());
-    let (dev, declared, sockets) = (w.dev, w.declared, w.sockets);
+    w.visited.insert(prefix.to_owned());
+    let (dev, declared, seen) = (w.dev, w.declared, w.seen);
     let skip = |n: &str| depth == 0 && (declared.contains(n) || n.starts_with(TMP_PREFIX));
     for name in w.listings.names(dir, prefix, skip).iter() {
         let Ok(st) = fstatat(dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
@@ -171,23 +173,20 @@ fn visit(w: &mut Walk<'_>, dir: BorrowedFd<'_>, prefix: &str, depth: usize) {
                 info: info(path.clone(), "fifo", None),
                 ..ChannelSample::default()
             };
-            probe_fifo(dir, name, &mut c);
+            fifo(dir, name, seen, &mut c);
             w.found.channels.push(c);
         } else if kind == SFlag::S_IFSOCK {
-            let seen = sockets.get(dev, st.st_ino);
+            let s = sockets_at(seen, dev, &[st.st_ino]);
+            let known = seen.sockets_complete || s.visible == 1;
             w.found.channels.push(ChannelSample {
                 info: info(path.clone(), "socket", None),
                 present: true,
                 sockets: Some(1),
-                sockets_visible: Some(u64::from(seen.is_some())),
-                backlog_connections: Some(
-                    seen.filter(|s| s.listening)
-                        .map_or(0, |s| u64::from(s.rqueue)),
-                ),
-                queue_bytes: Some(
-                    seen.filter(|s| !s.listening)
-                        .map_or(0, |s| u64::from(s.rqueue)),
-                ),
+                sockets_visible: Some(s.visible),
+                backlog_connections: known.then_some(s.backlog),
+                queue_bytes: known.then_some(s.queued),
+                observed: known,
+                holders: s.holders,
                 ..ChannelSample::default()
             });
         } else if let Some((abi, value, waiters)) = semaphore(dir, name, &st) {
@@ -201,6 +200,7 @@ fn visit(w: &mut Walk<'_>, dir: BorrowedFd<'_>, prefix: &str, depth: usize) {
                 present: true,
                 value: Some(value),
                 waiters: Some(waiters),
+                holders: file_holders(seen, st.st_dev, st.st_ino),
             });
         } else {
             w.found.channels.push(ChannelSample {
@@ -208,6 +208,7 @@ fn visit(w: &mut Walk<'_>, dir: BorrowedFd<'_>, prefix: &str, depth: usize) {
                 present: true,
                 capacity_bytes: Some(st.st_size as u64),
                 resident_bytes: Some(st.st_blocks as u64 * 512),
+                holders: file_holders(seen, st.st_dev, st.st_ino),
                 ..ChannelSample::default()
             });
         }

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod created;
 pub mod fs;
+pub mod holders;
 pub mod load;
 pub mod materialize;
 pub mod members;

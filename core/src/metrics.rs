@@ -57,8 +57,29 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "ipclink_fifo_reader_present",
-        help: "1 when a fifo has a reader, 0 when it has none.",
+        help: "1 when a process holds a fifo's read end, 0 when none does.",
         channel: |c| c.reader_present.map(u64::from),
+        semaphore: no_semaphore,
+        link: no_link,
+    },
+    Family {
+        name: "ipclink_fifo_writer_present",
+        help: "1 when a process holds a fifo's write end, 0 when none does.",
+        channel: |c| c.writer_present.map(u64::from),
+        semaphore: no_semaphore,
+        link: no_link,
+    },
+    Family {
+        name: "ipclink_channel_observed",
+        help: "1 when a channel's depth could be observed; 0 when it could not (its depth series are then absent, not 0).",
+        channel: |c| Some(u64::from(c.observed)),
+        semaphore: no_semaphore,
+        link: no_link,
+    },
+    Family {
+        name: "ipclink_channel_depth_unchanged_seconds",
+        help: "Seconds since a channel's queued bytes (and a socket channel's backlog) last changed, as long as this process has watched it: a stuck consumer does not move it.",
+        channel: |c| c.depth_unchanged_seconds,
         semaphore: no_semaphore,
         link: no_link,
     },
@@ -116,6 +137,13 @@ const FAMILIES: &[Family] = &[
         channel: no_channel,
         semaphore: no_semaphore,
         link: |l| Some(l.limit_bytes),
+    },
+    Family {
+        name: "ipclink_link_preallocated_bytes",
+        help: "Bytes a link's declared objects take from the start (preallocated shm regions, semaphore pages).",
+        channel: no_channel,
+        semaphore: no_semaphore,
+        link: |l| Some(l.preallocated_bytes),
     },
     Family {
         name: "ipclink_link_unreported_objects",
@@ -215,6 +243,87 @@ pub fn render_channel_groups(groups: &[SampleGroup<'_>], out: &mut String) {
                 series(out, f.name, &labels[..n], v);
             }
         }
+    }
+    render_holders(groups, out);
+}
+
+/// Most holder-info series per link: the holders of a busy link are counted in full
+/// (`ipclink_channel_holders`) but named only up to this many.
+pub const MAX_HOLDER_INFO: usize = 100;
+
+/// `ipclink_channel_holders{role}` (how many processes per role) and
+/// `ipclink_channel_holder_info{role,pod,container,command}` (who, capped per link), for
+/// the samples whose holders are known.
+fn render_holders(groups: &[SampleGroup<'_>], out: &mut String) {
+    use std::collections::BTreeMap;
+    let mut counts = String::new();
+    let mut info = String::new();
+    for (extra, samples) in groups {
+        for s in samples.iter() {
+            let mut named = 0usize;
+            let channels = s.channels.iter().map(|c| (&c.info, &c.holders));
+            let semaphores = s.semaphores.iter().map(|m| (&m.info, &m.holders));
+            for (obj, holders) in channels.chain(semaphores) {
+                if !s.holders_known {
+                    continue; // absent, not 0: nobody could tell
+                }
+                // Every role the object can have, 0 included: a FIFO's missing reader is
+                // a series at 0, not a missing series.
+                let roles: &[&str] = match obj.kind.as_str() {
+                    "fifo" | "socket" => &["reader", "writer"],
+                    _ => &["reader", "writer", "mapper"],
+                };
+                let mut by_role: BTreeMap<&str, u64> = roles.iter().map(|r| (*r, 0)).collect();
+                for h in holders {
+                    *by_role.entry(h.role.as_str()).or_default() += 1;
+                }
+                let object = [
+                    ("namespace", &*s.namespace),
+                    ("link", &*s.name),
+                    ("channel", obj.name.as_str()),
+                    ("kind", obj.kind.as_str()),
+                    ("origin", obj.origin()),
+                ];
+                for (role, n) in by_role {
+                    let labels = [&object[..], &[("role", role)], extra].concat();
+                    series(&mut counts, "ipclink_channel_holders", &labels, n);
+                }
+                // Processes of one container doing the same are one series (the pid
+                // changes with every restart: it is no label).
+                let who: std::collections::BTreeSet<_> = holders
+                    .iter()
+                    .map(|h| (h.role.as_str(), &h.pod, &h.container, &h.command))
+                    .collect();
+                for (role, pod, container, command) in who {
+                    if named == MAX_HOLDER_INFO {
+                        break;
+                    }
+                    named += 1;
+                    let who = [
+                        ("role", role),
+                        ("pod", pod.as_str()),
+                        ("container", container.as_str()),
+                        ("command", command.as_str()),
+                    ];
+                    let labels = [&object[..], &who, extra].concat();
+                    series(&mut info, "ipclink_channel_holder_info", &labels, 1);
+                }
+            }
+        }
+    }
+    if !counts.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP ipclink_channel_holders Processes holding a channel or semaphore, by role (reader, writer, mapper).\n# TYPE ipclink_channel_holders gauge"
+        );
+        out.push_str(&counts);
+    }
+    if !info.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP ipclink_channel_holder_info Who holds a channel or semaphore: pod, container and command of each holding process (at most {MAX_HOLDER_INFO} per link); always 1.\n# TYPE ipclink_channel_holder_info gauge"
+        );
+        out.push_str(&info);
     }
 }
 

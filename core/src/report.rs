@@ -27,6 +27,9 @@ pub struct MemberReport {
     pub service: String,
     /// Container name.
     pub container: String,
+    /// Container id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     /// The user it runs as, as the engine reports it ("" is the image's default, root).
     pub user: String,
     /// The container's state (running, exited, paused, ...).
@@ -39,4 +42,280 @@ pub struct MemberReport {
     /// Channels it cannot use as declared, with the missing access (for metrics).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub denied: Vec<(String, String)>,
+}
+
+/// The row `kubectl ipclink top` and `ipclink-sidecar status` show for one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRow {
+    /// The link's namespace.
+    pub namespace: String,
+    /// The link.
+    pub link: String,
+    /// Channel or semaphore name.
+    pub channel: String,
+    /// shm, fifo, socket, or semaphore/ABI.
+    pub kind: String,
+    /// declared or discovered.
+    pub origin: &'static str,
+    /// What is waiting: a FIFO's or socket's queued bytes (and a socket's connections
+    /// waiting in accept()), a semaphore's value; `-` for a region (it has no depth).
+    pub depth: String,
+    /// A FIFO's pipe size or a region's size; `-` where there is none.
+    pub capacity: String,
+    /// Processes reading it (holding a read end, listening, or having it open to read).
+    pub readers: String,
+    /// Processes writing it.
+    pub writers: String,
+    /// Who holds it, by pod, container or command, with their roles (r, w, m).
+    pub holders: String,
+    /// Owner `uid:gid` and mode.
+    pub owner: String,
+    /// Permission bits.
+    pub mode: String,
+}
+
+/// What cannot be known is shown as such, never as 0.
+pub const UNKNOWN: &str = "<unknown>";
+
+/// `n` bytes for people: `512B`, `64KiB`, `1.5MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if v.fract() == 0.0 {
+        format!("{v:.0}{}", UNITS[unit])
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
+/// Who a holder is for people: its pod's name (the link's namespace left out), else its
+/// container, else its command and pid.
+fn who(h: &crate::probe::HolderSample, namespace: &str) -> String {
+    if !h.pod.is_empty() {
+        let pod = h
+            .pod
+            .strip_prefix(namespace)
+            .and_then(|p| p.strip_prefix('/'));
+        return pod.unwrap_or(&h.pod).to_owned();
+    }
+    if !h.container.is_empty() {
+        return h.container.clone();
+    }
+    format!("{}[{}]", h.command, h.pid)
+}
+
+/// Most holders a row names; the rest are counted (`+N`).
+const NAMED_HOLDERS: usize = 3;
+
+/// The READERS, WRITERS and HOLDERS cells of an object's holders.
+fn holder_cells(
+    holders: &[crate::probe::HolderSample],
+    known: bool,
+    namespace: &str,
+) -> (String, String, String) {
+    if !known {
+        return (UNKNOWN.into(), UNKNOWN.into(), UNKNOWN.into());
+    }
+    let count = |role: &str| {
+        let pids: std::collections::BTreeSet<i32> = holders
+            .iter()
+            .filter(|h| h.role == role)
+            .map(|h| h.pid)
+            .collect();
+        pids.len().to_string()
+    };
+    // Roles per holder, in the order the holders come.
+    let mut named: Vec<(String, String)> = Vec::new();
+    for h in holders {
+        let name = who(h, namespace);
+        let letter = &h.role[..1];
+        match named.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, roles)) if !roles.contains(letter) => roles.push_str(letter),
+            Some(_) => {}
+            None => named.push((name, letter.to_owned())),
+        }
+    }
+    let mut cell: Vec<String> = named
+        .iter()
+        .take(NAMED_HOLDERS)
+        .map(|(n, r)| {
+            // Always in the order r, w, m.
+            let roles: String = "rwm".chars().filter(|c| r.contains(*c)).collect();
+            format!("{n}({roles})")
+        })
+        .collect();
+    if named.len() > NAMED_HOLDERS {
+        cell.push(format!("+{}", named.len() - NAMED_HOLDERS));
+    }
+    let cell = if cell.is_empty() {
+        "-".to_owned()
+    } else {
+        cell.join(" ")
+    };
+    (count("reader"), count("writer"), cell)
+}
+
+/// One row per object of `sample`, channels then semaphores.
+pub fn object_rows(sample: &LinkSample) -> Vec<ObjectRow> {
+    let ns = &*sample.namespace;
+    let mut rows = Vec::new();
+    for c in &sample.channels {
+        let bytes = |v: Option<u64>| v.map_or_else(|| UNKNOWN.to_owned(), human_bytes);
+        let (depth, capacity) = match (c.present, c.observed, c.info.kind.as_str()) {
+            (false, _, _) => ("MISSING".to_owned(), "-".to_owned()),
+            (_, _, "shm") => ("-".to_owned(), bytes(c.capacity_bytes)),
+            (_, false, _) => (UNKNOWN.to_owned(), UNKNOWN.to_owned()),
+            (_, _, "socket") => (
+                format!(
+                    "{} waiting, {}",
+                    c.backlog_connections
+                        .map_or_else(|| UNKNOWN.to_owned(), |n| n.to_string()),
+                    bytes(c.queue_bytes)
+                ),
+                "-".to_owned(),
+            ),
+            _ => (
+                bytes(c.queue_bytes),
+                // No holder: the pipe is empty and has no size yet.
+                c.capacity_bytes.map_or_else(|| "-".to_owned(), human_bytes),
+            ),
+        };
+        let (readers, writers, holders) = holder_cells(&c.holders, sample.holders_known, ns);
+        rows.push(ObjectRow {
+            namespace: ns.to_owned(),
+            link: sample.name.to_string(),
+            channel: c.info.name.clone(),
+            kind: c.info.kind.clone(),
+            origin: c.info.origin(),
+            depth,
+            capacity,
+            readers,
+            writers,
+            holders,
+            owner: format!("{}:{}", c.info.uid, c.info.gid),
+            mode: c.info.mode.clone(),
+        });
+    }
+    for m in &sample.semaphores {
+        let depth = match (m.present, m.value) {
+            (false, _) => "MISSING".to_owned(),
+            (true, Some(v)) => match m.waiters {
+                Some(w) if w > 0 => format!("value {v}, {w} waiting"),
+                _ => format!("value {v}"),
+            },
+            (true, None) => UNKNOWN.to_owned(),
+        };
+        let (readers, writers, holders) = holder_cells(&m.holders, sample.holders_known, ns);
+        rows.push(ObjectRow {
+            namespace: ns.to_owned(),
+            link: sample.name.to_string(),
+            channel: m.info.name.clone(),
+            kind: format!("semaphore/{}", m.info.abi.as_deref().unwrap_or("glibc")),
+            origin: m.info.origin(),
+            depth,
+            capacity: "-".to_owned(),
+            readers,
+            writers,
+            holders,
+            owner: format!("{}:{}", m.info.uid, m.info.gid),
+            mode: m.info.mode.clone(),
+        });
+    }
+    rows
+}
+
+/// Columns aligned as kubectl aligns them: each as wide as its widest cell, three
+/// spaces apart, the last one not padded.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for r in std::iter::once(&header).chain(rows) {
+        let last = r.len().saturating_sub(1);
+        for (i, (cell, w)) in r.iter().zip(&widths).enumerate() {
+            out.push_str(cell);
+            if i < last {
+                let pad = w - cell.chars().count() + 3;
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::probe::{ChannelSample, HolderSample, ObjectInfo};
+
+    fn holder(role: &str, pid: i32, pod: &str) -> HolderSample {
+        HolderSample {
+            role: role.into(),
+            pid,
+            pod: pod.into(),
+            container: "main".into(),
+            command: "python3".into(),
+        }
+    }
+
+    #[test]
+    fn rows_name_holders_and_say_what_is_unknown() {
+        let fifo = ChannelSample {
+            info: Arc::new(ObjectInfo {
+                name: "events".into(),
+                kind: "fifo".into(),
+                ..ObjectInfo::default()
+            }),
+            present: true,
+            queue_bytes: Some(1536),
+            capacity_bytes: Some(65536),
+            holders: vec![
+                holder("reader", 7, "vision/consumer"),
+                holder("writer", 9, "vision/producer"),
+                holder("reader", 9, "vision/producer"),
+            ],
+            ..ChannelSample::default()
+        };
+        let mut sample = LinkSample {
+            namespace: "vision".into(),
+            name: "frames".into(),
+            channels: vec![fifo],
+            holders_known: true,
+            ..LinkSample::default()
+        };
+        let row = &object_rows(&sample)[0];
+        assert_eq!(
+            (&*row.depth, &*row.capacity, &*row.readers, &*row.writers),
+            ("1.5KiB", "64KiB", "2", "1")
+        );
+        assert_eq!(row.holders, "consumer(r) producer(rw)");
+        sample.holders_known = false;
+        sample.channels[0].observed = false;
+        let row = &object_rows(&sample)[0];
+        assert_eq!((&*row.depth, &*row.readers), (UNKNOWN, UNKNOWN));
+        let text = table(
+            &["A", "BB"],
+            &[
+                vec!["long".into(), "x".into()],
+                vec!["s".into(), "y".into()],
+            ],
+        );
+        assert_eq!(text, "A      BB\nlong   x\ns      y\n");
+    }
 }

@@ -316,7 +316,8 @@ pub struct ChannelStatus {
     pub name: String,
     /// shm, fifo, socket or semaphore.
     pub kind: String,
-    /// Bytes queued (fifo) or resident (shm).
+    /// Bytes queued (fifo, socket); absent for shm (a region has no depth) and while the
+    /// depth cannot be observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_bytes: Option<u64>,
     /// Semaphore value.

@@ -480,6 +480,21 @@ pub fn validate(link: &IpcLink) -> Result<LinkPlan, Problems> {
     })
 }
 
+impl LinkPlan {
+    /// Bytes the declared objects take on the tmpfs from the start: shm regions
+    /// (preallocated, in whole pages) and a page per semaphore.
+    pub fn preallocated_bytes(&self) -> u64 {
+        self.objects
+            .iter()
+            .map(|o| match o.kind {
+                ObjectKind::Shm { size } => round_up_page(size),
+                ObjectKind::Semaphore { .. } => PAGE,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
 /// The root directory `allowCreate` and `rootMode` ask for.
 fn check_root(spec: &crate::IpcLinkSpec, owner_gid: u32, problems: &mut Vec<Problem>) -> RootPlan {
     let allowed = "\"1777\" (any member may create, like /dev/shm) or \"1770\" (members in the group owner.gid)";

@@ -53,6 +53,11 @@ pub enum Role {
         /// limit).
         #[arg(long, env = "IPCLINK_MAX_VOLUMES_PER_NODE", default_value_t = 0)]
         max_volumes_per_node: u32,
+        /// Where the pods' processes cannot be seen (no host pid namespace), read a
+        /// FIFO's depth by opening its write end without blocking. Off by default: a
+        /// reader still blocked in open() then sees EOF.
+        #[arg(long, env = "IPCLINK_FIFO_OPEN_PROBE")]
+        fifo_open_probe: bool,
     },
     /// (Internal) Allocates a new region from inside a pod's memory cgroup; started by
     /// the node plugin.

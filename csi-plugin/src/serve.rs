@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use ipclink_core::LinkPlan;
 use ipclink_core::metrics::{CsiMetrics, render};
 use ipclink_core::names::DRIVER_NAME;
-use ipclink_core::probe::LinkProbe;
+use ipclink_core::probe::{LinkProbe, Observer};
 use ipclink_core::report::LinksReport;
 use ipclink_runtime::Shutdown;
 use ipclink_runtime::http::{Limits, serve};
@@ -22,6 +22,7 @@ use crate::csi::identity_server::IdentityServer;
 use crate::csi::node_server::NodeServer;
 use crate::grpc::{Controller, Identity, Node};
 use crate::node::charge::Cgroups;
+use crate::node::members::PodMembers;
 use crate::node::{Charge, NodePlugin, NodeSettings};
 use crate::source::{DirSource, KubeSource, LinkSource};
 
@@ -31,6 +32,8 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// Runs the plugin the command line asks for until SIGTERM or SIGINT.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = Shutdown::install()?;
+    let mut fifo_probe = false;
+    let mut cgroups = Cgroups::detect(std::path::Path::new("/sys/fs/cgroup"));
     let (common, node, registration, gc_interval) = match cli.role {
         Role::Node {
             common,
@@ -43,7 +46,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             max_link_bytes,
             max_node_bytes,
             max_volumes_per_node,
+            fifo_open_probe,
         } => {
+            fifo_probe = fifo_open_probe;
+            cgroups = Cgroups::detect(&cgroup_root);
             let settings = NodeSettings {
                 charge: match charge_memory {
                     ChargeMemory::Pod => Charge::FirstMember(Cgroups::detect(&cgroup_root)),
@@ -114,7 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(addr) = common.metrics_listen {
                 let exposed = Exposed {
                     registry: registry.clone(),
-                    node: Some(NodeLinks::new(plugin.clone())),
+                    node: Some(NodeLinks::new(plugin.clone(), cgroups.clone(), fifo_probe)),
                 };
                 spawn_metrics(addr, exposed, shutdown.clone()).await?;
             }
@@ -237,10 +243,14 @@ struct NodeLinks {
 }
 
 impl NodeLinks {
-    fn new(plugin: Arc<NodePlugin>) -> Self {
+    /// The links of `plugin`'s node, with who holds their objects observed among the
+    /// processes of the pods it published them to.
+    fn new(plugin: Arc<NodePlugin>, cgroups: Cgroups, fifo_open_probe: bool) -> Self {
+        let members = PodMembers::new(plugin.clone(), cgroups);
+        let observer = Observer::new(Box::new(members), true, fifo_open_probe);
         NodeLinks {
             plugin,
-            probes: Mutex::new((Vec::new(), LinkSet::default())),
+            probes: Mutex::new((Vec::new(), LinkSet::default().observed_by(observer))),
         }
     }
 
@@ -253,7 +263,8 @@ impl NodeLinks {
                 .iter()
                 .filter_map(|p| LinkProbe::open(store, p).ok())
                 .collect();
-            *cached = (plans, LinkSet::new(opened));
+            cached.1.set_probes(opened);
+            cached.0 = plans;
         }
         cached.1.sample()
     }
@@ -271,7 +282,10 @@ impl Exposition for Exposed {
     fn metrics(&self, out: &mut String) {
         render(&self.registry, out);
         if let Some(node) = &self.node {
-            ipclink_core::metrics::render_channels(&node.sample(), &[], out);
+            // The node labels every series, as the operator's ipclink_link_info does:
+            // alerts join the two on it.
+            let id = node.plugin.node_id();
+            ipclink_core::metrics::render_channels(&node.sample(), &[("node", id)], out);
         }
     }
 

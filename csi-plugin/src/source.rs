@@ -225,6 +225,37 @@ impl KubeSource {
     }
 }
 
+impl KubeSource {
+    /// The names of pod `namespace/pod`'s containers by container id (the id in the
+    /// runtime, without its `containerd://` scheme).
+    pub async fn container_names(
+        &self,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<std::collections::HashMap<String, String>, CsiError> {
+        use k8s_openapi::api::core::v1::Pod;
+        let pods: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), namespace);
+        let Some(p) = pods.get_opt(pod).await.map_err(api_error)? else {
+            return Ok(Default::default());
+        };
+        let status = p.status.unwrap_or_default();
+        Ok(status
+            .container_statuses
+            .into_iter()
+            .flatten()
+            .chain(status.init_container_statuses.into_iter().flatten())
+            .filter_map(|c| {
+                let id = c.container_id?;
+                let id = id
+                    .split_once("://")
+                    .map_or(id.as_str(), |(_, i)| i)
+                    .to_owned();
+                Some((id, c.name))
+            })
+            .collect())
+    }
+}
+
 /// An API error as the CO should see it: `Unavailable` (retry) when the API server is
 /// unreachable, overloaded or failing; `Internal` for what a retry will not fix.
 fn api_error(e: kube::Error) -> CsiError {

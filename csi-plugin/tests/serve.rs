@@ -129,8 +129,9 @@ fn the_node_plugin_serves_request_and_channel_metrics() {
     for line in [
         r#"ipclink_csi_requests_total{code="Ok",method="NodePublishVolume"} 1"#,
         r#"ipclink_csi_requests_total{code="PermissionDenied",method="NodePublishVolume"} 1"#,
-        r#"ipclink_link_limit_bytes{namespace="vision",link="frames"} 8388608"#,
-        r#"ipclink_semaphore_value{namespace="vision",link="frames",channel="slots",kind="semaphore",origin="declared"} 8"#,
+        // The node labels every channel series, as ipclink_link_info does.
+        r#"ipclink_link_limit_bytes{namespace="vision",link="frames",node="node-1"} 8388608"#,
+        r#"ipclink_semaphore_value{namespace="vision",link="frames",channel="slots",kind="semaphore",origin="declared",node="node-1"} 8"#,
         "ipclink_csi_request_duration_seconds_bucket",
     ] {
         assert!(body.contains(line), "missing {line}:\n{body}");

@@ -15,8 +15,8 @@ use std::time::Duration;
 use common::{Plugin, Unmounter, require_root};
 use ipclink_testkit::control_plane::ControlPlane;
 use ipclink_testkit::mounts::mounts_containing;
-use ipclink_testkit::node::{Node, PAUSE_IMAGE};
-use ipclink_testkit::{output_text, repo_root, script_path};
+use ipclink_testkit::node::{Node, PAUSE_IMAGE, cluster};
+use ipclink_testkit::{output_text, repo_root};
 use serde_json::json;
 
 const NS: &str = "workloads";
@@ -116,16 +116,7 @@ fn failed_mount(cp: &ControlPlane, pod: &str) -> Option<String> {
 #[test]
 fn real_programs_share_links_and_pods_pay_for_their_links_memory() {
     require_root();
-    let images = script_path("build-images");
-    let mut cp = ControlPlane::start();
-    cp.start_scheduling();
-    cp.install_ipclink_crd();
-    cp.install_csi_driver();
-    cp.namespace(NS);
-    let node = Node::start(&cp, "node-1");
-    for image in ["python", "iceoryx2"] {
-        node.import_archive(&images.join(format!("{image}.tar")));
-    }
+    let (cp, node) = cluster(NS, &["python", "iceoryx2"]);
 
     // The node plugin as the chart runs it: 128 MiB of memory at most.
     let dir = tempfile::tempdir().expect("temp dir");

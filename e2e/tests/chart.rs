@@ -106,10 +106,13 @@ fn the_chart_lints_strictly_and_refuses_bad_values_naming_them() {
         "kind: ServiceMonitor",
         "kind: PodMonitor",
         "kind: PrometheusRule",
-        "alert: IpclinkDegraded",
+        "alert: IpclinkLinkDegraded",
+        "alert: IpclinkFifoWriterWithoutReader",
     ] {
         assert!(all.contains(kind), "{kind} missing");
     }
+    // Both monitors keep each series' own namespace (the link's), not the target's.
+    assert_eq!(all.matches("honorLabels: true").count(), 2, "{all}");
     let none = render(&[
         "--set",
         "crds.install=false",
@@ -159,7 +162,7 @@ fn alerts_and_dashboard_queries_pass_promtool() {
         .arg(&rules));
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("SUCCESS: 5 rules found"),
+        text(&out).contains("SUCCESS: 9 rules found"),
         "{}",
         text(&out)
     );
@@ -195,7 +198,7 @@ fn alerts_and_dashboard_queries_pass_promtool() {
             exprs.push(inner.to_owned());
         }
     }
-    assert!(exprs.len() >= 15, "{exprs:?}");
+    assert!(exprs.len() >= 19, "{exprs:?}");
     let families: BTreeSet<&str> = [
         "ipclink_channel_queue_bytes",
         "ipclink_channel_capacity_bytes",
@@ -206,6 +209,10 @@ fn alerts_and_dashboard_queries_pass_promtool() {
         "ipclink_link_used_bytes",
         "ipclink_link_limit_bytes",
         "ipclink_socket_backlog_connections",
+        "ipclink_channel_holder_info",
+        "ipclink_channel_holders",
+        "ipclink_channel_depth_unchanged_seconds",
+        "ipclink_channel_observed",
         "ipclink_csi_requests_total",
         "ipclink_csi_request_duration_seconds_bucket",
         "ipclink_reconcile_total",

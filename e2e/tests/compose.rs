@@ -135,7 +135,7 @@ impl Drop for Down<'_> {
 #[test]
 fn sidecar_example_on_podman() {
     let _one = one_at_a_time();
-    compose_engine();
+    let images = compose_engine();
     let dir = repo_root().join("examples/compose/sidecar");
     let project = "ipclink-e2e-sidecar";
     let (metrics_port, prom_port) = ("19464", "19090");
@@ -144,6 +144,7 @@ fn sidecar_example_on_podman() {
         ("DEMO_INTERVAL_US", "200"),
         ("METRICS_PORT", metrics_port),
         ("PROMETHEUS_PORT", prom_port),
+        ("IPCLINK_LOG", "info,ipclink_core::probe=debug"),
     ];
     let down = Down { dir: &dir, project };
     down.clean();
@@ -207,7 +208,12 @@ fn sidecar_example_on_podman() {
     .expect("frame-ready value");
     assert!(
         queued >= 8.0 && queued % 8.0 == 0.0,
-        "FIFO depth {queued}:\n{text_paused}"
+        "FIFO depth {queued}:\n{text_paused}\n/v1/links: {}\nsidecar log:\n{}\nmembers:\n{}",
+        get_ok(port, "/v1/links").unwrap_or_default(),
+        logs(&sidecar),
+        [&producer, &consumer]
+            .map(|c| member_processes(c))
+            .join("\n")
     );
     assert!((7.0..=8.0).contains(&ready), "frame-ready {ready}");
     assert_eq!(
@@ -225,6 +231,58 @@ fn sidecar_example_on_podman() {
             "ipclink_member_info",
             &[("service", "producer")]
         ) == Some(1.0)
+    );
+    // Who holds each channel, by container name (the sidecar has the host's pid
+    // namespace); the socket, bound in the consumer's network namespace, is seen there.
+    for (channel, role, container) in [
+        ("events", "reader", &consumer),
+        ("events", "writer", &producer),
+        ("control", "reader", &consumer),
+        ("control", "writer", &producer),
+        ("frames", "mapper", &consumer),
+        ("frames", "mapper", &producer),
+    ] {
+        assert_eq!(
+            metric(
+                &text_paused,
+                "ipclink_channel_holder_info",
+                &[
+                    ("channel", channel),
+                    ("role", role),
+                    ("container", container)
+                ]
+            ),
+            Some(1.0),
+            "{channel} {role} {container}\n{text_paused}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &text_paused,
+            "ipclink_channel_observed",
+            &[("channel", "control")]
+        ),
+        Some(1.0),
+        "{text_paused}"
+    );
+    assert!(
+        !text_paused.contains("container=\"ipclink-e2e-sidecar_ipclink_1\""),
+        "the sidecar's own descriptors are no member's\n{text_paused}"
+    );
+    // `status --endpoint` shows the same, by container.
+    let out = std::process::Command::new(static_binary(&images, "ipclink-sidecar"))
+        .args(["status", "--endpoint", &format!("127.0.0.1:{port}")])
+        .output()
+        .expect("status");
+    let table = text(&out);
+    assert!(out.status.success(), "{table}");
+    let events = table
+        .lines()
+        .find(|l| l.contains("   events   "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        events.contains(&format!("{consumer}(r)")) && events.contains(&format!("{producer}(w)")),
+        "{table}"
     );
     let out = podman(&["unpause", &consumer]);
     assert!(out.status.success(), "{}", text(&out));
@@ -367,6 +425,26 @@ impl Drop for PluginProcess {
     }
 }
 
+/// A container's main process as the host sees it: pid, cgroup and descriptors.
+fn member_processes(container: &str) -> String {
+    let out = podman(&["inspect", "--format", "{{.State.Pid}}", container]);
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|t| t.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|e| e.to_string());
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    format!(
+        "{container} pid {pid} fds [{fds}] cgroup {}",
+        cgroup.lines().last().unwrap_or("")
+    )
+}
+
 fn restart_engine() {
     let _ = Command::new("pkill")
         .args(["-f", "podman system service"])
@@ -446,6 +524,31 @@ fn plugin_example_on_podman_with_faults() {
             Some(16.0 * 1024.0 * 1024.0),
             "the plugin's tmpfs has the volume's size"
         );
+        // The holders are the containers that mounted the volume (the engine's mount
+        // callers), by id.
+        let id = |c: &str| -> String {
+            let out = podman(&["inspect", "--format", "{{.Id}}", c]);
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .chars()
+                .take(12)
+                .collect()
+        };
+        for (role, container) in [("reader", &consumer), ("writer", &producer)] {
+            assert_eq!(
+                metric(
+                    &m,
+                    "ipclink_channel_holder_info",
+                    &[
+                        ("channel", "events"),
+                        ("role", role),
+                        ("container", &id(container))
+                    ]
+                ),
+                Some(1.0),
+                "{role} {container}\n{m}"
+            );
+        }
 
         // kill -9 while both containers have the volume mounted: they keep going.
         plugin.kill9();

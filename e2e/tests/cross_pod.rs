@@ -136,7 +136,7 @@ fn semaphore_bytes_match_what_each_libc_creates() {
 /// another member wakes it, and the probe then reads value 0 and no waiter.
 #[test]
 fn semaphore_waiters_are_read_from_the_object() {
-    use ipclink_core::probe::{LinkProbe, SocketTable};
+    use ipclink_core::probe::{LinkProbe, Observation};
     require_root();
     for (libc, abi) in [(Libc::Glibc, "glibc"), (Libc::Musl, "musl")] {
         let waiter = compile_peer("sem_waiter", libc);
@@ -150,7 +150,7 @@ fn semaphore_waiters_are_read_from_the_object() {
         let w = spawn_pod(&dir, &waiter, &["/frame-ready"]);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let waiters = loop {
-            let s = probe.sample(&SocketTable::default());
+            let s = probe.sample(&Observation::default());
             let ready = &s.semaphores[0];
             if ready.waiters == Some(1) || std::time::Instant::now() > deadline {
                 break (ready.value, ready.waiters);
@@ -177,7 +177,7 @@ fn semaphore_waiters_are_read_from_the_object() {
             "{}",
             describe(&out)
         );
-        let s = probe.sample(&SocketTable::default());
+        let s = probe.sample(&Observation::default());
         assert_eq!(
             (s.semaphores[0].value, s.semaphores[0].waiters),
             (Some(0), Some(0)),

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ipclink_testkit::control_plane::ControlPlane;
 use ipclink_testkit::node::Node;
+use ipclink_testkit::prometheus::Prometheus;
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -166,6 +167,214 @@ fn the_chart_runs_the_examples_on_a_real_node() {
             assert_eq!(pvc["status"]["phase"], "Bound", "{pvc:#}");
         }
     }
+
+    // What the node plugin sees inside the member pods (it has the host's pid
+    // namespace): camera and detector hold the example's region and semaphores.
+    let ns = "vision-inline";
+    let camera = pod_name(&cp, ns, "camera");
+    let detector = pod_name(&cp, ns, "detector");
+    let pod_ip = |selector: &str| -> String {
+        let (_, v) = cp.get_json(&format!(
+            "/api/v1/namespaces/ipclink-system/pods?labelSelector={selector}"
+        ));
+        v["items"][0]["status"]["podIP"]
+            .as_str()
+            .expect("pod IP")
+            .to_owned()
+    };
+    let plugin_ip = pod_ip("app.kubernetes.io/component=node-plugin");
+    let operator_ip = pod_ip("app.kubernetes.io/component=operator");
+
+    // A real Prometheus scrapes the node plugin and the operator as the chart's monitors
+    // do (honor_labels): each series once, under the link's own namespace.
+    let prom_dir = tempfile::tempdir().expect("temp dir");
+    let prom = Prometheus::start(
+        prom_dir.path(),
+        &[
+            ("node-plugin", format!("{plugin_ip}:9809")),
+            ("operator", format!("{operator_ip}:9810")),
+        ],
+    );
+    let start = std::time::Instant::now();
+    let holders = format!(
+        "ipclink_channel_holder_info{{namespace=\"{ns}\",channel=\"frames\",pod=~\"{ns}/({camera}|{detector})\"}}"
+    );
+    while prom.query("up == 1").len() < 2
+        || prom.query(&holders).len() < 2
+        || prom
+            .query(&format!(
+                "ipclink_link_info{{namespace=\"{ns}\",phase=\"Ready\",node=\"node-1\"}}"
+            ))
+            .is_empty()
+    {
+        assert!(
+            start.elapsed() < LONG,
+            "Prometheus never saw both targets, the holders and the link: up {:?}, holders {:?}",
+            prom.query("up"),
+            prom.query("ipclink_channel_holder_info")
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // Aggregation drops the metric name: keep it as a label to count each series.
+    let twice = prom.query(
+        r#"count without (instance, job) (label_replace({__name__=~"ipclink_.+"}, "name", "$1", "__name__", "(.+)")) > 1"#,
+    );
+    let all = prom.query(
+        r#"count without (instance, job) (label_replace({__name__=~"ipclink_.+"}, "name", "$1", "__name__", "(.+)"))"#,
+    );
+    assert!(all.len() > 20, "too few series to tell: {all:?}");
+    assert!(twice.is_empty(), "series exported twice: {twice:?}");
+    let jobs = prom
+        .query(r#"count by (job) ({__name__=~"ipclink_(channel|semaphore|shm|fifo|socket)_.+"})"#);
+    assert_eq!(
+        jobs.len(),
+        1,
+        "channel families from more than the node plugin: {jobs:?}"
+    );
+    assert_eq!(jobs[0]["metric"]["job"], "node-plugin", "{jobs:?}");
+    drop(prom);
+
+    // kubectl ipclink, as the README runs it: the node plugins' view through the API
+    // server's pod proxy.
+    let script = ipclink_testkit::readme_script(
+        "kubectl-ipclink",
+        &["cargo build"],
+        &[(
+            "$PWD/target/release",
+            ipclink_testkit::static_binary(&images, "kubectl-ipclink")
+                .parent()
+                .and_then(|p| p.to_str())
+                .expect("utf-8"),
+        )],
+    );
+    let path = format!(
+        "{}:{}",
+        cp.bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let (out, _) = ipclink_testkit::run_script(
+        "README kubectl ipclink",
+        &script,
+        &[
+            ("KUBECONFIG", cp.kubeconfig.as_os_str()),
+            ("PATH", std::ffi::OsStr::new(&path)),
+        ],
+    );
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let frames = rows
+        .iter()
+        .find(|r| r.len() >= 10 && r[..4] == ["vision-inline", "frames", "frames", "shm"])
+        .unwrap_or_else(|| panic!("no top row of the region in\n{out}"));
+    // NODE, DEPTH (a region has none), CAPACITY, READERS, WRITERS, then the holders.
+    assert_eq!(frames[4..9], ["node-1", "-", "1MiB", "2", "2"], "{out}");
+    let holders = frames[9..].join(" ");
+    assert!(
+        holders.contains(&format!("{camera}(rwm)"))
+            && holders.contains(&format!("{detector}(rwm)")),
+        "{out}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.len() >= 3 && r[..3] == ["frames", "mapper", camera.as_str()]),
+        "describe names the holders:\n{out}"
+    );
+    for want in [
+        "Phase:      Ready",
+        "Node:       node-1",
+        "Scheduled",
+        "Events:",
+    ] {
+        assert!(out.contains(want), "no {want:?} in\n{out}");
+    }
+
+    // Memory: the node plugin's pod is held to the chart's 128Mi; a link with a 512Mi
+    // region is charged to the member pod that mounts it first (its limit, 1Gi, covers
+    // it), and the plugin neither holds the pages nor restarts.
+    cp.create(
+        &format!("/apis/ipclink.dev/v1alpha1/namespaces/{ns}/ipclinks"),
+        &ipclink_testkit::pods::link(
+            ns,
+            "big",
+            serde_json::json!({
+                "sizeLimit": "600Mi",
+                "members": [{"name": "m", "podSelector": {"matchLabels": {"app": "big"}}}],
+                "channels": [{"name": "frames", "kind": "shm", "size": "512Mi", "mode": "0666"}]
+            }),
+        ),
+    );
+    let mut member: serde_json::Value = serde_json::from_str(
+        &ipclink_testkit::pods::pod("big-member", "big")
+            .runs(ipclink_testkit::node::PAUSE_IMAGE, &[])
+            .run_as(1000, Some(1000))
+            .restricted()
+            .inline_link("big")
+            .json(),
+    )
+    .expect("pod json");
+    member["spec"]["containers"][0]["resources"] = serde_json::json!({"limits": {"memory": "1Gi"}});
+    cp.create(
+        &format!("/api/v1/namespaces/{ns}/pods"),
+        &member.to_string(),
+    );
+    let v = cp.wait_for(
+        &format!("/api/v1/namespaces/{ns}/pods/big-member"),
+        "the member running",
+        LONG,
+        |v| v["status"]["phase"] == "Running",
+    );
+    let shmem = |uid: &str| -> u64 {
+        ["", "burstable/", "besteffort/"]
+            .iter()
+            .map(|q| {
+                std::path::Path::new("/sys/fs/cgroup/memory/kubepods")
+                    .join(format!("{q}pod{uid}/memory.stat"))
+            })
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("total_shmem "))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no memory cgroup of pod {uid}"))
+    };
+    let member_uid = v["metadata"]["uid"].as_str().expect("uid").to_owned();
+    assert!(
+        shmem(&member_uid) >= 512 << 20,
+        "the member holds {} bytes",
+        shmem(&member_uid)
+    );
+    let plugin = pod_name_any(
+        &cp,
+        "ipclink-system",
+        "app.kubernetes.io/component=node-plugin",
+    );
+    let (_, p) = cp.get_json(&format!("/api/v1/namespaces/ipclink-system/pods/{plugin}"));
+    assert_eq!(
+        p["spec"]["containers"][0]["resources"]["limits"]["memory"],
+        "128Mi"
+    );
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{p:#}"
+    );
+    let plugin_uid = p["metadata"]["uid"].as_str().expect("uid").to_owned();
+    assert!(
+        shmem(&plugin_uid) < 16 << 20,
+        "the plugin holds {} bytes",
+        shmem(&plugin_uid)
+    );
+    let out = kubectl(&[
+        "delete",
+        "-n",
+        ns,
+        "pod/big-member",
+        "ipclink/big",
+        "--wait=true",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
 
     // Removing the examples (their links wait for the members to go) and the chart
     // leaves no volume mounted and no link tmpfs.

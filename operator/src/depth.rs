@@ -1,25 +1,18 @@
-//! Channel depths gathered from the node plugins' (or sidecars') `/v1/links` endpoints,
-//! re-exported on the operator's `/metrics` with a `node` label and folded into
-//! `status.channels` at most once per interval per link.
+//! Channel depths gathered from the node plugins' (or sidecars') `/v1/links` endpoints
+//! and folded into `status.channels` at most once per interval per link.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Bytes;
 use ipclink_core::IpcLink;
 use ipclink_core::probe::LinkSample;
-use ipclink_core::report::LinksReport;
 use ipclink_core::spec::ChannelStatus;
 use ipclink_runtime::Shutdown;
 use kube::runtime::reflector::ObjectRef;
 
 /// Latest channel depths per (namespace, link), from the node plugins.
 pub type Depths = Arc<Mutex<HashMap<(String, String), LinkDepths>>>;
-
-/// Largest `/v1/links` body accepted (10,000 channels are about 3 MB).
-pub const MAX_BODY: usize = 32 << 20;
 
 /// Where depths come from.
 #[derive(Clone)]
@@ -71,38 +64,11 @@ async fn endpoints(sources: &Sources) -> Vec<(String, String)> {
     all
 }
 
-/// Latest samples by node, for `/metrics`.
-pub type Samples = Arc<Mutex<Vec<(String, Vec<LinkSample>)>>>;
-
-/// One GET of `http://{endpoint}/v1/links`.
+/// One GET of `http://{endpoint}/v1/links`: its links.
 pub async fn fetch(endpoint: &str, timeout: Duration) -> anyhow::Result<Vec<LinkSample>> {
-    let work = async {
-        let stream = tokio::net::TcpStream::connect(endpoint).await?;
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = hyper::Request::get("/v1/links")
-            .header(hyper::header::HOST, endpoint)
-            .body(Empty::<Bytes>::new())?;
-        let resp = sender.send_request(req).await?;
-        anyhow::ensure!(
-            resp.status() == hyper::StatusCode::OK,
-            "GET /v1/links answered {}",
-            resp.status()
-        );
-        let body = Limited::new(resp.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the body: {e}"))?
-            .to_bytes();
-        let report: LinksReport = serde_json::from_slice(&body)?;
-        Ok(report.links)
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
+    Ok(ipclink_runtime::client::links(endpoint, timeout)
+        .await?
+        .links)
 }
 
 /// Most objects members created that a link's status lists (the metrics list up to
@@ -123,7 +89,8 @@ pub fn channel_status(sample: &LinkSample) -> LinkDepths {
     let channels = sample.channels.iter().map(|c| ChannelStatus {
         name: c.info.name.clone(),
         kind: c.info.kind.clone(),
-        queue_bytes: c.queue_bytes.or(c.resident_bytes),
+        // A region's size or resident memory is no queue: shm has no depth here.
+        queue_bytes: c.queue_bytes,
         value: None,
         discovered: c.info.discovered,
     });
@@ -150,7 +117,6 @@ pub fn channel_status(sample: &LinkSample) -> LinkDepths {
 pub async fn run(
     sources: Sources,
     depths: Depths,
-    samples: Samples,
     changed: futures::channel::mpsc::Sender<ObjectRef<IpcLink>>,
     shutdown: Shutdown,
 ) {
@@ -162,7 +128,6 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = shutdown.wait() => return,
         }
-        let mut round = Vec::new();
         let mut next: HashMap<(String, String), LinkDepths> = HashMap::new();
         for (node, endpoint) in endpoints(&sources).await {
             match fetch(&endpoint, sources.timeout).await {
@@ -173,7 +138,6 @@ pub async fn run(
                             channel_status(l),
                         );
                     }
-                    round.push((node, links));
                 }
                 Err(e) => tracing::warn!(node, endpoint, error = %e, "cannot gather depths"),
             }
@@ -188,7 +152,6 @@ pub async fn run(
             *current = next;
             wake
         };
-        *samples.lock().unwrap_or_else(|p| p.into_inner()) = round;
         for r in wake {
             if futures::SinkExt::send(&mut changed, r).await.is_err() {
                 return;

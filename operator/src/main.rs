@@ -8,7 +8,7 @@ use clap::Parser;
 use ipclink_core::metrics::OperatorMetrics;
 use ipclink_operator::cli::{Cli, Command, RunArgs};
 use ipclink_operator::controller::{self, Settings};
-use ipclink_operator::depth::{self, Samples, Sources};
+use ipclink_operator::depth::{self, Sources};
 use ipclink_operator::metrics::Exposed;
 use ipclink_operator::provision;
 use ipclink_runtime::Shutdown;
@@ -56,7 +56,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = OperatorMetrics::new(&registry)?;
     let depths = controller::Depths::default();
-    let samples = Samples::default();
     let (changed_tx, changed_rx) = futures::channel::mpsc::channel(1024);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let settings = Settings {
@@ -79,7 +78,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry,
         metrics,
         links: shared.links,
-        samples: samples.clone(),
     };
     tokio::spawn(serve(
         listener,
@@ -103,7 +101,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 timeout: Duration::from_secs(5),
             },
             depths,
-            samples,
             changed_tx,
             shutdown.clone(),
         ));

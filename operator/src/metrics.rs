@@ -1,14 +1,15 @@
 //! What the operator shows on `--metrics-listen`: its reconcile families, the links by
-//! phase (counted from the cache at each scrape), and the channel families it gathered
-//! from the node plugins, each with its `node` label.
+//! phase and `ipclink_link_info` (one series per link, for alerts to name the link and
+//! its node), both computed from the cache at each scrape. The channel families are the
+//! node plugins' own: Prometheus scrapes them there (the chart's PodMonitor), so the
+//! operator does not export them a second time.
 
 use ipclink_core::IpcLink;
-use ipclink_core::metrics::{OperatorMetrics, SampleGroup, render, render_channel_groups};
+use ipclink_core::metrics::{OperatorMetrics, render, render_gauge};
 use ipclink_core::spec::Phase;
 use ipclink_runtime::links::Exposition;
+use kube::ResourceExt;
 use kube::runtime::reflector::Store;
-
-use crate::depth::Samples;
 
 /// The operator's exposition.
 pub struct Exposed {
@@ -18,8 +19,6 @@ pub struct Exposed {
     pub metrics: OperatorMetrics,
     /// The link cache.
     pub links: Store<IpcLink>,
-    /// The latest depths by node.
-    pub samples: Samples,
 }
 
 impl std::fmt::Debug for Exposed {
@@ -36,40 +35,58 @@ const PHASES: [Phase; 5] = [
     Phase::Terminating,
 ];
 
+/// A link's phase as its status shows it (Pending before the first status).
+fn phase(link: &IpcLink) -> Phase {
+    link.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or(Phase::Pending)
+}
+
 impl Exposition for Exposed {
     fn metrics(&self, out: &mut String) {
         let state = self.links.state();
         for p in PHASES {
-            let n = state
-                .iter()
-                .filter(|l| {
-                    l.status
-                        .as_ref()
-                        .and_then(|s| s.phase)
-                        .unwrap_or(Phase::Pending)
-                        == p
-                })
-                .count();
+            let n = state.iter().filter(|l| phase(l) == p).count();
             self.metrics
                 .links
                 .with_label_values(&[format!("{p:?}").as_str()])
                 .set(n as i64);
         }
         render(&self.registry, out);
-        let held = self
-            .samples
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let labels: Vec<[(&str, &str); 1]> = held
+        let rows: Vec<(String, String, String, String)> = state
             .iter()
-            .map(|(node, _)| [("node", node.as_str())])
+            .map(|l| {
+                (
+                    l.namespace().unwrap_or_default(),
+                    l.name_any(),
+                    format!("{:?}", phase(l)),
+                    l.status
+                        .as_ref()
+                        .and_then(|s| s.node.clone())
+                        .unwrap_or_default(),
+                )
+            })
             .collect();
-        let groups: Vec<SampleGroup<'_>> = held
+        let rows: Vec<(Vec<(&str, &str)>, u64)> = rows
             .iter()
-            .zip(&labels)
-            .map(|((_, s), l)| (&l[..], s.as_slice()))
+            .map(|(ns, name, phase, node)| {
+                (
+                    vec![
+                        ("namespace", ns.as_str()),
+                        ("link", name.as_str()),
+                        ("phase", phase.as_str()),
+                        ("node", node.as_str()),
+                    ],
+                    1,
+                )
+            })
             .collect();
-        render_channel_groups(&groups, out);
+        render_gauge(
+            out,
+            "ipclink_link_info",
+            "One series per IpcLink: its phase and the node it lives on (empty until its members are scheduled); always 1.",
+            &rows,
+        );
     }
 }

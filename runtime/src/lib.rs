@@ -4,6 +4,7 @@
 //!
 //! It depends on `ipclink-core` only: no Docker client, no gRPC, no Kubernetes runtime.
 
+pub mod client;
 pub mod http;
 pub mod links;
 pub mod shutdown;

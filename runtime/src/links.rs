@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use ipclink_core::metrics::{render_channels, render_gauge};
-use ipclink_core::probe::{LinkProbe, LinkSample, SocketTable};
+use ipclink_core::probe::{LinkProbe, LinkSample, Observer};
 use ipclink_core::report::{LinksReport, MemberReport};
 
 /// Content type of `/metrics`: the Prometheus text format.
@@ -91,24 +91,37 @@ async fn readyz(State(exposed): State<Arc<dyn Exposition>>) -> Response {
     }
 }
 
-/// Links a process watches: their probes, kept open between scrapes, and the members
-/// Compose discovery found.
+/// Links a process watches: their probes, kept open between scrapes, what observes
+/// who holds their objects, and the members Compose discovery found.
 #[derive(Debug, Default)]
 pub struct LinkSet {
     probes: Vec<LinkProbe>,
     members: Vec<MemberReport>,
+    observer: Observer,
 }
 
 /// A link set shared between the endpoint and whoever changes it.
 pub type SharedLinks = Arc<Mutex<LinkSet>>;
 
 impl LinkSet {
-    /// A set over already-open probes.
+    /// A set over already-open probes, observed without holders (see [`LinkSet::observed_by`]).
     pub fn new(probes: Vec<LinkProbe>) -> Self {
         LinkSet {
             probes,
             members: Vec::new(),
+            observer: Observer::default(),
         }
+    }
+
+    /// The set, with who holds what observed by `observer`.
+    pub fn observed_by(mut self, observer: Observer) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// Replaces the probes (the links changed), keeping the observer.
+    pub fn set_probes(&mut self, probes: Vec<LinkProbe>) {
+        self.probes = probes;
     }
 
     /// Replaces the discovered members.
@@ -124,18 +137,11 @@ impl LinkSet {
         }
     }
 
-    /// Observes every link once. Socket queues come from one netlink dump, taken only
-    /// when some link has a socket channel.
+    /// Observes every link once: who holds what and the members' sockets first (one
+    /// scan and one dump per network namespace for all links), then each link's objects.
     pub fn sample(&mut self) -> Vec<LinkSample> {
-        let sockets = if self.probes.iter().any(LinkProbe::has_sockets) {
-            SocketTable::dump().unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "unix socket diagnostics unavailable; socket depths read as 0");
-                SocketTable::default()
-            })
-        } else {
-            SocketTable::default()
-        };
-        self.probes.iter_mut().map(|p| p.sample(&sockets)).collect()
+        let seen = self.observer.observe(&self.probes);
+        self.probes.iter_mut().map(|p| p.sample(&seen)).collect()
     }
 
     /// Samples and appends the channel families and the Compose member families.

@@ -38,8 +38,12 @@ pub enum Command {
     /// Print a table of the links materialized under the root.
     Status {
         /// Base directory of the links.
-        #[arg(long, env = "IPCLINK_ROOT")]
+        #[arg(long, env = "IPCLINK_ROOT", conflicts_with = "endpoint")]
         root: Option<PathBuf>,
+        /// Ask a running `up` or `volume-plugin` (its `--listen` address, HOST:PORT)
+        /// instead of reading the links here: in Compose it knows the containers by name.
+        #[arg(long, value_parser = crate::cli::host_port)]
+        endpoint: Option<String>,
         /// Print the `/v1/links` JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -77,6 +81,11 @@ pub struct UpArgs {
     /// Seconds between two discovery rounds.
     #[arg(long, default_value_t = 5)]
     pub discover_interval_seconds: u64,
+    /// Where the members' processes cannot be seen, read a FIFO's depth by opening its
+    /// write end without blocking. Off by default: a reader still blocked in open()
+    /// then sees EOF.
+    #[arg(long, env = "IPCLINK_FIFO_OPEN_PROBE")]
+    pub fifo_open_probe: bool,
 }
 
 /// Arguments of `volume-plugin`.
@@ -105,6 +114,10 @@ pub struct PluginArgs {
     /// [default: tmpfs as root, else dir]
     #[arg(long, env = "IPCLINK_STORAGE", value_enum)]
     pub storage: Option<Storage>,
+    /// Where the containers' processes cannot be seen, read a FIFO's depth by opening
+    /// its write end without blocking (a reader still blocked in open() then sees EOF).
+    #[arg(long, env = "IPCLINK_FIFO_OPEN_PROBE")]
+    pub fifo_open_probe: bool,
 }
 
 /// Storage choice on the command line.
@@ -124,6 +137,16 @@ pub fn default_root() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("ipclink"),
         _ => std::env::temp_dir().join(format!("ipclink-{}", nix::unistd::Uid::effective())),
+    }
+}
+
+/// A `HOST:PORT` address (a name or an IP, and a port).
+pub fn host_port(s: &str) -> Result<String, String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!("{s:?} is not HOST:PORT (e.g. 127.0.0.1:9464)")),
     }
 }
 

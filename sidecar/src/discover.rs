@@ -151,6 +151,7 @@ pub async fn discover(
                 link: plan.name.clone(),
                 service: service.clone(),
                 container: container.clone(),
+                id: id.to_owned(),
                 user: user.clone(),
                 state: state.clone(),
                 checked: false,

@@ -7,7 +7,8 @@ pub mod plugin;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ipclink_core::probe::{LinkProbe, LinkSample};
+use ipclink_core::holders::{AllProcesses, ContainerProcesses};
+use ipclink_core::probe::{LinkProbe, LinkSample, Observer};
 use ipclink_core::{LinkPlan, MaterializeError, Problem, Problems, StorageMode, Store, load_plans};
 use ipclink_runtime::Shutdown;
 use ipclink_runtime::http::{Limits, serve};
@@ -204,7 +205,21 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
             source,
         })?;
     let m = materialize_links(loaded, &root, args.storage)?;
-    let mut set = LinkSet::new(open_probes(&m.store, &m.plans)?);
+    // Who holds what: in Compose the member containers' processes (found by discovery,
+    // visible with the host's pid namespace), on a host every process.
+    let names = Arc::new(Mutex::new(None));
+    let observer = match &args.engine {
+        Some(_) => Observer::new(
+            Box::new(ContainerProcesses {
+                names: names.clone(),
+                only_named: true,
+            }),
+            true,
+            args.fifo_open_probe,
+        ),
+        None => Observer::new(Box::new(AllProcesses), false, args.fifo_open_probe),
+    };
+    let mut set = LinkSet::new(open_probes(&m.store, &m.plans)?).observed_by(observer);
     if m.store.mode() == StorageMode::PlainDir {
         warn_unenforced_limits(&set.sample(), &m.plans);
     }
@@ -229,6 +244,15 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
             links,
             std::time::Duration::from_secs(args.discover_interval_seconds.max(1)),
             move |members| {
+                // Stopped members hold nothing: only running (or paused) ones are
+                // looked at, so a FIFO both ends of which have exited reads empty.
+                *names.lock().unwrap_or_else(|p| p.into_inner()) = Some(
+                    members
+                        .iter()
+                        .filter(|m| matches!(m.state.as_str(), "running" | "paused"))
+                        .map(|m| (m.id.clone(), m.container.clone()))
+                        .collect(),
+                );
                 shared
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -280,7 +304,7 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
     };
     let links: SharedLinks = Arc::default();
     let mode = storage_mode(args.storage);
-    let plugin = plugin::Plugin::open(&args.root, mode, links.clone())?;
+    let plugin = plugin::Plugin::open(&args.root, mode, links.clone(), args.fifo_open_probe)?;
     let socket = plugin::bind_socket(&args.socket)?;
     tracing::info!(
         socket = %args.socket.display(),
@@ -376,88 +400,39 @@ pub fn status(root: &Path) -> Result<Vec<LinkSample>, Error> {
         .iter()
         .filter_map(|p| LinkProbe::open(&store, p).ok())
         .collect();
-    Ok(LinkSet::new(probes).sample())
+    let observer = Observer::new(Box::new(AllProcesses), false, false);
+    Ok(LinkSet::new(probes).observed_by(observer).sample())
 }
 
-/// Renders samples as the `status` table.
+/// Renders samples as the `status` table: the columns of `kubectl ipclink top`, then
+/// each object's owner and mode.
 pub fn status_table(samples: &[LinkSample]) -> String {
-    let mut rows = vec![[
-        "LINK".to_owned(),
-        "CHANNEL".into(),
-        "KIND".into(),
-        "ORIGIN".into(),
-        "PATH".into(),
-        "OWNER".into(),
-        "MODE".into(),
-        "DEPTH/VALUE".into(),
-    ]];
-    for s in samples {
-        let link = format!("{}/{}", s.namespace, s.name);
-        for c in &s.channels {
-            let depth = if !c.present {
-                "MISSING".to_owned()
-            } else {
-                match c.info.kind.as_str() {
-                    "fifo" if c.reader_present == Some(false) => "0 B queued (no reader)".into(),
-                    "fifo" => format!(
-                        "{} B queued of {}",
-                        c.queue_bytes.unwrap_or(0),
-                        c.capacity_bytes.unwrap_or(0)
-                    ),
-                    "shm" => format!(
-                        "{} B, {} B resident",
-                        c.capacity_bytes.unwrap_or(0),
-                        c.resident_bytes.unwrap_or(0)
-                    ),
-                    _ => format!(
-                        "{} sockets, backlog {}, {} B queued",
-                        c.sockets.unwrap_or(0),
-                        c.backlog_connections.unwrap_or(0),
-                        c.queue_bytes.unwrap_or(0)
-                    ),
-                }
-            };
-            rows.push([
-                link.clone(),
-                c.info.name.clone(),
-                c.info.kind.clone(),
-                c.info.origin().into(),
-                format!("{}/{}", s.path, c.info.file),
-                format!("{}:{}", c.info.uid, c.info.gid),
-                c.info.mode.clone(),
-                depth,
-            ]);
-        }
-        for m in &s.semaphores {
-            let value = match (m.present, m.value) {
-                (true, Some(v)) => format!("value {v}, waiters {}", m.waiters.unwrap_or(0)),
-                _ => "MISSING".into(),
-            };
-            rows.push([
-                link.clone(),
-                m.info.name.clone(),
-                format!("semaphore/{}", m.info.abi.as_deref().unwrap_or("glibc")),
-                m.info.origin().into(),
-                format!("{}/{}", s.path, m.info.file),
-                format!("{}:{}", m.info.uid, m.info.gid),
-                m.info.mode.clone(),
-                value,
-            ]);
-        }
-    }
-    let widths: Vec<usize> = (0..8)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+    let rows: Vec<Vec<String>> = samples
+        .iter()
+        .flat_map(ipclink_core::report::object_rows)
+        .map(|r| {
+            vec![
+                format!("{}/{}", r.namespace, r.link),
+                r.channel,
+                r.kind,
+                r.origin.to_owned(),
+                r.depth,
+                r.capacity,
+                r.readers,
+                r.writers,
+                r.holders,
+                r.owner,
+                r.mode,
+            ]
+        })
         .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = ipclink_core::report::table(
+        &[
+            "LINK", "CHANNEL", "KIND", "ORIGIN", "DEPTH", "CAPACITY", "READERS", "WRITERS",
+            "HOLDERS", "OWNER", "MODE",
+        ],
+        &rows,
+    );
     for s in samples.iter().filter(|s| s.unreported_objects > 0) {
         out.push_str(&format!(
             "{}/{}: {} more objects members created are not listed (at most {} are)\n",

@@ -32,8 +32,26 @@ fn main() {
                 );
             }
         }),
-        Command::Status { root, json } => {
-            status(&root.unwrap_or_else(default_root)).map(|samples| {
+        Command::Status {
+            root,
+            endpoint,
+            json,
+        } => {
+            let samples = match endpoint {
+                Some(at) => runtime().and_then(|rt| {
+                    rt.block_on(ipclink_runtime::client::links(
+                        &at,
+                        std::time::Duration::from_secs(10),
+                    ))
+                    .map(|r| r.links)
+                    .map_err(|source| Error::Io {
+                        what: format!("GET http://{at}/v1/links"),
+                        source,
+                    })
+                }),
+                None => status(&root.unwrap_or_else(default_root)),
+            };
+            samples.map(|samples| {
                 if json {
                     let report = ipclink_core::report::LinksReport {
                         links: samples,

@@ -30,8 +30,20 @@ fn the_readme_walkthrough_works_as_written() {
         &[("IPCLINK_ROOT", root.as_os_str())],
     );
     assert!(
-        stdout.contains("vision/frames  events"),
+        stdout.contains("vision/frames   events"),
         "status table missing:\n{stdout}"
+    );
+    // The second table names the reader (`sleep`, pid varies) and the 6 bytes.
+    let row = stdout
+        .lines()
+        .filter(|l| l.contains("   events   "))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no second status of events:\n{stdout}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[4..7], ["6B", "64KiB", "1"], "{row}");
+    assert!(
+        cells[8].starts_with("sleep[") && cells[8].ends_with("](r)"),
+        "{row}"
     );
     assert!(
         stdout.contains(

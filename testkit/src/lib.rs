@@ -10,6 +10,7 @@ pub mod node;
 pub mod operator;
 pub mod pods;
 pub mod process;
+pub mod prometheus;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

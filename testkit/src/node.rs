@@ -355,3 +355,20 @@ impl Drop for Node {
         }
     }
 }
+
+/// A cluster for the kubelet tests: a control plane that schedules, with the IpcLink CRD,
+/// the `CSIDriver` and namespace `namespace`, and one kubelet `node-1` with the images
+/// `images` of `scripts/build-images` (`python`, `iceoryx2`, ...) imported.
+pub fn cluster(namespace: &str, images: &[&str]) -> (ControlPlane, Node) {
+    let built = crate::script_path("build-images");
+    let mut cp = ControlPlane::start();
+    cp.start_scheduling();
+    cp.install_ipclink_crd();
+    cp.install_csi_driver();
+    cp.namespace(namespace);
+    let node = Node::start(&cp, "node-1");
+    for image in images {
+        node.import_archive(&built.join(format!("{image}.tar")));
+    }
+    (cp, node)
+}

@@ -56,6 +56,12 @@ impl PodJson {
         self
     }
 
+    /// The container's `command` (the image's entrypoint replaced).
+    pub fn command(mut self, command: &[&str]) -> Self {
+        self.container()["command"] = json!(command);
+        self
+    }
+
     /// No service account token mounted.
     pub fn no_token(mut self) -> Self {
         self.spec()["automountServiceAccountToken"] = false.into();

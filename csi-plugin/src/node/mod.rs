@@ -7,6 +7,7 @@
 //! gRPC workers; [`target`] does the mounts, [`mountinfo`] rebuilds lost state.
 
 pub mod charge;
+pub mod members;
 mod mountinfo;
 mod target;
 
@@ -38,6 +39,24 @@ pub struct Publication {
     pub link: String,
     /// Published read-only.
     pub readonly: bool,
+    /// The pod it was published to (`podInfoOnMount`), when the CO said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// That pod's UID (from the request, or the kubelet's target path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+}
+
+impl Publication {
+    /// The pod's UID: as published, or from a kubelet target path
+    /// (`…/pods/UID/volumes/…`).
+    pub fn pod_uid_at(&self, target: &str) -> Option<String> {
+        self.pod_uid.clone().or_else(|| {
+            let mut parts = target.split('/');
+            parts.find(|p| *p == "pods")?;
+            parts.next().filter(|u| !u.is_empty()).map(str::to_owned)
+        })
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -173,6 +192,16 @@ impl NodePlugin {
         &self.store
     }
 
+    /// This node's name (`--node-id`).
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Where links and pods come from.
+    pub fn source(&self) -> &LinkSource {
+        &self.source
+    }
+
     /// Every publication, by target path.
     pub fn publications(&self) -> BTreeMap<String, Publication> {
         self.state
@@ -249,6 +278,8 @@ impl NodePlugin {
             namespace: namespace.clone(),
             link: link_name.clone(),
             readonly: req.readonly,
+            pod: ctx.get(ids::POD_NAME).cloned(),
+            pod_uid: ctx.get(ids::POD_UID).cloned(),
         };
         let (target, asked) = (req.target_path.clone(), publication.clone());
         if self.blocking(move |p| p.republish(&target, &asked)).await? {
@@ -291,6 +322,8 @@ impl NodePlugin {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(q) = state.by_target.get_mut(target) {
                 q.volume_id = asked.volume_id.clone();
+                q.pod = asked.pod.clone();
+                q.pod_uid = asked.pod_uid.clone();
             }
             return self.save(&state).map(|()| true);
         }

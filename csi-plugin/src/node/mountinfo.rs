@@ -45,6 +45,8 @@ pub(super) fn rebuild_from_mountinfo(links_dir: &Path) -> Publications {
                     namespace: ns.clone(),
                     link: name.clone(),
                     readonly: f[5].split(',').any(|o| o == "ro"),
+                    pod: None,
+                    pod_uid: None,
                 },
             );
         }

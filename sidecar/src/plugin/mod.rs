@@ -24,7 +24,9 @@ use std::path::Path;
 
 use axum::http::StatusCode;
 use ipclink_core::fs::write_atomic_at;
+use ipclink_core::holders::ContainerProcesses;
 use ipclink_core::probe::LinkProbe;
+use ipclink_core::probe::Observer;
 use ipclink_core::{LinkPlan, Store, validate};
 use ipclink_runtime::links::{LinkSet, SharedLinks};
 use nix::errno::Errno;
@@ -120,7 +122,17 @@ impl Plugin {
         root: &Path,
         mode: ipclink_core::StorageMode,
         links: SharedLinks,
+        fifo_open_probe: bool,
     ) -> Result<Self, crate::Error> {
+        // Who holds what: the processes of the host's containers, named by id. (The
+        // engines' mount callers are no help: podman mounts a plugin volume once for all
+        // its containers, under one id, and unmounts it while they run.)
+        let observer = Observer::new(
+            Box::new(ContainerProcesses::default()),
+            true,
+            fifo_open_probe,
+        );
+        *links.lock().unwrap_or_else(|p| p.into_inner()) = LinkSet::default().observed_by(observer);
         let store = Store::open(root, mode)?;
         let state: StateFile = match openat(
             store.base_fd(),
@@ -208,7 +220,7 @@ impl Plugin {
             })
             .collect();
         let mut set = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        *set = LinkSet::new(probes);
+        set.set_probes(probes);
     }
 
     fn get(&self, name: &str) -> Result<&Volume, Refusal> {

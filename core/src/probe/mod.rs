@@ -1,30 +1,33 @@
 //! Depth probes that never change who is a reader or writer of a channel.
 //!
-//! - fifo: `open(O_WRONLY|O_NONBLOCK)` fails with ENXIO when no reader exists, so a writer
-//!   blocked in `open()` waiting for a reader is never released (the read end is never
-//!   opened). With a reader, `FIONREAD` on the write end gives the bytes queued and
-//!   `F_GETPIPE_SZ` the capacity (and fails on anything that is not a pipe).
-//!   Known limit: the kernel counts a reader still blocked in `open()` as a reader, so
-//!   when a fifo has such a reader and no writer at all, the probe's brief write end lets
-//!   that `open()` return and the reader then reads EOF. Duplicating an existing
-//!   descriptor with `pidfd_getfd` instead of opening would avoid it (needs the holder's
-//!   pid and ptrace rights); not done yet.
+//! - fifo: never opened. The processes holding its ends are found first ([`Observer`]);
+//!   the depth (`FIONREAD`) and capacity (`F_GETPIPE_SZ`) are read through a duplicate of
+//!   one holder's descriptor (`pidfd_getfd`), and a FIFO nobody holds is empty. Where
+//!   holders cannot be known the depth is left out, unless the old probe is allowed
+//!   (`observe` module notes).
 //! - semaphore, shm: read through a descriptor opened once (`pread`, `fstat`).
-//! - socket directory: one `NETLINK_SOCK_DIAG` dump of the Unix sockets visible in this
-//!   network namespace, matched to the directory's socket files by device and inode.
+//! - socket directory: `NETLINK_SOCK_DIAG` dumps of the Unix sockets of the members'
+//!   network namespaces, matched to the directory's socket files by device and inode.
 //! - link: `fstatvfs` of the tmpfs root.
+//! - holders of every object: the members' processes' descriptors and mappings.
+//!
+//! Objects members created are walked and probed the same way (`created` module).
 
-use std::collections::HashSet;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+mod observe;
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::Instant;
 
-use nix::dir::{Dir, Type};
-use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, fcntl, openat};
+use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{Mode, fstat};
 use nix::sys::statvfs::fstatvfs;
 use serde::{Deserialize, Serialize};
+
+pub use observe::{Observation, Observer};
+pub(crate) use observe::{fifo, file_holders, sockets_at};
 
 use crate::fs::{is_mount_point, open_dir_at};
 use crate::materialize::Store;
@@ -56,6 +59,14 @@ pub struct LinkSample {
     /// counted but not reported one by one.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unreported_objects: u64,
+    /// Bytes the declared objects take from the start (shm regions are preallocated):
+    /// usage up to this is no sign of a filling link.
+    #[serde(default)]
+    pub preallocated_bytes: u64,
+    /// Whether the objects' holders could be known (an empty `holders` then means
+    /// nobody holds the object, not that nobody could tell).
+    #[serde(default)]
+    pub holders_known: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -63,7 +74,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// One channel's observation.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelSample {
     /// Name, kind, mode and owner, shared by every sample of this object.
@@ -92,6 +103,66 @@ pub struct ChannelSample {
     /// shm: bytes of memory the region holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resident_bytes: Option<u64>,
+    /// fifo: whether a process holds its write end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer_present: Option<bool>,
+    /// Whether its depth could be observed (false: the depth values are left out, not 0).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub observed: bool,
+    /// Seconds since `queue_bytes` (and for sockets the backlog) last changed, as long as
+    /// this process has watched it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth_unchanged_seconds: Option<u64>,
+    /// The processes that hold it, with what they do (when they can be known).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<HolderSample>,
+}
+
+impl Default for ChannelSample {
+    fn default() -> Self {
+        ChannelSample {
+            info: Arc::default(),
+            present: false,
+            queue_bytes: None,
+            capacity_bytes: None,
+            reader_present: None,
+            backlog_connections: None,
+            sockets: None,
+            sockets_visible: None,
+            resident_bytes: None,
+            writer_present: None,
+            observed: true,
+            depth_unchanged_seconds: None,
+            holders: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// One process holding an object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HolderSample {
+    /// reader, writer or mapper.
+    pub role: String,
+    /// The process, as the observer sees it.
+    pub pid: i32,
+    /// Its pod (`namespace/name`) in Kubernetes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+    /// Its container.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container: String,
+    /// Its command.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub command: String,
 }
 
 /// One semaphore's observation.
@@ -109,6 +180,9 @@ pub struct SemaphoreSample {
     /// Threads blocked in `sem_wait` (as the libc records them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiters: Option<u32>,
+    /// The processes that have it mapped or open.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<HolderSample>,
 }
 
 /// What a sample says of an object that does not change between samples.
@@ -172,17 +246,6 @@ mod tests {
     }
 }
 
-nix::ioctl_read_bad!(fionread, nix::libc::FIONREAD, nix::libc::c_int);
-
-/// Bytes queued in a pipe, through one of its descriptors.
-#[allow(unsafe_code)]
-fn queued_bytes(fd: BorrowedFd<'_>) -> nix::Result<u64> {
-    let mut n: nix::libc::c_int = 0;
-    // SAFETY: FIONREAD writes one c_int through the pointer, which points to `n`.
-    unsafe { fionread(fd.as_raw_fd(), &mut n) }?;
-    Ok(n.max(0) as u64)
-}
-
 #[derive(Debug)]
 struct ProbeObject {
     plan: ObjectPlan,
@@ -202,6 +265,7 @@ pub struct LinkProbe {
     dev: u64,
     enforced: bool,
     size_limit: u64,
+    preallocated: u64,
     objects: Vec<ProbeObject>,
     /// File names of the declared objects, which the walk for created ones skips.
     declared: HashSet<String>,
@@ -209,6 +273,9 @@ pub struct LinkProbe {
     allow_create: bool,
     /// Directory listings of the walk for created objects, reused while unchanged.
     listings: crate::created::Listings,
+    /// Each channel's last depth and since when it has been so, by file.
+    /// The last depth (queued bytes, waiting connections) of each channel and since when.
+    depths: HashMap<String, ((u64, u64), Instant)>,
 }
 
 impl LinkProbe {
@@ -234,6 +301,7 @@ impl LinkProbe {
             dev,
             enforced,
             size_limit: plan.size_limit,
+            preallocated: plan.preallocated_bytes(),
             objects: plan
                 .objects
                 .iter()
@@ -258,6 +326,7 @@ impl LinkProbe {
             declared: plan.objects.iter().map(ObjectPlan::file_name).collect(),
             allow_create: plan.root.allows_create(),
             listings: crate::created::Listings::default(),
+            depths: HashMap::new(),
         })
     }
 
@@ -289,17 +358,20 @@ impl LinkProbe {
     }
 
     /// Observes every object once.
-    pub fn sample(&mut self, sockets: &SocketTable) -> LinkSample {
+    pub fn sample(&mut self, seen: &Observation) -> LinkSample {
         let mut out = LinkSample {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
             path: self.path.clone(),
             size_limit_enforced: self.enforced,
             limit_bytes: self.size_limit,
+            preallocated_bytes: self.preallocated,
+            holders_known: seen.holders.is_some(),
             channels: Vec::with_capacity(self.objects.len()),
             ..LinkSample::default()
         };
         let link = self.link.as_fd();
+        let dev = self.dev;
         let mut object_bytes = 0u64;
         for o in &mut self.objects {
             match o.plan.kind {
@@ -316,11 +388,12 @@ impl LinkProbe {
                             s.value = Some(value);
                             s.waiters = Some(waiters);
                         }
-                        // On a tmpfs, one fstatvfs per link gives the usage instead.
-                        if !self.enforced {
-                            object_bytes += fstat(f.as_fd())
-                                .map(|st| st.st_blocks as u64 * 512)
-                                .unwrap_or(0);
+                        if let Ok(st) = fstat(f.as_fd()) {
+                            s.holders = file_holders(seen, st.st_dev, st.st_ino);
+                            // On a tmpfs, one fstatvfs per link gives the usage instead.
+                            if !self.enforced {
+                                object_bytes += st.st_blocks as u64 * 512;
+                            }
                         }
                     }
                     out.semaphores.push(s);
@@ -339,18 +412,18 @@ impl LinkProbe {
                                 c.capacity_bytes = Some(size);
                                 let resident = st.st_blocks as u64 * 512;
                                 c.resident_bytes = Some(resident);
+                                c.holders = file_holders(seen, st.st_dev, st.st_ino);
                                 object_bytes += resident;
                             }
                         }
-                        ObjectKind::Fifo => probe_fifo(link, &o.info.file, &mut c),
-                        _ => probe_socket_dir(link, &o.info.file, self.dev, sockets, &mut c),
+                        ObjectKind::Fifo => fifo(link, &o.info.file, seen, &mut c),
+                        _ => observe::socket_dir(link, &o.info.file, dev, seen, &mut c),
                     }
                     out.channels.push(c);
                 }
             }
         }
-        let found =
-            crate::created::walk(link, self.dev, &self.declared, sockets, &mut self.listings);
+        let found = crate::created::walk(link, self.dev, &self.declared, seen, &mut self.listings);
         out.channels.extend(found.channels);
         out.semaphores.extend(found.semaphores);
         out.unreported_objects = found.unreported;
@@ -362,7 +435,28 @@ impl LinkProbe {
             }
             _ => out.used_bytes = object_bytes,
         }
+        self.track_depths(&mut out.channels);
         out
+    }
+
+    /// Sets how long each channel's depth has stayed as it is (a stuck consumer is a
+    /// depth that does not move; a busy one moves).
+    fn track_depths(&mut self, channels: &mut [ChannelSample]) {
+        let now = Instant::now();
+        let mut next = HashMap::with_capacity(self.depths.len());
+        for c in channels.iter_mut() {
+            let Some(queued) = c.queue_bytes else {
+                continue;
+            };
+            let depth = (queued, c.backlog_connections.unwrap_or(0));
+            let since = match self.depths.remove(&c.info.file) {
+                Some((was, since)) if was == depth => since,
+                _ => now,
+            };
+            c.depth_unchanged_seconds = Some(now.duration_since(since).as_secs());
+            next.insert(c.info.file.clone(), (depth, since));
+        }
+        self.depths = next;
     }
 }
 
@@ -396,65 +490,4 @@ pub fn read_semaphore(b: &[u8; 8], abi: SemaphoreAbi) -> (u32, u32) {
         SemaphoreAbi::Musl if lo == u32::MAX => (0, hi),
         SemaphoreAbi::Musl => (lo & 0x7fff_ffff, hi),
     }
-}
-
-/// Depth of the fifo `file` under `link` (see the module's notes on what opening the
-/// write end does).
-pub(crate) fn probe_fifo(link: BorrowedFd<'_>, file: &str, c: &mut ChannelSample) {
-    match openat(
-        link,
-        file,
-        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
-        Err(Errno::ENXIO) => {
-            // No reader: nothing changed, nothing can be read.
-            c.present = true;
-            c.reader_present = Some(false);
-            c.queue_bytes = Some(0);
-        }
-        Err(_) => {}
-        Ok(fd) => {
-            // F_GETPIPE_SZ fails on anything but a pipe: it is the type check too.
-            if let Ok(cap) = fcntl(fd.as_fd(), FcntlArg::F_GETPIPE_SZ) {
-                c.present = true;
-                c.reader_present = Some(true);
-                c.capacity_bytes = Some(cap as u64);
-                c.queue_bytes = queued_bytes(fd.as_fd()).ok();
-            }
-        }
-    }
-}
-
-fn probe_socket_dir(
-    link: BorrowedFd<'_>,
-    file: &str,
-    dev: u64,
-    sockets: &SocketTable,
-    c: &mut ChannelSample,
-) {
-    let Ok(dir) = open_dir_at(link, file) else {
-        return;
-    };
-    let Ok(mut d) = Dir::from_fd(dir) else { return };
-    c.present = true;
-    let (mut count, mut visible, mut backlog, mut queued) = (0u64, 0u64, 0u64, 0u64);
-    for entry in d.iter().flatten() {
-        if entry.file_type() != Some(Type::Socket) {
-            continue;
-        }
-        count += 1;
-        if let Some(s) = sockets.get(dev, entry.ino()) {
-            visible += 1;
-            if s.listening {
-                backlog += u64::from(s.rqueue);
-            } else {
-                queued += u64::from(s.rqueue);
-            }
-        }
-    }
-    c.sockets = Some(count);
-    c.sockets_visible = Some(visible);
-    c.backlog_connections = Some(backlog);
-    c.queue_bytes = Some(queued);
 }

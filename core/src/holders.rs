@@ -1,0 +1,484 @@
+//! Who holds each object of a link: the processes that have it open (a file descriptor,
+//! read or written as its `fdinfo` flags say) or mapped (`/proc/PID/maps`; shm users
+//! often close the descriptor after `mmap`), matched to the link's objects by device and
+//! inode. Sockets are matched through their inodes (`socket:[INO]`) and the network
+//! namespaces' socket tables. Only the processes the caller names are read: the
+//! processes of the pods or containers that mount the link, never the whole host unless
+//! the caller says so (local mode).
+//!
+//! A process's descriptor can be duplicated into this process (`pidfd_getfd`) to observe
+//! a FIFO without opening it: opening a FIFO changes who is a reader or writer.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, fstatat};
+
+/// What a holder does with an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Reads it (a FIFO's read end; a socket a server listens on or was accepted from;
+    /// an shm region opened read-only).
+    Reader,
+    /// Writes it (a FIFO's write end; a socket connected to the channel's server; an
+    /// shm region opened for writing).
+    Writer,
+    /// Has it mapped into memory.
+    Mapper,
+}
+
+impl Role {
+    /// The `role` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Writer => "writer",
+            Role::Mapper => "mapper",
+        }
+    }
+}
+
+/// Who a process is, as far as the caller knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Owner {
+    /// Kubernetes pod (`namespace/name`), or "" outside Kubernetes.
+    pub pod: String,
+    /// Container (Kubernetes or Compose container name), or "".
+    pub container: String,
+    /// The process's command (`/proc/PID/comm`).
+    pub command: String,
+}
+
+/// A process to look at, and who it is.
+#[derive(Debug, Clone)]
+pub struct Process {
+    /// Its pid, as this process sees it.
+    pub pid: i32,
+    /// Who it is.
+    pub owner: Arc<Owner>,
+}
+
+/// Where the processes that may hold a link's objects come from.
+pub trait Members: Send {
+    /// The processes to look at, or why they cannot be seen (said once in the log;
+    /// the holder families are then absent).
+    fn processes(&mut self) -> Result<Vec<Process>, String>;
+}
+
+/// Every process this one can see, named by its command: the local mode's members.
+/// ipclink's own processes are not: their probes keep regions and semaphores open to
+/// read them.
+#[derive(Debug, Default)]
+pub struct AllProcesses;
+
+/// The commands of ipclink's own processes that probe links.
+const PROBES: [&str; 2] = ["ipclink-sidecar", "ipclink-csi"];
+
+impl Members for AllProcesses {
+    fn processes(&mut self) -> Result<Vec<Process>, String> {
+        let me = std::process::id() as i32;
+        let dir = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
+        Ok(dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| pid != me)
+            .map(|pid| (pid, command(pid)))
+            .filter(|(_, command)| !PROBES.contains(&command.as_str()))
+            .map(|(pid, command)| Process {
+                pid,
+                owner: Arc::new(Owner {
+                    command,
+                    ..Owner::default()
+                }),
+            })
+            .collect())
+    }
+}
+
+/// The processes of containers this process can see (a host process, or a container
+/// with the host's pid namespace), named by their container: the name `names` gives for
+/// its id (from the cgroup path), else the id's first 12 digits. With `only_named`, only
+/// the containers in `names` are members, and holders cannot be known until `names` is
+/// (`None`: not discovered yet) or when none of their processes is visible (a sidecar
+/// without the host's pid namespace); without, every container's processes are, and
+/// processes outside containers are not.
+#[derive(Debug, Default)]
+pub struct ContainerProcesses {
+    /// Names of the running member containers by full id, once known.
+    pub names: Arc<std::sync::Mutex<Option<HashMap<String, String>>>>,
+    /// Only the containers in `names`.
+    pub only_named: bool,
+}
+
+impl Members for ContainerProcesses {
+    fn processes(&mut self) -> Result<Vec<Process>, String> {
+        let names = self.names.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let names = match names {
+            Some(n) => n,
+            None if self.only_named => {
+                return Err("the member containers are not discovered yet".into());
+            }
+            None => HashMap::new(),
+        };
+        let all = AllProcesses.processes()?;
+        let mut owners: HashMap<String, Arc<Owner>> = HashMap::new();
+        let mut out = Vec::new();
+        for p in all {
+            let Some(id) = container_of(p.pid) else {
+                continue; // not in a container
+            };
+            let named = names.get(&id);
+            if self.only_named && named.is_none() {
+                continue;
+            }
+            let owner = owners.entry(id).or_insert_with_key(|id| {
+                Arc::new(Owner {
+                    container: named
+                        .cloned()
+                        .unwrap_or_else(|| id.chars().take(12).collect()),
+                    ..Owner::default()
+                })
+            });
+            out.push(Process {
+                pid: p.pid,
+                owner: Arc::new(Owner {
+                    command: p.owner.command.clone(),
+                    ..(**owner).clone()
+                }),
+            });
+        }
+        if self.only_named && !names.is_empty() && out.is_empty() {
+            return Err(
+                "no process of the member containers is visible here; give this container the host's pid namespace (Compose: pid: host)"
+                    .into(),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// The container a process runs in: the 64-hex-digit id in its cgroup path
+/// (`docker-ID.scope`, `libpod-ID`, `cri-containerd-ID.scope`, `crio-ID`, `/docker/ID`).
+pub fn container_of(pid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .flat_map(|path| path.split('/'))
+        .find_map(|segment| {
+            let id = segment
+                .trim_end_matches(".scope")
+                .rsplit('-')
+                .next()
+                .unwrap_or(segment);
+            (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+        })
+}
+
+/// A process's command (`/proc/PID/comm`), or "".
+pub fn command(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_owned())
+        .unwrap_or_default()
+}
+
+/// One process holding one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The process.
+    pub pid: i32,
+    /// Its descriptor of the object (`None` for a mapping).
+    pub fd: Option<i32>,
+    /// What it does with it.
+    pub role: Role,
+    /// Who the process is.
+    pub owner: Arc<Owner>,
+}
+
+/// What one scan found.
+#[derive(Debug, Default)]
+pub struct Holders {
+    /// Holds of the link objects, by (device, inode).
+    by_object: HashMap<(u64, u64), Vec<Hold>>,
+    /// Unix sockets the processes hold, by socket inode: (pid, fd, owner).
+    sockets: HashMap<u64, (i32, i32, Arc<Owner>)>,
+    /// A process inside each network namespace seen, by the namespace's inode.
+    netns: HashMap<u64, i32>,
+    /// Processes whose descriptors could be read.
+    readable: usize,
+    /// The first process whose descriptors could not be read (other than by exiting).
+    denied: Option<(i32, std::io::Error)>,
+    /// Process descriptors opened to duplicate descriptors, one per process a scan lives.
+    pidfds: std::sync::Mutex<HashMap<i32, Option<Arc<OwnedFd>>>>,
+}
+
+impl Holders {
+    /// Reads the descriptors and mappings of `processes`, keeping those of objects on
+    /// the devices `devs` (the links' filesystems), their Unix sockets and their network
+    /// namespaces. Processes that are gone or cannot be read are passed over.
+    pub fn scan(processes: &[Process], devs: &HashSet<u64>) -> Holders {
+        let mut h = Holders::default();
+        for p in processes {
+            h.scan_fds(p, devs);
+            h.scan_maps(p, devs);
+            if let Ok(m) = std::fs::metadata(format!("/proc/{}/ns/net", p.pid)) {
+                h.netns.entry(m.ino()).or_insert(p.pid);
+            }
+        }
+        h
+    }
+
+    fn scan_fds(&mut self, p: &Process, devs: &HashSet<u64>) {
+        // Descriptors are looked up relative to the open directory: one path component
+        // per descriptor, not a fresh walk of /proc/PID/fd/N.
+        let opened = nix::fcntl::open(
+            format!("/proc/{}/fd", p.pid).as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .and_then(|at| {
+            let listing = at
+                .try_clone()
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+            Ok((at, nix::dir::Dir::from_fd(listing)?))
+        });
+        let (at, mut dir) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                if e != Errno::ENOENT && e != Errno::ESRCH && self.denied.is_none() {
+                    self.denied = Some((p.pid, std::io::Error::from(e)));
+                }
+                return;
+            }
+        };
+        self.readable += 1;
+        for e in dir.iter().flatten() {
+            let Some(fd) = e
+                .file_name()
+                .to_str()
+                .ok()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // The magic link leads to the object itself (for a socket, its sockfs inode).
+            let Ok(m) = fstatat(&at, e.file_name(), AtFlags::empty()) else {
+                continue;
+            };
+            let kind = m.st_mode & nix::libc::S_IFMT;
+            if kind == nix::libc::S_IFSOCK {
+                self.sockets.insert(m.st_ino, (p.pid, fd, p.owner.clone()));
+                continue;
+            }
+            if !devs.contains(&m.st_dev) {
+                continue;
+            }
+            // The link itself carries the descriptor's access mode (owner read for
+            // FMODE_READ, owner write for FMODE_WRITE): one lstat, no fdinfo to read.
+            let Ok(link) = fstatat(&at, e.file_name(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            let roles: &[Role] = match (
+                link.st_mode & nix::libc::S_IRUSR != 0,
+                link.st_mode & nix::libc::S_IWUSR != 0,
+            ) {
+                (true, false) => &[Role::Reader],
+                (false, true) => &[Role::Writer],
+                (true, true) => &[Role::Reader, Role::Writer],
+                (false, false) => continue,
+            };
+            for &role in roles {
+                self.by_object
+                    .entry((m.st_dev, m.st_ino))
+                    .or_default()
+                    .push(Hold {
+                        pid: p.pid,
+                        fd: Some(fd),
+                        role,
+                        owner: p.owner.clone(),
+                    });
+            }
+        }
+    }
+
+    fn scan_maps(&mut self, p: &Process, devs: &HashSet<u64>) {
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{}/maps", p.pid)) else {
+            return;
+        };
+        let mut seen = HashSet::new();
+        // address perms offset major:minor inode path
+        for line in maps.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(_), Some(_), Some(_), Some(dev), Some(ino)) =
+                (f.next(), f.next(), f.next(), f.next(), f.next())
+            else {
+                continue;
+            };
+            let Some((major, minor)) = dev.split_once(':') else {
+                continue;
+            };
+            let (Ok(major), Ok(minor), Ok(ino)) = (
+                u64::from_str_radix(major, 16),
+                u64::from_str_radix(minor, 16),
+                ino.parse::<u64>(),
+            ) else {
+                continue;
+            };
+            let dev = nix::sys::stat::makedev(major, minor);
+            if ino == 0 || !devs.contains(&dev) || !seen.insert((dev, ino)) {
+                continue;
+            }
+            self.by_object.entry((dev, ino)).or_default().push(Hold {
+                pid: p.pid,
+                fd: None,
+                role: Role::Mapper,
+                owner: p.owner.clone(),
+            });
+        }
+    }
+
+    /// Why nothing could be learned from the scanned processes: none of their
+    /// descriptors could be read (missing rights, e.g. `CAP_SYS_PTRACE`).
+    pub fn unreadable(&self) -> Option<String> {
+        let (pid, e) = self.denied.as_ref()?;
+        (self.readable == 0)
+            .then(|| format!("cannot read /proc/{pid}/fd: {e}; this process needs CAP_SYS_PTRACE"))
+    }
+
+    /// A duplicate, in this process, of descriptor `fd` of process `pid` (one of the
+    /// scanned processes, whose process descriptor is kept for the scan's lifetime).
+    pub fn duplicate(&self, pid: i32, fd: i32) -> nix::Result<OwnedFd> {
+        let pidfd = self
+            .pidfds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(pid)
+            .or_insert_with(|| pidfd_open(pid).ok().map(Arc::new))
+            .clone()
+            .ok_or(Errno::ESRCH)?;
+        pidfd_getfd(pidfd.as_fd(), fd)
+    }
+
+    /// How many link objects are held by someone.
+    pub fn objects(&self) -> usize {
+        self.by_object.len()
+    }
+
+    /// Who holds the object with this device and inode.
+    pub fn of(&self, dev: u64, ino: u64) -> &[Hold] {
+        self.by_object.get(&(dev, ino)).map_or(&[], Vec::as_slice)
+    }
+
+    /// The process holding the socket with this inode: (pid, fd, owner).
+    pub fn socket(&self, ino: u64) -> Option<&(i32, i32, Arc<Owner>)> {
+        self.sockets.get(&ino)
+    }
+
+    /// The network namespaces of the processes scanned: (namespace inode, a pid in it).
+    pub fn netns(&self) -> impl Iterator<Item = (u64, i32)> + '_ {
+        self.netns.iter().map(|(&ns, &pid)| (ns, pid))
+    }
+}
+
+/// A descriptor referring to process `pid` (`pidfd_open`, Linux 5.3).
+#[allow(unsafe_code)]
+fn pidfd_open(pid: i32) -> nix::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: pidfd is a descriptor just returned to us and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(pidfd as i32) })
+}
+
+/// A duplicate, in this process, of descriptor `fd` of the process `pidfd` refers to
+/// (`pidfd_getfd`, Linux 5.6; needs ptrace rights on the process).
+#[allow(unsafe_code)]
+fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: i32) -> nix::Result<OwnedFd> {
+    // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags, and returns a
+    // new descriptor or -1; it reads no memory of ours.
+    let dup = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if dup < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: dup is a descriptor just returned to us and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup as i32) })
+}
+
+/// A duplicate, in this process, of descriptor `fd` of process `pid`
+/// (`pidfd_open` + `pidfd_getfd`).
+pub fn duplicate(pid: i32, fd: i32) -> nix::Result<OwnedFd> {
+    pidfd_getfd(pidfd_open(pid)?.as_fd(), fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_follow_each_descriptors_access_mode_and_path_descriptors_hold_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut roles_of = Vec::new();
+        for (name, flags) in [
+            ("read", OFlag::O_RDONLY),
+            ("write", OFlag::O_WRONLY),
+            ("both", OFlag::O_RDWR),
+            ("path", OFlag::O_PATH),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"x").expect("file");
+            let fd =
+                nix::fcntl::open(&path, flags | OFlag::O_CLOEXEC, Mode::empty()).expect("open");
+            let m = std::fs::metadata(&path).expect("stat");
+            roles_of.push((fd, m.dev(), m.ino()));
+        }
+        let me = Process {
+            pid: std::process::id() as i32,
+            owner: Arc::new(Owner::default()),
+        };
+        let dev = roles_of[0].1;
+        let h = Holders::scan(&[me], &HashSet::from([dev]));
+        let roles: Vec<Vec<Role>> = roles_of
+            .iter()
+            .map(|(_, d, i)| h.of(*d, *i).iter().map(|h| h.role).collect())
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                vec![Role::Reader],
+                vec![Role::Writer],
+                vec![Role::Reader, Role::Writer],
+                vec![],
+            ]
+        );
+        assert!(h.unreadable().is_none());
+    }
+
+    #[test]
+    fn this_process_is_seen_holding_a_file_it_has_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("region");
+        std::fs::write(&path, vec![0u8; 4096]).expect("file");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let m = file.metadata().expect("stat");
+        let me = Process {
+            pid: std::process::id() as i32,
+            owner: Arc::new(Owner::default()),
+        };
+        let h = Holders::scan(&[me], &HashSet::from([m.dev()]));
+        let roles: Vec<Role> = h.of(m.dev(), m.ino()).iter().map(|h| h.role).collect();
+        assert_eq!(roles, [Role::Reader, Role::Writer]);
+        let held = h.of(m.dev(), m.ino())[0].fd.expect("a descriptor");
+        let dup = duplicate(std::process::id() as i32, held).expect("pidfd_getfd");
+        assert_eq!(nix::sys::stat::fstat(&dup).expect("fstat").st_ino, m.ino());
+        assert!(h.netns().count() == 1);
+    }
+}

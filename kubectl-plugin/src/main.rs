@@ -1,0 +1,409 @@
+//! `kubectl ipclink`: what the links of a cluster hold, read through the API server:
+//! `top` lists every channel with its depth, capacity, readers, writers and holder pods
+//! (from the node plugins' `/v1/links`, through the API server's pod proxy), and
+//! `describe LINK` adds the link's status, conditions, members and recent Events.
+//!
+//! kubectl finds this binary as `kubectl-ipclink` on PATH; it uses the same kubeconfig
+//! (KUBECONFIG, then ~/.kube/config, then the in-cluster service account).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ipclink_core::IpcLink;
+use ipclink_core::probe::LinkSample;
+use ipclink_core::report::{LinksReport, ObjectRow, object_rows, table};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+
+/// Channel depths and holders of IpcLinks.
+#[derive(Debug, Parser)]
+#[command(name = "kubectl ipclink", version)]
+struct Cli {
+    /// The namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    /// Label selector of the ipclink node plugin pods (in every namespace).
+    #[arg(
+        long,
+        global = true,
+        default_value = "app.kubernetes.io/name=ipclink,app.kubernetes.io/component=node-plugin"
+    )]
+    plugin_selector: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every channel of the namespace's links (or one link's): depth, capacity, readers,
+    /// writers and the pods that hold it, as the node plugins see them now.
+    Top {
+        /// Only this link.
+        link: Option<String>,
+        /// Links of every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// One link: status, conditions, members, channels with their holders, and Events.
+    Describe {
+        /// The link's name.
+        link: String,
+    },
+}
+
+/// The links of one node, as its node plugin reports them.
+struct NodeReport {
+    node: String,
+    links: Vec<LinkSample>,
+}
+
+/// Asks every running node plugin for its links, through the API server's proxy to its
+/// `metrics` port. Plugins that cannot be asked are named on stderr.
+async fn gather(client: &kube::Client, selector: &str) -> anyhow::Result<Vec<NodeReport>> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let found = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .with_context(|| format!("listing the node plugin pods ({selector})"))?;
+    let mut out = Vec::new();
+    let mut running = 0;
+    for p in found.items {
+        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+        if phase != Some("Running") {
+            continue;
+        }
+        running += 1;
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        let port = p
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|port| port.name.as_deref() == Some("metrics"))
+            .map(|port| port.container_port);
+        let (ns, name) = (p.namespace().unwrap_or_default(), p.name_any());
+        let Some(port) = port else {
+            eprintln!("warning: node plugin {ns}/{name} has no port named metrics");
+            continue;
+        };
+        let path = format!("/api/v1/namespaces/{ns}/pods/{name}:{port}/proxy/v1/links");
+        let request = http::Request::get(&path).body(Vec::new())?;
+        match client.request_text(request).await {
+            Ok(text) => {
+                let report: LinksReport = serde_json::from_str(&text)
+                    .with_context(|| format!("the answer of node plugin {ns}/{name}"))?;
+                out.push(NodeReport {
+                    node,
+                    links: report.links,
+                });
+            }
+            Err(e) => eprintln!("warning: node plugin {ns}/{name} on node {node}: {e}"),
+        }
+    }
+    if running == 0 {
+        anyhow::bail!(
+            "no running ipclink node plugin pod matches {selector}: is the chart installed?"
+        );
+    }
+    Ok(out)
+}
+
+/// `top`'s columns.
+const TOP: [&str; 10] = [
+    "NAMESPACE",
+    "LINK",
+    "CHANNEL",
+    "KIND",
+    "NODE",
+    "DEPTH",
+    "CAPACITY",
+    "READERS",
+    "WRITERS",
+    "HOLDERS",
+];
+
+fn top_row(r: ObjectRow, node: &str) -> Vec<String> {
+    vec![
+        r.namespace,
+        r.link,
+        r.channel,
+        r.kind,
+        node.to_owned(),
+        r.depth,
+        r.capacity,
+        r.readers,
+        r.writers,
+        r.holders,
+    ]
+}
+
+/// The rows of the links `keep` selects, sorted by namespace, link and node.
+fn rows(reports: &[NodeReport], keep: impl Fn(&LinkSample) -> bool) -> Vec<Vec<String>> {
+    let mut by_link: BTreeMap<(String, String, String), Vec<Vec<String>>> = BTreeMap::new();
+    for r in reports {
+        for l in r.links.iter().filter(|l| keep(l)) {
+            let rows = object_rows(l).into_iter().map(|o| top_row(o, &r.node));
+            by_link
+                .entry((l.namespace.to_string(), l.name.to_string(), r.node.clone()))
+                .or_default()
+                .extend(rows);
+        }
+    }
+    by_link.into_values().flatten().collect()
+}
+
+/// Notes under a table: links whose holders or depths cannot be known, and why.
+fn notes(reports: &[NodeReport], keep: impl Fn(&LinkSample) -> bool) -> String {
+    let mut out = String::new();
+    for r in reports {
+        for l in r.links.iter().filter(|l| keep(l)) {
+            if !l.holders_known {
+                out.push_str(&format!(
+                    "{}/{} on {}: holders unknown (see the node plugin's log; it needs the host's pid namespace)\n",
+                    l.namespace, l.name, r.node
+                ));
+            }
+            if l.unreported_objects > 0 {
+                out.push_str(&format!(
+                    "{}/{} on {}: {} more objects members created are not listed\n",
+                    l.namespace, l.name, r.node, l.unreported_objects
+                ));
+            }
+        }
+    }
+    out
+}
+
+async fn top(
+    client: &kube::Client,
+    cli: &Cli,
+    link: Option<&str>,
+    all: bool,
+) -> anyhow::Result<String> {
+    let ns = cli
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let reports = gather(client, &cli.plugin_selector).await?;
+    let keep =
+        |l: &LinkSample| (all || *l.namespace == *ns) && link.is_none_or(|name| *l.name == *name);
+    let rows = rows(&reports, keep);
+    if rows.is_empty() {
+        let scope = if all {
+            "any namespace".to_owned()
+        } else {
+            format!("namespace {ns}")
+        };
+        return Ok(match link {
+            Some(name) => format!("link {name} is not mounted on any node in {scope}\n"),
+            None => format!("no links mounted on any node in {scope}\n"),
+        });
+    }
+    Ok(table(&TOP, &rows) + &notes(&reports, keep))
+}
+
+/// `describe`'s text, in kubectl's layout.
+async fn describe(client: &kube::Client, cli: &Cli, name: &str) -> anyhow::Result<String> {
+    let ns = cli
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let links: Api<IpcLink> = Api::namespaced(client.clone(), &ns);
+    let link = links
+        .get_opt(name)
+        .await
+        .context("reading the IpcLink")?
+        .with_context(|| format!("IpcLink {ns}/{name} not found"))?;
+    let status = link.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    let field = |out: &mut String, k: &str, v: &str| out.push_str(&format!("{k:<12}{v}\n"));
+    field(&mut out, "Name:", name);
+    field(&mut out, "Namespace:", &ns);
+    field(
+        &mut out,
+        "Phase:",
+        &status
+            .phase
+            .map_or_else(|| "Pending".to_owned(), |p| format!("{p:?}")),
+    );
+    field(
+        &mut out,
+        "Node:",
+        status.node.as_deref().unwrap_or("<none>"),
+    );
+    let limit = link.spec.size_limit.as_ref().map(|q| q.0.as_str());
+    field(&mut out, "Size limit:", limit.unwrap_or("64Mi (default)"));
+
+    out.push_str("Conditions:\n");
+    let conditions: Vec<Vec<String>> = status
+        .conditions
+        .iter()
+        .map(|c| {
+            vec![
+                c.type_.clone(),
+                c.status.clone(),
+                c.reason.clone(),
+                c.message.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&indent(&table(
+        &["TYPE", "STATUS", "REASON", "MESSAGE"],
+        &conditions,
+    )));
+
+    out.push_str("Members:\n");
+    let members: Vec<Vec<String>> = status
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.member.clone(),
+                m.pod.clone(),
+                m.node.clone().unwrap_or_else(|| "<none>".into()),
+                m.mounted.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&indent(&table(
+        &["MEMBER", "POD", "NODE", "MOUNTED"],
+        &members,
+    )));
+
+    out.push_str("Channels:\n");
+    let keep = |l: &LinkSample| *l.namespace == *ns && *l.name == *name;
+    match gather(client, &cli.plugin_selector).await {
+        Ok(reports) => {
+            let rows = rows(&reports, keep);
+            if rows.is_empty() {
+                out.push_str("  not mounted on any node\n");
+            } else {
+                // The namespace and link columns say nothing here.
+                let rows: Vec<Vec<String>> = rows.into_iter().map(|r| r[2..].to_vec()).collect();
+                out.push_str(&indent(&table(&TOP[2..], &rows)));
+                out.push_str(&indent(&notes(&reports, keep)));
+                out.push_str("Holders:\n");
+                let holders = holder_rows(&reports, keep);
+                if holders.is_empty() {
+                    out.push_str("  <none>\n");
+                } else {
+                    out.push_str(&indent(&table(
+                        &["CHANNEL", "ROLE", "POD", "CONTAINER", "COMMAND", "PID"],
+                        &holders,
+                    )));
+                }
+            }
+        }
+        Err(e) => out.push_str(&format!("  unknown: {e:#}\n")),
+    }
+
+    out.push_str("Events:\n");
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let mut found = events
+        .list(&ListParams::default().fields(&format!(
+            "involvedObject.kind=IpcLink,involvedObject.name={name}"
+        )))
+        .await
+        .context("listing the link's Events")?
+        .items;
+    found.sort_by_key(|e| {
+        e.last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.event_time.as_ref().map(|t| t.0))
+    });
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .rev()
+        .take(10)
+        .rev()
+        .map(|e| {
+            vec![
+                e.type_.clone().unwrap_or_default(),
+                e.reason.clone().unwrap_or_default(),
+                e.count.unwrap_or(1).to_string(),
+                e.message.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        out.push_str(&indent(&table(
+            &["TYPE", "REASON", "COUNT", "MESSAGE"],
+            &rows,
+        )));
+    }
+    Ok(out)
+}
+
+/// One row per holder of the kept links' objects.
+fn holder_rows(reports: &[NodeReport], keep: impl Fn(&LinkSample) -> bool) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for l in reports.iter().flat_map(|r| &r.links).filter(|l| keep(l)) {
+        let channels = l.channels.iter().map(|c| (&c.info.name, &c.holders));
+        let semaphores = l.semaphores.iter().map(|s| (&s.info.name, &s.holders));
+        for (channel, holders) in channels.chain(semaphores) {
+            for h in holders {
+                let pod = h.pod.rsplit('/').next().unwrap_or(&h.pod);
+                out.push(vec![
+                    channel.clone(),
+                    h.role.clone(),
+                    pod.to_owned(),
+                    h.container.clone(),
+                    h.command.clone(),
+                    h.pid.to_string(),
+                ]);
+            }
+        }
+    }
+    out
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+async fn run(cli: Cli) -> anyhow::Result<String> {
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes API: set KUBECONFIG or ~/.kube/config")?;
+    match &cli.command {
+        Command::Top {
+            link,
+            all_namespaces,
+        } => top(&client, &cli, link.as_deref(), *all_namespaces).await,
+        Command::Describe { link } => describe(&client, &cli, link).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Debian's own Prometheus as a host process, scraping given targets the way the chart's
+//! monitors do (`honor_labels`), and its query API.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::Process;
+
+/// A running Prometheus; stopped in Drop.
+#[derive(Debug)]
+pub struct Prometheus {
+    _process: Process,
+    /// Its API port on 127.0.0.1.
+    pub port: u16,
+}
+
+/// `s` with every byte but unreserved ones percent-encoded, for a query string.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Prometheus {
+    /// Starts Prometheus with its data under `dir`, scraping each `(job, HOST:PORT)`
+    /// every second with `honor_labels: true`; returns once it is ready.
+    pub fn start(dir: &Path, targets: &[(&str, String)]) -> Prometheus {
+        crate::require_tool("prometheus");
+        let port = crate::free_port();
+        let mut config =
+            String::from("global: {scrape_interval: 1s, scrape_timeout: 1s}\nscrape_configs:\n");
+        for (job, target) in targets {
+            config.push_str(&format!(
+                "  - job_name: {job}\n    honor_labels: true\n    static_configs: [{{targets: ['{target}']}}]\n"
+            ));
+        }
+        let file = dir.join("prometheus.yml");
+        std::fs::write(&file, &config).expect("prometheus.yml");
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        let mut process = Process::spawn("prometheus", cmd, &dir.join("prometheus.log"));
+        process.wait_until("ready", Duration::from_secs(60), || {
+            crate::http::try_get(port, "/-/ready").is_some_and(|(s, _)| s == 200)
+        });
+        Prometheus {
+            _process: process,
+            port,
+        }
+    }
+
+    /// The result vector of an instant query (empty when nothing matches or on error).
+    pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let body = crate::http::get_ok(
+            self.port,
+            &format!("/api/v1/query?query={}", encode(promql)),
+        )
+        .unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
