@@ -121,11 +121,15 @@ impl LinkSet {
 
     /// Replaces the probes (the links changed), keeping the observer.
     pub fn set_probes(&mut self, probes: Vec<LinkProbe>) {
+        self.observer.forget();
         self.probes = probes;
     }
 
     /// Replaces the discovered members.
     pub fn set_members(&mut self, members: Vec<MemberReport>) {
+        // Who may hold what just changed: the next scrape looks again rather than
+        // serving an observation made before.
+        self.observer.forget();
         self.members = members;
     }
 
@@ -292,5 +296,45 @@ mod tests {
         let (status, _, body) = get(&app, "/v1/links").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, r#"{"links":[]}"#);
+    }
+
+    /// The processes the member containers run, switched on by the test.
+    struct Switched(Arc<Mutex<Vec<i32>>>);
+
+    impl ipclink_core::holders::Members for Switched {
+        fn processes(&mut self) -> Result<Vec<ipclink_core::holders::Process>, String> {
+            let pids = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            Ok(pids
+                .into_iter()
+                .map(|pid| ipclink_core::holders::Process {
+                    pid,
+                    owner: Arc::default(),
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn new_members_are_looked_at_by_the_next_scrape_not_a_second_later() {
+        use ipclink_core::materialize::{StorageMode, Store};
+        let base = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(base.path(), StorageMode::PlainDir).expect("store");
+        let yaml = "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: { name: lk, namespace: ns }\nspec:\n  channels:\n    - { name: r, kind: shm, size: 4Ki }\n";
+        let link = &ipclink_core::parse_links("t", yaml).expect("parse")[0];
+        let plan = ipclink_core::validate(link).expect("valid");
+        store.materialize(&plan).expect("materialize");
+        let held = std::fs::File::open(store.link_path("ns", "lk").join("r")).expect("open");
+        let pids = Arc::new(Mutex::new(Vec::new()));
+        let mut set =
+            LinkSet::new(vec![LinkProbe::open(&store, &plan).expect("probe")]).observed_by(
+                Observer::new(Box::new(Switched(pids.clone())), false, false),
+            );
+        let readers = |set: &mut LinkSet| set.sample()[0].channels[0].holders.len();
+        assert_eq!(readers(&mut set), 0, "no member runs yet");
+        *pids.lock().expect("pids") = vec![std::process::id() as i32];
+        assert_eq!(readers(&mut set), 0, "an observation serves for a second");
+        set.set_members(Vec::new());
+        assert_eq!(readers(&mut set), 1, "new members: looked at again");
+        drop(held);
     }
 }

@@ -121,6 +121,11 @@ impl Observer {
         self
     }
 
+    /// Drops the observation kept for reuse (the members changed).
+    pub fn forget(&mut self) {
+        self.last = None;
+    }
+
     /// What is known now, for `probes`.
     pub fn observe(&mut self, probes: &[LinkProbe]) -> Arc<Observation> {
         if let Some((at, seen)) = &self.last
