@@ -1,10 +1,10 @@
 //! Who holds each object of a link: the processes that have it open (a file descriptor,
-//! read or written as its `fdinfo` flags say) or mapped (`/proc/PID/maps`; shm users
-//! often close the descriptor after `mmap`), matched to the link's objects by device and
-//! inode. Sockets are matched through their inodes (`socket:[INO]`) and the network
-//! namespaces' socket tables. Only the processes the caller names are read: the
-//! processes of the pods or containers that mount the link, never the whole host unless
-//! the caller says so (local mode).
+//! read or written as the mode of its `/proc/PID/fd` link says) or mapped
+//! (`/proc/PID/maps`; shm users often close the descriptor after `mmap`), matched to the
+//! link's objects by device and inode. Sockets are matched through their inodes
+//! (`socket:[INO]`) and the network namespaces' socket tables. Only the processes the
+//! caller names are read: the processes of the pods or containers that mount the link,
+//! never the whole host unless the caller says so (local mode).
 //!
 //! A process's descriptor can be duplicated into this process (`pidfd_getfd`) to observe
 //! a FIFO without opening it: opening a FIFO changes who is a reader or writer.
