@@ -6,8 +6,11 @@
 //! caller names are read: the processes of the pods or containers that mount the link,
 //! never the whole host unless the caller says so (local mode).
 //!
-//! A process's descriptor can be duplicated into this process (`pidfd_getfd`) to observe
-//! a FIFO without opening it: opening a FIFO changes who is a reader or writer.
+//! A FIFO's depth is read through a duplicate of a holder's descriptor (`pidfd_getfd`),
+//! never by opening it (opening a FIFO changes who is a reader or writer): when asked,
+//! through a holder that still holds it, and during the scan too, so a scan whose
+//! holders have all exited since still tells the depth it saw. A descriptor that is
+//! closed by the time the scan duplicates it (its process exited) is not a hold.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -15,8 +18,8 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{Mode, fstatat};
+use nix::fcntl::{AtFlags, FcntlArg, OFlag, fcntl};
+use nix::sys::stat::{Mode, fstat, fstatat};
 
 /// What a holder does with an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -198,6 +201,15 @@ pub struct Hold {
     pub owner: Arc<Owner>,
 }
 
+/// What a pipe held when it was scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipeDepth {
+    /// Bytes queued (`FIONREAD`).
+    pub queued: u64,
+    /// Its buffer's size (`F_GETPIPE_SZ`).
+    pub capacity: u64,
+}
+
 /// What one scan found.
 #[derive(Debug, Default)]
 pub struct Holders {
@@ -211,7 +223,9 @@ pub struct Holders {
     readable: usize,
     /// The first process whose descriptors could not be read (other than by exiting).
     denied: Option<(i32, std::io::Error)>,
-    /// Process descriptors opened to duplicate descriptors, one per process a scan lives.
+    /// The depth of each FIFO held, by (device, inode), as the scan read it.
+    pipes: HashMap<(u64, u64), PipeDepth>,
+    /// Process descriptors to duplicate descriptors from, opened once per process.
     pidfds: std::sync::Mutex<HashMap<i32, Option<Arc<OwnedFd>>>>,
 }
 
@@ -290,6 +304,18 @@ impl Holders {
                 (true, true) => &[Role::Reader, Role::Writer],
                 (false, false) => continue,
             };
+            if kind == nix::libc::S_IFIFO && !self.pipes.contains_key(&(m.st_dev, m.st_ino)) {
+                match self.pipe_depth(p.pid, fd, (m.st_dev, m.st_ino)) {
+                    Ok(Some(depth)) => {
+                        self.pipes.insert((m.st_dev, m.st_ino), depth);
+                    }
+                    // Closed since it was listed: the process let go of it (or exited).
+                    Ok(None) | Err(Errno::EBADF | Errno::ESRCH) => continue,
+                    // Held, but not readable here: the depth comes from another holder
+                    // or stays unknown.
+                    Err(_) => {}
+                }
+            }
             for &role in roles {
                 self.by_object
                     .entry((m.st_dev, m.st_ino))
@@ -348,9 +374,21 @@ impl Holders {
             .then(|| format!("cannot read /proc/{pid}/fd: {e}; this process needs CAP_SYS_PTRACE"))
     }
 
-    /// A duplicate, in this process, of descriptor `fd` of process `pid` (one of the
-    /// scanned processes, whose process descriptor is kept for the scan's lifetime).
-    pub fn duplicate(&self, pid: i32, fd: i32) -> nix::Result<OwnedFd> {
+    /// The depth of the FIFO with this device and inode: now, through a holder that still
+    /// holds it; else (every holder let go since the scan) as the scan read it; `None`
+    /// when no holder's descriptor could be duplicated.
+    pub fn pipe(&self, dev: u64, ino: u64) -> Option<PipeDepth> {
+        self.of(dev, ino)
+            .iter()
+            .filter_map(|h| Some((h.pid, h.fd?)))
+            .find_map(|(pid, fd)| self.pipe_depth(pid, fd, (dev, ino)).ok().flatten())
+            .or_else(|| self.pipes.get(&(dev, ino)).copied())
+    }
+
+    /// The depth of the pipe `object` (device, inode) through a duplicate of descriptor
+    /// `fd` of process `pid`; `None` when that descriptor now refers to something else
+    /// (its number was reused).
+    fn pipe_depth(&self, pid: i32, fd: i32, object: (u64, u64)) -> nix::Result<Option<PipeDepth>> {
         let pidfd = self
             .pidfds
             .lock()
@@ -359,7 +397,15 @@ impl Holders {
             .or_insert_with(|| pidfd_open(pid).ok().map(Arc::new))
             .clone()
             .ok_or(Errno::ESRCH)?;
-        pidfd_getfd(pidfd.as_fd(), fd)
+        let dup = pidfd_getfd(pidfd.as_fd(), fd)?;
+        let d = fstat(&dup)?;
+        if (d.st_dev, d.st_ino) != object {
+            return Ok(None);
+        }
+        Ok(Some(PipeDepth {
+            capacity: fcntl(dup.as_fd(), FcntlArg::F_GETPIPE_SZ)? as u64,
+            queued: queued_bytes(dup.as_fd())?,
+        }))
     }
 
     /// How many link objects are held by someone.
@@ -413,6 +459,17 @@ fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: i32) -> nix::Result<OwnedFd> {
 /// (`pidfd_open` + `pidfd_getfd`).
 pub fn duplicate(pid: i32, fd: i32) -> nix::Result<OwnedFd> {
     pidfd_getfd(pidfd_open(pid)?.as_fd(), fd)
+}
+
+nix::ioctl_read_bad!(fionread, nix::libc::FIONREAD, nix::libc::c_int);
+
+/// Bytes queued in a pipe, through one of its descriptors.
+#[allow(unsafe_code)]
+pub(crate) fn queued_bytes(fd: BorrowedFd<'_>) -> nix::Result<u64> {
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points to `n`.
+    unsafe { fionread(fd.as_raw_fd(), &mut n) }?;
+    Ok(n.max(0) as u64)
 }
 
 #[cfg(test)]
@@ -480,5 +537,58 @@ mod tests {
         let dup = duplicate(std::process::id() as i32, held).expect("pidfd_getfd");
         assert_eq!(nix::sys::stat::fstat(&dup).expect("fstat").st_ino, m.ino());
         assert!(h.netns().count() == 1);
+    }
+
+    #[test]
+    fn a_fifos_depth_is_read_by_the_scan_and_outlives_its_holder() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("events");
+        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        // A process we did not write holds both ends (O_RDWR does not block on a FIFO)
+        // and leaves 5 bytes queued.
+        let mut holder = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("exec 3<>\"$1\"; printf hello >&3; echo ready; exec sleep 30")
+            .arg("sh")
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+            &mut ready,
+        )
+        .expect("ready");
+        assert_eq!(ready, "ready\n");
+        let m = std::fs::metadata(&path).expect("stat");
+        let p = Process {
+            pid: holder.id() as i32,
+            owner: Arc::new(Owner::default()),
+        };
+        let h = Holders::scan(&[p], &HashSet::from([m.dev()]));
+        // Read now while the holder holds it: 3 more bytes are seen.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"abc"))
+            .expect("write");
+        assert_eq!(h.pipe(m.dev(), m.ino()).map(|d| d.queued), Some(8));
+        // The holder exits: the depth the scan saw still stands.
+        holder.kill().expect("kill");
+        holder.wait().expect("wait");
+        let roles: Vec<Role> = h.of(m.dev(), m.ino()).iter().map(|h| h.role).collect();
+        assert_eq!(roles, [Role::Reader, Role::Writer]);
+        let depth = h.pipe(m.dev(), m.ino()).expect("the depth of a held FIFO");
+        assert_eq!(depth.queued, 5, "as scanned");
+        assert!(depth.capacity >= 4096, "{depth:?}");
+        // Scanned again, the exited holder holds nothing.
+        let p = Process {
+            pid: holder.id() as i32,
+            owner: Arc::new(Owner::default()),
+        };
+        let h = Holders::scan(&[p], &HashSet::from([m.dev()]));
+        assert!(h.of(m.dev(), m.ino()).is_empty());
+        assert_eq!(h.pipe(m.dev(), m.ino()), None);
     }
 }

@@ -348,11 +348,14 @@ fn sidecar_example_on_podman() {
     );
     assert_eq!(
         metric(&m, "ipclink_semaphore_value", &[("channel", "frame-ready")]),
-        Some(0.0)
+        Some(0.0),
+        "{m}"
     );
     assert_eq!(
         metric(&m, "ipclink_channel_queue_bytes", &[("channel", "events")]),
-        Some(0.0)
+        Some(0.0),
+        "{m}\n{}",
+        logs(&sidecar)
     );
 
     assert_eq!(prometheus_up(prom_port.parse().unwrap_or_default()), 1.0);

@@ -4,7 +4,7 @@
 //! sockets of a socket channel in the network namespaces of the members that bound them.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -251,22 +251,12 @@ pub(crate) fn file_holders(seen: &Observation, dev: u64, ino: u64) -> Vec<Holder
         .unwrap_or_default()
 }
 
-nix::ioctl_read_bad!(fionread, nix::libc::FIONREAD, nix::libc::c_int);
-
-/// Bytes queued in a pipe, through one of its descriptors.
-#[allow(unsafe_code)]
-fn queued_bytes(fd: BorrowedFd<'_>) -> nix::Result<u64> {
-    let mut n: nix::libc::c_int = 0;
-    // SAFETY: FIONREAD writes one c_int through the pointer, which points to `n`.
-    unsafe { fionread(fd.as_raw_fd(), &mut n) }?;
-    Ok(n.max(0) as u64)
-}
-
 /// Observes the FIFO `file` under `link`. With holders known: readers and writers are
-/// the processes holding its ends, and the depth is read (`FIONREAD`, `F_GETPIPE_SZ`)
-/// through a duplicate of one holder's descriptor; with no holder, a pipe is empty by
-/// definition. The FIFO is never opened. Without holders, the depth is left out, unless
-/// the old probe (open the write end without blocking) is allowed.
+/// the processes holding its ends, and the depth (`FIONREAD`, `F_GETPIPE_SZ`) is read
+/// through a duplicate of a holder's descriptor: now, or as the scan read it when every
+/// holder has let go since (the scan is reused for a second); with no holder, a pipe is
+/// empty by definition. The FIFO is never opened. Without holders, the depth is left
+/// out, unless the old probe (open the write end without blocking) is allowed.
 pub(crate) fn fifo(link: BorrowedFd<'_>, file: &str, seen: &Observation, c: &mut ChannelSample) {
     let Ok(st) = fstatat(link, file, AtFlags::AT_SYMLINK_NOFOLLOW) else {
         return;
@@ -291,26 +281,13 @@ pub(crate) fn fifo(link: BorrowedFd<'_>, file: &str, seen: &Observation, c: &mut
         c.queue_bytes = Some(0);
         return;
     }
-    // A holder may have exited since the scan: the next one is asked.
-    for (pid, fd) in holds.iter().filter_map(|h| Some((h.pid, h.fd?))) {
-        let Ok(dup) = h.duplicate(pid, fd) else {
-            continue;
-        };
-        let same = nix::sys::stat::fstat(&dup)
-            .is_ok_and(|d| (d.st_dev, d.st_ino) == (st.st_dev, st.st_ino));
-        if !same {
-            continue; // the descriptor number was reused for something else
+    match h.pipe(st.st_dev, st.st_ino) {
+        Some(depth) => {
+            c.capacity_bytes = Some(depth.capacity);
+            c.queue_bytes = Some(depth.queued);
         }
-        if let (Ok(cap), Ok(queued)) = (
-            fcntl(dup.as_fd(), FcntlArg::F_GETPIPE_SZ),
-            queued_bytes(dup.as_fd()),
-        ) {
-            c.capacity_bytes = Some(cap as u64);
-            c.queue_bytes = Some(queued);
-            return;
-        }
+        None => c.observed = false,
     }
-    c.observed = false;
 }
 
 /// The old FIFO probe: `open(O_WRONLY|O_NONBLOCK)` fails with ENXIO when no reader
@@ -337,7 +314,7 @@ pub(crate) fn probe_by_opening(link: BorrowedFd<'_>, file: &str, c: &mut Channel
                 c.present = true;
                 c.reader_present = Some(true);
                 c.capacity_bytes = Some(cap as u64);
-                c.queue_bytes = queued_bytes(fd.as_fd()).ok();
+                c.queue_bytes = crate::holders::queued_bytes(fd.as_fd()).ok();
             }
         }
     }
