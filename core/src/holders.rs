@@ -128,10 +128,17 @@ impl Members for ContainerProcesses {
             None => HashMap::new(),
         };
         let all = AllProcesses.processes()?;
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        // Whether a process outside this one's cgroup is visible: the host's pid
+        // namespace (without it, only this container's processes are).
+        let mut others_visible = false;
         let mut owners: HashMap<String, Arc<Owner>> = HashMap::new();
         let mut out = Vec::new();
         for p in all {
-            let Some(id) = container_of(p.pid) else {
+            let cgroup =
+                std::fs::read_to_string(format!("/proc/{}/cgroup", p.pid)).unwrap_or_default();
+            others_visible |= !cgroup.is_empty() && cgroup != own;
+            let Some(id) = container_in(&cgroup) else {
                 continue; // not in a container
             };
             let named = names.get(&id);
@@ -154,7 +161,9 @@ impl Members for ContainerProcesses {
                 }),
             });
         }
-        if self.only_named && !names.is_empty() && out.is_empty() {
+        // Named members none of whose processes is visible: exited (discovery has not
+        // seen it yet) when other processes are visible, else hidden from this one.
+        if self.only_named && !names.is_empty() && out.is_empty() && !others_visible {
             return Err(
                 "no process of the member containers is visible here; give this container the host's pid namespace (Compose: pid: host)"
                     .into(),
@@ -164,10 +173,10 @@ impl Members for ContainerProcesses {
     }
 }
 
-/// The container a process runs in: the 64-hex-digit id in its cgroup path
-/// (`docker-ID.scope`, `libpod-ID`, `cri-containerd-ID.scope`, `crio-ID`, `/docker/ID`).
-pub fn container_of(pid: i32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+/// The container a process runs in, from the text of its `/proc/PID/cgroup`: the
+/// 64-hex-digit id in its cgroup path (`docker-ID.scope`, `libpod-ID`,
+/// `cri-containerd-ID.scope`, `crio-ID`, `/docker/ID`).
+fn container_in(text: &str) -> Option<String> {
     text.lines()
         .filter_map(|l| l.splitn(3, ':').nth(2))
         .flat_map(|path| path.split('/'))
