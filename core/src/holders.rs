@@ -417,6 +417,13 @@ impl Holders {
         }))
     }
 
+    /// Whether every process seen holding a link object still runs. A scan reused after
+    /// one exited would still name it, and miss that its FIFO ends were closed.
+    pub fn holders_run(&self) -> bool {
+        let pids: HashSet<i32> = self.by_object.values().flatten().map(|h| h.pid).collect();
+        pids.into_iter().all(runs)
+    }
+
     /// How many link objects are held by someone.
     pub fn objects(&self) -> usize {
         self.by_object.len()
@@ -436,6 +443,16 @@ impl Holders {
     pub fn netns(&self) -> impl Iterator<Item = (u64, i32)> + '_ {
         self.netns.iter().map(|(&ns, &pid)| (ns, pid))
     }
+}
+
+/// Whether process `pid` exists and has not exited (a zombie has closed its files).
+fn runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // pid (comm) state ...: comm may hold spaces and parentheses.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+    })
 }
 
 /// A descriptor referring to process `pid` (`pidfd_open`, Linux 5.3).
@@ -576,6 +593,7 @@ mod tests {
             owner: Arc::new(Owner::default()),
         };
         let h = Holders::scan(&[p], &HashSet::from([m.dev()]));
+        assert!(h.holders_run());
         // Read now while the holder holds it: 3 more bytes are seen.
         std::fs::OpenOptions::new()
             .write(true)
@@ -585,7 +603,15 @@ mod tests {
         assert_eq!(h.pipe(m.dev(), m.ino()).map(|d| d.queued), Some(8));
         // The holder exits: the depth the scan saw still stands.
         holder.kill().expect("kill");
+        assert!(
+            (0..200).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                !h.holders_run()
+            }),
+            "an exited holder (a zombie until reaped) no longer runs"
+        );
         holder.wait().expect("wait");
+        assert!(!h.holders_run(), "a reaped holder no longer runs");
         let roles: Vec<Role> = h.of(m.dev(), m.ino()).iter().map(|h| h.role).collect();
         assert_eq!(roles, [Role::Reader, Role::Writer]);
         let depth = h.pipe(m.dev(), m.ino()).expect("the depth of a held FIFO");

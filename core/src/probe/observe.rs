@@ -64,7 +64,7 @@ impl Observation {
 }
 
 /// Gathers [`Observation`]s for a set of links: scans the members' processes once per
-/// scrape (reused for a second), dumps the sockets of their network namespaces, and says
+/// scrape (reused for a second, unless a holder it saw has exited since), dumps the sockets of their network namespaces, and says
 /// once in the log why holders cannot be known when they cannot.
 pub struct Observer {
     members: Option<Box<dyn Members>>,
@@ -130,6 +130,7 @@ impl Observer {
     pub fn observe(&mut self, probes: &[LinkProbe]) -> Arc<Observation> {
         if let Some((at, seen)) = &self.last
             && at.elapsed() < REUSE
+            && seen.holders.as_ref().is_none_or(Holders::holders_run)
         {
             return seen.clone();
         }
