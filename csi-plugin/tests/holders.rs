@@ -120,19 +120,14 @@ fn the_node_plugin_sees_holders_fifo_depths_and_sockets_inside_pods() {
     let dir = tempfile::tempdir().expect("temp dir");
     let _unmount = Unmounter(dir.path().to_path_buf());
     let port = free_port();
-    let reg = node.registration_dir();
-    let plugin = Plugin::start_with(
-        "node",
+    let metrics = format!("127.0.0.1:{port}");
+    let (plugin, _) = Plugin::start_registered(
         dir.path(),
-        &[
-            "--registration-dir",
-            reg.to_str().expect("utf-8"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{port}"),
-        ],
-        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
+        &cp,
+        &node,
+        &["--metrics-listen", &metrics],
+        LONG,
     );
-    node.wait_for_driver(&cp, "csi.ipclink.dev", LONG);
 
     cp.create(
         &format!("/apis/ipclink.dev/v1alpha1/namespaces/{NS}/ipclinks"),

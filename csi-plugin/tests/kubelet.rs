@@ -68,14 +68,7 @@ fn a_real_kubelet_mounts_links_into_restricted_pods() {
     // The node plugin registers itself with the kubelet through its own socket.
     let dir = tempfile::tempdir().expect("temp dir");
     let _unmount = common::Unmounter(dir.path().to_path_buf());
-    let reg = node.registration_dir();
-    let plugin = Plugin::start_with(
-        "node",
-        dir.path(),
-        &["--registration-dir", reg.to_str().expect("utf-8")],
-        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
-    );
-    let csinode = node.wait_for_driver(&cp, "csi.ipclink.dev", LONG);
+    let (plugin, csinode) = Plugin::start_registered(dir.path(), &cp, &node, &[], LONG);
     assert_eq!(
         csinode["spec"]["drivers"][0],
         json!({"name": "csi.ipclink.dev", "nodeID": "node-1", "topologyKeys": ["topology.ipclink.dev/node"]}),

@@ -122,16 +122,9 @@ fn real_programs_share_links_and_pods_pay_for_their_links_memory() {
     let dir = tempfile::tempdir().expect("temp dir");
     let _unmount = Unmounter(dir.path().to_path_buf());
     let limit = MemoryLimit::new(128 * MIB);
-    let reg = node.registration_dir();
-    let plugin = Plugin::start_with(
-        "node",
-        dir.path(),
-        &["--registration-dir", reg.to_str().expect("utf-8")],
-        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
-    );
+    let (plugin, _) = Plugin::start_registered(dir.path(), &cp, &node, &[], LONG);
     let plugin_pid = plugin.pid().expect("running");
     limit.add(plugin_pid);
-    node.wait_for_driver(&cp, "csi.ipclink.dev", LONG);
 
     // The example, as written.
     let out = std::process::Command::new(cp.bin_dir().join("kubectl"))

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipclink_testkit::http::{get_ok, metric};
 use ipclink_testkit::mounts::mounts_containing;
@@ -43,15 +43,8 @@ fn podman(args: &[&str]) -> Output {
         .expect("run podman")
 }
 
-fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+fn wait_until<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+    ipclink_testkit::wait_until(what, limit, Duration::from_millis(250), f)
 }
 
 fn logs(container: &str) -> String {

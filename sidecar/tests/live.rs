@@ -628,11 +628,12 @@ fn wchan(pid: u32) -> String {
 
 /// Polls `f` every 20 ms for up to 10 s.
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(std::time::Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    ipclink_testkit::wait_until(
+        what,
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || f().then_some(()),
+    )
 }
 
 #[test]

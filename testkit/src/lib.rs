@@ -24,6 +24,24 @@ pub fn require_root() {
     );
 }
 
+/// Calls `f` every `every` until it returns a value, which it returns; panics naming
+/// `what` after `limit`.
+pub fn wait_until<T>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(every);
+    }
+}
+
 /// Panics unless `tool` is on PATH.
 pub fn require_tool(tool: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {

@@ -32,6 +32,28 @@ impl Plugin {
         Plugin::start_with(role, dir, &[&links[..], extra].concat(), &[])
     }
 
+    /// Starts `ipclink-csi node` as the chart runs it next to `node`'s kubelet: the API
+    /// server of `cp` as its link source, registered through the kubelet's registration
+    /// directory; waits (up to `limit`) for the registration and returns the CSINode too.
+    pub fn start_registered(
+        dir: &Path,
+        cp: &ipclink_testkit::control_plane::ControlPlane,
+        node: &ipclink_testkit::node::Node,
+        extra: &[&str],
+        limit: Duration,
+    ) -> (Plugin, serde_json::Value) {
+        let reg = node.registration_dir();
+        let args = ["--registration-dir", reg.to_str().expect("utf-8")];
+        let plugin = Plugin::start_with(
+            "node",
+            dir,
+            &[&args[..], extra].concat(),
+            &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
+        );
+        let csinode = node.wait_for_driver(cp, "csi.ipclink.dev", limit);
+        (plugin, csinode)
+    }
+
     /// Starts `ipclink-csi ROLE` with any arguments and environment.
     pub fn start_with(
         role: &str,
