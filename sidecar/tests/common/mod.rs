@@ -67,3 +67,50 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).expect("write spec file");
     p
 }
+
+/// The link most tests run: every kind of object, with members and modes.
+pub const LINK: &str = r#"
+apiVersion: ipclink.dev/v1alpha1
+kind: IpcLink
+metadata: { name: frames, namespace: vision }
+spec:
+  sizeLimit: 2Mi
+  members: [{ name: camera }, { name: detector }]
+  channels:
+    - { name: frames,  kind: shm,    size: 1Mi, mode: "0640" }
+    - { name: events,  kind: fifo,   writers: [camera], readers: [detector] }
+    - { name: control, kind: socket }
+  semaphores:
+    - { name: frame-ready, initial: 3 }
+    - { name: slots, initial: 8, abi: musl }
+"#;
+
+/// A link file in a temporary directory and where `up --root` puts its link.
+pub struct Setup {
+    _dir: tempfile::TempDir,
+    pub file: PathBuf,
+    pub root: PathBuf,
+    pub link: PathBuf,
+}
+
+impl Drop for Setup {
+    /// Links kept with --keep by a test that then failed must not outlive it.
+    fn drop(&mut self) {
+        ipclink_testkit::mounts::unmount_below(&self.root);
+    }
+}
+
+/// `yaml` as a link file, for a link `vision/frames` under a root of its own.
+pub fn setup(yaml: &str) -> Setup {
+    ipclink_testkit::require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write_file(dir.path(), "link.yaml", yaml);
+    let root = dir.path().join("root");
+    let link = root.join("vision/frames");
+    Setup {
+        _dir: dir,
+        file,
+        root,
+        link,
+    }
+}
