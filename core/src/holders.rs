@@ -7,10 +7,10 @@
 //! never the whole host unless the caller says so (local mode).
 //!
 //! A FIFO's depth is read through a duplicate of a holder's descriptor (`pidfd_getfd`),
-//! never by opening it (opening a FIFO changes who is a reader or writer): when asked,
-//! through a holder that still holds it, and during the scan too, so a scan whose
-//! holders have all exited since still tells the depth it saw. A descriptor that is
-//! closed by the time the scan duplicates it (its process exited) is not a hold.
+//! never by opening it (opening a FIFO changes who is a reader or writer). Holders that
+//! have closed it since the scan (or exited) are told apart from holders whose
+//! descriptor cannot be duplicated here: when every holder has let go, nobody holds the
+//! FIFO and it is empty.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -210,13 +210,25 @@ pub struct Hold {
     pub owner: Arc<Owner>,
 }
 
-/// What a pipe held when it was scanned.
+/// What a pipe holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PipeDepth {
     /// Bytes queued (`FIONREAD`).
     pub queued: u64,
     /// Its buffer's size (`F_GETPIPE_SZ`).
     pub capacity: u64,
+}
+
+/// A FIFO as its holders show it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipeNow {
+    /// Read through a holder that still holds it.
+    Depth(PipeDepth),
+    /// Every holder the scan saw has closed it since, or exited: nobody holds it (unless
+    /// a process opened it after the scan), so it is empty.
+    LetGo,
+    /// A holder still holds it, but its descriptor cannot be duplicated here.
+    Unknown,
 }
 
 /// What one scan found.
@@ -232,8 +244,6 @@ pub struct Holders {
     readable: usize,
     /// The first process whose descriptors could not be read (other than by exiting).
     denied: Option<(i32, std::io::Error)>,
-    /// The depth of each FIFO held, by (device, inode), as the scan read it.
-    pipes: HashMap<(u64, u64), PipeDepth>,
     /// Process descriptors to duplicate descriptors from, opened once per process.
     pidfds: std::sync::Mutex<HashMap<i32, Option<Arc<OwnedFd>>>>,
 }
@@ -313,18 +323,6 @@ impl Holders {
                 (true, true) => &[Role::Reader, Role::Writer],
                 (false, false) => continue,
             };
-            if kind == nix::libc::S_IFIFO && !self.pipes.contains_key(&(m.st_dev, m.st_ino)) {
-                match self.pipe_depth(p.pid, fd, (m.st_dev, m.st_ino)) {
-                    Ok(Some(depth)) => {
-                        self.pipes.insert((m.st_dev, m.st_ino), depth);
-                    }
-                    // Closed since it was listed: the process let go of it (or exited).
-                    Ok(None) | Err(Errno::EBADF | Errno::ESRCH) => continue,
-                    // Held, but not readable here: the depth comes from another holder
-                    // or stays unknown.
-                    Err(_) => {}
-                }
-            }
             for &role in roles {
                 self.by_object
                     .entry((m.st_dev, m.st_ino))
@@ -383,15 +381,23 @@ impl Holders {
             .then(|| format!("cannot read /proc/{pid}/fd: {e}; this process needs CAP_SYS_PTRACE"))
     }
 
-    /// The depth of the FIFO with this device and inode: now, through a holder that still
-    /// holds it; else (every holder let go since the scan) as the scan read it; `None`
-    /// when no holder's descriptor could be duplicated.
-    pub fn pipe(&self, dev: u64, ino: u64) -> Option<PipeDepth> {
-        self.of(dev, ino)
+    /// The FIFO with this device and inode as its holders show it now: its depth through
+    /// the first holder that still holds it.
+    pub fn pipe(&self, dev: u64, ino: u64) -> PipeNow {
+        let mut now = PipeNow::LetGo;
+        for (pid, fd) in self
+            .of(dev, ino)
             .iter()
             .filter_map(|h| Some((h.pid, h.fd?)))
-            .find_map(|(pid, fd)| self.pipe_depth(pid, fd, (dev, ino)).ok().flatten())
-            .or_else(|| self.pipes.get(&(dev, ino)).copied())
+        {
+            match self.pipe_depth(pid, fd, (dev, ino)) {
+                Ok(Some(depth)) => return PipeNow::Depth(depth),
+                // Closed (its number may have been reused), or the process exited.
+                Ok(None) | Err(Errno::EBADF | Errno::ESRCH) => {}
+                Err(_) => now = PipeNow::Unknown,
+            }
+        }
+        now
     }
 
     /// The depth of the pipe `object` (device, inode) through a duplicate of descriptor
@@ -566,7 +572,7 @@ mod tests {
     }
 
     #[test]
-    fn a_fifos_depth_is_read_by_the_scan_and_outlives_its_holder() {
+    fn a_fifo_is_read_through_its_holder_and_empty_once_the_holder_let_go() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("events");
         nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).expect("mkfifo");
@@ -593,15 +599,23 @@ mod tests {
             owner: Arc::new(Owner::default()),
         };
         let h = Holders::scan(&[p], &HashSet::from([m.dev()]));
+        let roles: Vec<Role> = h.of(m.dev(), m.ino()).iter().map(|h| h.role).collect();
+        assert_eq!(roles, [Role::Reader, Role::Writer]);
         assert!(h.holders_run());
-        // Read now while the holder holds it: 3 more bytes are seen.
+        let depth = |h: &Holders| match h.pipe(m.dev(), m.ino()) {
+            PipeNow::Depth(d) => Some(d.queued),
+            PipeNow::LetGo => None,
+            PipeNow::Unknown => panic!("a holder's descriptor could not be duplicated"),
+        };
+        assert_eq!(depth(&h), Some(5));
+        // Read now, not as scanned: 3 more bytes are seen.
         std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"abc"))
             .expect("write");
-        assert_eq!(h.pipe(m.dev(), m.ino()).map(|d| d.queued), Some(8));
-        // The holder exits: the depth the scan saw still stands.
+        assert_eq!(depth(&h), Some(8));
+        // The holder exits: the scan still names it, but it let go (its pipe is freed).
         holder.kill().expect("kill");
         assert!(
             (0..200).any(|_| {
@@ -610,20 +624,9 @@ mod tests {
             }),
             "an exited holder (a zombie until reaped) no longer runs"
         );
+        assert_eq!(depth(&h), None, "let go");
         holder.wait().expect("wait");
         assert!(!h.holders_run(), "a reaped holder no longer runs");
-        let roles: Vec<Role> = h.of(m.dev(), m.ino()).iter().map(|h| h.role).collect();
-        assert_eq!(roles, [Role::Reader, Role::Writer]);
-        let depth = h.pipe(m.dev(), m.ino()).expect("the depth of a held FIFO");
-        assert_eq!(depth.queued, 5, "as scanned");
-        assert!(depth.capacity >= 4096, "{depth:?}");
-        // Scanned again, the exited holder holds nothing.
-        let p = Process {
-            pid: holder.id() as i32,
-            owner: Arc::new(Owner::default()),
-        };
-        let h = Holders::scan(&[p], &HashSet::from([m.dev()]));
-        assert!(h.of(m.dev(), m.ino()).is_empty());
-        assert_eq!(h.pipe(m.dev(), m.ino()), None);
+        assert_eq!(h.pipe(m.dev(), m.ino()), PipeNow::LetGo);
     }
 }

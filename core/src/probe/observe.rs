@@ -13,7 +13,7 @@ use nix::fcntl::{AtFlags, FcntlArg, OFlag, fcntl, openat};
 use nix::sys::stat::{Mode, SFlag, fstatat};
 
 use super::{ChannelSample, HolderSample, LinkProbe};
-use crate::holders::{Hold, Holders, Members, Role};
+use crate::holders::{Hold, Holders, Members, PipeNow, Role};
 use crate::sockdiag::SocketTable;
 
 /// What one scrape knows besides the links' files.
@@ -254,9 +254,8 @@ pub(crate) fn file_holders(seen: &Observation, dev: u64, ino: u64) -> Vec<Holder
 
 /// Observes the FIFO `file` under `link`. With holders known: readers and writers are
 /// the processes holding its ends, and the depth (`FIONREAD`, `F_GETPIPE_SZ`) is read
-/// through a duplicate of a holder's descriptor: now, or as the scan read it when every
-/// holder has let go since (the scan is reused for a second); with no holder, a pipe is
-/// empty by definition. The FIFO is never opened. Without holders, the depth is left
+/// now through a duplicate of a holder's descriptor; a pipe nobody holds, or whose
+/// holders have all let go since the scan, is empty by definition. The FIFO is never opened. Without holders, the depth is left
 /// out, unless the old probe (open the write end without blocking) is allowed.
 pub(crate) fn fifo(link: BorrowedFd<'_>, file: &str, seen: &Observation, c: &mut ChannelSample) {
     let Ok(st) = fstatat(link, file, AtFlags::AT_SYMLINK_NOFOLLOW) else {
@@ -275,19 +274,27 @@ pub(crate) fn fifo(link: BorrowedFd<'_>, file: &str, seen: &Observation, c: &mut
         return;
     };
     let holds = h.of(st.st_dev, st.st_ino);
-    c.holders = of_holds(holds);
-    c.reader_present = Some(holds.iter().any(|h| h.role == Role::Reader));
-    c.writer_present = Some(holds.iter().any(|h| h.role == Role::Writer));
-    if holds.is_empty() {
+    let now = if holds.is_empty() {
+        PipeNow::LetGo
+    } else {
+        h.pipe(st.st_dev, st.st_ino)
+    };
+    if now == PipeNow::LetGo {
+        // Nobody holds it (any more): a pipe nobody holds is empty.
+        c.reader_present = Some(false);
+        c.writer_present = Some(false);
         c.queue_bytes = Some(0);
         return;
     }
-    match h.pipe(st.st_dev, st.st_ino) {
-        Some(depth) => {
+    c.holders = of_holds(holds);
+    c.reader_present = Some(holds.iter().any(|h| h.role == Role::Reader));
+    c.writer_present = Some(holds.iter().any(|h| h.role == Role::Writer));
+    match now {
+        PipeNow::Depth(depth) => {
             c.capacity_bytes = Some(depth.capacity);
             c.queue_bytes = Some(depth.queued);
         }
-        None => c.observed = false,
+        _ => c.observed = false,
     }
 }
 

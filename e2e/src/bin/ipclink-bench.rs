@@ -636,30 +636,28 @@ fn probes(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
             .expect("reader"),
         );
     }
-    // ipclink's scan reads each depth through a duplicate of the holder's descriptor
-    // (this process holds the read ends), so the timed side is the scan and the sample;
-    // the old probe opened each write end.
+    // ipclink reads each depth through a duplicate of the holder's descriptor (this
+    // process holds the read ends); the old probe opened each write end. The scan is
+    // timed in its own row below.
     let probe = std::cell::RefCell::new(LinkProbe::open(store, &plan).expect("probe"));
     let me = [Process {
         pid: std::process::id() as i32,
         owner: std::sync::Arc::new(Owner::default()),
     }];
     let devs = std::collections::HashSet::from([fstat(link.as_fd()).expect("stat").st_dev]);
-    let scanned = || {
-        Observation::new(
-            SocketTable::default(),
-            true,
-            Some(Holders::scan(&me, &devs)),
-            false,
-        )
-    };
+    let holders = Observation::new(
+        SocketTable::default(),
+        true,
+        Some(Holders::scan(&me, &devs)),
+        false,
+    );
     let opening = Observation::new(SocketTable::default(), true, None, true);
     let t = side_by_side(
         reps,
-        || time_us_per(n, || drop(probe.borrow_mut().sample(&scanned()))),
+        || time_us_per(n, || drop(probe.borrow_mut().sample(&holders))),
         || time_us_per(n, || drop(probe.borrow_mut().sample(&opening))),
     );
-    let depths = probe.borrow_mut().sample(&scanned());
+    let depths = probe.borrow_mut().sample(&holders);
     assert!(
         depths
             .channels
@@ -670,7 +668,7 @@ fn probes(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
     row(
         rows,
         &format!(
-            "probe fifo (scan + holder's duplicated descriptor) vs opening it, per channel over {n}"
+            "probe fifo through a holder's duplicated descriptor vs opening it, per channel over {n}"
         ),
         "µs",
         t,
