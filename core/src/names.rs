@@ -3,8 +3,70 @@
 
 /// The CSI driver name: `CSIDriver` object, inline volumes, StorageClass provisioner.
 pub const DRIVER_NAME: &str = "csi.ipclink.dev";
-/// The node topology key every node plugin reports, with the node's name as its value.
+/// The node topology key every node plugin reports, with [`topology_value`] of the
+/// node's name as its value.
 pub const TOPOLOGY_KEY: &str = "topology.ipclink.dev/node";
+
+/// Longest topology value (CSI), which the kubelet also sets as a Node label value.
+pub const MAX_TOPOLOGY_VALUE: usize = 63;
+
+/// The value of [`TOPOLOGY_KEY`] for the node `node` (a DNS subdomain of up to 253
+/// characters): the name itself when it fits in 63 characters, else its first 46
+/// characters, '-' and 16 hex digits of its FNV-1a hash. The node plugin (in its topology)
+/// and the operator (in the volumes it provisions) compute the same value, on any version.
+pub fn topology_value(node: &str) -> String {
+    if node.len() <= MAX_TOPOLOGY_VALUE {
+        return node.to_owned();
+    }
+    // FNV-1a, 64 bits: a fixed function, so the value never changes between releases.
+    let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let keep = (0..=MAX_TOPOLOGY_VALUE - 17)
+        .rev()
+        .find(|&i| node.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}-{hash:016x}", &node[..keep])
+}
+
 /// Label on the objects the operator makes for a link (claims, volumes); its value is
 /// the link's name.
 pub const LINK_LABEL: &str = "ipclink.dev/link";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topology_values_fit_a_label_value_and_tell_long_names_apart() {
+        assert_eq!(topology_value("node-1"), "node-1");
+        let eks = "ip-10-0-1-23.us-west-2.compute.internal";
+        assert_eq!(topology_value(eks), eks);
+        let exactly = "a".repeat(63);
+        assert_eq!(topology_value(&exactly), exactly);
+        let long = format!("{}.example.com", vec!["n".repeat(63); 3].join("."));
+        let other = long.replacen('n', "m", 1).chars().rev().collect::<String>();
+        for name in [&long, &format!("x{}", &long[1..]), &other] {
+            let v = topology_value(name);
+            assert_eq!(v.len(), 63, "{v}");
+            assert_eq!(v, topology_value(name), "stable");
+            // A label value: alphanumeric at both ends, [-._a-zA-Z0-9] between.
+            assert!(v.starts_with(|c: char| c.is_ascii_alphanumeric()), "{v}");
+            assert!(v.ends_with(|c: char| c.is_ascii_alphanumeric()), "{v}");
+            assert!(
+                v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)),
+                "{v}"
+            );
+        }
+        // Names that share their first 46 characters still get different values.
+        let twin = format!("{}.example.org", vec!["n".repeat(63); 3].join("."));
+        assert_eq!(long[..46], twin[..46]);
+        assert_ne!(topology_value(&long), topology_value(&twin));
+        // The hash is the fixed FNV-1a: this value must never change between releases.
+        assert_eq!(
+            topology_value(&long),
+            format!("{}-{}", &long[..46], "1d2902c762231986")
+        );
+    }
+}

@@ -209,6 +209,39 @@ pub fn check_dns_label(value: &str) -> Result<(), String> {
     }
 }
 
+/// Checks a DNS subdomain (RFC 1123, as Kubernetes checks object names such as a Node's):
+/// 1..=253 characters, dot-separated parts of `a-z0-9-` that start and end alphanumeric.
+pub fn check_dns_subdomain(value: &str) -> Result<(), String> {
+    let allowed = "a DNS subdomain: 1 to 253 characters of a-z, 0-9, '-' and '.', each dot-separated part starting and ending with a letter or digit";
+    if value.is_empty() {
+        return Err(format!("must not be empty; must be {allowed}"));
+    }
+    if value.len() > 253 {
+        return Err(format!(
+            "{:?}... is {} characters long; must be {allowed}",
+            value
+                .chars()
+                .take(32)
+                .collect::<String>()
+                .escape_debug()
+                .to_string(),
+            value.len()
+        ));
+    }
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !p.starts_with('-')
+            && !p.ends_with('-')
+    };
+    if value.split('.').all(part_ok) {
+        Ok(())
+    } else {
+        Err(format!("{value:?} is not {allowed}"))
+    }
+}
+
 /// Parses an octal mode string; refuses setuid, setgid and sticky bits.
 pub fn parse_mode(mode: &Mode) -> Result<u32, String> {
     let s = mode.0.as_str();
@@ -563,6 +596,41 @@ mod tests {
             &"a".repeat(64),
         ] {
             assert!(check_dns_label(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dns_subdomains() {
+        let fqdn = format!("{}.example.com", vec!["a".repeat(63); 3].join("."));
+        assert_eq!(fqdn.len(), 203);
+        let longest = format!("{}.{}", "b".repeat(49), fqdn);
+        assert_eq!(longest.len(), 253);
+        for ok in [
+            "a",
+            "node-1",
+            "ip-10-0-1-23.us-west-2.compute.internal",
+            &fqdn,
+            &longest,
+        ] {
+            assert!(check_dns_subdomain(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            ".a",
+            "a.",
+            "a/b",
+            "A.b",
+            "a_b",
+            "-a.b",
+            "a.b-",
+            "a.-b",
+            "a\0b",
+            &format!("c{longest}"),
+        ] {
+            let e = check_dns_subdomain(bad).expect_err(bad);
+            assert!(e.contains("DNS subdomain"), "{e}");
         }
     }
 

@@ -22,8 +22,9 @@ pub enum Role {
         /// Flags both roles take.
         #[command(flatten)]
         common: Common,
-        /// This node's name (the topology value of topology.ipclink.dev/node).
-        #[arg(long, env = "NODE_ID")]
+        /// This node's name (`spec.nodeName`: a DNS subdomain of up to 253 characters);
+        /// the value of topology.ipclink.dev/node is its short form (at most 63).
+        #[arg(long, env = "NODE_ID", value_parser = node_name)]
         node_id: String,
         /// The kubelet's plugin registration directory (e.g. /var/lib/kubelet/plugins_registry);
         /// when set, the registration socket csi.ipclink.dev-reg.sock is served there.
@@ -113,6 +114,12 @@ pub struct Common {
     /// Serve /metrics here.
     #[arg(long, env = "IPCLINK_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// A node name as Kubernetes allows it.
+fn node_name(value: &str) -> Result<String, String> {
+    ipclink_core::validate::check_dns_subdomain(value)?;
+    Ok(value.to_owned())
 }
 
 #[cfg(test)]

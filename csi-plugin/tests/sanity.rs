@@ -1,12 +1,16 @@
 //! csi-sanity (kubernetes-csi/csi-test v5, built by scripts/install-csi-sanity) against the
 //! real node and controller binaries. Skips are only those csi-sanity makes for
-//! capabilities the driver does not advertise.
+//! capabilities the driver does not advertise. The node is named by the longest name a
+//! Kubernetes Node may have: a 253-character FQDN.
 
 mod common;
 
 use std::process::Command;
 
-use common::{Plugin, require_root, sanity_dir};
+use common::{Plugin, connect, require_root, rt, sanity_dir};
+use ipclink_core::names::{TOPOLOGY_KEY, topology_value};
+use ipclink_csi::csi::NodeGetInfoRequest;
+use ipclink_csi::csi::node_client::NodeClient;
 
 #[test]
 fn csi_sanity_passes() {
@@ -16,7 +20,14 @@ fn csi_sanity_passes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let _unmount = common::Unmounter(dir.path().to_path_buf());
     let links = sanity_dir().join("links");
-    let node = Plugin::start("node", dir.path(), &links, &[]);
+    let fqdn = format!(
+        "{}.{}.compute.internal",
+        "ip-10-0-1-23",
+        vec!["n".repeat(63); 3].join(".")
+    );
+    let fqdn = format!("{}{fqdn}", "x".repeat(253 - fqdn.len()));
+    assert_eq!(fqdn.len(), 253);
+    let node = Plugin::start("node", dir.path(), &links, &["--node-id", &fqdn]);
     let controller = Plugin::start("controller", dir.path(), &links, &[]);
     let out = Command::new(&sanity)
         .arg(format!("--csi.endpoint=unix://{}", node.socket.display()))
@@ -57,4 +68,18 @@ fn csi_sanity_passes() {
         passed >= 32,
         "fewer csi-sanity specs ran than before ({passed}):\n{text}"
     );
+    // The node id is the whole name (CSI allows 256 bytes); the topology value, which the
+    // kubelet copies into a Node label (at most 63 characters), is its short form.
+    let info = rt().block_on(async {
+        NodeClient::new(connect(&node.socket).await)
+            .node_get_info(NodeGetInfoRequest {})
+            .await
+            .expect("NodeGetInfo")
+            .into_inner()
+    });
+    assert_eq!(info.node_id, fqdn);
+    let segment = &info.accessible_topology.expect("topology").segments[TOPOLOGY_KEY];
+    assert_eq!(segment.len(), 63, "{segment}");
+    assert_eq!(*segment, topology_value(&fqdn));
+    assert!(fqdn.starts_with(&segment[..46]), "{segment}");
 }

@@ -311,3 +311,30 @@ fn sigterm_ends_the_plugin_even_while_a_client_stays_connected() {
     assert!(!node.socket.exists(), "the socket is removed on exit");
     drop(c);
 }
+
+#[test]
+fn a_node_id_that_cannot_be_a_node_name_is_refused_naming_the_flag() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let long = format!("{}.example.com", "a".repeat(242));
+    assert_eq!(long.len(), 254);
+    for bad in ["Node-1", "node_1", "node-1.", "a..b", long.as_str()] {
+        let state = dir.path().join("state");
+        let out = std::process::Command::new(common::BIN)
+            .args(["node", "--endpoint"])
+            .arg(format!("unix://{}", dir.path().join("node.sock").display()))
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--links-dir", node_links().to_str().expect("utf-8")])
+            .args(["--node-id", bad])
+            .output()
+            .expect("ipclink-csi");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains("--node-id") && err.contains("DNS subdomain"),
+            "{bad}: {err}"
+        );
+        assert!(!state.exists(), "{bad}: nothing is made");
+        assert!(!dir.path().join("node.sock").exists(), "{bad}: no socket");
+    }
+}

@@ -14,6 +14,9 @@ use ipclink_testkit::node::Node;
 use ipclink_testkit::prometheus::Prometheus;
 
 const LONG: Duration = Duration::from_secs(120);
+/// The kubelet's node name, as EKS names nodes: the chart passes `spec.nodeName` to the
+/// node plugin, dots and all.
+const NODE: &str = "ip-10-0-1-23.us-west-2.compute.internal";
 
 use ipclink_testkit::mounts::mounts_containing;
 use ipclink_testkit::{output_text as text, repo_root as root, script_path as script};
@@ -53,7 +56,7 @@ fn the_chart_runs_the_examples_on_a_real_node() {
     let tools = script("install-chart-tools");
     let mut cp = ControlPlane::start_in_cluster();
     cp.start_scheduling();
-    let node = Node::start(&cp, "node-1");
+    let node = Node::start(&cp, NODE);
     for archive in ["ipclink.tar", "demo.tar"] {
         node.import_archive(&images.join(archive));
     }
@@ -92,9 +95,9 @@ fn the_chart_runs_the_examples_on_a_real_node() {
         csinode["spec"]["drivers"][0]["topologyKeys"][0],
         "topology.ipclink.dev/node"
     );
-    let (_, n) = cp.get_json("/api/v1/nodes/node-1");
+    let (_, n) = cp.get_json(&format!("/api/v1/nodes/{NODE}"));
     assert_eq!(
-        n["metadata"]["labels"]["topology.ipclink.dev/node"], "node-1",
+        n["metadata"]["labels"]["topology.ipclink.dev/node"], NODE,
         "{n:#}"
     );
     let start = std::time::Instant::now();
@@ -142,7 +145,7 @@ fn the_chart_runs_the_examples_on_a_real_node() {
                     .as_array()
                     .is_some_and(|c| c.iter().any(|c| c["kind"] == "semaphore"))
         });
-        assert_eq!(v["status"]["node"], "node-1", "{v:#}");
+        assert_eq!(v["status"]["node"], NODE, "{v:#}");
         for app in ["camera", "detector"] {
             let pod = pod_name(&cp, ns, app);
             let start = std::time::Instant::now();
@@ -203,7 +206,7 @@ fn the_chart_runs_the_examples_on_a_real_node() {
         || prom.query(&holders).len() < 2
         || prom
             .query(&format!(
-                "ipclink_link_info{{namespace=\"{ns}\",phase=\"Ready\",node=\"node-1\"}}"
+                "ipclink_link_info{{namespace=\"{ns}\",phase=\"Ready\",node=\"{NODE}\"}}"
             ))
             .is_empty()
     {
@@ -269,7 +272,7 @@ fn the_chart_runs_the_examples_on_a_real_node() {
         .find(|r| r.len() >= 10 && r[..4] == ["vision-inline", "frames", "frames", "shm"])
         .unwrap_or_else(|| panic!("no top row of the region in\n{out}"));
     // NODE, DEPTH (a region has none), CAPACITY, READERS, WRITERS, then the holders.
-    assert_eq!(frames[4..9], ["node-1", "-", "1MiB", "2", "2"], "{out}");
+    assert_eq!(frames[4..9], [NODE, "-", "1MiB", "2", "2"], "{out}");
     let holders = frames[9..].join(" ");
     assert!(
         holders.contains(&format!("{camera}(rwm)"))
@@ -283,7 +286,7 @@ fn the_chart_runs_the_examples_on_a_real_node() {
     );
     for want in [
         "Phase:      Ready",
-        "Node:       node-1",
+        format!("Node:       {NODE}").as_str(),
         "Scheduled",
         "Events:",
     ] {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use ipclink_core::names::{DRIVER_NAME, LINK_LABEL, TOPOLOGY_KEY};
+use ipclink_core::names::{DRIVER_NAME, LINK_LABEL, TOPOLOGY_KEY, topology_value};
 use ipclink_runtime::Shutdown;
 use k8s_openapi::api::core::v1::{
     CSIPersistentVolumeSource, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
@@ -97,7 +97,7 @@ pub fn volume_for(claim: &PersistentVolumeClaim) -> Option<PersistentVolume> {
                         match_expressions: Some(vec![NodeSelectorRequirement {
                             key: TOPOLOGY_KEY.into(),
                             operator: "In".into(),
-                            values: Some(vec![node.clone()]),
+                            values: Some(vec![topology_value(node)]),
                         }]),
                         ..NodeSelectorTerm::default()
                     }],

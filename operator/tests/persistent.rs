@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use ipclink_core::names::topology_value;
 use ipclink_testkit::control_plane::ControlPlane;
 use serde_json::json;
 
@@ -17,7 +18,19 @@ fn the_first_member_picks_the_node_and_the_rest_follow() {
     cp.start_scheduling();
     cp.install_ipclink_crd();
     cp.namespace(NS);
-    for n in ["node-a", "node-b", "node-c"] {
+    // Node names as clouds give them: FQDNs, up to the longest a Node may have (253
+    // characters), whose first 46 characters are the same. Our topology label holds each
+    // name's short form; the volume's node affinity must use the same.
+    let fqdn = |zone: &str| {
+        let tail = format!(
+            "{}.{zone}.compute.internal",
+            vec!["n".repeat(63); 3].join(".")
+        );
+        format!("ip-10-0-1-23-{}.{tail}", "x".repeat(239 - tail.len()))
+    };
+    let nodes = [fqdn("us-west-2a"), fqdn("us-west-2b"), fqdn("us-west-2c")];
+    assert_eq!(nodes[0].len(), 253, "{}", nodes[0]);
+    for n in &nodes {
         cp.add_node(n);
     }
     cp.create(
@@ -109,7 +122,7 @@ fn the_first_member_picks_the_node_and_the_rest_follow() {
     );
     assert_eq!(
         pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"],
-        json!([{"matchExpressions": [{"key": "topology.ipclink.dev/node", "operator": "In", "values": [node]}]}]),
+        json!([{"matchExpressions": [{"key": "topology.ipclink.dev/node", "operator": "In", "values": [topology_value(&node)]}]}]),
         "{pv:#}"
     );
     assert_eq!(pv["spec"]["capacity"]["storage"], "8Mi", "{pv:#}");

@@ -226,10 +226,14 @@ impl ControlPlane {
     /// Creates a Ready, schedulable Node object (no kubelet behind it) with the CSI
     /// topology label, so that the scheduler can place pods on it.
     pub fn add_node(&self, name: &str) {
+        // As a kubelet and our node plugin label it: the hostname label holds the first
+        // part of the name (label values stop at 63 characters), ours its short form.
+        let hostname = name.split('.').next().unwrap_or(name);
+        let topology = ipclink_core::names::topology_value(name);
         self.create(
             "/api/v1/nodes",
             &format!(
-                r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}","labels":{{"kubernetes.io/hostname":"{name}","topology.ipclink.dev/node":"{name}"}}}}}}"#
+                r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}","labels":{{"kubernetes.io/hostname":"{hostname}","topology.ipclink.dev/node":"{topology}"}}}}}}"#
             ),
         );
         let status = r#"{"status":{"capacity":{"cpu":"8","memory":"16Gi","pods":"110"},"allocatable":{"cpu":"8","memory":"16Gi","pods":"110"},"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","message":"test node"}]}}"#;

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use ipclink_core::members::members_of;
-use ipclink_core::names::TOPOLOGY_KEY;
-use ipclink_core::validate::check_dns_label;
+use ipclink_core::names::{TOPOLOGY_KEY, topology_value};
+use ipclink_core::validate::{check_dns_label, check_dns_subdomain};
 use ipclink_core::{InProcess, LinkPlan, Preallocate, StorageMode, Store};
 use nix::sys::statvfs::statvfs;
 use serde::{Deserialize, Serialize};
@@ -155,7 +155,8 @@ impl NodePlugin {
         source: LinkSource,
         settings: NodeSettings,
     ) -> Result<Arc<Self>, CsiError> {
-        check_dns_label(&node_id).map_err(|e| CsiError::invalid("--node-id", e))?;
+        // The Node's name (`spec.nodeName`): any Kubernetes object name, dots included.
+        check_dns_subdomain(&node_id).map_err(|e| CsiError::invalid("--node-id", e))?;
         std::fs::create_dir_all(state_dir)
             .map_err(|e| CsiError::Internal(format!("state dir: {e}")))?;
         let store = Store::open(&state_dir.join("links"), StorageMode::Tmpfs)?;
@@ -602,7 +603,7 @@ impl NodePlugin {
             node_id: self.node_id.clone(),
             max_volumes_per_node: self.settings.max_volumes,
             accessible_topology: Some(csi::Topology {
-                segments: HashMap::from([(TOPOLOGY_KEY.to_owned(), self.node_id.clone())]),
+                segments: HashMap::from([(TOPOLOGY_KEY.to_owned(), topology_value(&self.node_id))]),
             }),
         }
     }

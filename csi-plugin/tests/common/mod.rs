@@ -72,7 +72,7 @@ impl Plugin {
             .args(extra)
             .envs(envs.iter().copied())
             .env("IPCLINK_LOG", "debug");
-        if role == "node" {
+        if role == "node" && !extra.contains(&"--node-id") {
             cmd.args(["--node-id", "node-1"]);
         }
         let log = dir.join(format!("{role}.log"));
