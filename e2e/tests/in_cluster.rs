@@ -138,6 +138,16 @@ fn the_chart_runs_the_examples_on_a_real_node() {
         let path = root().join("manifests/examples").join(file);
         let out = kubectl(&["apply", "-f", path.to_str().expect("utf-8")]);
         assert!(out.status.success(), "{}", text(&out));
+        // What a user or a GitOps tool waits on: the Ready condition.
+        let out = kubectl(&[
+            "wait",
+            "ipcl/frames",
+            "-n",
+            ns,
+            "--for=condition=Ready",
+            "--timeout=120s",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
         let link = format!("/apis/ipclink.dev/v1alpha1/namespaces/{ns}/ipclinks/frames");
         let v = cp.wait_for(&link, "the example link Ready with depths", LONG, |v| {
             v["status"]["phase"] == "Ready"

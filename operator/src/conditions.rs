@@ -6,6 +6,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 /// The condition types the operator writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConditionType {
+    /// The link serves every member (its phase is Ready): what `kubectl wait
+    /// --for=condition=Ready` and GitOps health checks look at. Its reason when False is
+    /// the phase, its message the conditions that do not hold.
+    Ready,
     /// The spec passed validation (and its claim, if any, is usable).
     Accepted,
     /// Every member pod runs on one node.
@@ -22,6 +26,7 @@ impl ConditionType {
     /// The name in `status.conditions[].type`.
     pub const fn as_str(self) -> &'static str {
         match self {
+            ConditionType::Ready => "Ready",
             ConditionType::Accepted => "Accepted",
             ConditionType::Scheduled => "Scheduled",
             ConditionType::MembersReady => "MembersReady",
@@ -82,8 +87,16 @@ pub enum Reason {
     NotChecked,
     /// Terminating=True: deletion waits for members to unmount (also an Event).
     WaitingForUnmount,
-    /// Event: the link became Ready.
+    /// Ready=True, and the Event when the link became Ready.
     Ready,
+    /// Ready=False: accepted, not yet usable (phase Pending).
+    Pending,
+    /// Ready=False: usable, with a problem (phase Degraded).
+    Degraded,
+    /// Ready=False: the spec is wrong (phase Invalid).
+    Invalid,
+    /// Ready=False: being deleted (phase Terminating).
+    Terminating,
 }
 
 impl Reason {
@@ -104,6 +117,10 @@ impl Reason {
             Reason::NotChecked => "NotChecked",
             Reason::WaitingForUnmount => "WaitingForUnmount",
             Reason::Ready => "Ready",
+            Reason::Pending => "Pending",
+            Reason::Degraded => "Degraded",
+            Reason::Invalid => "Invalid",
+            Reason::Terminating => "Terminating",
         }
     }
 }

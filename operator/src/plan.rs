@@ -109,7 +109,18 @@ pub fn plan(
         Phase::Pending
     };
 
+    let ready = readiness(
+        phase,
+        node.as_deref(),
+        &[
+            (ConditionType::Accepted, &accepted),
+            (ConditionType::Scheduled, &scheduled),
+            (ConditionType::MembersReady, &members_ready),
+            (ConditionType::PermissionsConsistent, &permissions),
+        ],
+    );
     let mut verdicts = vec![
+        (ConditionType::Ready, ready),
         (ConditionType::Accepted, accepted),
         (ConditionType::Scheduled, scheduled),
         (ConditionType::MembersReady, members_ready),
@@ -154,6 +165,32 @@ pub fn plan(
     };
     let notes = notes(&old, &verdicts, &status);
     StatusPlan { status, notes }
+}
+
+/// The Ready condition, from the phase and the conditions it sums up.
+fn readiness(phase: Phase, node: Option<&str>, parts: &[(ConditionType, &Verdict)]) -> Verdict {
+    let reason = match phase {
+        Phase::Ready => {
+            return Verdict::new(
+                Truth::True,
+                Reason::Ready,
+                format!("every member is mounted on node {}", node.unwrap_or("?")),
+            );
+        }
+        Phase::Pending => Reason::Pending,
+        Phase::Degraded => Reason::Degraded,
+        Phase::Invalid => Reason::Invalid,
+        Phase::Terminating => Reason::Terminating,
+    };
+    let mut why: Vec<String> = parts
+        .iter()
+        .filter(|(_, v)| !v.holds())
+        .map(|(t, v)| format!("{}: {}", t.as_str(), v.message))
+        .collect();
+    if phase == Phase::Terminating {
+        why.insert(0, "the link is being deleted".into());
+    }
+    Verdict::new(Truth::False, reason, why.join("; "))
 }
 
 /// The Terminating condition: deletion waits until no member has the link mounted.
@@ -290,8 +327,12 @@ fn notes(
         let changed = before
             .get(type_.as_str())
             .is_none_or(|p| p.status != v.truth.as_str() || p.reason != v.reason.as_str());
-        // MembersReady=False is the normal state of a new link, not worth a Warning.
-        if changed && v.fails() && *type_ != ConditionType::MembersReady {
+        // MembersReady=False is the normal state of a new link, not worth a Warning;
+        // Ready=False sums up the others, which say it themselves.
+        if changed
+            && v.fails()
+            && !matches!(type_, ConditionType::MembersReady | ConditionType::Ready)
+        {
             notes.push(Note {
                 warning: true,
                 reason: v.reason,
