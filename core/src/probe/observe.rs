@@ -255,8 +255,9 @@ pub(crate) fn file_holders(seen: &Observation, dev: u64, ino: u64) -> Vec<Holder
 /// Observes the FIFO `file` under `link`. With holders known: readers and writers are
 /// the processes holding its ends, and the depth (`FIONREAD`, `F_GETPIPE_SZ`) is read
 /// now through a duplicate of a holder's descriptor; a pipe nobody holds, or whose
-/// holders have all let go since the scan, is empty by definition. The FIFO is never opened. Without holders, the depth is left
-/// out, unless the old probe (open the write end without blocking) is allowed.
+/// holders have all let go since the scan, is empty by definition. The FIFO is never
+/// opened. Without holders, the depth is left out, unless the old probe (open the write
+/// end without blocking) is allowed.
 pub(crate) fn fifo(link: BorrowedFd<'_>, file: &str, seen: &Observation, c: &mut ChannelSample) {
     let Ok(st) = fstatat(link, file, AtFlags::AT_SYMLINK_NOFOLLOW) else {
         return;
