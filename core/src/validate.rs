@@ -197,16 +197,21 @@ pub fn check_dns_label(value: &str) -> Result<(), String> {
             value.len()
         ));
     }
-    let ok = value
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if ok {
+    if is_label(value) {
         Ok(())
     } else {
         Err(format!("{:?} is not {allowed}", value))
     }
+}
+
+/// Whether `part` is made of `a-z0-9-` and starts and ends alphanumeric (any length).
+fn is_label(part: &str) -> bool {
+    !part.is_empty()
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !part.starts_with('-')
+        && !part.ends_with('-')
 }
 
 /// Checks a DNS subdomain (RFC 1123, as Kubernetes checks object names such as a Node's):
@@ -228,14 +233,7 @@ pub fn check_dns_subdomain(value: &str) -> Result<(), String> {
             value.len()
         ));
     }
-    let part_ok = |p: &str| {
-        !p.is_empty()
-            && p.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !p.starts_with('-')
-            && !p.ends_with('-')
-    };
-    if value.split('.').all(part_ok) {
+    if value.split('.').all(is_label) {
         Ok(())
     } else {
         Err(format!("{value:?} is not {allowed}"))

@@ -275,11 +275,7 @@ pub(crate) fn fifo(link: BorrowedFd<'_>, file: &str, seen: &Observation, c: &mut
         return;
     };
     let holds = h.of(st.st_dev, st.st_ino);
-    let now = if holds.is_empty() {
-        PipeNow::LetGo
-    } else {
-        h.pipe(st.st_dev, st.st_ino)
-    };
+    let now = h.pipe(st.st_dev, st.st_ino);
     if now == PipeNow::LetGo {
         // Nobody holds it (any more): a pipe nobody holds is empty.
         c.reader_present = Some(false);
