@@ -3,7 +3,8 @@
 use std::fmt::Write as _;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::probe::{ChannelSample, LinkSample, SemaphoreSample};
@@ -373,6 +374,10 @@ pub struct OperatorMetrics {
     pub duration: Histogram,
     /// `ipclink_links{phase}`.
     pub links: IntGaugeVec,
+    /// `ipclink_status_writes_total`: status patches this replica sent.
+    pub status_writes: IntCounter,
+    /// `ipclink_operator_leader`: 1 while this replica leads (or runs alone), else 0.
+    pub leader: IntGauge,
 }
 
 impl OperatorMetrics {
@@ -397,15 +402,27 @@ impl OperatorMetrics {
             "Time to reconcile one IpcLink.",
         ))?;
         let links = IntGaugeVec::new(Opts::new("ipclink_links", "IpcLinks by phase."), &["phase"])?;
+        let status_writes = IntCounter::new(
+            "ipclink_status_writes_total",
+            "IpcLink status patches sent by this operator replica.",
+        )?;
+        let leader = IntGauge::new(
+            "ipclink_operator_leader",
+            "1 while this replica holds the leader Lease (or runs without leader election), 0 while it stands by.",
+        )?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(links.clone()))?;
+        registry.register(Box::new(status_writes.clone()))?;
+        registry.register(Box::new(leader.clone()))?;
         Ok(OperatorMetrics {
             reconciles,
             errors,
             duration,
             links,
+            status_writes,
+            leader,
         })
     }
 }

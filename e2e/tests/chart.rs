@@ -62,8 +62,12 @@ fn the_chart_lints_strictly_and_refuses_bad_values_naming_them() {
             "at '/operator/concurrency': got string, want integer",
         ),
         (
-            "operator.replicas=2",
-            "at '/operator/replicas': maximum: got 2, want 1",
+            "operator.replicas=11",
+            "at '/operator/replicas': maximum: got 11, want 10",
+        ),
+        (
+            "operator.leaseDurationSeconds=1",
+            "at '/operator/leaseDurationSeconds': minimum: got 1, want 2",
         ),
         (
             "kubeletDir=var/lib/kubelet",
@@ -111,6 +115,19 @@ fn the_chart_lints_strictly_and_refuses_bad_values_naming_them() {
     ] {
         assert!(all.contains(kind), "{kind} missing");
     }
+    // Two operator replicas elect a leader and keep one through a drain; one alone
+    // needs no budget.
+    let default = render(&[]);
+    for needle in [
+        "kind: PodDisruptionBudget",
+        "- --leader-elect\n",
+        "- --leader-elect-duration-seconds=15",
+        "resources: [\"leases\"]",
+    ] {
+        assert!(default.contains(needle), "{needle} missing");
+    }
+    let single = render(&["--set", "operator.replicas=1"]);
+    assert!(!single.contains("kind: PodDisruptionBudget"), "{single}");
     // Both monitors keep each series' own namespace (the link's), not the target's.
     assert_eq!(all.matches("honorLabels: true").count(), 2, "{all}");
     let none = render(&[
@@ -253,7 +270,8 @@ fn alerts_and_dashboard_queries_pass_promtool() {
 }
 
 /// JSON schemas, one per kind, from the API server's OpenAPI v2 document (built-in kinds
-/// and served CRDs), strict: objects allow no properties the API does not know.
+/// and served CRDs), strict: objects allow no properties the API does not know;
+/// int-or-string fields take an integer or a string.
 fn schemas_from(cp: &ControlPlane, dir: &Path) -> usize {
     let (code, body) = cp.request("GET", "/openapi/v2", None).expect("openapi");
     assert_eq!(code, 200);
@@ -274,6 +292,11 @@ fn schemas_from(cp: &ControlPlane, dir: &Path) -> usize {
     fn strict(v: &mut serde_json::Value) {
         match v {
             serde_json::Value::Object(m) => {
+                // OpenAPI v2 writes IntOrString as a string of format int-or-string;
+                // the API takes either.
+                if m.get("format").and_then(|f| f.as_str()) == Some("int-or-string") {
+                    m.insert("type".into(), serde_json::json!(["integer", "string"]));
+                }
                 let open = m.contains_key("x-kubernetes-preserve-unknown-fields");
                 if m.contains_key("properties") && !m.contains_key("additionalProperties") && !open
                 {
@@ -404,7 +427,7 @@ fn the_chart_installs_into_a_real_apiserver_and_uninstalls_cleanly() {
         text(&out)
     );
     let created = String::from_utf8_lossy(&out.stdout).lines().count();
-    assert_eq!(created, 14, "{}", text(&out));
+    assert_eq!(created, 17, "{}", text(&out));
 
     // The examples, with the CRD now served: schema-valid, and admitted in namespaces
     // that enforce the restricted profile (the pods exist: the ReplicaSet controller's

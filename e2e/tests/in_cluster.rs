@@ -40,6 +40,21 @@ fn pod_name(cp: &ControlPlane, ns: &str, app: &str) -> String {
         .to_owned()
 }
 
+/// One field (a JSON pointer) of each of the two operator replicas.
+fn operator_pods(cp: &ControlPlane, field: &str) -> Vec<String> {
+    let (_, v) = cp.get_json(
+        "/api/v1/namespaces/ipclink-system/pods?labelSelector=app.kubernetes.io/component=operator",
+    );
+    let found: Vec<String> = v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.pointer(field).and_then(|f| f.as_str()).map(str::to_owned))
+        .collect();
+    assert_eq!(found.len(), 2, "two operator replicas with {field}: {v:#}");
+    found
+}
+
 fn pod_name_any(cp: &ControlPlane, ns: &str, selector: &str) -> String {
     let (_, v) = cp.get_json(&format!(
         "/api/v1/namespaces/{ns}/pods?labelSelector={selector}"
@@ -104,7 +119,7 @@ fn the_chart_runs_the_examples_on_a_real_node() {
     while cp
         .get_json("/apis/apps/v1/namespaces/ipclink-system/deployments/ipclink-operator")
         .1["status"]["availableReplicas"]
-        != 1
+        != 2
     {
         if start.elapsed() > LONG {
             let out = kubectl(&["get", "pods", "-A", "-o", "wide"]);
@@ -128,6 +143,28 @@ fn the_chart_runs_the_examples_on_a_real_node() {
                 node.logs()
             );
         }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Two replicas: one holds the leader Lease (the chart's Role lets it), the other
+    // stands by, and the disruption budget lets a drain take one of them.
+    let names = operator_pods(&cp, "/metadata/name");
+    let start = std::time::Instant::now();
+    loop {
+        let (_, lease) = cp.get_json(
+            "/apis/coordination.k8s.io/v1/namespaces/ipclink-system/leases/ipclink-operator",
+        );
+        let (_, pdb) = cp.get_json(
+            "/apis/policy/v1/namespaces/ipclink-system/poddisruptionbudgets/ipclink-operator",
+        );
+        let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
+        if names.iter().any(|n| n == holder) && pdb["status"]["disruptionsAllowed"] == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < LONG,
+            "no leader among {names:?}, or the budget does not allow one disruption: {lease:#} {pdb:#}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 
@@ -196,7 +233,7 @@ fn the_chart_runs_the_examples_on_a_real_node() {
             .to_owned()
     };
     let plugin_ip = pod_ip("app.kubernetes.io/component=node-plugin");
-    let operator_ip = pod_ip("app.kubernetes.io/component=operator");
+    let operator_ips = operator_pods(&cp, "/status/podIP");
 
     // A real Prometheus scrapes the node plugin and the operator as the chart's monitors
     // do (honor_labels): each series once, under the link's own namespace.
@@ -205,14 +242,15 @@ fn the_chart_runs_the_examples_on_a_real_node() {
         prom_dir.path(),
         &[
             ("node-plugin", format!("{plugin_ip}:9809")),
-            ("operator", format!("{operator_ip}:9810")),
+            ("operator", format!("{}:9810", operator_ips[0])),
+            ("operator", format!("{}:9810", operator_ips[1])),
         ],
     );
     let start = std::time::Instant::now();
     let holders = format!(
         "ipclink_channel_holder_info{{namespace=\"{ns}\",channel=\"frames\",pod=~\"{ns}/({camera}|{detector})\"}}"
     );
-    while prom.query("up == 1").len() < 2
+    while prom.query("up == 1").len() < 3
         || prom.query(&holders).len() < 2
         || prom
             .query(&format!(
@@ -222,15 +260,17 @@ fn the_chart_runs_the_examples_on_a_real_node() {
     {
         assert!(
             start.elapsed() < LONG,
-            "Prometheus never saw both targets, the holders and the link: up {:?}, holders {:?}",
+            "Prometheus never saw the three targets, the holders and the link: up {:?}, holders {:?}",
             prom.query("up"),
             prom.query("ipclink_channel_holder_info")
         );
         std::thread::sleep(Duration::from_secs(1));
     }
-    // Aggregation drops the metric name: keep it as a label to count each series.
+    // Aggregation drops the metric name: keep it as a label to count each series. Each
+    // operator replica has its own process families (leader, status writes,
+    // reconciles); every other series must come from one target only.
     let twice = prom.query(
-        r#"count without (instance, job) (label_replace({__name__=~"ipclink_.+"}, "name", "$1", "__name__", "(.+)")) > 1"#,
+        r#"count without (instance, job) (label_replace({__name__=~"ipclink_.+",__name__!~"ipclink_(operator_leader|status_writes_total|reconcile_.+)"}, "name", "$1", "__name__", "(.+)")) > 1"#,
     );
     let all = prom.query(
         r#"count without (instance, job) (label_replace({__name__=~"ipclink_.+"}, "name", "$1", "__name__", "(.+)"))"#,

@@ -53,6 +53,26 @@ pub struct RunArgs {
     /// external-provisioner does it through the CSI controller instead).
     #[arg(long)]
     pub no_provisioner: bool,
+    /// Elect one leader among the replicas through a Lease: only the leader
+    /// reconciles, provisions and gathers depths; every replica serves metrics and
+    /// health. A leader that loses the Lease exits.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease.
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "default",
+        value_name = "NAMESPACE"
+    )]
+    pub leader_elect_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "ipclink-operator", value_name = "NAME")]
+    pub leader_elect_lease: String,
+    /// Seconds a leader's Lease stays valid without renewal: how long a standby waits
+    /// after a leader died without releasing it (2 to 3600).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub leader_elect_duration_seconds: u64,
 }
 
 /// (node label, address) of a `--links-endpoint`.
@@ -105,5 +125,28 @@ mod tests {
         for bad in ["", "ns", "ns/", "/app=x"] {
             assert!(node_plugins(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_lease_duration_outside_its_range_is_refused_by_name() {
+        for bad in ["0", "1", "3601", "x"] {
+            let e = Cli::try_parse_from([
+                "ipclink-operator",
+                "run",
+                "--leader-elect-duration-seconds",
+                bad,
+            ])
+            .expect_err(bad);
+            assert!(
+                e.to_string().contains("--leader-elect-duration-seconds"),
+                "{e}"
+            );
+        }
+        let ok = Cli::try_parse_from(["ipclink-operator", "run", "--leader-elect"]).expect("ok");
+        let Command::Run(args) = ok.command else {
+            panic!("run")
+        };
+        assert!(args.leader_elect);
+        assert_eq!(args.leader_elect_duration_seconds, 15);
     }
 }

@@ -167,7 +167,7 @@ async fn reconcile_inner(
             // Written only when it changes: the write itself wakes this link again.
             let planned = plan::plan(link, &validated, &pods, &Observed::default(), &now);
             if !same_but_time(link.status.as_ref(), &planned.status) {
-                write_status(&api, link, planned.status).await?;
+                write_status(&api, link, planned.status, &ctx.metrics).await?;
             }
             return Ok((
                 Action::requeue(Duration::from_secs(5)),
@@ -211,7 +211,7 @@ async fn reconcile_inner(
     let planned = plan::plan(link, &validated, &pods, &observed, &now);
     let phase = planned.phase();
     if !same_but_time(link.status.as_ref(), &planned.status) {
-        write_status(&api, link, planned.status).await?;
+        write_status(&api, link, planned.status, &ctx.metrics).await?;
     }
     let reference = link.object_ref(&());
     for note in planned.notes {
@@ -251,7 +251,9 @@ async fn write_status(
     api: &Api<IpcLink>,
     link: &IpcLink,
     status: IpcLinkStatus,
+    metrics: &OperatorMetrics,
 ) -> Result<(), Error> {
+    metrics.status_writes.inc();
     let body = serde_json::json!({
         "apiVersion": ipclink_core::spec::API_VERSION,
         "kind": ipclink_core::spec::KIND,

@@ -4,13 +4,14 @@
 //! Modules depend one way: `pods` and `conditions` know nothing of the others;
 //! `permissions` reads pods into a verdict; `plan` turns a link, its pods and what was
 //! observed into a status; `controller` applies it; `provision`, `depth` and `metrics`
-//! run beside it.
+//! run beside it; `leader` decides whether this replica runs them.
 
 pub mod cli;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod depth;
+pub mod leader;
 pub mod metrics;
 pub mod permissions;
 pub mod plan;

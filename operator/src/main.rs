@@ -9,6 +9,7 @@ use ipclink_core::metrics::OperatorMetrics;
 use ipclink_operator::cli::{Cli, Command, RunArgs};
 use ipclink_operator::controller::{self, Settings};
 use ipclink_operator::depth::{self, Sources};
+use ipclink_operator::leader::{self, Election};
 use ipclink_operator::metrics::Exposed;
 use ipclink_operator::provision;
 use ipclink_runtime::Shutdown;
@@ -55,6 +56,62 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("--metrics-listen {}", args.metrics_listen))?;
     let registry = prometheus::Registry::new();
     let metrics = OperatorMetrics::new(&registry)?;
+    let instance = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "ipclink-operator".into());
+        format!("{host}-{}", std::process::id())
+    });
+    // Every replica serves metrics and health, leader or not.
+    let exposed = Arc::new(Exposed {
+        registry,
+        metrics: metrics.clone(),
+        links: std::sync::OnceLock::new(),
+    });
+    let server = tokio::spawn(serve(
+        listener,
+        router(exposed.clone()),
+        Limits::default(),
+        shutdown.signalled(),
+    ));
+    tracing::info!(metrics = %args.metrics_listen, "ipclink-operator running");
+
+    let leadership = if args.leader_elect {
+        let election = Election {
+            namespace: args.leader_elect_namespace.clone(),
+            lease: args.leader_elect_lease.clone(),
+            identity: instance.clone(),
+            duration_seconds: args.leader_elect_duration_seconds,
+        };
+        match leader::acquire(client.clone(), &election, shutdown.signalled()).await {
+            Some(l) => Some(l),
+            None => {
+                let _ = server.await;
+                tracing::info!("stopped");
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    metrics.leader.set(1);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let holder = leadership.map(|l| {
+        tokio::spawn(async move {
+            if let Err(e) = l
+                .hold(async move {
+                    let _ = done_rx.await;
+                })
+                .await
+            {
+                // Another replica may be reconciling already: stop now, without
+                // finishing anything (every step is safe to repeat).
+                tracing::error!(error = %format!("{e:#}"), "lost leadership; exiting");
+                std::process::exit(1);
+            }
+        })
+    });
+
     let depths = controller::Depths::default();
     let (changed_tx, changed_rx) = futures::channel::mpsc::channel(1024);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -62,29 +119,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         resync: Duration::from_secs(args.resync_seconds),
         fault: std::env::var("IPCLINK_OPERATOR_FAULT").ok(),
-        instance: std::env::var("POD_NAME").unwrap_or_else(|_| "ipclink-operator".into()),
+        instance,
     };
     let controller = tokio::spawn(controller::run(
         client.clone(),
         settings,
-        metrics.clone(),
+        metrics,
         depths.clone(),
         changed_rx,
         shutdown.signalled(),
         ready_tx,
     ));
     let shared = ready_rx.await.context("the controller did not start")?;
-    let exposed = Exposed {
-        registry,
-        metrics,
-        links: shared.links,
-    };
-    tokio::spawn(serve(
-        listener,
-        router(Arc::new(exposed)),
-        Limits::default(),
-        shutdown.signalled(),
-    ));
+    let _ = exposed.links.set(shared.links);
     let plugins = args.node_plugins.as_ref().map(|(ns, selector)| {
         (
             kube::Api::namespaced(client.clone(), ns),
@@ -107,11 +154,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let provisioner =
         (!args.no_provisioner).then(|| tokio::spawn(provision::run(client, shutdown.clone())));
-    tracing::info!(metrics = %args.metrics_listen, "ipclink-operator running");
     controller.await.context("controller task")?;
     if let Some(p) = provisioner {
         let _ = p.await;
     }
+    // Released only once nothing of this replica writes any more.
+    let _ = done_tx.send(());
+    if let Some(h) = holder {
+        let _ = h.await;
+    }
+    let _ = server.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,6 +3,9 @@
 //! its node), both computed from the cache at each scrape. The channel families are the
 //! node plugins' own: Prometheus scrapes them there (the chart's PodMonitor), so the
 //! operator does not export them a second time.
+//!
+//! A standby replica (leader election) has no link cache: it leaves the link families
+//! out rather than report no links, and serves its own process families only.
 
 use ipclink_core::IpcLink;
 use ipclink_core::metrics::{OperatorMetrics, render, render_gauge};
@@ -17,8 +20,8 @@ pub struct Exposed {
     pub registry: prometheus::Registry,
     /// Its own families, to set `ipclink_links{phase}` before a scrape.
     pub metrics: OperatorMetrics,
-    /// The link cache.
-    pub links: Store<IpcLink>,
+    /// The link cache, set once this replica leads.
+    pub links: std::sync::OnceLock<Store<IpcLink>>,
 }
 
 impl std::fmt::Debug for Exposed {
@@ -45,7 +48,11 @@ fn phase(link: &IpcLink) -> Phase {
 
 impl Exposition for Exposed {
     fn metrics(&self, out: &mut String) {
-        let state = self.links.state();
+        let Some(links) = self.links.get() else {
+            render(&self.registry, out);
+            return;
+        };
+        let state = links.state();
         for p in PHASES {
             let n = state.iter().filter(|l| phase(l) == p).count();
             self.metrics

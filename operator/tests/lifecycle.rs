@@ -300,14 +300,7 @@ fn links_are_reconciled_on_a_real_apiserver() {
     assert_eq!(v["status"]["node"], "node-a", "{v:#}");
     assert_eq!(v["status"]["phase"], "Pending", "{v:#}");
     for p in ["cam-1", "det-1"] {
-        let (code, text) = cp
-            .request(
-                "PATCH",
-                &format!("{pods}/{p}/status"),
-                Some(r#"{"status":{"phase":"Running"}}"#),
-            )
-            .expect("pod status");
-        assert_eq!(code, 200, "{text}");
+        set_running(&cp, NS, p);
     }
     let v = cp.wait_for(&path, "frames Ready", CONVERGE, |v| {
         v["status"]["phase"] == "Ready"

@@ -58,6 +58,11 @@ impl Operator {
         self.process.wait_exit(limit)
     }
 
+    /// SIGKILL, as a crash or a lost node would.
+    pub fn kill9(&mut self) {
+        self.process.kill9();
+    }
+
     /// SIGTERM, then waits; returns the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         self.process.stop()

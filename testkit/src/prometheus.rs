@@ -35,9 +35,22 @@ impl Prometheus {
         let port = crate::free_port();
         let mut config =
             String::from("global: {scrape_interval: 1s, scrape_timeout: 1s}\nscrape_configs:\n");
+        // Targets of one job name are one job, as a monitor over a Service's endpoints.
+        let mut jobs: Vec<(&str, Vec<&str>)> = Vec::new();
         for (job, target) in targets {
+            match jobs.iter_mut().find(|(j, _)| j == job) {
+                Some((_, t)) => t.push(target),
+                None => jobs.push((job, vec![target])),
+            }
+        }
+        for (job, targets) in jobs {
+            let targets = targets
+                .iter()
+                .map(|t| format!("'{t}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
             config.push_str(&format!(
-                "  - job_name: {job}\n    honor_labels: true\n    static_configs: [{{targets: ['{target}']}}]\n"
+                "  - job_name: {job}\n    honor_labels: true\n    static_configs: [{{targets: [{targets}]}}]\n"
             ));
         }
         let file = dir.join("prometheus.yml");

@@ -48,6 +48,18 @@ pub fn pod(
     p.json()
 }
 
+/// Marks a pod Running, as its kubelet would (these tests run none).
+pub fn set_running(cp: &ControlPlane, namespace: &str, pod: &str) {
+    let (code, text) = cp
+        .request(
+            "PATCH",
+            &format!("/api/v1/namespaces/{namespace}/pods/{pod}/status"),
+            Some(r#"{"status":{"phase":"Running"}}"#),
+        )
+        .expect("pod status");
+    assert_eq!(code, 200, "{text}");
+}
+
 /// The link path of a namespace.
 pub fn links_path(namespace: &str) -> String {
     format!("/apis/ipclink.dev/v1alpha1/namespaces/{namespace}/ipclinks")
