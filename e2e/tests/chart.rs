@@ -126,6 +126,19 @@ fn the_chart_lints_strictly_and_refuses_bad_values_naming_them() {
     ] {
         assert!(default.contains(needle), "{needle} missing");
     }
+    // Uninstall first removes the links, as a hook (never in the plain manifests).
+    for needle in [
+        "helm.sh/hook: pre-delete",
+        "- remove-links\n            - --timeout-seconds=120\n",
+    ] {
+        assert!(default.contains(needle), "{needle} missing");
+    }
+    assert!(
+        !std::fs::read_to_string(root().join("manifests/install.yaml"))
+            .expect("install.yaml")
+            .contains("remove-links"),
+        "the uninstall hook is in the plain manifests"
+    );
     let single = render(&["--set", "operator.replicas=1"]);
     assert!(!single.contains("kind: PodDisruptionBudget"), "{single}");
     // Both monitors keep each series' own namespace (the link's), not the target's.
@@ -416,7 +429,7 @@ fn the_chart_installs_into_a_real_apiserver_and_uninstalls_cleanly() {
         cp.logs()
     );
     let rendered = dir.path().join("rendered.yaml");
-    std::fs::write(&rendered, render(&[])).expect("write");
+    std::fs::write(&rendered, render(&["--no-hooks"])).expect("write");
     let out = kubectl(
         &cp,
         &["get", "-f", rendered.to_str().expect("utf-8"), "-o", "name"],
@@ -492,7 +505,8 @@ fn the_chart_installs_into_a_real_apiserver_and_uninstalls_cleanly() {
         assert!(out.status.success(), "{}", text(&out));
     }
 
-    // helm uninstall leaves nothing of ours.
+    // helm uninstall leaves nothing of ours. No kubelet here runs the hook's Job (the
+    // in-cluster test runs it): without hooks.
     let out = run(Command::new(tools.join("helm"))
         .args([
             "uninstall",
@@ -500,6 +514,7 @@ fn the_chart_installs_into_a_real_apiserver_and_uninstalls_cleanly() {
             "--namespace",
             "ipclink-system",
             "--wait",
+            "--no-hooks",
         ])
         .env("KUBECONFIG", &cp.kubeconfig));
     assert!(out.status.success(), "{}", text(&out));
@@ -546,7 +561,23 @@ fn the_readme_kubernetes_section_works_as_written() {
     cp.start_scheduling();
     // Images are not needed for the objects to be created (no kubelet here); the image
     // build is exercised by the in-cluster test.
-    let script = readme_script("kubernetes", &["scripts/build-images"], &[]);
+    // No kubelet here: no member mounts the link and no operator pod handles its
+    // finalizer, so the delete does not wait, and the uninstall hook's Job cannot run
+    // (the in-cluster test runs both for real).
+    let script = readme_script(
+        "kubernetes",
+        &["scripts/build-images"],
+        &[
+            (
+                "kubectl delete -f manifests/examples/inline.yaml",
+                "kubectl delete --wait=false -f manifests/examples/inline.yaml",
+            ),
+            (
+                "helm uninstall ipclink --namespace ipclink-system",
+                "helm uninstall ipclink --namespace ipclink-system --no-hooks",
+            ),
+        ],
+    );
     let (stdout, _) = run_script(
         "README Kubernetes section",
         &script,
@@ -563,6 +594,10 @@ fn the_readme_kubernetes_section_works_as_written() {
     assert!(
         stdout.lines().any(|l| l.starts_with("frames ")),
         "kubectl get ipcl: {stdout}"
+    );
+    assert!(
+        stdout.contains("ipclink.ipclink.dev \"frames\" deleted"),
+        "{stdout}"
     );
     assert!(
         stdout.contains("release \"ipclink\" uninstalled"),

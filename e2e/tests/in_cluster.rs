@@ -4,7 +4,9 @@
 //! plugin runs as the chart's DaemonSet pod and registers with the kubelet; the
 //! operator runs as its Deployment; both examples of `manifests/examples` (inline and
 //! persistent) run their demo producer and consumer in restricted namespaces until the
-//! links are Ready with depths in status; deleting everything leaves no mount behind.
+//! links are Ready with depths in status. The chart is installed at its previous
+//! release and upgraded under the running links; `helm uninstall` is refused while
+//! members run, and once they are gone it removes everything, leaving no mount behind.
 
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -14,6 +16,11 @@ use ipclink_testkit::node::Node;
 use ipclink_testkit::prometheus::Prometheus;
 
 const LONG: Duration = Duration::from_secs(120);
+/// The last commit of chart 0.1.0 (one operator replica, no leader election): the
+/// release `helm upgrade` starts from.
+const PREVIOUS_CHART: &str = "af27f73";
+/// The namespaces of `manifests/examples`.
+const EXAMPLES: [&str; 2] = ["vision-inline", "vision-persistent"];
 /// The kubelet's node name, as EKS names nodes: the chart passes `spec.nodeName` to the
 /// node plugin, dots and all.
 const NODE: &str = "ip-10-0-1-23.us-west-2.compute.internal";
@@ -40,7 +47,7 @@ fn pod_name(cp: &ControlPlane, ns: &str, app: &str) -> String {
         .to_owned()
 }
 
-/// One field (a JSON pointer) of each of the two operator replicas.
+/// One field (a JSON pointer) of each of the two running operator replicas.
 fn operator_pods(cp: &ControlPlane, field: &str) -> Vec<String> {
     let (_, v) = cp.get_json(
         "/api/v1/namespaces/ipclink-system/pods?labelSelector=app.kubernetes.io/component=operator",
@@ -49,6 +56,8 @@ fn operator_pods(cp: &ControlPlane, field: &str) -> Vec<String> {
         .as_array()
         .into_iter()
         .flatten()
+        // A replaced replica may still be terminating.
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .filter_map(|p| p.pointer(field).and_then(|f| f.as_str()).map(str::to_owned))
         .collect();
     assert_eq!(found.len(), 2, "two operator replicas with {field}: {v:#}");
@@ -84,24 +93,32 @@ fn the_chart_runs_the_examples_on_a_real_node() {
     };
     let kubectl = |args: &[&str]| run(Command::new(cp.bin_dir().join("kubectl")).args(args));
 
-    let out = run(Command::new(tools.join("helm")).args([
-        "install",
-        "ipclink",
-        "charts/ipclink",
-        "--namespace",
-        "ipclink-system",
-        "--create-namespace",
-        "--set",
-        &format!("kubeletDir={}", kubelet_dir.display()),
-        "--set",
-        &format!("node.stateDir={}/ipclink-state", kubelet_dir.display()),
-        "--set",
-        "image.pullPolicy=Never",
-        "--set",
-        "operator.depthIntervalSeconds=2",
-        "--set",
-        "node.gcIntervalSeconds=2",
-    ]));
+    // The previous chart release first (one operator, no leader election); upgraded to
+    // this one once the examples run.
+    let previous = tempfile::tempdir().expect("temp dir");
+    let out = run(Command::new("sh").arg("-c").arg(format!(
+        "git archive {PREVIOUS_CHART} charts/ipclink | tar -x -C {}",
+        previous.path().display()
+    )));
+    assert!(out.status.success(), "the previous chart: {}", text(&out));
+    let previous_chart = previous.path().join("charts/ipclink");
+    let values = [
+        "--set".to_owned(),
+        format!("kubeletDir={}", kubelet_dir.display()),
+        "--set".to_owned(),
+        format!("node.stateDir={}/ipclink-state", kubelet_dir.display()),
+        "--set".to_owned(),
+        "image.pullPolicy=Never".to_owned(),
+        "--set".to_owned(),
+        "operator.depthIntervalSeconds=2".to_owned(),
+        "--set".to_owned(),
+        "node.gcIntervalSeconds=2".to_owned(),
+    ];
+    let out = run(Command::new(tools.join("helm"))
+        .args(["install", "ipclink"])
+        .arg(&previous_chart)
+        .args(["--namespace", "ipclink-system", "--create-namespace"])
+        .args(&values));
     assert!(out.status.success(), "helm install: {}", text(&out));
 
     // The DaemonSet's pod registers the driver with the kubelet; the operator runs.
@@ -115,58 +132,45 @@ fn the_chart_runs_the_examples_on_a_real_node() {
         n["metadata"]["labels"]["topology.ipclink.dev/node"], NODE,
         "{n:#}"
     );
-    let start = std::time::Instant::now();
-    while cp
-        .get_json("/apis/apps/v1/namespaces/ipclink-system/deployments/ipclink-operator")
-        .1["status"]["availableReplicas"]
-        != 2
-    {
-        if start.elapsed() > LONG {
-            let out = kubectl(&["get", "pods", "-A", "-o", "wide"]);
-            let events = kubectl(&["get", "events", "-n", "ipclink-system"]);
-            let pod = pod_name_any(
-                &cp,
-                "ipclink-system",
-                "app.kubernetes.io/component=operator",
-            );
-            let plugin = pod_name_any(
-                &cp,
-                "ipclink-system",
-                "app.kubernetes.io/component=node-plugin",
-            );
-            panic!(
-                "the operator is not available:\n{}\n{}\n--- operator log ---\n{}\n--- node plugin log ---\n{}\n{}",
-                text(&out),
-                text(&events),
-                node.container_log("ipclink-system", &pod, "operator"),
-                node.container_log("ipclink-system", &plugin, "csi"),
-                node.logs()
-            );
+    let operator_available = |replicas: u64, during: &dyn Fn()| {
+        let start = std::time::Instant::now();
+        loop {
+            let (_, d) =
+                cp.get_json("/apis/apps/v1/namespaces/ipclink-system/deployments/ipclink-operator");
+            let status = &d["status"];
+            if status["availableReplicas"] == replicas
+                && status["updatedReplicas"] == replicas
+                && status["replicas"] == replicas
+            {
+                break;
+            }
+            during();
+            if start.elapsed() > LONG {
+                let out = kubectl(&["get", "pods", "-A", "-o", "wide"]);
+                let events = kubectl(&["get", "events", "-n", "ipclink-system"]);
+                let pod = pod_name_any(
+                    &cp,
+                    "ipclink-system",
+                    "app.kubernetes.io/component=operator",
+                );
+                let plugin = pod_name_any(
+                    &cp,
+                    "ipclink-system",
+                    "app.kubernetes.io/component=node-plugin",
+                );
+                panic!(
+                    "the operator is not available:\n{}\n{}\n--- operator log ---\n{}\n--- node plugin log ---\n{}\n{}",
+                    text(&out),
+                    text(&events),
+                    node.container_log("ipclink-system", &pod, "operator"),
+                    node.container_log("ipclink-system", &plugin, "csi"),
+                    node.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-
-    // Two replicas: one holds the leader Lease (the chart's Role lets it), the other
-    // stands by, and the disruption budget lets a drain take one of them.
-    let names = operator_pods(&cp, "/metadata/name");
-    let start = std::time::Instant::now();
-    loop {
-        let (_, lease) = cp.get_json(
-            "/apis/coordination.k8s.io/v1/namespaces/ipclink-system/leases/ipclink-operator",
-        );
-        let (_, pdb) = cp.get_json(
-            "/apis/policy/v1/namespaces/ipclink-system/poddisruptionbudgets/ipclink-operator",
-        );
-        let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
-        if names.iter().any(|n| n == holder) && pdb["status"]["disruptionsAllowed"] == 1 {
-            break;
-        }
-        assert!(
-            start.elapsed() < LONG,
-            "no leader among {names:?}, or the budget does not allow one disruption: {lease:#} {pdb:#}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    };
+    operator_available(1, &|| {});
 
     for (file, ns) in [
         ("inline.yaml", "vision-inline"),
@@ -216,6 +220,72 @@ fn the_chart_runs_the_examples_on_a_real_node() {
             ));
             assert_eq!(pvc["status"]["phase"], "Bound", "{pvc:#}");
         }
+    }
+
+    // helm upgrade to this chart while both links run: they stay Ready throughout, and
+    // no member restarts.
+    let members = |ns: &str| -> Vec<(String, serde_json::Value)> {
+        let (_, v) = cp.get_json(&format!("/api/v1/namespaces/{ns}/pods"));
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
+                    p["status"]["containerStatuses"][0]["restartCount"].clone(),
+                )
+            })
+            .collect()
+    };
+    let before: Vec<_> = EXAMPLES.iter().map(|ns| members(ns)).collect();
+    let both_ready = || {
+        for ns in EXAMPLES {
+            let (_, l) = cp.get_json(&format!(
+                "/apis/ipclink.dev/v1alpha1/namespaces/{ns}/ipclinks/frames"
+            ));
+            assert_eq!(
+                l["status"]["phase"], "Ready",
+                "{ns} during the upgrade: {:#}",
+                l["status"]
+            );
+        }
+    };
+    let out = run(Command::new(tools.join("helm"))
+        .args([
+            "upgrade",
+            "ipclink",
+            "charts/ipclink",
+            "--namespace",
+            "ipclink-system",
+        ])
+        .args(&values));
+    assert!(out.status.success(), "helm upgrade: {}", text(&out));
+    operator_available(2, &both_ready);
+    both_ready();
+    let after: Vec<_> = EXAMPLES.iter().map(|ns| members(ns)).collect();
+    assert_eq!(before, after, "member pods were replaced or restarted");
+
+    // Two replicas: one holds the leader Lease (the chart's Role lets it), the other
+    // stands by, and the disruption budget lets a drain take one of them.
+    let names = operator_pods(&cp, "/metadata/name");
+    let start = std::time::Instant::now();
+    loop {
+        let (_, lease) = cp.get_json(
+            "/apis/coordination.k8s.io/v1/namespaces/ipclink-system/leases/ipclink-operator",
+        );
+        let (_, pdb) = cp.get_json(
+            "/apis/policy/v1/namespaces/ipclink-system/poddisruptionbudgets/ipclink-operator",
+        );
+        let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
+        if names.iter().any(|n| n == holder) && pdb["status"]["disruptionsAllowed"] == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < LONG,
+            "no leader among {names:?}, or the budget does not allow one disruption: {lease:#} {pdb:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 
     // What the node plugin sees inside the member pods (it has the host's pid
@@ -429,37 +499,105 @@ fn the_chart_runs_the_examples_on_a_real_node() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
 
-    // Removing the examples (their links wait for the members to go) and the chart
-    // leaves no volume mounted and no link tmpfs.
-    for file in ["inline.yaml", "persistent.yaml"] {
-        let path = root().join("manifests/examples").join(file);
+    // helm uninstall while the members run: the chart's hook refuses and removes
+    // nothing; its log names each link and pod.
+    let uninstall = || {
+        run(Command::new(tools.join("helm")).args([
+            "uninstall",
+            "ipclink",
+            "--namespace",
+            "ipclink-system",
+            "--wait",
+            "--timeout=5m",
+        ]))
+    };
+    let out = uninstall();
+    assert!(!out.status.success(), "uninstalled under running members");
+    let hook = pod_name_any(&cp, "ipclink-system", "job-name=ipclink-remove-links");
+    let log = node.container_log("ipclink-system", &hook, "remove-links");
+    for needle in [
+        "Nothing was removed",
+        "vision-inline/frames (pods ",
+        "vision-persistent/frames (pods ",
+    ] {
+        assert!(
+            log.contains(needle),
+            "{needle}: {log}\nhelm: {}\n{}",
+            text(&out),
+            text(&kubectl(&[
+                "get",
+                "jobs,pods",
+                "-n",
+                "ipclink-system",
+                "-o",
+                "wide"
+            ]))
+        );
+    }
+    both_ready();
+    operator_available(2, &both_ready);
+
+    // The members gone, the links kept: uninstall deletes the links, waits until the
+    // operator has cleaned each up (claim, volume), then removes the chart; nothing of
+    // ipclink is left: no IpcLink, CRD, volume, finalizer, mount or link tmpfs.
+    for ns in EXAMPLES {
         let out = kubectl(&[
             "delete",
-            "-f",
-            path.to_str().expect("utf-8"),
+            "deployments",
+            "--all",
+            "-n",
+            ns,
             "--wait=true",
             "--timeout=150s",
         ]);
         assert!(out.status.success(), "{}", text(&out));
     }
     let start = std::time::Instant::now();
-    while !mounts_containing("kubernetes.io~csi").is_empty()
-        || !mounts_containing("ipclink-state/links/").is_empty()
-    {
+    while !mounts_containing("kubernetes.io~csi").is_empty() {
         assert!(
             start.elapsed() < LONG,
-            "left mounted: {:?}",
+            "member volumes left mounted: {:?}",
             mounts_containing(&kubelet_dir.display().to_string())
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let out = run(Command::new(tools.join("helm")).args([
-        "uninstall",
-        "ipclink",
-        "--namespace",
-        "ipclink-system",
-        "--wait",
-    ]));
+    assert_eq!(
+        mounts_containing("ipclink-state/links/").len(),
+        2,
+        "the two links live on without members"
+    );
+    let out = uninstall();
     assert!(out.status.success(), "{}", text(&out));
+    // The hook waited for the node plugin to let go of both links before the chart's
+    // objects went.
+    assert!(
+        mounts_containing("ipclink-state/links/").is_empty(),
+        "{:?}",
+        mounts_containing("ipclink-state/links/")
+    );
+    let (code, _) =
+        cp.get_json("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/ipclinks.ipclink.dev");
+    assert_eq!(code, 404, "the CRD is left");
+    let (_, pvs) = cp.get_json("/api/v1/persistentvolumes");
+    assert_eq!(pvs["items"].as_array().map(Vec::len), Some(0), "{pvs:#}");
+    for ns in EXAMPLES {
+        let (_, claims) = cp.get_json(&format!("/api/v1/namespaces/{ns}/persistentvolumeclaims"));
+        assert_eq!(
+            claims["items"].as_array().map(Vec::len),
+            Some(0),
+            "{claims:#}"
+        );
+    }
+    let (_, jobs) = cp.get_json("/apis/batch/v1/namespaces/ipclink-system/jobs");
+    assert_eq!(jobs["items"].as_array().map(Vec::len), Some(0), "{jobs:#}");
+    let start = std::time::Instant::now();
+    while !mounts_containing("ipclink-state").is_empty() {
+        assert!(
+            start.elapsed() < LONG,
+            "left mounted after uninstall: {:?}",
+            mounts_containing(&kubelet_dir.display().to_string())
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     drop(node);
 }

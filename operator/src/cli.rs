@@ -20,6 +20,25 @@ pub enum Command {
     Crd,
     /// Run the controller against the cluster of KUBECONFIG (or in-cluster).
     Run(RunArgs),
+    /// Delete every IpcLink and wait until the running operator has cleaned each up
+    /// (the chart's pre-delete hook). Refuses, changing nothing, while a member has a
+    /// link mounted.
+    RemoveLinks(RemoveArgs),
+}
+
+/// Arguments of `remove-links`.
+#[derive(clap::Args, Debug)]
+pub struct RemoveArgs {
+    /// Give up (non-zero exit) when the links are not gone after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_seconds: u64,
+    /// Also wait until the node plugin pods found by label (`NAMESPACE/SELECTOR`) hold
+    /// no link, so no link stays mounted on a node once they are removed.
+    #[arg(long, value_name = "NAMESPACE/SELECTOR", value_parser = node_plugins)]
+    pub node_plugins: Option<(String, String)>,
+    /// Metrics port of the node plugin pods.
+    #[arg(long, default_value_t = 9809)]
+    pub node_plugin_port: u16,
 }
 
 /// Arguments of `run`.

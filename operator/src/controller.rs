@@ -41,6 +41,8 @@ pub struct Context {
     pub client: Client,
     /// Every pod, from one watch.
     pub pods: Store<Pod>,
+    /// Set once `pods` holds the watch's first list.
+    pub pods_listed: Arc<std::sync::atomic::AtomicBool>,
     /// Publishes Events.
     pub recorder: Recorder,
     /// Reconcile counters.
@@ -126,6 +128,11 @@ fn is_running(p: &Pod) -> bool {
 
 /// One reconcile: validate → plan → apply → status.
 pub async fn reconcile(link: Arc<IpcLink>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Before the first list of pods, every link would look memberless and a new leader
+    // would write Pending over a Ready status: look again once the list is in.
+    if !ctx.pods_listed.load(std::sync::atomic::Ordering::Acquire) {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     let start = Instant::now();
     let result = reconcile_inner(&link, &ctx).await;
     let label = match &result {
@@ -530,6 +537,13 @@ pub async fn run(
     let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
 
     let (pod_store, pod_writer) = reflector::store();
+    let pods_listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (listed, store) = (pods_listed.clone(), pod_store.clone());
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            listed.store(true, std::sync::atomic::Ordering::Release);
+        }
+    });
     let pod_stream = reflector(
         pod_writer,
         watcher(pods, watcher::Config::default()).backoff(Reconnect::default()),
@@ -555,6 +569,7 @@ pub async fn run(
         ),
         client,
         pods: pod_store,
+        pods_listed,
         metrics,
         depths,
         fault: settings.fault,

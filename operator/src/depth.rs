@@ -37,8 +37,9 @@ impl std::fmt::Debug for Sources {
     }
 }
 
-/// The endpoints of this round: the static ones, then the running node plugin pods.
-async fn endpoints(sources: &Sources) -> Vec<(String, String)> {
+/// The endpoints of this round: the static ones, then the running node plugin pods, as
+/// (node, address).
+pub async fn endpoints(sources: &Sources) -> Vec<(String, String)> {
     let mut all = sources.endpoints.clone();
     if let Some((api, selector, port)) = &sources.plugins {
         match api

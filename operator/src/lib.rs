@@ -4,7 +4,8 @@
 //! Modules depend one way: `pods` and `conditions` know nothing of the others;
 //! `permissions` reads pods into a verdict; `plan` turns a link, its pods and what was
 //! observed into a status; `controller` applies it; `provision`, `depth` and `metrics`
-//! run beside it; `leader` decides whether this replica runs them.
+//! run beside it; `leader` decides whether this replica runs them; `remove` is the
+//! uninstall hook.
 
 pub mod cli;
 pub mod conditions;
@@ -17,3 +18,4 @@ pub mod permissions;
 pub mod plan;
 pub mod pods;
 pub mod provision;
+pub mod remove;

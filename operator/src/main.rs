@@ -1,4 +1,5 @@
-//! `ipclink-operator`: `crd` prints the CustomResourceDefinition; `run` reconciles.
+//! `ipclink-operator`: `crd` prints the CustomResourceDefinition; `run` reconciles;
+//! `remove-links` is the chart's uninstall hook.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,16 +22,42 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd => print_crd(),
-        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("tokio runtime")
-            .and_then(|rt| rt.block_on(run(args))),
+        Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(args))),
+        Command::RemoveLinks(args) => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("no Kubernetes API: set KUBECONFIG or run in a cluster")?;
+                let plugins = args.node_plugins.map(|(ns, selector)| Sources {
+                    endpoints: Vec::new(),
+                    plugins: Some((
+                        kube::Api::namespaced(client.clone(), &ns),
+                        selector,
+                        args.node_plugin_port,
+                    )),
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_secs(5),
+                });
+                ipclink_operator::remove::run(
+                    client,
+                    plugins,
+                    Duration::from_secs(args.timeout_seconds),
+                )
+                .await
+            })
+        }),
     };
     if let Err(e) = result {
         eprintln!("ipclink-operator: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")
 }
 
 fn print_crd() -> anyhow::Result<()> {

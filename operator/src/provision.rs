@@ -29,7 +29,8 @@ use kube::{Client, ResourceExt};
 use crate::controller::{Reconnect, SELECTED_NODE};
 
 const PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner";
-const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+/// Annotation naming the provisioner of a PersistentVolume.
+pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 
 /// The PV name for a claim, as external-provisioner names them.
 pub fn volume_name(claim_uid: &str) -> String {

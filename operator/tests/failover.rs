@@ -125,6 +125,11 @@ fn one_replica_leads_and_a_standby_takes_over_within_the_lease() {
     let writes_a = value(&a, "ipclink_status_writes_total").expect("leader's writes");
     assert!(writes_a >= 1.0, "the leader wrote the status");
 
+    let version = |name: &str| {
+        cp.get_json(&format!("{}/{name}", links_path(NS))).1["metadata"]["resourceVersion"].clone()
+    };
+    let before = version("before");
+
     // kill -9: no release; op-b waits for the Lease to expire, then leads.
     a.kill9();
     let killed = Instant::now();
@@ -132,6 +137,10 @@ fn one_replica_leads_and_a_standby_takes_over_within_the_lease() {
     let limit = Duration::from_secs(LEASE_SECONDS + 10);
     wait("after Ready", limit, || phase(&cp, "after") == "Ready");
     let took = killed.elapsed();
+    // The new leader read the pods before judging the link it found Ready: it wrote
+    // nothing over it (a reconcile before the first pod list would write Pending).
+    assert_eq!(version("before"), before, "{}", b.logs());
+    assert_eq!(phase(&cp, "before"), "Ready");
     assert_eq!(holder(&cp), "op-b");
     assert_eq!(value(&b, "ipclink_operator_leader"), Some(1.0));
     assert!(

@@ -211,7 +211,7 @@ impl ControlPlane {
                 "--secure-port=0",
                 "--use-service-account-credentials=false",
                 &format!("--root-ca-file={}", d.join("pki/apiserver.crt").display()),
-                "--controllers=persistentvolume-binder-controller,garbage-collector-controller,persistentvolume-protection-controller,persistentvolumeclaim-protection-controller,namespace-controller,deployment-controller,replicaset-controller,serviceaccount-controller,daemonset-controller,disruption-controller,root-ca-certificate-publisher-controller",
+                "--controllers=persistentvolume-binder-controller,garbage-collector-controller,persistentvolume-protection-controller,persistentvolumeclaim-protection-controller,namespace-controller,deployment-controller,replicaset-controller,serviceaccount-controller,daemonset-controller,job-controller,disruption-controller,root-ca-certificate-publisher-controller",
                 "-v=2",
             ])
             .stdin(Stdio::null())
