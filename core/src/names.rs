@@ -33,6 +33,13 @@ pub fn topology_value(node: &str) -> String {
 /// the link's name.
 pub const LINK_LABEL: &str = "ipclink.dev/link";
 
+/// The name of link `link`'s claim: a Lease in the link's namespace held by the node the
+/// link lives on (the node plugin creates it at the first publish; it is owned by the
+/// IpcLink and goes with it).
+pub fn link_claim_name(link: &str) -> String {
+    format!("ipclink-{link}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use ipclink_core::names::link_claim_name;
 use ipclink_core::{IpcLink, LinkPlan, parse_link_value, validate, yaml_documents};
 
 use crate::error::CsiError;
@@ -226,6 +227,129 @@ impl KubeSource {
 }
 
 impl KubeSource {
+    /// Claims link `link` for `node`: a Lease named [`claim_name`] in the link's
+    /// namespace, held by the node where the link lives and owned by the IpcLink (it
+    /// goes with the link). Creating it is atomic, so of two nodes publishing the same
+    /// link at once one wins; the other gets `FailedPrecondition` naming the winner.
+    /// A claim left by an earlier link of the same name, or held by a node that no
+    /// longer exists, is replaced.
+    pub async fn claim(&self, link: &IpcLink, node: &str) -> Result<(), CsiError> {
+        use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+            MicroTime, ObjectMeta, OwnerReference,
+        };
+        use kube::ResourceExt;
+        use kube::api::{Api, PostParams};
+        let namespace = link.namespace().unwrap_or_default();
+        let name = link.name_any();
+        let uid = link.uid().unwrap_or_default();
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), &namespace);
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(link_claim_name(&name)),
+                namespace: Some(namespace.clone()),
+                labels: Some([(ipclink_core::names::LINK_LABEL.to_owned(), name.clone())].into()),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: ipclink_core::spec::API_VERSION.to_owned(),
+                    kind: ipclink_core::spec::KIND.to_owned(),
+                    name: name.clone(),
+                    uid: uid.clone(),
+                    ..OwnerReference::default()
+                }]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(node.to_owned()),
+                acquire_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+                ..LeaseSpec::default()
+            }),
+        };
+        for _ in 0..3 {
+            match api.create(&PostParams::default(), &lease).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                // RBAC from before claims (an older chart with this image): serve the
+                // link unclaimed rather than refuse every member, and say so.
+                Err(kube::Error::Api(s)) if s.code == 403 => {
+                    tracing::warn!(
+                        namespace, link = name, error = %s.message,
+                        "cannot claim the link (this plugin's RBAC needs get, create and delete on leases.coordination.k8s.io); served unclaimed, so a member on another node would get a second copy"
+                    );
+                    return Ok(());
+                }
+                Err(e) => return Err(api_error(e)),
+            }
+            let Some(held) = api
+                .get_opt(&link_claim_name(&name))
+                .await
+                .map_err(api_error)?
+            else {
+                continue;
+            };
+            let owner = held
+                .owner_references()
+                .iter()
+                .find(|o| o.kind == ipclink_core::spec::KIND)
+                .map(|o| o.uid.clone());
+            if owner.as_deref() != Some(uid.as_str()) {
+                // An earlier link's claim, not yet collected: replace it.
+                delete_claim(&api, &held).await?;
+                continue;
+            }
+            let holder = held
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.clone())
+                .unwrap_or_default();
+            if holder == node {
+                return Ok(());
+            }
+            // A node that no longer exists holds nothing: take the link over (its data
+            // stayed there and did not move).
+            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+            if nodes.get_opt(&holder).await.map_err(api_error)?.is_none() {
+                tracing::warn!(
+                    namespace,
+                    link = name,
+                    gone = holder,
+                    node,
+                    "the link's node no longer exists; this node takes the link over, empty (its data did not move)"
+                );
+                delete_claim(&api, &held).await?;
+                continue;
+            }
+            return Err(CsiError::Precondition(format!(
+                "link {namespace}/{name} lives on node {holder}, and this is node {node}: the members of a link share one node; schedule this pod onto {holder} (e.g. a podAffinity to the link's other members)"
+            )));
+        }
+        Err(CsiError::Unavailable(format!(
+            "the claim of link {namespace}/{name} kept changing while it was read; retrying"
+        )))
+    }
+
+    /// Gives up `node`'s claim of `namespace/link` (a publish that left nothing here).
+    pub async fn release(&self, namespace: &str, link: &str, node: &str) -> Result<(), CsiError> {
+        use k8s_openapi::api::coordination::v1::Lease;
+        use kube::api::Api;
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
+        let Some(held) = api
+            .get_opt(&link_claim_name(link))
+            .await
+            .map_err(api_error)?
+        else {
+            return Ok(());
+        };
+        if held
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            != Some(node)
+        {
+            return Ok(());
+        }
+        delete_claim(&api, &held).await
+    }
+
     /// The names of pod `namespace/pod`'s containers by container id (the id in the
     /// runtime, without its `containerd://` scheme).
     pub async fn container_names(
@@ -253,6 +377,27 @@ impl KubeSource {
                 Some((id, c.name))
             })
             .collect())
+    }
+}
+
+/// Deletes `held` (a claim) unless it changed since it was read; gone or changed is fine.
+async fn delete_claim(
+    api: &kube::Api<k8s_openapi::api::coordination::v1::Lease>,
+    held: &k8s_openapi::api::coordination::v1::Lease,
+) -> Result<(), CsiError> {
+    use kube::ResourceExt;
+    use kube::api::{DeleteParams, Preconditions};
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: held.uid(),
+            resource_version: held.resource_version(),
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&held.name_any(), &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(api_error(e)),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The node plugin with the Kubernetes API as its link source, on a real kube-apiserver:
-//! membership comes from the IpcLink's podSelectors and the Pods' labels in the API.
+//! membership comes from the IpcLink's podSelectors and the Pods' labels in the API, and
+//! a link lives on the one node that claimed it.
 
 mod common;
 
@@ -115,4 +116,99 @@ fn membership_comes_from_the_kubernetes_api() {
         };
         c.node_unpublish_volume(un).await.expect("unpublish");
     });
+
+    // The first publish claimed the link for node-1 (a Lease owned by the IpcLink); the
+    // link stays there after its last unpublish, as it still exists.
+    let lease_path = "/apis/coordination.k8s.io/v1/namespaces/vision/leases/ipclink-frames";
+    let (code, lease) = cp.get_json(lease_path);
+    assert_eq!(code, 200, "{lease:#}");
+    assert_eq!(lease["spec"]["holderIdentity"], "node-1", "{lease:#}");
+    assert_eq!(lease["metadata"]["ownerReferences"][0]["kind"], "IpcLink");
+
+    // A member on another node is refused, naming both nodes, and nothing is made there.
+    const OTHER: &str = "ip-10-0-2-7.ec2.internal";
+    cp.add_node("node-1");
+    cp.add_node(OTHER);
+    cp.create("/api/v1/namespaces/vision/pods", &pod("camera-1", "camera"));
+    let other_dir = tempfile::tempdir().expect("temp dir");
+    let _unmount_other = Unmounter(other_dir.path().to_path_buf());
+    let other = Plugin::start_with(
+        "node",
+        other_dir.path(),
+        &["--node-id", OTHER],
+        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
+    );
+    let link_copy = other_dir.path().join("node-state/links/vision/frames");
+    let target = other_dir.path().join("camera-1");
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&other.socket).await);
+        let refused = c
+            .node_publish_volume(ephemeral("csi-5", &target, "vision", "camera-1", "frames"))
+            .await
+            .expect_err("a second node");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .contains(&format!("lives on node node-1, and this is node {OTHER}")),
+            "{refused:?}"
+        );
+    });
+    assert!(!target.exists(), "the target was made");
+    assert!(!link_copy.exists(), "a second copy was materialized");
+    assert_eq!(
+        cp.get_json(lease_path).1["spec"]["holderIdentity"],
+        "node-1"
+    );
+
+    // The link deleted and made again (a new uid): the old claim is not the new link's,
+    // so the other node may take it.
+    let links = "/apis/ipclink.dev/v1alpha1/namespaces/vision/ipclinks";
+    let (code, text) = cp
+        .request("DELETE", &format!("{links}/frames"), None)
+        .expect("delete");
+    assert_eq!(code, 200, "{text}");
+    cp.create(links, &serde_json::to_string(&link[0]).expect("json"));
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&other.socket).await);
+        c.node_publish_volume(ephemeral("csi-6", &target, "vision", "camera-1", "frames"))
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}\n{}", other.log()));
+        let un = ipclink_csi::csi::NodeUnpublishVolumeRequest {
+            volume_id: "csi-6".into(),
+            target_path: target.display().to_string(),
+        };
+        c.node_unpublish_volume(un).await.expect("unpublish");
+    });
+    assert!(link_copy.exists(), "{}", other.log());
+    assert_eq!(cp.get_json(lease_path).1["spec"]["holderIdentity"], OTHER);
+
+    // Now node-1 is the other node: refused while OTHER exists, and taking the link
+    // over (empty) once OTHER's Node is deleted.
+    let target = dir.path().join("camera-again");
+    let publish = || {
+        rt().block_on(async {
+            let mut c = NodeClient::new(connect(&node.socket).await);
+            c.node_publish_volume(ephemeral("csi-7", &target, "vision", "camera-0", "frames"))
+                .await
+        })
+    };
+    let refused = publish().expect_err("OTHER holds the link");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains(&format!("lives on node {OTHER}")),
+        "{refused:?}"
+    );
+    let (code, text) = cp
+        .request("DELETE", &format!("/api/v1/nodes/{OTHER}"), None)
+        .expect("delete the node");
+    assert_eq!(code, 200, "{text}");
+    publish().unwrap_or_else(|s| panic!("{s:?}\n{}", node.log()));
+    assert_eq!(
+        cp.get_json(lease_path).1["spec"]["holderIdentity"],
+        "node-1"
+    );
+    assert!(node.log().contains("takes the link over"), "{}", node.log());
 }

@@ -215,6 +215,10 @@ async fn reconcile_inner(
             ClaimState::Foreign(why) => observed.claim_conflict = Some(why),
         }
     }
+    // An inline link lives where a node plugin claimed it (its first publish).
+    if link.spec.claim.is_none() {
+        observed.claim_node = claim_holder(&ctx.client, &ns, &name).await?;
+    }
     let planned = plan::plan(link, &validated, &pods, &observed, &now);
     let phase = planned.phase();
     if !same_but_time(link.status.as_ref(), &planned.status) {
@@ -252,6 +256,32 @@ fn same_but_time(old: Option<&IpcLinkStatus>, new: &IpcLinkStatus) -> bool {
         s
     };
     strip(old) == strip(new)
+}
+
+/// The node holding link `namespace/name`'s claim, if a node plugin made one.
+async fn claim_holder(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<String>, Error> {
+    let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), namespace);
+    match api
+        .get_opt(&ipclink_core::names::link_claim_name(name))
+        .await
+    {
+        Ok(lease) => Ok(lease.and_then(|l| l.spec?.holder_identity)),
+        // RBAC from before claims: judge by the members' nodes alone.
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            tracing::warn!(
+                namespace,
+                link = name,
+                "cannot read link claims (the operator's RBAC needs get on leases.coordination.k8s.io)"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(kube_err(format!("read the claim of {name}"))(e)),
+    }
 }
 
 async fn write_status(

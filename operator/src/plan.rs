@@ -16,7 +16,8 @@ use crate::pods::PodView;
 /// What else the operator knows about a link when it plans.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
-    /// Node chosen for the link's claim (the scheduler's `selected-node`), if any.
+    /// Node the link is bound to, if any: the scheduler's `selected-node` of a
+    /// persistent link's claim, or the node whose plugin claimed an inline link.
     pub claim_node: Option<String>,
     /// Why the link's claim cannot be used, if it cannot.
     pub claim_conflict: Option<String>,

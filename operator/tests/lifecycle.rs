@@ -204,7 +204,15 @@ fn links_are_reconciled_on_a_real_apiserver() {
     assert_eq!(v["status"]["channelCount"], 4, "{v:#}");
     assert_eq!(v["status"]["phase"], "Pending", "{v:#}");
 
-    // Members on two nodes, and a writer whose uid cannot write its channel.
+    // Members on two nodes, and a writer whose uid cannot write its channel. The node
+    // plugin of node-b claimed the link first (its Lease): the link lives there, so the
+    // member on node-a is the one named as elsewhere (by member count and name alone it
+    // would be node-a).
+    let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases");
+    cp.create(
+        &leases,
+        r#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"ipclink-frames"},"spec":{"holderIdentity":"node-b"}}"#,
+    );
     let pods = format!("/api/v1/namespaces/{NS}/pods");
     cp.create(
         &pods,
@@ -244,10 +252,16 @@ fn links_are_reconciled_on_a_real_apiserver() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    assert_eq!(v["status"]["node"], "node-b", "{v:#}");
     assert!(
-        scheduled.contains("det-0") && scheduled.contains("node-b") && scheduled.contains("node-a"),
+        scheduled.contains("the link lives on node node-b")
+            && scheduled.contains("cam-0 on node node-a"),
         "{scheduled}"
     );
+    let (code, text) = cp
+        .request("DELETE", &format!("{leases}/ipclink-frames"), None)
+        .expect("delete the claim");
+    assert_eq!(code, 200, "{text}");
     let perms = condition(&v, "PermissionsConsistent")["message"]
         .as_str()
         .unwrap_or_default()

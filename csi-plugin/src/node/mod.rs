@@ -305,10 +305,38 @@ impl NodePlugin {
                 )));
             }
         }
+        // In a cluster, a link lives on one node at a time: claim it for this one
+        // before anything is materialized here.
+        if let LinkSource::Kube(k) = &self.source {
+            k.claim(link, &self.node_id).await?;
+        }
         let (plan, target) = (plan.clone(), req.target_path.clone());
         let pod_uid = ctx.get(ids::POD_UID).cloned();
-        self.blocking(move |p| p.mount(&plan, &target, publication, pod_uid.as_deref()))
-            .await
+        let mounted = self
+            .blocking(move |p| p.mount(&plan, &target, publication, pod_uid.as_deref()))
+            .await;
+        if mounted.is_err()
+            && let LinkSource::Kube(k) = &self.source
+            && !self.materialized_here(&namespace, &link_name).await
+            && let Err(e) = k.release(&namespace, &link_name, &self.node_id).await
+        {
+            tracing::warn!(namespace, link = link_name, error = %e, "cannot release the claim of a link this node does not hold");
+        }
+        mounted
+    }
+
+    /// Whether link `namespace/name` is materialized on this node.
+    async fn materialized_here(self: &Arc<Self>, namespace: &str, name: &str) -> bool {
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        self.blocking(move |p| {
+            Ok(p.store
+                .records()
+                .0
+                .iter()
+                .any(|r| r.namespace == namespace && r.name == name))
+        })
+        .await
+        .unwrap_or(true)
     }
 
     /// A publish of a target this node already has: `Ok(true)` when it is done (the same
