@@ -37,6 +37,12 @@ pub enum Role {
         /// member unmounted them (their tmpfs is then removed); 0 never looks.
         #[arg(long, env = "IPCLINK_GC_INTERVAL_SECONDS", default_value_t = 30)]
         gc_interval_seconds: u64,
+        /// Seconds an inline link (no `spec.claim`) may stay on this node with no member
+        /// mounting it before its tmpfs is removed and its claim released, so its next
+        /// members may start on another node (its data is then gone); 0 keeps it while
+        /// the link exists.
+        #[arg(long, env = "IPCLINK_UNUSED_LINK_GRACE_SECONDS", default_value_t = 0)]
+        unused_link_grace_seconds: u64,
         /// Whose memory a link's preallocated shm pages count against: `pod` (the first
         /// member pod's memory cgroup, as an emptyDir of medium Memory) or `plugin`.
         #[arg(long, env = "IPCLINK_CHARGE_MEMORY", value_enum, default_value_t = ChargeMemory::Pod)]

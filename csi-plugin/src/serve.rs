@@ -41,6 +41,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             registration_dir,
             kubelet_endpoint,
             gc_interval_seconds,
+            unused_link_grace_seconds,
             charge_memory,
             cgroup_root,
             max_link_bytes,
@@ -58,6 +59,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_link_bytes,
                 max_node_bytes,
                 max_volumes: i64::from(max_volumes_per_node),
+                unused_grace: (unused_link_grace_seconds > 0)
+                    .then(|| std::time::Duration::from_secs(unused_link_grace_seconds)),
             };
             (
                 common,

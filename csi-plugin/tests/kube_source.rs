@@ -18,8 +18,9 @@ fn pod(name: &str, app: &str) -> String {
         .json()
 }
 
-#[test]
-fn membership_comes_from_the_kubernetes_api() {
+/// A control plane with namespace `vision`, the link `frames` (as made, for making it
+/// again) and the member pod `camera-0`.
+fn cluster() -> (ControlPlane, ipclink_core::IpcLink) {
     let cp = ControlPlane::start();
     cp.install_ipclink_crd();
     cp.create(
@@ -39,12 +40,21 @@ fn membership_comes_from_the_kubernetes_api() {
         "frames",
         yaml.split("\n---\n").next().expect("first document"),
     )
-    .expect("parse");
+    .expect("parse")
+    .remove(0);
     cp.create(
         "/apis/ipclink.dev/v1alpha1/namespaces/vision/ipclinks",
-        &serde_json::to_string(&link[0]).expect("json"),
+        &serde_json::to_string(&link).expect("json"),
     );
     cp.create("/api/v1/namespaces/vision/pods", &pod("camera-0", "camera"));
+    (cp, link)
+}
+
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/vision/leases/ipclink-frames";
+
+#[test]
+fn membership_comes_from_the_kubernetes_api() {
+    let (cp, link) = cluster();
     cp.create("/api/v1/namespaces/vision/pods", &pod("intruder", "other"));
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -119,7 +129,7 @@ fn membership_comes_from_the_kubernetes_api() {
 
     // The first publish claimed the link for node-1 (a Lease owned by the IpcLink); the
     // link stays there after its last unpublish, as it still exists.
-    let lease_path = "/apis/coordination.k8s.io/v1/namespaces/vision/leases/ipclink-frames";
+    let lease_path = LEASE;
     let (code, lease) = cp.get_json(lease_path);
     assert_eq!(code, 200, "{lease:#}");
     assert_eq!(lease["spec"]["holderIdentity"], "node-1", "{lease:#}");
@@ -168,7 +178,7 @@ fn membership_comes_from_the_kubernetes_api() {
         .request("DELETE", &format!("{links}/frames"), None)
         .expect("delete");
     assert_eq!(code, 200, "{text}");
-    cp.create(links, &serde_json::to_string(&link[0]).expect("json"));
+    cp.create(links, &serde_json::to_string(&link).expect("json"));
     rt().block_on(async {
         let mut c = NodeClient::new(connect(&other.socket).await);
         c.node_publish_volume(ephemeral("csi-6", &target, "vision", "camera-1", "frames"))
@@ -211,4 +221,61 @@ fn membership_comes_from_the_kubernetes_api() {
         "node-1"
     );
     assert!(node.log().contains("takes the link over"), "{}", node.log());
+}
+
+#[test]
+fn an_inline_link_unused_past_its_grace_is_freed_for_any_node() {
+    let (cp, _) = cluster();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = Unmounter(dir.path().to_path_buf());
+    let node = Plugin::start_with(
+        "node",
+        dir.path(),
+        &[
+            "--unused-link-grace-seconds",
+            "1",
+            "--gc-interval-seconds",
+            "1",
+        ],
+        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
+    );
+    let copy = dir.path().join("node-state/links/vision/frames");
+    let target = dir.path().join("camera");
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&node.socket).await);
+        c.node_publish_volume(ephemeral("csi-1", &target, "vision", "camera-0", "frames"))
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}\n{}", node.log()));
+    });
+    // Mounted, it stays past the grace: only unused time counts.
+    std::thread::sleep(std::time::Duration::from_millis(3000));
+    assert!(copy.exists(), "{}", node.log());
+    assert_eq!(cp.get_json(LEASE).1["spec"]["holderIdentity"], "node-1");
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&node.socket).await);
+        let un = ipclink_csi::csi::NodeUnpublishVolumeRequest {
+            volume_id: "csi-1".into(),
+            target_path: target.display().to_string(),
+        };
+        c.node_unpublish_volume(un).await.expect("unpublish");
+    });
+    assert!(copy.exists(), "the last unpublish keeps the link");
+    let start = std::time::Instant::now();
+    while copy.exists() || cp.get_json(LEASE).0 != 404 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "not freed: copy {}, claim {:#}\n{}",
+            copy.exists(),
+            cp.get_json(LEASE).1,
+            node.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(node.log().contains("claim released"), "{}", node.log());
+    // The link itself is untouched: it still exists in the API.
+    assert_eq!(
+        cp.get_json("/apis/ipclink.dev/v1alpha1/namespaces/vision/ipclinks/frames")
+            .0,
+        200
+    );
 }

@@ -85,6 +85,9 @@ pub struct NodeSettings {
     pub max_node_bytes: u64,
     /// `max_volumes_per_node` reported by NodeGetInfo (0: no limit).
     pub max_volumes: i64,
+    /// How long an inline link may stay here unmounted before it is torn down and its
+    /// claim released (`None`: while the link exists).
+    pub unused_grace: Option<std::time::Duration>,
 }
 
 impl Default for NodeSettings {
@@ -94,6 +97,7 @@ impl Default for NodeSettings {
             max_link_bytes: 0,
             max_node_bytes: 0,
             max_volumes: 0,
+            unused_grace: None,
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct NodePlugin {
     slots: Mutex<HashMap<(String, String), Slot>>,
     /// `sizeLimit`s of links being made now, counted against the node budget.
     reserved: Mutex<HashMap<(String, String), u64>>,
+    /// When each materialized link was first seen with no publication.
+    idle_since: Mutex<HashMap<(String, String), std::time::Instant>>,
 }
 
 /// Ends a link's reservation against the node budget.
@@ -185,6 +191,7 @@ impl NodePlugin {
             busy: Mutex::new(HashSet::new()),
             slots: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashMap::new()),
+            idle_since: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -315,6 +322,12 @@ impl NodePlugin {
         let mounted = self
             .blocking(move |p| p.mount(&plan, &target, publication, pod_uid.as_deref()))
             .await;
+        if mounted.is_ok() {
+            self.idle_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(namespace.clone(), link_name.clone()));
+        }
         if mounted.is_err()
             && let LinkSource::Kube(k) = &self.source
             && !self.materialized_here(&namespace, &link_name).await
@@ -478,6 +491,10 @@ impl NodePlugin {
             .await?;
         // The link goes with its last publication, once it no longer exists.
         if let Some((namespace, name)) = released {
+            self.idle_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((namespace.clone(), name.clone()), std::time::Instant::now());
             self.teardown_if_deleted(&namespace, &name).await?;
         }
         Ok(())
@@ -545,6 +562,70 @@ impl NodePlugin {
         .await
     }
 
+    /// Tears an inline link down, and releases its claim, once no publication has used
+    /// it for `unused_grace`: its next members may then start on any node. `Ok(true)`
+    /// when it was torn down.
+    async fn teardown_if_unused(
+        self: &Arc<Self>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<bool, CsiError> {
+        let Some(grace) = self.settings.unused_grace else {
+            return Ok(false);
+        };
+        let LinkSource::Kube(kube) = &self.source else {
+            return Ok(false);
+        };
+        let key = (namespace.to_owned(), name.to_owned());
+        let since = {
+            let mut idle = self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+            if self.in_use(namespace, name) {
+                idle.remove(&key);
+                return Ok(false);
+            }
+            *idle
+                .entry(key.clone())
+                .or_insert_with(std::time::Instant::now)
+        };
+        if since.elapsed() < grace {
+            return Ok(false);
+        }
+        // Persistent links stay: their volume pins the members to this node.
+        let snapshot = self.source.lookup(namespace, name, None).await?;
+        if let Ok((link, _)) = snapshot.link(namespace, name)
+            && link.spec.claim.is_some()
+        {
+            return Ok(false);
+        }
+        let (ns, n) = key.clone();
+        let torn = self
+            .blocking(move |p| {
+                let slot = p.slot(&ns, &n);
+                let mut materialized = slot.lock().unwrap_or_else(|p| p.into_inner());
+                if p.in_use(&ns, &n) {
+                    return Ok(false);
+                }
+                p.store.teardown(&ns, &n)?;
+                *materialized = None;
+                Ok(true)
+            })
+            .await?;
+        if torn {
+            self.idle_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            kube.release(namespace, name, &self.node_id).await?;
+            tracing::info!(
+                namespace,
+                link = name,
+                unused_seconds = since.elapsed().as_secs(),
+                "link unused past --unused-link-grace-seconds: torn down and its claim released (its data is gone; its next members may start on any node)"
+            );
+        }
+        Ok(torn)
+    }
+
     /// Tears down the links that no publication uses and that no longer exist: a link
     /// deleted after its last member left (its last unpublish kept it, as it still
     /// existed then). Returns the links removed.
@@ -564,7 +645,13 @@ impl NodePlugin {
                     tracing::info!(namespace, link, "deleted link torn down");
                     removed.push((plan.namespace.clone(), plan.name.clone()));
                 }
-                Ok(false) => {}
+                Ok(false) => match self.teardown_if_unused(namespace, link).await {
+                    Ok(true) => removed.push((plan.namespace.clone(), plan.name.clone())),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(namespace, link, error = %e, "cannot free an unused link")
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(namespace, link, error = %e, "cannot collect an unused link")
                 }
