@@ -546,10 +546,20 @@ impl NodePlugin {
         {
             return Ok(false);
         }
+        self.teardown_unused(namespace, name).await
+    }
+
+    /// Tears link `namespace/name` down unless a publication uses it; `Ok(true)` when
+    /// it was torn down.
+    async fn teardown_unused(
+        self: &Arc<Self>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<bool, CsiError> {
         let (namespace, name) = (namespace.to_owned(), name.to_owned());
         self.blocking(move |p| {
             // Publishes hold this lock from materializing to recording: a publish that
-            // came in since the look above is seen here.
+            // came in since the caller looked is seen here.
             let slot = p.slot(&namespace, &name);
             let mut materialized = slot.lock().unwrap_or_else(|p| p.into_inner());
             if p.in_use(&namespace, &name) {
@@ -597,19 +607,7 @@ impl NodePlugin {
         {
             return Ok(false);
         }
-        let (ns, n) = key.clone();
-        let torn = self
-            .blocking(move |p| {
-                let slot = p.slot(&ns, &n);
-                let mut materialized = slot.lock().unwrap_or_else(|p| p.into_inner());
-                if p.in_use(&ns, &n) {
-                    return Ok(false);
-                }
-                p.store.teardown(&ns, &n)?;
-                *materialized = None;
-                Ok(true)
-            })
-            .await?;
+        let torn = self.teardown_unused(namespace, name).await?;
         if torn {
             self.idle_since
                 .lock()
