@@ -378,6 +378,13 @@ pub struct OperatorMetrics {
     pub status_writes: IntCounter,
     /// `ipclink_operator_leader`: 1 while this replica leads (or runs alone), else 0.
     pub leader: IntGauge,
+    /// `ipclink_depth_round_duration_seconds`: one gathering of depths from every node
+    /// plugin (no label; absent until this replica gathers depths, so a standby does not
+    /// export an empty one).
+    pub depth_rounds: HistogramVec,
+    /// `ipclink_depth_endpoints{state}`: node plugins that answered, failed or are
+    /// stale in the last round (absent until depths are gathered).
+    pub depth_endpoints: IntGaugeVec,
 }
 
 impl OperatorMetrics {
@@ -397,10 +404,15 @@ impl OperatorMetrics {
             ),
             &["error"],
         )?;
-        let duration = Histogram::with_opts(HistogramOpts::new(
-            "ipclink_reconcile_duration_seconds",
-            "Time to reconcile one IpcLink.",
-        ))?;
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "ipclink_reconcile_duration_seconds",
+                "Time to reconcile one IpcLink.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )?;
         let links = IntGaugeVec::new(Opts::new("ipclink_links", "IpcLinks by phase."), &["phase"])?;
         let status_writes = IntCounter::new(
             "ipclink_status_writes_total",
@@ -415,8 +427,27 @@ impl OperatorMetrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(links.clone()))?;
         registry.register(Box::new(status_writes.clone()))?;
+        let depth_rounds = HistogramVec::new(
+            HistogramOpts::new(
+                "ipclink_depth_round_duration_seconds",
+                "Time to gather depths from every node plugin once.",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &[],
+        )?;
+        let depth_endpoints = IntGaugeVec::new(
+            Opts::new(
+                "ipclink_depth_endpoints",
+                "Node plugins in the last depth round: answered, failed (last figures still shown) or stale (figures no longer shown).",
+            ),
+            &["state"],
+        )?;
         registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(depth_rounds.clone()))?;
+        registry.register(Box::new(depth_endpoints.clone()))?;
         Ok(OperatorMetrics {
+            depth_rounds,
+            depth_endpoints,
             reconciles,
             errors,
             duration,

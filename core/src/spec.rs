@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::CustomResource;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, Visitor};
@@ -266,6 +266,14 @@ pub struct IpcLinkStatus {
     /// `channels`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_objects: Option<u64>,
+    /// When the node plugin reported the figures in `channels` (a later report of the
+    /// same figures does not rewrite it, so status is written only when they change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depths_observed_time: Option<Time>,
+    /// The link's node plugin has not answered for several depth intervals: `channels`
+    /// lists the objects without figures until it answers again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub depths_stale: bool,
     /// Channels and semaphores declared (printed by `kubectl get ipcl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel_count: Option<i32>,

@@ -68,6 +68,31 @@ pub struct RunArgs {
     /// changes).
     #[arg(long, default_value_t = 30)]
     pub depth_interval_seconds: u64,
+    /// Node plugins asked for depths at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub depth_concurrency: u16,
+    /// Seconds one node plugin has to answer with its depths (1 to 60).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub depth_timeout_seconds: u64,
+    /// A node plugin's last depths are shown for this many intervals after it stopped
+    /// answering; then its links' status shows them stale (`depthsStale`, objects
+    /// without figures) (1 to 100).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub depth_stale_intervals: u32,
+    /// A link's status is written at most once in this many seconds when only its
+    /// depths changed (changes of phase, conditions or members are written at once).
+    #[arg(long, default_value_t = 10)]
+    pub status_min_interval_seconds: u64,
+    /// Seconds a persistent link's node may be NotReady before the link is re-homed:
+    /// with no member mounting it, its claim is released so the next member's node is
+    /// chosen again (its data does not move). A deleted Node re-homes at once. 0: never.
+    #[arg(long, default_value_t = 300)]
+    pub rehome_after_seconds: u64,
+    /// How pods are cached: `slim` (the fields the operator reads, found through a
+    /// namespace and label index) or `full` (whole pods, scanned; for the scale
+    /// benchmark's before/after figures).
+    #[arg(long, value_enum, default_value = "slim", hide = true)]
+    pub pod_cache: crate::podcache::PodCache,
     /// Do not provision PersistentVolumes for persistent-mode claims (when
     /// external-provisioner does it through the CSI controller instead).
     #[arg(long)]

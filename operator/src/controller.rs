@@ -10,8 +10,9 @@ use ipclink_core::metrics::OperatorMetrics;
 use ipclink_core::names::LINK_LABEL;
 use ipclink_core::quantity::format_bytes;
 use ipclink_core::spec::IpcLinkStatus;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, VolumeResourceRequirements,
+    Node, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -24,6 +25,7 @@ use kube::{Client, Resource, ResourceExt};
 
 pub use crate::depth::Depths;
 use crate::plan::{self, Observed};
+use crate::podcache::{LinkIndex, PodCache, PodIndex};
 use crate::pods::PodView;
 
 /// The finalizer that makes deletion wait for members to unmount.
@@ -39,10 +41,8 @@ pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 pub struct Context {
     /// API client.
     pub client: Client,
-    /// Every pod, from one watch.
-    pub pods: Store<Pod>,
-    /// Set once `pods` holds the watch's first list.
-    pub pods_listed: Arc<std::sync::atomic::AtomicBool>,
+    /// Every pod, from one watch, by namespace and label.
+    pub pods: Arc<PodIndex>,
     /// Publishes Events.
     pub recorder: Recorder,
     /// Reconcile counters.
@@ -54,6 +54,115 @@ pub struct Context {
     pub fault: Option<String>,
     /// How often a Ready link is looked at again without a change.
     pub resync: Duration,
+    /// Least time between two status writes of a link whose depths alone changed.
+    pub status_min_interval: Duration,
+    /// The claims node plugins take of inline links (Leases labelled with the link).
+    pub claims: Store<Lease>,
+    /// Set once `claims` holds the watch's first list.
+    pub claims_listed: Arc<std::sync::atomic::AtomicBool>,
+    /// Every Node, from one watch (name and conditions only).
+    pub nodes: Store<Node>,
+    /// Set once `nodes` holds the watch's first list.
+    pub nodes_listed: Arc<std::sync::atomic::AtomicBool>,
+    /// How long a persistent link's node may be NotReady before the link is re-homed;
+    /// `None`: never re-home.
+    pub rehome_after: Option<Duration>,
+    /// When each link's status was last written by this replica.
+    pub last_writes: std::sync::Mutex<std::collections::HashMap<(String, String), Written>>,
+}
+
+/// A status this replica wrote: when, and a fingerprint of it (transition times aside).
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    at: Instant,
+    fingerprint: u64,
+}
+
+/// How long a reconcile trusts that a cached link older than this replica's own last
+/// write of it is merely stale (its watch event is on the way), and waits instead of
+/// writing the same status again.
+const OWN_WRITE_SETTLE: Duration = Duration::from_secs(2);
+
+/// A fingerprint of `status` without its transition times (see [`same_but_time`]).
+fn fingerprint(status: &IpcLinkStatus) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut s = status.clone();
+    for c in &mut s.conditions {
+        c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    }
+    s.depths_observed_time = s.depths_observed_time.map(crate::depth::whole_seconds);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&s).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+impl Context {
+    /// Why `node` is lost, if it is: its Node was deleted, or it has not been Ready for
+    /// longer than the re-homing grace. `None` while nodes are not listed yet, when
+    /// re-homing is off, or when the node is fine.
+    fn node_lost(&self, node: &str) -> Option<String> {
+        let grace = self.rehome_after?;
+        if !self.nodes_listed.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let Some(n) = self.nodes.get(&ObjectRef::new(node)) else {
+            return Some("was deleted".into());
+        };
+        let ready = n
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))?;
+        if ready.status == "True" {
+            return None;
+        }
+        let since = ready.last_transition_time.as_ref()?;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let secs = now.duration_since(since.0).as_secs();
+        (secs >= 0 && secs as u64 >= grace.as_secs()).then(|| {
+            format!(
+                "has not been Ready since {} (more than {} s)",
+                since.0,
+                grace.as_secs()
+            )
+        })
+    }
+
+    /// How long a depth-only status write of `key` must still wait, if at all.
+    fn write_wait(&self, key: &(String, String)) -> Option<Duration> {
+        let writes = self.last_writes.lock().unwrap_or_else(|p| p.into_inner());
+        let since = writes.get(key)?.at.elapsed();
+        (since < self.status_min_interval).then(|| self.status_min_interval - since)
+    }
+
+    /// How long to wait for the cache to show `status`, if this replica wrote exactly
+    /// that a moment ago (a reconcile woken by an earlier event sees the link from
+    /// before that write).
+    fn own_write_pending(
+        &self,
+        key: &(String, String),
+        status: &IpcLinkStatus,
+    ) -> Option<Duration> {
+        let writes = self.last_writes.lock().unwrap_or_else(|p| p.into_inner());
+        let w = writes.get(key)?;
+        let since = w.at.elapsed();
+        (since < OWN_WRITE_SETTLE && w.fingerprint == fingerprint(status))
+            .then(|| OWN_WRITE_SETTLE - since)
+    }
+
+    fn wrote(&self, key: (String, String), status: &IpcLinkStatus) {
+        let written = Written {
+            at: Instant::now(),
+            fingerprint: fingerprint(status),
+        };
+        let mut writes = self.last_writes.lock().unwrap_or_else(|p| p.into_inner());
+        writes.insert(key, written);
+    }
+
+    fn forget(&self, key: &(String, String)) {
+        let mut writes = self.last_writes.lock().unwrap_or_else(|p| p.into_inner());
+        writes.remove(key);
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -108,29 +217,30 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
-/// The member pods of `link` in the pod cache.
-fn member_pods(link: &IpcLink, pods: &Store<Pod>) -> Vec<PodView> {
+/// The member pods of `link` in the pod cache, by name.
+fn member_pods(link: &IpcLink, pods: &PodIndex) -> Vec<PodView> {
     let ns = link.namespace().unwrap_or_default();
-    let mut views: Vec<PodView> = pods
-        .state()
+    let selectors: Vec<_> = link
+        .spec
+        .members
         .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|p| p.metadata.deletion_timestamp.is_none() || is_running(p))
-        .filter_map(|p| PodView::of(p, link))
+        .filter_map(|m| m.pod_selector.as_ref())
         .collect();
-    views.sort_by(|a, b| a.name.cmp(&b.name));
-    views
-}
-
-fn is_running(p: &Pod) -> bool {
-    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    if selectors.is_empty() {
+        return Vec::new();
+    }
+    pods.select(&ns, &selectors)
+        .iter()
+        .filter(|p| p.live())
+        .filter_map(|p| p.view(link))
+        .collect()
 }
 
 /// One reconcile: validate → plan → apply → status.
 pub async fn reconcile(link: Arc<IpcLink>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Before the first list of pods, every link would look memberless and a new leader
     // would write Pending over a Ready status: look again once the list is in.
-    if !ctx.pods_listed.load(std::sync::atomic::Ordering::Acquire) {
+    if !ctx.pods.listed() {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
     let start = Instant::now();
@@ -183,6 +293,7 @@ async fn reconcile_inner(
         }
         cleanup(link, ctx).await?;
         remove_finalizer(&api, link).await?;
+        ctx.forget(&(ns.clone(), name.clone()));
         tracing::info!(namespace = %ns, link = %name, "link deleted; cleanup done");
         return Ok((
             Action::await_change(),
@@ -204,7 +315,31 @@ async fn reconcile_inner(
     // Apply: the claim of a persistent-mode link, only once the spec is valid.
     if let (Some(claim), Ok(valid)) = (&link.spec.claim, &validated) {
         match ensure_claim(link, claim, valid.size_limit, ctx).await? {
-            ClaimState::Ours { node, created } => {
+            ClaimState::Ours {
+                node,
+                created,
+                deleting,
+            } => {
+                if deleting {
+                    // Released for re-homing: made again once it is gone.
+                    return Ok((
+                        Action::requeue(Duration::from_secs(1)),
+                        link.status
+                            .as_ref()
+                            .and_then(|s| s.phase)
+                            .unwrap_or(ipclink_core::spec::Phase::Pending),
+                    ));
+                }
+                if let Some(n) = &node
+                    && !pods.iter().any(|p| p.mounted)
+                    && let Some(why) = ctx.node_lost(n)
+                {
+                    rehome(link, n, &why, ctx).await?;
+                    return Ok((
+                        Action::requeue(Duration::from_secs(1)),
+                        ipclink_core::spec::Phase::Pending,
+                    ));
+                }
                 observed.claim_node = node;
                 if created && ctx.fault.as_deref() == Some("exit-after-claim") {
                     tracing::error!("fault injection: exiting after creating the claim");
@@ -217,11 +352,29 @@ async fn reconcile_inner(
     }
     // An inline link lives where a node plugin claimed it (its first publish).
     if link.spec.claim.is_none() {
-        observed.claim_node = claim_holder(&ctx.client, &ns, &name).await?;
+        observed.claim_node = if ctx.claims_listed.load(std::sync::atomic::Ordering::Acquire) {
+            ctx.claims
+                .get(&ObjectRef::new(&ipclink_core::names::link_claim_name(&name)).within(&ns))
+                .and_then(|l| l.spec.as_ref()?.holder_identity.clone())
+        } else {
+            // Not watched (RBAC from before the watch): read it.
+            claim_holder(&ctx.client, &ns, &name).await?
+        };
     }
     let planned = plan::plan(link, &validated, &pods, &observed, &now);
     let phase = planned.phase();
     if !same_but_time(link.status.as_ref(), &planned.status) {
+        let key = (ns.clone(), name.clone());
+        // Depths alone change often: written at most once per interval per link.
+        if only_depths_differ(link.status.as_ref(), &planned.status)
+            && let Some(wait) = ctx.write_wait(&key)
+        {
+            return Ok((Action::requeue(wait), phase));
+        }
+        if let Some(wait) = ctx.own_write_pending(&key, &planned.status) {
+            return Ok((Action::requeue(wait), phase));
+        }
+        ctx.wrote(key, &planned.status);
         write_status(&api, link, planned.status, &ctx.metrics).await?;
     }
     let reference = link.object_ref(&());
@@ -253,9 +406,24 @@ fn same_but_time(old: Option<&IpcLinkStatus>, new: &IpcLinkStatus) -> bool {
         for c in &mut s.conditions {
             c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
         }
+        s.depths_observed_time = s.depths_observed_time.map(crate::depth::whole_seconds);
         s
     };
     strip(old) == strip(new)
+}
+
+/// Whether `new` differs from `old` in its depths only (the figures of `channels`,
+/// `createdObjects`, when they were observed and whether they are stale).
+fn only_depths_differ(old: Option<&IpcLinkStatus>, new: &IpcLinkStatus) -> bool {
+    let Some(old) = old else { return false };
+    let strip = |s: &IpcLinkStatus| IpcLinkStatus {
+        channels: Vec::new(),
+        created_objects: None,
+        depths_observed_time: None,
+        depths_stale: false,
+        ..s.clone()
+    };
+    same_but_time(Some(&strip(old)), &strip(new))
 }
 
 /// The node holding link `namespace/name`'s claim, if a node plugin made one.
@@ -291,15 +459,19 @@ async fn write_status(
     metrics: &OperatorMetrics,
 ) -> Result<(), Error> {
     metrics.status_writes.inc();
-    let body = serde_json::json!({
-        "apiVersion": ipclink_core::spec::API_VERSION,
-        "kind": ipclink_core::spec::KIND,
-        "status": status,
-    });
+    let value = serde_json::to_value(&status)
+        .map_err(|e| kube_err("encode the status")(kube::Error::SerdeError(e)))?;
+    let patch: json_patch::Patch = serde_json::from_value(
+        serde_json::json!([{"op": "add", "path": "/status", "value": value}]),
+    )
+    .map_err(|e| kube_err("build the status patch")(kube::Error::SerdeError(e)))?;
     api.patch_status(
         &link.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&body),
+        &PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..PatchParams::default()
+        },
+        &Patch::Json::<()>(patch),
     )
     .await
     .map(|_| ())
@@ -387,6 +559,56 @@ async fn cleanup(link: &IpcLink, ctx: &Context) -> Result<(), Error> {
     }
 }
 
+/// Re-homing: deletes the claim of a persistent link whose node is lost, so its next
+/// member's scheduling picks a node, and says so in an Event. The claim is deleted with
+/// its uid as precondition; the released volume goes with it (the provisioner deletes
+/// it), and the next reconcile makes a new claim.
+async fn rehome(link: &IpcLink, node: &str, why: &str, ctx: &Context) -> Result<(), Error> {
+    let ns = link.namespace().unwrap_or_default();
+    let name = link.name_any();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(claim) = api
+        .get_opt(&name)
+        .await
+        .map_err(kube_err("read the link's claim"))?
+    else {
+        return Ok(());
+    };
+    let params = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: claim.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => {}
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => return Ok(()),
+        Err(e) => return Err(kube_err("release the link's claim")(e)),
+    }
+    tracing::warn!(namespace = %ns, link = %name, node, why, "released the link's volume: its node is lost");
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "Rehomed".into(),
+        note: Some(format!(
+            "node {node} {why} and no member has the link mounted: released its volume (claim {name}) so the next member's node is chosen again; the link's data did not move: its channels start empty on the new node"
+        )),
+        action: "Rehome".into(),
+        // The lost Node: it also keeps the Events of two re-homings apart (the
+        // recorder folds Events of the same reason and objects into one series).
+        secondary: Some(k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.to_owned()),
+            ..Default::default()
+        }),
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &link.object_ref(&())).await {
+        tracing::warn!(namespace = %ns, link = %name, error = %e, "cannot publish an Event");
+    }
+    Ok(())
+}
+
 fn owned_by(meta: &ObjectMeta, link: &IpcLink) -> bool {
     let uid = link.metadata.uid.as_deref();
     meta.owner_references
@@ -396,7 +618,12 @@ fn owned_by(meta: &ObjectMeta, link: &IpcLink) -> bool {
 }
 
 enum ClaimState {
-    Ours { node: Option<String>, created: bool },
+    Ours {
+        node: Option<String>,
+        created: bool,
+        /// Being deleted (a re-homing in progress).
+        deleting: bool,
+    },
     Foreign(String),
 }
 
@@ -415,6 +642,7 @@ async fn ensure_claim(
             ClaimState::Ours {
                 node: c.annotations().get(SELECTED_NODE).cloned(),
                 created,
+                deleting: c.metadata.deletion_timestamp.is_some(),
             }
         } else {
             ClaimState::Foreign(format!(
@@ -482,6 +710,46 @@ async fn ensure_claim(
     }
 }
 
+/// A reflected watch of `api` whose objects are trimmed by `trim` before they are
+/// stored: its store, a flag set once the store holds the first list, and the stream of
+/// changed objects.
+#[allow(clippy::type_complexity)]
+fn reflected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: impl FnMut(&mut K) + Send + 'static,
+) -> (
+    Store<K>,
+    Arc<std::sync::atomic::AtomicBool>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (flag, ready) = (listed.clone(), store.clone());
+    tokio::spawn(async move {
+        if ready.wait_until_ready().await.is_ok() {
+            flag.store(true, std::sync::atomic::Ordering::Release);
+        }
+    });
+    let stream = reflector(
+        writer,
+        watcher(api, config)
+            .backoff(Reconnect::default())
+            .modify(trim),
+    )
+    .touched_objects();
+    (store, listed, stream)
+}
+
 /// Reconnect backoff for every watch: 250 ms doubling to at most 4 s, reset by the
 /// first event. kube's default climbs to 30 s, which leaves a restarted API server's
 /// changes unseen for half a minute.
@@ -529,6 +797,12 @@ pub struct Settings {
     pub fault: Option<String>,
     /// Name this operator reports in Events.
     pub instance: String,
+    /// How pods are cached and found.
+    pub pod_cache: PodCache,
+    /// See [`Context::status_min_interval`].
+    pub status_min_interval: Duration,
+    /// See [`Context::rehome_after`].
+    pub rehome_after: Option<Duration>,
 }
 
 /// Everything the controller shares with the rest of the process.
@@ -565,30 +839,72 @@ pub async fn run(
     let links: Api<IpcLink> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
     let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(client.clone());
 
-    let (pod_store, pod_writer) = reflector::store();
-    let pods_listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (listed, store) = (pods_listed.clone(), pod_store.clone());
-    tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            listed.store(true, std::sync::atomic::Ordering::Release);
-        }
-    });
-    let pod_stream = reflector(
-        pod_writer,
-        watcher(pods, watcher::Config::default()).backoff(Reconnect::default()),
+    let pod_index = Arc::new(PodIndex::new(settings.pod_cache));
+    let index = pod_index.clone();
+    // The index keeps what the operator reads of each pod, and is fed before the event
+    // wakes a link.
+    let pod_stream = watcher(pods, watcher::Config::default())
+        .backoff(Reconnect::default())
+        .inspect(move |e| {
+            if let Ok(e) = e {
+                index.apply(e);
+            }
+        })
+        .touched_objects();
+
+    // Nodes: only whether each exists and is Ready (re-homing of persistent links).
+    let (node_store, nodes_listed, node_stream) =
+        reflected(nodes, watcher::Config::default(), |n: &mut Node| {
+            let conditions = n
+                .status
+                .take()
+                .and_then(|s| s.conditions)
+                .map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect());
+            n.metadata.managed_fields = None;
+            n.metadata.annotations = None;
+            n.metadata.labels = None;
+            n.spec = None;
+            n.status = Some(k8s_openapi::api::core::v1::NodeStatus {
+                conditions,
+                ..Default::default()
+            });
+        });
+
+    // Inline links' claims: which node holds each.
+    let (lease_store, leases_listed, lease_stream) = reflected(
+        Api::<Lease>::all(client.clone()),
+        watcher::Config::default().labels(LINK_LABEL),
+        |l: &mut Lease| l.metadata.managed_fields = None,
+    );
+
+    let (link_store, link_writer) = reflector::store();
+    let pod_cache = settings.pod_cache;
+    let link_index = Arc::new(LinkIndex::default());
+    let names = link_index.clone();
+    // Managed fields are the largest part of a link that has a status (a tree of
+    // field names per writer), and nothing here reads them.
+    let link_stream = reflector(
+        link_writer,
+        watcher(links, watcher::Config::default())
+            .modify(|l: &mut IpcLink| l.metadata.managed_fields = None),
     )
+    .inspect(move |e| {
+        if let Ok(e) = e {
+            names.apply(e);
+        }
+    })
     .applied_objects();
-
-    let controller = Controller::new(links, watcher::Config::default())
+    let controller = Controller::for_stream(link_stream, link_store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .trigger_backoff(Reconnect::default());
-    let link_store = controller.store();
     let _ = ready.send(Shared {
         links: link_store.clone(),
         depths: depths.clone(),
     });
     let mapper_store = link_store.clone();
+    let node_links_store = link_store.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -598,12 +914,18 @@ pub async fn run(
             },
         ),
         client,
-        pods: pod_store,
-        pods_listed,
+        pods: pod_index,
         metrics,
         depths,
         fault: settings.fault,
         resync: settings.resync,
+        status_min_interval: settings.status_min_interval,
+        last_writes: std::sync::Mutex::default(),
+        nodes: node_store,
+        nodes_listed,
+        claims: lease_store,
+        claims_listed: leases_listed,
+        rehome_after: settings.rehome_after,
     });
     controller
         .owns(claims, watcher::Config::default().labels(LINK_LABEL))
@@ -613,15 +935,45 @@ pub async fn run(
             let ns = pod.namespace().unwrap_or_default();
             let name = pod.name_any();
             let labels = pod.labels().clone();
-            mapper_store
-                .state()
+            let candidates = match pod_cache {
+                PodCache::Slim => link_index
+                    .candidates(&ns, &name, &labels)
+                    .into_iter()
+                    .filter_map(|l| mapper_store.get(&ObjectRef::new(&l).within(&ns)))
+                    .collect(),
+                PodCache::Full => mapper_store
+                    .state()
+                    .into_iter()
+                    .filter(|l| l.namespace().as_deref() == Some(ns.as_str()))
+                    .collect::<Vec<_>>(),
+            };
+            candidates
                 .into_iter()
-                .filter(|l| l.namespace().as_deref() == Some(ns.as_str()))
                 .filter(|l| {
                     !ipclink_core::members::members_of(l, &labels).is_empty()
                         || l.status
                             .as_ref()
                             .is_some_and(|s| s.members.iter().any(|m| m.pod == name))
+                })
+                .map(|l| ObjectRef::from_obj(&*l))
+                .collect::<Vec<_>>()
+        })
+        // A claim taken or released wakes its link.
+        .watches_stream(lease_stream, |lease: Lease| {
+            let ns = lease.namespace().unwrap_or_default();
+            lease
+                .labels()
+                .get(LINK_LABEL)
+                .map(|link| ObjectRef::new(link).within(&ns))
+        })
+        // A Node's change or deletion wakes the links that live on it.
+        .watches_stream(node_stream, move |node: Node| {
+            let name = node.name_any();
+            node_links_store
+                .state()
+                .into_iter()
+                .filter(|l| {
+                    l.status.as_ref().and_then(|s| s.node.as_deref()) == Some(name.as_str())
                 })
                 .map(|l| ObjectRef::from_obj(&*l))
                 .collect::<Vec<_>>()
@@ -650,6 +1002,32 @@ mod tests {
                     .boxed(),
             ),
         }
+    }
+
+    #[test]
+    fn a_status_read_back_in_whole_seconds_is_not_written_again() {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let planned = IpcLinkStatus {
+            depths_observed_time: Some(Time(now)),
+            ..IpcLinkStatus::default()
+        };
+        // The API server keeps seconds: what it returns is the same status.
+        let stored: IpcLinkStatus = serde_json::from_value(serde_json::json!({
+            "depthsObservedTime": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        }))
+        .expect("status");
+        assert!(same_but_time(Some(&stored), &planned));
+        let later = IpcLinkStatus {
+            depths_observed_time: Some(Time(now + k8s_openapi::jiff::SignedDuration::from_secs(2))),
+            ..IpcLinkStatus::default()
+        };
+        assert!(!same_but_time(Some(&stored), &later));
+        assert!(only_depths_differ(Some(&stored), &later));
+        let other_phase = IpcLinkStatus {
+            phase: Some(ipclink_core::spec::Phase::Ready),
+            ..later
+        };
+        assert!(!only_depths_differ(Some(&stored), &other_phase));
     }
 
     #[test]

@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use ipclink_core::IpcLink;
 use ipclink_core::probe::LinkSample;
@@ -26,6 +29,11 @@ pub struct Sources {
     pub interval: Duration,
     /// Time allowed for one endpoint.
     pub timeout: Duration,
+    /// Endpoints asked at once.
+    pub concurrency: usize,
+    /// An endpoint's last figures are shown for this many intervals after it stopped
+    /// answering; then they are shown as stale (objects without figures).
+    pub stale_after: u32,
 }
 
 impl std::fmt::Debug for Sources {
@@ -83,6 +91,28 @@ pub struct LinkDepths {
     pub channels: Vec<ChannelStatus>,
     /// How many objects members created, in all.
     pub created: u64,
+    /// When the node plugin first reported these figures.
+    pub observed: Option<Time>,
+    /// The node plugin stopped answering: `channels` carry no figures.
+    pub stale: bool,
+}
+
+impl LinkDepths {
+    /// The same figures, whenever they were observed.
+    fn same_figures(&self, other: &LinkDepths) -> bool {
+        (&self.channels, self.created, self.stale) == (&other.channels, other.created, other.stale)
+    }
+
+    /// These depths once their endpoint has not answered for too long: the objects
+    /// stay listed, their figures go (never shown as 0).
+    fn into_stale(mut self) -> LinkDepths {
+        for c in &mut self.channels {
+            c.queue_bytes = None;
+            c.value = None;
+        }
+        self.stale = true;
+        self
+    }
 }
 
 /// What a link's status shows of a sample.
@@ -110,18 +140,110 @@ pub fn channel_status(sample: &LinkSample) -> LinkDepths {
     LinkDepths {
         channels,
         created: total,
+        observed: None,
+        stale: false,
     }
 }
 
-/// Gathers every `interval` until shutdown; links whose depths changed are sent on
-/// `changed` (their next status write carries the new depths).
+/// `t` without its fraction of a second, as the API server stores and returns it.
+pub fn whole_seconds(t: Time) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(t.0.as_second()).unwrap_or(t.0))
+}
+
+/// What one endpoint last answered.
+#[derive(Debug, Clone)]
+struct Answer {
+    when: Instant,
+    at: Time,
+    links: Vec<LinkSample>,
+}
+
+/// The figures of one round.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Endpoints that answered.
+    pub answered: usize,
+    /// Endpoints that did not answer; their last figures are still shown.
+    pub failed: usize,
+    /// Endpoints that have not answered for `stale_after` intervals.
+    pub stale: usize,
+    /// How long the round took.
+    pub took: Duration,
+}
+
+/// Asks every endpoint, `concurrency` at a time, and folds the answers into `answers`
+/// (an endpoint that does not answer keeps its last answer; one that is gone is
+/// forgotten). Returns the depths of every link and the round's figures.
+async fn gather(
+    sources: &Sources,
+    answers: &mut HashMap<String, Answer>,
+) -> (HashMap<(String, String), LinkDepths>, Round) {
+    let start = Instant::now();
+    let endpoints = endpoints(sources).await;
+    let timeout = sources.timeout;
+    let results: Vec<(String, String, anyhow::Result<Vec<LinkSample>>)> =
+        futures::stream::iter(endpoints)
+            .map(|(node, endpoint)| async move {
+                let r = fetch(&endpoint, timeout).await;
+                (node, endpoint, r)
+            })
+            .buffer_unordered(sources.concurrency.max(1))
+            .collect()
+            .await;
+    let mut round = Round::default();
+    let mut listed = std::collections::HashSet::new();
+    for (node, endpoint, result) in results {
+        listed.insert(endpoint.clone());
+        match result {
+            Ok(links) => {
+                round.answered += 1;
+                answers.insert(
+                    endpoint,
+                    Answer {
+                        when: Instant::now(),
+                        // Whole seconds, as the API server keeps it: a finer stamp
+                        // would differ from its own stored copy at every reconcile.
+                        at: whole_seconds(Time(k8s_openapi::jiff::Timestamp::now())),
+                        links,
+                    },
+                );
+            }
+            Err(e) => {
+                round.failed += 1;
+                tracing::debug!(node, endpoint, error = %e, "cannot gather depths");
+            }
+        }
+    }
+    answers.retain(|e, _| listed.contains(e));
+    let stale_after = sources.interval * sources.stale_after.max(1);
+    let mut next = HashMap::new();
+    for answer in answers.values() {
+        let stale = answer.when.elapsed() > stale_after;
+        round.stale += usize::from(stale);
+        for l in &answer.links {
+            let mut d = channel_status(l);
+            d.observed = Some(answer.at.clone());
+            next.insert(
+                (l.namespace.to_string(), l.name.to_string()),
+                if stale { d.into_stale() } else { d },
+            );
+        }
+    }
+    round.took = start.elapsed();
+    (next, round)
+}
+
+/// Gathers every `interval` until shutdown; links whose figures changed are sent on
+/// `changed` (their next status write carries them). `rounds` gets each round's figures.
 pub async fn run(
     sources: Sources,
     depths: Depths,
     changed: futures::channel::mpsc::Sender<ObjectRef<IpcLink>>,
+    rounds: impl Fn(Round) + Send,
     shutdown: Shutdown,
 ) {
     let mut changed = changed;
+    let mut answers = HashMap::new();
     let mut tick = tokio::time::interval(sources.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -129,27 +251,26 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = shutdown.wait() => return,
         }
-        let mut next: HashMap<(String, String), LinkDepths> = HashMap::new();
-        for (node, endpoint) in endpoints(&sources).await {
-            match fetch(&endpoint, sources.timeout).await {
-                Ok(links) => {
-                    for l in &links {
-                        next.insert(
-                            (l.namespace.to_string(), l.name.to_string()),
-                            channel_status(l),
-                        );
-                    }
-                }
-                Err(e) => tracing::warn!(node, endpoint, error = %e, "cannot gather depths"),
-            }
+        let (mut next, round) = gather(&sources, &mut answers).await;
+        if round.failed > 0 {
+            tracing::warn!(
+                failed = round.failed,
+                stale = round.stale,
+                answered = round.answered,
+                "some node plugins did not answer with depths"
+            );
         }
+        rounds(round);
         let wake: Vec<ObjectRef<IpcLink>> = {
             let mut current = depths.lock().unwrap_or_else(|p| p.into_inner());
-            let wake = next
-                .iter()
-                .filter(|(k, v)| current.get(*k) != Some(*v))
-                .map(|((ns, name), _)| ObjectRef::new(name).within(ns))
-                .collect();
+            let mut wake = Vec::new();
+            for (k, v) in &mut next {
+                match current.get(k) {
+                    // Same figures: keep when they were first seen, wake nobody.
+                    Some(old) if old.same_figures(v) => v.observed = old.observed.clone(),
+                    _ => wake.push(ObjectRef::new(&k.1).within(&k.0)),
+                }
+            }
             *current = next;
             wake
         };
@@ -158,5 +279,121 @@ pub async fn run(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A `/v1/links` endpoint on loopback answering `body` to each request (or, with
+    /// `None`, accepting connections and never answering).
+    fn endpoint(body: Option<String>) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                match &body {
+                    Some(body) => {
+                        let mut buf = [0u8; 4096];
+                        let _ = conn.read(&mut buf);
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                    }
+                    None => held.push(conn),
+                }
+            }
+        });
+        addr
+    }
+
+    fn links_body(link: &str, queued: u64) -> String {
+        let sample = LinkSample {
+            namespace: "ns".into(),
+            name: link.into(),
+            channels: vec![ipclink_core::probe::ChannelSample {
+                info: Arc::new(ipclink_core::probe::ObjectInfo {
+                    name: "events".into(),
+                    kind: "fifo".into(),
+                    ..Default::default()
+                }),
+                present: true,
+                queue_bytes: Some(queued),
+                ..Default::default()
+            }],
+            ..LinkSample::default()
+        };
+        serde_json::to_string(&ipclink_core::report::LinksReport {
+            links: vec![sample],
+            members: Vec::new(),
+        })
+        .expect("json")
+    }
+
+    #[tokio::test]
+    async fn a_silent_endpoint_keeps_its_figures_then_shows_them_stale() {
+        let good = endpoint(Some(links_body("a", 7)));
+        let silent = endpoint(None);
+        let mut sources = Sources {
+            endpoints: vec![("n1".into(), good.clone()), ("n2".into(), silent.clone())],
+            plugins: None,
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(200),
+            concurrency: 8,
+            stale_after: 3,
+        };
+        let mut answers = HashMap::new();
+        let (first, round) = gather(&sources, &mut answers).await;
+        assert_eq!((round.answered, round.failed, round.stale), (1, 1, 0));
+        let a = first.get(&("ns".into(), "a".into())).expect("link a");
+        assert_eq!(a.channels[0].queue_bytes, Some(7));
+        assert!(!a.stale && a.observed.is_some());
+
+        // n1 stops answering: its figures stay until stale_after intervals passed …
+        sources.endpoints = vec![("n1".into(), silent.clone())];
+        answers.insert(silent.clone(), answers[&good].clone());
+        let (kept, round) = gather(&sources, &mut answers).await;
+        assert_eq!((round.answered, round.failed, round.stale), (0, 1, 0));
+        assert_eq!(
+            kept[&("ns".into(), "a".into())].channels[0].queue_bytes,
+            Some(7)
+        );
+        // … then they are shown stale: the channel stays, its figure goes.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let (stale, round) = gather(&sources, &mut answers).await;
+        assert_eq!((round.answered, round.failed, round.stale), (0, 1, 1));
+        let a = &stale[&("ns".into(), "a".into())];
+        assert!(a.stale);
+        assert_eq!(a.channels[0].name, "events");
+        assert_eq!(a.channels[0].queue_bytes, None);
+        assert!(!a.same_figures(&kept[&("ns".into(), "a".into())]));
+    }
+
+    #[tokio::test]
+    async fn endpoints_are_asked_concurrently_within_the_timeout() {
+        let mut endpoints = Vec::new();
+        for i in 0..40 {
+            let body = (i % 10 != 0).then(|| links_body(&format!("l{i}"), i));
+            endpoints.push((format!("n{i}"), endpoint(body)));
+        }
+        let sources = Sources {
+            endpoints,
+            plugins: None,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            concurrency: 64,
+            stale_after: 3,
+        };
+        let (links, round) = gather(&sources, &mut HashMap::new()).await;
+        assert_eq!((round.answered, round.failed), (36, 4));
+        assert_eq!(links.len(), 36);
+        // Four silent endpoints one after another would take 2 s.
+        assert!(round.took < Duration::from_millis(1500), "{:?}", round.took);
     }
 }

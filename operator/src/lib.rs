@@ -16,6 +16,7 @@ pub mod leader;
 pub mod metrics;
 pub mod permissions;
 pub mod plan;
+pub mod podcache;
 pub mod pods;
 pub mod provision;
 pub mod remove;

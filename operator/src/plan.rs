@@ -161,6 +161,23 @@ pub fn plan(
         created_objects: observed.channels.as_ref().map_or(old.created_objects, |d| {
             (d.created > 0).then_some(d.created)
         }),
+        // Figures the status already shows keep their stamp: a restarted or new leader
+        // observes them afresh, and would otherwise rewrite every link.
+        depths_observed_time: match &observed.channels {
+            Some(d)
+                if !(old.depths_observed_time.is_some()
+                    && d.channels == old.channels
+                    && (d.created > 0).then_some(d.created) == old.created_objects
+                    && d.stale == old.depths_stale) =>
+            {
+                d.observed.clone()
+            }
+            _ => old.depths_observed_time.clone(),
+        },
+        depths_stale: observed
+            .channels
+            .as_ref()
+            .map_or(old.depths_stale, |d| d.stale),
         channel_count: Some(channel_count),
         observed_generation: generation,
     };
@@ -352,4 +369,62 @@ fn notes(
         });
     }
     notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipclink_core::spec::ChannelStatus;
+
+    fn at(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).expect("time"))
+    }
+
+    fn depths(queued: u64, observed: i64) -> LinkDepths {
+        LinkDepths {
+            channels: vec![ChannelStatus {
+                name: "events".into(),
+                kind: "fifo".into(),
+                queue_bytes: Some(queued),
+                value: None,
+                discovered: false,
+            }],
+            created: 0,
+            observed: Some(at(observed)),
+            stale: false,
+        }
+    }
+
+    #[test]
+    fn figures_already_shown_keep_their_stamp() {
+        let mut link = ipclink_core::parse_links(
+            "vision",
+            "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: {name: frames, namespace: vision}\nspec:\n  channels: [{name: events, kind: fifo}]\n",
+        )
+        .expect("link")
+        .remove(0);
+        let validated = ipclink_core::validate(&link);
+        let first = Observed {
+            channels: Some(depths(7, 1_000)),
+            ..Observed::default()
+        };
+        let status = plan(&link, &validated, &[], &first, &at(1_000)).status;
+        assert_eq!(status.depths_observed_time, Some(at(1_000)));
+        link.status = Some(status);
+        // A new leader sees the same figures later: nothing to write.
+        let again = Observed {
+            channels: Some(depths(7, 2_000)),
+            ..Observed::default()
+        };
+        let status = plan(&link, &validated, &[], &again, &at(2_000)).status;
+        assert_eq!(status.depths_observed_time, Some(at(1_000)));
+        assert_eq!(Some(&status), link.status.as_ref());
+        // New figures bring their own stamp.
+        let moved = Observed {
+            channels: Some(depths(9, 3_000)),
+            ..Observed::default()
+        };
+        let status = plan(&link, &validated, &[], &moved, &at(3_000)).status;
+        assert_eq!(status.depths_observed_time, Some(at(3_000)));
+    }
 }

@@ -3,7 +3,9 @@
 
 use ipclink_core::IpcLink;
 use ipclink_core::names::DRIVER_NAME;
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
 
 /// What the operator needs of one pod selected by a link's members.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,87 +36,183 @@ pub struct Identity {
     pub groups: Vec<u32>,
 }
 
+/// What the operator keeps of a pod: a few strings and numbers instead of the whole
+/// object (a `Pod` decoded by k8s-openapi takes kilobytes even when most of it is empty,
+/// and a cluster has tens of thousands).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlimPod {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// It has a deletion timestamp.
+    pub deleting: bool,
+    /// Node it is bound to.
+    pub node: Option<String>,
+    /// Its phase is Running.
+    pub running: bool,
+    /// The volumes that may reference a link: our driver's inline volumes and claims.
+    pub volumes: Vec<SlimVolume>,
+    /// Its containers.
+    pub containers: Vec<SlimContainer>,
+    /// Pod-level `runAsUser`, `runAsGroup`, `fsGroup`.
+    pub run_as_user: Option<i64>,
+    /// See `run_as_user`.
+    pub run_as_group: Option<i64>,
+    /// See `run_as_user`.
+    pub fs_group: Option<i64>,
+    /// `supplementalGroups`.
+    pub supplemental_groups: Vec<i64>,
+}
+
+/// A volume of a [`SlimPod`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlimVolume {
+    /// Volume name.
+    pub name: String,
+    /// The `link` attribute of an inline volume of our driver.
+    pub inline_link: Option<String>,
+    /// The claim a `persistentVolumeClaim` volume names.
+    pub claim: Option<String>,
+}
+
+/// A container of a [`SlimPod`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlimContainer {
+    /// Container name.
+    pub name: String,
+    /// Container-level `runAsUser`.
+    pub run_as_user: Option<i64>,
+    /// Container-level `runAsGroup`.
+    pub run_as_group: Option<i64>,
+    /// Names of the volumes it mounts (of those the pod keeps).
+    pub mounts: Vec<String>,
+}
+
+impl SlimPod {
+    /// The fields of `pod` the operator reads.
+    pub fn of(pod: &Pod) -> SlimPod {
+        let spec = pod.spec.as_ref();
+        let volumes: Vec<SlimVolume> = spec
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| {
+                let inline_link = v.csi.as_ref().filter(|c| c.driver == DRIVER_NAME).map(|c| {
+                    c.volume_attributes
+                        .as_ref()
+                        .and_then(|a| a.get("link"))
+                        .cloned()
+                        .unwrap_or_default()
+                });
+                let claim = v
+                    .persistent_volume_claim
+                    .as_ref()
+                    .map(|c| c.claim_name.clone());
+                (inline_link.is_some() || claim.is_some()).then(|| SlimVolume {
+                    name: v.name.clone(),
+                    inline_link,
+                    claim,
+                })
+            })
+            .collect();
+        let containers = spec
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|c| {
+                let sc = c.security_context.as_ref();
+                SlimContainer {
+                    name: c.name.clone(),
+                    run_as_user: sc.and_then(|s| s.run_as_user),
+                    run_as_group: sc.and_then(|s| s.run_as_group),
+                    mounts: c
+                        .volume_mounts
+                        .iter()
+                        .flatten()
+                        .filter(|m| volumes.iter().any(|v| v.name == m.name))
+                        .map(|m| m.name.clone())
+                        .collect(),
+                }
+            })
+            .collect();
+        let psc = spec.and_then(|s| s.security_context.as_ref());
+        SlimPod {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            deleting: pod.metadata.deletion_timestamp.is_some(),
+            node: spec.and_then(|s| s.node_name.clone()),
+            running: pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"),
+            volumes,
+            containers,
+            run_as_user: psc.and_then(|p| p.run_as_user),
+            run_as_group: psc.and_then(|p| p.run_as_group),
+            fs_group: psc.and_then(|p| p.fs_group),
+            supplemental_groups: psc
+                .and_then(|p| p.supplemental_groups.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 impl PodView {
     /// Reads a pod for `link`; `None` when no member of the link selects it.
     pub fn of(pod: &Pod, link: &IpcLink) -> Option<PodView> {
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        let members = ipclink_core::members::members_of(link, &labels);
+        PodView::of_slim(&SlimPod::of(pod), link)
+    }
+
+    /// Reads a cached pod for `link`; `None` when no member of the link selects it.
+    pub fn of_slim(pod: &SlimPod, link: &IpcLink) -> Option<PodView> {
+        let members = ipclink_core::members::members_of(link, &pod.labels);
         if members.is_empty() {
             return None;
         }
         let link_name = link.metadata.name.as_deref().unwrap_or_default();
-        let spec = pod.spec.as_ref();
-        let volumes: Vec<&str> = spec
-            .and_then(|s| s.volumes.as_ref())
-            .into_iter()
-            .flatten()
+        let volumes: Vec<&str> = pod
+            .volumes
+            .iter()
             .filter(|v| {
-                let inline = v.csi.as_ref().is_some_and(|c| {
-                    c.driver == DRIVER_NAME
-                        && c.volume_attributes
-                            .as_ref()
-                            .and_then(|a| a.get("link"))
-                            .is_some_and(|l| l == link_name)
-                });
-                let claim = link.spec.claim.is_some()
-                    && v.persistent_volume_claim
-                        .as_ref()
-                        .is_some_and(|c| c.claim_name == link_name);
-                inline || claim
+                v.inline_link.as_deref() == Some(link_name)
+                    || (link.spec.claim.is_some() && v.claim.as_deref() == Some(link_name))
             })
             .map(|v| v.name.as_str())
             .collect();
         let uses_link = !volumes.is_empty();
-        let identities = spec.map(|s| identities(s, &volumes)).unwrap_or_default();
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        let node = spec.and_then(|s| s.node_name.clone());
         Some(PodView {
-            name: pod.metadata.name.clone().unwrap_or_default(),
+            name: pod.name.clone(),
             members,
-            mounted: uses_link && node.is_some() && phase == Some("Running"),
-            node,
+            mounted: uses_link && pod.node.is_some() && pod.running,
+            node: pod.node.clone(),
             uses_link,
-            identities,
+            identities: identities(pod, &volumes),
         })
     }
 }
 
 /// The identities of the containers that mount one of `volumes` (every container when
 /// `volumes` is empty or no container mounts them).
-pub fn identities(spec: &PodSpec, volumes: &[&str]) -> Vec<Identity> {
-    let pod = spec.security_context.as_ref();
-    let mounting: Vec<_> = spec
+pub fn identities(pod: &SlimPod, volumes: &[&str]) -> Vec<Identity> {
+    let mounting: Vec<&SlimContainer> = pod
         .containers
         .iter()
-        .filter(|c| {
-            c.volume_mounts
-                .iter()
-                .flatten()
-                .any(|m| volumes.contains(&m.name.as_str()))
-        })
+        .filter(|c| c.mounts.iter().any(|m| volumes.contains(&m.as_str())))
         .collect();
     let chosen = if mounting.is_empty() {
-        spec.containers.iter().collect()
+        pod.containers.iter().collect()
     } else {
         mounting
     };
     chosen
         .into_iter()
         .map(|c| {
-            let sc = c.security_context.as_ref();
-            let uid = sc
-                .and_then(|s| s.run_as_user)
-                .or_else(|| pod.and_then(|p| p.run_as_user));
-            let gid = sc
-                .and_then(|s| s.run_as_group)
-                .or_else(|| pod.and_then(|p| p.run_as_group));
+            let uid = c.run_as_user.or(pod.run_as_user);
+            let gid = c.run_as_group.or(pod.run_as_group);
             let mut groups: Vec<i64> = gid.into_iter().collect();
-            groups.extend(pod.and_then(|p| p.fs_group));
-            groups.extend(
-                pod.and_then(|p| p.supplemental_groups.clone())
-                    .into_iter()
-                    .flatten(),
-            );
+            groups.extend(pod.fs_group);
+            groups.extend(pod.supplemental_groups.iter().copied());
             let mut groups: Vec<u32> = groups
                 .into_iter()
                 .filter_map(|g| u32::try_from(g).ok())

@@ -89,6 +89,8 @@ fn links_are_reconciled_on_a_real_apiserver() {
             &sidecar_port.to_string(),
             "--depth-interval-seconds",
             "1",
+            "--status-min-interval-seconds",
+            "3",
         ],
         &[],
     );
@@ -205,13 +207,14 @@ fn links_are_reconciled_on_a_real_apiserver() {
     assert_eq!(v["status"]["phase"], "Pending", "{v:#}");
 
     // Members on two nodes, and a writer whose uid cannot write its channel. The node
-    // plugin of node-b claimed the link first (its Lease): the link lives there, so the
+    // plugin of node-b claimed the link first (its Lease, labelled with the link as the
+    // node plugin labels it): the link lives there, so the
     // member on node-a is the one named as elsewhere (by member count and name alone it
     // would be node-a).
     let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases");
     cp.create(
         &leases,
-        r#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"ipclink-frames"},"spec":{"holderIdentity":"node-b"}}"#,
+        r#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"ipclink-frames","labels":{"ipclink.dev/link":"frames"}},"spec":{"holderIdentity":"node-b"}}"#,
     );
     let pods = format!("/api/v1/namespaces/{NS}/pods");
     cp.create(
@@ -373,6 +376,42 @@ fn links_are_reconciled_on_a_real_apiserver() {
             .all(|c| c.get("queueBytes").is_none())),
         "a region's size is no queue: {v:#}"
     );
+    assert!(v["status"]["depthsObservedTime"].is_string(), "{v:#}");
+    assert!(v["status"].get("depthsStale").is_none(), "{v:#}");
+
+    // Depths that change at every round (1 s) are written at most once per
+    // --status-min-interval-seconds (3 s), and the last figures still arrive.
+    let writes = |text: &str| metric(text, "ipclink_status_writes_total", &[]).unwrap_or(0.0);
+    let before = writes(&op.metrics());
+    let started = std::time::Instant::now();
+    for i in 0..8 {
+        std::fs::write(
+            scratch.path().join(format!("root/vision/frames/made-{i}")),
+            [1u8; 64],
+        )
+        .expect("another region");
+        std::thread::sleep(std::time::Duration::from_millis(750));
+    }
+    let spent = started.elapsed().as_secs_f64();
+    let during = writes(&op.metrics()) - before;
+    assert!(
+        during >= 1.0 && during <= (spent / 3.0).ceil() + 1.0,
+        "{during} status writes in {spent:.1} s of changing depths"
+    );
+    cp.wait_for(&path, "the last depths in status", CONVERGE, |v| {
+        v["status"]["createdObjects"] == 9
+    });
+    // Once the figures stop changing, so do the writes (a stamp finer than the API
+    // server keeps would differ from the stored one and be written again and again).
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let settled = writes(&op.metrics());
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    assert_eq!(
+        writes(&op.metrics()),
+        settled,
+        "status written with nothing new"
+    );
+
     // The operator names each link for alerts; the channel families are the node
     // plugins' own and not exported here a second time.
     let text = op.metrics();
@@ -416,6 +455,13 @@ fn links_are_reconciled_on_a_real_apiserver() {
     );
     assert!(
         metric(&text, "ipclink_reconcile_duration_seconds_count", &[]).is_some_and(|n| n >= 5.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "ipclink_depth_endpoints", &[("state", "answered")])
+            .is_some_and(|n| n >= 1.0)
+            && metric(&text, "ipclink_depth_round_duration_seconds_count", &[])
+                .is_some_and(|n| n >= 1.0),
         "{text}"
     );
 

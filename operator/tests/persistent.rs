@@ -12,12 +12,33 @@ use serde_json::json;
 
 const NS: &str = "vision";
 
-#[test]
-fn the_first_member_picks_the_node_and_the_rest_follow() {
+/// A control plane with the scheduler and controllers, the CRD and the namespace.
+fn scheduling_cluster() -> ControlPlane {
     let mut cp = ControlPlane::start();
     cp.start_scheduling();
     cp.install_ipclink_crd();
     cp.namespace(NS);
+    cp
+}
+
+/// The `ipclink` StorageClass: WaitForFirstConsumer, reclaim Delete.
+fn storage_class(cp: &ControlPlane) {
+    cp.create(
+        "/apis/storage.k8s.io/v1/storageclasses",
+        &json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "ipclink"},
+            "provisioner": "csi.ipclink.dev",
+            "volumeBindingMode": "WaitForFirstConsumer",
+            "reclaimPolicy": "Delete",
+        })
+        .to_string(),
+    );
+}
+
+#[test]
+fn the_first_member_picks_the_node_and_the_rest_follow() {
+    let cp = scheduling_cluster();
     // Node names as clouds give them: FQDNs, up to the longest a Node may have (253
     // characters), whose first 46 characters are the same. Our topology label holds each
     // name's short form; the volume's node affinity must use the same.
@@ -33,17 +54,7 @@ fn the_first_member_picks_the_node_and_the_rest_follow() {
     for n in &nodes {
         cp.add_node(n);
     }
-    cp.create(
-        "/apis/storage.k8s.io/v1/storageclasses",
-        &json!({
-            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-            "metadata": {"name": "ipclink"},
-            "provisioner": "csi.ipclink.dev",
-            "volumeBindingMode": "WaitForFirstConsumer",
-            "reclaimPolicy": "Delete",
-        })
-        .to_string(),
-    );
+    storage_class(&cp);
     let _op = Operator::start(OPERATOR, &cp, &[], &[]);
     let spec = json!({
         "sizeLimit": "8Mi",
@@ -185,4 +196,176 @@ fn the_first_member_picks_the_node_and_the_rest_follow() {
         CONVERGE,
         |v| v["code"] == 404,
     );
+}
+
+/// The claim of link `frames`: (uid, selected node, volume name).
+fn claim_of(cp: &ControlPlane) -> (String, Option<String>, Option<String>) {
+    let (_, c) = cp.get_json(&format!(
+        "/api/v1/namespaces/{NS}/persistentvolumeclaims/frames"
+    ));
+    (
+        c["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
+        c["metadata"]["annotations"]["volume.kubernetes.io/selected-node"]
+            .as_str()
+            .map(str::to_owned),
+        c["spec"]["volumeName"].as_str().map(str::to_owned),
+    )
+}
+
+/// Schedules member `name` and waits until the link's claim is bound on its node.
+fn place(cp: &ControlPlane, name: &str) -> (String, String, String) {
+    let pods = format!("/api/v1/namespaces/{NS}/pods");
+    cp.create(
+        &pods,
+        &pod(name, "camera", "frames", None, 1000, None, true),
+    );
+    let v = cp.wait_for(
+        &format!("{pods}/{name}"),
+        "member scheduled",
+        std::time::Duration::from_secs(90),
+        |v| v["spec"]["nodeName"].is_string(),
+    );
+    let node = v["spec"]["nodeName"].as_str().expect("node").to_owned();
+    cp.wait_for(
+        &format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/frames"),
+        "claim bound",
+        CONVERGE,
+        |v| v["status"]["phase"] == "Bound",
+    );
+    set_running(cp, NS, name);
+    let (uid, selected, volume) = claim_of(cp);
+    assert_eq!(selected.as_deref(), Some(node.as_str()));
+    (node, uid, volume.expect("bound claim has a volume"))
+}
+
+fn rehomed_events(cp: &ControlPlane) -> Vec<String> {
+    events(cp, NS, "frames")
+        .into_iter()
+        .filter(|(t, r, _)| t == "Warning" && r == "Rehomed")
+        .map(|(_, _, n)| n)
+        .collect()
+}
+
+#[test]
+fn a_link_whose_node_is_lost_is_released_once_no_member_mounts_it() {
+    let cp = scheduling_cluster();
+    let nodes = [
+        "node-a.rack-1.example.com",
+        "node-b.rack-2.example.com",
+        "node-c.rack-3.example.com",
+    ];
+    cp.add_node(nodes[0]);
+    cp.add_node(nodes[1]);
+    storage_class(&cp);
+    let _op = Operator::start(OPERATOR, &cp, &["--rehome-after-seconds", "3"], &[]);
+    let spec = json!({
+        "sizeLimit": "8Mi",
+        "claim": {},
+        "members": [{"name": "camera", "podSelector": {"matchLabels": {"app": "camera"}}}],
+        "channels": [{"name": "events", "kind": "fifo", "mode": "0666"}]
+    });
+    cp.create(&links_path(NS), &link(NS, "frames", spec));
+    let (first, uid, volume) = place(&cp, "cam-0");
+
+    // The node goes NotReady (an hour ago, past the 3 s grace), but cam-0 still has the
+    // link mounted: nothing is released.
+    let (code, text) = cp
+        .request(
+            "PATCH",
+            &format!("/api/v1/nodes/{first}/status"),
+            Some(
+                &json!({"status": {"conditions": [{
+                    "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                    "message": "Kubelet stopped posting node status.",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+                }]}})
+                .to_string(),
+            ),
+        )
+        .expect("node status");
+    assert_eq!(code, 200, "{text}");
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert_eq!(
+        claim_of(&cp).0,
+        uid,
+        "released while a member had it mounted"
+    );
+    assert!(rehomed_events(&cp).is_empty(), "{:?}", rehomed_events(&cp));
+
+    // Once the member is gone, the claim is released and made again, unbound; the old
+    // volume goes; the Event says the data did not move.
+    let pods = format!("/api/v1/namespaces/{NS}/pods");
+    cp.request(
+        "DELETE",
+        &format!("{pods}/cam-0?gracePeriodSeconds=0"),
+        None,
+    )
+    .expect("delete pod");
+    let v = cp.wait_for(
+        &format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/frames"),
+        "a new claim",
+        CONVERGE,
+        |v| v["metadata"]["uid"].is_string() && v["metadata"]["uid"] != uid.as_str(),
+    );
+    assert_eq!(v["status"]["phase"], "Pending", "{v:#}");
+    assert!(
+        v["metadata"]["annotations"]["volume.kubernetes.io/selected-node"].is_null(),
+        "{v:#}"
+    );
+    cp.wait_for(
+        &format!("/api/v1/persistentvolumes/{volume}"),
+        "the old volume gone",
+        CONVERGE,
+        |v| v["code"] == 404,
+    );
+    let notes = rehomed_events(&cp);
+    assert!(
+        notes.iter().any(|n| n.contains(&first)
+            && n.contains("has not been Ready")
+            && n.contains("data did not move")),
+        "{notes:?}"
+    );
+
+    // The scheduler no longer offers the lost node; the next member picks another.
+    let (code, text) = cp
+        .request("DELETE", &format!("/api/v1/nodes/{first}"), None)
+        .expect("delete node");
+    assert_eq!(code, 200, "{text}");
+    cp.add_node(nodes[2]);
+    let (second, uid, _) = place(&cp, "cam-1");
+    assert_ne!(second, first);
+
+    // A deleted Node: the same, once its member is gone.
+    let (code, text) = cp
+        .request("DELETE", &format!("/api/v1/nodes/{second}"), None)
+        .expect("delete node");
+    assert_eq!(code, 200, "{text}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(
+        claim_of(&cp).0,
+        uid,
+        "released while a member had it mounted"
+    );
+    cp.request(
+        "DELETE",
+        &format!("{pods}/cam-1?gracePeriodSeconds=0"),
+        None,
+    )
+    .expect("delete pod");
+    cp.wait_for(
+        &format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/frames"),
+        "a new claim",
+        CONVERGE,
+        |v| v["metadata"]["uid"].is_string() && v["metadata"]["uid"] != uid.as_str(),
+    );
+    let notes = rehomed_events(&cp);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains(&second) && n.contains("was deleted")),
+        "{notes:?}"
+    );
+    let (third, _, _) = place(&cp, "cam-2");
+    assert!(third != first && third != second, "{third}");
 }
