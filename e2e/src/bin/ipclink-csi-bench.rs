@@ -1,11 +1,16 @@
 //! ipclink-csi-bench: NodePublishVolume + NodeUnpublishVolume latency over N volumes on
-//! one node, through the real `ipclink-csi node` process and a gRPC client, side by side
-//! in the same run with the same bind/unbind done by exec'ing mount(8)/umount(8) — the
-//! mechanism of csi-driver-host-path, whose module the Go proxy here refuses to serve.
+//! one node, through the real `ipclink-csi node` process, in the same run as
+//! 1. the same bind/unbind done by exec'ing mount(8)/umount(8), through our Rust client;
+//! 2. through a grpc-go client (`bench/grpc-go-publish`, the kubelet's gRPC stack):
+//!    ipclink and the real csi-driver-host-path plugin side by side, inline volumes
+//!    both (`csi.storage.k8s.io/ephemeral`), 1,000 each by default.
 //!
 //! `ipclink-csi-bench [--volumes N]` (root). The plugin is the `ipclink-csi` binary next
-//! to this one (`cargo build --release -p ipclink-csi` first) or `$IPCLINK_CSI`. Prints a
-//! Markdown table; nothing is asserted.
+//! to this one (`cargo build --release -p ipclink-csi` first) or `$IPCLINK_CSI`. The
+//! grpc-go client is built by `scripts/install-grpc-go-bench` (or `$IPCLINK_GRPC_GO_PUBLISH`).
+//! The host-path plugin is `$IPCLINK_HOSTPATH_PLUGIN`, built from its repository (see
+//! the README); without it its columns are left out. Prints Markdown tables; nothing is
+//! asserted.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -148,6 +153,8 @@ fn main() -> anyhow::Result<()> {
     let _ = node.wait();
     let _ = nix::mount::umount2(&source, nix::mount::MntFlags::MNT_DETACH);
 
+    let grpc_go = grpc_go_rows(&bin, n)?;
+
     println!(
         "ipclink-csi-bench — {n} volumes on one node, one client, calls in sequence; node state on tmpfs, targets on disk\n"
     );
@@ -170,5 +177,163 @@ fn main() -> anyhow::Result<()> {
             b99 / a99
         );
     }
+    println!("\n{grpc_go}");
     Ok(())
+}
+
+/// Figures of one grpc-go client run, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct GoFigures {
+    publish_p50: f64,
+    publish_p99: f64,
+    unpublish_p50: f64,
+    unpublish_p99: f64,
+}
+
+/// Runs `bench/grpc-go-publish` against the plugin listening on `socket`.
+fn grpc_go_client(socket: &Path, n: usize, attrs: &[(&str, &str)]) -> anyhow::Result<GoFigures> {
+    let client = match std::env::var_os("IPCLINK_GRPC_GO_PUBLISH") {
+        Some(c) => std::path::PathBuf::from(c),
+        None => {
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-grpc-go-bench");
+            let out = Command::new(&script).stderr(Stdio::inherit()).output()?;
+            anyhow::ensure!(out.status.success(), "{} failed", script.display());
+            std::path::PathBuf::from(String::from_utf8(out.stdout)?.trim())
+        }
+    };
+    let targets = tempfile::tempdir()?;
+    let mut cmd = Command::new(&client);
+    cmd.arg("-endpoint")
+        .arg(socket)
+        .arg("-dir")
+        .arg(targets.path())
+        .arg("-n")
+        .arg(n.to_string());
+    for (k, v) in attrs {
+        cmd.arg("-attr").arg(format!("{k}={v}"));
+    }
+    let out = cmd.stderr(Stdio::inherit()).output()?;
+    anyhow::ensure!(out.status.success(), "{} failed", client.display());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let f = |k: &str| {
+        v[k].as_f64()
+            .ok_or_else(|| anyhow::anyhow!("no {k} in {v}"))
+    };
+    Ok(GoFigures {
+        publish_p50: f("publish_p50_ms")?,
+        publish_p99: f("publish_p99_ms")?,
+        unpublish_p50: f("unpublish_p50_ms")?,
+        unpublish_p99: f("unpublish_p99_ms")?,
+    })
+}
+
+/// Starts `cmd` (a plugin serving `socket`), runs the grpc-go client, stops it.
+fn with_plugin(
+    mut cmd: Command,
+    socket: &Path,
+    n: usize,
+    attrs: &[(&str, &str)],
+) -> anyhow::Result<GoFigures> {
+    let mut plugin = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "{cmd:?} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let figures = grpc_go_client(socket, n, attrs);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(plugin.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = plugin.wait();
+    figures
+}
+
+/// ipclink and csi-driver-host-path through grpc-go: the table, as Markdown.
+fn grpc_go_rows(ipclink: &Path, n: usize) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let run = tempfile::tempdir_in("/dev/shm")?;
+    let links = dir.path().join("links");
+    std::fs::create_dir(&links)?;
+    std::fs::write(links.join("bench.yaml"), LINK)?;
+    let socket = dir.path().join("ipclink.sock");
+    let mut cmd = Command::new(ipclink);
+    cmd.args(["node", "--node-id", "bench", "--endpoint"])
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--state-dir")
+        .arg(run.path().join("state"))
+        .arg("--links-dir")
+        .arg(&links)
+        .env("IPCLINK_LOG", "warn");
+    let ours = with_plugin(
+        cmd,
+        &socket,
+        n,
+        &[
+            ("csi.storage.k8s.io/ephemeral", "true"),
+            ("csi.storage.k8s.io/pod.namespace", "bench"),
+            ("csi.storage.k8s.io/pod.name", "p"),
+            ("link", "bench"),
+        ],
+    )?;
+    let _ = nix::mount::umount2(
+        &run.path().join("state/links/bench/bench"),
+        nix::mount::MntFlags::MNT_DETACH,
+    );
+    let mut out = format!(
+        "Through grpc-go (bench/grpc-go-publish), inline volumes, {n} calls of each after 20 untimed\n\n"
+    );
+    let Some(hostpath) = std::env::var_os("IPCLINK_HOSTPATH_PLUGIN") else {
+        out.push_str("| call | ipclink p50 (ms) | ipclink p99 (ms) |\n|---|---:|---:|\n");
+        out.push_str(&format!(
+            "| publish | {:.3} | {:.3} |\n| unpublish | {:.3} | {:.3} |\n\ncsi-driver-host-path left out: set IPCLINK_HOSTPATH_PLUGIN to its hostpathplugin binary (README: Benchmarks).\n",
+            ours.publish_p50, ours.publish_p99, ours.unpublish_p50, ours.unpublish_p99
+        ));
+        return Ok(out);
+    };
+    // Its state where its deployment keeps it: a directory on the node's disk.
+    let state = tempfile::tempdir()?;
+    let socket = dir.path().join("hostpath.sock");
+    let mut cmd = Command::new(&hostpath);
+    cmd.arg(format!("--endpoint=unix://{}", socket.display()))
+        .arg("--nodeid=bench")
+        .arg(format!("--statedir={}", state.path().display()));
+    let theirs = with_plugin(
+        cmd,
+        &socket,
+        n,
+        &[
+            ("csi.storage.k8s.io/ephemeral", "true"),
+            ("csi.storage.k8s.io/pod.namespace", "bench"),
+            ("csi.storage.k8s.io/pod.name", "p"),
+        ],
+    )?;
+    out.push_str("| call | ipclink p50 (ms) | ipclink p99 (ms) | host-path p50 (ms) | host-path p99 (ms) | p50 ratio | p99 ratio |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    for (name, a50, a99, b50, b99) in [
+        (
+            "publish",
+            ours.publish_p50,
+            ours.publish_p99,
+            theirs.publish_p50,
+            theirs.publish_p99,
+        ),
+        (
+            "unpublish",
+            ours.unpublish_p50,
+            ours.unpublish_p99,
+            theirs.unpublish_p50,
+            theirs.unpublish_p99,
+        ),
+    ] {
+        out.push_str(&format!(
+            "| {name} | {a50:.3} | {a99:.3} | {b50:.3} | {b99:.3} | {:.1}× faster | {:.1}× faster |\n",
+            b50 / a50,
+            b99 / a99
+        ));
+    }
+    Ok(out)
 }
