@@ -154,8 +154,9 @@ pub fn whole_seconds(t: Time) -> Time {
 #[derive(Debug, Clone)]
 struct Answer {
     when: Instant,
-    at: Time,
-    links: Vec<LinkSample>,
+    /// What the status shows of each link it reported (kept rather than the samples,
+    /// which also carry paths, holders and modes: a tenth of the memory).
+    links: Vec<((String, String), LinkDepths)>,
 }
 
 /// The figures of one round.
@@ -197,13 +198,21 @@ async fn gather(
         match result {
             Ok(links) => {
                 round.answered += 1;
+                // Whole seconds, as the API server keeps it: a finer stamp would differ
+                // from its own stored copy at every reconcile.
+                let at = whole_seconds(Time(k8s_openapi::jiff::Timestamp::now()));
+                let links = links
+                    .iter()
+                    .map(|l| {
+                        let mut d = channel_status(l);
+                        d.observed = Some(at.clone());
+                        ((l.namespace.to_string(), l.name.to_string()), d)
+                    })
+                    .collect();
                 answers.insert(
                     endpoint,
                     Answer {
                         when: Instant::now(),
-                        // Whole seconds, as the API server keeps it: a finer stamp
-                        // would differ from its own stored copy at every reconcile.
-                        at: whole_seconds(Time(k8s_openapi::jiff::Timestamp::now())),
                         links,
                     },
                 );
@@ -220,13 +229,9 @@ async fn gather(
     for answer in answers.values() {
         let stale = answer.when.elapsed() > stale_after;
         round.stale += usize::from(stale);
-        for l in &answer.links {
-            let mut d = channel_status(l);
-            d.observed = Some(answer.at.clone());
-            next.insert(
-                (l.namespace.to_string(), l.name.to_string()),
-                if stale { d.into_stale() } else { d },
-            );
+        for (key, d) in &answer.links {
+            let d = d.clone();
+            next.insert(key.clone(), if stale { d.into_stale() } else { d });
         }
     }
     round.took = start.elapsed();
