@@ -252,17 +252,6 @@ fn figures(op: &Operator, mode: &'static str, what: &'static str, took: Duration
     let text = op.metrics();
     let m = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels).unwrap_or(0.0);
     let count = m("ipclink_reconcile_duration_seconds_count", &[]).max(1.0);
-    let peak = op.pid().and_then(|pid| {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse::<f64>()
-            .ok()
-    });
     Figures {
         mode,
         what,
@@ -272,8 +261,12 @@ fn figures(op: &Operator, mode: &'static str, what: &'static str, took: Duration
         p99_ms: quantile(&text, "ipclink_reconcile_duration_seconds", 0.99).unwrap_or(f64::NAN)
             * 1000.0,
         mean_ms: m("ipclink_reconcile_duration_seconds_sum", &[]) / count * 1000.0,
-        rss_mib: op.rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
-        peak_mib: peak.unwrap_or(f64::NAN) / 1024.0,
+        rss_mib: op
+            .rss_bytes()
+            .map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64),
+        peak_mib: op
+            .peak_rss_bytes()
+            .map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64),
         writes: m("ipclink_status_writes_total", &[]),
     }
 }

@@ -27,6 +27,9 @@ pub use crate::depth::Depths;
 use crate::plan::{self, Observed};
 use crate::podcache::{LinkIndex, PodCache, PodIndex};
 use crate::pods::PodView;
+use crate::status::{OWN_WRITE_SETTLE, Written, fingerprint, only_depths_differ, same_but_time};
+pub use crate::watch::Reconnect;
+use crate::watch::reflected;
 
 /// The finalizer that makes deletion wait for members to unmount.
 pub const FINALIZER: &str = "ipclink.dev/cleanup";
@@ -69,31 +72,6 @@ pub struct Context {
     pub rehome_after: Option<Duration>,
     /// When each link's status was last written by this replica.
     pub last_writes: std::sync::Mutex<std::collections::HashMap<(String, String), Written>>,
-}
-
-/// A status this replica wrote: when, and a fingerprint of it (transition times aside).
-#[derive(Debug, Clone, Copy)]
-pub struct Written {
-    at: Instant,
-    fingerprint: u64,
-}
-
-/// How long a reconcile trusts that a cached link older than this replica's own last
-/// write of it is merely stale (its watch event is on the way), and waits instead of
-/// writing the same status again.
-const OWN_WRITE_SETTLE: Duration = Duration::from_secs(2);
-
-/// A fingerprint of `status` without its transition times (see [`same_but_time`]).
-fn fingerprint(status: &IpcLinkStatus) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut s = status.clone();
-    for c in &mut s.conditions {
-        c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-    }
-    s.depths_observed_time = s.depths_observed_time.map(crate::depth::whole_seconds);
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(&s).unwrap_or_default().hash(&mut h);
-    h.finish()
 }
 
 impl Context {
@@ -397,35 +375,6 @@ async fn reconcile_inner(
     Ok((Action::requeue(ctx.resync), phase))
 }
 
-/// Whether `new` is what `old` already says, transition times aside (a status read
-/// back from the API server has second precision).
-fn same_but_time(old: Option<&IpcLinkStatus>, new: &IpcLinkStatus) -> bool {
-    let Some(old) = old else { return false };
-    let strip = |s: &IpcLinkStatus| {
-        let mut s = s.clone();
-        for c in &mut s.conditions {
-            c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-        }
-        s.depths_observed_time = s.depths_observed_time.map(crate::depth::whole_seconds);
-        s
-    };
-    strip(old) == strip(new)
-}
-
-/// Whether `new` differs from `old` in its depths only (the figures of `channels`,
-/// `createdObjects`, when they were observed and whether they are stale).
-fn only_depths_differ(old: Option<&IpcLinkStatus>, new: &IpcLinkStatus) -> bool {
-    let Some(old) = old else { return false };
-    let strip = |s: &IpcLinkStatus| IpcLinkStatus {
-        channels: Vec::new(),
-        created_objects: None,
-        depths_observed_time: None,
-        depths_stale: false,
-        ..s.clone()
-    };
-    same_but_time(Some(&strip(old)), &strip(new))
-}
-
 /// The node holding link `namespace/name`'s claim, if a node plugin made one.
 async fn claim_holder(
     client: &Client,
@@ -710,77 +659,6 @@ async fn ensure_claim(
     }
 }
 
-/// A reflected watch of `api` whose objects are trimmed by `trim` before they are
-/// stored: its store, a flag set once the store holds the first list, and the stream of
-/// changed objects.
-#[allow(clippy::type_complexity)]
-fn reflected<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    trim: impl FnMut(&mut K) + Send + 'static,
-) -> (
-    Store<K>,
-    Arc<std::sync::atomic::AtomicBool>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (flag, ready) = (listed.clone(), store.clone());
-    tokio::spawn(async move {
-        if ready.wait_until_ready().await.is_ok() {
-            flag.store(true, std::sync::atomic::Ordering::Release);
-        }
-    });
-    let stream = reflector(
-        writer,
-        watcher(api, config)
-            .backoff(Reconnect::default())
-            .modify(trim),
-    )
-    .touched_objects();
-    (store, listed, stream)
-}
-
-/// Reconnect backoff for every watch: 250 ms doubling to at most 4 s, reset by the
-/// first event. kube's default climbs to 30 s, which leaves a restarted API server's
-/// changes unseen for half a minute.
-#[derive(Debug, Clone)]
-pub struct Reconnect {
-    next: Duration,
-}
-
-impl Default for Reconnect {
-    fn default() -> Self {
-        Reconnect {
-            next: Duration::from_millis(250),
-        }
-    }
-}
-
-impl Iterator for Reconnect {
-    type Item = Duration;
-    fn next(&mut self) -> Option<Duration> {
-        let now = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(4));
-        Some(now)
-    }
-}
-
-impl kube::runtime::utils::Backoff for Reconnect {
-    fn reset(&mut self) {
-        *self = Reconnect::default();
-    }
-}
-
 fn error_policy(link: Arc<IpcLink>, error: &Error, _: Arc<Context>) -> Action {
     tracing::warn!(namespace = %link.namespace().unwrap_or_default(), link = %link.name_any(), %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(2))
@@ -1002,32 +880,6 @@ mod tests {
                     .boxed(),
             ),
         }
-    }
-
-    #[test]
-    fn a_status_read_back_in_whole_seconds_is_not_written_again() {
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let planned = IpcLinkStatus {
-            depths_observed_time: Some(Time(now)),
-            ..IpcLinkStatus::default()
-        };
-        // The API server keeps seconds: what it returns is the same status.
-        let stored: IpcLinkStatus = serde_json::from_value(serde_json::json!({
-            "depthsObservedTime": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        }))
-        .expect("status");
-        assert!(same_but_time(Some(&stored), &planned));
-        let later = IpcLinkStatus {
-            depths_observed_time: Some(Time(now + k8s_openapi::jiff::SignedDuration::from_secs(2))),
-            ..IpcLinkStatus::default()
-        };
-        assert!(!same_but_time(Some(&stored), &later));
-        assert!(only_depths_differ(Some(&stored), &later));
-        let other_phase = IpcLinkStatus {
-            phase: Some(ipclink_core::spec::Phase::Ready),
-            ..later
-        };
-        assert!(!only_depths_differ(Some(&stored), &other_phase));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Modules depend one way: `pods` and `conditions` know nothing of the others;
 //! `permissions` reads pods into a verdict; `plan` turns a link, its pods and what was
-//! observed into a status; `controller` applies it; `provision`, `depth` and `metrics`
+//! observed into a status; `controller` applies it, comparing through `status` and
+//! caching through `watch`; `provision`, `depth` and `metrics`
 //! run beside it; `leader` decides whether this replica runs them; `remove` is the
 //! uninstall hook.
 
@@ -20,3 +21,5 @@ pub mod podcache;
 pub mod pods;
 pub mod provision;
 pub mod remove;
+pub mod status;
+pub mod watch;

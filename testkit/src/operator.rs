@@ -55,16 +55,25 @@ impl Operator {
 
     /// Its resident memory in bytes (`VmRSS`), while it runs.
     pub fn rss_bytes(&self) -> Option<u64> {
+        self.status_kib("VmRSS").map(|k| k * 1024)
+    }
+
+    /// Its peak resident memory in bytes (`VmHWM`), while it runs.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        self.status_kib("VmHWM").map(|k| k * 1024)
+    }
+
+    /// A `kB` field of its `/proc/PID/status`.
+    fn status_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let kib: u64 = status
+        status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
             .trim()
             .trim_end_matches("kB")
             .trim()
             .parse()
-            .ok()?;
-        Some(kib * 1024)
+            .ok()
     }
 
     /// Its /metrics text.
