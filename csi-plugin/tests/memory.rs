@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use common::{Plugin, Unmounter, connect, mount_cap, require_root, rt};
 use ipclink_csi::csi::node_client::NodeClient;
 use ipclink_csi::csi::{NodeGetInfoRequest, NodePublishVolumeRequest};
-use ipclink_testkit::mounts::{mount_points, snapshot};
+use ipclink_testkit::mounts::{mount_points_under, snapshot};
 use tonic::Code;
 
 const LINKS: &str = r#"
@@ -164,7 +164,7 @@ fn pages_are_charged_to_the_first_member_and_a_pod_limit_too_small_makes_nothing
 
         // A pod whose limit cannot hold the region: refused, and nothing is left.
         let state = snapshot(dir.path());
-        let mounts = mount_points();
+        let mounts = mount_points_under(&[dir.path()]);
         let e = c
             .node_publish_volume(publish_req(&pods.join("b"), "big-too", tight))
             .await
@@ -182,7 +182,11 @@ fn pages_are_charged_to_the_first_member_and_a_pod_limit_too_small_makes_nothing
         let mut was = state;
         was.retain(|l| !l.contains("node.log"));
         assert_eq!(now, was, "a refused publish left something behind");
-        assert_eq!(mount_points(), mounts, "a refused publish left a mount");
+        assert_eq!(
+            mount_points_under(&[dir.path()]),
+            mounts,
+            "a refused publish left a mount"
+        );
         assert_eq!(shmem(&tight_cg), 0, "the refused region stays uncharged");
     });
     drop(node);
@@ -226,7 +230,7 @@ fn the_node_budget_and_the_link_cap_refuse_naming_the_numbers() {
         c.node_publish_volume(small.clone()).await.expect("fits");
 
         let state = snapshot(dir.path());
-        let mounts = mount_points();
+        let mounts = mount_points_under(&[dir.path()]);
         let mut other = publish_req(&pods.join("b"), "other", uid);
         other.volume_context.remove("csi.storage.k8s.io/pod.uid");
         let e = c.node_publish_volume(other).await.expect_err("over budget");
@@ -256,7 +260,11 @@ fn the_node_budget_and_the_link_cap_refuse_naming_the_numbers() {
             strip(state),
             "a refusal changed files"
         );
-        assert_eq!(mount_points(), mounts, "a refusal mounted something");
+        assert_eq!(
+            mount_points_under(&[dir.path()]),
+            mounts,
+            "a refusal mounted something"
+        );
 
         // A link already on the node is not counted twice.
         small.target_path = pods.join("d").display().to_string();

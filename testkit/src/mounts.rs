@@ -16,6 +16,15 @@ pub fn mount_points() -> Vec<String> {
         .collect()
 }
 
+/// Mount points at or below any of `dirs`. Tests compare these, not the whole table:
+/// other tests and earlier CI steps' container engines mount elsewhere meanwhile.
+pub fn mount_points_under(dirs: &[&Path]) -> Vec<String> {
+    mount_points()
+        .into_iter()
+        .filter(|m| dirs.iter().any(|d| Path::new(m).starts_with(d)))
+        .collect()
+}
+
 /// Mount points whose path contains `needle`.
 pub fn mounts_containing(needle: &str) -> Vec<String> {
     mount_points()
