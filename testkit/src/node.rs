@@ -5,6 +5,11 @@
 //! (`scripts/oci-image`) and imported into containerd. Everything lives under one
 //! temporary directory; Drop stops the kubelet, containerd and their containers and
 //! unmounts what they left there.
+//!
+//! Several nodes on one machine ([`Node::start_isolated`]) each get their own CNI
+//! bridge and subnet, their own kubelet `cgroupRoot` and a mount namespace of their own
+//! in which their kubelet directory appears at one common path: a chart has one
+//! `kubeletDir` for every node, as a real cluster has `/var/lib/kubelet` on each.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,6 +33,67 @@ pub struct Node {
     netns_before: Vec<String>,
     /// Node name.
     pub name: String,
+    /// An isolated node's mount namespace, held by a process that only sleeps.
+    namespace: Option<Child>,
+    /// The kubelet's root directory as the node sees it.
+    kubelet_dir: PathBuf,
+    /// An isolated node's kubelet `cgroupRoot` (below every hierarchy's mount point).
+    cgroup_root: Option<String>,
+}
+
+/// What makes a node one of several on this machine.
+#[derive(Debug, Clone, Copy)]
+struct Isolation<'a> {
+    /// 0..=255: the CNI bridge `ipcltN` and subnet `10.244.N.0/24`.
+    index: u8,
+    /// The common path at which this node's kubelet directory appears to it.
+    kubelet_dir: &'a Path,
+}
+
+/// The mount points of the cgroup hierarchies (v1 controllers, named and unified).
+fn cgroup_mounts() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("cgroup ") || t.starts_with("cgroup2 "))
+        })
+        .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+        .collect()
+}
+
+/// Makes cgroup `root` in every hierarchy, as the kubelet wants its `cgroupRoot`; a
+/// new cpuset starts empty, so it gets its parent's CPUs and memory nodes.
+fn make_cgroup_root(root: &str) {
+    for m in cgroup_mounts() {
+        let dir = m.join(root.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cgroup {}: {e}", dir.display()));
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(v) = std::fs::read_to_string(m.join(file)) {
+                std::fs::write(dir.join(file), v.trim())
+                    .unwrap_or_else(|e| panic!("{}: {e}", dir.join(file).display()));
+            }
+        }
+    }
+}
+
+/// Removes cgroup `root` and what the kubelet made below it, deepest first.
+fn remove_cgroup_root(root: &str) {
+    fn remove(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove(&e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    for m in cgroup_mounts() {
+        remove(&m.join(root.trim_start_matches('/')));
+    }
 }
 
 fn log(dir: &Path, name: &str) -> std::fs::File {
@@ -39,9 +105,16 @@ fn log(dir: &Path, name: &str) -> std::fs::File {
 }
 
 impl Node {
-    /// The kubelet's root directory.
+    /// The kubelet's root directory, as the test sees it (an isolated node's submounts
+    /// there are seen through [`Node::path`]).
     pub fn root_dir(&self) -> PathBuf {
         self.dir.path().join("kubelet")
+    }
+
+    /// The kubelet's root directory as the node, its pods and a chart's `kubeletDir`
+    /// see it: the common path of an isolated node.
+    pub fn kubelet_dir(&self) -> &Path {
+        &self.kubelet_dir
     }
 
     /// Where node plugins put their registration sockets.
@@ -84,6 +157,57 @@ impl Node {
     /// Starts containerd and a kubelet named `name` against `cp`; returns once the Node
     /// object is Ready.
     pub fn start(cp: &ControlPlane, name: &str) -> Node {
+        Self::start_with(cp, name, None)
+    }
+
+    /// Starts node `name` as one of several on this machine: CNI bridge `ipcltINDEX`
+    /// and subnet `10.244.INDEX.0/24`, a kubelet `cgroupRoot` of its own, and a mount
+    /// namespace of its own in which its kubelet directory is bound at `kubelet_dir`
+    /// (an empty directory every isolated node shares), so one chart `kubeletDir`
+    /// serves every node. Its containerd, kubelet and containers live in that
+    /// namespace; what they mount there is seen through [`Node::mount_points`].
+    pub fn start_isolated(cp: &ControlPlane, name: &str, index: u8, kubelet_dir: &Path) -> Node {
+        Self::start_with(cp, name, Some(Isolation { index, kubelet_dir }))
+    }
+
+    /// The mount points this node's containerd, kubelet and pods see.
+    pub fn mount_points(&self) -> Vec<String> {
+        let file = match &self.namespace {
+            Some(holder) => format!("/proc/{}/mountinfo", holder.id()),
+            None => "/proc/self/mountinfo".to_owned(),
+        };
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .collect()
+    }
+
+    /// `path` as this node sees it, readable from the test (through the mount
+    /// namespace of an isolated node).
+    pub fn path(&self, path: &Path) -> PathBuf {
+        match &self.namespace {
+            Some(holder) => Path::new(&format!("/proc/{}/root", holder.id()))
+                .join(path.strip_prefix("/").unwrap_or(path)),
+            None => path.to_owned(),
+        }
+    }
+
+    /// A command that runs in this node's mount namespace.
+    fn command(&self, program: &Path) -> Command {
+        match &self.namespace {
+            Some(holder) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--mount=/proc/{}/ns/mnt", holder.id()))
+                    .arg("--")
+                    .arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn start_with(cp: &ControlPlane, name: &str, isolation: Option<Isolation<'_>>) -> Node {
         crate::require_root();
         for tool in ["containerd", "runc", "ctr", "musl-gcc", "tar", "sha256sum"] {
             require_tool(tool);
@@ -98,16 +222,40 @@ impl Node {
             .expect("temp dir");
         let d = dir.path().to_owned();
         let socket = d.join("containerd.sock");
+        let index = isolation.map_or(0, |i| i.index);
         std::fs::create_dir_all(d.join("cni")).expect("cni dir");
         std::fs::write(
             d.join("cni/10-ipclink-test.conflist"),
             r#"{"cniVersion": "0.4.0", "name": "ipclink-test", "plugins": [
-  {"type": "bridge", "bridge": "ipclt0", "isGateway": true, "ipMasq": false,
-   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "DIR/cni-ipam"}},
+  {"type": "bridge", "bridge": "ipcltIDX", "isGateway": true, "ipMasq": false,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.IDX.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "DIR/cni-ipam"}},
   {"type": "loopback"}]}"#
-                .replace("DIR", &d.display().to_string()),
+                .replace("DIR", &d.display().to_string())
+                .replace("IDX", &index.to_string()),
         )
         .expect("cni config");
+        let own_kubelet_dir = d.join("kubelet");
+        std::fs::create_dir_all(&own_kubelet_dir).expect("kubelet dir");
+        let mut node = Node {
+            dir,
+            containerd: None,
+            kubelet: None,
+            netns_before: netns(),
+            name: name.to_owned(),
+            namespace: None,
+            kubelet_dir: own_kubelet_dir.clone(),
+            cgroup_root: None,
+        };
+        if let Some(iso) = isolation {
+            node.namespace = Some(mount_namespace(&own_kubelet_dir, iso.kubelet_dir));
+            let root = format!(
+                "/ipclink-test-{}",
+                d.file_name().expect("name").to_string_lossy()
+            );
+            make_cgroup_root(&root);
+            node.cgroup_root = Some(root);
+            node.kubelet_dir = iso.kubelet_dir.to_owned();
+        }
         std::fs::write(
             d.join("containerd.toml"),
             format!(
@@ -134,7 +282,8 @@ state = "{d}/containerd/state"
             ),
         )
         .expect("containerd config");
-        let containerd = Command::new("containerd")
+        let containerd = node
+            .command(Path::new("containerd"))
             .arg("--config")
             .arg(d.join("containerd.toml"))
             .stdin(Stdio::null())
@@ -142,13 +291,7 @@ state = "{d}/containerd/state"
             .stderr(log(&d, "containerd.log"))
             .spawn()
             .expect("start containerd");
-        let mut node = Node {
-            dir,
-            containerd: Some(containerd),
-            kubelet: None,
-            netns_before: netns(),
-            name: name.to_owned(),
-        };
+        node.containerd = Some(containerd);
         let start = Instant::now();
         while !socket.exists() {
             assert!(
@@ -194,16 +337,22 @@ resolvConf: ""
 localStorageCapacityIsolation: false
 makeIPTablesUtilChains: false
 podPidsLimit: -1
-"#,
+{cgroup_root}"#,
                 sock = socket.display(),
-                d = d.display()
+                d = d.display(),
+                cgroup_root = node
+                    .cgroup_root
+                    .as_ref()
+                    .map(|r| format!("cgroupRoot: \"{r}\"\n"))
+                    .unwrap_or_default(),
             ),
         )
         .expect("kubelet config");
-        let kubelet = Command::new(cp.bin_dir().join("kubelet"))
+        let kubelet = node
+            .command(&cp.bin_dir().join("kubelet"))
             .arg(format!("--config={}", d.join("kubelet.yaml").display()))
             .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
-            .arg(format!("--root-dir={}", d.join("kubelet").display()))
+            .arg(format!("--root-dir={}", node.kubelet_dir.display()))
             .arg(format!("--hostname-override={name}"))
             .arg("--v=2")
             .stdin(Stdio::null())
@@ -304,6 +453,33 @@ podPidsLimit: -1
     }
 }
 
+/// A process holding a new mount namespace (a slave of this one) in which `own` is
+/// bound, shared, at `common`, and `/run/netns` (where containerd pins its pods'
+/// network namespaces) is a tmpfs of the node's own; returns once both are made.
+fn mount_namespace(own: &Path, common: &Path) -> Child {
+    use std::io::BufRead;
+    let mut holder = Command::new("unshare")
+        .args(["--mount", "--propagation", "slave", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$1" "$2" && mount --make-rshared "$2" && mkdir -p /run/netns && mount -t tmpfs -o mode=0755 netns /run/netns && echo ready && exec sleep infinity"#)
+        .arg("sh")
+        .arg(own)
+        .arg(common)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    let mut line = String::new();
+    let stdout = holder.stdout.take().expect("stdout");
+    let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+    assert_eq!(
+        line.trim(),
+        "ready",
+        "the node's mount namespace: {:?}",
+        holder.try_wait()
+    );
+    holder
+}
+
 /// Names in /run/netns.
 fn netns() -> Vec<String> {
     std::fs::read_dir("/run/netns")
@@ -317,6 +493,7 @@ fn netns() -> Vec<String> {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        let isolated = self.namespace.is_some();
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
@@ -341,8 +518,27 @@ impl Drop for Node {
             .args(["-KILL", "-f"])
             .arg(format!("containerd-shim.*{}", self.dir.path().display()))
             .status();
-        // Pod network namespaces containerd had no time to remove.
-        for name in netns() {
+        // The mount namespace goes with its last process; the cgroups once they are
+        // empty (the shims' containers take a moment to die).
+        if let Some(mut holder) = self.namespace.take() {
+            let _ = holder.kill();
+            let _ = holder.wait();
+        }
+        if let Some(root) = self.cgroup_root.take() {
+            for _ in 0..20 {
+                remove_cgroup_root(&root);
+                if !cgroup_mounts()
+                    .iter()
+                    .any(|m| m.join(root.trim_start_matches('/')).exists())
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+        // Pod network namespaces containerd had no time to remove (an isolated node's
+        // went with its mount namespace).
+        for name in netns().into_iter().filter(|_| !isolated) {
             if name.starts_with("cni-") && !self.netns_before.contains(&name) {
                 let path = format!("/run/netns/{name}");
                 let _ = nix::mount::umount2(path.as_str(), nix::mount::MntFlags::MNT_DETACH);

@@ -67,34 +67,47 @@ impl Cgroups {
         let cgroupfs = format!("pod{uid}");
         let systemd = format!("-pod{}.slice", uid.replace('-', "_"));
         let matches = |name: &str| name == cgroupfs || name.ends_with(&systemd);
-        // kubepods[.slice]/[burstable|besteffort]/pod…: at most three levels down.
-        let mut level = vec![self.memory.clone()];
-        for depth in 0..3 {
+        let dirs = |dir: &Path| -> Vec<(String, PathBuf)> {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                .collect()
+        };
+        // The kubelet's trees: `kubepods[.slice]` at the top, or one level down when the
+        // kubelet has a `cgroupRoot` of its own (e.g. `/kubelet/kubepods`).
+        let mut level = Vec::new();
+        for (name, path) in dirs(&self.memory) {
+            if name.starts_with("kubepods") {
+                level.push(path);
+            } else {
+                level.extend(
+                    dirs(&path)
+                        .into_iter()
+                        .filter(|(n, _)| n.starts_with("kubepods"))
+                        .map(|(_, p)| p),
+                );
+            }
+        }
+        // Within them, the pod directly (Guaranteed) or below its QoS class
+        // (`burstable`, `kubepods-besteffort.slice`, ...).
+        for _ in 0..2 {
             let mut next = Vec::new();
             for dir in &level {
-                let Ok(entries) = std::fs::read_dir(dir) else {
-                    continue;
-                };
-                for e in entries.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                        continue;
+                for (name, path) in dirs(dir) {
+                    if matches(&name) {
+                        return Ok(path);
                     }
-                    if depth > 0 && matches(&name) {
-                        return Ok(e.path());
-                    }
-                    // Below the root only the kubelet's trees; within them, every QoS
-                    // class (`burstable`, `kubepods-besteffort.slice`, ...).
-                    if depth > 0 || name.starts_with("kubepods") {
-                        next.push(e.path());
-                    }
+                    next.push(path);
                 }
             }
             level = next;
         }
+        let m = self.memory.display();
         Err(CsiError::Precondition(format!(
-            "no memory cgroup of pod {uid} under {}/kubepods*: ipclink charges a link's shm regions to its first member pod; point --cgroup-root at the host's cgroup mount (or use --charge-memory=plugin)",
-            self.memory.display()
+            "no memory cgroup of pod {uid} under {m}/kubepods* or {m}/*/kubepods*: ipclink charges a link's shm regions to its first member pod; point --cgroup-root at the host's cgroup mount (or use --charge-memory=plugin)"
         )))
     }
 
@@ -227,9 +240,18 @@ mod tests {
             systemd_uid.replace('-', "_")
         ));
         std::fs::create_dir_all(&systemd).expect("mkdir");
+        // A kubelet with a cgroupRoot of its own, and a Guaranteed pod (no QoS class).
+        let nested_uid = "22222222-3333-4444-5555-666666666666";
+        let nested = mem.join(format!("node-b/kubepods/pod{nested_uid}"));
+        std::fs::create_dir_all(&nested).expect("mkdir");
+        // A pod-like name outside any kubelet tree is not taken.
+        let stray_uid = "33333333-4444-5555-6666-777777777777";
+        std::fs::create_dir_all(mem.join(format!("system.slice/pod{stray_uid}"))).expect("mkdir");
         let c = Cgroups::detect(root.path());
         assert_eq!(c.pod(uid).expect("cgroupfs"), cgroupfs);
         assert_eq!(c.pod(systemd_uid).expect("systemd"), systemd);
+        assert_eq!(c.pod(nested_uid).expect("cgroupRoot"), nested);
+        assert!(c.pod(stray_uid).is_err());
         let missing = c.pod("99999999-0000-0000-0000-000000000000");
         assert!(
             matches!(missing, Err(CsiError::Precondition(ref m)) if m.contains("--cgroup-root")),
