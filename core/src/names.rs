@@ -18,15 +18,20 @@ pub fn topology_value(node: &str) -> String {
     if node.len() <= MAX_TOPOLOGY_VALUE {
         return node.to_owned();
     }
-    // FNV-1a, 64 bits: a fixed function, so the value never changes between releases.
-    let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = fnv1a64(node.as_bytes());
     let keep = (0..=MAX_TOPOLOGY_VALUE - 17)
         .rev()
         .find(|&i| node.is_char_boundary(i))
         .unwrap_or(0);
     format!("{}-{hash:016x}", &node[..keep])
+}
+
+/// FNV-1a, 64 bits: a fixed function, so names made from it never change between
+/// releases or machines.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Label on the objects the operator makes for a link (claims, volumes); its value is

@@ -387,29 +387,49 @@ fn a_node_plugin_killed_after_the_mount_recovers_and_keeps_the_data() {
         .open(&frames)
         .and_then(|mut file| std::io::Write::write_all(&mut file, b"written-by-a-pod"))
         .expect("a pod writes");
-    let state = f.dir.path().join("node-state/publications.json");
+    // One record per target under node-state/publications (one here).
+    let records = f.dir.path().join("node-state/publications");
+    let record = || {
+        let names: Vec<_> = std::fs::read_dir(&records)
+            .expect("records")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        names[0].clone()
+    };
+    let legacy = f.dir.path().join("node-state/publications.json");
 
-    for (round, damage) in ["none", "corrupt", "missing", "unrecorded"]
+    for (round, damage) in ["none", "corrupt", "missing", "unrecorded", "legacy"]
         .into_iter()
         .enumerate()
     {
         f.node.kill9();
         match damage {
-            // A write torn by the crash: a half file left under the temporary name and a
-            // state file that does not parse.
+            // A write torn by the crash: a half record left under the temporary name,
+            // and a record that does not parse.
             "corrupt" => {
-                std::fs::write(
-                    f.dir
-                        .path()
-                        .join("node-state/.ipclink-tmp-publications.json"),
-                    b"{\"by_target\": {",
-                )
-                .expect("tmp");
-                std::fs::write(&state, b"{\"by_tar").expect("corrupt");
+                let r = record();
+                let name = r.file_name().expect("name").to_string_lossy().into_owned();
+                std::fs::write(records.join(format!(".ipclink-tmp-{name}")), b"{\"tar")
+                    .expect("tmp");
+                std::fs::write(&r, b"{\"target\": \"/x").expect("corrupt");
             }
-            "missing" => std::fs::remove_file(&state).expect("rm state"),
-            // Killed after the mount, before the state write: a valid file without it.
-            "unrecorded" => std::fs::write(&state, b"{\"by_target\": {}}").expect("state"),
+            "missing" => std::fs::remove_dir_all(&records).expect("rm records"),
+            // Killed after the mount, before the record was written.
+            "unrecorded" => std::fs::remove_file(record()).expect("rm record"),
+            // The single state file of versions before per-target records.
+            "legacy" => {
+                std::fs::remove_dir_all(&records).expect("rm records");
+                std::fs::write(
+                    &legacy,
+                    serde_json::json!({"by_target": {target.display().to_string(): {
+                        "volume_id": "csi-k", "namespace": "vision", "link": "frames",
+                        "readonly": false, "pod": "camera-0"}}})
+                    .to_string(),
+                )
+                .expect("legacy state");
+            }
             _ => {}
         }
         f.node = Plugin::start("node", f.dir.path(), &links_dir(), &[]);
@@ -440,6 +460,14 @@ fn a_node_plugin_killed_after_the_mount_recovers_and_keeps_the_data() {
         std::io::Read::read_exact(&mut std::fs::File::open(&frames).expect("open"), &mut head)
             .expect("read");
         assert_eq!(&head, b"written-by-a-pod", "round {round}: data survived");
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(record()).expect("record")).expect("json");
+        assert_eq!(r["target"], target.display().to_string(), "round {round}");
+        assert_eq!(r["volume_id"], "csi-k", "round {round}");
+        assert!(
+            !legacy.exists(),
+            "round {round}: the old state file is replaced"
+        );
     }
     rt().block_on(async {
         let mut c = NodeClient::new(connect(&f.node.socket).await);

@@ -9,10 +9,11 @@
 pub mod charge;
 pub mod members;
 mod mountinfo;
+mod records;
 mod target;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use ipclink_core::members::members_of;
@@ -26,7 +27,6 @@ use crate::csi;
 use crate::error::CsiError;
 use crate::ids::{self, VolumeId, check_context, check_id, check_target};
 use crate::source::LinkSource;
-use crate::state::{load_json, save_json};
 
 /// One bind mount of a link into a pod.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +113,7 @@ pub struct NodePlugin {
     source: LinkSource,
     store: Store,
     settings: NodeSettings,
-    state_file: PathBuf,
+    records: records::Records,
     state: Mutex<Publications>,
     /// (volume id, target) pairs being worked on: a concurrent duplicate gets Aborted.
     busy: Mutex<HashSet<(String, String)>>,
@@ -166,15 +166,7 @@ impl NodePlugin {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| CsiError::Internal(format!("state dir: {e}")))?;
         let store = Store::open(&state_dir.join("links"), StorageMode::Tmpfs)?;
-        let state_file = state_dir.join("publications.json");
-        let state = match load_json::<Publications>(&state_file) {
-            Ok(Some(s)) => s,
-            Ok(None) => mountinfo::rebuild_from_mountinfo(&state_dir.join("links")),
-            Err(e) => {
-                tracing::warn!(error = %e, "state file unreadable; rebuilding it from /proc/self/mountinfo");
-                mountinfo::rebuild_from_mountinfo(&state_dir.join("links"))
-            }
-        };
+        let (records, state) = records::Records::open(state_dir, &state_dir.join("links"))?;
         if !state.by_target.is_empty() {
             tracing::info!(
                 publications = state.by_target.len(),
@@ -186,7 +178,7 @@ impl NodePlugin {
             source,
             store,
             settings,
-            state_file,
+            records,
             state: Mutex::new(state),
             busy: Mutex::new(HashSet::new()),
             slots: Mutex::new(HashMap::new()),
@@ -219,9 +211,14 @@ impl NodePlugin {
             .clone()
     }
 
-    fn save(&self, state: &Publications) -> Result<(), CsiError> {
-        save_json(&self.state_file, state)
-            .map_err(|e| CsiError::Internal(format!("state file: {e}")))
+    /// The publication at `target` (without copying every other one).
+    fn publication(&self, target: &str) -> Option<Publication> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_target
+            .get(target)
+            .cloned()
     }
 
     fn claim(&self, volume_id: &str, target: &str) -> Result<BusyGuard<'_>, CsiError> {
@@ -289,9 +286,13 @@ impl NodePlugin {
             pod: ctx.get(ids::POD_NAME).cloned(),
             pod_uid: ctx.get(ids::POD_UID).cloned(),
         };
-        let (target, asked) = (req.target_path.clone(), publication.clone());
-        if self.blocking(move |p| p.republish(&target, &asked)).await? {
-            return Ok(());
+        // Most publishes are of a new target: that is known from memory, without a
+        // trip to the blocking pool (which only a rebuilt record's write needs).
+        if self.publication(&req.target_path).is_some() {
+            let (target, asked) = (req.target_path.clone(), publication.clone());
+            if self.blocking(move |p| p.republish(&target, &asked)).await? {
+                return Ok(());
+            }
         }
 
         let pod = ctx.get(ids::POD_NAME).map(String::as_str);
@@ -356,7 +357,7 @@ impl NodePlugin {
     /// publication again, or one whose id is filled in now), an error when the target
     /// holds something else, `Ok(false)` when the target is not published.
     fn republish(&self, target: &str, asked: &Publication) -> Result<bool, CsiError> {
-        let Some(p) = self.publications().get(target).cloned() else {
+        let Some(p) = self.publication(target) else {
             return Ok(false);
         };
         if p.volume_id.is_empty() && p.namespace == asked.namespace && p.link == asked.link {
@@ -366,8 +367,9 @@ impl NodePlugin {
                 q.volume_id = asked.volume_id.clone();
                 q.pod = asked.pod.clone();
                 q.pod_uid = asked.pod_uid.clone();
+                self.records.put(target, q)?;
             }
-            return self.save(&state).map(|()| true);
+            return Ok(true);
         }
         if p.volume_id != asked.volume_id {
             return Err(CsiError::AlreadyExists(format!(
@@ -424,8 +426,9 @@ impl NodePlugin {
             .map_err(|e| errno("open link", e))?;
         target::bind(&link_fd, checked, Path::new(target), publication.readonly)?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.records.put(target, &publication)?;
         state.by_target.insert(target.to_owned(), publication);
-        self.save(&state)
+        Ok(())
     }
 
     /// Where the first publish of a link charges its preallocated pages.
@@ -503,7 +506,7 @@ impl NodePlugin {
     /// Unmounts `target` and forgets its publication; the publication's link, when no
     /// other publication uses it any more.
     fn unbind(&self, volume_id: &str, target: &str) -> Result<Option<(String, String)>, CsiError> {
-        let known = self.publications().get(target).cloned();
+        let known = self.publication(target);
         if let Some(p) = &known
             && !p.volume_id.is_empty()
             && p.volume_id != volume_id
@@ -521,8 +524,8 @@ impl NodePlugin {
         target::unbind(Path::new(target), known.is_some())?;
         let Some(p) = known else { return Ok(None) };
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.records.remove(target)?;
         state.by_target.remove(target);
-        self.save(&state)?;
         let still_used = state
             .by_target
             .values()
@@ -667,21 +670,26 @@ impl NodePlugin {
         if req.volume_path.is_empty() {
             return Err(CsiError::invalid("volume_path", "is required"));
         }
-        let pubs = self.publications();
-        if !pubs.values().any(|p| p.volume_id == req.volume_id) {
-            return Err(CsiError::NotFound(format!(
-                "volume {} is not published on this node",
-                req.volume_id
-            )));
-        }
-        match pubs.get(&req.volume_path) {
-            Some(p) if p.volume_id == req.volume_id => {}
-            _ => {
-                return Err(CsiError::NotFound(format!(
+        let at_path = match self.publication(&req.volume_path) {
+            Some(p) => p.volume_id == req.volume_id,
+            None => false,
+        };
+        if !at_path {
+            let anywhere = self
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .by_target
+                .values()
+                .any(|p| p.volume_id == req.volume_id);
+            return Err(CsiError::NotFound(if anywhere {
+                format!(
                     "volume {} is not published at {}",
                     req.volume_id, req.volume_path
-                )));
-            }
+                )
+            } else {
+                format!("volume {} is not published on this node", req.volume_id)
+            }));
         }
         let path = req.volume_path;
         let v = crate::blocking(move || statvfs(path.as_str()).map_err(|e| errno("statvfs", e)))

@@ -71,10 +71,7 @@ pub fn key_for(name: &str) -> String {
     if check_dns_label(&plain).is_ok() {
         return plain;
     }
-    // FNV-1a, 64 bits: stable across versions and machines.
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = ipclink_core::names::fnv1a64(name.as_bytes());
     let stem: String = plain.chars().take(40).collect();
     let stem = stem.trim_matches('-');
     if stem.is_empty() {
