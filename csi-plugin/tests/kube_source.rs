@@ -279,3 +279,73 @@ fn an_inline_link_unused_past_its_grace_is_freed_for_any_node() {
         200
     );
 }
+
+#[test]
+fn a_publish_refused_after_the_claim_releases_it_for_another_node() {
+    let (cp, _) = cluster();
+    const OTHER: &str = "node-2.rack-2.example.com";
+    // node-1 takes links of at most 1 MiB: the 8 MiB link is refused there after the
+    // claim was taken, when the link is about to be made.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = Unmounter(dir.path().to_path_buf());
+    let small = Plugin::start_with(
+        "node",
+        dir.path(),
+        &["--max-link-bytes", "1048576"],
+        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
+    );
+    let target = dir.path().join("camera");
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&small.socket).await);
+        let refused = c
+            .node_publish_volume(ephemeral("csi-1", &target, "vision", "camera-0", "frames"))
+            .await
+            .expect_err("over the node's cap");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(
+            refused.message().contains("--max-link-bytes"),
+            "{refused:?}"
+        );
+    });
+    assert!(!target.exists(), "the target was made");
+    assert!(
+        !dir.path().join("node-state/links/vision/frames").exists(),
+        "the link was made"
+    );
+    assert_eq!(
+        cp.get_json(LEASE).0,
+        404,
+        "the refusing node kept the claim: {:#}\n{}",
+        cp.get_json(LEASE).1,
+        small.log()
+    );
+
+    // So a node that can hold the link takes it.
+    let other_dir = tempfile::tempdir().expect("temp dir");
+    let _unmount_other = Unmounter(other_dir.path().to_path_buf());
+    let other = Plugin::start_with(
+        "node",
+        other_dir.path(),
+        &["--node-id", OTHER],
+        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
+    );
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&other.socket).await);
+        c.node_publish_volume(ephemeral(
+            "csi-2",
+            &other_dir.path().join("camera"),
+            "vision",
+            "camera-0",
+            "frames",
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}\n{}", other.log()));
+    });
+    assert_eq!(cp.get_json(LEASE).1["spec"]["holderIdentity"], OTHER);
+    assert!(
+        other_dir
+            .path()
+            .join("node-state/links/vision/frames")
+            .exists()
+    );
+}

@@ -72,7 +72,7 @@ fn phase(cp: &ControlPlane, name: &str) -> serde_json::Value {
 
 #[test]
 fn one_replica_leads_and_a_standby_takes_over_within_the_lease() {
-    let cp = ControlPlane::start();
+    let mut cp = ControlPlane::start();
     cp.install_ipclink_crd();
     cp.namespace(NS);
     cp.namespace(SYSTEM);
@@ -187,6 +187,30 @@ fn one_replica_leads_and_a_standby_takes_over_within_the_lease() {
     let status = c.wait_exit(Duration::from_secs(LEASE_SECONDS + 10));
     assert!(!status.success(), "{status:?}");
     assert!(c.logs().contains("lost leadership"), "{}", c.logs());
+
+    // The API server stops answering: a leader that cannot renew must stop leading
+    // before its Lease expires, since a standby may take it as soon as the API server
+    // is back.
+    let mut d = replica(&cp, "op-d");
+    wait("op-d leading", CONVERGE, || {
+        value(&d, "ipclink_operator_leader") == Some(1.0)
+    });
+    cp.stop_apiserver();
+    let down = Instant::now();
+    let status = d.wait_exit(Duration::from_secs(LEASE_SECONDS + 10));
+    let exited = down.elapsed();
+    cp.start_apiserver();
+    assert!(!status.success(), "{status:?}\n{}", d.logs());
+    assert!(d.logs().contains("lost leadership"), "{}", d.logs());
+    assert!(
+        exited < Duration::from_secs(LEASE_SECONDS),
+        "the leader went on for {exited:?} without renewing a {LEASE_SECONDS} s Lease\n{}",
+        d.logs()
+    );
+    println!(
+        "API server down: the leader exited {:.1} s later (Lease {LEASE_SECONDS} s)",
+        exited.as_secs_f64()
+    );
 }
 
 /// Now as a Kubernetes MicroTime.

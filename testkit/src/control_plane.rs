@@ -178,10 +178,22 @@ impl ControlPlane {
     /// Kills kube-apiserver (SIGKILL) and starts it again with the same flags and port;
     /// returns once it is ready. etcd keeps the data.
     pub fn restart_apiserver(&mut self) {
+        self.stop_apiserver();
+        self.start_apiserver();
+    }
+
+    /// Kills kube-apiserver (SIGKILL): clients get connection refused until
+    /// [`ControlPlane::start_apiserver`].
+    pub fn stop_apiserver(&mut self) {
         if let Some(mut old) = self.apiserver.take() {
             let _ = old.kill();
             let _ = old.wait();
         }
+    }
+
+    /// Starts kube-apiserver again with the same flags and port; returns once it is
+    /// ready.
+    pub fn start_apiserver(&mut self) {
         self.apiserver = Some(spawn_apiserver(
             &self.bin,
             &self.apiserver_args,
