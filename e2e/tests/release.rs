@@ -118,6 +118,7 @@ fn the_release_workflow_passes_actionlint() {
         "platforms: linux/amd64,linux/arm64",
         "helm push",
         "ghcr.io/",
+        "scripts/package-chart",
     ] {
         assert!(
             release.contains(needle),
@@ -138,5 +139,72 @@ fn the_release_workflow_passes_actionlint() {
         !out.status.success() && text(&out).contains("nmae"),
         "{}",
         text(&out)
+    );
+}
+
+#[test]
+fn the_published_chart_names_the_image_the_release_pushed() {
+    let tools = script_path("install-chart-tools");
+    let helm = tools.join("helm");
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let package = |version: &str, image: &str| {
+        Command::new(root().join("scripts/package-chart"))
+            .args([version, image])
+            .arg(out_dir.path())
+            .env("HELM", &helm)
+            .output()
+            .expect("run scripts/package-chart")
+    };
+    let out = package("9.8.7", "ghcr.io/example/ipclink");
+    assert!(out.status.success(), "{}", text(&out));
+    let chart = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(chart.ends_with("ipclink-9.8.7.tgz"), "{chart}");
+    let rendered = Command::new(&helm)
+        .args([
+            "template",
+            "ipclink",
+            &chart,
+            "--namespace",
+            "ipclink-system",
+            "--kube-version",
+            "1.34.0",
+        ])
+        .output()
+        .expect("helm template");
+    assert!(rendered.status.success(), "{}", text(&rendered));
+    let yaml = String::from_utf8_lossy(&rendered.stdout);
+    let images: Vec<&str> = yaml
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image: "))
+        .collect();
+    // The operator, the node plugin and the uninstall hook: all the pushed image.
+    assert!(images.len() >= 2, "{yaml}");
+    assert!(
+        images.iter().all(|i| *i == "ghcr.io/example/ipclink:9.8.7"),
+        "{images:?}"
+    );
+    // The chart in the repository is unchanged: it keeps the local image.
+    let values =
+        std::fs::read_to_string(root().join("charts/ipclink/values.yaml")).expect("values");
+    assert!(values.contains("repository: localhost/ipclink/ipclink"));
+    // Bad input is refused by name, and nothing is packaged.
+    let before = std::fs::read_dir(out_dir.path()).expect("dir").count();
+    for (version, image, field) in [
+        ("v1", "ghcr.io/example/ipclink", "VERSION"),
+        ("1.0.0", "ghcr.io/Example/ipclink:latest", "IMAGE"),
+        ("1.0.0", "x|y", "IMAGE"),
+    ] {
+        let out = package(version, image);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{version} {image}: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains(field), "{}", text(&out));
+    }
+    assert_eq!(
+        std::fs::read_dir(out_dir.path()).expect("dir").count(),
+        before
     );
 }
