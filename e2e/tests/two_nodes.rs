@@ -81,17 +81,35 @@ fn wait_log(node: &Node, ns: &str, pod: &str, app: &str, want: &str) {
     }
 }
 
-/// The messages of the Events with `reason` in `ns` (about `object`, when given).
-fn events(cp: &ControlPlane, ns: &str, reason: &str, object: Option<&str>) -> Vec<String> {
-    let (_, v) = cp.get_json(&format!("/api/v1/namespaces/{ns}/events"));
-    v["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["reason"] == reason)
-        .filter(|e| object.is_none_or(|o| e["involvedObject"]["name"] == o))
-        .filter_map(|e| e["message"].as_str().map(str::to_owned))
-        .collect()
+/// Waits for an Event with `reason` in `ns` (about `object`, when given) whose message
+/// contains `needle`; returns that message.
+fn wait_event(
+    cp: &ControlPlane,
+    ns: &str,
+    reason: &str,
+    object: Option<&str>,
+    needle: &str,
+) -> String {
+    let start = Instant::now();
+    loop {
+        let (_, v) = cp.get_json(&format!("/api/v1/namespaces/{ns}/events"));
+        let found: Vec<String> = v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["reason"] == reason)
+            .filter(|e| object.is_none_or(|o| e["involvedObject"]["name"] == o))
+            .filter_map(|e| e["message"].as_str().map(str::to_owned))
+            .collect();
+        if let Some(m) = found.iter().find(|m| m.contains(needle)) {
+            return m.clone();
+        }
+        assert!(
+            start.elapsed() < LONG,
+            "no {reason} Event with {needle:?}: {found:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// The link's `Scheduled` condition.
@@ -144,6 +162,27 @@ fn links_live_on_one_of_two_nodes_and_move_when_their_node_is_lost() {
         assert!(out.status.success(), "{}", text(&out));
         out
     };
+    // What a user waits on: the link's Ready condition.
+    let link_ready = |ns: &str| {
+        must(kubectl(&[
+            "wait",
+            "ipcl/frames",
+            "-n",
+            ns,
+            "--for=condition=Ready",
+            "--timeout=150s",
+        ]))
+    };
+    let scale_members = |ns: &str, replicas: &str| {
+        must(kubectl(&[
+            "scale",
+            "deployment/camera",
+            "deployment/detector",
+            "-n",
+            ns,
+            &format!("--replicas={replicas}"),
+        ]))
+    };
 
     step("two nodes Ready, images imported");
     let state = kubelet_dir.join("ipclink-state");
@@ -188,14 +227,7 @@ fn links_live_on_one_of_two_nodes_and_move_when_their_node_is_lost() {
     let inline = inline.to_str().expect("utf-8");
     must(kubectl(&["apply", "-f", inline]));
     let ns = "vision-inline";
-    must(kubectl(&[
-        "wait",
-        "ipcl/frames",
-        "-n",
-        ns,
-        "--for=condition=Ready",
-        "--timeout=150s",
-    ]));
+    link_ready(ns);
     let link_path = format!("/apis/ipclink.dev/v1alpha1/namespaces/{ns}/ipclinks/frames");
     let (camera, home) = one_running(&cp, ns, "camera");
     let (_, detector_node) = one_running(&cp, ns, "detector");
@@ -228,15 +260,13 @@ fn links_live_on_one_of_two_nodes_and_move_when_their_node_is_lost() {
         })
         .to_string(),
     );
-    let start = Instant::now();
-    let refusal = loop {
-        let found = events(&cp, ns, "FailedMount", Some("stray-detector"));
-        if let Some(m) = found.iter().find(|m| m.contains("lives on node")) {
-            break m.clone();
-        }
-        assert!(start.elapsed() < LONG, "no FailedMount: {found:?}");
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let refusal = wait_event(
+        &cp,
+        ns,
+        "FailedMount",
+        Some("stray-detector"),
+        "lives on node",
+    );
     assert!(
         refusal.contains(&format!("lives on node {home}"))
             && refusal.contains(&format!("this is node {other}"))
@@ -299,14 +329,7 @@ fn links_live_on_one_of_two_nodes_and_move_when_their_node_is_lost() {
     ]));
     let ns = "vision-persistent";
     let link_path = format!("/apis/ipclink.dev/v1alpha1/namespaces/{ns}/ipclinks/frames");
-    must(kubectl(&[
-        "wait",
-        "ipcl/frames",
-        "-n",
-        ns,
-        "--for=condition=Ready",
-        "--timeout=150s",
-    ]));
+    link_ready(ns);
     let (_, lost) = one_running(&cp, ns, "camera");
     let (detector, detector_node) = one_running(&cp, ns, "detector");
     assert_eq!(detector_node, lost, "the members on two nodes");
@@ -332,14 +355,7 @@ fn links_live_on_one_of_two_nodes_and_move_when_their_node_is_lost() {
     ));
 
     // The members leave; the node is drained, stops and is deleted.
-    must(kubectl(&[
-        "scale",
-        "deployment/camera",
-        "deployment/detector",
-        "-n",
-        ns,
-        "--replicas=0",
-    ]));
+    scale_members(ns, "0");
     let start = Instant::now();
     while !(running(&cp, ns, "camera").is_empty() && running(&cp, ns, "detector").is_empty()) {
         assert!(start.elapsed() < LONG, "the members did not leave");
@@ -365,28 +381,13 @@ fn links_live_on_one_of_two_nodes_and_move_when_their_node_is_lost() {
         LONG,
         |v| v["metadata"]["uid"].is_string() && v["metadata"]["uid"] != old_claim.as_str(),
     );
-    let start = Instant::now();
-    let rehomed = loop {
-        let found = events(&cp, ns, "Rehomed", None);
-        if let Some(m) = found.iter().find(|m| m.contains(lost.as_str())) {
-            break m.clone();
-        }
-        assert!(start.elapsed() < LONG, "no Rehomed event: {found:?}");
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let rehomed = wait_event(&cp, ns, "Rehomed", None, &lost);
     assert!(
         rehomed.contains("was deleted") && rehomed.contains("data did not move"),
         "{rehomed}"
     );
     step(&format!("Rehomed: {rehomed}"));
-    must(kubectl(&[
-        "scale",
-        "deployment/camera",
-        "deployment/detector",
-        "-n",
-        ns,
-        "--replicas=1",
-    ]));
+    scale_members(ns, "1");
     let (_, camera_node) = one_running(&cp, ns, "camera");
     let (detector, detector_node) = one_running(&cp, ns, "detector");
     let survivor = NODES.iter().find(|n| **n != lost).expect("survivor");
