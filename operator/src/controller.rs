@@ -8,28 +8,26 @@ use futures::StreamExt;
 use ipclink_core::IpcLink;
 use ipclink_core::metrics::OperatorMetrics;
 use ipclink_core::names::LINK_LABEL;
-use ipclink_core::quantity::format_bytes;
 use ipclink_core::spec::IpcLinkStatus;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{
-    Node, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, VolumeResourceRequirements,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 
+use crate::claims::{ClaimState, claim_holder, cleanup, ensure_claim, rehome};
 pub use crate::depth::Depths;
+use crate::linkindex::LinkIndex;
 use crate::plan::{self, Observed};
-use crate::podcache::{LinkIndex, PodCache, PodIndex};
-use crate::pods::PodView;
+use crate::podcache::{PodCache, PodIndex, PodWatch};
+use crate::pods::{PodView, WirePod};
 use crate::status::{OWN_WRITE_SETTLE, Written, fingerprint, only_depths_differ, same_but_time};
 pub use crate::watch::Reconnect;
-use crate::watch::reflected;
+use crate::watch::{mark_listed, reflected};
 
 /// The finalizer that makes deletion wait for members to unmount.
 pub const FINALIZER: &str = "ipclink.dev/cleanup";
@@ -75,37 +73,6 @@ pub struct Context {
 }
 
 impl Context {
-    /// Why `node` is lost, if it is: its Node was deleted, or it has not been Ready for
-    /// longer than the re-homing grace. `None` while nodes are not listed yet, when
-    /// re-homing is off, or when the node is fine.
-    fn node_lost(&self, node: &str) -> Option<String> {
-        let grace = self.rehome_after?;
-        if !self.nodes_listed.load(std::sync::atomic::Ordering::Acquire) {
-            return None;
-        }
-        let Some(n) = self.nodes.get(&ObjectRef::new(node)) else {
-            return Some("was deleted".into());
-        };
-        let ready = n
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))?;
-        if ready.status == "True" {
-            return None;
-        }
-        let since = ready.last_transition_time.as_ref()?;
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let secs = now.duration_since(since.0).as_secs();
-        (secs >= 0 && secs as u64 >= grace.as_secs()).then(|| {
-            format!(
-                "has not been Ready since {} (more than {} s)",
-                since.0,
-                grace.as_secs()
-            )
-        })
-    }
-
     /// How long a depth-only status write of `key` must still wait, if at all.
     fn write_wait(&self, key: &(String, String)) -> Option<Duration> {
         let writes = self.last_writes.lock().unwrap_or_else(|p| p.into_inner());
@@ -186,12 +153,12 @@ impl Error {
     }
 }
 
-fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+pub(crate) fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let what = what.into();
     move |source| Error::Kube { what, source }
 }
 
-fn is_status(e: &kube::Error, code: u16) -> bool {
+pub(crate) fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
@@ -375,32 +342,6 @@ async fn reconcile_inner(
     Ok((Action::requeue(ctx.resync), phase))
 }
 
-/// The node holding link `namespace/name`'s claim, if a node plugin made one.
-async fn claim_holder(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<String>, Error> {
-    let api: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), namespace);
-    match api
-        .get_opt(&ipclink_core::names::link_claim_name(name))
-        .await
-    {
-        Ok(lease) => Ok(lease.and_then(|l| l.spec?.holder_identity)),
-        // RBAC from before claims: judge by the members' nodes alone.
-        Err(kube::Error::Api(s)) if s.code == 403 => {
-            tracing::warn!(
-                namespace,
-                link = name,
-                "cannot read link claims (the operator's RBAC needs get on leases.coordination.k8s.io)"
-            );
-            Ok(None)
-        }
-        Err(e) => Err(kube_err(format!("read the claim of {name}"))(e)),
-    }
-}
-
 async fn write_status(
     api: &Api<IpcLink>,
     link: &IpcLink,
@@ -487,178 +428,6 @@ async fn remove_finalizer(api: &Api<IpcLink>, link: &IpcLink) -> Result<(), Erro
     }
 }
 
-/// Cleanup: deletes what Apply created (the claim, if it is ours). Idempotent, and safe
-/// when Apply never ran.
-async fn cleanup(link: &IpcLink, ctx: &Context) -> Result<(), Error> {
-    let ns = link.namespace().unwrap_or_default();
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    match claims.get_opt(&link.name_any()).await {
-        Ok(Some(c)) if owned_by(&c.metadata, link) => {
-            match claims
-                .delete(&link.name_any(), &DeleteParams::background())
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if is_status(&e, 404) => Ok(()),
-                Err(e) => Err(kube_err("delete the link's claim")(e)),
-            }
-        }
-        Ok(_) => Ok(()),
-        Err(e) => Err(kube_err("read the link's claim")(e)),
-    }
-}
-
-/// Re-homing: deletes the claim of a persistent link whose node is lost, so its next
-/// member's scheduling picks a node, and says so in an Event. The claim is deleted with
-/// its uid as precondition; the released volume goes with it (the provisioner deletes
-/// it), and the next reconcile makes a new claim.
-async fn rehome(link: &IpcLink, node: &str, why: &str, ctx: &Context) -> Result<(), Error> {
-    let ns = link.namespace().unwrap_or_default();
-    let name = link.name_any();
-    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(claim) = api
-        .get_opt(&name)
-        .await
-        .map_err(kube_err("read the link's claim"))?
-    else {
-        return Ok(());
-    };
-    let params = DeleteParams {
-        preconditions: Some(kube::api::Preconditions {
-            uid: claim.metadata.uid.clone(),
-            resource_version: None,
-        }),
-        ..DeleteParams::background()
-    };
-    match api.delete(&name, &params).await {
-        Ok(_) => {}
-        Err(e) if is_status(&e, 404) || is_status(&e, 409) => return Ok(()),
-        Err(e) => return Err(kube_err("release the link's claim")(e)),
-    }
-    tracing::warn!(namespace = %ns, link = %name, node, why, "released the link's volume: its node is lost");
-    let event = Event {
-        type_: EventType::Warning,
-        reason: "Rehomed".into(),
-        note: Some(format!(
-            "node {node} {why} and no member has the link mounted: released its volume (claim {name}) so the next member's node is chosen again; the link's data did not move: its channels start empty on the new node"
-        )),
-        action: "Rehome".into(),
-        // The lost Node: it also keeps the Events of two re-homings apart (the
-        // recorder folds Events of the same reason and objects into one series).
-        secondary: Some(k8s_openapi::api::core::v1::ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Node".into()),
-            name: Some(node.to_owned()),
-            ..Default::default()
-        }),
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &link.object_ref(&())).await {
-        tracing::warn!(namespace = %ns, link = %name, error = %e, "cannot publish an Event");
-    }
-    Ok(())
-}
-
-fn owned_by(meta: &ObjectMeta, link: &IpcLink) -> bool {
-    let uid = link.metadata.uid.as_deref();
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|o| Some(o.uid.as_str()) == uid && o.kind == ipclink_core::spec::KIND)
-}
-
-enum ClaimState {
-    Ours {
-        node: Option<String>,
-        created: bool,
-        /// Being deleted (a re-homing in progress).
-        deleting: bool,
-    },
-    Foreign(String),
-}
-
-/// Apply: the link's claim exists, is ours and asks for the link's size.
-async fn ensure_claim(
-    link: &IpcLink,
-    claim: &ipclink_core::spec::ClaimSpec,
-    size: u64,
-    ctx: &Context,
-) -> Result<ClaimState, Error> {
-    let ns = link.namespace().unwrap_or_default();
-    let name = link.name_any();
-    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let judge = |c: &PersistentVolumeClaim, created: bool| {
-        if owned_by(&c.metadata, link) {
-            ClaimState::Ours {
-                node: c.annotations().get(SELECTED_NODE).cloned(),
-                created,
-                deleting: c.metadata.deletion_timestamp.is_some(),
-            }
-        } else {
-            ClaimState::Foreign(format!(
-                "spec.claim: a PersistentVolumeClaim named {name} already exists in namespace {ns} and does not belong to this link; rename the link or that claim"
-            ))
-        }
-    };
-    if let Some(existing) = api
-        .get_opt(&name)
-        .await
-        .map_err(kube_err("read the link's claim"))?
-    {
-        return Ok(judge(&existing, false));
-    }
-    let owner = link
-        .controller_owner_ref(&())
-        .into_iter()
-        .collect::<Vec<_>>();
-    let pvc = PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(ns.clone()),
-            labels: Some(
-                [
-                    (LINK_LABEL.to_owned(), name.clone()),
-                    (
-                        "app.kubernetes.io/managed-by".to_owned(),
-                        MANAGER.to_owned(),
-                    ),
-                ]
-                .into(),
-            ),
-            owner_references: Some(owner),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteMany".into()]),
-            storage_class_name: Some(
-                claim
-                    .storage_class_name
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_CLASS.into()),
-            ),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some([("storage".to_owned(), Quantity(format_bytes(size)))].into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    match api.create(&PostParams::default(), &pvc).await {
-        Ok(c) => {
-            tracing::info!(namespace = %ns, link = %name, "created the link's claim");
-            Ok(judge(&c, true))
-        }
-        Err(e) if is_status(&e, 409) => {
-            let c = api
-                .get(&name)
-                .await
-                .map_err(kube_err("read the link's claim"))?;
-            Ok(judge(&c, false))
-        }
-        Err(e) => Err(kube_err("create the link's claim")(e)),
-    }
-}
-
 fn error_policy(link: Arc<IpcLink>, error: &Error, _: Arc<Context>) -> Action {
     tracing::warn!(namespace = %link.namespace().unwrap_or_default(), link = %link.name_any(), %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(2))
@@ -690,6 +459,36 @@ pub struct Shared {
     pub links: Store<IpcLink>,
     /// Depths gathered from node plugins.
     pub depths: Depths,
+    /// Whether the caches a reconcile reads hold their first list.
+    pub synced: Synced,
+}
+
+/// Whether the caches a reconcile reads hold their first list: a leader that has not
+/// read them yet is not ready (`/readyz`).
+#[derive(Debug, Clone)]
+pub struct Synced {
+    links: Arc<std::sync::atomic::AtomicBool>,
+    pods: Arc<PodIndex>,
+    nodes: Arc<std::sync::atomic::AtomicBool>,
+    claims: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Synced {
+    /// The caches still waiting for their first list, by resource.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let listed =
+            |f: &std::sync::atomic::AtomicBool| f.load(std::sync::atomic::Ordering::Acquire);
+        [
+            ("ipclinks", listed(&self.links)),
+            ("pods", self.pods.listed()),
+            ("nodes", listed(&self.nodes)),
+            ("leases", listed(&self.claims)),
+        ]
+        .into_iter()
+        .filter(|(_, done)| !done)
+        .map(|(what, _)| what)
+        .collect()
+    }
 }
 
 /// Checks that the CRD is served; a clear error otherwise.
@@ -715,22 +514,10 @@ pub async fn run(
     ready: tokio::sync::oneshot::Sender<Shared>,
 ) {
     let links: Api<IpcLink> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
     let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client.clone());
 
     let pod_index = Arc::new(PodIndex::new(settings.pod_cache));
-    let index = pod_index.clone();
-    // The index keeps what the operator reads of each pod, and is fed before the event
-    // wakes a link.
-    let pod_stream = watcher(pods, watcher::Config::default())
-        .backoff(Reconnect::default())
-        .inspect(move |e| {
-            if let Ok(e) = e {
-                index.apply(e);
-            }
-        })
-        .touched_objects();
 
     // Nodes: only whether each exists and is Ready (re-homing of persistent links).
     let (node_store, nodes_listed, node_stream) =
@@ -758,7 +545,8 @@ pub async fn run(
     );
 
     let (link_store, link_writer) = reflector::store();
-    let pod_cache = settings.pod_cache;
+    let links_listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = links_listed.clone();
     let link_index = Arc::new(LinkIndex::default());
     let names = link_index.clone();
     // Managed fields are the largest part of a link that has a status (a tree of
@@ -772,16 +560,31 @@ pub async fn run(
         if let Ok(e) = e {
             names.apply(e);
         }
+        mark_listed(e, &flag);
     })
     .applied_objects();
     let controller = Controller::for_stream(link_stream, link_store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .trigger_backoff(Reconnect::default());
+    let pods = PodWatch {
+        index: pod_index.clone(),
+        links: link_index,
+        store: link_store.clone(),
+    };
+    let controller = match settings.pod_cache {
+        PodCache::Slim => pods.wakes(controller, Api::<WirePod>::all(client.clone())),
+        PodCache::Full => pods.wakes(controller, Api::<Pod>::all(client.clone())),
+    };
     let _ = ready.send(Shared {
         links: link_store.clone(),
         depths: depths.clone(),
+        synced: Synced {
+            links: links_listed,
+            pods: pod_index.clone(),
+            nodes: nodes_listed.clone(),
+            claims: leases_listed.clone(),
+        },
     });
-    let mapper_store = link_store.clone();
     let node_links_store = link_store.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
@@ -807,35 +610,6 @@ pub async fn run(
     });
     controller
         .owns(claims, watcher::Config::default().labels(LINK_LABEL))
-        // A pod event wakes every link of its namespace that selects it now or listed
-        // it before (labels can change).
-        .watches_stream(pod_stream, move |pod: Pod| {
-            let ns = pod.namespace().unwrap_or_default();
-            let name = pod.name_any();
-            let labels = pod.labels().clone();
-            let candidates = match pod_cache {
-                PodCache::Slim => link_index
-                    .candidates(&ns, &name, &labels)
-                    .into_iter()
-                    .filter_map(|l| mapper_store.get(&ObjectRef::new(&l).within(&ns)))
-                    .collect(),
-                PodCache::Full => mapper_store
-                    .state()
-                    .into_iter()
-                    .filter(|l| l.namespace().as_deref() == Some(ns.as_str()))
-                    .collect::<Vec<_>>(),
-            };
-            candidates
-                .into_iter()
-                .filter(|l| {
-                    !ipclink_core::members::members_of(l, &labels).is_empty()
-                        || l.status
-                            .as_ref()
-                            .is_some_and(|s| s.members.iter().any(|m| m.pod == name))
-                })
-                .map(|l| ObjectRef::from_obj(&*l))
-                .collect::<Vec<_>>()
-        })
         // A claim taken or released wakes its link.
         .watches_stream(lease_stream, |lease: Lease| {
             let ns = lease.namespace().unwrap_or_default();
@@ -902,5 +676,42 @@ mod tests {
             source: kube::Error::SerdeError(parse),
         };
         assert_eq!(e.metric_label(), "serialization");
+    }
+
+    #[test]
+    fn a_leader_is_ready_once_every_cache_has_listed() {
+        use ipclink_runtime::links::Exposition;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let flag = || Arc::new(AtomicBool::new(false));
+        let synced = Synced {
+            links: flag(),
+            pods: Arc::new(PodIndex::new(PodCache::Slim)),
+            nodes: flag(),
+            claims: flag(),
+        };
+        let registry = prometheus::Registry::new();
+        let exposed = crate::metrics::Exposed {
+            metrics: OperatorMetrics::new(&registry).expect("metrics"),
+            registry,
+            links: std::sync::OnceLock::new(),
+            synced: std::sync::OnceLock::new(),
+        };
+        assert_eq!(exposed.ready(), Ok(()), "a standby is ready");
+        exposed.synced.set(synced.clone()).expect("set once");
+        assert_eq!(
+            exposed.ready(),
+            Err(
+                "leading, but the first list of ipclinks, pods, nodes, leases is not in yet".into()
+            )
+        );
+        synced.links.store(true, Ordering::Release);
+        synced.nodes.store(true, Ordering::Release);
+        synced.claims.store(true, Ordering::Release);
+        assert_eq!(synced.missing(), ["pods"]);
+        synced
+            .pods
+            .apply(&kube::runtime::watcher::Event::<Pod>::InitDone);
+        assert_eq!(synced.missing(), Vec::<&str>::new());
+        assert_eq!(exposed.ready(), Ok(()));
     }
 }

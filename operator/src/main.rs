@@ -115,6 +115,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry,
         metrics: metrics.clone(),
         links: std::sync::OnceLock::new(),
+        synced: std::sync::OnceLock::new(),
     });
     let server = tokio::spawn(serve(
         listener,
@@ -185,6 +186,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     ));
     let shared = ready_rx.await.context("the controller did not start")?;
     let _ = exposed.links.set(shared.links);
+    let _ = exposed.synced.set(shared.synced);
     let plugins = args.node_plugins.as_ref().map(|(ns, selector)| {
         (
             kube::Api::namespaced(client.clone(), ns),

@@ -14,6 +14,8 @@ use ipclink_runtime::links::Exposition;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
+use crate::controller::Synced;
+
 /// The operator's exposition.
 pub struct Exposed {
     /// Every family the operator registers.
@@ -22,6 +24,9 @@ pub struct Exposed {
     pub metrics: OperatorMetrics,
     /// The link cache, set once this replica leads.
     pub links: std::sync::OnceLock<Store<IpcLink>>,
+    /// The leader's caches, set once this replica leads: not ready before their first
+    /// list.
+    pub synced: std::sync::OnceLock<Synced>,
 }
 
 impl std::fmt::Debug for Exposed {
@@ -47,6 +52,23 @@ fn phase(link: &IpcLink) -> Phase {
 }
 
 impl Exposition for Exposed {
+    /// A standby is ready (it serves metrics and health); a leader once it has read
+    /// what its reconciles judge by.
+    fn ready(&self) -> Result<(), String> {
+        let Some(synced) = self.synced.get() else {
+            return Ok(());
+        };
+        let missing = synced.missing();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "leading, but the first list of {} is not in yet",
+                missing.join(", ")
+            ))
+        }
+    }
+
     fn metrics(&self, out: &mut String) {
         let Some(links) = self.links.get() else {
             render(&self.registry, out);

@@ -2,8 +2,8 @@
 //! [`PodView`](crate::pods::PodView) reads, and looked up by namespace and labels through
 //! an index, so a reconcile touches only the pods its members can select.
 //!
-//! [`LinkIndex`] is the same idea for links: a pod event wakes only the links whose
-//! members may select it or whose status lists it.
+//! [`PodWatch`] feeds it from one watch and wakes the links a pod event concerns,
+//! found through [`LinkIndex`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +14,15 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
-use crate::pods::{PodView, SlimPod};
+use crate::linkindex::LinkIndex;
+use crate::pods::{PodView, SlimPod, WirePod};
+use crate::watch::Reconnect;
+use futures::StreamExt;
+use kube::Api;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::Event;
+use kube::runtime::{WatchStreamExt, watcher};
 
 /// How pods are kept and found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -79,6 +86,37 @@ impl Cached {
             Cached::Slim(p) => PodView::of_slim(p, link),
             Cached::Full(p) => PodView::of(p, link),
         }
+    }
+}
+
+/// A pod as a watch yields it: [`Pod`] (the whole object) or [`WirePod`] (what the
+/// slim cache decodes).
+pub trait Watched:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// What an index in `mode` keeps of it.
+    fn keep(&self, mode: PodCache) -> Cached;
+}
+
+impl Watched for Pod {
+    fn keep(&self, mode: PodCache) -> Cached {
+        match mode {
+            PodCache::Slim => Cached::Slim(SlimPod::of(self)),
+            PodCache::Full => Cached::Full(Box::new(self.clone())),
+        }
+    }
+}
+
+impl Watched for WirePod {
+    /// Always slim: a wire pod has nothing more to keep.
+    fn keep(&self, _: PodCache) -> Cached {
+        Cached::Slim(SlimPod::from(self.clone()))
     }
 }
 
@@ -167,7 +205,7 @@ impl Inner {
         self.len = self.len + space.pods.len() - before;
     }
 
-    fn remove(&mut self, pod: &Pod) {
+    fn remove(&mut self, pod: &impl kube::Resource) {
         let ns = pod.namespace().unwrap_or_default();
         if let Some(space) = self.namespaces.get_mut(&ns) {
             let before = space.pods.len();
@@ -206,24 +244,16 @@ impl PodIndex {
         }
     }
 
-    /// What this index keeps of a pod.
-    pub fn keep(&self, pod: &Pod) -> Cached {
-        match self.mode {
-            PodCache::Slim => Cached::Slim(SlimPod::of(pod)),
-            PodCache::Full => Cached::Full(Box::new(pod.clone())),
-        }
-    }
-
     /// Folds one watch event in. A relist replaces the whole content at its end, so a
     /// pod deleted while the watch was down does not stay.
-    pub fn apply(&self, event: &Event<Pod>) {
+    pub fn apply<P: Watched>(&self, event: &Event<P>) {
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         match event {
-            Event::Apply(p) => inner.insert(self.keep(p)),
+            Event::Apply(p) => inner.insert(p.keep(self.mode)),
             Event::Delete(p) => inner.remove(p),
             Event::Init => inner.relist = Some(Vec::new()),
             Event::InitApply(p) => {
-                let kept = self.keep(p);
+                let kept = p.keep(self.mode);
                 inner.relist.get_or_insert_with(Vec::new).push(kept);
             }
             Event::InitDone => {
@@ -237,6 +267,11 @@ impl PodIndex {
                 self.listed.store(true, Ordering::Release);
             }
         }
+    }
+
+    /// How it keeps and finds pods.
+    pub fn mode(&self) -> PodCache {
+        self.mode
     }
 
     /// Whether the first list is in (before it, every link would look memberless).
@@ -294,176 +329,77 @@ impl PodIndex {
     }
 }
 
-/// Where one link is filed in a namespace's [`LinkIndex`].
-#[derive(Default)]
-struct Filed {
-    pairs: Vec<Label>,
-    any: bool,
-    pods: Vec<String>,
+/// The pod watch: it feeds the pod index, then wakes the links a pod event concerns.
+pub struct PodWatch {
+    /// The pod index it feeds.
+    pub index: Arc<PodIndex>,
+    /// The links by what their members select.
+    pub links: Arc<LinkIndex>,
+    /// The link cache.
+    pub store: Store<IpcLink>,
 }
 
-/// The links of one namespace, by the labels their members select and the pods their
-/// status lists.
-#[derive(Default)]
-struct LinkSpace {
-    filed: HashMap<String, Filed>,
-    by_label: HashMap<Label, HashSet<String>>,
-    any: HashSet<String>,
-    by_pod: HashMap<String, HashSet<String>>,
-}
-
-impl LinkSpace {
-    fn insert(&mut self, link: &IpcLink) {
-        let name = link.name_any();
-        self.remove(&name);
-        let mut filed = Filed::default();
-        for selector in link
-            .spec
-            .members
-            .iter()
-            .filter_map(|m| m.pod_selector.as_ref())
-        {
-            // A pod must carry every matchLabels pair: one of them is enough to file by.
-            if let Some((k, v)) = selector.match_labels.iter().flatten().next() {
-                filed.pairs.push((k.clone(), v.clone()));
-                continue;
-            }
-            let ins: Vec<Label> = selector
-                .match_expressions
-                .iter()
-                .flatten()
-                .find(|e| e.operator == "In")
-                .map(|e| {
-                    e.values
-                        .iter()
-                        .flatten()
-                        .map(|v| (e.key.clone(), v.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if ins.is_empty() {
-                filed.any = true;
-            }
-            filed.pairs.extend(ins);
-        }
-        filed.pods = link
-            .status
-            .iter()
-            .flat_map(|s| s.members.iter().map(|m| m.pod.clone()))
-            .collect();
-        for pair in &filed.pairs {
-            self.by_label
-                .entry(pair.clone())
-                .or_default()
-                .insert(name.clone());
-        }
-        if filed.any {
-            self.any.insert(name.clone());
-        }
-        for pod in &filed.pods {
-            self.by_pod
-                .entry(pod.clone())
-                .or_default()
-                .insert(name.clone());
-        }
-        self.filed.insert(name, filed);
-    }
-
-    fn remove(&mut self, name: &str) {
-        let Some(filed) = self.filed.remove(name) else {
-            return;
-        };
-        for pair in filed.pairs {
-            drop_name(&mut self.by_label, pair, name);
-        }
-        for pod in filed.pods {
-            drop_name(&mut self.by_pod, pod, name);
-        }
-        self.any.remove(name);
-    }
-}
-
-fn drop_name<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashSet<String>>, key: K, name: &str) {
-    if let Some(names) = map.get_mut(&key) {
-        names.remove(name);
-        if names.is_empty() {
-            map.remove(&key);
-        }
-    }
-}
-
-/// Every namespace's links, and the links of a relist in progress.
-type LinkSpaces = (HashMap<String, LinkSpace>, Option<Vec<IpcLink>>);
-
-/// The links of each namespace, filed by the pod labels their members select and the
-/// pods their status lists, so a pod event finds the links it may concern without
-/// looking at the others; fed by the link watch.
-#[derive(Default)]
-pub struct LinkIndex {
-    inner: RwLock<LinkSpaces>,
-}
-
-impl std::fmt::Debug for LinkIndex {
+impl std::fmt::Debug for PodWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinkIndex").finish_non_exhaustive()
+        f.debug_struct("PodWatch")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
     }
 }
 
-impl LinkIndex {
-    /// Folds one watch event in.
-    pub fn apply(&self, event: &Event<IpcLink>) {
-        let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let (spaces, relist) = &mut *guard;
-        match event {
-            Event::Apply(l) => spaces
-                .entry(l.namespace().unwrap_or_default())
-                .or_default()
-                .insert(l),
-            Event::Delete(l) => {
-                let ns = l.namespace().unwrap_or_default();
-                if let Some(space) = spaces.get_mut(&ns) {
-                    space.remove(&l.name_any());
-                    if space.filed.is_empty() {
-                        spaces.remove(&ns);
-                    }
+impl PodWatch {
+    /// `controller`, woken by the pods of `api`: whole pods, or only what the slim cache
+    /// decodes ([`WirePod`]).
+    pub fn wakes<P: Watched>(
+        self,
+        controller: Controller<IpcLink>,
+        api: Api<P>,
+    ) -> Controller<IpcLink> {
+        let PodWatch {
+            index,
+            links,
+            store,
+        } = self;
+        let mode = index.mode();
+        // The index keeps what the operator reads of each pod, and is fed before the
+        // event wakes a link.
+        let stream = watcher(api, watcher::Config::default())
+            .backoff(Reconnect::default())
+            .inspect(move |e| {
+                if let Ok(e) = e {
+                    index.apply(e);
                 }
-            }
-            Event::Init => *relist = Some(Vec::new()),
-            Event::InitApply(l) => relist.get_or_insert_with(Vec::new).push(l.clone()),
-            Event::InitDone => {
-                spaces.clear();
-                for l in relist.take().unwrap_or_default() {
-                    spaces
-                        .entry(l.namespace().unwrap_or_default())
-                        .or_default()
-                        .insert(&l);
-                }
-            }
-        }
-    }
-
-    /// The names of the links of `namespace` that may select a pod `pod` with `labels`
-    /// or list it in their status (a superset: the caller checks each).
-    pub fn candidates(
-        &self,
-        namespace: &str,
-        pod: &str,
-        labels: &BTreeMap<String, String>,
-    ) -> Vec<String> {
-        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let Some(space) = guard.0.get(namespace) else {
-            return Vec::new();
-        };
-        let mut names: HashSet<&String> = space.any.iter().collect();
-        for (k, v) in labels {
-            if let Some(n) = space.by_label.get(&(k.clone(), v.clone())) {
-                names.extend(n);
-            }
-        }
-        if let Some(n) = space.by_pod.get(pod) {
-            names.extend(n);
-        }
-        names.into_iter().cloned().collect()
+            })
+            .touched_objects();
+        // A pod event wakes every link of its namespace that selects it now or listed
+        // it before (labels can change).
+        controller.watches_stream(stream, move |pod: P| {
+            let ns = pod.namespace().unwrap_or_default();
+            let name = pod.name_any();
+            let labels = pod.labels();
+            let candidates = match mode {
+                PodCache::Slim => links
+                    .candidates(&ns, &name, labels)
+                    .into_iter()
+                    .filter_map(|l| store.get(&ObjectRef::new(&l).within(&ns)))
+                    .collect(),
+                PodCache::Full => store
+                    .state()
+                    .into_iter()
+                    .filter(|l| l.namespace().as_deref() == Some(ns.as_str()))
+                    .collect::<Vec<_>>(),
+            };
+            candidates
+                .into_iter()
+                .filter(|l| {
+                    !ipclink_core::members::members_of(l, labels).is_empty()
+                        || l.status
+                            .as_ref()
+                            .is_some_and(|s| s.members.iter().any(|m| m.pod == name))
+                })
+                .map(|l| ObjectRef::from_obj(&*l))
+                .collect::<Vec<_>>()
+        })
     }
 }
 
@@ -563,6 +499,36 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_pod_decoded_off_the_wire_keeps_the_same_as_a_whole_pod() {
+        let decode =
+            |v: serde_json::Value| -> WirePod { serde_json::from_value(v).expect("a wire pod") };
+        let mut full = pod("vision", "cam-0", &[("app", "camera")]);
+        full.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        let wire = decode(serde_json::to_value(&full).expect("json"));
+        assert_eq!(wire.metadata.annotations, None, "annotations are skipped");
+        assert_eq!(
+            wire.metadata.managed_fields, None,
+            "managed fields are skipped"
+        );
+        assert_eq!(SlimPod::from(wire.clone()), SlimPod::of(&full));
+        assert!(matches!(wire.keep(PodCache::Full), Cached::Slim(_)));
+        // Fields left out or null decode as absent, as they do for a whole pod.
+        let bare = serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "labels": null},
+            "spec": {"containers": [{"name": "c", "volumeMounts": null}], "volumes": null, "securityContext": null},
+            "status": null,
+        });
+        let whole: Pod = serde_json::from_value(bare.clone()).expect("pod");
+        assert_eq!(SlimPod::from(decode(bare)), SlimPod::of(&whole));
+        let empty = serde_json::json!({"metadata": {"name": "p", "namespace": "ns"}});
+        let whole: Pod = serde_json::from_value(empty.clone()).expect("pod");
+        assert_eq!(SlimPod::from(decode(empty)), SlimPod::of(&whole));
+    }
+
     fn selector(pairs: &[(&str, &str)]) -> LabelSelector {
         LabelSelector {
             match_labels: Some(
@@ -583,7 +549,7 @@ mod tests {
     fn both_modes_select_the_same_pods() {
         for mode in [PodCache::Slim, PodCache::Full] {
             let index = PodIndex::new(mode);
-            index.apply(&Event::Init);
+            index.apply(&Event::<Pod>::Init);
             for (ns, name, labels) in [
                 ("a", "p1", vec![("app", "cam"), ("tier", "prod")]),
                 ("a", "p2", vec![("app", "cam"), ("tier", "test")]),
@@ -596,7 +562,7 @@ mod tests {
                 !index.listed() && index.is_empty(),
                 "{mode:?}: nothing before InitDone"
             );
-            index.apply(&Event::InitDone);
+            index.apply(&Event::<Pod>::InitDone);
             assert!(index.listed());
             assert_eq!(index.len(), 4);
             assert_eq!(
@@ -647,10 +613,10 @@ mod tests {
             assert_eq!(index.len(), 3);
 
             // A relist replaces everything: a pod missed while the watch was down goes.
-            index.apply(&Event::Init);
+            index.apply(&Event::<Pod>::Init);
             index.apply(&Event::InitApply(pod("b", "p9", &[("app", "cam")])));
             assert_eq!(index.len(), 3, "the old content serves until InitDone");
-            index.apply(&Event::InitDone);
+            index.apply(&Event::<Pod>::InitDone);
             assert_eq!(index.len(), 1);
             assert!(index.select("a", &[&LabelSelector::default()]).is_empty());
             assert_eq!(
@@ -658,92 +624,5 @@ mod tests {
                 ["p9"]
             );
         }
-    }
-
-    fn link(ns: &str, name: &str, selectors: &str, pods: &[&str]) -> IpcLink {
-        let mut l = ipclink_core::parse_links(
-            ns,
-            &format!(
-                "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  members: {selectors}\n  channels: [{{name: f, kind: fifo}}]\n"
-            ),
-        )
-        .expect("link")
-        .remove(0);
-        l.status = Some(ipclink_core::spec::IpcLinkStatus {
-            members: pods
-                .iter()
-                .map(|p| ipclink_core::spec::MemberStatus {
-                    member: "m".into(),
-                    pod: p.to_string(),
-                    node: None,
-                    mounted: false,
-                })
-                .collect(),
-            ..Default::default()
-        });
-        l
-    }
-
-    fn sorted(mut v: Vec<String>) -> Vec<String> {
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn a_pod_finds_the_links_that_may_concern_it() {
-        let index = LinkIndex::default();
-        let cam = "[{name: m, podSelector: {matchLabels: {app: cam, tier: prod}}}]";
-        let det = "[{name: m, podSelector: {matchExpressions: [{key: app, operator: In, values: [det, seg]}]}}]";
-        let all = "[{name: m, podSelector: {}}]";
-        let none = "[{name: m}]";
-        index.apply(&Event::Apply(link("a", "cam", cam, &[])));
-        index.apply(&Event::Apply(link("a", "det", det, &[])));
-        index.apply(&Event::Apply(link("a", "all", all, &[])));
-        index.apply(&Event::Apply(link("a", "none", none, &["old-pod"])));
-        index.apply(&Event::Apply(link("b", "cam", cam, &[])));
-        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        assert_eq!(
-            sorted(index.candidates("a", "p", &labels(&[("app", "cam"), ("tier", "prod")]))),
-            ["all", "cam"]
-        );
-        assert_eq!(
-            sorted(index.candidates("a", "p", &labels(&[("app", "seg")]))),
-            ["all", "det"]
-        );
-        assert_eq!(
-            sorted(index.candidates("a", "old-pod", &labels(&[]))),
-            ["all", "none"]
-        );
-        assert!(
-            index
-                .candidates("c", "p", &labels(&[("app", "cam")]))
-                .is_empty()
-        );
-
-        // A changed selector is filed again; a deleted link goes.
-        index.apply(&Event::Apply(link("a", "cam", det, &[])));
-        assert_eq!(
-            sorted(index.candidates("a", "p", &labels(&[("app", "cam"), ("tier", "prod")]))),
-            ["all"]
-        );
-        index.apply(&Event::Delete(link("a", "all", all, &[])));
-        assert_eq!(
-            sorted(index.candidates("a", "p", &labels(&[("app", "det")]))),
-            ["cam", "det"]
-        );
-        index.apply(&Event::Init);
-        index.apply(&Event::InitApply(link("c", "x", all, &[])));
-        index.apply(&Event::InitDone);
-        assert!(
-            index
-                .candidates("a", "p", &labels(&[("app", "det")]))
-                .is_empty()
-        );
-        assert_eq!(index.candidates("c", "p", &labels(&[])), ["x"]);
     }
 }

@@ -6,6 +6,8 @@ use ipclink_core::names::DRIVER_NAME;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use serde::Deserialize;
 
 /// What the operator needs of one pod selected by a link's members.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +93,29 @@ pub struct SlimContainer {
     pub mounts: Vec<String>,
 }
 
+/// The volume of a pod the operator keeps, if it may reference a link: an inline
+/// volume of our driver (`ours` is its `link` attribute) or a claim.
+fn kept_volume(
+    name: String,
+    ours: Option<Option<String>>,
+    claim: Option<String>,
+) -> Option<SlimVolume> {
+    let inline_link = ours.map(Option::unwrap_or_default);
+    (inline_link.is_some() || claim.is_some()).then_some(SlimVolume {
+        name,
+        inline_link,
+        claim,
+    })
+}
+
+/// The mounts of a container that name a kept volume.
+fn kept_mounts<'a>(mounts: impl Iterator<Item = &'a str>, volumes: &[SlimVolume]) -> Vec<String> {
+    mounts
+        .filter(|m| volumes.iter().any(|v| v.name == *m))
+        .map(str::to_owned)
+        .collect()
+}
+
 impl SlimPod {
     /// The fields of `pod` the operator reads.
     pub fn of(pod: &Pod) -> SlimPod {
@@ -100,22 +125,16 @@ impl SlimPod {
             .into_iter()
             .flatten()
             .filter_map(|v| {
-                let inline_link = v.csi.as_ref().filter(|c| c.driver == DRIVER_NAME).map(|c| {
-                    c.volume_attributes
+                kept_volume(
+                    v.name.clone(),
+                    v.csi.as_ref().filter(|c| c.driver == DRIVER_NAME).map(|c| {
+                        let link = c.volume_attributes.as_ref().and_then(|a| a.get("link"));
+                        link.cloned()
+                    }),
+                    v.persistent_volume_claim
                         .as_ref()
-                        .and_then(|a| a.get("link"))
-                        .cloned()
-                        .unwrap_or_default()
-                });
-                let claim = v
-                    .persistent_volume_claim
-                    .as_ref()
-                    .map(|c| c.claim_name.clone());
-                (inline_link.is_some() || claim.is_some()).then(|| SlimVolume {
-                    name: v.name.clone(),
-                    inline_link,
-                    claim,
-                })
+                        .map(|c| c.claim_name.clone()),
+                )
             })
             .collect();
         let containers = spec
@@ -128,13 +147,10 @@ impl SlimPod {
                     name: c.name.clone(),
                     run_as_user: sc.and_then(|s| s.run_as_user),
                     run_as_group: sc.and_then(|s| s.run_as_group),
-                    mounts: c
-                        .volume_mounts
-                        .iter()
-                        .flatten()
-                        .filter(|m| volumes.iter().any(|v| v.name == m.name))
-                        .map(|m| m.name.clone())
-                        .collect(),
+                    mounts: kept_mounts(
+                        c.volume_mounts.iter().flatten().map(|m| m.name.as_str()),
+                        &volumes,
+                    ),
                 }
             })
             .collect();
@@ -154,6 +170,178 @@ impl SlimPod {
             supplemental_groups: psc
                 .and_then(|p| p.supplemental_groups.clone())
                 .unwrap_or_default(),
+        }
+    }
+}
+
+/// A pod as the slim cache decodes it from a list or watch: serde fills these fields and
+/// skips the rest of the object without building it, so no `Pod` of kilobytes is made
+/// (and dropped) per event. [`SlimPod::from`] keeps what the operator reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WirePod {
+    /// Name, namespace, labels, deletion timestamp, resource version and uid only.
+    #[serde(deserialize_with = "wire_meta")]
+    pub metadata: ObjectMeta,
+    spec: Option<WireSpec>,
+    status: Option<WireStatus>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    deletion_timestamp: Option<Time>,
+    resource_version: Option<String>,
+    uid: Option<String>,
+}
+
+fn wire_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let m = WireMeta::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        labels: m.labels,
+        deletion_timestamp: m.deletion_timestamp,
+        resource_version: m.resource_version,
+        uid: m.uid,
+        ..ObjectMeta::default()
+    })
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireSpec {
+    node_name: Option<String>,
+    volumes: Option<Vec<WireVolume>>,
+    containers: Option<Vec<WireContainer>>,
+    security_context: Option<WireIds>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireVolume {
+    name: String,
+    csi: Option<WireCsi>,
+    persistent_volume_claim: Option<WireClaim>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireCsi {
+    driver: String,
+    volume_attributes: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireClaim {
+    claim_name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireContainer {
+    name: String,
+    security_context: Option<WireIds>,
+    volume_mounts: Option<Vec<WireMount>>,
+}
+
+/// A pod's or a container's `securityContext`, the identity fields only (a container
+/// has no `fsGroup` or `supplementalGroups`: they stay empty).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireIds {
+    run_as_user: Option<i64>,
+    run_as_group: Option<i64>,
+    fs_group: Option<i64>,
+    supplemental_groups: Option<Vec<i64>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct WireMount {
+    name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct WireStatus {
+    phase: Option<String>,
+}
+
+impl kube::Resource for WirePod {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl From<WirePod> for SlimPod {
+    fn from(pod: WirePod) -> SlimPod {
+        let (node, volumes, containers, psc) = match pod.spec {
+            Some(s) => (
+                s.node_name,
+                s.volumes.unwrap_or_default(),
+                s.containers.unwrap_or_default(),
+                s.security_context,
+            ),
+            None => (None, Vec::new(), Vec::new(), None),
+        };
+        let volumes: Vec<SlimVolume> = volumes
+            .into_iter()
+            .filter_map(|v| {
+                kept_volume(
+                    v.name,
+                    v.csi
+                        .filter(|c| c.driver == DRIVER_NAME)
+                        .map(|c| c.volume_attributes.and_then(|mut a| a.remove("link"))),
+                    v.persistent_volume_claim.map(|c| c.claim_name),
+                )
+            })
+            .collect();
+        let containers = containers
+            .into_iter()
+            .map(|c| SlimContainer {
+                mounts: kept_mounts(
+                    c.volume_mounts.iter().flatten().map(|m| m.name.as_str()),
+                    &volumes,
+                ),
+                name: c.name,
+                run_as_user: c.security_context.as_ref().and_then(|s| s.run_as_user),
+                run_as_group: c.security_context.as_ref().and_then(|s| s.run_as_group),
+            })
+            .collect();
+        let meta = pod.metadata;
+        SlimPod {
+            name: meta.name.unwrap_or_default(),
+            namespace: meta.namespace.unwrap_or_default(),
+            labels: meta.labels.unwrap_or_default(),
+            deleting: meta.deletion_timestamp.is_some(),
+            node,
+            running: pod.status.and_then(|s| s.phase).as_deref() == Some("Running"),
+            volumes,
+            containers,
+            run_as_user: psc.as_ref().and_then(|p| p.run_as_user),
+            run_as_group: psc.as_ref().and_then(|p| p.run_as_group),
+            fs_group: psc.as_ref().and_then(|p| p.fs_group),
+            supplemental_groups: psc.and_then(|p| p.supplemental_groups).unwrap_or_default(),
         }
     }
 }

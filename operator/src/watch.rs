@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::reflector::Store;
@@ -32,20 +33,28 @@ where
 {
     let (store, writer) = reflector::store();
     let listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (flag, ready) = (listed.clone(), store.clone());
-    tokio::spawn(async move {
-        if ready.wait_until_ready().await.is_ok() {
-            flag.store(true, std::sync::atomic::Ordering::Release);
-        }
-    });
+    let flag = listed.clone();
     let stream = reflector(
         writer,
         watcher(api, config)
             .backoff(Reconnect::default())
             .modify(trim),
     )
+    .inspect(move |e| mark_listed(e, &flag))
     .touched_objects();
     (store, listed, stream)
+}
+
+/// Sets `flag` once `event` ends a list, i.e. once the store it was applied to holds
+/// the list. Not through `Store::wait_until_ready`: of two tasks waiting on one store
+/// (the controller waits on its own) only the last one polled is woken.
+pub fn mark_listed<K>(
+    event: &Result<watcher::Event<K>, watcher::Error>,
+    flag: &std::sync::atomic::AtomicBool,
+) {
+    if let Ok(watcher::Event::InitDone) = event {
+        flag.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Reconnect backoff for every watch: 250 ms doubling to at most 4 s, reset by the

@@ -81,6 +81,8 @@ fn one_replica_leads_and_a_standby_takes_over_within_the_lease() {
     wait("op-a leading", CONVERGE, || {
         value(&a, "ipclink_operator_leader") == Some(1.0)
     });
+    // Ready once its caches hold their first list (no link exists yet).
+    a.wait_ready(CONVERGE);
     let mut b = replica(&cp, "op-b");
     wait("op-b standing by", CONVERGE, || {
         b.logs().contains("standing by")

@@ -76,6 +76,17 @@ impl Operator {
             .ok()
     }
 
+    /// Waits until `/readyz` answers 200 (a leader: its caches hold their first list);
+    /// returns how long that took.
+    pub fn wait_ready(&mut self, limit: Duration) -> Duration {
+        let start = std::time::Instant::now();
+        let port = self.port;
+        self.process.wait_until("/readyz answering 200", limit, || {
+            get_ok(port, "/readyz").is_some()
+        });
+        start.elapsed()
+    }
+
     /// Its /metrics text.
     pub fn metrics(&self) -> String {
         get_ok(self.port, "/metrics").unwrap_or_default()
