@@ -6,20 +6,33 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::spec::IpcLink;
 
+/// A pod's labels, however they are kept.
+pub trait Labels {
+    /// The value of label `key`, if the pod has it.
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl Labels for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
 /// Whether `selector` selects a pod with `labels` (Kubernetes semantics: every
 /// matchLabels pair and every matchExpression must hold; an empty selector selects all).
-pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+pub fn selects(selector: &LabelSelector, labels: &(impl Labels + ?Sized)) -> bool {
     let labels_ok = selector
         .match_labels
         .iter()
         .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
+        .all(|(k, v)| labels.label(k) == Some(v.as_str()));
     let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
         let values = e.values.as_deref().unwrap_or_default();
-        let have = labels.get(&e.key);
+        let have = labels.label(&e.key);
+        let listed = |v: &str| values.iter().any(|x| x == v);
         match e.operator.as_str() {
-            "In" => have.is_some_and(|v| values.contains(v)),
-            "NotIn" => have.is_none_or(|v| !values.contains(v)),
+            "In" => have.is_some_and(listed),
+            "NotIn" => have.is_none_or(|v| !listed(v)),
             "Exists" => have.is_some(),
             "DoesNotExist" => have.is_none(),
             _ => false,
@@ -30,7 +43,7 @@ pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
 
 /// Names of the members of `link` that select a pod with `labels`. A member without a
 /// podSelector selects no pod (it exists for local and Compose use).
-pub fn members_of(link: &IpcLink, labels: &BTreeMap<String, String>) -> Vec<String> {
+pub fn members_of(link: &IpcLink, labels: &(impl Labels + ?Sized)) -> Vec<String> {
     link.spec
         .members
         .iter()

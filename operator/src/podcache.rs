@@ -61,11 +61,28 @@ impl Cached {
     }
 
     /// Its labels.
-    pub fn labels(&self) -> &BTreeMap<String, String> {
+    pub fn labels(&self) -> Vec<(&str, &str)> {
+        match self {
+            Cached::Slim(p) => p.labels.iter().collect(),
+            Cached::Full(p) => p
+                .metadata
+                .labels
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+        }
+    }
+
+    /// Whether `selector` selects it.
+    pub fn selected_by(&self, selector: &LabelSelector) -> bool {
         static NONE: BTreeMap<String, String> = BTreeMap::new();
         match self {
-            Cached::Slim(p) => &p.labels,
-            Cached::Full(p) => p.metadata.labels.as_ref().unwrap_or(&NONE),
+            Cached::Slim(p) => ipclink_core::members::selects(selector, &p.labels),
+            Cached::Full(p) => ipclink_core::members::selects(
+                selector,
+                p.metadata.labels.as_ref().unwrap_or(&NONE),
+            ),
         }
     }
 
@@ -134,7 +151,7 @@ impl Namespace {
         self.remove(&name);
         for (k, v) in pod.labels() {
             self.by_label
-                .entry((k.clone(), v.clone()))
+                .entry((k.to_owned(), v.to_owned()))
                 .or_default()
                 .insert(name.clone());
         }
@@ -146,7 +163,7 @@ impl Namespace {
             return;
         };
         for (k, v) in old.labels() {
-            let key = (k.clone(), v.clone());
+            let key = (k.to_owned(), v.to_owned());
             if let Some(names) = self.by_label.get_mut(&key) {
                 names.remove(name);
                 if names.is_empty() {
@@ -292,11 +309,7 @@ impl PodIndex {
     /// The pods of `namespace` that at least one of `selectors` selects, by name.
     pub fn select(&self, namespace: &str, selectors: &[&LabelSelector]) -> Vec<Arc<Cached>> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let selected = |p: &Cached| {
-            selectors
-                .iter()
-                .any(|s| ipclink_core::members::selects(s, p.labels()))
-        };
+        let selected = |p: &Cached| selectors.iter().any(|s| p.selected_by(s));
         if self.mode == PodCache::Full {
             let mut all: Vec<Arc<Cached>> = inner
                 .namespaces
