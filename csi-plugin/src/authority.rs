@@ -26,6 +26,10 @@ const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// The default SETTINGS_MAX_FRAME_SIZE, which our server does not raise.
 const MAX_FRAME: usize = 16_384;
+/// The most a request header block may take across HEADERS and CONTINUATION frames
+/// (the kubelet's are a few hundred bytes): a peer cannot make this rewriter buffer
+/// more than this and one frame.
+const MAX_BLOCK: usize = 4 * MAX_FRAME;
 
 /// A connection whose request headers get a valid `:authority`.
 pub struct LocalAuthority<S> {
@@ -76,6 +80,12 @@ impl<S> LocalAuthority<S> {
             let len = usize::from(self.input[0]) << 16
                 | usize::from(self.input[1]) << 8
                 | usize::from(self.input[2]);
+            if len > MAX_FRAME {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("HTTP/2 frame of {len} bytes, larger than the {MAX_FRAME} allowed"),
+                ));
+            }
             if self.input.len() < 9 + len {
                 break;
             }
@@ -106,6 +116,12 @@ impl<S> LocalAuthority<S> {
                 }
                 CONTINUATION => {
                     let (_, _, block) = self.pending.as_mut().ok_or_else(bad)?;
+                    if block.len() + payload.len() > MAX_BLOCK {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("request header block larger than {MAX_BLOCK} bytes"),
+                        ));
+                    }
                     block.extend_from_slice(payload);
                     if flags & END_HEADERS != 0 {
                         self.flush_block()?;
@@ -302,5 +318,45 @@ mod tests {
             b"%2Ftmp%2Fkubelet%2Fcsi.ipclink.dev-reg.sock"
         ));
         assert!(!valid_authority(b""));
+    }
+
+    #[tokio::test]
+    async fn what_a_peer_can_make_it_buffer_is_bounded() {
+        // A frame announcing 16 MiB is refused from its 9-byte header.
+        let mut wire = PREFACE.to_vec();
+        wire.extend([0xff, 0xff, 0xff, 0x0, 0x0, 0, 0, 0, 1]);
+        wire.extend(vec![0u8; 100_000]);
+        let mut fixed = LocalAuthority::new(&wire[..]);
+        let mut out = Vec::new();
+        let err = fixed.read_to_end(&mut out).await.expect_err("too large");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string().contains("larger than the 16384 allowed"),
+            "{err}"
+        );
+        assert!(fixed.input.len() <= 9 + 8192, "{}", fixed.input.len());
+
+        // A header block that never ends is refused once it passes MAX_BLOCK.
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(HEADERS, 0, 1, &[0x82]));
+        for _ in 0..10 {
+            wire.extend(frame(CONTINUATION, 0, 1, &[0x82; MAX_FRAME]));
+        }
+        let mut fixed = LocalAuthority::new(&wire[..]);
+        let err = fixed
+            .read_to_end(&mut Vec::new())
+            .await
+            .expect_err("endless");
+        assert!(
+            err.to_string().contains("header block larger than"),
+            "{err}"
+        );
+        let pending = fixed.pending.as_ref().map_or(0, |(_, _, b)| b.len());
+        assert!(pending <= MAX_BLOCK, "{pending}");
+        assert!(
+            fixed.input.len() <= 9 + MAX_FRAME + 8192,
+            "{}",
+            fixed.input.len()
+        );
     }
 }
