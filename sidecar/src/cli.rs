@@ -107,6 +107,14 @@ pub struct PluginArgs {
         default_value = "/run/ipclink/volumes"
     )]
     pub root: PathBuf,
+    /// The only directory `Opts.link` files are read from (a name relative to it, or an
+    /// absolute path inside it; no symlinks, regular files of at most 1 MiB).
+    #[arg(
+        long,
+        env = "IPCLINK_PLUGIN_LINK_DIR",
+        default_value = "/etc/ipclink/links"
+    )]
+    pub link_dir: PathBuf,
     /// Also serve `/metrics` and `/v1/links` for the volumes on this address.
     #[arg(long, env = "IPCLINK_LISTEN")]
     pub listen: Option<SocketAddr>,

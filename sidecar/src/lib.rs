@@ -305,10 +305,11 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
     let links: SharedLinks = Arc::default();
     let mode = storage_mode(args.storage);
     let plugin = plugin::Plugin::open(&args.root, mode, links.clone(), args.fifo_open_probe)?;
-    let socket = plugin::bind_socket(&args.socket)?;
+    let bound = plugin::bind_socket(&args.socket)?;
     tracing::info!(
         socket = %args.socket.display(),
         root = %args.root.display(),
+        link_dir = %args.link_dir.display(),
         volumes = plugin.volumes().len(),
         "volume plugin ready"
     );
@@ -321,8 +322,11 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
         ))
     });
     let served = serve(
-        socket,
-        plugin::router(Arc::new(Mutex::new(plugin))),
+        bound.listener,
+        plugin::router(
+            Arc::new(Mutex::new(plugin)),
+            plugin::LinkDir::new(args.link_dir.clone()),
+        ),
         Limits::default(),
         shutdown.signalled(),
     )
@@ -330,7 +334,9 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
     if let Some(task) = metrics_task {
         let _ = task.await;
     }
+    // Removed while the lock is still held: no other plugin can have bound it since.
     let _ = std::fs::remove_file(&args.socket);
+    drop(bound.lock);
     served.map_err(|source| Error::Io {
         what: "serve".into(),
         source,

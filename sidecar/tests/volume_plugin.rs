@@ -23,7 +23,12 @@ struct Plugin {
 }
 
 impl Plugin {
+    /// A plugin whose root is `DIR/root` and whose link files are read from `DIR`.
     fn start(dir: &Path) -> Plugin {
+        Plugin::start_with_links(dir, dir)
+    }
+
+    fn start_with_links(dir: &Path, links: &Path) -> Plugin {
         let socket = dir.join("plugin.sock");
         let root = dir.join("root");
         let mut cmd = Command::new(BIN);
@@ -31,6 +36,8 @@ impl Plugin {
             .arg(&socket)
             .arg("--root")
             .arg(&root)
+            .arg("--link-dir")
+            .arg(links)
             .env("IPCLINK_LOG", "debug");
         let log = dir.join("plugin.log");
         let _ = std::fs::remove_file(&log);
@@ -510,5 +517,142 @@ fn link_file_volumes_and_a_busy_socket() {
     assert_eq!(p.call("/Plugin.Activate", "{}").0, 200);
     let (status, got) = p.call("/VolumeDriver.Remove", r#"{"Name":"Mixed.Case_vol"}"#);
     assert_eq!(status, 200, "{got}");
+    drop(p);
+}
+
+#[test]
+fn link_files_are_read_only_from_the_link_directory() {
+    assert!(nix::unistd::Uid::effective().is_root(), "needs root");
+    let dir = tmp();
+    let _unmount = Unmounter(dir.path().to_owned());
+    let links = dir.path().join("links");
+    std::fs::create_dir(&links).expect("links dir");
+    let good = "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: { name: anything }\nspec:\n  channels:\n    - { name: events, kind: fifo }\n";
+    std::fs::write(links.join("good.yaml"), good).expect("write");
+    std::fs::create_dir(links.join("sub")).expect("sub");
+    std::fs::write(links.join("sub/nested.yaml"), good).expect("write");
+    let p = Plugin::start_with_links(dir.path(), &links);
+
+    // Another volume, mounted, that every refusal below must leave alone.
+    let (status, got) = p.call(
+        "/VolumeDriver.Create",
+        r#"{"Name":"bystander","Opts":{"fifo":"events"}}"#,
+    );
+    assert_eq!(status, 200, "{got}");
+    let (status, got) = p.call("/VolumeDriver.Mount", r#"{"Name":"bystander","ID":"c1"}"#);
+    assert_eq!(status, 200, "{got}");
+    let bystander = PathBuf::from(got["Mountpoint"].as_str().expect("Mountpoint"));
+
+    // Accepted: a name relative to the directory, and an absolute path inside it.
+    for (name, link) in [
+        ("by-name", "good.yaml".to_owned()),
+        (
+            "by-path",
+            links.join("sub/nested.yaml").display().to_string(),
+        ),
+    ] {
+        let body = serde_json::json!({"Name": name, "Opts": {"link": link}}).to_string();
+        let (status, got) = p.call("/VolumeDriver.Create", &body);
+        assert_eq!(status, 200, "{link}: {got}");
+    }
+
+    // Hostile files, each refused with the option named and nothing of the path given
+    // or of the file's content in the answer.
+    nix::unistd::mkfifo(
+        &links.join("fifo.yaml"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .expect("mkfifo");
+    std::os::unix::fs::symlink("/etc/passwd", links.join("passwd.yaml")).expect("symlink");
+    std::os::unix::fs::symlink("/dev/zero", links.join("zero.yaml")).expect("symlink");
+    std::os::unix::fs::symlink(&links, dir.path().join("via-link")).expect("symlink");
+    let big = std::fs::File::create(links.join("big.yaml")).expect("big");
+    big.set_len(100 * 1024 * 1024).expect("100 MB");
+    std::fs::write(dir.path().join("outside.yaml"), good).expect("write");
+    let secret = "root:$6$s3cr3tsalt$Zm9vYmFyYmF6cXV4:19000:0:99999:7:::\n";
+    std::fs::write(links.join("shadow.yaml"), secret).expect("write");
+    std::fs::write(
+        links.join("key.yaml"),
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU=\n-----END OPENSSH PRIVATE KEY-----\n",
+    )
+    .expect("write");
+    let cases: Vec<(String, &str)> = [
+        ("fifo.yaml".to_owned(), "not a regular file"),
+        ("sub".to_owned(), "not a regular file"),
+        ("passwd.yaml".to_owned(), "symlink"),
+        ("zero.yaml".to_owned(), "symlink"),
+        ("/dev/zero".to_owned(), "outside the link directory"),
+        ("/etc/shadow".to_owned(), "outside the link directory"),
+        (
+            dir.path().join("via-link/good.yaml").display().to_string(),
+            "outside the link directory",
+        ),
+        ("big.yaml".to_owned(), "larger than 1048576 bytes"),
+        (
+            dir.path().join("outside.yaml").display().to_string(),
+            "outside the link directory",
+        ),
+        ("../outside.yaml".to_owned(), "not a file name beneath"),
+        (
+            "sub/../../outside.yaml".to_owned(),
+            "not a file name beneath",
+        ),
+        ("missing.yaml".to_owned(), "no such file"),
+        ("".to_owned(), "not a file name beneath"),
+        ("shadow.yaml".to_owned(), "the file is not"),
+        ("key.yaml".to_owned(), "the file is not"),
+    ]
+    .into_iter()
+    .collect();
+    let before = snapshot(&p.root);
+    for (i, (link, why)) in cases.iter().enumerate() {
+        let body =
+            serde_json::json!({"Name": format!("hostile-{i}"), "Opts": {"link": link}}).to_string();
+        let (status, got) = p.call("/VolumeDriver.Create", &body);
+        let err = err_of(&got);
+        assert_eq!(status, 400, "{link}: {got}");
+        assert!(
+            err.starts_with("Opts.link: ") && err.contains(why),
+            "{link}: {err}"
+        );
+        let echoed = [
+            "s3cr3tsalt",
+            "Zm9vYmFy",
+            "b3BlbnNzaC1rZXkt",
+            "root:",
+            "PRIVATE KEY",
+        ];
+        assert!(!echoed.iter().any(|e| err.contains(e)), "{link}: {err}");
+        let file_name = Path::new(link)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("");
+        assert!(
+            file_name.is_empty() || !err.contains(file_name),
+            "{link} quoted: {err}"
+        );
+        assert_eq!(snapshot(&p.root), before, "{link} changed the tree");
+    }
+    // The bystander is untouched and the plugin answers as before.
+    let (status, got) = p.call("/VolumeDriver.List", "{}");
+    assert_eq!(status, 200, "{got}");
+    let names: Vec<&str> = got["Volumes"]
+        .as_array()
+        .expect("Volumes")
+        .iter()
+        .filter_map(|v| v["Name"].as_str())
+        .collect();
+    assert_eq!(names, ["by-name", "by-path", "bystander"]);
+    assert!(bystander.join("events").exists());
+    for name in ["by-name", "by-path"] {
+        let body = serde_json::json!({ "Name": name }).to_string();
+        assert_eq!(p.call("/VolumeDriver.Remove", &body).0, 200, "{name}");
+    }
+    let unmount = r#"{"Name":"bystander","ID":"c1"}"#;
+    assert_eq!(p.call("/VolumeDriver.Unmount", unmount).0, 200);
+    assert_eq!(
+        p.call("/VolumeDriver.Remove", r#"{"Name":"bystander"}"#).0,
+        200
+    );
     drop(p);
 }

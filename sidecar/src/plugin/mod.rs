@@ -14,6 +14,7 @@
 //! This module is the state machine; [`options`] turns `driver_opts` into a link and
 //! [`protocol`] speaks HTTP.
 
+pub mod linkfile;
 pub mod options;
 pub mod protocol;
 
@@ -34,6 +35,7 @@ use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode as FileMode;
 use serde::{Deserialize, Serialize};
 
+pub use linkfile::LinkDir;
 pub use options::{check_name, key_for, link_from_opts};
 pub use protocol::{SharedPlugin, bind_socket, router};
 
@@ -233,7 +235,14 @@ impl Plugin {
         })
     }
 
-    fn create(&mut self, name: &str, opts: BTreeMap<String, String>) -> Result<(), Refusal> {
+    /// Creates volume `name`; `from_file` is what reading its `Opts.link` gave (read
+    /// before the plugin's lock was taken), if it has one.
+    fn create(
+        &mut self,
+        name: &str,
+        opts: BTreeMap<String, String>,
+        from_file: Option<Result<ipclink_core::IpcLinkSpec, Refusal>>,
+    ) -> Result<(), Refusal> {
         check_name(name)?;
         if let Some(v) = self.volumes.get(name) {
             if v.opts == opts {
@@ -257,7 +266,7 @@ impl Plugin {
                 ),
             ));
         }
-        let link = link_from_opts(&key, &opts)?;
+        let link = link_from_opts(&key, &opts, from_file)?;
         let plan = validate(&link).map_err(|p| bad(format!("Opts: {}", opts_problems(&p))))?;
         if self.store.open_link(NAMESPACE, &key).is_ok() {
             return Err(refuse(

@@ -5,20 +5,14 @@
 //! through core's validator; and volume names and the link names they map to.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::Path;
 
 use ipclink_core::spec::{Mode, Owner, Quantity};
-use ipclink_core::{
-    Channel, ChannelKind, IpcLink, IpcLinkSpec, Semaphore, SemaphoreAbi, parse_links,
-};
+use ipclink_core::{Channel, ChannelKind, IpcLink, IpcLinkSpec, Semaphore, SemaphoreAbi};
 
 use super::{NAMESPACE, Refusal, bad};
 
 /// Longest volume name accepted.
 pub const MAX_NAME: usize = 128;
-/// Largest link file a `link=` option may name.
-const MAX_LINK_FILE: u64 = 1024 * 1024;
 /// Every option a volume may have.
 const OPTIONS: &[&str] = &[
     "link",
@@ -104,7 +98,13 @@ fn split_entries<'a>(
 }
 
 /// Resolves a volume's options into a link named `key`, or refuses naming the option.
-pub fn link_from_opts(key: &str, opts: &BTreeMap<String, String>) -> Result<IpcLink, Refusal> {
+/// `from_file` is what reading the file `Opts.link` names gave (see
+/// [`LinkDir::read`](super::linkfile::LinkDir::read)), when it names one.
+pub fn link_from_opts(
+    key: &str,
+    opts: &BTreeMap<String, String>,
+    from_file: Option<Result<IpcLinkSpec, Refusal>>,
+) -> Result<IpcLink, Refusal> {
     let allowed = OPTIONS.join(", ");
     for k in opts.keys() {
         if !OPTIONS.contains(&k.as_str()) {
@@ -113,13 +113,13 @@ pub fn link_from_opts(key: &str, opts: &BTreeMap<String, String>) -> Result<IpcL
             )));
         }
     }
-    let mut spec = if let Some(file) = opts.get("link") {
+    let mut spec = if opts.contains_key("link") {
         if let Some(other) = opts.keys().find(|k| k.as_str() != "link") {
             return Err(bad(format!(
                 "Opts.link: cannot be combined with Opts.{other} (the link file declares everything)"
             )));
         }
-        read_link_file(file)?
+        from_file.unwrap_or_else(|| Err(bad("Opts.link: the link file was not read")))?
     } else {
         IpcLinkSpec::default()
     };
@@ -244,32 +244,6 @@ pub fn link_from_opts(key: &str, opts: &BTreeMap<String, String>) -> Result<IpcL
     Ok(link)
 }
 
-fn read_link_file(file: &str) -> Result<IpcLinkSpec, Refusal> {
-    let path = Path::new(file);
-    if !path.is_absolute() {
-        return Err(bad(format!("Opts.link: {file:?} must be an absolute path")));
-    }
-    let opened = File::open(path)
-        .and_then(|f| f.metadata().map(|m| (f, m)))
-        .map_err(|e| bad(format!("Opts.link: cannot read {file:?}: {e}")))?;
-    let (f, meta) = opened;
-    if !meta.is_file() || meta.len() > MAX_LINK_FILE {
-        return Err(bad(format!(
-            "Opts.link: {file:?} must be a regular file of at most {MAX_LINK_FILE} bytes"
-        )));
-    }
-    let text = std::io::read_to_string(f)
-        .map_err(|e| bad(format!("Opts.link: cannot read {file:?}: {e}")))?;
-    let mut links = parse_links(file, &text).map_err(|p| bad(format!("Opts.link: {file}: {p}")))?;
-    if links.len() != 1 {
-        return Err(bad(format!(
-            "Opts.link: {file:?} holds {} IpcLink documents; a volume takes exactly one",
-            links.len()
-        )));
-    }
-    Ok(links.remove(0).spec)
-}
-
 pub(crate) fn show_opts(opts: &BTreeMap<String, String>) -> String {
     if opts.is_empty() {
         return "none".into();
@@ -349,7 +323,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let link = link_from_opts("v", &opts).unwrap();
+        let link = link_from_opts("v", &opts, None).unwrap();
         let plan = validate(&link).unwrap();
         assert_eq!(plan.objects.len(), 5);
         assert_eq!(plan.namespace, NAMESPACE);
@@ -369,7 +343,7 @@ mod tests {
         ] {
             let mut o = opts.clone();
             o.insert(k.into(), v.into());
-            let e = link_from_opts("v", &o)
+            let e = link_from_opts("v", &o, None)
                 .and_then(|l| validate(&l).map(drop).map_err(|p| bad(opts_problems(&p))))
                 .unwrap_err();
             assert!(e.message.starts_with(field), "{k}={v}: {}", e.message);

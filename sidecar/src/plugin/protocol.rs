@@ -3,6 +3,7 @@
 //! blocking pool and answers in the plugin content type.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{MAX_BODY, NAMESPACE, Plugin, Refusal, bad, internal, refuse};
+use super::{LinkDir, MAX_BODY, NAMESPACE, Plugin, Refusal, bad, internal, refuse};
 
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
 
@@ -62,9 +63,30 @@ fn parse_empty(body: &[u8]) -> Result<(), Refusal> {
     }
 }
 
+/// What a call needs that is read before the plugin's lock is taken: the link file a
+/// Create's `Opts.link` names (a slow or hostile file holds up no other call).
+fn read_before_lock(
+    endpoint: &str,
+    body: &[u8],
+    dir: &LinkDir,
+) -> Option<Result<ipclink_core::IpcLinkSpec, Refusal>> {
+    if endpoint != "/VolumeDriver.Create" {
+        return None;
+    }
+    let req: CreateReq = parse(body).ok()?;
+    let file = req.opts?.remove("link")?;
+    Some(dir.read(&file))
+}
+
 impl Plugin {
-    /// Handles one call: `(endpoint, body)` to the JSON answer.
-    pub fn call(&mut self, endpoint: &str, body: &[u8]) -> Result<serde_json::Value, Refusal> {
+    /// Handles one call: `(endpoint, body)` to the JSON answer; `from_file` is the link
+    /// file a Create names, read before the lock.
+    pub fn call(
+        &mut self,
+        endpoint: &str,
+        body: &[u8],
+        from_file: Option<Result<ipclink_core::IpcLinkSpec, Refusal>>,
+    ) -> Result<serde_json::Value, Refusal> {
         match endpoint {
             "/Plugin.Activate" => {
                 parse_empty(body)?;
@@ -99,7 +121,7 @@ impl Plugin {
             }
             "/VolumeDriver.Create" => {
                 let req: CreateReq = parse(body)?;
-                self.create(&req.name, req.opts.unwrap_or_default())?;
+                self.create(&req.name, req.opts.unwrap_or_default(), from_file)?;
                 Ok(json!({"Err": ""}))
             }
             "/VolumeDriver.Remove" => {
@@ -132,9 +154,12 @@ impl Plugin {
 pub type SharedPlugin = Arc<Mutex<Plugin>>;
 
 /// The plugin's router: every path goes to one handler, which reads the body (at most
-/// [`MAX_BODY`] bytes) and answers in the plugin content type.
-pub fn router(plugin: SharedPlugin) -> Router {
-    Router::new().fallback(handle).with_state(plugin)
+/// [`MAX_BODY`] bytes) and answers in the plugin content type; link files are read from
+/// `links`.
+pub fn router(plugin: SharedPlugin, links: LinkDir) -> Router {
+    Router::new()
+        .fallback(handle)
+        .with_state((plugin, Arc::new(links)))
 }
 
 fn answer(status: StatusCode, body: &serde_json::Value) -> Response {
@@ -147,7 +172,7 @@ fn answer(status: StatusCode, body: &serde_json::Value) -> Response {
 }
 
 async fn handle(
-    State(plugin): State<SharedPlugin>,
+    State((plugin, links)): State<(SharedPlugin, Arc<LinkDir>)>,
     method: Method,
     uri: Uri,
     body: Body,
@@ -169,8 +194,9 @@ async fn handle(
         }
     };
     let result = tokio::task::spawn_blocking(move || {
+        let from_file = read_before_lock(&endpoint, &bytes, &links);
         let mut p = plugin.lock().unwrap_or_else(|p| p.into_inner());
-        p.call(&endpoint, &bytes)
+        p.call(&endpoint, &bytes, from_file)
     })
     .await
     .unwrap_or_else(|e| Err(internal(format!("handler failed: {e}"))));
@@ -183,17 +209,52 @@ async fn handle(
     }
 }
 
-/// Binds the plugin socket (mode 0600). A socket file nobody answers on is a leftover and
-/// is replaced; one that answers belongs to a running plugin and is an error.
-pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, crate::Error> {
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(crate::Error::Io {
-            what: format!("{}: another plugin is serving it", path.display()),
-            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
-        });
+/// The plugin socket, and the lock that makes it this process's.
+#[derive(Debug)]
+pub struct BoundSocket {
+    /// The listener.
+    pub listener: tokio::net::UnixListener,
+    /// `SOCKET.lock`, locked while the plugin runs: a second plugin started on the same
+    /// socket, even at the same moment, fails to take it and leaves the first alone.
+    pub lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Binds the plugin socket (mode 0600) once this process holds `SOCKET.lock`. A socket
+/// file nobody answers on is a leftover and is replaced; one that answers, or a lock
+/// another process holds, belongs to a running plugin and is an error.
+pub fn bind_socket(path: &Path) -> Result<BoundSocket, crate::Error> {
+    let busy = || crate::Error::Io {
+        what: format!("{}: another plugin is serving it", path.display()),
+        source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+    };
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| crate::Error::Io {
+            what: format!("create {}", dir.display()),
+            source,
+        })?;
     }
-    ipclink_runtime::unix::bind_unix(path).map_err(|source| crate::Error::Io {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&lock_path)
+        .map_err(|source| crate::Error::Io {
+            what: format!("open {}", Path::new(&lock_path).display()),
+            source,
+        })?;
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| busy())?;
+    // A plugin of an earlier version (without the lock) may still be serving.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(busy());
+    }
+    let listener = ipclink_runtime::unix::bind_unix(path).map_err(|source| crate::Error::Io {
         what: format!("bind {}", path.display()),
         source,
-    })
+    })?;
+    Ok(BoundSocket { listener, lock })
 }
