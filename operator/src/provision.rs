@@ -56,6 +56,12 @@ pub fn volume_for(claim: &PersistentVolumeClaim) -> Option<PersistentVolume> {
     }
     let node = annotations.get(SELECTED_NODE)?;
     let link = claim.labels().get(LINK_LABEL)?;
+    // Both end up in the volume (its handle, attributes and node affinity).
+    if ipclink_core::validate::check_dns_label(link).is_err()
+        || ipclink_core::validate::check_dns_subdomain(node).is_err()
+    {
+        return None;
+    }
     let ns = claim.namespace()?;
     let uid = claim.uid()?;
     let size = spec.resources.as_ref()?.requests.as_ref()?.get("storage")?;
@@ -121,6 +127,24 @@ async fn provision(
     let Some(pv) = volume_for(&claim) else {
         return Ok(Action::await_change());
     };
+    // Only for the claim a link of the claim's own namespace made: anyone who may create
+    // claims could label one with a link's name.
+    let ns = claim.namespace().unwrap_or_default();
+    let link = claim.labels().get(LINK_LABEL).cloned().unwrap_or_default();
+    let links: Api<ipclink_core::IpcLink> = Api::namespaced((*client).clone(), &ns);
+    let owner = links
+        .get_opt(&link)
+        .await
+        .map_err(|e| Failed(format!("read IpcLink {ns}/{link}: {e}")))?;
+    let owned = owner.as_ref().and_then(|l| l.uid()).is_some_and(|uid| {
+        claim.owner_references().iter().any(|o| {
+            o.uid == uid && o.kind == ipclink_core::spec::KIND && o.controller == Some(true)
+        })
+    });
+    if !owned {
+        tracing::warn!(namespace = %ns, claim = %claim.name_any(), link = %link, "not provisioned: the claim does not belong to an IpcLink of that name in its namespace");
+        return Ok(Action::await_change());
+    }
     let api: Api<PersistentVolume> = Api::all((*client).clone());
     match api.create(&PostParams::default(), &pv).await {
         Ok(_) => {

@@ -115,6 +115,59 @@ fn the_first_member_picks_the_node_and_the_rest_follow() {
         .to_owned();
     let (_, pv) = cp.get_json(&format!("/api/v1/persistentvolumes/{pv_name}"));
     assert_eq!(pv["status"]["phase"], "Bound", "{pv:#}");
+
+    // Claims no link made get no volume, whatever their labels say: one naming this link
+    // without belonging to it, the same from another namespace, one naming a link that
+    // does not exist, one whose label is not a link name.
+    cp.namespace("intruder");
+    let hostile = [
+        (NS, "forged", "frames"),
+        ("intruder", "frames", "frames"),
+        ("intruder", "ghost", "ghost"),
+        ("intruder", "bad-label", "Bad_Name"),
+    ];
+    for (ns, name, label) in hostile {
+        cp.create(
+            &format!("/api/v1/namespaces/{ns}/persistentvolumeclaims"),
+            &json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {
+                    "name": name,
+                    "labels": {"ipclink.dev/link": label},
+                    "annotations": {
+                        "volume.kubernetes.io/selected-node": node.as_str(),
+                        "volume.kubernetes.io/storage-provisioner": "csi.ipclink.dev",
+                    },
+                },
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "ipclink",
+                    "resources": {"requests": {"storage": "8Mi"}},
+                },
+            })
+            .to_string(),
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let (_, volumes) = cp.get_json("/api/v1/persistentvolumes");
+    let claimed: Vec<(&str, &str)> = volumes["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|v| {
+            let c = &v["spec"]["claimRef"];
+            Some((c["namespace"].as_str()?, c["name"].as_str()?))
+        })
+        .collect();
+    assert_eq!(claimed, [(NS, "frames")], "{volumes:#}");
+    let forged = format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/forged");
+    cp.request("DELETE", &forged, None)
+        .expect("delete the forged claim");
+    let gone = std::time::Instant::now();
+    while cp.get_json(&forged).0 != 404 {
+        assert!(gone.elapsed() < CONVERGE, "the forged claim stays");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     assert_eq!(pv["spec"]["csi"]["driver"], "csi.ipclink.dev", "{pv:#}");
     let uid_prefix: String = claim["metadata"]["uid"]
         .as_str()
