@@ -42,7 +42,9 @@ pub fn selects(selector: &LabelSelector, labels: &(impl Labels + ?Sized)) -> boo
 }
 
 /// Names of the members of `link` that select a pod with `labels`. A member without a
-/// podSelector selects no pod (it exists for local and Compose use).
+/// podSelector selects no pod (it exists for local and Compose use); `podSelector: {}`
+/// selects every pod of the link's namespace. A pod no member selects may not mount the
+/// link: a link is closed unless it says whom it admits.
 pub fn members_of(link: &IpcLink, labels: &(impl Labels + ?Sized)) -> Vec<String> {
     link.spec
         .members
@@ -50,6 +52,12 @@ pub fn members_of(link: &IpcLink, labels: &(impl Labels + ?Sized)) -> Vec<String
         .filter(|m| m.pod_selector.as_ref().is_some_and(|s| selects(s, labels)))
         .map(|m| m.name.clone())
         .collect()
+}
+
+/// Whether any member of `link` has a podSelector (without one, a link admits no pod
+/// in a cluster).
+pub fn has_pod_selectors(link: &IpcLink) -> bool {
+    link.spec.members.iter().any(|m| m.pod_selector.is_some())
 }
 
 #[cfg(test)]

@@ -65,6 +65,11 @@ pub enum Role {
         /// reader still blocked in open() then sees EOF.
         #[arg(long, env = "IPCLINK_FIFO_OPEN_PROBE")]
         fifo_open_probe: bool,
+        /// With --links-dir only: a link none of whose members has a podSelector admits
+        /// every requester, even one that names no pod (csi-sanity). Without it, and
+        /// always in a cluster, such a link admits no pod.
+        #[arg(long, env = "IPCLINK_OPEN_SELECTORLESS_LINKS", requires = "links_dir")]
+        open_selectorless_links: bool,
     },
     /// (Internal) Allocates a new region from inside a pod's memory cgroup; started by
     /// the node plugin.
@@ -136,5 +141,19 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn selectorless_links_open_only_with_a_links_dir() {
+        let node = [
+            "ipclink-csi",
+            "node",
+            "--node-id",
+            "n",
+            "--open-selectorless-links",
+        ];
+        let e = Cli::try_parse_from(node).expect_err("no --links-dir");
+        assert!(e.to_string().contains("--links-dir"), "{e}");
+        assert!(Cli::try_parse_from([&node[..], &["--links-dir", "/l"]].concat()).is_ok());
     }
 }

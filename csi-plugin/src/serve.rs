@@ -33,6 +33,7 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = Shutdown::install()?;
     let mut fifo_probe = false;
+    let mut open_selectorless = false;
     let mut cgroups = Cgroups::detect(std::path::Path::new("/sys/fs/cgroup"));
     let (common, node, registration, gc_interval) = match cli.role {
         Role::Node {
@@ -48,8 +49,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             max_node_bytes,
             max_volumes_per_node,
             fifo_open_probe,
+            open_selectorless_links,
         } => {
             fifo_probe = fifo_open_probe;
+            open_selectorless = open_selectorless_links;
             cgroups = Cgroups::detect(&cgroup_root);
             let settings = NodeSettings {
                 charge: match charge_memory {
@@ -82,7 +85,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = CsiMetrics::new(&registry)?;
     let source = match &common.links_dir {
-        Some(dir) => LinkSource::Dir(DirSource::new(dir.clone())),
+        Some(dir) => {
+            LinkSource::Dir(DirSource::new(dir.clone()).open_selectorless(open_selectorless))
+        }
         None => LinkSource::Kube(
             KubeSource::connect()
                 .await

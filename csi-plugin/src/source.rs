@@ -20,6 +20,9 @@ pub struct DirSource {
     /// The last snapshot and the (name, mtime, size) of the files it was read from: a
     /// call re-reads the files only when one of them changed.
     cache: Arc<Mutex<Option<Cached>>>,
+    /// Whether a link none of whose members has a podSelector admits any requester
+    /// (`--open-selectorless-links`, for csi-sanity, which names no pod).
+    open_selectorless: bool,
 }
 
 /// A snapshot with the fingerprint of the files it was read from.
@@ -41,7 +44,15 @@ impl DirSource {
         DirSource {
             dir,
             cache: Arc::default(),
+            open_selectorless: false,
         }
+    }
+
+    /// The same source, where a link without any member podSelector admits every
+    /// requester (`open`) or none (the default, as in a cluster).
+    pub fn open_selectorless(mut self, open: bool) -> Self {
+        self.open_selectorless = open;
+        self
     }
 
     /// What the directory holds now (read again only if a file changed). Broken files
@@ -157,6 +168,12 @@ pub enum LinkSource {
 }
 
 impl LinkSource {
+    /// Whether a link none of whose members has a podSelector admits every requester.
+    /// Never in a cluster: there a link is closed unless a member selects the pod.
+    pub fn opens_selectorless_links(&self) -> bool {
+        matches!(self, LinkSource::Dir(d) if d.open_selectorless)
+    }
+
     /// What the source knows of link `namespace/link` and, if named, pod `namespace/pod`.
     pub async fn lookup(
         &self,

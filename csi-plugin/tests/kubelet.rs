@@ -3,7 +3,8 @@
 //! mounts inline volumes into real pods in a namespace that enforces the restricted Pod
 //! Security profile, and two unchanged POSIX programs in their own pods (own network,
 //! IPC and mount namespaces) share shm + semaphores, a FIFO and a path socket through
-//! it. Pods that are not members, or of another namespace, are refused; the link's
+//! it. Pods that are not members, or of another namespace, are refused (a link with no
+//! member podSelector admits no pod; `podSelector: {}` admits the namespace); the link's
 //! tmpfs goes when its last publication ends after the link is deleted.
 
 mod common;
@@ -144,6 +145,26 @@ fn a_real_kubelet_mounts_links_into_restricted_pods() {
         "each pod has its own network namespace: {ips:?}"
     );
 
+    // A link whose members have no podSelector admits no pod; `podSelector: {}` on a
+    // member admits every pod of the namespace.
+    for (name, member) in [
+        ("closed", json!({"name": "anyone"})),
+        ("open", json!({"name": "anyone", "podSelector": {}})),
+    ] {
+        cp.create(
+            &format!("/apis/ipclink.dev/v1alpha1/namespaces/{NS}/ipclinks"),
+            &json!({
+                "apiVersion": "ipclink.dev/v1alpha1", "kind": "IpcLink",
+                "metadata": {"name": name, "namespace": NS},
+                "spec": {"sizeLimit": "1Mi", "members": [member],
+                    "channels": [{"name": "events", "kind": "fifo"}]}
+            })
+            .to_string(),
+        );
+    }
+    cp.create(&pods, &pod("guest", "guest", PAUSE_IMAGE, &[], "open"));
+    cp.create(&pods, &pod("stranger", "guest", PAUSE_IMAGE, &[], "closed"));
+
     // Not a member, and a pod of another namespace: refused, nothing mounted.
     cp.create(
         &pods,
@@ -154,12 +175,13 @@ fn a_real_kubelet_mounts_links_into_restricted_pods() {
         &pod("camera", "camera", PAUSE_IMAGE, &[], "frames"),
     );
     let start = std::time::Instant::now();
-    let (intruder, other) = loop {
+    let (intruder, other, stranger) = loop {
         match (
             failed_mount(&cp, NS, "intruder"),
             failed_mount(&cp, "elsewhere", "camera"),
+            failed_mount(&cp, NS, "stranger"),
         ) {
-            (Some(a), Some(b)) => break (a, b),
+            (Some(a), Some(b), Some(c)) => break (a, b, c),
             _ => assert!(
                 start.elapsed() < LONG,
                 "no FailedMount events\n{}",
@@ -178,7 +200,21 @@ fn a_real_kubelet_mounts_links_into_restricted_pods() {
         other.contains("NotFound") && other.contains("elsewhere"),
         "{other}"
     );
+    assert!(
+        stranger.contains("PermissionDenied")
+            && stranger.contains("link vision/closed admits no pod")
+            && stranger.contains("podSelector: {}"),
+        "{stranger}"
+    );
+    cp.wait_for(&format!("{pods}/guest"), "guest running", LONG, |v| {
+        v["status"]["phase"] == "Running"
+    });
+    assert!(
+        mounts_containing("links/vision/closed").is_empty(),
+        "nothing made for a closed link"
+    );
     for p in [
+        format!("{pods}/stranger"),
         format!("{pods}/intruder"),
         "/api/v1/namespaces/elsewhere/pods/camera".into(),
     ] {
@@ -212,7 +248,9 @@ fn a_real_kubelet_mounts_links_into_restricted_pods() {
         1,
         "kept while a member holds it"
     );
-    for p in ["holder", "intruder", "camera", "detector"] {
+    for p in [
+        "holder", "intruder", "camera", "detector", "guest", "stranger",
+    ] {
         cp.request("DELETE", &format!("{pods}/{p}"), None)
             .expect("delete pod");
     }

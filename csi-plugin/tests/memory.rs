@@ -14,6 +14,9 @@ use ipclink_csi::csi::{NodeGetInfoRequest, NodePublishVolumeRequest};
 use ipclink_testkit::mounts::{mount_points_under, snapshot};
 use tonic::Code;
 
+/// The links below have no member podSelector: opened to any requester explicitly.
+const OPEN: &str = "--open-selectorless-links";
+
 const LINKS: &str = r#"
 apiVersion: ipclink.dev/v1alpha1
 kind: IpcLink
@@ -147,7 +150,7 @@ fn pages_are_charged_to_the_first_member_and_a_pod_limit_too_small_makes_nothing
     std::fs::create_dir(&links).expect("links dir");
     std::fs::write(links.join("mem.yaml"), LINKS).expect("links");
     let root = cgroups.root.path().to_str().expect("utf-8").to_owned();
-    let node = Plugin::start("node", dir.path(), &links, &["--cgroup-root", &root]);
+    let node = Plugin::start("node", dir.path(), &links, &["--cgroup-root", &root, OPEN]);
     let pods = dir.path().join("pods");
     std::fs::create_dir(&pods).expect("pods dir");
     rt().block_on(async {
@@ -205,6 +208,7 @@ fn the_node_budget_and_the_link_cap_refuse_naming_the_numbers() {
         dir.path(),
         &links,
         &[
+            OPEN,
             "--max-node-bytes",
             &(12u64 << 20).to_string(),
             "--max-link-bytes",
@@ -299,6 +303,7 @@ fn a_slow_preallocation_holds_up_no_other_call() {
             links.to_str().expect("utf-8"),
             "--cgroup-root",
             &root,
+            OPEN,
         ],
         &[("IPCLINK_CSI_FAULT", std::ffi::OsStr::new("slow-charge"))],
     );

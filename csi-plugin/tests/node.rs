@@ -155,6 +155,80 @@ fn two_pods_share_a_link_through_two_publications_and_strangers_are_refused() {
     drop(f);
 }
 
+#[test]
+fn a_link_is_closed_unless_a_member_selects_the_pod() {
+    let f = fixture();
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&f.node.socket).await);
+        let before = mount_points_under(&[f.dir.path()]);
+        // No member has a podSelector: nobody, named or not, known or not, mounts it.
+        for (id, pod) in [("csi-1", "camera-0"), ("csi-2", "intruder")] {
+            let target = f.pods.join(id);
+            let e = c
+                .node_publish_volume(ephemeral(id, &target, "vision", pod, "closed"))
+                .await
+                .expect_err("a closed link");
+            assert_eq!(e.code(), Code::PermissionDenied, "{pod}");
+            assert!(
+                e.message().contains("link vision/closed admits no pod")
+                    && e.message().contains("podSelector: {}"),
+                "{}",
+                e.message()
+            );
+            assert!(!target.exists(), "{pod}: no target made");
+        }
+        let mut anonymous = ephemeral("csi-3", &f.pods.join("a"), "vision", "x", "closed");
+        anonymous
+            .volume_context
+            .remove("csi.storage.k8s.io/pod.name");
+        assert_eq!(publish(&mut c, anonymous).await, Code::PermissionDenied);
+        assert_eq!(mount_points_under(&[f.dir.path()]), before);
+        let links = f.dir.path().join("node-state/links/vision");
+        assert!(!links.join("closed").exists(), "nothing materialized");
+
+        // `podSelector: {}` admits any pod of the namespace the source knows, and still
+        // no request that names no pod.
+        let guest = f.pods.join("guest");
+        assert_eq!(
+            publish(
+                &mut c,
+                ephemeral("csi-4", &guest, "vision", "intruder", "open")
+            )
+            .await,
+            Code::Ok
+        );
+        assert!(guest.join("events").exists());
+        let mut anonymous = ephemeral("csi-5", &f.pods.join("b"), "vision", "x", "open");
+        anonymous
+            .volume_context
+            .remove("csi.storage.k8s.io/pod.name");
+        assert_eq!(publish(&mut c, anonymous).await, Code::PermissionDenied);
+        assert_eq!(unpublish(&mut c, "csi-4", &guest).await, Code::Ok);
+    });
+    drop(f);
+
+    // Standalone, the old open behaviour is there behind its flag (csi-sanity).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = common::Unmounter(dir.path().to_path_buf());
+    let node = Plugin::start(
+        "node",
+        dir.path(),
+        &links_dir(),
+        &["--open-selectorless-links"],
+    );
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&node.socket).await);
+        let target = dir.path().join("anon");
+        let mut anonymous = ephemeral("csi-6", &target, "vision", "x", "closed");
+        anonymous
+            .volume_context
+            .remove("csi.storage.k8s.io/pod.name");
+        assert_eq!(publish(&mut c, anonymous).await, Code::Ok);
+        assert_eq!(unpublish(&mut c, "csi-6", &target).await, Code::Ok);
+    });
+    drop(node);
+}
+
 /// Everything a hostile request could touch: the mounts, the plugin's state directory,
 /// and the pods directory.
 fn host_state(f: &Fixture) -> (Vec<String>, Vec<String>) {

@@ -27,7 +27,14 @@ fn csi_sanity_passes() {
     );
     let fqdn = format!("{}{fqdn}", "x".repeat(253 - fqdn.len()));
     assert_eq!(fqdn.len(), 253);
-    let node = Plugin::start("node", dir.path(), &links, &["--node-id", &fqdn]);
+    // csi-sanity names no pod: its link has no member podSelector, so it is opened
+    // explicitly (without the flag, as in a cluster, it would admit no one).
+    let node = Plugin::start(
+        "node",
+        dir.path(),
+        &links,
+        &["--node-id", &fqdn, "--open-selectorless-links"],
+    );
     let controller = Plugin::start("controller", dir.path(), &links, &[]);
     let out = Command::new(&sanity)
         .arg(format!("--csi.endpoint=unix://{}", node.socket.display()))

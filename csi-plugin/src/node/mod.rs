@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use ipclink_core::members::members_of;
+use ipclink_core::members::{has_pod_selectors, members_of};
 use ipclink_core::names::{TOPOLOGY_KEY, topology_value};
 use ipclink_core::validate::{check_dns_label, check_dns_subdomain};
 use ipclink_core::{InProcess, LinkPlan, Preallocate, StorageMode, Store};
@@ -300,7 +300,12 @@ impl NodePlugin {
         let pod = ctx.get(ids::POD_NAME).map(String::as_str);
         let snapshot = self.source.lookup(&namespace, &link_name, pod).await?;
         let (link, plan) = snapshot.link(&namespace, &link_name)?;
-        if link.spec.members.iter().any(|m| m.pod_selector.is_some()) {
+        if !has_pod_selectors(link) && !self.source.opens_selectorless_links() {
+            return Err(CsiError::Denied(format!(
+                "link {namespace}/{link_name} admits no pod: none of its members has a podSelector (podSelector: {{}} on a member admits every pod of namespace {namespace})"
+            )));
+        }
+        if has_pod_selectors(link) {
             let pod = pod.ok_or_else(|| {
                 CsiError::Denied(format!(
                     "link {namespace}/{link_name} admits only its members and the request names no pod (the CSIDriver needs podInfoOnMount: true)"

@@ -64,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         .arg(run.path().join("state"))
         .arg("--links-dir")
         .arg(&links)
+        .arg("--open-selectorless-links")
         .env("IPCLINK_LOG", "warn")
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -268,6 +269,7 @@ fn grpc_go_rows(ipclink: &Path, n: usize) -> anyhow::Result<String> {
         .arg(run.path().join("state"))
         .arg("--links-dir")
         .arg(&links)
+        .arg("--open-selectorless-links")
         .env("IPCLINK_LOG", "warn");
     let ours = with_plugin(
         cmd,
