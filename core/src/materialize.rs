@@ -225,6 +225,23 @@ fn matches(obj: &ObjectPlan, st: &FileStat, apply_owner: bool) -> bool {
     type_ok && owner_ok && st.st_mode & 0o7777 == obj.mode
 }
 
+/// A socket directory that matches the plan but for its sticky bit (the default of
+/// socket channels became 1770): set live, as adding or removing it disturbs no holder.
+fn sticky_only(obj: &ObjectPlan, st: &FileStat, apply_owner: bool) -> bool {
+    let mut flipped = obj.clone();
+    flipped.mode ^= 0o1000;
+    obj.kind == ObjectKind::Socket && matches(&flipped, st, apply_owner)
+}
+
+/// What an object of the plan needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// It does not exist.
+    Create,
+    /// Its sticky bit differs (see [`sticky_only`]).
+    Sticky,
+}
+
 impl Store {
     /// Opens (creating if needed, mode 0755) the base directory. The base path comes from
     /// the operator of the machine, not from a spec.
@@ -311,9 +328,30 @@ impl Store {
             outcome.mounted = true;
         }
         remove_leftovers(link_fd.as_fd()).map_err(|e| removing(e, lp))?;
-        let missing = inspect(link_fd.as_fd(), plan, self.apply_owner, lp, &mut outcome)?;
+        let needs = inspect(link_fd.as_fd(), plan, self.apply_owner, lp, &mut outcome)?;
         self.apply_root(link_fd.as_fd(), plan, lp)?;
-        for obj in missing {
+        for (obj, need) in needs {
+            if need == Need::Sticky {
+                let file = obj.file_name();
+                let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+                let dir = sys(
+                    openat(
+                        link_fd.as_fd(),
+                        file.as_str(),
+                        flags | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    ),
+                    lp,
+                    "open",
+                )?;
+                sys(
+                    fchmod(dir.as_fd(), Mode::from_bits_truncate(obj.mode)),
+                    lp,
+                    "chmod",
+                )?;
+                outcome.kept.push(file);
+                continue;
+            }
             self.create(link_fd.as_fd(), obj, alloc, lp)?;
             outcome.created.push(obj.file_name());
         }
@@ -799,20 +837,21 @@ fn mount_id(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other("no mnt_id in fdinfo"))
 }
 
-/// Inspects every declared object; returns those missing, or every conflict.
+/// Inspects every declared object; returns what those missing or differing only in
+/// their sticky bit need, or every conflict.
 fn inspect<'p>(
     link: BorrowedFd<'_>,
     plan: &'p LinkPlan,
     apply_owner: bool,
     lp: impl Fn() -> String,
     outcome: &mut Outcome,
-) -> Result<Vec<&'p ObjectPlan>, MaterializeError> {
+) -> Result<Vec<(&'p ObjectPlan, Need)>, MaterializeError> {
     let mut missing = Vec::new();
     let mut conflicts = Vec::new();
     for obj in &plan.objects {
         let file = obj.file_name();
         match fstatat(link, file.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Err(Errno::ENOENT) => missing.push(obj),
+            Err(Errno::ENOENT) => missing.push((obj, Need::Create)),
             Err(errno) => {
                 return Err(MaterializeError::Sys {
                     path: format!("{}/{file}", lp()),
@@ -821,6 +860,7 @@ fn inspect<'p>(
                 });
             }
             Ok(st) if matches(obj, &st, apply_owner) => outcome.kept.push(file),
+            Ok(st) if sticky_only(obj, &st, apply_owner) => missing.push((obj, Need::Sticky)),
             Ok(st) => conflicts.push(Problem::new(
                 obj.field.clone(),
                 format!(

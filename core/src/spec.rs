@@ -155,6 +155,11 @@ impl ChannelKind {
     "message": "size is required for an shm channel and not allowed for fifo and socket channels",
     "fieldPath": ".size",
     "reason": "FieldValueInvalid"
+}, {
+    "rule": "!has(self.mode) || self.kind == 'socket' || size(self.mode) < 4 || self.mode.startsWith('0')",
+    "message": "the sticky bit (mode \"1xxx\") is allowed only on socket channels",
+    "fieldPath": ".mode",
+    "reason": "FieldValueInvalid"
 }]))]
 pub struct Channel {
     /// DNS label; the object's file name in the link directory.
@@ -220,6 +225,12 @@ impl SemaphoreAbi {
 /// One POSIX named semaphore.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.mode) || size(self.mode) < 4 || self.mode.startsWith('0')",
+    "message": "the sticky bit (mode \"1xxx\") is allowed only on socket channels",
+    "fieldPath": ".mode",
+    "reason": "FieldValueInvalid"
+}]))]
 pub struct Semaphore {
     /// DNS label; `sem_open("/NAME")` opens it.
     #[schemars(
@@ -426,7 +437,9 @@ impl JsonSchema for Mode {
         "Mode".into()
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({"type": "string", "pattern": "^0?[0-7]{3}$"})
+        // The sticky bit ("1770") is for socket channels only: a rule on the channel and
+        // the semaphore says so.
+        json_schema!({"type": "string", "pattern": "^[01]?[0-7]{3}$"})
     }
 }
 

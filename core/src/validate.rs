@@ -242,22 +242,42 @@ pub fn check_dns_subdomain(value: &str) -> Result<(), String> {
 
 /// Parses an octal mode string; refuses setuid, setgid and sticky bits.
 pub fn parse_mode(mode: &Mode) -> Result<u32, String> {
+    parse_mode_with(mode, false)
+}
+
+/// Parses the mode of a socket directory: permission bits, and the sticky bit, with
+/// which a member can unlink only its own sockets.
+pub fn parse_socket_mode(mode: &Mode) -> Result<u32, String> {
+    parse_mode_with(mode, true)
+}
+
+fn parse_mode_with(mode: &Mode, sticky: bool) -> Result<u32, String> {
     let s = mode.0.as_str();
     let digits = s.strip_prefix("0o").unwrap_or(s);
-    let allowed = "an octal string of permission bits from \"0000\" to \"0777\", e.g. \"0660\"";
+    let allowed = if sticky {
+        "an octal string of permission bits from \"0000\" to \"0777\", with the sticky bit (\"1000\") allowed, e.g. \"1770\""
+    } else {
+        "an octal string of permission bits from \"0000\" to \"0777\", e.g. \"0660\""
+    };
     if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
     {
         return Err(format!("{s:?} is not {allowed}"));
     }
     let bits = u32::from_str_radix(digits, 8).map_err(|_| format!("{s:?} is not {allowed}"))?;
-    if bits & 0o7000 != 0 {
+    let refused = if sticky { 0o6000 } else { 0o7000 };
+    if bits & refused != 0 {
         let which: Vec<&str> = [(0o4000, "setuid"), (0o2000, "setgid"), (0o1000, "sticky")]
             .iter()
             .filter(|(bit, _)| bits & bit != 0)
             .map(|(_, name)| *name)
             .collect();
+        let only = if sticky {
+            "only permission bits \"0000\" to \"0777\" and the sticky bit (socket channels) are allowed"
+        } else {
+            "only permission bits \"0000\" to \"0777\" are allowed (the sticky bit only on socket channels)"
+        };
         return Err(format!(
-            "{s:?} sets the {} bit; only permission bits \"0000\" to \"0777\" are allowed",
+            "{s:?} sets the {} bit; {only}",
             which.join(" and ")
         ));
     }
@@ -399,14 +419,13 @@ pub fn validate(link: &IpcLink) -> Result<LinkPlan, Problems> {
             (ChannelKind::Fifo, None) => ObjectKind::Fifo,
             (ChannelKind::Socket, None) => ObjectKind::Socket,
         };
-        let default_mode = if c.kind == ChannelKind::Socket {
-            0o770
-        } else {
-            0o660
-        };
+        // A socket directory is sticky by default: a member can unlink only the sockets
+        // it bound, not another member's.
+        let socket = c.kind == ChannelKind::Socket;
+        let default_mode = if socket { 0o1770 } else { 0o660 };
         let mode = match &c.mode {
             None => default_mode,
-            Some(m) => parse_mode(m).unwrap_or_else(|e| {
+            Some(m) => parse_mode_with(m, socket).unwrap_or_else(|e| {
                 problems.push(Problem::new(format!("{field}.mode"), e));
                 default_mode
             }),
@@ -650,6 +669,13 @@ mod tests {
                 .unwrap_err()
                 .contains("sticky")
         );
+        // Socket directories may be sticky, and nothing more.
+        assert_eq!(parse_socket_mode(&Mode("1770".into())), Ok(0o1770));
+        assert_eq!(parse_socket_mode(&Mode("0770".into())), Ok(0o770));
+        for bad in ["3770", "5770", "4770", "2770"] {
+            let e = parse_socket_mode(&Mode(bad.into())).unwrap_err();
+            assert!(e.contains("setuid") || e.contains("setgid"), "{bad}: {e}");
+        }
     }
 
     fn plan_of(spec: &str) -> Result<LinkPlan, Problems> {

@@ -96,9 +96,19 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
             "setuid",
         ),
         (
-            "sticky mode",
-            ch(r#"{ name: x, kind: socket, mode: "1777" }"#),
-            "sticky",
+            "sticky fifo",
+            ch(r#"{ name: x, kind: fifo, mode: "1777" }"#),
+            "the sticky bit only on socket channels",
+        ),
+        (
+            "setgid socket directory",
+            ch(r#"{ name: x, kind: socket, mode: "3770" }"#),
+            "setgid",
+        ),
+        (
+            "sticky semaphore",
+            sem(r#"{ name: s, mode: "1660" }"#),
+            "spec.semaphores[0].mode",
         ),
         (
             "huge mode",

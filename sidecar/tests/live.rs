@@ -175,6 +175,65 @@ fn socket_backlog_semaphores_and_shm_are_reported() {
     promtool_check(&body);
 }
 
+/// Runs `args` as uid `uid`, gid 2000 and no other group; whether it succeeded.
+fn as_member(uid: u32, args: &[&str]) -> bool {
+    Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            "2000",
+            "--clear-groups",
+            "--",
+        ])
+        .args(args)
+        .stderr(Stdio::null())
+        .status()
+        .expect("setpriv")
+        .success()
+}
+
+#[test]
+fn a_socket_directory_is_sticky_so_a_member_removes_only_its_own_entries() {
+    require_root();
+    let link = |mode: &str| {
+        format!(
+            "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: {{ name: frames, namespace: vision }}\nspec:\n  owner: {{ uid: 0, gid: 2000 }}\n  channels:\n    - {{ name: control, kind: socket{mode} }}\n"
+        )
+    };
+    // Declared 0770 (the default before it became sticky): one member can remove what
+    // another bound.
+    let s = setup(&link(r#", mode: "0770""#));
+    let mut sidecar = Sidecar::up(&s.root, &[&s.file], &["--keep"]);
+    let entry = s.link.join("control/camera.sock");
+    let path = entry.to_str().expect("utf-8");
+    assert!(as_member(1001, &["touch", path]));
+    assert!(
+        as_member(1002, &["rm", "-f", path]),
+        "not sticky: anyone removes it"
+    );
+    assert!(!entry.exists());
+    assert!(as_member(1001, &["touch", path]));
+    assert_eq!(sidecar.stop(), 0);
+
+    // The same link, now with the default mode: made sticky live, nothing lost.
+    std::fs::write(&s.file, link("")).expect("rewrite");
+    let _sidecar = Sidecar::up(&s.root, &[&s.file], &[]);
+    let mode = std::fs::metadata(s.link.join("control"))
+        .expect("control")
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o1770);
+    assert!(entry.exists(), "the member's entry survived the change");
+    assert!(
+        !as_member(1002, &["rm", "-f", path]),
+        "another member removed it"
+    );
+    assert!(entry.exists());
+    assert!(as_member(1001, &["rm", "-f", path]), "its owner removes it");
+    assert!(!entry.exists());
+}
+
 #[test]
 fn objects_have_declared_modes_and_the_tmpfs_its_limits() {
     let s = setup(LINK);
@@ -188,7 +247,11 @@ fn objects_have_declared_modes_and_the_tmpfs_its_limits() {
     };
     assert_eq!(mode("frames"), 0o640);
     assert_eq!(mode("events"), 0o660);
-    assert_eq!(mode("control"), 0o770);
+    assert_eq!(
+        mode("control"),
+        0o1770,
+        "socket directories are sticky by default"
+    );
     assert_eq!(mode("sem.frame-ready"), 0o660);
     assert_eq!(mode("slots"), 0o660);
     let line = mount_line(&s.link).expect("the link is a mount point");

@@ -203,8 +203,12 @@ pub fn link_from_opts(
                 // bits, which the shared `mode` of files does not have).
                 if let Some(m) = arg {
                     let m = Mode(m.to_owned());
-                    ipclink_core::validate::parse_mode(&m)
-                        .map_err(|e| bad(format!("Opts.{field}: {name}: {e}")))?;
+                    let parse = if kind == ChannelKind::Socket {
+                        ipclink_core::validate::parse_socket_mode
+                    } else {
+                        ipclink_core::validate::parse_mode
+                    };
+                    parse(&m).map_err(|e| bad(format!("Opts.{field}: {name}: {e}")))?;
                     c.mode = Some(m);
                 }
                 spec.channels.push(c);
