@@ -3,7 +3,7 @@
 //! node plugin takes for an inline link.
 
 use ipclink_core::IpcLink;
-use ipclink_core::names::LINK_LABEL;
+use ipclink_core::names::{DRIVER_NAME, LINK_LABEL};
 use ipclink_core::quantity::format_bytes;
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
@@ -172,6 +172,35 @@ pub(crate) enum ClaimState {
     Foreign(String),
 }
 
+/// Why a link's claim may not name StorageClass `class`: only classes of our driver
+/// are allowed, so a link cannot make a claim its namespace then gets some other
+/// storage for. `None` when it may (or when this replica's RBAC, from before the check,
+/// cannot read StorageClasses: then a warning is logged).
+async fn foreign_class(client: &Client, class: &str) -> Result<Option<String>, Error> {
+    use k8s_openapi::api::storage::v1::StorageClass;
+    match Api::<StorageClass>::all(client.clone())
+        .get_opt(class)
+        .await
+    {
+        Ok(Some(sc)) if sc.provisioner == DRIVER_NAME => Ok(None),
+        Ok(Some(sc)) => Ok(Some(format!(
+            "spec.claim.storageClassName: StorageClass {class} is provisioned by {}; a link's claim may only name a StorageClass of {DRIVER_NAME}",
+            sc.provisioner
+        ))),
+        Ok(None) => Ok(Some(format!(
+            "spec.claim.storageClassName: StorageClass {class} does not exist; name a StorageClass of {DRIVER_NAME} (the chart makes {DEFAULT_CLASS})"
+        ))),
+        Err(e) if is_status(&e, 403) => {
+            tracing::warn!(
+                class,
+                "cannot read StorageClasses (RBAC): the claim's class is not checked"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(kube_err("read the claim's StorageClass")(e)),
+    }
+}
+
 /// Apply: the link's claim exists, is ours and asks for the link's size.
 pub(crate) async fn ensure_claim(
     link: &IpcLink,
@@ -202,6 +231,13 @@ pub(crate) async fn ensure_claim(
     {
         return Ok(judge(&existing, false));
     }
+    let class = claim
+        .storage_class_name
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CLASS.into());
+    if let Some(why) = foreign_class(&ctx.client, &class).await? {
+        return Ok(ClaimState::Foreign(why));
+    }
     let owner = link
         .controller_owner_ref(&())
         .into_iter()
@@ -225,12 +261,7 @@ pub(crate) async fn ensure_claim(
         },
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteMany".into()]),
-            storage_class_name: Some(
-                claim
-                    .storage_class_name
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_CLASS.into()),
-            ),
+            storage_class_name: Some(class),
             resources: Some(VolumeResourceRequirements {
                 requests: Some([("storage".to_owned(), Quantity(format_bytes(size)))].into()),
                 ..Default::default()

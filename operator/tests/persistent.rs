@@ -65,7 +65,7 @@ fn the_first_member_picks_the_node_and_the_rest_follow() {
         ],
         "channels": [{"name": "events", "kind": "fifo", "mode": "0666"}]
     });
-    cp.create(&links_path(NS), &link(NS, "frames", spec));
+    cp.create(&links_path(NS), &link(NS, "frames", spec.clone()));
     let claim_path = format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/frames");
     let claim = cp.wait_for(&claim_path, "the link's claim", CONVERGE, |v| {
         v["kind"] == "PersistentVolumeClaim"
@@ -87,6 +87,45 @@ fn the_first_member_picks_the_node_and_the_rest_follow() {
         claim["status"]["phase"], "Pending",
         "WaitForFirstConsumer binds late: {claim:#}"
     );
+
+    // A claim may only name a class of ours: another driver's class, or one that does
+    // not exist, is refused naming the field, and no claim is made.
+    cp.create(
+        "/apis/storage.k8s.io/v1/storageclasses",
+        &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "hostpath"}, "provisioner": "kubernetes.io/no-provisioner"})
+        .to_string(),
+    );
+    for (name, class, says) in [
+        (
+            "foreign",
+            "hostpath",
+            "is provisioned by kubernetes.io/no-provisioner",
+        ),
+        ("ghost", "missing", "StorageClass missing does not exist"),
+    ] {
+        let mut other = spec.clone();
+        other["claim"] = json!({"storageClassName": class});
+        cp.create(&links_path(NS), &link(NS, name, other));
+        let refused = cp.wait_for(
+            &format!("{}/{name}", links_path(NS)),
+            "the class refused",
+            CONVERGE,
+            |v| condition(v, "Accepted")["reason"] == "ClaimConflict",
+        );
+        let message = condition(&refused, "Accepted")["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            message.contains("spec.claim.storageClassName") && message.contains(says),
+            "{message}"
+        );
+        let (code, _) = cp.get_json(&format!(
+            "/api/v1/namespaces/{NS}/persistentvolumeclaims/{name}"
+        ));
+        assert_eq!(code, 404, "no claim for {name}");
+    }
 
     // The first member is placed by the scheduler, not by us.
     let pods = format!("/api/v1/namespaces/{NS}/pods");
