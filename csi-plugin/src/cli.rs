@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use ipclink_runtime::access::MetricsAuth;
 
 /// The ipclink CSI driver (csi.ipclink.dev).
 #[derive(Debug, Parser)]
@@ -122,9 +123,27 @@ pub struct Common {
     /// KUBECONFIG).
     #[arg(long, env = "IPCLINK_LINKS_DIR")]
     pub links_dir: Option<PathBuf>,
-    /// Serve /metrics here.
+    /// Serve /metrics, /v1/links, /healthz and /readyz here.
     #[arg(long, env = "IPCLINK_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve only /healthz and /readyz here, on connection slots of their own: point
+    /// the kubelet's probes at it, so that no client of the metrics port can starve them.
+    #[arg(long, env = "IPCLINK_PROBE_LISTEN")]
+    pub probe_listen: Option<SocketAddr>,
+    /// Who may read /metrics and /v1/links: `kubernetes` (HTTPS, and a bearer token the
+    /// API server authenticates with a TokenReview and authorizes with a
+    /// SubjectAccessReview for `get` on the path as a non-resource URL) or `none`
+    /// (plain HTTP, only on a loopback address). [default: none on loopback, else
+    /// kubernetes]
+    #[arg(long, env = "IPCLINK_METRICS_AUTH", value_name = "kubernetes|none")]
+    pub metrics_auth: Option<MetricsAuth>,
+    /// The metrics endpoint's certificate chain (PEM) [default: a self-signed one made
+    /// at start].
+    #[arg(long, env = "IPCLINK_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file (PEM).
+    #[arg(long, env = "IPCLINK_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// A node name as Kubernetes allows it.

@@ -11,11 +11,11 @@ use ipclink_core::names::DRIVER_NAME;
 use ipclink_core::probe::{LinkProbe, Observer};
 use ipclink_core::report::LinksReport;
 use ipclink_runtime::Shutdown;
-use ipclink_runtime::http::{Limits, serve};
-use ipclink_runtime::links::{Exposition, LinkSet, router};
+use ipclink_runtime::http::{protection, spawn_endpoint};
+use ipclink_runtime::links::{Exposition, LinkSet, probe_router, router, spawn_probes};
 use ipclink_runtime::unix::bind_unix;
 
-use crate::cli::{ChargeMemory, Cli, Role};
+use crate::cli::{ChargeMemory, Cli, Common, Role};
 use crate::controller::ControllerPlugin;
 use crate::csi::controller_server::ControllerServer;
 use crate::csi::identity_server::IdentityServer;
@@ -125,13 +125,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     shutdown.clone(),
                 );
             }
-            if let Some(addr) = common.metrics_listen {
-                let exposed = Exposed {
-                    registry: registry.clone(),
-                    node: Some(NodeLinks::new(plugin.clone(), cgroups.clone(), fifo_probe)),
-                };
-                spawn_metrics(addr, exposed, shutdown.clone()).await?;
-            }
+            let exposed = Exposed {
+                registry: registry.clone(),
+                node: Some(NodeLinks::new(plugin.clone(), cgroups.clone(), fifo_probe)),
+            };
+            spawn_endpoints(&common, exposed, &shutdown).await?;
             server
                 .add_service(identity)
                 .add_service(NodeServer::new(Node { plugin, metrics }))
@@ -139,13 +137,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         None => {
             let plugin =
                 ControllerPlugin::new(&state_dir, source).map_err(|e| anyhow::anyhow!("{e}"))?;
-            if let Some(addr) = common.metrics_listen {
-                let exposed = Exposed {
-                    registry: registry.clone(),
-                    node: None,
-                };
-                spawn_metrics(addr, exposed, shutdown.clone()).await?;
-            }
+            let exposed = Exposed {
+                registry: registry.clone(),
+                node: None,
+            };
+            spawn_endpoints(&common, exposed, &shutdown).await?;
             server
                 .add_service(identity)
                 .add_service(ControllerServer::new(Controller {
@@ -221,23 +217,32 @@ fn spawn_registration(dir: &Path, endpoint: String, shutdown: Shutdown) -> anyho
     Ok(())
 }
 
-async fn spawn_metrics(
-    addr: std::net::SocketAddr,
+/// Serves `--metrics-listen` (metrics, links, health) and `--probe-listen` (health only,
+/// on its own connection slots), each when set.
+async fn spawn_endpoints(
+    common: &Common,
     exposed: Exposed,
-    shutdown: Shutdown,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("--metrics-listen {addr}"))?;
-    tokio::spawn(async move {
-        let _ = serve(
-            listener,
-            router(Arc::new(exposed)),
-            Limits::default(),
-            shutdown.signalled(),
+    let exposed: Arc<dyn Exposition> = Arc::new(exposed);
+    if let Some(addr) = common.metrics_listen {
+        let protected = protection(
+            addr,
+            common.metrics_auth,
+            common.tls_cert_file.as_deref(),
+            common.tls_key_file.as_deref(),
         )
-        .await;
-    });
+        .await?;
+        tracing::info!(
+            metrics = %addr,
+            auth = if protected.is_some() { "kubernetes (https)" } else { "none (http)" },
+            "serving metrics"
+        );
+        let (app, health) = (router(exposed.clone()), probe_router(exposed.clone()));
+        let stop = shutdown.signalled();
+        spawn_endpoint("--metrics-listen", addr, app, health, protected, stop).await?;
+    }
+    spawn_probes(common.probe_listen, exposed, shutdown.signalled()).await?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 use common::{Plugin, Unmounter, connect, ephemeral, mount_cap, require_root, rt};
 use ipclink_csi::csi::controller_client::ControllerClient;
@@ -83,6 +84,77 @@ fn the_node_plugin_registers_itself_with_the_kubelet() {
         "{}",
         node.log()
     );
+}
+
+/// GET `path` on loopback `port` with the kubelet's default probe timeout (1 s):
+/// (status, how long it took), or `None` when no answer came in time.
+fn probe(port: u16, path: &str) -> Option<(u16, Duration)> {
+    use std::io::{Read, Write};
+    let start = std::time::Instant::now();
+    let limit = Duration::from_secs(1);
+    let mut s = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), limit).ok()?;
+    s.set_read_timeout(Some(
+        limit
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(1)),
+    ))
+    .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((status, start.elapsed()))
+}
+
+#[test]
+fn probes_answer_while_a_thousand_idle_connections_hold_the_metrics_port() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = Unmounter(dir.path().to_path_buf());
+    let (metrics, probes) = (free_port(), free_port());
+    let node = Plugin::start(
+        "node",
+        dir.path(),
+        &node_links(),
+        &[
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+            "--probe-listen",
+            &format!("127.0.0.1:{probes}"),
+        ],
+    );
+    assert_eq!(probe(metrics, "/healthz").map(|p| p.0), Some(200));
+    // A client that opens 1,000 connections and sends nothing on them.
+    let idle: Vec<_> = (0..1000)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", metrics)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // The metrics port is starved (it serves 64 connections at once) ...
+    assert_eq!(
+        probe(metrics, "/healthz"),
+        None,
+        "the metrics port still answers: the test no longer shows starvation"
+    );
+    // ... and the probe listener answers every probe, for longer than the 5 s after
+    // which the metrics port drops a silent connection (and takes 64 more).
+    let mut slowest = Duration::ZERO;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(7) {
+        for path in ["/healthz", "/readyz"] {
+            let (status, took) = probe(probes, path)
+                .unwrap_or_else(|| panic!("{path} did not answer within 1 s\n{}", node.log()));
+            assert_eq!(status, 200, "{path}");
+            slowest = slowest.max(took);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("slowest probe with 1,000 idle connections on the metrics port: {slowest:?}");
+    assert_eq!(
+        probe(probes, "/metrics").map(|p| p.0),
+        Some(404),
+        "probes only"
+    );
+    drop(idle);
 }
 
 #[test]

@@ -190,11 +190,10 @@ fn the_chart_runs_the_examples_on_a_real_node() {
         ]);
         assert!(out.status.success(), "{}", text(&out));
         let link = format!("/apis/ipclink.dev/v1alpha1/namespaces/{ns}/ipclinks/frames");
-        let v = cp.wait_for(&link, "the example link Ready with depths", LONG, |v| {
+        // Depths come after the upgrade: this image reads them over HTTPS with a token
+        // the previous chart's RBAC cannot review.
+        let v = cp.wait_for(&link, "the example link Ready", LONG, |v| {
             v["status"]["phase"] == "Ready"
-                && v["status"]["channels"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|c| c["kind"] == "semaphore"))
         });
         assert_eq!(v["status"]["node"], NODE, "{v:#}");
         for app in ["camera", "detector"] {
@@ -251,6 +250,9 @@ fn the_chart_runs_the_examples_on_a_real_node() {
             );
         }
     };
+    // This chart's metrics are HTTPS for an authorized token: Prometheus's
+    // ServiceAccount is made a reader (the previous chart had no such value).
+    let prometheus_token = cp.service_account_token("default", "prometheus");
     let out = run(Command::new(tools.join("helm"))
         .args([
             "upgrade",
@@ -259,10 +261,25 @@ fn the_chart_runs_the_examples_on_a_real_node() {
             "--namespace",
             "ipclink-system",
         ])
-        .args(&values));
+        .args(&values)
+        .args([
+            "--set",
+            "metrics.readers[0].kind=ServiceAccount,metrics.readers[0].name=prometheus,metrics.readers[0].namespace=default",
+        ]));
     assert!(out.status.success(), "helm upgrade: {}", text(&out));
     operator_available(2, &both_ready);
     both_ready();
+    // The operator reads the node plugin's depths over HTTPS with its token.
+    for ns in EXAMPLES {
+        let link = format!("/apis/ipclink.dev/v1alpha1/namespaces/{ns}/ipclinks/frames");
+        cp.wait_for(&link, "the example link Ready with depths", LONG, |v| {
+            v["status"]["phase"] == "Ready"
+                && v["status"]["channels"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["kind"] == "semaphore" && c["value"].is_number())
+                })
+        });
+    }
     let after: Vec<_> = EXAMPLES.iter().map(|ns| members(ns)).collect();
     assert_eq!(before, after, "member pods were replaced or restarted");
 
@@ -305,16 +322,26 @@ fn the_chart_runs_the_examples_on_a_real_node() {
     let plugin_ip = pod_ip("app.kubernetes.io/component=node-plugin");
     let operator_ips = operator_pods(&cp, "/status/podIP");
 
+    // Their metrics answer no one without an authorized token.
+    for target in [
+        format!("{plugin_ip}:9809"),
+        format!("{}:9810", operator_ips[0]),
+    ] {
+        let (code, body) = ipclink_testkit::http::curl(&format!("https://{target}/metrics"), &[]);
+        assert_eq!(code, 401, "{target}: {body}");
+    }
     // A real Prometheus scrapes the node plugin and the operator as the chart's monitors
-    // do (honor_labels): each series once, under the link's own namespace.
+    // do (https, its ServiceAccount's token, honor_labels): each series once, under the
+    // link's own namespace.
     let prom_dir = tempfile::tempdir().expect("temp dir");
-    let prom = Prometheus::start(
+    let prom = Prometheus::start_secure(
         prom_dir.path(),
         &[
             ("node-plugin", format!("{plugin_ip}:9809")),
             ("operator", format!("{}:9810", operator_ips[0])),
             ("operator", format!("{}:9810", operator_ips[1])),
         ],
+        &prometheus_token,
     );
     let start = std::time::Instant::now();
     let holders = format!(

@@ -1,6 +1,7 @@
 //! `kubectl ipclink`: what the links of a cluster hold, read through the API server:
 //! `top` lists every channel with its depth, capacity, readers, writers and holder pods
-//! (from the node plugins' `/v1/links`, through the API server's pod proxy), and
+//! (from the node plugins' `/v1/links`, through the API server's pod proxy, with a
+//! short-lived token of the chart's metrics reader ServiceAccount), and
 //! `describe LINK` adds the link's status, conditions, members and recent Events.
 //!
 //! kubectl finds this binary as `kubectl-ipclink` on PATH; it uses the same kubeconfig
@@ -70,6 +71,7 @@ async fn gather(client: &kube::Client, selector: &str) -> anyhow::Result<Vec<Nod
         .with_context(|| format!("listing the node plugin pods ({selector})"))?;
     let mut out = Vec::new();
     let mut running = 0;
+    let mut tokens: BTreeMap<String, String> = BTreeMap::new();
     for p in found.items {
         let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
         if phase != Some("Running") {
@@ -93,8 +95,31 @@ async fn gather(client: &kube::Client, selector: &str) -> anyhow::Result<Vec<Nod
             eprintln!("warning: node plugin {ns}/{name} has no port named metrics");
             continue;
         };
-        let path = format!("/api/v1/namespaces/{ns}/pods/{name}:{port}/proxy/v1/links");
-        let request = http::Request::get(&path).body(Vec::new())?;
+        let plain = p
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.args.iter().flatten())
+            .any(|a| a == "--metrics-auth=none");
+        let mut request = http::Request::get(if plain {
+            format!("/api/v1/namespaces/{ns}/pods/{name}:{port}/proxy/v1/links")
+        } else {
+            format!("/api/v1/namespaces/{ns}/pods/https:{name}:{port}/proxy/v1/links")
+        });
+        if !plain {
+            // The proxy keeps the caller's own credentials: the node plugin gets a
+            // short-lived token of the chart's metrics reader instead.
+            let token = match tokens.get(&ns) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = reader_token(client, &ns).await?;
+                    tokens.insert(ns.clone(), t.clone());
+                    t
+                }
+            };
+            request = request.header(PROXIED_AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Vec::new())?;
         match client.request_text(request).await {
             Ok(text) => {
                 let report: LinksReport = serde_json::from_str(&text)
@@ -113,6 +138,47 @@ async fn gather(client: &kube::Client, selector: &str) -> anyhow::Result<Vec<Nod
         );
     }
     Ok(out)
+}
+
+/// The header the node plugins read a token from behind the API server's proxy.
+const PROXIED_AUTHORIZATION: &str = "X-Ipclink-Authorization";
+
+/// Label of the chart's metrics reader ServiceAccount.
+const READER: &str = "app.kubernetes.io/component=metrics-reader";
+
+/// A 10-minute token of the metrics reader ServiceAccount of namespace `ns` (a
+/// TokenRequest: needs `create` on `serviceaccounts/token` there, which the chart's
+/// `ipclink-metrics-reader-token` Role grants to whoever it is bound to).
+async fn reader_token(client: &kube::Client, ns: &str) -> anyhow::Result<String> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let found = accounts
+        .list(&ListParams::default().labels(READER))
+        .await
+        .with_context(|| format!("listing the metrics reader ServiceAccount of {ns}"))?;
+    let Some(account) = found.items.first() else {
+        anyhow::bail!(
+            "namespace {ns} has no ServiceAccount labelled {READER} (the chart makes one)"
+        );
+    };
+    let name = account.name_any();
+    let body = serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 600}
+    });
+    let request = http::Request::post(format!(
+        "/api/v1/namespaces/{ns}/serviceaccounts/{name}/token"
+    ))
+    .header(http::header::CONTENT_TYPE, "application/json")
+    .body(serde_json::to_vec(&body)?)?;
+    let answer: serde_json::Value = client.request(request).await.with_context(|| {
+        format!("a token of ServiceAccount {ns}/{name} (needs create on serviceaccounts/token)")
+    })?;
+    answer["status"]["token"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no token in the TokenRequest answer for {ns}/{name}"))
 }
 
 /// `top`'s columns.

@@ -19,7 +19,7 @@ pub enum Command {
     /// Print the IpcLink CustomResourceDefinition (YAML) for `kubectl apply -f -`.
     Crd,
     /// Run the controller against the cluster of KUBECONFIG (or in-cluster).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Delete every IpcLink and wait until the running operator has cleaned each up
     /// (the chart's pre-delete hook). Refuses, changing nothing, while a member has a
     /// link mounted.
@@ -39,14 +39,80 @@ pub struct RemoveArgs {
     /// Metrics port of the node plugin pods.
     #[arg(long, default_value_t = 9809)]
     pub node_plugin_port: u16,
+    /// How the node plugins are reached.
+    #[command(flatten)]
+    pub access: PluginAccess,
+}
+
+/// How the node plugins' (and `https://` endpoints') `/v1/links` are reached.
+#[derive(clap::Args, Debug)]
+pub struct PluginAccess {
+    /// `https` (the node plugins' metrics with Kubernetes authentication: this
+    /// process's ServiceAccount token is sent) or `http` (plain, no token).
+    #[arg(long, value_enum, default_value = "https")]
+    pub node_plugin_scheme: Scheme,
+    /// The bearer token sent to `https` endpoints, read at each request.
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        value_name = "FILE"
+    )]
+    pub links_token_file: std::path::PathBuf,
+    /// CA certificates (PEM) the `https` endpoints' certificates must chain to. Without
+    /// it they are not checked (the node plugins make their own at start): the
+    /// connection is encrypted, and the addresses come from the API server.
+    #[arg(long, value_name = "FILE")]
+    pub links_ca_file: Option<std::path::PathBuf>,
+}
+
+/// How an endpoint is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTPS with a bearer token.
+    Https,
+}
+
+impl PluginAccess {
+    /// The TLS settings for `https` endpoints.
+    pub fn secure(&self) -> anyhow::Result<ipclink_runtime::client::Secure> {
+        use ipclink_runtime::tls::{ServerCheck, client_config};
+        let check = match &self.links_ca_file {
+            Some(f) => ServerCheck::Ca(f.clone()),
+            None => ServerCheck::None,
+        };
+        let tls = client_config(&check).map_err(|e| anyhow::anyhow!("--links-ca-file: {e}"))?;
+        Ok(ipclink_runtime::client::Secure {
+            tls,
+            token_file: Some(self.links_token_file.clone()),
+        })
+    }
 }
 
 /// Arguments of `run`.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Serve /metrics and /healthz here.
+    /// Serve /metrics, /healthz and /readyz here.
     #[arg(long, default_value = "0.0.0.0:9810")]
     pub metrics_listen: SocketAddr,
+    /// Serve only /healthz and /readyz here, on connection slots of their own: point
+    /// the kubelet's probes at it, so that no client of the metrics port can starve them.
+    #[arg(long)]
+    pub probe_listen: Option<SocketAddr>,
+    /// Who may read /metrics: `kubernetes` (HTTPS, and a bearer token the API server
+    /// authenticates with a TokenReview and authorizes with a SubjectAccessReview for
+    /// `get` on /metrics as a non-resource URL) or `none` (plain HTTP, only on a
+    /// loopback address). [default: none on loopback, else kubernetes]
+    #[arg(long, value_name = "kubernetes|none")]
+    pub metrics_auth: Option<ipclink_runtime::access::MetricsAuth>,
+    /// The metrics endpoint's certificate chain (PEM) [default: a self-signed one made
+    /// at start].
+    #[arg(long, requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// The key of --tls-cert-file (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
     /// Links reconciled at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
@@ -54,7 +120,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 300)]
     pub resync_seconds: u64,
     /// A node plugin's (or sidecar's) metrics address whose /v1/links is gathered:
-    /// `HOST:PORT` or `NODE=HOST:PORT`. Repeatable.
+    /// `[NODE=]HOST:PORT` (plain http) or `[NODE=]https://HOST:PORT`. Repeatable.
     #[arg(long = "links-endpoint", value_name = "[NODE=]HOST:PORT", value_parser = endpoint)]
     pub links_endpoints: Vec<(String, String)>,
     /// Gather from node plugin pods found by label: `NAMESPACE/SELECTOR`, e.g.
@@ -64,6 +130,9 @@ pub struct RunArgs {
     /// Metrics port of the node plugin pods.
     #[arg(long, default_value_t = 9809)]
     pub node_plugin_port: u16,
+    /// How the node plugins are reached.
+    #[command(flatten)]
+    pub access: PluginAccess,
     /// Seconds between two gatherings of depths (the rate at which status.channels
     /// changes).
     #[arg(long, default_value_t = 30)]
@@ -122,11 +191,17 @@ pub struct RunArgs {
 /// (node label, address) of a `--links-endpoint`.
 fn endpoint(arg: &str) -> Result<(String, String), String> {
     let (node, addr) = arg.split_once('=').unwrap_or((arg, arg));
-    let valid = addr
+    let hostport = ["https://", "http://"]
+        .iter()
+        .find_map(|s| addr.strip_prefix(s))
+        .unwrap_or(addr);
+    let valid = hostport
         .rsplit_once(':')
         .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
     if !valid {
-        return Err(format!("{arg:?}: expected HOST:PORT or NODE=HOST:PORT"));
+        return Err(format!(
+            "{arg:?}: expected [NODE=][http://|https://]HOST:PORT"
+        ));
     }
     Ok((node.to_owned(), addr.to_owned()))
 }

@@ -20,7 +20,7 @@ pub type Depths = Arc<Mutex<HashMap<(String, String), LinkDepths>>>;
 /// Where depths come from.
 #[derive(Clone)]
 pub struct Sources {
-    /// (node, `HOST:PORT`) of each endpoint given on the command line.
+    /// (node, `[http://|https://]HOST:PORT`) of each endpoint given on the command line.
     pub endpoints: Vec<(String, String)>,
     /// Node plugin pods found each round: their API, label selector and metrics port;
     /// each running pod is gathered at `podIP:port` and labelled with its node.
@@ -34,6 +34,10 @@ pub struct Sources {
     /// An endpoint's last figures are shown for this many intervals after it stopped
     /// answering; then they are shown as stale (objects without figures).
     pub stale_after: u32,
+    /// How `https://` endpoints are reached.
+    pub secure: Option<ipclink_runtime::client::Secure>,
+    /// Node plugin pods are reached over https (else plain http).
+    pub plugins_https: bool,
 }
 
 impl std::fmt::Debug for Sources {
@@ -59,10 +63,15 @@ pub async fn endpoints(sources: &Sources) -> Vec<(String, String)> {
                 let status = p.status.as_ref()?;
                 let ip = status.pod_ip.clone()?;
                 (status.phase.as_deref() == Some("Running")).then(|| {
-                    let addr = if ip.contains(':') {
-                        format!("[{ip}]:{port}")
+                    let scheme = if sources.plugins_https {
+                        "https://"
                     } else {
-                        format!("{ip}:{port}")
+                        ""
+                    };
+                    let addr = if ip.contains(':') {
+                        format!("{scheme}[{ip}]:{port}")
+                    } else {
+                        format!("{scheme}{ip}:{port}")
                     };
                     (node, addr)
                 })
@@ -73,11 +82,15 @@ pub async fn endpoints(sources: &Sources) -> Vec<(String, String)> {
     all
 }
 
-/// One GET of `http://{endpoint}/v1/links`: its links.
-pub async fn fetch(endpoint: &str, timeout: Duration) -> anyhow::Result<Vec<LinkSample>> {
-    Ok(ipclink_runtime::client::links(endpoint, timeout)
-        .await?
-        .links)
+/// One GET of `/v1/links` from `endpoint` (`https://` ones with `sources.secure`): its
+/// links.
+pub async fn fetch(endpoint: &str, sources: &Sources) -> anyhow::Result<Vec<LinkSample>> {
+    let secure = sources.secure.as_ref();
+    Ok(
+        ipclink_runtime::client::links(endpoint, secure, sources.timeout)
+            .await?
+            .links,
+    )
 }
 
 /// Most objects members created that a link's status lists (the metrics list up to
@@ -181,11 +194,10 @@ async fn gather(
 ) -> (HashMap<(String, String), LinkDepths>, Round) {
     let start = Instant::now();
     let endpoints = endpoints(sources).await;
-    let timeout = sources.timeout;
     let results: Vec<(String, String, anyhow::Result<Vec<LinkSample>>)> =
         futures::stream::iter(endpoints)
             .map(|(node, endpoint)| async move {
-                let r = fetch(&endpoint, timeout).await;
+                let r = fetch(&endpoint, sources).await;
                 (node, endpoint, r)
             })
             .buffer_unordered(sources.concurrency.max(1))
@@ -352,6 +364,8 @@ mod tests {
             timeout: Duration::from_millis(200),
             concurrency: 8,
             stale_after: 3,
+            secure: None,
+            plugins_https: false,
         };
         let mut answers = HashMap::new();
         let (first, round) = gather(&sources, &mut answers).await;
@@ -394,6 +408,8 @@ mod tests {
             timeout: Duration::from_millis(500),
             concurrency: 64,
             stale_after: 3,
+            secure: None,
+            plugins_https: false,
         };
         let (links, round) = gather(&sources, &mut HashMap::new()).await;
         assert_eq!((round.answered, round.failed), (36, 4));

@@ -7,15 +7,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use ipclink_core::metrics::OperatorMetrics;
-use ipclink_operator::cli::{Cli, Command, RunArgs};
+use ipclink_operator::cli::{Cli, Command, RunArgs, Scheme};
 use ipclink_operator::controller::{self, Settings};
 use ipclink_operator::depth::{self, Sources};
 use ipclink_operator::leader::{self, Election};
 use ipclink_operator::metrics::Exposed;
 use ipclink_operator::provision;
 use ipclink_runtime::Shutdown;
-use ipclink_runtime::http::{Limits, serve};
-use ipclink_runtime::links::router;
+use ipclink_runtime::http::{protection, spawn_endpoint};
+use ipclink_runtime::links::{probe_router, router, spawn_probes};
 
 /// Keeps glibc's malloc to one arena (unless `MALLOC_ARENA_MAX` says otherwise), set
 /// before any thread starts. By default each thread that allocates may get an arena of
@@ -41,12 +41,13 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd => print_crd(),
-        Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(args))),
+        Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(*args))),
         Command::RemoveLinks(args) => runtime().and_then(|rt| {
             rt.block_on(async {
                 let client = kube::Client::try_default()
                     .await
                     .context("no Kubernetes API: set KUBECONFIG or run in a cluster")?;
+                let secure = args.access.secure()?;
                 let plugins = args.node_plugins.map(|(ns, selector)| Sources {
                     endpoints: Vec::new(),
                     plugins: Some((
@@ -58,6 +59,8 @@ fn main() {
                     timeout: Duration::from_secs(5),
                     concurrency: 64,
                     stale_after: 1,
+                    secure: Some(secure),
+                    plugins_https: args.access.node_plugin_scheme == Scheme::Https,
                 });
                 ipclink_operator::remove::run(
                     client,
@@ -99,9 +102,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("no Kubernetes API: set KUBECONFIG or run in a cluster")?;
     controller::check_crd(&client).await?;
 
-    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
-        .await
-        .with_context(|| format!("--metrics-listen {}", args.metrics_listen))?;
+    let protected = protection(
+        args.metrics_listen,
+        args.metrics_auth,
+        args.tls_cert_file.as_deref(),
+        args.tls_key_file.as_deref(),
+    )
+    .await?;
     let registry = prometheus::Registry::new();
     let metrics = OperatorMetrics::new(&registry)?;
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| {
@@ -117,13 +124,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         links: std::sync::OnceLock::new(),
         synced: std::sync::OnceLock::new(),
     });
-    let server = tokio::spawn(serve(
-        listener,
+    let server = spawn_endpoint(
+        "--metrics-listen",
+        args.metrics_listen,
         router(exposed.clone()),
-        Limits::default(),
+        probe_router(exposed.clone()),
+        protected.clone(),
         shutdown.signalled(),
-    ));
-    tracing::info!(metrics = %args.metrics_listen, "ipclink-operator running");
+    )
+    .await?;
+    spawn_probes(args.probe_listen, exposed.clone(), shutdown.signalled()).await?;
+    tracing::info!(
+        metrics = %args.metrics_listen,
+        auth = if protected.is_some() { "kubernetes (https)" } else { "none (http)" },
+        "ipclink-operator running"
+    );
 
     let leadership = if args.leader_elect {
         let election = Election {
@@ -203,6 +218,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 timeout: Duration::from_secs(args.depth_timeout_seconds),
                 concurrency: usize::from(args.depth_concurrency),
                 stale_after: args.depth_stale_intervals,
+                secure: Some(args.access.secure()?),
+                plugins_https: args.access.node_plugin_scheme == Scheme::Https,
             },
             depths,
             changed_tx,

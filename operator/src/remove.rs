@@ -143,7 +143,7 @@ pub async fn run(
     loop {
         let mut held = Vec::new();
         for (node, addr) in depth::endpoints(&plugins).await {
-            match depth::fetch(&addr, plugins.timeout).await {
+            match depth::fetch(&addr, &plugins).await {
                 Ok(links) if links.is_empty() => {}
                 Ok(links) => held.push(format!(
                     "{node}: {}",

@@ -87,6 +87,9 @@ fn links_are_reconciled_on_a_real_apiserver() {
             "ipclink-system/app=node-plugin",
             "--node-plugin-port",
             &sidecar_port.to_string(),
+            // The "node plugin" here is a sidecar on loopback: plain HTTP.
+            "--node-plugin-scheme",
+            "http",
             "--depth-interval-seconds",
             "1",
             "--status-min-interval-seconds",
@@ -114,6 +117,11 @@ fn links_are_reconciled_on_a_real_apiserver() {
     initial["semaphores"][0]["initial"] = 2_147_483_648_i64.into();
     let mut twice = frames_spec();
     twice["channels"][2]["name"] = "events".into();
+    // The sticky bit is for socket directories only.
+    let mut sticky_fifo = frames_spec();
+    sticky_fifo["channels"][1]["mode"] = "1660".into();
+    let mut sticky_semaphore = frames_spec();
+    sticky_semaphore["semaphores"][0]["mode"] = "1660".into();
     for (spec, field, says) in [
         (bad_name, "spec.channels[0].name", "should match"),
         (setuid, "spec.channels[1].mode", "should match"),
@@ -134,6 +142,16 @@ fn links_are_reconciled_on_a_real_apiserver() {
             "should be less than or equal to 2147483647",
         ),
         (twice, "spec.channels[2]", "Duplicate value"),
+        (
+            sticky_fifo,
+            "spec.channels[1].mode",
+            "allowed only on socket channels",
+        ),
+        (
+            sticky_semaphore,
+            "spec.semaphores[0].mode",
+            "allowed only on socket channels",
+        ),
     ] {
         let (code, text) = cp
             .request("POST", &links, Some(&link(NS, "rejected", spec)))
@@ -150,6 +168,7 @@ fn links_are_reconciled_on_a_real_apiserver() {
     // What only the operator can judge: Invalid, with an Event naming the field.
     let mut ghost = frames_spec();
     ghost["channels"][1]["readers"] = json!(["ghost"]);
+    ghost["channels"][2]["mode"] = "1770".into(); // a sticky socket directory is admitted
     cp.create(&links, &link(NS, "broken", ghost));
     let broken = cp.wait_for(
         &format!("{links}/broken"),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -56,6 +56,46 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Limits of a probe listener: its requests are tiny, so a client that sends
+    /// nothing is dropped after 2 s, and more connections are served at once.
+    pub fn probes() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(2),
+            max_connections: 256,
+            drain: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Binds `addr` and serves `app` there until `shutdown` completes (in a task); a bind
+/// error names `flag`.
+pub async fn spawn_tcp(
+    flag: &str,
+    addr: std::net::SocketAddr,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener =
+        bind_tcp(addr).map_err(|e| std::io::Error::new(e.kind(), format!("{flag} {addr}: {e}")))?;
+    Ok(tokio::spawn(serve(listener, app, limits, shutdown)))
+}
+
+/// A TCP listener on `addr` whose accept queue holds 1,024 connections (the standard
+/// library's 128 makes a client's connections wait for SYN retries once the served
+/// ones are taken).
+pub fn bind_tcp(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then drains connections.
 pub async fn serve<L: Listener>(
     listener: L,
@@ -63,6 +103,61 @@ pub async fn serve<L: Listener>(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    accept_loop(listener, limits, shutdown, move |stream, watcher| {
+        connection(stream, app.clone(), limits, watcher)
+    })
+    .await
+}
+
+/// [`serve`] over TLS with `tls`: the handshake has the header-read timeout and
+/// happens in the connection's own task. A client that speaks plain HTTP instead (its
+/// first byte is not a TLS handshake's) gets `plain`, which should hold only what may
+/// be said in the clear (health, for probes still pointed at this port).
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    plain: Router,
+    limits: Limits,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    accept_loop(listener, limits, shutdown, move |stream, watcher| {
+        let (app, plain, acceptor) = (app.clone(), plain.clone(), acceptor.clone());
+        async move {
+            let wait = limits.header_read_timeout;
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+                // 22: a TLS handshake record.
+                Ok(Ok(1)) if first[0] != 22 => {
+                    return connection(stream, plain, limits, watcher).await;
+                }
+                Ok(Ok(1)) => {}
+                _ => return,
+            }
+            match tokio::time::timeout(wait, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => connection(tls, app, limits, watcher).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
+        }
+    })
+    .await
+}
+
+/// Accepts connections of `listener`, at most `limits.max_connections` served at once,
+/// each by `handle` in a task of its own, until `shutdown`; then drains them.
+async fn accept_loop<L, F, Fut>(
+    listener: L,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+    handle: F,
+) -> std::io::Result<()>
+where
+    L: Listener,
+    F: Fn(L::Io, Watcher) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -82,16 +177,10 @@ pub async fn serve<L: Listener>(
                 }
             },
         };
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let conn = graceful.watch(conn);
+        let served = handle(stream, graceful.watcher());
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            served.await;
         });
     }
     drop(listener);
@@ -102,4 +191,94 @@ pub async fn serve<L: Listener>(
         tracing::warn!("connections still open after the drain time; closing");
     }
     Ok(())
+}
+
+/// Serves one connection until it ends or the shutdown's drain ends it.
+async fn connection<Io>(io: Io, app: Router, limits: Limits, watcher: Watcher)
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// An endpoint's protection: its TLS configuration and who may read it.
+#[derive(Debug, Clone)]
+pub struct Protected {
+    /// The server's certificate.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Who may read `/metrics` and `/v1/links`.
+    pub guard: Arc<crate::access::Guard>,
+}
+
+/// Binds `addr` and serves `app` there until `shutdown` completes, in a task; when
+/// `protected`, over TLS and behind the guard, with `health` for plain-HTTP clients. A
+/// bind error names `flag`.
+pub async fn spawn_endpoint(
+    flag: &str,
+    addr: std::net::SocketAddr,
+    app: Router,
+    health: Router,
+    protected: Option<Protected>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener =
+        bind_tcp(addr).map_err(|e| std::io::Error::new(e.kind(), format!("{flag} {addr}: {e}")))?;
+    let limits = Limits::default();
+    Ok(match protected {
+        Some(p) => {
+            let app = crate::access::guarded(app, p.guard);
+            tokio::spawn(serve_tls(listener, app, health, limits, p.tls, shutdown))
+        }
+        None => tokio::spawn(serve(listener, app, limits, shutdown)),
+    })
+}
+
+/// The protection `--metrics-auth` and `--tls-cert-file`/`--tls-key-file` ask for an
+/// endpoint on `listen`: `None` for plain HTTP on loopback; else HTTPS (the given
+/// certificate, or one made now) with tokens reviewed by the API server.
+#[cfg(feature = "kube")]
+pub async fn protection(
+    listen: std::net::SocketAddr,
+    auth: Option<crate::access::MetricsAuth>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> std::io::Result<Option<Protected>> {
+    use crate::access::{Guard, KubeReviewer, MetricsAuth};
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    if MetricsAuth::resolve(auth, listen).map_err(invalid)? == MetricsAuth::None {
+        return Ok(None);
+    }
+    let tls = match (cert, key) {
+        (Some(c), Some(k)) => crate::tls::server_from_files(c, k)?,
+        (None, None) => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default();
+            let names = [host, "localhost".into(), listen.ip().to_string()]
+                .into_iter()
+                .filter(|n| !n.is_empty())
+                .collect();
+            crate::tls::server_self_signed(names)?
+        }
+        _ => {
+            return Err(invalid(
+                "--tls-cert-file and --tls-key-file go together".into(),
+            ));
+        }
+    };
+    let client = kube::Client::try_default().await.map_err(|e| {
+        std::io::Error::other(format!(
+            "--metrics-auth kubernetes needs the Kubernetes API (in-cluster or KUBECONFIG): {e}"
+        ))
+    })?;
+    Ok(Some(Protected {
+        tls,
+        guard: Guard::new(KubeReviewer::new(client)),
+    }))
 }

@@ -4,10 +4,12 @@
 //!
 //! It depends on `ipclink-core` only: no Docker client, no gRPC, no Kubernetes runtime.
 
+pub mod access;
 pub mod client;
 pub mod http;
 pub mod links;
 pub mod shutdown;
+pub mod tls;
 pub mod unix;
 
 pub use shutdown::Shutdown;

@@ -44,6 +44,30 @@ pub fn router(exposed: Arc<dyn Exposition>) -> Router {
         .with_state(exposed)
 }
 
+/// The router of a probe listener: `/healthz` and `/readyz` only, so that clients of
+/// the metrics endpoint (however many connections they hold) cannot starve the
+/// kubelet's probes.
+pub fn probe_router(exposed: Arc<dyn Exposition>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(exposed)
+}
+
+/// Serves [`probe_router`] on `addr` (`--probe-listen`), when given, until `shutdown`.
+pub async fn spawn_probes(
+    addr: Option<std::net::SocketAddr>,
+    exposed: Arc<dyn Exposition>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use crate::http::{Limits, spawn_tcp};
+    if let Some(addr) = addr {
+        let app = probe_router(exposed);
+        spawn_tcp("--probe-listen", addr, app, Limits::probes(), shutdown).await?;
+    }
+    Ok(())
+}
+
 /// A JSON `{"Err": ...}` answer.
 fn refusal(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({"Err": message.into()}))).into_response()

@@ -41,6 +41,7 @@ fn main() {
                 Some(at) => runtime().and_then(|rt| {
                     rt.block_on(ipclink_runtime::client::links(
                         &at,
+                        None,
                         std::time::Duration::from_secs(10),
                     ))
                     .map(|r| r.links)

@@ -301,6 +301,34 @@ impl ControlPlane {
         Ok((code.trim().parse().unwrap_or(0), body.to_owned()))
     }
 
+    /// A one-hour token of ServiceAccount `ns/name` (made if missing), from a
+    /// TokenRequest, as a pod of it would hold.
+    pub fn service_account_token(&self, ns: &str, name: &str) -> String {
+        let (code, text) = self
+            .request(
+                "POST",
+                &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+                Some(&format!(
+                    r#"{{"apiVersion":"v1","kind":"ServiceAccount","metadata":{{"name":"{name}"}}}}"#
+                )),
+            )
+            .expect("request");
+        assert!(
+            code == 201 || code == 409,
+            "ServiceAccount {ns}/{name}: {text}"
+        );
+        let (code, text) = self
+            .request(
+                "POST",
+                &format!("/api/v1/namespaces/{ns}/serviceaccounts/{name}/token"),
+                Some(r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":3600}}"#),
+            )
+            .expect("request");
+        assert_eq!(code, 201, "TokenRequest {ns}/{name}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        v["status"]["token"].as_str().expect("token").to_owned()
+    }
+
     /// POSTs `body` to `path` and insists on 201 Created.
     pub fn create(&self, path: &str, body: &str) {
         let (code, text) = self.request("POST", path, Some(body)).expect("request");

@@ -76,6 +76,20 @@ pub fn promtool_check(text: &str) {
     );
 }
 
+/// One GET of `url` with curl, certificates unchecked, with extra `headers`
+/// (`Name: value`): (status, body); status 0 when nothing answered.
+pub fn curl(url: &str, headers: &[String]) -> (u16, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sk", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"]);
+    for h in headers {
+        cmd.arg("-H").arg(h);
+    }
+    let out = cmd.arg(url).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,25 @@ impl Prometheus {
     /// Starts Prometheus with its data under `dir`, scraping each `(job, HOST:PORT)`
     /// every second with `honor_labels: true`; returns once it is ready.
     pub fn start(dir: &Path, targets: &[(&str, String)]) -> Prometheus {
+        Prometheus::start_with(dir, targets, None)
+    }
+
+    /// [`Prometheus::start`], scraping over HTTPS with `token` as its bearer token and
+    /// certificates unchecked, as the chart's ServiceMonitor and PodMonitor do.
+    pub fn start_secure(dir: &Path, targets: &[(&str, String)], token: &str) -> Prometheus {
+        Prometheus::start_with(dir, targets, Some(token))
+    }
+
+    fn start_with(dir: &Path, targets: &[(&str, String)], token: Option<&str>) -> Prometheus {
         crate::require_tool("prometheus");
+        let secure = token.map(|t| {
+            let file = dir.join("token");
+            std::fs::write(&file, t).expect("token file");
+            format!(
+                "    scheme: https\n    authorization: {{credentials_file: '{}'}}\n    tls_config: {{insecure_skip_verify: true}}\n",
+                file.display()
+            )
+        });
         let port = crate::free_port();
         let mut config =
             String::from("global: {scrape_interval: 1s, scrape_timeout: 1s}\nscrape_configs:\n");
@@ -52,6 +70,7 @@ impl Prometheus {
             config.push_str(&format!(
                 "  - job_name: {job}\n    honor_labels: true\n    static_configs: [{{targets: [{targets}]}}]\n"
             ));
+            config.push_str(secure.as_deref().unwrap_or_default());
         }
         let file = dir.join("prometheus.yml");
         std::fs::write(&file, &config).expect("prometheus.yml");
