@@ -22,9 +22,12 @@ const PARAMETERS: &[&str] = &[
     ids::LINK,
     ids::NAMESPACE,
     "csi.storage.k8s.io/pvc/name",
-    "csi.storage.k8s.io/pvc/namespace",
+    CLAIM_NAMESPACE,
     "csi.storage.k8s.io/pv/name",
 ];
+
+/// The claim's namespace, as external-provisioner passes it.
+const CLAIM_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Created {
@@ -153,7 +156,24 @@ impl ControllerPlugin {
                 )
             })
         };
-        let (link, namespace) = (get(ids::LINK)?, get(ids::NAMESPACE)?);
+        // The claim's namespace (external-provisioner's --extra-create-metadata) decides:
+        // a StorageClass cannot point a claim at a link of another namespace.
+        let namespace = match (
+            parameters.get(CLAIM_NAMESPACE),
+            parameters.get(ids::NAMESPACE),
+        ) {
+            (Some(claim), Some(asked)) if claim != asked => {
+                return Err(CsiError::invalid(
+                    "parameters",
+                    format!(
+                        "namespace {asked:?} is not the claim's namespace {claim:?}: a volume serves only a link of its claim's own namespace"
+                    ),
+                ));
+            }
+            (Some(claim), _) => claim,
+            (None, _) => get(ids::NAMESPACE)?,
+        };
+        let link = get(ids::LINK)?;
         check_dns_label(link).map_err(|e| CsiError::invalid("parameters", format!("link: {e}")))?;
         check_dns_label(namespace)
             .map_err(|e| CsiError::invalid("parameters", format!("namespace: {e}")))?;

@@ -15,6 +15,9 @@ use ipclink_testkit::free_port;
 use ipclink_testkit::http::curl;
 use serde_json::json;
 
+/// (what, extra curl arguments, path, headers, the codes that may answer).
+type Hostile<'a> = (&'a str, Vec<&'a str>, &'a str, Vec<String>, Vec<u16>);
+
 #[test]
 fn metrics_and_links_need_an_authorized_token() {
     require_root();
@@ -115,13 +118,181 @@ fn metrics_and_links_need_an_authorized_token() {
         assert!(!body.contains("ipclink_"), "{body}");
     }
 
+    // Hostile requests: each gets its code, no tenant data, and the endpoint keeps
+    // serving (it holds no state a request could change; the plugin holds no link).
+    let gone = cp.service_account_token("default", "gone");
+    let (code, text) = cp
+        .request(
+            "DELETE",
+            "/api/v1/namespaces/default/serviceaccounts/gone",
+            None,
+        )
+        .expect("delete");
+    assert_eq!(code, 200, "{text}");
+    let huge = dir.path().join("huge-header");
+    std::fs::write(
+        &huge,
+        format!("Authorization: Bearer {}\n", "x".repeat(1 << 20)),
+    )
+    .expect("header file");
+    let huge_arg = format!("@{}", huge.display());
+    let many: Vec<String> = (0..150).map(|i| format!("X-Filler-{i}: {i}")).collect();
+    let with = |extra: &[String]| [bearer(&reader), extra.to_vec()].concat();
+    let hostile: Vec<Hostile> = vec![
+        (
+            "POST /metrics",
+            vec!["-X", "POST"],
+            "/metrics",
+            bearer(&reader),
+            vec![405],
+        ),
+        (
+            "DELETE /v1/links",
+            vec!["-X", "DELETE"],
+            "/v1/links",
+            bearer(&reader),
+            vec![405],
+        ),
+        (
+            "PUT /v1/links",
+            vec!["-X", "PUT"],
+            "/v1/links",
+            vec![],
+            vec![401, 405],
+        ),
+        (
+            "dot-dot path",
+            vec!["--path-as-is"],
+            "/metrics/../v1/links",
+            vec![],
+            vec![401, 404],
+        ),
+        (
+            "unknown path",
+            vec![],
+            "/debug/pprof",
+            bearer(&reader),
+            vec![401, 403, 404],
+        ),
+        (
+            "query string, no token",
+            vec![],
+            "/metrics?format=json",
+            vec![],
+            vec![401],
+        ),
+        (
+            "token of a deleted ServiceAccount",
+            vec![],
+            "/metrics",
+            bearer(&gone),
+            vec![401],
+        ),
+        (
+            "Basic credentials",
+            vec![],
+            "/metrics",
+            vec!["Authorization: Basic YWRtaW46YWRtaW4=".into()],
+            vec![401],
+        ),
+        (
+            "proxied Basic",
+            vec![],
+            "/v1/links",
+            vec![format!("X-Ipclink-Authorization: Basic {reader}")],
+            vec![401],
+        ),
+        (
+            "bad token first, good one proxied",
+            vec![],
+            "/v1/links",
+            [bearer("forged"), proxied.clone()].concat(),
+            vec![401],
+        ),
+        (
+            "token with trailing words",
+            vec![],
+            "/metrics",
+            vec![format!("Authorization: Bearer {reader} extra")],
+            vec![401],
+        ),
+        (
+            "150 headers",
+            vec![],
+            "/metrics",
+            with(&many),
+            vec![431, 400],
+        ),
+        (
+            // hyper drops a connection whose head outgrows its buffer: no answer.
+            "1 MiB token",
+            vec!["-H", &huge_arg],
+            "/metrics",
+            vec![],
+            vec![431, 400, 0],
+        ),
+        (
+            "plain HTTP with a token",
+            vec![],
+            "PLAIN/v1/links",
+            bearer(&reader),
+            vec![404],
+        ),
+    ];
+    for (what, args, path, headers, codes) in &hostile {
+        let target = match path.strip_prefix("PLAIN") {
+            Some(p) => format!("http://127.0.0.1:{port}{p}"),
+            None => url(path),
+        };
+        let (code, body) = ipclink_testkit::http::curl_with(args, &target, headers);
+        assert!(codes.contains(&code), "{what}: {code} {body}");
+        assert!(
+            !body.contains("ipclink_") && !body.contains("\"links\""),
+            "{what}: {body}"
+        );
+        assert_eq!(
+            curl(&url("/healthz"), &[]).0,
+            200,
+            "{what}: the endpoint still serves"
+        );
+    }
+    // Bytes that are neither TLS nor HTTP get 400; a client that sends nothing is
+    // dropped after the header-read timeout (5 s).
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.write_all(b"\x01\x02garbage\r\n\r\n").expect("write");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+        let silent = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        silent
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        let start = std::time::Instant::now();
+        let n = (&silent)
+            .read(&mut [0u8; 16])
+            .expect("closed, not timed out");
+        assert_eq!(n, 0, "a silent client is dropped");
+        assert!(start.elapsed() < std::time::Duration::from_secs(9));
+    }
+    let (code, body) = curl(&url("/v1/links"), &bearer(&reader));
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.starts_with("{\"links\":[]"),
+        "no link was made: {body}"
+    );
+
     // The operator's client: https with a token file, certificate made by the plugin.
     let token = dir.path().join("token");
     std::fs::write(&token, &reader).expect("token");
     let secure = ipclink_runtime::client::Secure {
         tls: ipclink_runtime::tls::client_config(&ipclink_runtime::tls::ServerCheck::None)
             .expect("tls"),
-        token_file: Some(token),
+        token_file: Some(token.clone()),
+        server_name: None,
     };
     let rt = common::rt();
     let report = rt
@@ -132,6 +303,85 @@ fn metrics_and_links_need_an_authorized_token() {
         ))
         .expect("links over https");
     assert!(report.links.is_empty());
+    drop(plugin);
+
+    // With a certificate from a CA (as cert-manager makes one, naming the Service), the
+    // operator's client checks it: the right CA and name pass; the pod's address, which
+    // the certificate does not name, or another CA, do not.
+    let pki = dir.path().join("pki");
+    std::fs::create_dir(&pki).expect("pki");
+    let service = "ipclink-node-metrics.ipclink-system.svc";
+    std::fs::write(pki.join("ext"), format!("subjectAltName=DNS:{service}\n")).expect("ext");
+    for script in [
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt -subj /CN=ipclink-test-ca -days 1",
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other.key -out other.crt -subj /CN=other-ca -days 1",
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout tls.key -out tls.csr -subj /CN=node-metrics",
+        "openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out tls.crt -days 1 -extfile ext",
+    ] {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&pki)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let port = free_port();
+    let plugin = Plugin::start_with(
+        "node",
+        &dir.path().join("second"),
+        &[
+            "--links-dir",
+            links.to_str().expect("utf-8"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-auth",
+            "kubernetes",
+            "--tls-cert-file",
+            pki.join("tls.crt").to_str().expect("utf-8"),
+            "--tls-key-file",
+            pki.join("tls.key").to_str().expect("utf-8"),
+        ],
+        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
+    );
+    let checked = |ca: &str, name: Option<&str>| ipclink_runtime::client::Secure {
+        tls: ipclink_runtime::tls::client_config(&ipclink_runtime::tls::ServerCheck::Ca(
+            pki.join(ca),
+        ))
+        .expect("tls"),
+        token_file: Some(token.clone()),
+        server_name: name.map(str::to_owned),
+    };
+    let ask = |secure: &ipclink_runtime::client::Secure| {
+        let endpoint = format!("https://127.0.0.1:{port}");
+        let start = std::time::Instant::now();
+        loop {
+            let r = rt.block_on(ipclink_runtime::client::links(
+                &endpoint,
+                Some(secure),
+                std::time::Duration::from_secs(10),
+            ));
+            // The CSI socket comes up before the metrics listener.
+            match &r {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && start.elapsed().as_secs() < 20 =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                _ => return r,
+            }
+        }
+    };
+    ask(&checked("ca.crt", Some(service))).expect("the CA and the Service name");
+    let e = ask(&checked("ca.crt", None)).expect_err("the certificate does not name the address");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    let e = ask(&checked("other.crt", Some(service))).expect_err("another CA");
+    assert!(e.to_string().contains("certificate"), "{e}");
     drop(plugin);
 
     // Without authentication, metrics may only be served on loopback.

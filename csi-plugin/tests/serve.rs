@@ -267,6 +267,11 @@ fn the_controller_places_volumes_and_refuses_impossible_capacities() {
         unknown.parameters.insert("fsType".into(), "ext4".into());
         let mut missing_link = req("pvc-3", 0, 0);
         missing_link.parameters.insert("link".into(), "nope".into());
+        let mut other_namespace = req("pvc-10", 0, 0);
+        other_namespace.parameters.insert(
+            "csi.storage.k8s.io/pvc/namespace".into(),
+            "elsewhere".into(),
+        );
         let mut hostile_link = req("pvc-4", 0, 0);
         hostile_link
             .parameters
@@ -301,6 +306,11 @@ fn the_controller_places_volumes_and_refuses_impossible_capacities() {
             ("unknown parameter", unknown, Code::InvalidArgument),
             ("unknown link", missing_link, Code::InvalidArgument),
             ("hostile link", hostile_link, Code::InvalidArgument),
+            (
+                "a class naming another namespace than the claim's",
+                other_namespace,
+                Code::InvalidArgument,
+            ),
             ("empty name", req("", 0, 0), Code::InvalidArgument),
         ] {
             let got = c
@@ -315,6 +325,19 @@ fn the_controller_places_volumes_and_refuses_impossible_capacities() {
                 "{case} changed the state"
             );
         }
+        // The claim's namespace is the link's, with or without the class saying so.
+        let mut from_claim = req("pvc-11", 0, 0);
+        from_claim.parameters.remove("namespace");
+        from_claim
+            .parameters
+            .insert("csi.storage.k8s.io/pvc/namespace".into(), "vision".into());
+        let v = c
+            .create_volume(from_claim)
+            .await
+            .expect("create")
+            .into_inner();
+        let id = v.volume.expect("volume").volume_id;
+        assert!(id.starts_with("vision.frames."), "{id}");
     });
 }
 

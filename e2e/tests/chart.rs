@@ -83,6 +83,11 @@ fn the_chart_lints_strictly_and_refuses_bad_values_naming_them() {
             "operator.verbose=true",
             "at '/operator': additional properties 'verbose' not allowed",
         ),
+        (
+            "metrics.tls.secretName=Bad/Name",
+            "at '/metrics/tls/secretName'",
+        ),
+        ("metrics.readers[0].kind=Robot", "at '/metrics/readers/0"),
     ] {
         let out = helm(&[
             "template",
@@ -105,16 +110,46 @@ fn the_chart_lints_strictly_and_refuses_bad_values_naming_them() {
         "metrics.podMonitor.enabled=true",
         "--set",
         "metrics.prometheusRule.enabled=true",
+        "--set",
+        "networkPolicy.enabled=true",
     ]);
     for kind in [
         "kind: ServiceMonitor",
         "kind: PodMonitor",
         "kind: PrometheusRule",
+        "kind: NetworkPolicy",
         "alert: IpclinkLinkDegraded",
         "alert: IpclinkFifoWriterWithoutReader",
+        "tlsConfig: {insecureSkipVerify: true}",
     ] {
         assert!(all.contains(kind), "{kind} missing");
     }
+    // A certificate Secret is served by both, and checked by the operator and monitors.
+    let tls = render(&[
+        "--set",
+        "metrics.tls.secretName=ipclink-metrics-cert",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.podMonitor.enabled=true",
+    ]);
+    for needle in [
+        "- --tls-cert-file=/etc/ipclink/tls/tls.crt",
+        "- --links-ca-file=/etc/ipclink/tls/ca.crt",
+        "- --links-server-name=ipclink-node-metrics.ipclink-system.svc",
+        "secret: {secretName: ipclink-metrics-cert}",
+        "ca: {secret: {name: ipclink-metrics-cert, key: ca.crt}}",
+        "serverName: ipclink-operator-metrics.ipclink-system.svc",
+        "serverName: ipclink-node-metrics.ipclink-system.svc",
+    ] {
+        assert!(tls.contains(needle), "{needle} missing:\n{tls}");
+    }
+    assert_eq!(
+        tls.matches("secret: {secretName: ipclink-metrics-cert}")
+            .count(),
+        2
+    );
+    assert!(!tls.contains("insecureSkipVerify"), "{tls}");
     // Two operator replicas elect a leader and keep one through a drain; one alone
     // needs no budget.
     let default = render(&[]);

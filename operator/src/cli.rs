@@ -63,6 +63,10 @@ pub struct PluginAccess {
     /// connection is encrypted, and the addresses come from the API server.
     #[arg(long, value_name = "FILE")]
     pub links_ca_file: Option<std::path::PathBuf>,
+    /// The name the node plugins' certificates carry (they are reached by pod address),
+    /// checked with --links-ca-file.
+    #[arg(long, value_name = "DNS-NAME", requires = "links_ca_file")]
+    pub links_server_name: Option<String>,
 }
 
 /// How an endpoint is spoken to.
@@ -86,6 +90,7 @@ impl PluginAccess {
         Ok(ipclink_runtime::client::Secure {
             tls,
             token_file: Some(self.links_token_file.clone()),
+            server_name: self.links_server_name.clone(),
         })
     }
 }

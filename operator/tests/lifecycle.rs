@@ -117,6 +117,92 @@ fn links_are_reconciled_on_a_real_apiserver() {
     initial["semaphores"][0]["initial"] = 2_147_483_648_i64.into();
     let mut twice = frames_spec();
     twice["channels"][2]["name"] = "events".into();
+    // More that the schema refuses, one field each.
+    let mutated = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut spec = frames_spec();
+        f(&mut spec);
+        spec
+    };
+    let more: Vec<(serde_json::Value, &str, &str)> = vec![
+        (
+            mutated(&|s| s["members"][0]["name"] = "Camera".into()),
+            "spec.members[0].name",
+            "should match",
+        ),
+        (
+            mutated(&|s| s["channels"][0]["kind"] = "pipe".into()),
+            "spec.channels[0].kind",
+            "Unsupported value",
+        ),
+        (
+            mutated(&|s| s["semaphores"][0]["abi"] = "bsd".into()),
+            "spec.semaphores[0].abi",
+            "Unsupported value",
+        ),
+        (
+            mutated(&|s| s["channels"][1]["mode"] = 660.into()),
+            "spec.channels[1].mode",
+            "string",
+        ),
+        (
+            mutated(&|s| s["channels"][1]["mode"] = "0o660".into()),
+            "spec.channels[1].mode",
+            "should match",
+        ),
+        (
+            mutated(&|s| {
+                s["allowCreate"] = true.into();
+                s["rootMode"] = "0777".into();
+            }),
+            "spec.rootMode",
+            "should match",
+        ),
+        (
+            mutated(&|s| s["rootMode"] = "1777".into()),
+            "spec.rootMode",
+            "rootMode applies only with allowCreate",
+        ),
+        (
+            mutated(&|s| {
+                s["members"] = (0..65)
+                    .map(|i| json!({"name": format!("m{i}")}))
+                    .collect::<Vec<_>>()
+                    .into();
+            }),
+            "spec.members",
+            "must have at most 64 items",
+        ),
+        (
+            mutated(&|s| s["channels"][0]["name"] = "a".repeat(64).into()),
+            "spec.channels[0].name",
+            "may not be more than 63",
+        ),
+        (
+            mutated(&|s| s["owner"]["gid"] = 4_294_967_295_i64.into()),
+            "spec.owner.gid",
+            "less than or equal to",
+        ),
+        (
+            mutated(&|s| s["channels"][1]["writers"] = json!(["Bad_Name"])),
+            "spec.channels[1].writers[0]",
+            "should match",
+        ),
+        (
+            mutated(&|s| s["semaphores"][0]["initial"] = (-1).into()),
+            "spec.semaphores[0].initial",
+            "greater than or equal to 0",
+        ),
+        (
+            mutated(&|s| s["channels"][2]["name"] = "../etc".into()),
+            "spec.channels[2].name",
+            "should match",
+        ),
+        (
+            mutated(&|s| s["members"][1]["podSelector"] = "app=detector".into()),
+            "spec.members[1].podSelector",
+            "object",
+        ),
+    ];
     // The sticky bit is for socket directories only.
     let mut sticky_fifo = frames_spec();
     sticky_fifo["channels"][1]["mode"] = "1660".into();
@@ -152,7 +238,10 @@ fn links_are_reconciled_on_a_real_apiserver() {
             "spec.semaphores[0].mode",
             "allowed only on socket channels",
         ),
-    ] {
+    ]
+    .into_iter()
+    .chain(more)
+    {
         let (code, text) = cp
             .request("POST", &links, Some(&link(NS, "rejected", spec)))
             .expect("post");

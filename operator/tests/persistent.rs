@@ -21,21 +21,6 @@ fn scheduling_cluster() -> ControlPlane {
     cp
 }
 
-/// The `ipclink` StorageClass: WaitForFirstConsumer, reclaim Delete.
-fn storage_class(cp: &ControlPlane) {
-    cp.create(
-        "/apis/storage.k8s.io/v1/storageclasses",
-        &json!({
-            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-            "metadata": {"name": "ipclink"},
-            "provisioner": "csi.ipclink.dev",
-            "volumeBindingMode": "WaitForFirstConsumer",
-            "reclaimPolicy": "Delete",
-        })
-        .to_string(),
-    );
-}
-
 #[test]
 fn the_first_member_picks_the_node_and_the_rest_follow() {
     let cp = scheduling_cluster();

@@ -28,6 +28,7 @@ fn the_operator_converges_after_crashes_and_an_apiserver_restart() {
     let mut cp = ControlPlane::start();
     cp.install_ipclink_crd();
     cp.namespace(NS);
+    storage_class(&cp);
     let links = links_path(NS);
 
     // Cleanup when Apply never ran: a link that carries the finalizer and is deleted

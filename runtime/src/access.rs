@@ -104,16 +104,22 @@ pub fn guarded(app: Router, guard: Arc<Guard>) -> Router {
 }
 
 /// The bearer token of a request: `Authorization: Bearer T`, or the same in
-/// [`PROXIED_AUTHORIZATION`].
+/// [`PROXIED_AUTHORIZATION`]. The first of the two that is there decides; a token that
+/// is not an RFC 6750 `b64token` (letters, digits, `-._~+/`, then `=`s) is none: the
+/// API server's JWT parser drops whitespace, so "T junk" would pass as T.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    [header::AUTHORIZATION.as_str(), PROXIED_AUTHORIZATION]
+    let v = [header::AUTHORIZATION.as_str(), PROXIED_AUTHORIZATION]
         .iter()
-        .filter_map(|h| headers.get(*h)?.to_str().ok())
-        .find_map(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            let token = token.trim();
-            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-        })
+        .find_map(|h| headers.get(*h))?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    let body = token.trim_end_matches('=');
+    let b64token = !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+    (scheme.eq_ignore_ascii_case("bearer") && b64token).then_some(token)
 }
 
 fn refused(status: StatusCode, message: String) -> Response {
@@ -342,6 +348,8 @@ mod tests {
             ("Bearer bad", StatusCode::UNAUTHORIZED),
             ("Basic good", StatusCode::UNAUTHORIZED),
             ("Bearer ", StatusCode::UNAUTHORIZED),
+            ("Bearer good junk", StatusCode::UNAUTHORIZED),
+            ("Bearer go\tod", StatusCode::UNAUTHORIZED),
             ("Bearer other", StatusCode::FORBIDDEN),
             ("Bearer down", StatusCode::SERVICE_UNAVAILABLE),
             ("Bearer good", StatusCode::OK),

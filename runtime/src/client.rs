@@ -22,6 +22,9 @@ pub struct Secure {
     pub tls: Arc<rustls::ClientConfig>,
     /// Where the token is (a ServiceAccount's projected token).
     pub token_file: Option<PathBuf>,
+    /// The name the server's certificate must carry, when it is not the endpoint's
+    /// host (pods are reached by address; one certificate names their Service).
+    pub server_name: Option<String>,
 }
 
 /// One GET of `/v1/links` from `endpoint` — `HOST:PORT` or `http://HOST:PORT` (plain
@@ -42,6 +45,7 @@ pub async fn links(
                 .map_or(hostport, |(h, _)| h)
                 .trim_start_matches('[')
                 .trim_end_matches(']');
+            let host = secure.server_name.as_deref().unwrap_or(host);
             let name = rustls::pki_types::ServerName::try_from(host.to_owned())
                 .map_err(|e| std::io::Error::other(format!("{endpoint}: {e}")))?;
             let stream = tokio::net::TcpStream::connect(hostport).await?;

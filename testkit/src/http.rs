@@ -79,8 +79,14 @@ pub fn promtool_check(text: &str) {
 /// One GET of `url` with curl, certificates unchecked, with extra `headers`
 /// (`Name: value`): (status, body); status 0 when nothing answered.
 pub fn curl(url: &str, headers: &[String]) -> (u16, String) {
+    curl_with(&[], url, headers)
+}
+
+/// [`curl`] with more curl arguments (`-X POST`, `--path-as-is`, `-H @FILE`).
+pub fn curl_with(args: &[&str], url: &str, headers: &[String]) -> (u16, String) {
     let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-sk", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"]);
+    cmd.args(["-sk", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args);
     for h in headers {
         cmd.arg("-H").arg(h);
     }

@@ -87,3 +87,18 @@ pub fn events(cp: &ControlPlane, namespace: &str, name: &str) -> Vec<(String, St
 
 /// Seconds to wait for the operator to converge.
 pub const CONVERGE: Duration = Duration::from_secs(30);
+
+/// The `ipclink` StorageClass: WaitForFirstConsumer, reclaim Delete.
+pub fn storage_class(cp: &ipclink_testkit::control_plane::ControlPlane) {
+    cp.create(
+        "/apis/storage.k8s.io/v1/storageclasses",
+        &serde_json::json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "ipclink"},
+            "provisioner": "csi.ipclink.dev",
+            "volumeBindingMode": "WaitForFirstConsumer",
+            "reclaimPolicy": "Delete",
+        })
+        .to_string(),
+    );
+}
