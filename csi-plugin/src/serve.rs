@@ -94,6 +94,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
         ),
     };
+    // The metrics reviewer uses the source's API client, when it has one.
+    let kube = match &source {
+        LinkSource::Kube(k) => Some(k.client()),
+        LinkSource::Dir(_) => None,
+    };
     let path = common
         .endpoint
         .strip_prefix("unix://")
@@ -129,7 +134,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 registry: registry.clone(),
                 node: Some(NodeLinks::new(plugin.clone(), cgroups.clone(), fifo_probe)),
             };
-            spawn_endpoints(&common, exposed, &shutdown).await?;
+            spawn_endpoints(&common, exposed, kube.clone(), &shutdown).await?;
             server
                 .add_service(identity)
                 .add_service(NodeServer::new(Node { plugin, metrics }))
@@ -141,7 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 registry: registry.clone(),
                 node: None,
             };
-            spawn_endpoints(&common, exposed, &shutdown).await?;
+            spawn_endpoints(&common, exposed, kube.clone(), &shutdown).await?;
             server
                 .add_service(identity)
                 .add_service(ControllerServer::new(Controller {
@@ -222,6 +227,7 @@ fn spawn_registration(dir: &Path, endpoint: String, shutdown: Shutdown) -> anyho
 async fn spawn_endpoints(
     common: &Common,
     exposed: Exposed,
+    kube: Option<kube::Client>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let exposed: Arc<dyn Exposition> = Arc::new(exposed);
@@ -231,6 +237,7 @@ async fn spawn_endpoints(
             common.metrics_auth,
             common.tls_cert_file.as_deref(),
             common.tls_key_file.as_deref(),
+            kube,
         )
         .await?;
         tracing::info!(

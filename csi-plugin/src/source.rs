@@ -213,6 +213,11 @@ impl KubeSource {
         Ok(KubeSource { client })
     }
 
+    /// Its API client.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
     async fn lookup(
         &self,
         namespace: &str,

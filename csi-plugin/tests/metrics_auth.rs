@@ -15,6 +15,20 @@ use ipclink_testkit::free_port;
 use ipclink_testkit::http::curl;
 use serde_json::json;
 
+/// Waits until the plugin's metrics endpoint on `port` answers `/healthz` (its CSI
+/// socket, which `Plugin::start_with` waits for, is bound before it).
+fn wait_serving(port: u16, plugin: &Plugin) {
+    let start = std::time::Instant::now();
+    while curl(&format!("https://127.0.0.1:{port}/healthz"), &[]).0 != 200 {
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "no metrics endpoint\n{}",
+            plugin.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// (what, extra curl arguments, path, headers, the codes that may answer).
 type Hostile<'a> = (&'a str, Vec<&'a str>, &'a str, Vec<String>, Vec<u16>);
 
@@ -62,16 +76,7 @@ fn metrics_and_links_need_an_authorized_token() {
     );
     let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
     let bearer = |t: &str| vec![format!("Authorization: Bearer {t}")];
-    // The CSI socket is bound before the metrics listener: wait for the latter.
-    let start = std::time::Instant::now();
-    while curl(&url("/healthz"), &[]).0 != 200 {
-        assert!(
-            start.elapsed().as_secs() < 20,
-            "no metrics endpoint\n{}",
-            plugin.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_serving(port, &plugin);
 
     for path in ["/metrics", "/v1/links"] {
         let (code, body) = curl(&url(path), &[]);
@@ -356,26 +361,13 @@ fn metrics_and_links_need_an_authorized_token() {
         token_file: Some(token.clone()),
         server_name: name.map(str::to_owned),
     };
+    wait_serving(port, &plugin);
     let ask = |secure: &ipclink_runtime::client::Secure| {
-        let endpoint = format!("https://127.0.0.1:{port}");
-        let start = std::time::Instant::now();
-        loop {
-            let r = rt.block_on(ipclink_runtime::client::links(
-                &endpoint,
-                Some(secure),
-                std::time::Duration::from_secs(10),
-            ));
-            // The CSI socket comes up before the metrics listener.
-            match &r {
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::ConnectionRefused
-                        && start.elapsed().as_secs() < 20 =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                _ => return r,
-            }
-        }
+        rt.block_on(ipclink_runtime::client::links(
+            &format!("https://127.0.0.1:{port}"),
+            Some(secure),
+            std::time::Duration::from_secs(10),
+        ))
     };
     ask(&checked("ca.crt", Some(service))).expect("the CA and the Service name");
     let e = ask(&checked("ca.crt", None)).expect_err("the certificate does not name the address");

@@ -107,6 +107,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.metrics_auth,
         args.tls_cert_file.as_deref(),
         args.tls_key_file.as_deref(),
+        Some(client.clone()),
     )
     .await?;
     let registry = prometheus::Registry::new();

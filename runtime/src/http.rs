@@ -77,9 +77,13 @@ pub async fn spawn_tcp(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let listener =
-        bind_tcp(addr).map_err(|e| std::io::Error::new(e.kind(), format!("{flag} {addr}: {e}")))?;
+    let listener = bind_flag(flag, addr)?;
     Ok(tokio::spawn(serve(listener, app, limits, shutdown)))
+}
+
+/// [`bind_tcp`], with an error that names the flag the address came from.
+fn bind_flag(flag: &str, addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    bind_tcp(addr).map_err(|e| std::io::Error::new(e.kind(), format!("{flag} {addr}: {e}")))
 }
 
 /// A TCP listener on `addr` whose accept queue holds 1,024 connections (the standard
@@ -227,27 +231,28 @@ pub async fn spawn_endpoint(
     protected: Option<Protected>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let listener =
-        bind_tcp(addr).map_err(|e| std::io::Error::new(e.kind(), format!("{flag} {addr}: {e}")))?;
     let limits = Limits::default();
-    Ok(match protected {
-        Some(p) => {
-            let app = crate::access::guarded(app, p.guard);
-            tokio::spawn(serve_tls(listener, app, health, limits, p.tls, shutdown))
-        }
-        None => tokio::spawn(serve(listener, app, limits, shutdown)),
-    })
+    let Some(p) = protected else {
+        return spawn_tcp(flag, addr, app, limits, shutdown).await;
+    };
+    let listener = bind_flag(flag, addr)?;
+    let app = crate::access::guarded(app, p.guard);
+    Ok(tokio::spawn(serve_tls(
+        listener, app, health, limits, p.tls, shutdown,
+    )))
 }
 
 /// The protection `--metrics-auth` and `--tls-cert-file`/`--tls-key-file` ask for an
 /// endpoint on `listen`: `None` for plain HTTP on loopback; else HTTPS (the given
-/// certificate, or one made now) with tokens reviewed by the API server.
+/// certificate, or one made now) with tokens reviewed by the API server through
+/// `client` (the process's own, when it has one; else one is made).
 #[cfg(feature = "kube")]
 pub async fn protection(
     listen: std::net::SocketAddr,
     auth: Option<crate::access::MetricsAuth>,
     cert: Option<&std::path::Path>,
     key: Option<&std::path::Path>,
+    client: Option<kube::Client>,
 ) -> std::io::Result<Option<Protected>> {
     use crate::access::{Guard, KubeReviewer, MetricsAuth};
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
@@ -272,11 +277,14 @@ pub async fn protection(
             ));
         }
     };
-    let client = kube::Client::try_default().await.map_err(|e| {
-        std::io::Error::other(format!(
-            "--metrics-auth kubernetes needs the Kubernetes API (in-cluster or KUBECONFIG): {e}"
-        ))
-    })?;
+    let client = match client {
+        Some(c) => c,
+        None => kube::Client::try_default().await.map_err(|e| {
+            std::io::Error::other(format!(
+                "--metrics-auth kubernetes needs the Kubernetes API (in-cluster or KUBECONFIG): {e}"
+            ))
+        })?,
+    };
     Ok(Some(Protected {
         tls,
         guard: Guard::new(KubeReviewer::new(client)),
