@@ -102,6 +102,9 @@ impl Members for AllProcesses {
     }
 }
 
+/// Names of the running member containers by full id, once known (`None`: not yet).
+pub type ContainerNames = Arc<std::sync::Mutex<Option<HashMap<String, String>>>>;
+
 /// The processes of containers this process can see (a host process, or a container
 /// with the host's pid namespace), named by their container: the name `names` gives for
 /// its id (from the cgroup path), else the id's first 12 digits. With `only_named`, only
@@ -112,7 +115,7 @@ impl Members for AllProcesses {
 #[derive(Debug, Default)]
 pub struct ContainerProcesses {
     /// Names of the running member containers by full id, once known.
-    pub names: Arc<std::sync::Mutex<Option<HashMap<String, String>>>>,
+    pub names: ContainerNames,
     /// Only the containers in `names`.
     pub only_named: bool,
 }
@@ -502,6 +505,31 @@ pub(crate) fn queued_bytes(fd: BorrowedFd<'_>) -> nix::Result<u64> {
     // SAFETY: FIONREAD writes one c_int through the pointer, which points to `n`.
     unsafe { fionread(fd.as_raw_fd(), &mut n) }?;
     Ok(n.max(0) as u64)
+}
+
+/// Whether a process among `members` holds one of the declared objects of `plan`'s link
+/// in `store` (a descriptor or a mapping): `None` when that cannot be known. A link
+/// nobody holds may have what waits for its members to leave done to it.
+pub fn link_held(
+    store: &crate::materialize::Store,
+    plan: &crate::validate::LinkPlan,
+    members: &mut dyn Members,
+) -> Option<bool> {
+    let link = store.open_link(&plan.namespace, &plan.name).ok()?;
+    let dev = nix::sys::stat::fstat(link.as_fd()).ok()?.st_dev;
+    let processes = members.processes().ok()?;
+    let holders = Holders::scan(&processes, &HashSet::from([dev]));
+    if holders.unreadable().is_some() {
+        return None;
+    }
+    Some(plan.objects.iter().any(|o| {
+        nix::sys::stat::fstatat(
+            link.as_fd(),
+            o.file_name().as_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| !holders.of(dev, st.st_ino).is_empty())
+    }))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod access;
 pub mod created;
 pub mod fs;
 pub mod holders;
+pub(crate) mod live;
 pub mod load;
 pub mod materialize;
 pub mod members;
@@ -12,7 +13,9 @@ pub mod metrics;
 pub mod names;
 pub mod probe;
 pub mod quantity;
+mod record;
 pub mod report;
+mod resize;
 pub mod sockdiag;
 pub mod spec;
 pub mod validate;
@@ -20,7 +23,7 @@ pub mod validate;
 pub use kube::CustomResourceExt;
 pub use load::{load_plans, parse_link_value, parse_links, yaml_documents};
 pub use materialize::{
-    InProcess, MaterializeError, Outcome, Preallocate, PreallocateError, StorageMode, Store,
+    InProcess, MaterializeError, Outcome, Preallocate, PreallocateError, Record, StorageMode, Store,
 };
 pub use spec::{
     Channel, ChannelKind, IpcLink, IpcLinkSpec, IpcLinkStatus, Semaphore, SemaphoreAbi,

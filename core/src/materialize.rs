@@ -12,18 +12,20 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, FallocateFlags, OFlag, RenameFlags, fallocate, openat, renameat2};
+use nix::fcntl::{FallocateFlags, OFlag, RenameFlags, fallocate, openat, renameat2};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstatat, mkdirat, mknodat};
+use nix::sys::stat::{Mode, SFlag, fchmod, mkdirat, mknodat};
 use nix::sys::statfs::{TMPFS_MAGIC, fstatfs};
-use nix::sys::statvfs::fstatvfs;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 
 use crate::fs::{
-    RemoveError, TMP_PREFIX, dir_is_empty, is_mount_point, list_names, open_dir_at,
-    remove_leftovers, remove_tree_at, write_atomic_at,
+    RemoveError, TMP_PREFIX, dir_is_empty, is_mount_point, open_dir_at, remove_leftovers,
+    remove_tree_at,
 };
+use crate::live::{self, Step, pin};
 use crate::quantity::format_bytes;
+pub use crate::record::Record;
+use crate::resize::{Resize, tmpfs_size};
 use crate::spec::SemaphoreAbi;
 use crate::validate::{LinkPlan, ObjectKind, ObjectPlan, Problem, Problems, SEM_BYTES};
 
@@ -122,20 +124,76 @@ pub struct Outcome {
     pub created: Vec<String>,
     /// Objects that already matched the plan and were left as they are.
     pub kept: Vec<String>,
+    /// Objects changed live: mode, owner, a region grown, or (with no member) replaced.
+    pub changed: Vec<String>,
+    /// Objects removed because the plan no longer has them.
+    pub removed: Vec<String>,
+    /// Whether the tmpfs was remounted with another size now.
+    pub resized: bool,
     /// Whether a tmpfs was mounted now.
     pub mounted: bool,
+    /// Changes that wait until no member holds the link, each naming its field.
+    pub pending: Vec<Problem>,
+    /// The link as it serves now (the plan, with pending changes in their live form);
+    /// this is what the link's record holds.
+    pub applied: LinkPlan,
+}
+
+impl Outcome {
+    /// Logs what a materialization of `plan` changed (at info) and what waits (at warn).
+    pub fn log(&self, plan: &LinkPlan) {
+        let (namespace, link) = (plan.namespace.as_str(), plan.name.as_str());
+        if !self.changed.is_empty() || !self.removed.is_empty() || self.resized {
+            tracing::info!(
+                namespace,
+                link,
+                created = ?self.created,
+                changed = ?self.changed,
+                removed = ?self.removed,
+                resized = self.resized,
+                "live link changed to its spec"
+            );
+        }
+        for p in &self.pending {
+            tracing::warn!(namespace, link, field = %p.field, "change pending: {}", p.message);
+        }
+    }
+}
+
+/// A preallocation's failure as the error of the region at `at`.
+fn preallocating(
+    r: Result<(), PreallocateError>,
+    at: impl Fn() -> String,
+) -> Result<(), MaterializeError> {
+    r.map_err(|e| match e {
+        PreallocateError::Sys(errno) => MaterializeError::Sys {
+            path: at(),
+            op: "preallocate",
+            errno,
+        },
+        PreallocateError::OutOfMemory(message) => MaterializeError::Preallocate {
+            path: at(),
+            message,
+            out_of_memory: true,
+        },
+        PreallocateError::Failed(message) => MaterializeError::Preallocate {
+            path: at(),
+            message,
+            out_of_memory: false,
+        },
+    })
 }
 
 /// The base directory under which links are materialized as `<namespace>/<name>/`.
 #[derive(Debug)]
 pub struct Store {
-    base: OwnedFd,
-    base_path: PathBuf,
+    pub(crate) base: OwnedFd,
+    pub(crate) base_path: PathBuf,
     mode: StorageMode,
     apply_owner: bool,
 }
 
-fn sys<T>(
+pub(crate) fn sys<T>(
     r: nix::Result<T>,
     path: impl FnOnce() -> String,
     op: &'static str,
@@ -162,44 +220,6 @@ fn removing(e: RemoveError, lp: impl Fn() -> String) -> MaterializeError {
     }
 }
 
-fn file_type(st: &FileStat) -> SFlag {
-    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
-}
-
-fn describe(st: &FileStat) -> String {
-    let t = file_type(st);
-    let kind = if t == SFlag::S_IFREG {
-        format!("a {}-byte file", st.st_size)
-    } else if t == SFlag::S_IFIFO {
-        "a fifo".into()
-    } else if t == SFlag::S_IFDIR {
-        "a directory".into()
-    } else if t == SFlag::S_IFLNK {
-        "a symlink".into()
-    } else {
-        "a special file".into()
-    };
-    format!(
-        "{kind} with mode {:04o} owned by {}:{}",
-        st.st_mode & 0o7777,
-        st.st_uid,
-        st.st_gid
-    )
-}
-
-fn want(obj: &ObjectPlan) -> String {
-    let kind = match obj.kind {
-        ObjectKind::Shm { size } => format!("a {size}-byte file ({})", format_bytes(size)),
-        ObjectKind::Semaphore { .. } => format!("a {SEM_BYTES}-byte semaphore file"),
-        ObjectKind::Fifo => "a fifo".into(),
-        ObjectKind::Socket => "a directory".into(),
-    };
-    format!(
-        "{kind} with mode {:04o} owned by {}:{}",
-        obj.mode, obj.uid, obj.gid
-    )
-}
-
 /// The exact bytes `sem_open` of the given libc expects for a process-shared semaphore.
 pub fn semaphore_bytes(initial: u32, abi: SemaphoreAbi) -> [u8; SEM_BYTES as usize] {
     let mut b = [0u8; SEM_BYTES as usize];
@@ -210,36 +230,6 @@ pub fn semaphore_bytes(initial: u32, abi: SemaphoreAbi) -> [u8; SEM_BYTES as usi
         b[8..12].copy_from_slice(&128u32.to_le_bytes());
     }
     b
-}
-
-/// Does the directory entry `st` match what the plan wants?
-fn matches(obj: &ObjectPlan, st: &FileStat, apply_owner: bool) -> bool {
-    let t = file_type(st);
-    let type_ok = match obj.kind {
-        ObjectKind::Shm { size } => t == SFlag::S_IFREG && st.st_size as u64 == size,
-        ObjectKind::Semaphore { .. } => t == SFlag::S_IFREG && st.st_size as u64 == SEM_BYTES,
-        ObjectKind::Fifo => t == SFlag::S_IFIFO,
-        ObjectKind::Socket => t == SFlag::S_IFDIR,
-    };
-    let owner_ok = !apply_owner || (st.st_uid == obj.uid && st.st_gid == obj.gid);
-    type_ok && owner_ok && st.st_mode & 0o7777 == obj.mode
-}
-
-/// A socket directory that matches the plan but for its sticky bit (the default of
-/// socket channels became 1770): set live, as adding or removing it disturbs no holder.
-fn sticky_only(obj: &ObjectPlan, st: &FileStat, apply_owner: bool) -> bool {
-    let mut flipped = obj.clone();
-    flipped.mode ^= 0o1000;
-    obj.kind == ObjectKind::Socket && matches(&flipped, st, apply_owner)
-}
-
-/// What an object of the plan needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Need {
-    /// It does not exist.
-    Create,
-    /// Its sticky bit differs (see [`sticky_only`]).
-    Sticky,
 }
 
 impl Store {
@@ -300,19 +290,26 @@ impl Store {
         open_dir_at(ns.as_fd(), name)
     }
 
-    /// Creates what is missing of `plan`; leaves matching objects untouched (never
-    /// truncates); refuses, changing nothing, if an existing object differs. Regions are
-    /// preallocated in this process.
+    /// Makes the link serve `plan` (see [`Store::apply`]) as a link some member may hold:
+    /// changes that would break holders stay pending. Regions are preallocated in this
+    /// process.
     pub fn materialize(&self, plan: &LinkPlan) -> Result<Outcome, MaterializeError> {
-        self.materialize_with(plan, &InProcess)
+        self.apply(plan, &InProcess, false)
     }
 
-    /// [`Store::materialize`], with new regions' pages allocated by `alloc` (for example
-    /// charged to the first member's memory cgroup).
-    pub fn materialize_with(
+    /// Makes the link serve `plan` and records what it serves. A new link is made from
+    /// nothing. On a live one, what is missing is made, mode and owner are set through
+    /// descriptors, regions grow (never shrink), objects the record has and the plan no
+    /// longer has are removed and the tmpfs is remounted with the new size when its use
+    /// fits; none of that disturbs a member holding an object. What would ([`crate::live`])
+    /// is left in its live form and reported as pending, unless `exclusive` (no member
+    /// holds the link): then the object is replaced. New regions' pages are allocated by
+    /// `alloc` (for example charged to the first member's memory cgroup).
+    pub fn apply(
         &self,
         plan: &LinkPlan,
         alloc: &dyn Preallocate,
+        exclusive: bool,
     ) -> Result<Outcome, MaterializeError> {
         let link_path = self.link_path(&plan.namespace, &plan.name);
         let lp = || link_path.display().to_string();
@@ -322,44 +319,112 @@ impl Store {
             self.base_path.join(&plan.namespace).display().to_string()
         })?;
         let mut link_fd = self.ensure_dir(ns_fd.as_fd(), &plan.name, lp)?;
-        if self.needs_mount(ns_fd.as_fd(), link_fd.as_fd(), plan, lp)? {
+        if self.needs_mount(ns_fd.as_fd(), link_fd.as_fd(), lp)? {
             self.mount_tmpfs(link_fd.as_fd(), plan, lp)?;
             link_fd = sys(open_dir_at(ns_fd.as_fd(), plan.name.as_str()), lp, "open")?;
             outcome.mounted = true;
         }
         remove_leftovers(link_fd.as_fd()).map_err(|e| removing(e, lp))?;
-        let needs = inspect(link_fd.as_fd(), plan, self.apply_owner, lp, &mut outcome)?;
+        let old = self.read_record(ns_fd.as_fd(), &plan.name).map(|r| r.plan);
+        let d = sys(
+            live::diff(
+                link_fd.as_fd(),
+                plan,
+                old.as_ref(),
+                self.apply_owner,
+                exclusive,
+            ),
+            lp,
+            "inspect",
+        )?;
+        // A larger tmpfs before objects grow, a smaller one after they shrank or went.
+        let first = self.resize(link_fd.as_fd(), plan, true, lp)?;
         self.apply_root(link_fd.as_fd(), plan, lp)?;
-        for (obj, need) in needs {
-            if need == Need::Sticky {
-                let file = obj.file_name();
-                let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
-                let dir = sys(
-                    openat(
-                        link_fd.as_fd(),
-                        file.as_str(),
-                        flags | OFlag::O_CLOEXEC,
-                        Mode::empty(),
-                    ),
-                    lp,
-                    "open",
-                )?;
-                sys(
-                    fchmod(dir.as_fd(), Mode::from_bits_truncate(obj.mode)),
-                    lp,
-                    "chmod",
-                )?;
-                outcome.kept.push(file);
-                continue;
+        for (done, step) in d.steps.iter().enumerate() {
+            let file = step.file_name();
+            let at = || format!("{}/{file}", lp());
+            match step {
+                Step::Create(obj) => {
+                    self.create(link_fd.as_fd(), obj, alloc, lp)?;
+                    outcome.created.push(file);
+                }
+                Step::Attrs(obj) => {
+                    sys(
+                        live::set_attrs(link_fd.as_fd(), obj, self.apply_owner),
+                        at,
+                        "chmod/chown",
+                    )?;
+                    outcome.changed.push(file);
+                }
+                Step::Grow(obj) => {
+                    let fd = sys(live::open_region(link_fd.as_fd(), obj), at, "open")?;
+                    let ObjectKind::Shm { size } = obj.kind else {
+                        unreachable!()
+                    };
+                    preallocating(alloc.preallocate(fd.as_fd(), size), at)?;
+                    sys(
+                        live::set_attrs(link_fd.as_fd(), obj, self.apply_owner),
+                        at,
+                        "chmod/chown",
+                    )?;
+                    outcome.changed.push(file);
+                }
+                Step::Replace { obj, old } => {
+                    for name in std::iter::once(&file).chain(old) {
+                        live::remove_entry(link_fd.as_fd(), name).map_err(|message| {
+                            MaterializeError::Refused {
+                                path: at(),
+                                message,
+                            }
+                        })?;
+                    }
+                    self.create(link_fd.as_fd(), obj, alloc, lp)?;
+                    outcome.changed.push(file);
+                }
+                Step::Remove(_) => {
+                    live::remove_entry(link_fd.as_fd(), &file).map_err(|message| {
+                        MaterializeError::Refused {
+                            path: at(),
+                            message,
+                        }
+                    })?;
+                    outcome.removed.push(file);
+                }
             }
-            self.create(link_fd.as_fd(), obj, alloc, lp)?;
-            outcome.created.push(obj.file_name());
+            live::killed_after(done + 1);
         }
+        let size = match first {
+            Some(done) => done,
+            None => self
+                .resize(link_fd.as_fd(), plan, false, lp)?
+                .unwrap_or(Resize::Same),
+        };
         if plan.root.allows_create() && self.mode == StorageMode::Tmpfs {
-            for obj in &plan.objects {
+            for obj in &d.objects {
                 pin(link_fd.as_fd(), obj, lp)?;
             }
         }
+        outcome.kept = d.kept;
+        outcome.pending = d.pending;
+        let mut applied = LinkPlan {
+            objects: d.objects,
+            ..plan.clone()
+        };
+        match size {
+            Resize::Done => outcome.resized = true,
+            Resize::Same => {}
+            Resize::Waits {
+                size,
+                inodes,
+                problem,
+            } => {
+                applied.size_limit = size;
+                applied.nr_inodes = inodes;
+                outcome.pending.push(problem);
+            }
+        }
+        self.write_record(&applied, &outcome.pending, &plan.digest())?;
+        outcome.applied = applied;
         Ok(outcome)
     }
 
@@ -395,7 +460,9 @@ impl Store {
     }
 
     /// Checks an existing link against `plan` without changing anything: Ok when the link
-    /// does not exist yet or every existing object matches.
+    /// does not exist yet or `plan` only adds objects to it. Anything else a live link
+    /// would need (an object's mode, owner or size, a removal, a pending change, another
+    /// tmpfs size) is a conflict naming its field: what `--strict` refuses.
     pub fn check(&self, plan: &LinkPlan) -> Result<(), MaterializeError> {
         let link_path = self.link_path(&plan.namespace, &plan.name);
         let lp = || link_path.display().to_string();
@@ -417,74 +484,45 @@ impl Store {
             }
         };
         let ns = sys(self.open_namespace(&plan.namespace), lp, "open")?;
-        self.needs_mount(ns.as_fd(), link.as_fd(), plan, lp)?;
-        inspect(
-            link.as_fd(),
-            plan,
-            self.apply_owner,
+        let unmounted = self.needs_mount(ns.as_fd(), link.as_fd(), lp)?;
+        let old = self.read_record(ns.as_fd(), &plan.name).map(|r| r.plan);
+        let d = sys(
+            live::diff(link.as_fd(), plan, old.as_ref(), self.apply_owner, false),
             lp,
-            &mut Outcome::default(),
-        )
-        .map(drop)
-    }
-
-    /// Saves `plan` as the link's record (`<namespace>/.<name>.json`, next to the link
-    /// directory, never inside what members see): temp file, fsync, rename, fsync dir.
-    pub fn write_record(&self, plan: &LinkPlan) -> Result<(), MaterializeError> {
-        let lp = || {
-            self.link_path(&plan.namespace, &plan.name)
-                .display()
-                .to_string()
-        };
-        let ns = sys(self.open_namespace(&plan.namespace), lp, "open")?;
-        let body = serde_json::to_vec_pretty(plan).unwrap_or_default();
-        write_atomic_at(ns.as_fd(), &format!(".{}.json", plan.name), &body).map_err(|e| {
-            MaterializeError::Sys {
-                path: lp(),
-                op: "write record",
-                errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-            }
-        })
-    }
-
-    /// Every link record under the base directory, in (namespace, name) order. Records
-    /// that cannot be read are reported by their path.
-    pub fn records(&self) -> (Vec<LinkPlan>, Vec<String>) {
-        let mut plans = Vec::new();
-        let mut bad = Vec::new();
-        for ns in list_names(self.base.as_fd()) {
-            if crate::validate::check_dns_label(&ns).is_err() {
-                continue;
-            }
-            let Ok(ns_fd) = self.open_namespace(&ns) else {
-                continue;
+            "inspect",
+        )?;
+        let mut conflicts = d.pending;
+        for step in &d.steps {
+            let (field, what) = match step {
+                Step::Create(_) => continue,
+                Step::Attrs(o) => (o.field.clone(), "mode or owner differ"),
+                Step::Grow(o) => (format!("{}.size", o.field), "the region is smaller"),
+                Step::Replace { obj, .. } => (obj.field.clone(), "it would be replaced"),
+                Step::Remove(o) => (o.field.clone(), "the spec no longer has it"),
             };
-            for entry in list_names(ns_fd.as_fd()) {
-                let Some(name) = entry
-                    .strip_prefix('.')
-                    .and_then(|n| n.strip_suffix(".json"))
-                else {
-                    continue;
-                };
-                let path = self.base_path.join(&ns).join(&entry).display().to_string();
-                let read = openat(
-                    ns_fd.as_fd(),
-                    entry.as_str(),
-                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .ok()
-                .and_then(|fd| std::io::read_to_string(File::from(fd)).ok())
-                .and_then(|text| serde_json::from_str::<LinkPlan>(&text).ok())
-                .filter(|p| p.namespace == ns && p.name == name);
-                match read {
-                    Some(p) => plans.push(p),
-                    None => bad.push(path),
-                }
+            conflicts.push(Problem::new(
+                field,
+                format!("{} on the live link: {what}", step.file_name()),
+            ));
+        }
+        if !unmounted && self.mode == StorageMode::Tmpfs {
+            let (size, inodes) = sys(tmpfs_size(link.as_fd()), lp, "statvfs")?;
+            if size != plan.size_limit || inodes != plan.nr_inodes {
+                conflicts.push(Problem::new(
+                    "spec.sizeLimit",
+                    format!(
+                        "the link is mounted with size {}, the spec wants {}",
+                        format_bytes(size),
+                        format_bytes(plan.size_limit)
+                    ),
+                ));
             }
         }
-        plans.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        (plans, bad)
+        if conflicts.is_empty() {
+            Ok(())
+        } else {
+            Err(MaterializeError::Conflicts(Problems(conflicts)))
+        }
     }
 
     fn ensure_dir(
@@ -517,21 +555,25 @@ impl Store {
         }
     }
 
-    /// In tmpfs mode: false when the link is already its tmpfs (whose size must match),
-    /// true when it is an empty directory to mount on; refuses anything else. In a plain
-    /// directory: always false.
+    /// In tmpfs mode: false when the link is already its tmpfs, true when it is an empty
+    /// directory to mount on; refuses anything else. In a plain directory: always false.
     fn needs_mount(
         &self,
         ns: BorrowedFd<'_>,
         link: BorrowedFd<'_>,
-        plan: &LinkPlan,
         lp: impl Fn() -> String + Copy,
     ) -> Result<bool, MaterializeError> {
         if self.mode != StorageMode::Tmpfs {
             return Ok(false);
         }
         if sys(is_mount_point(ns, link), lp, "stat")? {
-            self.check_mounted(link, plan, lp)?;
+            let fs = sys(fstatfs(link), lp, "statfs")?;
+            if fs.filesystem_type() != TMPFS_MAGIC {
+                return Err(MaterializeError::Refused {
+                    path: lp(),
+                    message: "is a mount point that is not a tmpfs; not ipclink's".into(),
+                });
+            }
             return Ok(false);
         }
         if !sys(dir_is_empty(link), lp, "readdir")? {
@@ -571,34 +613,6 @@ impl Store {
         )
     }
 
-    fn check_mounted(
-        &self,
-        link: BorrowedFd<'_>,
-        plan: &LinkPlan,
-        lp: impl Fn() -> String,
-    ) -> Result<(), MaterializeError> {
-        let fs = sys(fstatfs(link), &lp, "statfs")?;
-        if fs.filesystem_type() != TMPFS_MAGIC {
-            return Err(MaterializeError::Refused {
-                path: lp(),
-                message: "is a mount point that is not a tmpfs; not ipclink's".into(),
-            });
-        }
-        let vfs = sys(fstatvfs(link), &lp, "statvfs")?;
-        let size = vfs.blocks() * vfs.fragment_size();
-        if size != plan.size_limit {
-            return Err(MaterializeError::Conflicts(Problems(vec![Problem::new(
-                "spec.sizeLimit",
-                format!(
-                    "the link is mounted with size {}, the spec wants {}; a live link's size is not changed (tear it down first)",
-                    format_bytes(size),
-                    format_bytes(plan.size_limit)
-                ),
-            )])));
-        }
-        Ok(())
-    }
-
     fn create(
         &self,
         link: BorrowedFd<'_>,
@@ -617,25 +631,9 @@ impl Store {
                 let fd = sys(openat(link, tmp.as_str(), excl, private), at, "create")?;
                 // Allocate every page now: a member never takes SIGBUS on first touch,
                 // and ENOSPC shows up here instead of in a member.
-                if let Err(e) = alloc.preallocate(fd.as_fd(), size) {
+                if let Err(e) = preallocating(alloc.preallocate(fd.as_fd(), size), at) {
                     let _ = unlinkat(link, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-                    return Err(match e {
-                        PreallocateError::Sys(errno) => MaterializeError::Sys {
-                            path: at(),
-                            op: "preallocate",
-                            errno,
-                        },
-                        PreallocateError::OutOfMemory(message) => MaterializeError::Preallocate {
-                            path: at(),
-                            message,
-                            out_of_memory: true,
-                        },
-                        PreallocateError::Failed(message) => MaterializeError::Preallocate {
-                            path: at(),
-                            message,
-                            out_of_memory: false,
-                        },
-                    });
+                    return Err(e);
                 }
                 fd
             }
@@ -774,106 +772,5 @@ impl Store {
                 errno,
             }),
         }
-    }
-}
-
-/// Pins a declared object in a link members may write to: a bind mount of the object onto
-/// itself. The sticky root keeps members from removing one another's objects; a mount
-/// point keeps everyone, the object's own owner included, from removing or replacing a
-/// declared one (`unlink`, `rename` and `rmdir` of a mount point fail with EBUSY in
-/// every mount namespace that sees the mount, and publications bind the link
-/// recursively). Already pinned objects are left as they are.
-fn pin(
-    link: BorrowedFd<'_>,
-    obj: &ObjectPlan,
-    lp: impl Fn() -> String,
-) -> Result<(), MaterializeError> {
-    let file = obj.file_name();
-    let at = || format!("{}/{file}", lp());
-    // O_PATH: no open(2) side effects (a FIFO is not opened for reading or writing).
-    let fd = sys(
-        openat(
-            link,
-            file.as_str(),
-            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ),
-        at,
-        "open",
-    )?;
-    let io = |op: &'static str| {
-        let at = at();
-        move |e: std::io::Error| MaterializeError::Sys {
-            path: at,
-            op,
-            errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-        }
-    };
-    if mount_id(fd.as_fd()).map_err(io("read fdinfo"))?
-        != mount_id(link).map_err(io("read fdinfo"))?
-    {
-        return Ok(());
-    }
-    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    sys(
-        mount(
-            Some(path.as_str()),
-            path.as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        ),
-        at,
-        "pin (bind onto itself)",
-    )
-}
-
-/// The id of the mount a descriptor is on (`mnt_id` of `/proc/self/fdinfo`).
-fn mount_id(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("mnt_id:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| std::io::Error::other("no mnt_id in fdinfo"))
-}
-
-/// Inspects every declared object; returns what those missing or differing only in
-/// their sticky bit need, or every conflict.
-fn inspect<'p>(
-    link: BorrowedFd<'_>,
-    plan: &'p LinkPlan,
-    apply_owner: bool,
-    lp: impl Fn() -> String,
-    outcome: &mut Outcome,
-) -> Result<Vec<(&'p ObjectPlan, Need)>, MaterializeError> {
-    let mut missing = Vec::new();
-    let mut conflicts = Vec::new();
-    for obj in &plan.objects {
-        let file = obj.file_name();
-        match fstatat(link, file.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Err(Errno::ENOENT) => missing.push((obj, Need::Create)),
-            Err(errno) => {
-                return Err(MaterializeError::Sys {
-                    path: format!("{}/{file}", lp()),
-                    op: "stat",
-                    errno,
-                });
-            }
-            Ok(st) if matches(obj, &st, apply_owner) => outcome.kept.push(file),
-            Ok(st) if sticky_only(obj, &st, apply_owner) => missing.push((obj, Need::Sticky)),
-            Ok(st) => conflicts.push(Problem::new(
-                obj.field.clone(),
-                format!(
-                    "{file} exists as {}, the spec wants {}; ipclink does not change a live object (tear the link down first)",
-                    describe(&st),
-                    want(obj)
-                ),
-            )),
-        }
-    }
-    if conflicts.is_empty() {
-        Ok(missing)
-    } else {
-        Err(MaterializeError::Conflicts(Problems(conflicts)))
     }
 }

@@ -153,6 +153,13 @@ const FAMILIES: &[Family] = &[
         semaphore: no_semaphore,
         link: |l| Some(l.unreported_objects),
     },
+    Family {
+        name: "ipclink_link_pending_changes",
+        help: "Fields of a link's spec that wait until no member holds the link (a region made smaller, a channel of another kind, ...); 0 when the link serves its spec.",
+        channel: no_channel,
+        semaphore: no_semaphore,
+        link: |l| Some(l.pending.len() as u64),
+    },
 ];
 
 /// Appends a label value with the exposition format's escapes.

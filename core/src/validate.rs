@@ -27,7 +27,7 @@ pub const PAGE: u64 = 4096;
 pub const SEM_BYTES: u64 = 32;
 
 /// One thing wrong with a spec: where, and what is allowed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     /// Field path such as `spec.channels[1].mode`.
     pub field: String,
@@ -165,7 +165,7 @@ impl RootPlan {
 }
 
 /// A validated link, ready to materialize.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LinkPlan {
     /// Namespace (DNS label; "default" when the document has none).
@@ -182,6 +182,21 @@ pub struct LinkPlan {
     /// default, a closed root).
     #[serde(default)]
     pub root: RootPlan,
+}
+
+impl LinkPlan {
+    /// A short fingerprint of the plan (FNV-1a of its JSON form): the same spec gives
+    /// the same digest in every ipclink process of one release, so the operator can tell
+    /// whether a node serves the spec it sees.
+    pub fn digest(&self) -> String {
+        let body = serde_json::to_vec(self).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in body {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
 }
 
 /// Checks a DNS label (RFC 1123): 1..=63 of `a-z0-9-`, starting and ending alphanumeric.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
-use ipclink_core::LinkPlan;
+use ipclink_core::Record;
 use ipclink_core::metrics::{CsiMetrics, render};
 use ipclink_core::names::DRIVER_NAME;
 use ipclink_core::probe::{LinkProbe, Observer};
@@ -35,13 +35,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut fifo_probe = false;
     let mut open_selectorless = false;
     let mut cgroups = Cgroups::detect(std::path::Path::new("/sys/fs/cgroup"));
-    let (common, node, registration, gc_interval) = match cli.role {
+    let (common, node, registration, (gc_interval, apply_interval)) = match cli.role {
         Role::Node {
             common,
             node_id,
             registration_dir,
             kubelet_endpoint,
             gc_interval_seconds,
+            apply_interval_seconds,
             unused_link_grace_seconds,
             charge_memory,
             cgroup_root,
@@ -69,10 +70,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 common,
                 Some((node_id, settings)),
                 registration_dir.map(|d| (d, kubelet_endpoint)),
-                gc_interval_seconds,
+                (gc_interval_seconds, apply_interval_seconds),
             )
         }
-        Role::Controller { common } => (common, None, None, 0),
+        Role::Controller { common } => (common, None, None, (0, 0)),
         Role::Charge { .. } => bail!("`charge` is started by the node plugin, not by hand"),
     };
     let state_dir = common.state_dir.clone().unwrap_or_else(|| {
@@ -124,11 +125,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let plugin = NodePlugin::new(node_id, &state_dir, source, settings)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             if gc_interval > 0 {
-                spawn_garbage_collection(
-                    plugin.clone(),
-                    std::time::Duration::from_secs(gc_interval),
-                    shutdown.clone(),
-                );
+                spawn_every(gc_interval, shutdown.clone(), {
+                    let plugin = plugin.clone();
+                    move || {
+                        let plugin = plugin.clone();
+                        async move { drop(plugin.collect_garbage().await) }
+                    }
+                });
+            }
+            if apply_interval > 0 {
+                spawn_every(apply_interval, shutdown.clone(), {
+                    let plugin = plugin.clone();
+                    move || {
+                        let plugin = plugin.clone();
+                        async move { drop(plugin.apply_edits().await) }
+                    }
+                });
             }
             let exposed = Exposed {
                 registry: registry.clone(),
@@ -177,19 +189,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_garbage_collection(
-    plugin: Arc<NodePlugin>,
-    interval: std::time::Duration,
-    shutdown: Shutdown,
-) {
+/// Runs `work` every `seconds` until shutdown.
+fn spawn_every<F, Fut>(seconds: u64, shutdown: Shutdown, work: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(seconds));
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.wait() => return,
             }
-            plugin.collect_garbage().await;
+            work().await;
         }
     });
 }
@@ -259,7 +272,7 @@ async fn spawn_endpoints(
 #[derive(Debug)]
 struct NodeLinks {
     plugin: Arc<NodePlugin>,
-    probes: Mutex<(Vec<LinkPlan>, LinkSet)>,
+    probes: Mutex<(Vec<Record>, LinkSet)>,
 }
 
 impl NodeLinks {
@@ -276,15 +289,15 @@ impl NodeLinks {
 
     fn sample(&self) -> Vec<ipclink_core::probe::LinkSample> {
         let store = self.plugin.store();
-        let (plans, _) = store.records();
+        let (records, _) = store.records();
         let mut cached = self.probes.lock().unwrap_or_else(|p| p.into_inner());
-        if cached.0 != plans {
-            let opened = plans
+        if cached.0 != records {
+            let opened = records
                 .iter()
-                .filter_map(|p| LinkProbe::open(store, p).ok())
+                .filter_map(|r| LinkProbe::of_record(store, r).ok())
                 .collect();
             cached.1.set_probes(opened);
-            cached.0 = plans;
+            cached.0 = records;
         }
         cached.1.sample()
     }

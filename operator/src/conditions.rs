@@ -20,6 +20,9 @@ pub enum ConditionType {
     PermissionsConsistent,
     /// Deletion has been asked for (present only then).
     Terminating,
+    /// The node where the link lives serves its current spec; False while changes wait
+    /// for the members to leave.
+    SpecApplied,
 }
 
 impl ConditionType {
@@ -32,6 +35,7 @@ impl ConditionType {
             ConditionType::MembersReady => "MembersReady",
             ConditionType::PermissionsConsistent => "PermissionsConsistent",
             ConditionType::Terminating => "Terminating",
+            ConditionType::SpecApplied => "SpecApplied",
         }
     }
 }
@@ -87,6 +91,16 @@ pub enum Reason {
     NotChecked,
     /// Terminating=True: deletion waits for members to unmount (also an Event).
     WaitingForUnmount,
+    /// SpecApplied=True.
+    Applied,
+    /// SpecApplied=False: changes that running members would notice wait until they
+    /// have left; the message names each field (also an Event).
+    WaitingForMembersToLeave,
+    /// SpecApplied=Unknown: the node has not applied this spec yet.
+    Applying,
+    /// SpecApplied=Unknown: no node reports the link (it is made from the spec when its
+    /// first member starts), or its node stopped answering.
+    NotObserved,
     /// Ready=True, and the Event when the link became Ready.
     Ready,
     /// Ready=False: accepted, not yet usable (phase Pending).
@@ -116,6 +130,10 @@ impl Reason {
             Reason::MemberCannotUseChannel => "MemberCannotUseChannel",
             Reason::NotChecked => "NotChecked",
             Reason::WaitingForUnmount => "WaitingForUnmount",
+            Reason::Applied => "Applied",
+            Reason::WaitingForMembersToLeave => "WaitingForMembersToLeave",
+            Reason::Applying => "Applying",
+            Reason::NotObserved => "NotObserved",
             Reason::Ready => "Ready",
             Reason::Pending => "Pending",
             Reason::Degraded => "Degraded",

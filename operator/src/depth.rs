@@ -108,12 +108,28 @@ pub struct LinkDepths {
     pub observed: Option<Time>,
     /// The node plugin stopped answering: `channels` carry no figures.
     pub stale: bool,
+    /// What of the spec waits for the members to leave, as the node reports it.
+    pub pending: Vec<ipclink_core::Problem>,
+    /// The digest of the spec the node last applied, when it says.
+    pub spec: Option<String>,
 }
 
 impl LinkDepths {
     /// The same figures, whenever they were observed.
     fn same_figures(&self, other: &LinkDepths) -> bool {
-        (&self.channels, self.created, self.stale) == (&other.channels, other.created, other.stale)
+        (
+            &self.channels,
+            self.created,
+            self.stale,
+            &self.pending,
+            &self.spec,
+        ) == (
+            &other.channels,
+            other.created,
+            other.stale,
+            &other.pending,
+            &other.spec,
+        )
     }
 
     /// These depths once their endpoint has not answered for too long: the objects
@@ -155,6 +171,8 @@ pub fn channel_status(sample: &LinkSample) -> LinkDepths {
         created: total,
         observed: None,
         stale: false,
+        pending: sample.pending.clone(),
+        spec: sample.spec.clone(),
     }
 }
 

@@ -127,6 +127,10 @@ pub fn plan(
         (ConditionType::MembersReady, members_ready),
         (ConditionType::PermissionsConsistent, permissions),
     ];
+    verdicts.push((
+        ConditionType::SpecApplied,
+        spec_applied(validated, observed.channels.as_ref()),
+    ));
     if terminating {
         verdicts.push((ConditionType::Terminating, deletion(pods)));
     }
@@ -328,6 +332,47 @@ fn members_ready(link: &IpcLink, pods: &[PodView]) -> Verdict {
     }
 }
 
+/// Whether the node where the link lives serves its spec, as that node reports it.
+fn spec_applied(validated: &Result<LinkPlan, Problems>, seen: Option<&LinkDepths>) -> Verdict {
+    let plan = match validated {
+        Err(_) => {
+            return Verdict::new(
+                Truth::Unknown,
+                Reason::NotChecked,
+                "the spec is invalid; a live link keeps serving its last valid spec",
+            );
+        }
+        Ok(plan) => plan,
+    };
+    match seen {
+        None => Verdict::new(
+            Truth::Unknown,
+            Reason::NotObserved,
+            "no node reports the link; it is made from this spec when its first member starts",
+        ),
+        Some(d) if d.stale => Verdict::new(
+            Truth::Unknown,
+            Reason::NotObserved,
+            "the node plugin holding the link stopped answering",
+        ),
+        Some(d) if d.spec.as_deref() != Some(plan.digest().as_str()) => Verdict::new(
+            Truth::Unknown,
+            Reason::Applying,
+            "the node holding the link has not applied this spec yet",
+        ),
+        Some(d) if !d.pending.is_empty() => Verdict::new(
+            Truth::False,
+            Reason::WaitingForMembersToLeave,
+            d.pending
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        Some(_) => Verdict::new(Truth::True, Reason::Applied, "the link serves its spec"),
+    }
+}
+
 /// Events for what changed: a condition turning bad (Warning, with its message), and
 /// the link becoming Ready.
 fn notes(
@@ -391,8 +436,53 @@ mod tests {
             }],
             created: 0,
             observed: Some(at(observed)),
-            stale: false,
+            ..LinkDepths::default()
         }
+    }
+
+    #[test]
+    fn spec_applied_says_what_the_node_serves() {
+        let link = ipclink_core::parse_links(
+            "vision",
+            "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: {name: frames, namespace: vision}\nspec:\n  channels: [{name: events, kind: fifo}]\n",
+        )
+        .expect("link")
+        .remove(0);
+        let validated = ipclink_core::validate(&link);
+        let digest = validated.as_ref().expect("valid").digest();
+        let said = |d: Option<LinkDepths>| {
+            let v = spec_applied(&validated, d.as_ref());
+            (v.truth, v.reason)
+        };
+        assert_eq!(said(None), (Truth::Unknown, Reason::NotObserved));
+        let old = LinkDepths {
+            spec: Some("0123456789abcdef".into()),
+            ..depths(0, 1)
+        };
+        assert_eq!(said(Some(old)), (Truth::Unknown, Reason::Applying));
+        let serving = LinkDepths {
+            spec: Some(digest.clone()),
+            ..depths(0, 1)
+        };
+        assert_eq!(said(Some(serving.clone())), (Truth::True, Reason::Applied));
+        let waiting = LinkDepths {
+            pending: vec![ipclink_core::Problem::new(
+                "spec.channels[0].kind",
+                "events is a live fifo",
+            )],
+            ..serving.clone()
+        };
+        let v = spec_applied(&validated, Some(&waiting));
+        assert_eq!(
+            (v.truth, v.reason),
+            (Truth::False, Reason::WaitingForMembersToLeave)
+        );
+        assert!(v.message.contains("spec.channels[0].kind"), "{}", v.message);
+        let stale = LinkDepths {
+            stale: true,
+            ..serving
+        };
+        assert_eq!(said(Some(stale)), (Truth::Unknown, Reason::NotObserved));
     }
 
     #[test]

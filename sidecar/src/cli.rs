@@ -66,6 +66,11 @@ pub struct UpArgs {
     /// Leave the links in place on exit.
     #[arg(long, env = "IPCLINK_KEEP")]
     pub keep: bool,
+    /// Refuse (exit 2, nothing changed) a file whose link exists with other objects,
+    /// mode, owner or size, instead of applying the change live; on SIGHUP or a changed
+    /// file, such an edit is then logged and not applied.
+    #[arg(long, env = "IPCLINK_STRICT")]
+    pub strict: bool,
     /// tmpfs per link (needs root; enforces sizeLimit) or a plain directory.
     /// [default: tmpfs as root, else dir]
     #[arg(long, env = "IPCLINK_STORAGE", value_enum)]
@@ -126,6 +131,11 @@ pub struct PluginArgs {
     /// its write end without blocking (a reader still blocked in open() then sees EOF).
     #[arg(long, env = "IPCLINK_FIFO_OPEN_PROBE")]
     pub fifo_open_probe: bool,
+    /// Seconds between two reads of the link files volumes were made from (`Opts.link`):
+    /// an edited file is applied to its live volume by the live rule (each Mount applies
+    /// it too); 0 leaves edits to the next Mount.
+    #[arg(long, env = "IPCLINK_APPLY_INTERVAL_SECONDS", default_value_t = 5)]
+    pub apply_interval_seconds: u64,
 }
 
 /// Storage choice on the command line.

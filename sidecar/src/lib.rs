@@ -3,11 +3,12 @@
 pub mod cli;
 pub mod discover;
 pub mod plugin;
+mod reload;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ipclink_core::holders::{AllProcesses, ContainerProcesses};
+use ipclink_core::holders::{AllProcesses, ContainerProcesses, Members, link_held};
 use ipclink_core::probe::{LinkProbe, LinkSample, Observer};
 use ipclink_core::{LinkPlan, MaterializeError, Problem, Problems, StorageMode, Store, load_plans};
 use ipclink_runtime::Shutdown;
@@ -89,21 +90,26 @@ pub struct Materialized {
     pub plans: Vec<LinkPlan>,
 }
 
-/// Validates, checks every existing link, then materializes all of them. On a problem
+/// Validates, then materializes every link (see [`materialize_links`]). On a problem
 /// nothing is created (not even the root directory, for invalid files).
 pub fn materialize_files(
     files: &[PathBuf],
     root: &Path,
     storage: Option<Storage>,
+    strict: bool,
 ) -> Result<Materialized, Error> {
-    materialize_links(load_links(files)?, root, storage)
+    materialize_links(load_links(files)?, root, storage, strict)
 }
 
-/// [`materialize_files`] for links already loaded and validated.
+/// Materializes links already loaded and validated. A link that exists already is made
+/// to serve its spec by the live rule: what can change under members changes, the rest
+/// waits (logged) until no process holds the link. With `strict`, any difference from
+/// an existing link is refused first, and nothing at all is changed.
 pub fn materialize_links(
     loaded: Vec<(ipclink_core::IpcLink, LinkPlan)>,
     root: &Path,
     storage: Option<Storage>,
+    strict: bool,
 ) -> Result<Materialized, Error> {
     let (links, plans): (Vec<_>, Vec<_>) = loaded.into_iter().unzip();
     let store = Store::open(root, storage_mode(storage))?;
@@ -112,8 +118,10 @@ pub fn materialize_links(
             "not root: object owners from the spec are not applied; objects belong to this user"
         );
     }
-    for plan in &plans {
-        store.check(plan)?;
+    if strict {
+        for plan in &plans {
+            store.check(plan)?;
+        }
     }
     // Links this run makes from nothing are removed again if a later step fails; links
     // that existed before are never touched by that rollback.
@@ -123,10 +131,7 @@ pub fn materialize_links(
         if !existed {
             fresh.push(plan);
         }
-        let result = store
-            .materialize(plan)
-            .and_then(|o| store.write_record(plan).map(|()| o));
-        let outcome = match result {
+        let outcome = match apply_link(&store, plan, &mut AllProcesses) {
             Ok(o) => o,
             Err(e) => {
                 for p in &fresh {
@@ -154,6 +159,22 @@ pub fn materialize_links(
     })
 }
 
+/// Makes one link serve `plan`: pending changes are made when no process among
+/// `members` holds the link (unknown counts as held).
+fn apply_link(
+    store: &Store,
+    plan: &LinkPlan,
+    members: &mut dyn Members,
+) -> Result<ipclink_core::Outcome, MaterializeError> {
+    let exclusive = match store.open_link(&plan.namespace, &plan.name) {
+        Err(_) => true,
+        Ok(_) => link_held(store, plan, members) == Some(false),
+    };
+    let outcome = store.apply(plan, &ipclink_core::InProcess, exclusive)?;
+    outcome.log(plan);
+    Ok(outcome)
+}
+
 /// In a plain directory the size limit is whatever the directory's filesystem enforces:
 /// nothing, or a volume's own tmpfs (Compose). Says which, per link.
 fn warn_unenforced_limits(samples: &[LinkSample], plans: &[LinkPlan]) {
@@ -178,12 +199,21 @@ fn warn_unenforced_limits(samples: &[LinkSample], plans: &[LinkPlan]) {
     }
 }
 
-/// Opens a probe for every plan.
+/// Opens a probe for every plan's link, as its record says it serves (with what is
+/// pending).
 pub fn open_probes(store: &Store, plans: &[LinkPlan]) -> Result<Vec<LinkProbe>, Error> {
+    let (records, _) = store.records();
     plans
         .iter()
         .map(|p| {
-            LinkProbe::open(store, p).map_err(|errno| Error::Io {
+            let record = records
+                .iter()
+                .find(|r| (&r.plan.namespace, &r.plan.name) == (&p.namespace, &p.name));
+            match record {
+                Some(r) => LinkProbe::of_record(store, r),
+                None => LinkProbe::open(store, p),
+            }
+            .map_err(|errno| Error::Io {
                 what: format!("open {}", store.link_path(&p.namespace, &p.name).display()),
                 source: std::io::Error::from_raw_os_error(errno as i32),
             })
@@ -204,7 +234,7 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
             what: format!("listen on {}", args.listen),
             source,
         })?;
-    let m = materialize_links(loaded, &root, args.storage)?;
+    let m = materialize_links(loaded, &root, args.storage, args.strict)?;
     // Who holds what: in Compose the member containers' processes (found by discovery,
     // visible with the host's pid namespace), on a host every process.
     let names = Arc::new(Mutex::new(None));
@@ -224,6 +254,23 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
         warn_unenforced_limits(&set.sample(), &m.plans);
     }
     let state: SharedLinks = Arc::new(Mutex::new(set));
+    let store = Arc::new(m.store);
+    let all_served = Arc::new(Mutex::new(m.plans.clone()));
+    reload::spawn(
+        reload::Follow {
+            files: args.files.clone(),
+            store: store.clone(),
+            served: all_served.clone(),
+            links: state.clone(),
+            strict: args.strict,
+            containers: args.engine.as_ref().map(|_| names.clone()),
+        },
+        shutdown.clone(),
+    )
+    .map_err(|source| Error::Io {
+        what: "install the SIGHUP handler".into(),
+        source,
+    })?;
     if let Some(socket) = &args.engine {
         let engine = discover::Engine {
             socket: socket.clone(),
@@ -234,7 +281,7 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
             .iter()
             .zip(&m.plans)
             .map(|(link, plan)| {
-                let path = m.store.link_path(&plan.namespace, &plan.name);
+                let path = store.link_path(&plan.namespace, &plan.name);
                 (link.clone(), plan.clone(), path)
             })
             .collect();
@@ -277,8 +324,8 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
     if args.keep {
         tracing::info!(root = %root.display(), "--keep: links left in place");
     } else {
-        for plan in &m.plans {
-            if let Err(e) = m.store.teardown(&plan.namespace, &plan.name) {
+        for plan in all_served.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if let Err(e) = store.teardown(&plan.namespace, &plan.name) {
                 tracing::error!(namespace = %plan.namespace, link = %plan.name, error = %e, "teardown failed");
             }
         }
@@ -321,12 +368,19 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
             shutdown.signalled(),
         ))
     });
+    let plugin = Arc::new(Mutex::new(plugin));
+    let link_dir = plugin::LinkDir::new(args.link_dir.clone());
+    if args.apply_interval_seconds > 0 {
+        tokio::spawn(follow_link_files(
+            plugin.clone(),
+            link_dir.clone(),
+            std::time::Duration::from_secs(args.apply_interval_seconds),
+            shutdown.clone(),
+        ));
+    }
     let served = serve(
         bound.listener,
-        plugin::router(
-            Arc::new(Mutex::new(plugin)),
-            plugin::LinkDir::new(args.link_dir.clone()),
-        ),
+        plugin::router(plugin, link_dir),
         Limits::default(),
         shutdown.signalled(),
     )
@@ -341,6 +395,43 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
         what: "serve".into(),
         source,
     })
+}
+
+/// Reads the link files of the volumes every `interval` and applies those that changed
+/// since the last read (see [`plugin::Plugin::apply_file`]).
+async fn follow_link_files(
+    plugin: plugin::SharedPlugin,
+    dir: plugin::LinkDir,
+    interval: std::time::Duration,
+    shutdown: Shutdown,
+) {
+    let mut last: std::collections::HashMap<String, String> = Default::default();
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait() => return,
+        }
+        let (p, d) = (plugin.clone(), dir.clone());
+        last = tokio::task::spawn_blocking(move || {
+            let files = p.lock().unwrap_or_else(|e| e.into_inner()).link_files();
+            let mut seen = std::collections::HashMap::new();
+            for (volume, file) in files {
+                let read = d.read(&file);
+                let shown = format!("{read:?}");
+                if last.get(&volume) != Some(&shown) {
+                    let mut locked = p.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Err(r) = locked.apply_file(&volume, read) {
+                        tracing::error!(volume, "cannot apply the link file: {}", r.message);
+                    }
+                }
+                seen.insert(volume, shown);
+            }
+            seen
+        })
+        .await
+        .unwrap_or_default();
+    }
 }
 
 fn install_shutdown() -> Result<Shutdown, Error> {
@@ -398,13 +489,13 @@ pub fn status(root: &Path) -> Result<Vec<LinkSample>, Error> {
         return Ok(Vec::new());
     }
     let store = Store::open(root, StorageMode::default_for_user())?;
-    let (plans, bad) = store.records();
+    let (records, bad) = store.records();
     for path in bad {
         tracing::warn!(%path, "unreadable link record skipped");
     }
-    let probes = plans
+    let probes = records
         .iter()
-        .filter_map(|p| LinkProbe::open(&store, p).ok())
+        .filter_map(|r| LinkProbe::of_record(&store, r).ok())
         .collect();
     let observer = Observer::new(Box::new(AllProcesses), false, false);
     Ok(LinkSet::new(probes).observed_by(observer).sample())
@@ -447,6 +538,14 @@ pub fn status_table(samples: &[LinkSample]) -> String {
             s.unreported_objects,
             ipclink_core::created::MAX_REPORTED
         ));
+    }
+    for s in samples {
+        for p in &s.pending {
+            out.push_str(&format!(
+                "{}/{}: pending {}: {}\n",
+                s.namespace, s.name, p.field, p.message
+            ));
+        }
     }
     out
 }

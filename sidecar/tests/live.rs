@@ -1,5 +1,5 @@
 //! A running `ipclink-sidecar up` as root: live depths, probes that disturb nothing,
-//! re-runs that keep data, conflicts that change nothing, limits, shutdown.
+//! re-runs that keep data, `--strict` conflicts that change nothing, limits, shutdown.
 
 mod common;
 
@@ -298,7 +298,7 @@ fn a_full_tmpfs_gives_the_writer_enospc_and_the_sidecar_stays_healthy() {
 }
 
 #[test]
-fn rerun_keeps_data_and_a_changed_spec_changes_nothing() {
+fn rerun_keeps_data_and_strict_refuses_a_changed_spec() {
     let s = setup(LINK);
     let mut first = Sidecar::up(&s.root, &[&s.file], &["--keep"]);
     // A member writes a frame and posts a semaphore.
@@ -332,7 +332,8 @@ fn rerun_keeps_data_and_a_changed_spec_changes_nothing() {
     assert!(again.log().contains("kept=5"), "{}", again.log());
     drop(again);
 
-    // A changed mode, size and limit: exit 2 naming each field, and nothing changes.
+    // With --strict, a changed mode, size, limit or kind: exit 2 naming each field, and
+    // nothing changes (without it they are applied live or wait: see edits.rs).
     let before = snapshot(&s.link);
     for (from, to, field) in [
         (r#"mode: "0640""#, r#"mode: "0600""#, "spec.channels[0]"),
@@ -350,6 +351,7 @@ fn rerun_keeps_data_and_a_changed_spec_changes_nothing() {
             .arg(&changed)
             .arg("--root")
             .arg(&s.root)
+            .arg("--strict")
             .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
             .output()
             .expect("up");

@@ -4,7 +4,7 @@
 //! table unchanged), and a `kill -9` + restart that keeps the data and the mounts.
 //! Needs root (one tmpfs per volume).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -12,107 +12,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use ipclink_testkit::mounts::{Unmounter, snapshot};
-use ipclink_testkit::process::Process;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ipclink-sidecar");
+mod common;
 
-struct Plugin {
-    process: Process,
-    socket: PathBuf,
-    root: PathBuf,
-}
-
-impl Plugin {
-    /// A plugin whose root is `DIR/root` and whose link files are read from `DIR`.
-    fn start(dir: &Path) -> Plugin {
-        Plugin::start_with_links(dir, dir)
-    }
-
-    fn start_with_links(dir: &Path, links: &Path) -> Plugin {
-        let socket = dir.join("plugin.sock");
-        let root = dir.join("root");
-        let mut cmd = Command::new(BIN);
-        cmd.args(["volume-plugin", "--storage", "tmpfs", "--socket"])
-            .arg(&socket)
-            .arg("--root")
-            .arg(&root)
-            .arg("--link-dir")
-            .arg(links)
-            .env("IPCLINK_LOG", "debug");
-        let log = dir.join("plugin.log");
-        let _ = std::fs::remove_file(&log);
-        let mut process = Process::spawn("ipclink-sidecar volume-plugin", cmd, &log);
-        process.wait_until("answering", Duration::from_secs(10), || {
-            call(&socket, "/Plugin.Activate", "{}").0 == 200
-        });
-        Plugin {
-            process,
-            socket,
-            root,
-        }
-    }
-
-    fn kill9(&mut self) {
-        self.process.kill9();
-    }
-
-    /// POSTs `body` to `endpoint`; (status, parsed JSON body).
-    fn call(&self, endpoint: &str, body: &str) -> (u16, serde_json::Value) {
-        call(&self.socket, endpoint, body)
-    }
-
-    fn raw(&self, request: &str) -> (u16, serde_json::Value) {
-        raw(&self.socket, request)
-    }
-}
-
-/// POSTs `body` to `endpoint` on `socket`; (status, parsed JSON body), or 0 when nothing
-/// answers.
-fn call(socket: &Path, endpoint: &str, body: &str) -> (u16, serde_json::Value) {
-    raw(
-        socket,
-        &format!(
-            "POST {endpoint} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-}
-
-fn raw(socket: &Path, request: &str) -> (u16, serde_json::Value) {
-    let Ok(mut s) = UnixStream::connect(socket) else {
-        return (0, serde_json::Value::Null);
-    };
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    s.write_all(request.as_bytes()).expect("send");
-    read_answer(s)
-}
-
-fn read_answer(mut s: UnixStream) -> (u16, serde_json::Value) {
-    let mut text = Vec::new();
-    let _ = s.read_to_end(&mut text);
-    let text = String::from_utf8_lossy(&text);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (
-        status,
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text}")),
-    )
-}
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("ipclink-plugin-")
-        .tempdir()
-        .expect("temp dir")
-}
-
-fn err_of(v: &serde_json::Value) -> String {
-    v["Err"].as_str().unwrap_or_default().to_owned()
-}
+use common::BIN;
+use common::plugin::{Plugin, err_of, read_answer, tmp};
 
 const CREATE: &str = r#"{"Name":"proj_frames","Opts":{"shm":"frames:64Ki","fifo":"events","socket":"control:0770","semaphores":"slots:8,frame-ready","abi":"musl","owner":"1000:1000","mode":"0660","size":"4Mi"}}"#;
 

@@ -30,10 +30,10 @@ pub use observe::{Observation, Observer};
 pub(crate) use observe::{fifo, file_holders, sockets_at};
 
 use crate::fs::{is_mount_point, open_dir_at};
-use crate::materialize::Store;
+use crate::materialize::{Record, Store};
 pub use crate::sockdiag::SocketTable;
 use crate::spec::SemaphoreAbi;
-use crate::validate::{LinkPlan, ObjectKind, ObjectPlan};
+use crate::validate::{LinkPlan, ObjectKind, ObjectPlan, Problem};
 
 /// Everything observed of one link at one instant (the `/v1/links` format).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -67,6 +67,13 @@ pub struct LinkSample {
     /// nobody holds the object, not that nobody could tell).
     #[serde(default)]
     pub holders_known: bool,
+    /// Changes of the spec that wait until no member holds the link, each naming its
+    /// field; empty when the link serves its spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<Problem>,
+    /// [`LinkPlan::digest`] of the spec the link was last given, when its record says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -276,9 +283,21 @@ pub struct LinkProbe {
     /// Each channel's last depth and since when it has been so, by file.
     /// The last depth (queued bytes, waiting connections) of each channel and since when.
     depths: HashMap<String, ((u64, u64), Instant)>,
+    /// What of the link's spec waits for its members to leave (from its record).
+    pending: Vec<Problem>,
+    /// The digest of the spec last applied (from its record).
+    spec: Option<String>,
 }
 
 impl LinkProbe {
+    /// The probe of a link by its record: the plan it serves and what is pending.
+    pub fn of_record(store: &Store, record: &Record) -> nix::Result<Self> {
+        let mut probe = Self::open(store, &record.plan)?;
+        probe.pending = record.pending.clone();
+        probe.spec = (!record.spec.is_empty()).then(|| record.spec.clone());
+        Ok(probe)
+    }
+
     /// Opens the link's directory in `store`.
     pub fn open(store: &Store, plan: &LinkPlan) -> nix::Result<Self> {
         let ns = store.open_namespace(&plan.namespace)?;
@@ -327,6 +346,8 @@ impl LinkProbe {
             allow_create: plan.root.allows_create(),
             listings: crate::created::Listings::default(),
             depths: HashMap::new(),
+            pending: Vec::new(),
+            spec: None,
         })
     }
 
@@ -367,6 +388,8 @@ impl LinkProbe {
             limit_bytes: self.size_limit,
             preallocated_bytes: self.preallocated,
             holders_known: seen.holders.is_some(),
+            pending: self.pending.clone(),
+            spec: self.spec.clone(),
             channels: Vec::with_capacity(self.objects.len()),
             ..LinkSample::default()
         };

@@ -114,7 +114,7 @@ impl NodePlugin {
             }
         };
         let mut removed = Vec::new();
-        for plan in records {
+        for plan in records.into_iter().map(|r| r.plan) {
             let (namespace, link) = (plan.namespace.as_str(), plan.name.as_str());
             match self.teardown_if_deleted(namespace, link).await {
                 Ok(true) => {

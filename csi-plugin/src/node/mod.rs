@@ -8,6 +8,7 @@
 //! tears down links that are deleted or unused.
 
 pub mod charge;
+mod edits;
 mod gc;
 pub mod members;
 mod mountinfo;
@@ -354,7 +355,7 @@ impl NodePlugin {
                 .records()
                 .0
                 .iter()
-                .any(|r| r.namespace == namespace && r.name == name))
+                .any(|r| r.plan.namespace == namespace && r.plan.name == name))
         })
         .await
         .unwrap_or(true)
@@ -415,17 +416,21 @@ impl NodePlugin {
                 None
             };
             let alloc = self.allocator(pod_uid)?;
-            let made = self
-                .store
-                .materialize_with(plan, &*alloc)
-                .and_then(|_| self.store.write_record(plan));
-            if let Err(e) = made {
-                if fresh && let Err(t) = self.store.teardown(&plan.namespace, &plan.name) {
-                    tracing::error!(namespace = %plan.namespace, link = %plan.name, error = %t, "cannot remove a link whose making failed");
+            // With no publication left, what waits for the members to leave is done now.
+            let exclusive = !self.in_use(&plan.namespace, &plan.name);
+            match self.store.apply(plan, &*alloc, exclusive) {
+                Err(e) => {
+                    if fresh && let Err(t) = self.store.teardown(&plan.namespace, &plan.name) {
+                        tracing::error!(namespace = %plan.namespace, link = %plan.name, error = %t, "cannot remove a link whose making failed");
+                    }
+                    return Err(e.into());
                 }
-                return Err(e.into());
+                Ok(outcome) => {
+                    outcome.log(plan);
+                    // A link with pending changes is looked at again by the next publish.
+                    *materialized = outcome.pending.is_empty().then(|| plan.clone());
+                }
             }
-            *materialized = Some(plan.clone());
         }
         let link_fd = self
             .store
@@ -467,8 +472,8 @@ impl NodePlugin {
             let (records, _) = self.store.records();
             let others: Vec<u64> = records
                 .iter()
-                .filter(|p| (&p.namespace, &p.name) != (ns, name))
-                .map(|p| p.size_limit)
+                .filter(|r| (&r.plan.namespace, &r.plan.name) != (ns, name))
+                .map(|r| r.plan.size_limit)
                 .chain(reserved.values().copied())
                 .collect();
             let in_use: u64 = others.iter().sum();

@@ -97,6 +97,11 @@ impl Plugin {
         self.process.pid()
     }
 
+    /// Waits until it exits by itself (within `limit`).
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        self.process.wait_exit(limit)
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         self.process.kill9();

@@ -210,12 +210,23 @@ impl Plugin {
     }
 
     fn refresh_probes(&self) {
+        let (records, _) = self.store.records();
         let probes = self
             .volumes
             .values()
-            .filter_map(|v| match LinkProbe::open(&self.store, &v.plan) {
+            .map(|v| {
+                let record = records
+                    .iter()
+                    .find(|r| r.plan.namespace == NAMESPACE && r.plan.name == v.key);
+                match record {
+                    Some(r) => LinkProbe::of_record(&self.store, r),
+                    None => LinkProbe::open(&self.store, &v.plan),
+                }
+                .map_err(|e| (v, e))
+            })
+            .filter_map(|probe| match probe {
                 Ok(p) => Some(p),
-                Err(e) => {
+                Err((v, e)) => {
                     tracing::warn!(volume = %v.name, error = %e, "cannot probe the volume");
                     None
                 }
@@ -326,7 +337,12 @@ impl Plugin {
         Ok(())
     }
 
-    fn mount(&mut self, name: &str, id: &str) -> Result<String, Refusal> {
+    fn mount(
+        &mut self,
+        name: &str,
+        id: &str,
+        from_file: Option<Result<ipclink_core::IpcLinkSpec, Refusal>>,
+    ) -> Result<String, Refusal> {
         let v = self.get(name)?;
         check_id(id)?;
         if v.mounts.contains(id) {
@@ -339,6 +355,9 @@ impl Plugin {
         if self.store.open_link(NAMESPACE, &v.key).is_err() {
             self.store.materialize(&v.plan).map_err(internal)?;
         }
+        if let Some(read) = from_file {
+            self.apply_file(name, read)?;
+        }
         let mut next = self.volumes.clone();
         if let Some(v) = next.get_mut(name) {
             v.mounts.insert(id.to_owned());
@@ -347,6 +366,62 @@ impl Plugin {
         self.volumes = next;
         tracing::info!(volume = name, id, "mounted");
         Ok(mountpoint)
+    }
+
+    /// Applies the link file of volume `name` as read now (`read`): when it differs from
+    /// the volume's plan, the link is made to serve it by the live rule (what waits for
+    /// the members is done when no container has the volume mounted) and the volume
+    /// keeps the new plan. A file that cannot be read or is invalid changes nothing: the
+    /// volume serves as it was, and that is logged.
+    pub fn apply_file(
+        &mut self,
+        name: &str,
+        read: Result<ipclink_core::IpcLinkSpec, Refusal>,
+    ) -> Result<(), Refusal> {
+        let v = self.get(name)?;
+        let checked = link_from_opts(&v.key, &v.opts, Some(read)).and_then(|link| {
+            validate(&link).map_err(|p| bad(format!("Opts: {}", opts_problems(&p))))
+        });
+        let plan = match checked {
+            Ok(plan) => plan,
+            Err(r) => {
+                tracing::error!(
+                    volume = name,
+                    "the link file is refused; the volume serves as it was: {}",
+                    r.message
+                );
+                return Ok(());
+            }
+        };
+        let (key, idle) = (v.key.clone(), v.mounts.is_empty());
+        let (records, _) = self.store.records();
+        let pending = records
+            .iter()
+            .any(|r| r.plan.namespace == NAMESPACE && r.plan.name == key && !r.pending.is_empty());
+        if plan == v.plan && !(pending && idle) {
+            return Ok(());
+        }
+        let outcome = self
+            .store
+            .apply(&plan, &ipclink_core::InProcess, idle)
+            .map_err(internal)?;
+        outcome.log(&plan);
+        let mut next = self.volumes.clone();
+        if let Some(v) = next.get_mut(name) {
+            v.plan = plan;
+        }
+        self.save(&next)?;
+        self.volumes = next;
+        self.refresh_probes();
+        Ok(())
+    }
+
+    /// The volumes made from a link file, with the file each names.
+    pub fn link_files(&self) -> Vec<(String, String)> {
+        self.volumes
+            .values()
+            .filter_map(|v| Some((v.name.clone(), v.opts.get("link")?.clone())))
+            .collect()
     }
 
     fn unmount(&mut self, name: &str, id: &str) -> Result<(), Refusal> {

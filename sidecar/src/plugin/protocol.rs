@@ -64,17 +64,23 @@ fn parse_empty(body: &[u8]) -> Result<(), Refusal> {
 }
 
 /// What a call needs that is read before the plugin's lock is taken: the link file a
-/// Create's `Opts.link` names (a slow or hostile file holds up no other call).
+/// Create's `Opts.link` names, or the one of the volume a Mount names, whose edits the
+/// mount applies (a slow or hostile file holds up no other call).
 fn read_before_lock(
     endpoint: &str,
     body: &[u8],
     dir: &LinkDir,
+    plugin: &SharedPlugin,
 ) -> Option<Result<ipclink_core::IpcLinkSpec, Refusal>> {
-    if endpoint != "/VolumeDriver.Create" {
-        return None;
-    }
-    let req: CreateReq = parse(body).ok()?;
-    let file = req.opts?.remove("link")?;
+    let file = match endpoint {
+        "/VolumeDriver.Create" => parse::<CreateReq>(body).ok()?.opts?.remove("link")?,
+        "/VolumeDriver.Mount" => {
+            let name = parse::<MountReq>(body).ok()?.name;
+            let p = plugin.lock().unwrap_or_else(|p| p.into_inner());
+            p.volumes().get(&name)?.opts.get("link")?.clone()
+        }
+        _ => return None,
+    };
     Some(dir.read(&file))
 }
 
@@ -131,7 +137,7 @@ impl Plugin {
             }
             "/VolumeDriver.Mount" => {
                 let req: MountReq = parse(body)?;
-                let mountpoint = self.mount(&req.name, &req.id)?;
+                let mountpoint = self.mount(&req.name, &req.id, from_file)?;
                 Ok(json!({"Mountpoint": mountpoint, "Err": ""}))
             }
             "/VolumeDriver.Unmount" => {
@@ -194,7 +200,7 @@ async fn handle(
         }
     };
     let result = tokio::task::spawn_blocking(move || {
-        let from_file = read_before_lock(&endpoint, &bytes, &links);
+        let from_file = read_before_lock(&endpoint, &bytes, &links, &plugin);
         let mut p = plugin.lock().unwrap_or_else(|p| p.into_inner());
         p.call(&endpoint, &bytes, from_file)
     })

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod plugin;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -53,6 +55,26 @@ impl Sidecar {
 
     pub fn log(&self) -> String {
         self.process.log()
+    }
+
+    /// Sends SIGHUP: `up` reads its files again.
+    pub fn hup(&self) {
+        let pid = self.process.pid().expect("running") as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGHUP)
+            .expect("SIGHUP");
+    }
+
+    /// Waits until the log has `n` lines containing `needle`.
+    pub fn wait_log(&mut self, needle: &str, n: usize) {
+        let log = self.root.with_extension("log");
+        self.process.wait_until(
+            &format!("{n} × {needle:?} in the log"),
+            Duration::from_secs(20),
+            || {
+                std::fs::read_to_string(&log)
+                    .is_ok_and(|t| t.lines().filter(|l| l.contains(needle)).count() >= n)
+            },
+        );
     }
 
     /// Sends SIGTERM and waits; returns the exit code.

@@ -1,0 +1,140 @@
+//! A running `up` follows its files: on SIGHUP, and when a file's size or modification
+//! time changes, the files are read again and every link is made to serve its spec by
+//! the live rule (what waits for the members is logged and shown by `status`). Invalid
+//! files change nothing: the links keep serving as they were.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use ipclink_core::holders::{AllProcesses, ContainerNames, ContainerProcesses, Members};
+use ipclink_core::{LinkPlan, Store};
+use ipclink_runtime::Shutdown;
+use ipclink_runtime::links::SharedLinks;
+
+use crate::{apply_link, load_links, open_probes};
+
+/// What a reload works on.
+pub(crate) struct Follow {
+    /// The files `up` was started with.
+    pub files: Vec<PathBuf>,
+    /// Their links' store.
+    pub store: Arc<Store>,
+    /// Every link served since start, in the order first served (torn down on exit
+    /// unless `--keep`); a link no longer in the files stays until then.
+    pub served: Arc<Mutex<Vec<LinkPlan>>>,
+    /// The probes behind `/metrics`.
+    pub links: SharedLinks,
+    /// `--strict`: an edit that is more than new objects is refused.
+    pub strict: bool,
+    /// The member containers' ids and names, when discovery runs (Compose).
+    pub containers: Option<ContainerNames>,
+}
+
+/// How often the files' sizes and times are looked at.
+const POLL: Duration = Duration::from_secs(2);
+
+/// A file's size and modification time, to notice an edit.
+fn stamp(files: &[PathBuf]) -> Vec<Option<(u64, SystemTime)>> {
+    files
+        .iter()
+        .map(|f| {
+            let m = std::fs::metadata(f).ok()?;
+            Some((m.len(), m.modified().ok()?))
+        })
+        .collect()
+}
+
+/// Follows the files until shutdown.
+pub(crate) fn spawn(follow: Follow, shutdown: Shutdown) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let follow = Arc::new(follow);
+    tokio::spawn(async move {
+        let mut seen = stamp(&follow.files);
+        let mut tick = tokio::time::interval(POLL);
+        loop {
+            let why = tokio::select! {
+                _ = hup.recv() => "SIGHUP",
+                _ = tick.tick() => "a file changed",
+                _ = shutdown.wait() => return,
+            };
+            let now = stamp(&follow.files);
+            if why != "SIGHUP" && now == seen {
+                continue;
+            }
+            seen = now;
+            let f = follow.clone();
+            let _ = tokio::task::spawn_blocking(move || reload(&f, why)).await;
+        }
+    });
+    Ok(())
+}
+
+/// Reads the files again and applies them.
+fn reload(f: &Follow, why: &str) {
+    let loaded = match load_links(&f.files) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(
+                reason = why,
+                "the files are refused; every link keeps serving as it was:\n{e}"
+            );
+            return;
+        }
+    };
+    let plans: Vec<LinkPlan> = loaded.into_iter().map(|(_, p)| p).collect();
+    if f.strict {
+        for plan in &plans {
+            if let Err(e) = f.store.check(plan) {
+                tracing::error!(reason = why, namespace = %plan.namespace, link = %plan.name, "--strict: the edit is not applied: {e}");
+                return;
+            }
+        }
+    }
+    let mut members: Box<dyn Members> = match &f.containers {
+        Some(names) => Box::new(ContainerProcesses {
+            names: names.clone(),
+            only_named: true,
+        }),
+        None => Box::new(AllProcesses),
+    };
+    let mut served = f.served.lock().unwrap_or_else(|p| p.into_inner());
+    for plan in &plans {
+        match apply_link(&f.store, plan, &mut *members) {
+            Ok(o) => tracing::info!(
+                reason = why,
+                namespace = %plan.namespace,
+                link = %plan.name,
+                created = o.created.len(),
+                changed = o.changed.len(),
+                removed = o.removed.len(),
+                pending = o.pending.len(),
+                "link applied"
+            ),
+            Err(e) => {
+                tracing::error!(reason = why, namespace = %plan.namespace, link = %plan.name, "cannot apply the edit: {e}")
+            }
+        }
+        let key = |p: &LinkPlan| (p.namespace.clone(), p.name.clone());
+        match served.iter_mut().find(|p| key(p) == key(plan)) {
+            Some(p) => *p = plan.clone(),
+            None => served.push(plan.clone()),
+        }
+    }
+    for gone in served.iter().filter(|s| {
+        !plans
+            .iter()
+            .any(|p| (&p.namespace, &p.name) == (&s.namespace, &s.name))
+    }) {
+        tracing::warn!(namespace = %gone.namespace, link = %gone.name, "no longer in the files: left in place until `up` stops");
+    }
+    match open_probes(&f.store, &served) {
+        Ok(probes) => f
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_probes(probes),
+        Err(e) => tracing::error!("cannot probe the links again: {e}"),
+    }
+}
