@@ -157,3 +157,41 @@ pub fn remove_tree_at<P: ?Sized + NixPath + std::fmt::Debug>(
         }
     }
 }
+
+/// A `/proc/self/mountinfo` path with its octal escapes (`\040` for a space) decoded.
+pub fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = b[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape_mountinfo;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo(r"/var/lib/a\040b/x"), "/var/lib/a b/x");
+        assert_eq!(
+            unescape_mountinfo(r"/tab\011and\134slash"),
+            "/tab\tand\\slash"
+        );
+        assert_eq!(unescape_mountinfo(r"/plain\04"), r"/plain\04");
+    }
+}

@@ -21,7 +21,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, unlinkat};
 
-use crate::fs::remove_tree_at;
+use crate::fs::{remove_tree_at, unescape_mountinfo};
 use crate::materialize::{MaterializeError, sys};
 use crate::quantity::format_bytes;
 use crate::validate::{LinkPlan, ObjectKind, ObjectPlan, Problem, SEM_BYTES};
@@ -327,8 +327,8 @@ pub(crate) fn remove_entry(link: BorrowedFd<'_>, name: &str) -> Result<(), Strin
     let pinned = mount_id(fd.as_fd()).map_err(|e| e.to_string())?
         != mount_id(link).map_err(|e| e.to_string())?;
     if pinned {
-        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        umount2(path.as_str(), MntFlags::MNT_DETACH).map_err(|e| format!("unpin: {e}"))?;
+        let dev = fstat(link).map_err(|e| format!("stat: {e}"))?.st_dev;
+        unpin(dev, name)?;
     }
     let is_dir = file_type(&fstat(fd.as_fd()).map_err(|e| format!("stat: {e}"))?) == SFlag::S_IFDIR;
     drop(fd);
@@ -340,6 +340,42 @@ pub(crate) fn remove_entry(link: BorrowedFd<'_>, name: &str) -> Result<(), Strin
             Err(e) => Err(format!("unlink: {e}")),
         }
     }
+}
+
+/// Detaches every mount of this mount namespace whose root is the entry `name` of the
+/// link's filesystem `dev`: its pin, and the pin's copy under each publication (a
+/// publication binds the link recursively). A mount point in this namespace cannot be
+/// removed (EBUSY); those of member pods' namespaces go with the removal.
+fn unpin(dev: u64, name: &str) -> Result<(), String> {
+    let want_dev = format!(
+        "{}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    let want_root = format!("/{name}");
+    // Copies of a copy stack up; each round detaches the topmost mount at each point.
+    for _ in 0..16 {
+        let info = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("read mountinfo: {e}"))?;
+        let points: Vec<String> = info
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f.get(2) == Some(&want_dev.as_str()) && f.get(3) == Some(&want_root.as_str()))
+                    .then(|| unescape_mountinfo(f.get(4).copied().unwrap_or_default()))
+            })
+            .collect();
+        if points.is_empty() {
+            return Ok(());
+        }
+        for p in points.iter().rev() {
+            match umount2(p.as_str(), MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+                Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => {}
+                Err(e) => return Err(format!("unpin {p}: {e}")),
+            }
+        }
+    }
+    Err(format!("unpin {name}: still mounted after 16 rounds"))
 }
 
 /// A test hook standing in for `kill -9` in the middle of a live change: with

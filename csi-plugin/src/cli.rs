@@ -38,10 +38,11 @@ pub enum Role {
         /// member unmounted them (their tmpfs is then removed); 0 never looks.
         #[arg(long, env = "IPCLINK_GC_INTERVAL_SECONDS", default_value_t = 30)]
         gc_interval_seconds: u64,
-        /// Seconds between two looks for edited specs of the links on this node: what can
-        /// change under running members is applied then, the rest when the link has none
-        /// (a publish applies the spec too); 0 leaves edits to the next publish.
-        #[arg(long, env = "IPCLINK_APPLY_INTERVAL_SECONDS", default_value_t = 5)]
+        /// Seconds between two looks for edited specs of the links on this node (one GET
+        /// per link held here): what can change under running members is applied then,
+        /// the rest when the link has none (a publish applies the spec too); 0 leaves
+        /// edits to the next publish.
+        #[arg(long, env = "IPCLINK_APPLY_INTERVAL_SECONDS", default_value_t = 30)]
         apply_interval_seconds: u64,
         /// Seconds an inline link (no `spec.claim`) may stay on this node with no member
         /// mounting it before its tmpfs is removed and its claim released, so its next

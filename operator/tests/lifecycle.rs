@@ -612,3 +612,95 @@ fn links_are_reconciled_on_a_real_apiserver() {
         v["code"] == 404
     });
 }
+
+/// `SpecApplied` follows what the node holding a link reports: `Applied` when it serves
+/// the spec, `Unknown` (`Applying`) while it has not applied an edit yet, and `False`
+/// with a Warning Event naming the field while a change waits for the members to leave.
+#[test]
+fn spec_applied_says_what_waits_for_the_members() {
+    use ipclink_core::{InProcess, StorageMode, Store};
+    let cp = ControlPlane::start();
+    cp.install_ipclink_crd();
+    cp.namespace(NS);
+    let scratch = tempfile::tempdir().expect("temp");
+    let root = scratch.path().join("root");
+    let store = Store::open(&root, StorageMode::PlainDir).expect("store");
+    let plan_of = |spec: serde_json::Value| {
+        let link = &ipclink_core::parse_links("x", &link(NS, "frames", spec)).expect("parse")[0];
+        ipclink_core::validate(link).expect("valid")
+    };
+    let smaller = {
+        let mut s = frames_spec();
+        s["channels"][0]["size"] = json!("512Ki");
+        s
+    };
+    store
+        .apply(&plan_of(frames_spec()), &InProcess, true)
+        .expect("materialize");
+    let (port, probes) = ipclink_testkit::serve_records(&root);
+    cp.create(&links_path(NS), &link(NS, "frames", frames_spec()));
+    let _op = Operator::start(
+        OPERATOR,
+        &cp,
+        &[
+            "--links-endpoint",
+            &format!("node-a=127.0.0.1:{port}"),
+            "--depth-interval-seconds",
+            "1",
+        ],
+        &[],
+    );
+    let path = format!("{}/frames", links_path(NS));
+    let said = |want: &'static str| {
+        move |v: &serde_json::Value| condition(v, "SpecApplied")["reason"] == want
+    };
+    cp.wait_for(&path, "SpecApplied=True", CONVERGE, said("Applied"));
+
+    // The spec is edited; the node has not applied it yet.
+    let (code, text) = cp
+        .request("PATCH", &path, Some(&json!({"spec": smaller}).to_string()))
+        .expect("patch");
+    assert_eq!(code, 200, "{text}");
+    let v = cp.wait_for(&path, "SpecApplied=Unknown", CONVERGE, said("Applying"));
+    assert_eq!(condition(&v, "SpecApplied")["status"], "Unknown", "{v:#}");
+
+    // The node applies it with a member holding the link: the smaller region waits.
+    let outcome = store
+        .apply(&plan_of(smaller.clone()), &InProcess, false)
+        .expect("apply");
+    assert_eq!(outcome.pending.len(), 1, "{outcome:?}");
+    probes
+        .lock()
+        .expect("probes")
+        .set_probes(ipclink_testkit::probe_records(&store));
+    let v = cp.wait_for(
+        &path,
+        "SpecApplied=False",
+        CONVERGE,
+        said("WaitingForMembersToLeave"),
+    );
+    let c = condition(&v, "SpecApplied");
+    assert_eq!(c["status"], "False", "{v:#}");
+    assert!(
+        c["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.channels[0].size") && m.contains("512Ki")),
+        "{v:#}"
+    );
+    cp.wait_for(&path, "the Warning Event", CONVERGE, |_| {
+        events(&cp, NS, "frames").iter().any(|(t, r, m)| {
+            t == "Warning" && r == "WaitingForMembersToLeave" && m.contains("spec.channels[0].size")
+        })
+    });
+
+    // The members leave; the change is made; the condition says so.
+    let outcome = store
+        .apply(&plan_of(smaller), &InProcess, true)
+        .expect("apply");
+    assert!(outcome.pending.is_empty(), "{outcome:?}");
+    probes
+        .lock()
+        .expect("probes")
+        .set_probes(ipclink_testkit::probe_records(&store));
+    cp.wait_for(&path, "SpecApplied=True again", CONVERGE, said("Applied"));
+}

@@ -385,20 +385,30 @@ pub fn static_binary(images: &Path, name: &str) -> PathBuf {
 /// them) over the links of `yamls`, materialized in a plain directory under `root`, on a
 /// thread of its own; returns its port. The endpoint lives until the process ends.
 pub fn serve_links(root: &Path, yamls: &[&str]) -> u16 {
-    use std::sync::{Arc, Mutex};
     let store = ipclink_core::Store::open(root, ipclink_core::StorageMode::PlainDir)
         .expect("open the links directory");
-    let mut probes = Vec::new();
     for yaml in yamls {
         for link in ipclink_core::parse_links("links", yaml).expect("parse") {
             let plan = ipclink_core::validate(&link).expect("valid");
             store.materialize(&plan).expect("materialize");
-            probes.push(ipclink_core::probe::LinkProbe::open(&store, &plan).expect("probe"));
         }
     }
-    let links = Arc::new(Mutex::new(ipclink_runtime::links::LinkSet::new(probes)));
+    serve_records(root).0
+}
+
+/// Serves `/v1/links` (as the sidecar and the node plugins do) over every link recorded
+/// under `root` (a plain directory), as each record says it serves (with what is
+/// pending); returns the port and the probes, which [`probe_records`] renews.
+pub fn serve_records(root: &Path) -> (u16, ipclink_runtime::links::SharedLinks) {
+    use std::sync::{Arc, Mutex};
+    let store = ipclink_core::Store::open(root, ipclink_core::StorageMode::PlainDir)
+        .expect("open the links directory");
+    let links = Arc::new(Mutex::new(ipclink_runtime::links::LinkSet::new(
+        probe_records(&store),
+    )));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    let served = links.clone();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -410,12 +420,22 @@ pub fn serve_links(root: &Path, yamls: &[&str]) -> u16 {
             let _keep = store;
             let _ = ipclink_runtime::http::serve(
                 listener,
-                ipclink_runtime::links::router(links),
+                ipclink_runtime::links::router(served),
                 ipclink_runtime::http::Limits::default(),
                 std::future::pending::<()>(),
             )
             .await;
         });
     });
-    port
+    (port, links)
+}
+
+/// A probe of every link recorded in `store`.
+pub fn probe_records(store: &ipclink_core::Store) -> Vec<ipclink_core::probe::LinkProbe> {
+    store
+        .records()
+        .0
+        .iter()
+        .map(|r| ipclink_core::probe::LinkProbe::of_record(store, r).expect("probe"))
+        .collect()
 }

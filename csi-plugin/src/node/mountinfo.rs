@@ -37,7 +37,7 @@ pub(super) fn rebuild_from_mountinfo(links_dir: &Path) -> Publications {
         }
         if let Some((ns, name)) = links.get(f[2]) {
             // Octal escapes (\040 for a space) are how mountinfo writes odd paths.
-            let target = unescape_mountinfo(f[4]);
+            let target = ipclink_core::fs::unescape_mountinfo(f[4]);
             out.by_target.insert(
                 target,
                 Publication {
@@ -52,35 +52,4 @@ pub(super) fn rebuild_from_mountinfo(links_dir: &Path) -> Publications {
         }
     }
     out
-}
-
-fn unescape_mountinfo(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo("/var/lib/a\\040b"), "/var/lib/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo("/trailing\\04"), "/trailing\\04");
-    }
 }
