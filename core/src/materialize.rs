@@ -343,25 +343,24 @@ impl Store {
         for (done, step) in d.steps.iter().enumerate() {
             let file = step.file_name();
             let at = || format!("{}/{file}", lp());
+            let remove = |name: &str| {
+                live::remove_entry(link_fd.as_fd(), name).map_err(|message| {
+                    MaterializeError::Refused {
+                        path: at(),
+                        message,
+                    }
+                })
+            };
             match step {
                 Step::Create(obj) => {
                     self.create(link_fd.as_fd(), obj, alloc, lp)?;
                     outcome.created.push(file);
                 }
-                Step::Attrs(obj) => {
-                    sys(
-                        live::set_attrs(link_fd.as_fd(), obj, self.apply_owner),
-                        at,
-                        "chmod/chown",
-                    )?;
-                    outcome.changed.push(file);
-                }
-                Step::Grow(obj) => {
-                    let fd = sys(live::open_region(link_fd.as_fd(), obj), at, "open")?;
-                    let ObjectKind::Shm { size } = obj.kind else {
-                        unreachable!()
-                    };
-                    preallocating(alloc.preallocate(fd.as_fd(), size), at)?;
+                Step::Attrs(obj) | Step::Grow(obj) => {
+                    if let (Step::Grow(_), ObjectKind::Shm { size }) = (step, obj.kind) {
+                        let fd = sys(live::open_region(link_fd.as_fd(), obj), at, "open")?;
+                        preallocating(alloc.preallocate(fd.as_fd(), size), at)?;
+                    }
                     sys(
                         live::set_attrs(link_fd.as_fd(), obj, self.apply_owner),
                         at,
@@ -371,23 +370,13 @@ impl Store {
                 }
                 Step::Replace { obj, old } => {
                     for name in std::iter::once(&file).chain(old) {
-                        live::remove_entry(link_fd.as_fd(), name).map_err(|message| {
-                            MaterializeError::Refused {
-                                path: at(),
-                                message,
-                            }
-                        })?;
+                        remove(name)?;
                     }
                     self.create(link_fd.as_fd(), obj, alloc, lp)?;
                     outcome.changed.push(file);
                 }
                 Step::Remove(_) => {
-                    live::remove_entry(link_fd.as_fd(), &file).map_err(|message| {
-                        MaterializeError::Refused {
-                            path: at(),
-                            message,
-                        }
-                    })?;
+                    remove(&file)?;
                     outcome.removed.push(file);
                 }
             }

@@ -66,6 +66,13 @@ impl Store {
         })
     }
 
+    /// The record of link `namespace/name`, if it exists and can be read.
+    pub fn record(&self, namespace: &str, name: &str) -> Option<Record> {
+        let ns = self.open_namespace(namespace).ok()?;
+        self.read_record(ns.as_fd(), name)
+            .filter(|r| r.plan.namespace == namespace)
+    }
+
     /// The record of link `name` in the namespace directory `ns`, if it can be read.
     pub(crate) fn read_record(&self, ns: BorrowedFd<'_>, name: &str) -> Option<Record> {
         let fd = openat(

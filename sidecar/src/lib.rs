@@ -202,15 +202,11 @@ fn warn_unenforced_limits(samples: &[LinkSample], plans: &[LinkPlan]) {
 /// Opens a probe for every plan's link, as its record says it serves (with what is
 /// pending).
 pub fn open_probes(store: &Store, plans: &[LinkPlan]) -> Result<Vec<LinkProbe>, Error> {
-    let (records, _) = store.records();
     plans
         .iter()
         .map(|p| {
-            let record = records
-                .iter()
-                .find(|r| (&r.plan.namespace, &r.plan.name) == (&p.namespace, &p.name));
-            match record {
-                Some(r) => LinkProbe::of_record(store, r),
+            match store.record(&p.namespace, &p.name) {
+                Some(r) => LinkProbe::of_record(store, &r),
                 None => LinkProbe::open(store, p),
             }
             .map_err(|errno| Error::Io {

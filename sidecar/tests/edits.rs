@@ -174,6 +174,13 @@ fn live_edits_apply_while_members_exchange_data() {
     edit(&mut up, r#"mode: "0640""#, r#"mode: "0600""#, true);
     assert_eq!(mode(&s.link.join("frames")), 0o600);
     ex.flowing("after a mode change");
+    // A larger region: grown in place, the stamper's data kept.
+    edit(&mut up, "size: 1Mi", "size: 1536Ki", true);
+    assert_eq!(
+        std::fs::metadata(s.link.join("frames")).expect("frames").len(),
+        1536 << 10
+    );
+    ex.flowing("after the region grew");
     // A new channel, and one removed.
     edit(
         &mut up,

@@ -210,16 +210,12 @@ impl Plugin {
     }
 
     fn refresh_probes(&self) {
-        let (records, _) = self.store.records();
         let probes = self
             .volumes
             .values()
             .map(|v| {
-                let record = records
-                    .iter()
-                    .find(|r| r.plan.namespace == NAMESPACE && r.plan.name == v.key);
-                match record {
-                    Some(r) => LinkProbe::of_record(&self.store, r),
+                match self.store.record(NAMESPACE, &v.key) {
+                    Some(r) => LinkProbe::of_record(&self.store, &r),
                     None => LinkProbe::open(&self.store, &v.plan),
                 }
                 .map_err(|e| (v, e))
@@ -394,10 +390,10 @@ impl Plugin {
             }
         };
         let (key, idle) = (v.key.clone(), v.mounts.is_empty());
-        let (records, _) = self.store.records();
-        let pending = records
-            .iter()
-            .any(|r| r.plan.namespace == NAMESPACE && r.plan.name == key && !r.pending.is_empty());
+        let pending = self
+            .store
+            .record(NAMESPACE, &key)
+            .is_some_and(|r| !r.pending.is_empty());
         if plan == v.plan && !(pending && idle) {
             return Ok(());
         }
