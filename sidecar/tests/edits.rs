@@ -177,7 +177,9 @@ fn live_edits_apply_while_members_exchange_data() {
     // A larger region: grown in place, the stamper's data kept.
     edit(&mut up, "size: 1Mi", "size: 1536Ki", true);
     assert_eq!(
-        std::fs::metadata(s.link.join("frames")).expect("frames").len(),
+        std::fs::metadata(s.link.join("frames"))
+            .expect("frames")
+            .len(),
         1536 << 10
     );
     ex.flowing("after the region grew");
