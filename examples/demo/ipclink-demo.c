@@ -9,7 +9,11 @@
  * Optionally each frame's sequence number also travels
  *   DEMO_FIFO=events               through that FIFO (8 bytes per frame), and
  *   DEMO_SOCKET=control/demo.sock  over a stream socket the consumer binds there,
- * and the consumer checks all of them. */
+ * and the consumer checks all of them.
+ * DEMO_CREATE=BYTES is the way without ipclink (Compose's `ipc: service:`): nothing is
+ * declared, so the producer creates the semaphores and a ring of BYTES (mode 0600, the
+ * ring made whole under another name and renamed into place), and the consumer waits up
+ * to 30 s for it to appear. */
 #include <errno.h>
 #include <fcntl.h>
 #include <semaphore.h>
@@ -51,6 +55,11 @@ static void full_io(int fd, void *buf, size_t len, int writing, const char *what
     }
 }
 
+static void pause_ms(long ms) {
+    struct timespec pause = {ms / 1000, (ms % 1000) * 1000 * 1000};
+    nanosleep(&pause, NULL);
+}
+
 static int socket_at(const char *rel, int serve) {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     if (snprintf(addr.sun_path, sizeof addr.sun_path, "/dev/shm/%s", rel) >= (int)sizeof addr.sun_path) {
@@ -67,10 +76,31 @@ static int socket_at(const char *rel, int serve) {
     }
     for (int tries = 0; connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0; tries++) {
         if (tries == 300) die("connect DEMO_SOCKET");
-        struct timespec pause = {0, 100 * 1000 * 1000};
-        nanosleep(&pause, NULL);
+        pause_ms(100);
     }
     return fd;
+}
+
+static void create_objects(size_t bytes) {
+    sem_unlink("/slots");
+    sem_unlink("/frame-ready");
+    shm_unlink("/frames");
+    sem_t *s = sem_open("/slots", O_CREAT | O_EXCL, 0600, SLOTS);
+    sem_t *r = sem_open("/frame-ready", O_CREAT | O_EXCL, 0600, 0);
+    if (s == SEM_FAILED || r == SEM_FAILED) die("sem_open O_CREAT");
+    shm_unlink("/.frames-new");
+    int fd = shm_open("/.frames-new", O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0) die("shm_open O_CREAT");
+    if (ftruncate(fd, (off_t)bytes) < 0) die("ftruncate frames");
+    if (rename("/dev/shm/.frames-new", "/dev/shm/frames") < 0) die("rename frames");
+    close(fd);
+}
+
+static void wait_for_objects(void) {
+    for (int tries = 0; access("/dev/shm/frames", F_OK) < 0; tries++) {
+        if (tries == 3000) die("wait for /frames");
+        pause_ms(10);
+    }
 }
 
 int main(int argc, char **argv) {
@@ -79,6 +109,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     int producer = strcmp(argv[1], "produce") == 0;
+    unsigned long create = env_or("DEMO_CREATE", 0);
+    if (create && producer) create_objects(create);
+    if (create && !producer) wait_for_objects();
     int fd = shm_open("/frames", O_RDWR, 0);
     if (fd < 0) die("shm_open /frames");
     struct stat st;

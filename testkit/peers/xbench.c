@@ -3,6 +3,9 @@
  *   xbench server            answers every test in order, then exits
  *   xbench client SERVER_IP  drives them and prints one RESULT line per transport:
  *       RESULT <transport> <bytes per second> <round trip ns>
+ *   xbench ipc-server / xbench ipc-client   only the polled ring, in a shm "ring" the
+ *       server creates in the /dev/shm of an IPC namespace both share (Compose's
+ *       `ipc: service:`), as programs do without ipclink: RESULT shm-ring-ipc
  * Transports, in order: tcp, socket (path socket in control/), fifo (up + down),
  * shm-ring (a ring in shm "ring" polled by both sides; round trip through two polled
  * words), shm-sem (the same ring handed over with semaphores slots/filled; round trip
@@ -24,6 +27,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -126,10 +130,22 @@ static int unix_socket(void) {
     return fd;
 }
 
-static void *map_ring(struct header **h) {
-    int fd = shm_open("/ring", O_RDWR, 0);
-    if (fd < 0) die("shm_open /ring");
+/* The ring: ipclink's declared one, or (create) one this process makes in /dev/shm as
+ * programs do without ipclink; a peer waits until it is there at full size. */
+static void *map_ring(struct header **h, int create) {
     size_t len = 4096 + (size_t)RING_SLOTS * CHUNK;
+    int fd = shm_open("/ring", O_RDWR | (create > 0 ? O_CREAT | O_EXCL : 0), 0600);
+    for (int tries = 0; fd < 0 && create < 0 && errno == ENOENT && tries < 3000; tries++) {
+        usleep(10 * 1000);
+        fd = shm_open("/ring", O_RDWR, 0);
+    }
+    if (fd < 0) die("shm_open /ring");
+    if (create > 0 && ftruncate(fd, (off_t)len) < 0) die("ftruncate ring");
+    struct stat st;
+    for (int tries = 0; fstat(fd, &st) == 0 && (size_t)st.st_size < len; tries++) {
+        if (tries == 3000) { fprintf(stderr, "xbench: /ring is too small\n"); exit(1); }
+        usleep(10 * 1000);
+    }
     unsigned char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED) die("mmap ring");
     *h = (struct header *)m;
@@ -151,12 +167,53 @@ static void spin_until(_Atomic uint64_t *w, uint64_t value) {
     while (atomic_load_explicit(w, memory_order_acquire) != value) __builtin_ia32_pause();
 }
 
+/* shm-ring: both sides poll; the client prints RESULT <name>. */
+static void ring_test(int server, struct header *h, unsigned char *ring, const char *name) {
+    uint64_t chunks = total_bytes / CHUNK;
+    if (server) {
+        spin_until(&h->phase, 1);
+        for (uint64_t t = 0; t < chunks; t++) {
+            while (atomic_load_explicit(&h->head, memory_order_acquire) == t) __builtin_ia32_pause();
+            memcpy(buf, ring + (t % RING_SLOTS) * CHUNK, CHUNK);
+            atomic_store_explicit(&h->tail, t + 1, memory_order_release);
+        }
+        for (uint64_t i = 1; i <= trips * 10; i++) {
+            spin_until(&h->ping, i);
+            atomic_store_explicit(&h->pong, i, memory_order_release);
+        }
+    } else {
+        atomic_store(&h->head, 0);
+        atomic_store(&h->tail, 0);
+        atomic_store(&h->ping, 0);
+        atomic_store(&h->pong, 0);
+        atomic_store_explicit(&h->phase, 1, memory_order_release);
+        uint64_t t0 = now_ns();
+        for (uint64_t t = 0; t < chunks; t++) {
+            while (t - atomic_load_explicit(&h->tail, memory_order_acquire) >= RING_SLOTS) __builtin_ia32_pause();
+            memcpy(ring + (t % RING_SLOTS) * CHUNK, buf, CHUNK);
+            atomic_store_explicit(&h->head, t + 1, memory_order_release);
+        }
+        spin_until(&h->tail, chunks);
+        uint64_t t1 = now_ns();
+        for (uint64_t i = 1; i <= trips * 10; i++) {
+            atomic_store_explicit(&h->ping, i, memory_order_release);
+            spin_until(&h->pong, i);
+        }
+        uint64_t t2 = now_ns();
+        printf("RESULT %s %.0f %.1f\n", name, total_bytes * 1e9 / (double)(t1 - t0),
+               (double)(t2 - t1) / (double)(trips * 10));
+        fflush(stdout);
+    }
+
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2 || (strcmp(argv[1], "server") && (strcmp(argv[1], "client") || argc != 3))) {
-        fprintf(stderr, "usage: xbench server | xbench client SERVER_IP\n");
+    int ipc = argc == 2 && (!strcmp(argv[1], "ipc-server") || !strcmp(argv[1], "ipc-client"));
+    if (!ipc && (argc < 2 || (strcmp(argv[1], "server") && (strcmp(argv[1], "client") || argc != 3)))) {
+        fprintf(stderr, "usage: xbench server | xbench client SERVER_IP | xbench ipc-server | xbench ipc-client\n");
         return 2;
     }
-    int server = strcmp(argv[1], "server") == 0;
+    int server = strcmp(argv[1], "server") == 0 || strcmp(argv[1], "ipc-server") == 0;
     total_bytes = getenv("XBENCH_BYTES") ? strtoull(getenv("XBENCH_BYTES"), NULL, 10) : 1ull << 30;
     total_bytes = total_bytes / CHUNK * CHUNK;
     trips = getenv("XBENCH_TRIPS") ? strtoull(getenv("XBENCH_TRIPS"), NULL, 10) : 20000;
@@ -164,6 +221,14 @@ int main(int argc, char **argv) {
     buf = malloc(STREAM_CHUNK);
     if (!buf) die("malloc");
     memset(buf, 0xab, STREAM_CHUNK);
+
+    if (ipc) {
+        /* Only the polled ring, in a /dev/shm the two share by their IPC namespace. */
+        struct header *h;
+        unsigned char *ring = map_ring(&h, server ? 1 : -1);
+        ring_test(server, h, ring, "shm-ring-ipc");
+        return 0;
+    }
 
     /* tcp */
     struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons(PORT)};
@@ -209,44 +274,10 @@ int main(int argc, char **argv) {
     close(up);
     close(down);
 
-    /* shm-ring: both sides poll */
     struct header *h;
-    unsigned char *ring = map_ring(&h);
+    unsigned char *ring = map_ring(&h, 0);
     uint64_t chunks = total_bytes / CHUNK;
-    if (server) {
-        spin_until(&h->phase, 1);
-        for (uint64_t t = 0; t < chunks; t++) {
-            while (atomic_load_explicit(&h->head, memory_order_acquire) == t) __builtin_ia32_pause();
-            memcpy(buf, ring + (t % RING_SLOTS) * CHUNK, CHUNK);
-            atomic_store_explicit(&h->tail, t + 1, memory_order_release);
-        }
-        for (uint64_t i = 1; i <= trips * 10; i++) {
-            spin_until(&h->ping, i);
-            atomic_store_explicit(&h->pong, i, memory_order_release);
-        }
-    } else {
-        atomic_store(&h->head, 0);
-        atomic_store(&h->tail, 0);
-        atomic_store(&h->ping, 0);
-        atomic_store(&h->pong, 0);
-        atomic_store_explicit(&h->phase, 1, memory_order_release);
-        uint64_t t0 = now_ns();
-        for (uint64_t t = 0; t < chunks; t++) {
-            while (t - atomic_load_explicit(&h->tail, memory_order_acquire) >= RING_SLOTS) __builtin_ia32_pause();
-            memcpy(ring + (t % RING_SLOTS) * CHUNK, buf, CHUNK);
-            atomic_store_explicit(&h->head, t + 1, memory_order_release);
-        }
-        spin_until(&h->tail, chunks);
-        uint64_t t1 = now_ns();
-        for (uint64_t i = 1; i <= trips * 10; i++) {
-            atomic_store_explicit(&h->ping, i, memory_order_release);
-            spin_until(&h->pong, i);
-        }
-        uint64_t t2 = now_ns();
-        printf("RESULT shm-ring %.0f %.1f\n", total_bytes * 1e9 / (double)(t1 - t0),
-               (double)(t2 - t1) / (double)(trips * 10));
-        fflush(stdout);
-    }
+    ring_test(server, h, ring, "shm-ring");
 
     /* shm-sem: the first SEM_SLOTS slots of the ring, handed over by semaphores */
     sem_t *slots = sem("/slots"), *filled = sem("/filled"), *ping = sem("/ping"), *pong = sem("/pong");

@@ -4,6 +4,7 @@
 //! missing root fails the test with what to install; nothing is skipped silently.
 
 pub mod control_plane;
+pub mod engine;
 pub mod http;
 pub mod mounts;
 pub mod node;
@@ -349,6 +350,28 @@ pub fn compose_engine() -> PathBuf {
     // It prints the DOCKER_HOST line rather than a path; only its success matters here.
     script_path("install-compose");
     script_path_with("build-images", &["--podman"])
+}
+
+/// Docker Engine (Debian's docker.io on /var/run/docker.sock) with Compose v2 and our
+/// images loaded, through `scripts/install-docker` and `build-images --docker` (once per
+/// test process); returns the images directory. Each call makes sure the daemon runs
+/// with live-restore as asked (`install-docker` restarts it when that differs).
+/// Panics without root.
+pub fn docker_engine(live_restore: bool) -> PathBuf {
+    static IMAGES: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    require_root();
+    // It prints the DOCKER_HOST line rather than a path; only its success matters here.
+    script_path_with(
+        "install-docker",
+        if live_restore {
+            &["--live-restore"]
+        } else {
+            &[]
+        },
+    );
+    IMAGES
+        .get_or_init(|| script_path_with("build-images", &["--docker"]))
+        .clone()
 }
 
 /// A command's stdout and stderr together, for assertions and failure messages.

@@ -4,7 +4,8 @@
 //!
 //! Each volume is one link, materialized under `ROOT/docker/<key>/` (the name as a DNS
 //! label, see [`options::key_for`]; its own tmpfs as root) when it is created and torn
-//! down when it is removed. Mounts are counted per caller id. The volumes and their
+//! down when it is removed. Mounts are counted per caller id (a caller mounting again,
+//! as Docker does for the containers it live-restores, counts once). The volumes and their
 //! mounts are kept in `ROOT/.volumes.json` (temp file, fsync, rename), so a restarted
 //! plugin carries on where the last one stopped.
 //!
@@ -341,13 +342,14 @@ impl Plugin {
     ) -> Result<String, Refusal> {
         let v = self.get(name)?;
         check_id(id)?;
-        if v.mounts.contains(id) {
-            return Err(refuse(
-                StatusCode::CONFLICT,
-                format!("ID: {id:?} has already mounted volume {name:?}"),
-            ));
-        }
         let mountpoint = self.mountpoint(v);
+        // A caller that has it mounted already is one Docker restored with live-restore
+        // (it mounts again what its running containers hold): the same answer, counted
+        // once, nothing changed.
+        if v.mounts.contains(id) && self.store.open_link(NAMESPACE, &v.key).is_ok() {
+            tracing::info!(volume = name, id, "mounted again by the same caller");
+            return Ok(mountpoint);
+        }
         if self.store.open_link(NAMESPACE, &v.key).is_err() {
             self.store.materialize(&v.plan).map_err(internal)?;
         }

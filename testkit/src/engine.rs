@@ -1,0 +1,188 @@
+//! The two container engines the Compose setups run on, driven as a user would: podman
+//! (its Docker API, Debian's docker-compose 1.29) and Docker Engine (Debian's docker.io,
+//! Compose v2).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::{compose_engine, docker_engine, output_text as text};
+
+/// An engine with its CLI and its Compose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// podman's Docker API with Debian's docker-compose 1.29.
+    Podman,
+    /// Docker Engine with Compose v2 (`docker compose`).
+    Docker,
+}
+
+use Engine::{Docker, Podman};
+
+impl Engine {
+    /// Installs and starts it with our images loaded; the images directory.
+    pub fn prepare(self) -> PathBuf {
+        match self {
+            Podman => compose_engine(),
+            Docker => {
+                let images = docker_engine(false);
+                // A managed plugin named ipclink would take `driver: ipclink` from the
+                // socket plugin the tests serve, and dockerd keeps the driver it found
+                // under a name until it restarts.
+                if self.cli(&["plugin", "inspect", "ipclink"]).status.success() {
+                    let _ = self.cli(&["plugin", "rm", "-f", "ipclink"]);
+                    self.restart(false);
+                }
+                images
+            }
+        }
+    }
+
+    /// The engine's Docker API socket.
+    pub fn socket(self) -> &'static str {
+        match self {
+            Podman => "/run/podman/podman.sock",
+            Docker => "/var/run/docker.sock",
+        }
+    }
+
+    /// Where the engine looks for the volume plugin's socket: podman through
+    /// containers.conf, Docker through /etc/docker/plugins/ipclink.spec (both written by
+    /// the install scripts).
+    pub fn plugin_socket(self) -> &'static str {
+        "/run/ipclink/plugin.sock"
+    }
+
+    /// Host ports of one engine's runs differ from the other's.
+    pub fn port(self, base: u16) -> String {
+        match self {
+            Podman => base,
+            Docker => base + 100,
+        }
+        .to_string()
+    }
+
+    /// Runs the engine's CLI (`podman`, or `docker` on [`Engine::socket`]).
+    pub fn cli(self, args: &[&str]) -> Output {
+        let (program, host) = match self {
+            Podman => ("podman", None),
+            Docker => ("docker", Some(format!("unix://{}", self.socket()))),
+        };
+        let mut cmd = Command::new(program);
+        if let Some(h) = host {
+            cmd.env("DOCKER_HOST", h);
+        }
+        cmd.args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run {program}: {e}"))
+    }
+
+    /// Runs its Compose in `dir` for `project`, with ENGINE_SOCKET (the socket the
+    /// sidecar example mounts) set to [`Engine::socket`].
+    pub fn compose(self, dir: &Path, project: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
+        let mut cmd = match self {
+            Podman => Command::new("docker-compose"),
+            Docker => {
+                let mut c = Command::new("docker");
+                c.arg("compose");
+                c
+            }
+        };
+        cmd.current_dir(dir)
+            .env("DOCKER_HOST", format!("unix://{}", self.socket()))
+            .env("ENGINE_SOCKET", self.socket())
+            .envs(env.iter().copied())
+            .arg("-p")
+            .arg(project)
+            .args(args)
+            .output()
+            .expect("run compose")
+    }
+
+    /// The name Compose gives the first container of `service`.
+    pub fn container(self, project: &str, service: &str) -> String {
+        match self {
+            Podman => format!("{project}_{service}_1"),
+            Docker => format!("{project}-{service}-1"),
+        }
+    }
+
+    /// A container's log, stdout and stderr.
+    pub fn logs(self, container: &str) -> String {
+        text(&self.cli(&["logs", container]))
+    }
+
+    /// Waits until the container has exited; its exit code.
+    pub fn exit_code(self, container: &str, limit: Duration) -> i64 {
+        wait_until(&format!("{container} to exit"), limit, || {
+            let out = self.cli(&[
+                "inspect",
+                "--format",
+                "{{.State.Status}} {{.State.ExitCode}}",
+                container,
+            ]);
+            let t = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            t.strip_prefix("exited ").and_then(|c| c.parse().ok())
+        })
+    }
+
+    /// Waits for the container to exit and asserts it succeeded, showing its log if not.
+    pub fn exited_ok(self, container: &str, limit: Duration) {
+        let code = self.exit_code(container, limit);
+        assert_eq!(
+            code,
+            0,
+            "{container} exited {code}:\n{}",
+            self.logs(container)
+        );
+    }
+
+    /// Runs the CLI, asserts it succeeded; its trimmed stdout.
+    pub fn ok(self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A container's id as the holder metrics name it (12 hex digits).
+    pub fn short_id(self, container: &str) -> String {
+        self.ok(&["inspect", "--format", "{{.Id}}", container])
+            .chars()
+            .take(12)
+            .collect()
+    }
+    /// Stops the engine's daemon (SIGTERM) and starts it again: podman's service, or
+    /// dockerd with live-restore as asked.
+    pub fn restart(self, live_restore: bool) {
+        let (pattern, script, args): (&str, &str, &[&str]) = match self {
+            Podman => ("podman system service", "install-compose", &[]),
+            Docker => (
+                "^dockerd .*ipclink-dockerd.pid",
+                "install-docker",
+                if live_restore {
+                    &["--live-restore"]
+                } else {
+                    &[]
+                },
+            ),
+        };
+        let _ = Command::new("pkill").args(["-f", pattern]).status();
+        wait_until("the engine to stop", Duration::from_secs(60), || {
+            let up = Command::new("pgrep")
+                .args(["-f", pattern])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            (!up).then_some(())
+        });
+        let out = Command::new(crate::repo_root().join("scripts").join(script))
+            .args(args)
+            .output()
+            .expect("restart the engine");
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
+
+fn wait_until<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+    crate::wait_until(what, limit, Duration::from_millis(250), f)
+}
