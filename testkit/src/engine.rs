@@ -25,7 +25,7 @@ impl Engine {
         match self {
             Podman => compose_engine(),
             Docker => {
-                let images = docker_engine(false);
+                let images = docker_engine();
                 // A managed plugin named ipclink would take `driver: ipclink` from the
                 // socket plugin the tests serve, and dockerd keeps the driver it found
                 // under a name until it restarts.

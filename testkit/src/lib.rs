@@ -355,20 +355,13 @@ pub fn compose_engine() -> PathBuf {
 /// Docker Engine (Debian's docker.io on /var/run/docker.sock) with Compose v2 and our
 /// images loaded, through `scripts/install-docker` and `build-images --docker` (once per
 /// test process); returns the images directory. Each call makes sure the daemon runs
-/// with live-restore as asked (`install-docker` restarts it when that differs).
-/// Panics without root.
-pub fn docker_engine(live_restore: bool) -> PathBuf {
+/// without live-restore (`install-docker` restarts it when that differs; see
+/// `Engine::restart` for a daemon with it). Panics without root.
+pub fn docker_engine() -> PathBuf {
     static IMAGES: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     require_root();
     // It prints the DOCKER_HOST line rather than a path; only its success matters here.
-    script_path_with(
-        "install-docker",
-        if live_restore {
-            &["--live-restore"]
-        } else {
-            &[]
-        },
-    );
+    script_path("install-docker");
     IMAGES
         .get_or_init(|| script_path_with("build-images", &["--docker"]))
         .clone()

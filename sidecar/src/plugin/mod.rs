@@ -346,11 +346,12 @@ impl Plugin {
         // A caller that has it mounted already is one Docker restored with live-restore
         // (it mounts again what its running containers hold): the same answer, counted
         // once, nothing changed.
-        if v.mounts.contains(id) && self.store.open_link(NAMESPACE, &v.key).is_ok() {
+        let present = self.store.open_link(NAMESPACE, &v.key).is_ok();
+        if v.mounts.contains(id) && present {
             tracing::info!(volume = name, id, "mounted again by the same caller");
             return Ok(mountpoint);
         }
-        if self.store.open_link(NAMESPACE, &v.key).is_err() {
+        if !present {
             self.store.materialize(&v.plan).map_err(internal)?;
         }
         if let Some(read) = from_file {
