@@ -3,16 +3,20 @@
  *   xbench server            answers every test in order, then exits
  *   xbench client SERVER_IP  drives them and prints one RESULT line per transport:
  *       RESULT <transport> <bytes per second> <round trip ns>
- *   xbench ipc-server / xbench ipc-client   only the polled ring, in a shm "ring" the
- *       server creates in the /dev/shm of an IPC namespace both share (Compose's
- *       `ipc: service:`), as programs do without ipclink: RESULT shm-ring-ipc
- * Transports, in order: tcp, socket (path socket in control/), fifo (up + down),
- * shm-ring (a ring in shm "ring" polled by both sides; round trip through two polled
- * words), shm-sem (the same ring handed over with semaphores slots/filled; round trip
- * with ping/pong). The link (see the benchmark) declares: shm ring 16Mi, fifos up and
- * down, socket dir control, musl semaphores ping 0, pong 0, slots 16, filled 0.
- * XBENCH_BYTES (default 1 GiB) and XBENCH_TRIPS (default 20000) size the runs. Stream
- * transports move 256 KiB per call; the shm rings 64 KiB slots. */
+ *   xbench ring-server / xbench ring-client   the polled ring two ways, in turns, by the
+ *       same two processes: in the link's shm "ring" (the volume at /ipclink) and in a
+ *       "ring" the server creates in the /dev/shm of the IPC namespace both share
+ *       (Compose's `ipc: service:`), as programs do without ipclink; the client prints
+ *       the median of XBENCH_REPS turns (default 7) of each: RESULT shm-ring and
+ *       RESULT shm-ring-ipc; then the median of the ratios of turns taken one after the
+ *       other (which cancels what drifts between turns): RATIO <throughput> <round trip>
+ * Transports of server/client, in order: tcp, socket (path socket in control/), fifo
+ * (up + down), shm-sem (the first slots of shm "ring" handed over with semaphores
+ * slots/filled; round trip with ping/pong). The polled ring: both sides poll 64 KiB
+ * slots; round trip through two polled words. The link (see the benchmark) declares:
+ * shm ring 16Mi, fifos up and down, socket dir control, musl semaphores ping 0, pong 0,
+ * slots 16, filled 0. XBENCH_BYTES (default 1 GiB) and XBENCH_TRIPS (default 20000) size
+ * the runs. Stream transports move 256 KiB per call. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -34,7 +38,10 @@
 
 #define CHUNK (64 * 1024)
 #define STREAM_CHUNK (256 * 1024) /* per write/read on tcp, socket and fifo */
-#define RING_SLOTS 128 /* polled ring: 8 MiB */
+/* Polled ring: 2 MiB, which the two cores' caches hold. With 8 MiB the figure followed
+ * where the kernel happened to place the ring's pages (two allocations of the same kind
+ * of file differed by up to 14%), not the hand-off. */
+#define RING_SLOTS 32
 #define SEM_SLOTS 16   /* semaphore ring: 1 MiB, the value of "slots" */
 #define PORT 5099
 #define SOCK_PATH "/dev/shm/control/xbench.sock"
@@ -130,16 +137,17 @@ static int unix_socket(void) {
     return fd;
 }
 
-/* The ring: ipclink's declared one, or (create) one this process makes in /dev/shm as
- * programs do without ipclink; a peer waits until it is there at full size. */
-static void *map_ring(struct header **h, int create) {
+/* The ring at path: ipclink's declared one, or (create) one this process makes in
+ * /dev/shm as programs do without ipclink (what shm_open does); a peer waits until it is
+ * there at full size. */
+static void *map_ring(struct header **h, const char *path, int create) {
     size_t len = 4096 + (size_t)RING_SLOTS * CHUNK;
-    int fd = shm_open("/ring", O_RDWR | (create > 0 ? O_CREAT | O_EXCL : 0), 0600);
+    int fd = open(path, O_RDWR | O_CLOEXEC | (create > 0 ? O_CREAT | O_EXCL : 0), 0600);
     for (int tries = 0; fd < 0 && create < 0 && errno == ENOENT && tries < 3000; tries++) {
         usleep(10 * 1000);
-        fd = shm_open("/ring", O_RDWR, 0);
+        fd = open(path, O_RDWR | O_CLOEXEC);
     }
-    if (fd < 0) die("shm_open /ring");
+    if (fd < 0) die(path);
     /* Allocated up front, as ipclink allocates a declared region: a ring only ftruncated
      * would pay for its first page faults inside the timed loop. */
     if (create > 0 && (errno = posix_fallocate(fd, 0, (off_t)len)) != 0) die("fallocate ring");
@@ -171,11 +179,13 @@ static void spin_until(_Atomic uint64_t *w, uint64_t value) {
     while (atomic_load_explicit(w, memory_order_acquire) != value) __builtin_ia32_pause();
 }
 
-/* shm-ring: both sides poll; the client prints RESULT <name>. */
-static void ring_test(int server, struct header *h, unsigned char *ring, const char *name) {
+/* One turn of the polled ring (turn counts from 1 per ring, which starts zeroed); the
+ * client stores bytes per second and the round trip in ns. */
+static void ring_test(int server, struct header *h, unsigned char *ring, uint64_t turn,
+                      double *bps, double *rtt) {
     uint64_t chunks = total_bytes / CHUNK;
     if (server) {
-        spin_until(&h->phase, 1);
+        spin_until(&h->phase, turn);
         for (uint64_t t = 0; t < chunks; t++) {
             while (atomic_load_explicit(&h->head, memory_order_acquire) == t) __builtin_ia32_pause();
             memcpy(buf, ring + (t % RING_SLOTS) * CHUNK, CHUNK);
@@ -190,7 +200,7 @@ static void ring_test(int server, struct header *h, unsigned char *ring, const c
         atomic_store(&h->tail, 0);
         atomic_store(&h->ping, 0);
         atomic_store(&h->pong, 0);
-        atomic_store_explicit(&h->phase, 1, memory_order_release);
+        atomic_store_explicit(&h->phase, turn, memory_order_release);
         uint64_t t0 = now_ns();
         for (uint64_t t = 0; t < chunks; t++) {
             while (t - atomic_load_explicit(&h->tail, memory_order_acquire) >= RING_SLOTS) __builtin_ia32_pause();
@@ -204,20 +214,56 @@ static void ring_test(int server, struct header *h, unsigned char *ring, const c
             spin_until(&h->pong, i);
         }
         uint64_t t2 = now_ns();
-        printf("RESULT %s %.0f %.1f\n", name, total_bytes * 1e9 / (double)(t1 - t0),
-               (double)(t2 - t1) / (double)(trips * 10));
+        *bps = total_bytes * 1e9 / (double)(t1 - t0);
+        *rtt = (double)(t2 - t1) / (double)(trips * 10);
+    }
+}
+
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, by_value);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* Both rings in turns (each turn starts with the other one, so neither always runs
+ * first); the client prints the medians. */
+static void rings(int server) {
+    struct header *lh, *ih;
+    unsigned char *link = map_ring(&lh, "/ipclink/ring", 0);
+    unsigned char *own = map_ring(&ih, "/dev/shm/ring", server ? 1 : -1);
+    int reps = getenv("XBENCH_REPS") ? atoi(getenv("XBENCH_REPS")) : 7;
+    if (reps < 1 || reps > 1000) { fprintf(stderr, "xbench: XBENCH_REPS: 1 to 1000\n"); exit(2); }
+    double *lb = calloc((size_t)reps * 6, sizeof(double));
+    if (!lb) die("calloc");
+    double *lr = lb + reps, *ob = lr + reps, *orr = ob + reps, *qb = orr + reps, *qr = qb + reps;
+    for (int r = 0; r < reps; r++)
+        for (int k = 0; k < 2; k++) {
+            if ((r + k) % 2) ring_test(server, ih, own, (uint64_t)r + 1, &ob[r], &orr[r]);
+            else ring_test(server, lh, link, (uint64_t)r + 1, &lb[r], &lr[r]);
+        }
+    if (!server) {
+        for (int r = 0; r < reps; r++) {
+            qb[r] = lb[r] / ob[r];
+            qr[r] = lr[r] / orr[r];
+        }
+        printf("RATIO %.4f %.4f\n", median(qb, reps), median(qr, reps));
+        printf("RESULT shm-ring %.0f %.1f\n", median(lb, reps), median(lr, reps));
+        printf("RESULT shm-ring-ipc %.0f %.1f\n", median(ob, reps), median(orr, reps));
         fflush(stdout);
     }
-
 }
 
 int main(int argc, char **argv) {
-    int ipc = argc == 2 && (!strcmp(argv[1], "ipc-server") || !strcmp(argv[1], "ipc-client"));
-    if (!ipc && (argc < 2 || (strcmp(argv[1], "server") && (strcmp(argv[1], "client") || argc != 3)))) {
-        fprintf(stderr, "usage: xbench server | xbench client SERVER_IP | xbench ipc-server | xbench ipc-client\n");
+    int turns = argc == 2 && (!strcmp(argv[1], "ring-server") || !strcmp(argv[1], "ring-client"));
+    if (!turns && (argc < 2 || (strcmp(argv[1], "server") && (strcmp(argv[1], "client") || argc != 3)))) {
+        fprintf(stderr, "usage: xbench server | xbench client SERVER_IP | xbench ring-server | xbench ring-client\n");
         return 2;
     }
-    int server = strcmp(argv[1], "server") == 0 || strcmp(argv[1], "ipc-server") == 0;
+    int server = strcmp(argv[1], "server") == 0 || strcmp(argv[1], "ring-server") == 0;
     total_bytes = getenv("XBENCH_BYTES") ? strtoull(getenv("XBENCH_BYTES"), NULL, 10) : 1ull << 30;
     total_bytes = total_bytes / CHUNK * CHUNK;
     trips = getenv("XBENCH_TRIPS") ? strtoull(getenv("XBENCH_TRIPS"), NULL, 10) : 20000;
@@ -226,11 +272,8 @@ int main(int argc, char **argv) {
     if (!buf) die("malloc");
     memset(buf, 0xab, STREAM_CHUNK);
 
-    if (ipc) {
-        /* Only the polled ring, in a /dev/shm the two share by their IPC namespace. */
-        struct header *h;
-        unsigned char *ring = map_ring(&h, server ? 1 : -1);
-        ring_test(server, h, ring, "shm-ring-ipc");
+    if (turns) {
+        rings(server);
         return 0;
     }
 
@@ -279,9 +322,8 @@ int main(int argc, char **argv) {
     close(down);
 
     struct header *h;
-    unsigned char *ring = map_ring(&h, 0);
+    unsigned char *ring = map_ring(&h, "/dev/shm/ring", 0);
     uint64_t chunks = total_bytes / CHUNK;
-    ring_test(server, h, ring, "shm-ring");
 
     /* shm-sem: the first SEM_SLOTS slots of the ring, handed over by semaphores */
     sem_t *slots = sem("/slots"), *filled = sem("/filled"), *ping = sem("/ping"), *pong = sem("/pong");
