@@ -393,3 +393,117 @@ fn metrics_and_links_need_an_authorized_token() {
         "{err}"
     );
 }
+
+/// The API server's count of TokenReviews it was asked for.
+fn token_reviews(cp: &ControlPlane) -> f64 {
+    let (code, text) = cp
+        .request("GET", "/metrics", None)
+        .expect("apiserver metrics");
+    assert_eq!(code, 200);
+    text.lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains(r#"resource="tokenreviews""#)
+                && l.contains(r#"verb="POST""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Binds the chart's reader role to `default/prometheus` and returns its token.
+fn reader(cp: &ControlPlane) -> String {
+    cp.create(
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "ipclink-metrics-reader"},
+            "rules": [{"nonResourceURLs": ["/metrics", "/v1/links"], "verbs": ["get"]}]})
+        .to_string(),
+    );
+    cp.create(
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "ipclink-metrics-reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "ipclink-metrics-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "default"}]})
+        .to_string(),
+    );
+    cp.service_account_token("default", "prometheus")
+}
+
+/// Strangers' tokens cost the node plugin no memory and the reader nothing: 2,000
+/// requests with 400 KB tokens (each new), then 2,000 with 9 KiB ones (over the 8 KiB
+/// a token may have: no TokenReview at all), then 2,000 with 4 KiB ones (reviewed, a
+/// few at a time), while an authorized reader scrapes every 100 ms.
+#[test]
+fn strangers_tokens_cost_no_memory_and_the_reader_keeps_getting_200() {
+    require_root();
+    let cp = ControlPlane::start();
+    let reader = reader(&cp);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = Unmounter(dir.path().to_path_buf());
+    let links = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node-links");
+    let port = free_port();
+    let plugin = Plugin::start_with(
+        "node",
+        dir.path(),
+        &[
+            "--links-dir",
+            links.to_str().expect("utf-8"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-auth",
+            "kubernetes",
+        ],
+        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
+    );
+    wait_serving(port, &plugin);
+    let pid = plugin.pid().expect("running");
+    let bearer = vec![format!("Authorization: Bearer {reader}")];
+    assert_eq!(
+        curl(&format!("https://127.0.0.1:{port}/metrics"), &bearer).0,
+        200
+    );
+
+    for (size, answers, reviewed) in [
+        (400_000, &["431", "0"][..], false),
+        (9 << 10, &["401"][..], false),
+        (4 << 10, &["401", "429", "503"][..], true),
+    ] {
+        let reviews = token_reviews(&cp);
+        let flood = ipclink_testkit::http::flood_tokens(port, pid, 2000, size, 16, &reader);
+        let total: u64 = flood.strangers.values().sum();
+        assert_eq!(total, 2000, "{size}: {flood:?}");
+        assert!(
+            flood
+                .strangers
+                .keys()
+                .all(|k| answers.contains(&k.as_str())),
+            "{size}-byte tokens: {flood:?}"
+        );
+        assert!(
+            flood.reader.keys().all(|&c| c == 200) && flood.reader.values().sum::<u64>() > 0,
+            "{size}-byte tokens: the reader got {:?}\n{}",
+            flood.reader,
+            plugin.log()
+        );
+        let growth = flood.rss_peak.saturating_sub(flood.rss_before);
+        assert!(
+            growth <= 16 << 20,
+            "{size}-byte tokens: RSS grew by {growth} bytes ({flood:?})"
+        );
+        let asked = token_reviews(&cp) - reviews;
+        if reviewed {
+            assert!(asked > 0.0, "{size}-byte tokens were never reviewed");
+        } else {
+            // The reader's verdict is cached: nothing new was reviewed at all.
+            assert!(asked <= 2.0, "{size}-byte tokens: {asked} TokenReviews");
+        }
+        eprintln!(
+            "{size}-byte tokens: {:?}; reader {:?}; RSS {} -> {} KiB; {asked} reviews",
+            flood.strangers,
+            flood.reader,
+            flood.rss_before >> 10,
+            flood.rss_peak >> 10
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //! as controller-runtime's secure metrics do), with the verdicts cached for a while.
 //! `/healthz` and `/readyz` stay open: they say nothing about any tenant.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
 
 /// The header a client sends its token in when the API server's pod proxy is between it
 /// and the endpoint (the proxy keeps `Authorization` for itself).
@@ -44,13 +45,157 @@ pub trait Reviewer: Send + Sync + 'static {
 const ALLOWED_FOR: Duration = Duration::from_secs(60);
 /// How long a refusal is remembered.
 const REFUSED_FOR: Duration = Duration::from_secs(10);
-/// Verdicts kept at most.
-const CACHED: usize = 4096;
+/// Allowed verdicts kept at most (one per reader and path: Prometheus, the operator,
+/// administrators). Only a token the API server allowed gets one, so no stranger can
+/// push them out.
+const ALLOWED_KEPT: usize = 1024;
+/// Refusals kept at most; a stranger's tokens push out only older refusals.
+const REFUSED_KEPT: usize = 4096;
+/// The longest user name kept with a refusal (the API server's are far shorter).
+const USER_KEPT: usize = 256;
+/// The longest bearer token reviewed: service account tokens are 1–2 KiB, and a longer
+/// one is answered 401 without asking the API server.
+pub const MAX_TOKEN_BYTES: usize = 8 << 10;
+/// Reviews of tokens not allowed before that run at once, in all and from one peer;
+/// more wait (up to [`REVIEW_WAIT`]), or from one peer are refused at once (429).
+const REVIEWS: usize = 8;
+const REVIEWS_PER_PEER: usize = 2;
+/// Reviews of tokens allowed before (a reader whose verdict expired) that run at once:
+/// a lane of their own, so strangers' tokens cannot keep Prometheus waiting.
+const RE_REVIEWS: usize = 4;
+/// How long a request waits for a review to start before it is answered 503.
+const REVIEW_WAIT: Duration = Duration::from_secs(2);
 
-/// A reviewer with its cache.
+/// The address of the peer a request came from (an extension [`crate::http`] sets on
+/// TCP connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer(pub std::net::IpAddr);
+
+/// A cache key: SHA-256 of the token and the path, so a cached verdict holds no token.
+type Key = [u8; 32];
+
+fn key(token: &str, path: &str) -> Key {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(token.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(path.as_bytes());
+    let mut k = [0u8; 32];
+    k.copy_from_slice(ctx.finish().as_ref());
+    k
+}
+
+/// Verdicts of one kind, at most `cap`, the oldest pushed out first.
+#[derive(Debug)]
+struct Kept {
+    cap: usize,
+    by_key: HashMap<Key, (Verdict, Instant)>,
+    order: VecDeque<Key>,
+}
+
+impl Kept {
+    fn new(cap: usize) -> Self {
+        Kept {
+            cap,
+            by_key: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn insert(&mut self, k: Key, v: Verdict, until: Instant) {
+        if let Some(e) = self.by_key.get_mut(&k) {
+            *e = (v, until);
+            return;
+        }
+        while self.by_key.len() >= self.cap {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.by_key.remove(&old);
+                }
+                None => break,
+            }
+        }
+        self.by_key.insert(k, (v, until));
+        self.order.push_back(k);
+    }
+
+    fn remove(&mut self, k: &Key) {
+        if self.by_key.remove(k).is_some() {
+            self.order.retain(|o| o != k);
+        }
+    }
+}
+
+/// The verdicts kept: allowed ones apart from refusals.
+#[derive(Debug)]
+struct Cache {
+    allowed: Kept,
+    refused: Kept,
+}
+
+/// What the cache knows of a key.
+enum Known {
+    /// A verdict still valid.
+    Fresh(Verdict),
+    /// An allowed verdict that expired: the token's reader is known.
+    Expired,
+    /// Nothing.
+    Unknown,
+}
+
+impl Cache {
+    fn known(&self, k: &Key, now: Instant) -> Known {
+        for kept in [&self.allowed, &self.refused] {
+            if let Some((v, until)) = kept.by_key.get(k)
+                && *until > now
+            {
+                return Known::Fresh(v.clone());
+            }
+        }
+        if self.allowed.by_key.contains_key(k) {
+            Known::Expired
+        } else {
+            Known::Unknown
+        }
+    }
+
+    fn remember(&mut self, k: Key, v: Verdict, now: Instant) {
+        if v == Verdict::Allowed {
+            self.refused.remove(&k);
+            self.allowed.insert(k, v, now + ALLOWED_FOR);
+        } else {
+            self.allowed.remove(&k);
+            let v = match v {
+                Verdict::Forbidden(mut user) if user.len() > USER_KEPT => {
+                    let mut end = USER_KEPT;
+                    while !user.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    user.truncate(end);
+                    Verdict::Forbidden(user)
+                }
+                v => v,
+            };
+            self.refused.insert(k, v, now + REFUSED_FOR);
+        }
+    }
+}
+
+/// Why a token was not reviewed now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Busy {
+    /// This peer has [`REVIEWS_PER_PEER`] reviews under way (429).
+    Peer,
+    /// No review could start within [`REVIEW_WAIT`] (503).
+    Reviews,
+}
+
+/// A reviewer with its cache and the limits on reviews under way.
 pub struct Guard {
     reviewer: Box<dyn Reviewer>,
-    cache: Mutex<HashMap<(String, String), (Verdict, Instant)>>,
+    cache: Mutex<Cache>,
+    reviews: Semaphore,
+    re_reviews: Semaphore,
+    per_peer: Mutex<HashMap<std::net::IpAddr, usize>>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -59,42 +204,83 @@ impl std::fmt::Debug for Guard {
     }
 }
 
+/// A review under way from one peer; counted until dropped.
+struct PeerReview<'a> {
+    guard: &'a Guard,
+    peer: std::net::IpAddr,
+}
+
+impl Drop for PeerReview<'_> {
+    fn drop(&mut self) {
+        let mut peers = self.guard.peers();
+        if let Some(n) = peers.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.peer);
+            }
+        }
+    }
+}
+
 impl Guard {
     /// A guard asking `reviewer`.
     pub fn new(reviewer: impl Reviewer) -> Arc<Self> {
         Arc::new(Guard {
             reviewer: Box::new(reviewer),
-            cache: Mutex::default(),
+            cache: Mutex::new(Cache {
+                allowed: Kept::new(ALLOWED_KEPT),
+                refused: Kept::new(REFUSED_KEPT),
+            }),
+            reviews: Semaphore::new(REVIEWS),
+            re_reviews: Semaphore::new(RE_REVIEWS),
+            per_peer: Mutex::default(),
         })
     }
 
-    async fn verdict(&self, token: &str, path: &str) -> Result<Verdict, String> {
-        let key = (token.to_owned(), path.to_owned());
-        let now = Instant::now();
-        if let Some((v, until)) = self.lock().get(&key)
-            && *until > now
-        {
-            return Ok(v.clone());
-        }
-        let verdict = self.reviewer.review(token, path).await?;
-        let keep = if verdict == Verdict::Allowed {
-            ALLOWED_FOR
-        } else {
-            REFUSED_FOR
+    async fn verdict(
+        &self,
+        token: &str,
+        path: &str,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Result<Verdict, String>, Busy> {
+        let k = key(token, path);
+        let known = self.lock().known(&k, Instant::now());
+        let (lane, _peer) = match known {
+            Known::Fresh(v) => return Ok(Ok(v)),
+            Known::Expired => (&self.re_reviews, None),
+            Known::Unknown => (&self.reviews, self.count_peer(peer)?),
         };
-        let mut cache = self.lock();
-        if cache.len() >= CACHED {
-            cache.retain(|_, (_, until)| *until > now);
-            if cache.len() >= CACHED {
-                cache.clear();
-            }
-        }
-        cache.insert(key, (verdict.clone(), now + keep));
-        Ok(verdict)
+        let Ok(Ok(_permit)) = tokio::time::timeout(REVIEW_WAIT, lane.acquire()).await else {
+            return Err(Busy::Reviews);
+        };
+        let verdict = match self.reviewer.review(token, path).await {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.lock().remember(k, verdict.clone(), Instant::now());
+        Ok(Ok(verdict))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Verdict, Instant)>> {
+    /// Counts a review from `peer`, or refuses it when the peer has enough under way.
+    fn count_peer(&self, peer: Option<std::net::IpAddr>) -> Result<Option<PeerReview<'_>>, Busy> {
+        let Some(peer) = peer else {
+            return Ok(None);
+        };
+        let mut peers = self.peers();
+        let n = peers.entry(peer).or_insert(0);
+        if *n >= REVIEWS_PER_PEER {
+            return Err(Busy::Peer);
+        }
+        *n += 1;
+        Ok(Some(PeerReview { guard: self, peer }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<std::net::IpAddr, usize>> {
+        self.per_peer.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -106,7 +292,8 @@ pub fn guarded(app: Router, guard: Arc<Guard>) -> Router {
 /// The bearer token of a request: `Authorization: Bearer T`, or the same in
 /// [`PROXIED_AUTHORIZATION`]. The first of the two that is there decides; a token that
 /// is not an RFC 6750 `b64token` (letters, digits, `-._~+/`, then `=`s) is none: the
-/// API server's JWT parser drops whitespace, so "T junk" would pass as T.
+/// API server's JWT parser drops whitespace, so "T junk" would pass as T. So is one
+/// longer than [`MAX_TOKEN_BYTES`].
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = [header::AUTHORIZATION.as_str(), PROXIED_AUTHORIZATION]
         .iter()
@@ -114,6 +301,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .to_str()
         .ok()?;
     let (scheme, token) = v.split_once(' ')?;
+    if token.len() > MAX_TOKEN_BYTES {
+        return None;
+    }
     let body = token.trim_end_matches('=');
     let b64token = !body.is_empty()
         && body
@@ -141,20 +331,36 @@ async fn check(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Res
     let Some(token) = bearer(req.headers()) else {
         return refused(
             StatusCode::UNAUTHORIZED,
-            format!("GET {path} needs a Kubernetes bearer token (Authorization: Bearer TOKEN)"),
+            format!(
+                "GET {path} needs a Kubernetes bearer token of at most {MAX_TOKEN_BYTES} bytes (Authorization: Bearer TOKEN)"
+            ),
         );
     };
-    match guard.verdict(token, &path).await {
-        Ok(Verdict::Allowed) => next.run(req).await,
-        Ok(Verdict::Unauthenticated) => refused(
+    let peer = req.extensions().get::<Peer>().map(|p| p.0);
+    match guard.verdict(token, &path, peer).await {
+        Err(Busy::Peer) => {
+            let mut r = refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{REVIEWS_PER_PEER} token reviews from this address are under way"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }
+        Err(Busy::Reviews) => refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many token reviews are under way; try again".to_owned(),
+        ),
+        Ok(Ok(Verdict::Allowed)) => next.run(req).await,
+        Ok(Ok(Verdict::Unauthenticated)) => refused(
             StatusCode::UNAUTHORIZED,
             "the bearer token is not valid".to_owned(),
         ),
-        Ok(Verdict::Forbidden(user)) => refused(
+        Ok(Ok(Verdict::Forbidden(user))) => refused(
             StatusCode::FORBIDDEN,
             format!("{user} may not get {path} (needs the nonResourceURL {path}, verb get)"),
         ),
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot review a token");
             refused(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -301,6 +507,10 @@ mod tests {
         fn review<'a>(&'a self, token: &'a str, _path: &'a str) -> Review<'a> {
             self.0.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move {
+                if token.starts_with("slow") {
+                    // Held until the test lets it go: a review under way.
+                    let _ = SLOW.acquire().await;
+                }
                 match token {
                     "good" => Ok(Verdict::Allowed),
                     "other" => Ok(Verdict::Forbidden("system:serviceaccount:x:y".into())),
@@ -311,10 +521,25 @@ mod tests {
         }
     }
 
+    /// Reviews of `slow…` tokens wait for a permit here (none until a test adds them).
+    static SLOW: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
     async fn status(app: &Router, path: &str, auth: Option<(&str, &str)>) -> (StatusCode, String) {
+        status_from(app, path, auth, None).await
+    }
+
+    async fn status_from(
+        app: &Router,
+        path: &str,
+        auth: Option<(&str, &str)>,
+        peer: Option<[u8; 4]>,
+    ) -> (StatusCode, String) {
         let mut req = Request::get(path);
         if let Some((h, v)) = auth {
             req = req.header(h, v);
+        }
+        if let Some(ip) = peer {
+            req = req.extension(Peer(std::net::IpAddr::from(ip)));
         }
         let resp = app
             .clone()
@@ -374,5 +599,146 @@ mod tests {
             status(&app, "/metrics", Some((auth, value))).await;
         }
         assert_eq!(reviews.load(Ordering::SeqCst), before + 1);
+    }
+
+    fn app(reviews: &Arc<AtomicUsize>) -> (Router, Arc<Guard>) {
+        let guard = Guard::new(Fixed(reviews.clone()));
+        let app = Router::new().route("/metrics", get(|| async { "secret" }));
+        (guarded(app, guard.clone()), guard)
+    }
+
+    #[tokio::test]
+    async fn a_token_over_the_limit_is_refused_without_a_review() {
+        let reviews = Arc::new(AtomicUsize::new(0));
+        let (app, _) = app(&reviews);
+        let auth = header::AUTHORIZATION.as_str();
+        let at_limit = format!("Bearer {}", "A".repeat(MAX_TOKEN_BYTES));
+        let over = format!("Bearer {}", "A".repeat(MAX_TOKEN_BYTES + 1));
+        let (code, _) = status(&app, "/metrics", Some((auth, &at_limit))).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            reviews.load(Ordering::SeqCst),
+            1,
+            "the token at the limit is reviewed"
+        );
+        let (code, body) = status(&app, "/metrics", Some((auth, &over))).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("at most 8192 bytes"), "{body}");
+        assert_eq!(reviews.load(Ordering::SeqCst), 1, "the longer one is not");
+    }
+
+    #[tokio::test]
+    async fn strangers_tokens_push_out_no_allowed_verdict_and_keep_no_token() {
+        let reviews = Arc::new(AtomicUsize::new(0));
+        let (app, guard) = app(&reviews);
+        let auth = header::AUTHORIZATION.as_str();
+        assert_eq!(
+            status(&app, "/metrics", Some((auth, "Bearer good")))
+                .await
+                .0,
+            StatusCode::OK
+        );
+        let n = REFUSED_KEPT + ALLOWED_KEPT + 100;
+        for i in 0..n {
+            let token = format!("Bearer stranger{i}{}", "x".repeat(4000));
+            let (code, _) = status(&app, "/metrics", Some((auth, &token))).await;
+            assert_eq!(code, StatusCode::UNAUTHORIZED);
+        }
+        assert_eq!(reviews.load(Ordering::SeqCst), 1 + n);
+        // The reader's verdict is still there: no review for it.
+        assert_eq!(
+            status(&app, "/metrics", Some((auth, "Bearer good")))
+                .await
+                .0,
+            StatusCode::OK
+        );
+        assert_eq!(reviews.load(Ordering::SeqCst), 1 + n);
+        let cache = guard.lock();
+        assert_eq!(cache.refused.by_key.len(), REFUSED_KEPT);
+        assert_eq!(cache.refused.order.len(), REFUSED_KEPT);
+        assert_eq!(cache.allowed.by_key.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn reviews_under_way_are_capped_per_peer_and_in_all() {
+        let reviews = Arc::new(AtomicUsize::new(0));
+        let (app, _) = app(&reviews);
+        let auth = header::AUTHORIZATION.as_str();
+        assert_eq!(
+            status(&app, "/metrics", Some((auth, "Bearer good")))
+                .await
+                .0,
+            StatusCode::OK
+        );
+        // Two slow reviews from one peer: a third from it is refused at once.
+        let mut held = Vec::new();
+        for i in 0..REVIEWS_PER_PEER {
+            let app = app.clone();
+            held.push(tokio::spawn(async move {
+                let t = format!("Bearer slow-a{i}");
+                status_from(&app, "/metrics", Some((auth, &t)), Some([10, 0, 0, 1])).await
+            }));
+        }
+        while reviews.load(Ordering::SeqCst) < 1 + REVIEWS_PER_PEER {
+            tokio::task::yield_now().await;
+        }
+        let (code, _) = status_from(
+            &app,
+            "/metrics",
+            Some((auth, "Bearer x1")),
+            Some([10, 0, 0, 1]),
+        )
+        .await;
+        assert_eq!(code, StatusCode::TOO_MANY_REQUESTS);
+        // Other peers fill the other review slots; one more waits, then gets 503.
+        for i in REVIEWS_PER_PEER..REVIEWS {
+            let app = app.clone();
+            held.push(tokio::spawn(async move {
+                let t = format!("Bearer slow-b{i}");
+                status_from(
+                    &app,
+                    "/metrics",
+                    Some((auth, &t)),
+                    Some([10, 0, 1, i as u8]),
+                )
+                .await
+            }));
+        }
+        while reviews.load(Ordering::SeqCst) < 1 + REVIEWS {
+            tokio::task::yield_now().await;
+        }
+        let (code, _) = status_from(
+            &app,
+            "/metrics",
+            Some((auth, "Bearer x2")),
+            Some([10, 0, 2, 1]),
+        )
+        .await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            reviews.load(Ordering::SeqCst),
+            1 + REVIEWS,
+            "x1 and x2 were not reviewed"
+        );
+        // A reader already allowed is answered meanwhile.
+        assert_eq!(
+            status(&app, "/metrics", Some((auth, "Bearer good")))
+                .await
+                .0,
+            StatusCode::OK
+        );
+        SLOW.add_permits(REVIEWS);
+        for h in held {
+            assert_eq!(h.await.expect("task").0, StatusCode::UNAUTHORIZED);
+        }
+        // The peer's count went back: it may have reviews again.
+        let (code, _) = status_from(
+            &app,
+            "/metrics",
+            Some((auth, "Bearer x3")),
+            Some([10, 0, 0, 1]),
+        )
+        .await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
     }
 }

@@ -19,12 +19,19 @@ pub trait Listener: Send {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     /// Waits for the next connection.
     fn next(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+    /// The address of a connection's peer, when it has one.
+    fn peer(_io: &Self::Io) -> Option<std::net::IpAddr> {
+        None
+    }
 }
 
 impl Listener for TcpListener {
     type Io = tokio::net::TcpStream;
     async fn next(&self) -> std::io::Result<Self::Io> {
         self.accept().await.map(|(s, _)| s)
+    }
+    fn peer(io: &Self::Io) -> Option<std::net::IpAddr> {
+        io.peer_addr().ok().map(|a| a.ip().to_canonical())
     }
 }
 
@@ -44,6 +51,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time open connections get to finish after shutdown starts.
     pub drain: Duration,
+    /// Bytes a connection's read buffer holds at most: a request head larger than this
+    /// is answered 431 before it is parsed (hyper's default is about 400 KiB, which 64
+    /// connections would turn into 25 MiB).
+    pub max_head_bytes: usize,
 }
 
 impl Default for Limits {
@@ -52,6 +63,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(5),
             max_connections: 64,
             drain: Duration::from_secs(5),
+            max_head_bytes: 32 << 10,
         }
     }
 }
@@ -64,6 +76,7 @@ impl Limits {
             header_read_timeout: Duration::from_secs(2),
             max_connections: 256,
             drain: Duration::from_secs(1),
+            max_head_bytes: 16 << 10,
         }
     }
 }
@@ -107,8 +120,8 @@ pub async fn serve<L: Listener>(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    accept_loop(listener, limits, shutdown, move |stream, watcher| {
-        connection(stream, app.clone(), limits, watcher)
+    accept_loop(listener, limits, shutdown, move |stream, peer, watcher| {
+        connection(stream, app.clone(), limits, peer, watcher)
     })
     .await
 }
@@ -126,7 +139,7 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    accept_loop(listener, limits, shutdown, move |stream, watcher| {
+    accept_loop(listener, limits, shutdown, move |stream, peer, watcher| {
         let (app, plain, acceptor) = (app.clone(), plain.clone(), acceptor.clone());
         async move {
             let wait = limits.header_read_timeout;
@@ -134,13 +147,13 @@ pub async fn serve_tls(
             match tokio::time::timeout(wait, stream.peek(&mut first)).await {
                 // 22: a TLS handshake record.
                 Ok(Ok(1)) if first[0] != 22 => {
-                    return connection(stream, plain, limits, watcher).await;
+                    return connection(stream, plain, limits, peer, watcher).await;
                 }
                 Ok(Ok(1)) => {}
                 _ => return,
             }
             match tokio::time::timeout(wait, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => connection(tls, app, limits, watcher).await,
+                Ok(Ok(tls)) => connection(tls, app, limits, peer, watcher).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
@@ -159,7 +172,7 @@ async fn accept_loop<L, F, Fut>(
 ) -> std::io::Result<()>
 where
     L: Listener,
-    F: Fn(L::Io, Watcher) -> Fut,
+    F: Fn(L::Io, Option<std::net::IpAddr>, Watcher) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -181,7 +194,8 @@ where
                 }
             },
         };
-        let served = handle(stream, graceful.watcher());
+        let peer = L::peer(&stream);
+        let served = handle(stream, peer, graceful.watcher());
         tokio::spawn(async move {
             let _permit = permit;
             served.await;
@@ -197,14 +211,30 @@ where
     Ok(())
 }
 
-/// Serves one connection until it ends or the shutdown's drain ends it.
-async fn connection<Io>(io: Io, app: Router, limits: Limits, watcher: Watcher)
-where
+/// Serves one connection until it ends or the shutdown's drain ends it; each request
+/// carries the peer's address as an [`crate::access::Peer`] extension.
+async fn connection<Io>(
+    io: Io,
+    app: Router,
+    limits: Limits,
+    peer: Option<std::net::IpAddr>,
+    watcher: Watcher,
+) where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let app = tower::ServiceExt::map_request(
+        app,
+        move |mut req: hyper::Request<hyper::body::Incoming>| {
+            if let Some(ip) = peer {
+                req.extensions_mut().insert(crate::access::Peer(ip));
+            }
+            req
+        },
+    );
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_head_bytes)
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(error = %e, "connection ended with an error");

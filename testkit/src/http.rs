@@ -96,6 +96,90 @@ pub fn curl_with(args: &[&str], url: &str, headers: &[String]) -> (u16, String) 
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
+/// What [`flood_tokens`] saw: the strangers' answers by status, the reader's answers
+/// meanwhile by status, and the server's resident memory before and at its peak.
+#[derive(Debug)]
+pub struct Flood {
+    /// Status (as text; "0" for no answer) → how many of the strangers' requests got it.
+    pub strangers: std::collections::BTreeMap<String, u64>,
+    /// Status → how many of the reader's scrapes, made every 100 ms meanwhile, got it.
+    pub reader: std::collections::BTreeMap<u16, u64>,
+    /// `VmRSS` of the server before the flood, in bytes.
+    pub rss_before: u64,
+    /// Its largest `VmRSS` seen during and after the flood, in bytes.
+    pub rss_peak: u64,
+}
+
+/// `VmRSS` of process `pid` in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Floods the HTTPS metrics port `port` of process `pid` with `requests` requests, each
+/// with a new bearer token of `token_bytes` characters nobody issued, over
+/// `connections` connections at once (`testkit/peers/flood_tokens.py`), while a reader
+/// with `reader_token` scrapes `/metrics` every 100 ms.
+pub fn flood_tokens(
+    port: u16,
+    pid: u32,
+    requests: usize,
+    token_bytes: usize,
+    connections: usize,
+    reader_token: &str,
+) -> Flood {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    crate::require_tool("/usr/bin/python3");
+    let script = crate::repo_root().join("testkit/peers/flood_tokens.py");
+    let rss_before = rss_bytes(pid).expect("the server runs");
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (done, token) = (done.clone(), reader_token.to_owned());
+        std::thread::spawn(move || {
+            let mut reader = std::collections::BTreeMap::new();
+            let mut peak = 0;
+            let auth = vec![format!("Authorization: Bearer {token}")];
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let (code, _) = curl(&format!("https://127.0.0.1:{port}/metrics"), &auth);
+                *reader.entry(code).or_insert(0) += 1;
+                peak = peak.max(rss_bytes(pid).unwrap_or(0));
+                if finished {
+                    return (reader, peak);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+    };
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(&script)
+        .args([usize::from(port), requests, token_bytes, connections].map(|n| n.to_string()))
+        .output()
+        .expect("python3");
+    done.store(true, Ordering::SeqCst);
+    let (reader, peak) = watcher.join().expect("the reader thread");
+    assert!(
+        out.status.success(),
+        "flood_tokens.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let strangers = serde_json::from_slice(&out.stdout).expect("the flood's counts");
+    Flood {
+        strangers,
+        reader,
+        rss_before,
+        rss_peak: peak.max(rss_bytes(pid).unwrap_or(0)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
