@@ -232,18 +232,51 @@ pub fn object_rows(sample: &LinkSample) -> Vec<ObjectRow> {
     rows
 }
 
+/// `s` as it may reach a terminal: control characters (C0, DEL, C1) as `\xNN`, the
+/// characters that reorder or hide text (bidi controls, zero-width and line or
+/// paragraph separators) as `\u{NNNN}`, and a backslash as `\\`, so no escape can be
+/// forged. Names members choose and commands they set pass through here before any
+/// table, Event or condition shows them.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c,
+                '\\' | '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+                    | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
+    if !s.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x100 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if hidden(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Columns aligned as kubectl aligns them: each as wide as its widest cell, three
-/// spaces apart, the last one not padded.
+/// spaces apart, the last one not padded. Every cell is shown [`printable`].
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let header: Vec<String> = header.iter().map(|h| printable(h).into_owned()).collect();
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
+    for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
-    for r in std::iter::once(&header).chain(rows) {
+    for r in std::iter::once(&header).chain(&rows) {
         let last = r.len().saturating_sub(1);
         for (i, (cell, w)) in r.iter().zip(&widths).enumerate() {
             out.push_str(cell);
@@ -317,5 +350,37 @@ mod tests {
             ],
         );
         assert_eq!(text, "A      BB\nlong   x\ns      y\n");
+    }
+
+    #[test]
+    fn cells_show_control_and_bidi_characters_escaped() {
+        assert_eq!(printable("frames"), "frames");
+        assert!(matches!(printable("plain"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(
+            printable("evil\n\"x\" \u{1b}[2J\u{1b}]0;pwned\u{7}"),
+            "evil\\x0a\"x\" \\x1b[2J\\x1b]0;pwned\\x07"
+        );
+        assert_eq!(printable("a\u{7f}b\u{9b}c"), "a\\x7fb\\x9bc");
+        assert_eq!(printable("abc\u{202e}txt.exe"), "abc\\u{202e}txt.exe");
+        assert_eq!(
+            printable("zero\u{200b}width\u{2066}"),
+            "zero\\u{200b}width\\u{2066}"
+        );
+        // A backslash is doubled, so "\\x1b" typed by a member is not an escape we made.
+        assert_eq!(printable("a\\x1b"), "a\\\\x1b");
+        assert_eq!(printable("naïve 名前"), "naïve 名前");
+        let text = table(
+            &["CHANNEL", "HOLDERS"],
+            &[
+                vec!["fake\nrev   l1   frames".into(), "\u{1b}[31mRED".into()],
+                vec!["ok".into(), "x".into()],
+            ],
+        );
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(
+            text.contains("fake\\x0arev   l1   frames   \\x1b[31mRED"),
+            "{text}"
+        );
     }
 }

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ipclink_core::IpcLink;
 use ipclink_core::probe::LinkSample;
-use ipclink_core::report::{LinksReport, ObjectRow, object_rows, table};
+use ipclink_core::report::{LinksReport, ObjectRow, object_rows, printable, table};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -26,7 +26,23 @@ struct Cli {
     /// The namespace (default: the kubeconfig context's).
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
-    /// Label selector of the ipclink node plugin pods (in every namespace).
+    /// The namespace the chart is installed in: node plugins are looked for there only.
+    #[arg(
+        long,
+        global = true,
+        env = "IPCLINK_NAMESPACE",
+        default_value = "ipclink-system"
+    )]
+    ipclink_namespace: String,
+    /// The chart's release name: only pods of its DaemonSet (`RELEASE-node`) are asked.
+    #[arg(
+        long,
+        global = true,
+        env = "IPCLINK_RELEASE",
+        default_value = "ipclink"
+    )]
+    release: String,
+    /// Label selector of the ipclink node plugin pods.
     #[arg(
         long,
         global = true,
@@ -61,20 +77,45 @@ struct NodeReport {
     links: Vec<LinkSample>,
 }
 
+/// The longest `/v1/links` answer read from one node plugin.
+const MAX_ANSWER: usize = 32 << 20;
+
+/// Whether pod `p` belongs to the DaemonSet `daemonset` (its controller owner).
+fn owned_by(p: &Pod, daemonset: &str) -> bool {
+    p.metadata.owner_references.iter().flatten().any(|o| {
+        o.controller == Some(true)
+            && o.kind == "DaemonSet"
+            && o.api_version == "apps/v1"
+            && o.name == daemonset
+    })
+}
+
 /// Asks every running node plugin for its links, through the API server's proxy to its
-/// `metrics` port. Plugins that cannot be asked are named on stderr.
-async fn gather(client: &kube::Client, selector: &str) -> anyhow::Result<Vec<NodeReport>> {
-    let pods: Api<Pod> = Api::all(client.clone());
+/// `metrics` port. Only pods of the chart's namespace that its DaemonSet owns are
+/// asked: a tenant's pod carrying the same labels elsewhere is not a node plugin. A
+/// plugin that cannot be asked, or whose answer is too large or not a report, is named
+/// on stderr and skipped.
+async fn gather(client: &kube::Client, cli: &Cli) -> anyhow::Result<Vec<NodeReport>> {
+    let (ns, selector) = (&cli.ipclink_namespace, &cli.plugin_selector);
+    let daemonset = format!("{}-node", cli.release);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let found = pods
         .list(&ListParams::default().labels(selector))
         .await
-        .with_context(|| format!("listing the node plugin pods ({selector})"))?;
+        .with_context(|| format!("listing the node plugin pods of namespace {ns} ({selector})"))?;
     let mut out = Vec::new();
     let mut running = 0;
-    let mut tokens: BTreeMap<String, String> = BTreeMap::new();
+    let mut token: Option<String> = None;
     for p in found.items {
         let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
         if phase != Some("Running") {
+            continue;
+        }
+        if !owned_by(&p, &daemonset) {
+            eprintln!(
+                "warning: pod {ns}/{} carries the node plugin's labels but DaemonSet {daemonset} does not own it; skipped",
+                printable(&p.name_any())
+            );
             continue;
         }
         running += 1;
@@ -90,7 +131,7 @@ async fn gather(client: &kube::Client, selector: &str) -> anyhow::Result<Vec<Nod
             .flat_map(|c| c.ports.iter().flatten())
             .find(|port| port.name.as_deref() == Some("metrics"))
             .map(|port| port.container_port);
-        let (ns, name) = (p.namespace().unwrap_or_default(), p.name_any());
+        let name = p.name_any();
         let Some(port) = port else {
             eprintln!("warning: node plugin {ns}/{name} has no port named metrics");
             continue;
@@ -109,35 +150,48 @@ async fn gather(client: &kube::Client, selector: &str) -> anyhow::Result<Vec<Nod
         if !plain {
             // The proxy keeps the caller's own credentials: the node plugin gets a
             // short-lived token of the chart's metrics reader instead.
-            let token = match tokens.get(&ns) {
+            let t = match &token {
                 Some(t) => t.clone(),
-                None => {
-                    let t = reader_token(client, &ns).await?;
-                    tokens.insert(ns.clone(), t.clone());
-                    t
-                }
+                None => token.insert(reader_token(client, ns).await?).clone(),
             };
-            request = request.header(PROXIED_AUTHORIZATION, format!("Bearer {token}"));
+            request = request.header(PROXIED_AUTHORIZATION, format!("Bearer {t}"));
         }
         let request = request.body(Vec::new())?;
-        match client.request_text(request).await {
-            Ok(text) => {
-                let report: LinksReport = serde_json::from_str(&text)
-                    .with_context(|| format!("the answer of node plugin {ns}/{name}"))?;
-                out.push(NodeReport {
-                    node,
-                    links: report.links,
-                });
-            }
-            Err(e) => eprintln!("warning: node plugin {ns}/{name} on node {node}: {e}"),
+        match read_report(client, request).await {
+            Ok(report) => out.push(NodeReport {
+                node,
+                links: report.links,
+            }),
+            Err(e) => eprintln!(
+                "warning: node plugin {ns}/{name} on node {}: {}; skipped",
+                printable(&node),
+                printable(&format!("{e:#}"))
+            ),
         }
     }
     if running == 0 {
         anyhow::bail!(
-            "no running ipclink node plugin pod matches {selector}: is the chart installed?"
+            "no running ipclink node plugin pod of DaemonSet {ns}/{daemonset} matches {selector}: is the chart installed there (--ipclink-namespace, --release)?"
         );
     }
     Ok(out)
+}
+
+/// One node plugin's `/v1/links`, read up to [`MAX_ANSWER`] bytes.
+async fn read_report(
+    client: &kube::Client,
+    request: http::Request<Vec<u8>>,
+) -> anyhow::Result<LinksReport> {
+    use futures::AsyncReadExt;
+    let body = client.request_stream(request).await?;
+    let mut bytes = Vec::new();
+    body.take(MAX_ANSWER as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await?;
+    if bytes.len() > MAX_ANSWER {
+        anyhow::bail!("its answer is larger than {MAX_ANSWER} bytes");
+    }
+    serde_json::from_slice(&bytes).context("its answer is not a /v1/links report")
 }
 
 /// The header the node plugins read a token from behind the API server's proxy.
@@ -230,16 +284,18 @@ fn notes(reports: &[NodeReport], keep: impl Fn(&LinkSample) -> bool) -> String {
     let mut out = String::new();
     for r in reports {
         for l in r.links.iter().filter(|l| keep(l)) {
+            let at = printable(&format!("{}/{} on {}", l.namespace, l.name, r.node)).into_owned();
             if !l.holders_known {
-                out.push_str(&format!(
-                    "{}/{} on {}: holders unknown (see the node plugin's log; it needs the host's pid namespace)\n",
-                    l.namespace, l.name, r.node
-                ));
+                let why = l
+                    .holders_unknown
+                    .as_deref()
+                    .unwrap_or("see the node plugin's log; it needs the host's pid namespace");
+                out.push_str(&format!("{at}: holders unknown ({})\n", printable(why)));
             }
             if l.unreported_objects > 0 {
                 out.push_str(&format!(
-                    "{}/{} on {}: {} more objects members created are not listed\n",
-                    l.namespace, l.name, r.node, l.unreported_objects
+                    "{at}: {} more objects members created are not listed\n",
+                    l.unreported_objects
                 ));
             }
         }
@@ -257,7 +313,7 @@ async fn top(
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let reports = gather(client, &cli.plugin_selector).await?;
+    let reports = gather(client, cli).await?;
     let keep =
         |l: &LinkSample| (all || *l.namespace == *ns) && link.is_none_or(|name| *l.name == *name);
     let rows = rows(&reports, keep);
@@ -289,7 +345,8 @@ async fn describe(client: &kube::Client, cli: &Cli, name: &str) -> anyhow::Resul
         .with_context(|| format!("IpcLink {ns}/{name} not found"))?;
     let status = link.status.clone().unwrap_or_default();
     let mut out = String::new();
-    let field = |out: &mut String, k: &str, v: &str| out.push_str(&format!("{k:<12}{v}\n"));
+    let field =
+        |out: &mut String, k: &str, v: &str| out.push_str(&format!("{k:<12}{}\n", printable(v)));
     field(&mut out, "Name:", name);
     field(&mut out, "Namespace:", &ns);
     field(
@@ -345,7 +402,7 @@ async fn describe(client: &kube::Client, cli: &Cli, name: &str) -> anyhow::Resul
 
     out.push_str("Channels:\n");
     let keep = |l: &LinkSample| *l.namespace == *ns && *l.name == *name;
-    match gather(client, &cli.plugin_selector).await {
+    match gather(client, cli).await {
         Ok(reports) => {
             let rows = rows(&reports, keep);
             if rows.is_empty() {
@@ -367,7 +424,7 @@ async fn describe(client: &kube::Client, cli: &Cli, name: &str) -> anyhow::Resul
                 }
             }
         }
-        Err(e) => out.push_str(&format!("  unknown: {e:#}\n")),
+        Err(e) => out.push_str(&format!("  unknown: {}\n", printable(&format!("{e:#}")))),
     }
 
     out.push_str("Events:\n");
@@ -468,7 +525,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", printable(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

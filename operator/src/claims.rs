@@ -135,9 +135,9 @@ pub(crate) async fn rehome(
     let event = Event {
         type_: EventType::Warning,
         reason: "Rehomed".into(),
-        note: Some(format!(
+        note: Some(crate::conditions::bounded(format!(
             "node {node} {why} and no member has the link mounted: released its volume (claim {name}) so the next member's node is chosen again; the link's data did not move: its channels start empty on the new node"
-        )),
+        ))),
         action: "Rehome".into(),
         // The lost Node: it also keeps the Events of two re-homings apart (the
         // recorder folds Events of the same reason and objects into one series).

@@ -204,8 +204,14 @@ pub fn to_condition(
     }
 }
 
-/// `s`, cut to the longest message written.
-pub fn bounded(mut s: String) -> String {
+/// `s` shown printable (member-chosen names in it cannot reach a terminal as control
+/// or bidi characters: `kubectl describe` prints messages raw), cut to the longest
+/// message written.
+pub fn bounded(s: String) -> String {
+    let mut s = match ipclink_core::report::printable(&s) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(escaped) => escaped,
+    };
     if s.len() > MAX_MESSAGE {
         let mut cut = MAX_MESSAGE - 3;
         while !s.is_char_boundary(cut) {
@@ -227,6 +233,11 @@ mod tests {
         assert!(cut.len() <= 1024, "{}", cut.len());
         assert!(cut.ends_with("..."));
         assert_eq!(bounded("short".into()), "short");
+        // Names members chose reach `kubectl describe` escaped.
+        let note = bounded("channel evil\n\u{1b}]0;pwned\u{7} \u{202e}x".into());
+        assert_eq!(note, "channel evil\\x0a\\x1b]0;pwned\\x07 \\u{202e}x");
+        let long = bounded("\u{1b}".repeat(600));
+        assert!(long.len() <= 1024 && !long.contains('\u{1b}'), "{long}");
     }
 
     #[test]

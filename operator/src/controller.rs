@@ -331,7 +331,7 @@ async fn reconcile_inner(
                 EventType::Normal
             },
             reason: note.reason.as_str().into(),
-            note: Some(note.message),
+            note: Some(crate::conditions::bounded(note.message)),
             action: "Reconcile".into(),
             secondary: None,
         };

@@ -144,10 +144,20 @@ impl LinkDepths {
     }
 }
 
+/// A channel's name as the status shows it: a name a member chose, printable
+/// (`kubectl describe` prints the status raw).
+fn shown(info: &ipclink_core::probe::ObjectInfo) -> String {
+    if info.discovered {
+        ipclink_core::report::printable(&info.name).into_owned()
+    } else {
+        info.name.clone()
+    }
+}
+
 /// What a link's status shows of a sample.
 pub fn channel_status(sample: &LinkSample) -> LinkDepths {
     let channels = sample.channels.iter().map(|c| ChannelStatus {
-        name: c.info.name.clone(),
+        name: shown(&c.info),
         kind: c.info.kind.clone(),
         // A region's size or resident memory is no queue: shm has no depth here.
         queue_bytes: c.queue_bytes,
@@ -155,7 +165,7 @@ pub fn channel_status(sample: &LinkSample) -> LinkDepths {
         discovered: c.info.discovered,
     });
     let semaphores = sample.semaphores.iter().map(|s| ChannelStatus {
-        name: s.info.name.clone(),
+        name: shown(&s.info),
         kind: s.info.kind.clone(),
         queue_bytes: None,
         value: s.value,
