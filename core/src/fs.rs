@@ -11,13 +11,18 @@ use std::os::unix::fs::FileExt;
 use nix::NixPath;
 use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, openat};
+use nix::fcntl::{OFlag, RenameFlags, openat, renameat2};
 use nix::sys::stat::{Mode, fstat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 /// Prefix of names ipclink uses while building an object or a file; never a DNS label,
 /// so it cannot clash with a declared object.
 pub const TMP_PREFIX: &str = ".ipclink-tmp-";
+
+/// The directory in each link's root that only ipclink writes to (its own, mode 0700):
+/// objects are made there and renamed into place, and what is removed goes there first.
+/// A DNS label never starts with a dot, so it cannot clash with a declared object.
+pub const PRIVATE_DIR: &str = ".ipclink";
 
 /// Why [`remove_tree_at`] stopped.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +38,10 @@ pub enum RemoveError {
     /// A directory below is another mount: it is not entered.
     #[error("{0} is another mount; not entered, left alone")]
     OtherMount(String),
+    /// The tree took more system calls than allowed (a member keeps adding entries);
+    /// what is left stays, and a later removal goes on from there.
+    #[error("still not empty after {0} system calls; left for a later removal")]
+    Budget(usize),
 }
 
 fn sys<T>(r: nix::Result<T>, op: &'static str) -> Result<T, RemoveError> {
@@ -113,7 +122,8 @@ pub fn dir_is_empty(dir: BorrowedFd<'_>) -> nix::Result<bool> {
     Ok(true)
 }
 
-/// Removes the temporaries (names starting with [`TMP_PREFIX`]) a crash left in `dir`.
+/// Removes the temporaries (names starting with [`TMP_PREFIX`]) a crash left in `dir`, a
+/// directory only this process writes to.
 pub fn remove_leftovers(dir: BorrowedFd<'_>) -> Result<(), RemoveError> {
     for name in sys(entries(dir), "readdir")? {
         if name.to_bytes().starts_with(TMP_PREFIX.as_bytes()) {
@@ -123,36 +133,152 @@ pub fn remove_leftovers(dir: BorrowedFd<'_>) -> Result<(), RemoveError> {
     Ok(())
 }
 
+/// Removes every entry of `dir` (not `dir` itself), as [`remove_tree_at`] does.
+pub fn empty_dir(dir: BorrowedFd<'_>) -> Result<(), RemoveError> {
+    for name in sys(entries(dir), "readdir")? {
+        remove_tree_at(dir, name.as_c_str())?;
+    }
+    Ok(())
+}
+
+/// System calls one [`remove_tree_at`] makes at most. A tree is bounded by its
+/// filesystem's inodes (a link's tmpfs has at most a few thousand), so this is reached
+/// only while a member keeps adding entries as fast as they are removed.
+pub const REMOVE_BUDGET: usize = 1 << 21;
+
 /// Removes `name` under `dir` and, if it is a directory on the same filesystem, all it
 /// holds. Symlinks are removed, never followed; other mounts are never entered.
+///
+/// A member can write the tree, so nothing here recurses or keeps a descriptor per
+/// level: every directory found below the top one is first lifted into the top one
+/// (renamed there under a fresh name), then emptied of its other entries and removed.
+/// Depth costs nothing, two descriptors are open at a time, and the work is bounded by
+/// [`REMOVE_BUDGET`] system calls.
 pub fn remove_tree_at<P: ?Sized + NixPath + std::fmt::Debug>(
     dir: BorrowedFd<'_>,
     name: &P,
 ) -> Result<(), RemoveError> {
     // O_DIRECTORY fails with ENOTDIR before any open(2) side effect, so a fifo is never
     // opened here.
-    match open_dir_at(dir, name) {
-        Err(Errno::ENOENT) => Ok(()),
-        Err(Errno::ENOTDIR | Errno::ELOOP) => {
-            match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
-                Ok(()) | Err(Errno::ENOENT) => Ok(()),
-                Err(errno) => Err(RemoveError::Sys {
-                    op: "unlink",
-                    errno,
-                }),
+    let top = match open_dir_at(dir, name) {
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(Errno::ENOTDIR | Errno::ELOOP) => return unlink_entry(dir, name),
+        Err(errno) => return Err(RemoveError::Sys { op: "open", errno }),
+        Ok(top) => top,
+    };
+    if sys(is_mount_point(dir, top.as_fd()), "stat")? {
+        return Err(RemoveError::OtherMount(format!("{name:?}")));
+    }
+    let mut lift = Lift {
+        top: top.as_fd(),
+        budget: REMOVE_BUDGET,
+        next: 0,
+    };
+    loop {
+        let names = lift.entries(top.as_fd())?;
+        if names.is_empty() {
+            break;
+        }
+        for n in names {
+            lift.clear(&n)?;
+        }
+    }
+    drop(top);
+    match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(errno) => Err(RemoveError::Sys { op: "rmdir", errno }),
+    }
+}
+
+/// Unlinks a non-directory; gone already is fine.
+fn unlink_entry<P: ?Sized + NixPath>(dir: BorrowedFd<'_>, name: &P) -> Result<(), RemoveError> {
+    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(errno) => Err(RemoveError::Sys {
+            op: "unlink",
+            errno,
+        }),
+    }
+}
+
+/// The state of one [`remove_tree_at`]: the directory whose children are being removed
+/// and the system calls left.
+struct Lift<'a> {
+    top: BorrowedFd<'a>,
+    budget: usize,
+    next: u64,
+}
+
+impl Lift<'_> {
+    /// Counts one system call against the budget.
+    fn tick(&mut self) -> Result<(), RemoveError> {
+        self.budget = self
+            .budget
+            .checked_sub(1)
+            .ok_or(RemoveError::Budget(REMOVE_BUDGET))?;
+        Ok(())
+    }
+
+    /// The names in `dir`, counted as one call.
+    fn entries(&mut self, dir: BorrowedFd<'_>) -> Result<Vec<CString>, RemoveError> {
+        self.tick()?;
+        sys(entries(dir), "readdir")
+    }
+
+    /// Removes the child `name` of the top directory: a file at once; a directory after
+    /// its subdirectories were lifted into the top one and its files unlinked.
+    fn clear(&mut self, name: &CString) -> Result<(), RemoveError> {
+        self.tick()?;
+        let child = match open_dir_at(self.top, name.as_c_str()) {
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(Errno::ENOTDIR | Errno::ELOOP) => return unlink_entry(self.top, name.as_c_str()),
+            Err(errno) => return Err(RemoveError::Sys { op: "open", errno }),
+            Ok(fd) => fd,
+        };
+        if sys(is_mount_point(self.top, child.as_fd()), "stat")? {
+            return Err(RemoveError::OtherMount(format!("{name:?}")));
+        }
+        for n in self.entries(child.as_fd())? {
+            self.tick()?;
+            match unlinkat(child.as_fd(), n.as_c_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(Errno::EISDIR) => self.lift(child.as_fd(), &n)?,
+                Err(errno) => {
+                    return Err(RemoveError::Sys {
+                        op: "unlink",
+                        errno,
+                    });
+                }
             }
         }
-        Err(errno) => Err(RemoveError::Sys { op: "open", errno }),
-        Ok(child) => {
-            if sys(is_mount_point(dir, child.as_fd()), "stat")? {
-                return Err(RemoveError::OtherMount(format!("{name:?}")));
-            }
-            for n in sys(entries(child.as_fd()), "readdir")? {
-                remove_tree_at(child.as_fd(), n.as_c_str())?;
-            }
-            match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
-                Ok(()) | Err(Errno::ENOENT) => Ok(()),
-                Err(errno) => Err(RemoveError::Sys { op: "rmdir", errno }),
+        drop(child);
+        self.tick()?;
+        match unlinkat(self.top, name.as_c_str(), UnlinkatFlags::RemoveDir) {
+            // Not empty: a member added an entry meanwhile; the next round takes it.
+            Ok(()) | Err(Errno::ENOENT | Errno::ENOTEMPTY) => Ok(()),
+            Err(errno) => Err(RemoveError::Sys { op: "rmdir", errno }),
+        }
+    }
+
+    /// Renames the directory `name` of `parent` into the top directory under a name not
+    /// taken there.
+    fn lift(&mut self, parent: BorrowedFd<'_>, name: &CString) -> Result<(), RemoveError> {
+        loop {
+            self.tick()?;
+            let to = format!("{TMP_PREFIX}lift-{}", self.next);
+            self.next += 1;
+            let flags = RenameFlags::RENAME_NOREPLACE;
+            match renameat2(parent, name.as_c_str(), self.top, to.as_str(), flags) {
+                Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+                Err(Errno::EEXIST) => continue,
+                // A mount point cannot be renamed: another mount is never entered.
+                Err(Errno::EBUSY) => return Err(RemoveError::OtherMount(format!("{name:?}"))),
+                Err(errno) => {
+                    return Err(RemoveError::Sys {
+                        op: "rename",
+                        errno,
+                    });
+                }
             }
         }
     }

@@ -11,6 +11,7 @@ pub mod materialize;
 pub mod members;
 pub mod metrics;
 pub mod names;
+pub(crate) mod ownership;
 pub mod probe;
 pub mod quantity;
 mod record;

@@ -16,13 +16,13 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat};
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat2};
+use nix::mount::{MntFlags, umount2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, unlinkat};
 
-use crate::fs::{remove_tree_at, unescape_mountinfo};
-use crate::materialize::{MaterializeError, sys};
+use crate::fs::{RemoveError, TMP_PREFIX, remove_tree_at, unescape_mountinfo};
+use crate::ownership::{Ownership, read_acl, write_acl};
 use crate::quantity::format_bytes;
 use crate::validate::{LinkPlan, ObjectKind, ObjectPlan, Problem, SEM_BYTES};
 
@@ -43,6 +43,10 @@ pub(crate) enum Step<'p> {
         /// The file name the record had for it, when it differs (another ABI).
         old: Option<String>,
     },
+    /// An entry a member made at the name of a new object (in a root members may write
+    /// to): the object is made aside and exchanged with it; the member's holders keep
+    /// theirs, which is then removed. A declared object never adopts a member's.
+    Supplant(&'p ObjectPlan),
     /// An object the record has and the plan no longer has.
     Remove(ObjectPlan),
 }
@@ -51,9 +55,11 @@ impl Step<'_> {
     /// The file name the step is about.
     pub(crate) fn file_name(&self) -> String {
         match self {
-            Step::Create(o) | Step::Attrs(o) | Step::Grow(o) | Step::Replace { obj: o, .. } => {
-                o.file_name()
-            }
+            Step::Create(o)
+            | Step::Attrs(o)
+            | Step::Grow(o)
+            | Step::Supplant(o)
+            | Step::Replace { obj: o, .. } => o.file_name(),
             Step::Remove(o) => o.file_name(),
         }
     }
@@ -62,7 +68,7 @@ impl Step<'_> {
 /// What an existing link needs to serve a plan.
 #[derive(Debug, Default)]
 pub(crate) struct Diff<'p> {
-    /// What to do, in plan order, removals last.
+    /// What to do: removals first, then the plan's objects in plan order.
     pub steps: Vec<Step<'p>>,
     /// Objects that match already.
     pub kept: Vec<String>,
@@ -95,10 +101,49 @@ fn type_matches(kind: &ObjectKind, st: &FileStat) -> bool {
     }
 }
 
-/// Whether mode or owner of the entry differ from the object's.
-fn attrs_differ(obj: &ObjectPlan, st: &FileStat, apply_owner: bool) -> bool {
-    st.st_mode & 0o7777 != obj.mode
-        || (apply_owner && (st.st_uid != obj.uid || st.st_gid != obj.gid))
+/// Whether mode, owner or ACL of the entry `file` (its `st`) differ from the object's.
+fn attrs_differ(
+    link: BorrowedFd<'_>,
+    obj: &ObjectPlan,
+    st: &FileStat,
+    owners: Owners,
+) -> nix::Result<bool> {
+    let want = Ownership::of(obj, owners.guarded);
+    if st.st_mode & 0o7777 != want.mode {
+        return Ok(true);
+    }
+    if !owners.apply {
+        return Ok(false);
+    }
+    if st.st_uid != want.uid || st.st_gid != want.gid {
+        return Ok(true);
+    }
+    let fd = openat(
+        link,
+        obj.file_name().as_str(),
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(read_acl(fd.as_fd())? != want.acl)
+}
+
+/// How owners are applied: `apply` when this process can give files away (root);
+/// `guarded` when, besides, members may write to the root, so declared objects are
+/// root's own with the spec's owner in their ACL ([`crate::ownership`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Owners {
+    pub apply: bool,
+    pub guarded: bool,
+}
+
+impl Owners {
+    /// How owners are applied to the objects of `plan`.
+    pub(crate) fn of(plan: &LinkPlan, apply: bool) -> Self {
+        Owners {
+            apply,
+            guarded: apply && plan.root.allows_create(),
+        }
+    }
 }
 
 fn kind_name(kind: &ObjectKind) -> String {
@@ -154,6 +199,9 @@ pub(crate) fn diff<'p>(
     apply_owner: bool,
     exclusive: bool,
 ) -> nix::Result<Diff<'p>> {
+    let owners = Owners::of(plan, apply_owner);
+    // Members may have created names in the root (now or before this plan).
+    let open_root = plan.root.allows_create() || old.is_some_and(|o| o.root.allows_create());
     let mut d = Diff::default();
     let was = |obj: &ObjectPlan| old.and_then(|o| o.objects.iter().find(|p| same_object(p, obj)));
     for obj in &plan.objects {
@@ -164,6 +212,20 @@ pub(crate) fn diff<'p>(
             Err(Errno::ENOENT) => None,
             Err(e) => return Err(e),
         };
+        // An entry the record does not know, in a root members may write to, that is not
+        // root's: a member made it (ipclink makes objects root's first, aside, when
+        // members may write there, so a run killed before its record was written left
+        // root's). It is replaced, never adopted.
+        if before.is_none()
+            && open_root
+            && apply_owner
+            && let Some(st) = &stat
+            && st.st_uid != 0
+        {
+            d.steps.push(Step::Supplant(obj));
+            d.objects.push(obj.clone());
+            continue;
+        }
         // Why this object must wait, if it must: (field, message, its live form).
         let mut wait: Option<(String, String, Option<ObjectPlan>)> = None;
         if let Some((field, message)) = before.and_then(|b| identity_change(b, obj)) {
@@ -216,7 +278,7 @@ pub(crate) fn diff<'p>(
                     matches!(obj.kind, ObjectKind::Shm { size } if (st.st_size as u64) < size);
                 if grow {
                     d.steps.push(Step::Grow(obj));
-                } else if attrs_differ(obj, &st, apply_owner) {
+                } else if attrs_differ(link, obj, &st, owners)? {
                     d.steps.push(Step::Attrs(obj));
                 } else {
                     d.kept.push(file);
@@ -225,14 +287,16 @@ pub(crate) fn diff<'p>(
             }
         }
     }
+    // Removals first: what they free (bytes, inodes of a full link) may be what a new
+    // object needs.
     if let Some(old) = old {
-        for gone in old
+        let removals: Vec<Step<'p>> = old
             .objects
             .iter()
             .filter(|o| !plan.objects.iter().any(|p| same_object(p, o)))
-        {
-            d.steps.push(Step::Remove(gone.clone()));
-        }
+            .map(|gone| Step::Remove(gone.clone()))
+            .collect();
+        d.steps.splice(0..0, removals);
     }
     Ok(d)
 }
@@ -267,31 +331,43 @@ fn open_object(link: BorrowedFd<'_>, obj: &ObjectPlan) -> nix::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Gives the object the plan's mode and, with `apply_owner`, owner, through a
-/// descriptor (a FIFO is never opened for reading or writing).
-pub(crate) fn set_attrs(
-    link: BorrowedFd<'_>,
-    obj: &ObjectPlan,
-    apply_owner: bool,
-) -> nix::Result<()> {
+/// Gives the object the plan's mode and, when `owners.apply`, owner and ACL
+/// ([`Ownership`]), through a descriptor (a FIFO is never opened for reading or
+/// writing). The order never widens access on the way: an ACL to add is written before
+/// the owner changes, one to drop after.
+pub(crate) fn set_attrs(link: BorrowedFd<'_>, obj: &ObjectPlan, owners: Owners) -> nix::Result<()> {
+    let want = Ownership::of(obj, owners.guarded);
     let fd = open_object(link, obj)?;
     let st = fstat(fd.as_fd())?;
-    if apply_owner && (st.st_uid != obj.uid || st.st_gid != obj.gid) {
+    let acl = if owners.apply {
+        Some(read_acl(fd.as_fd())?).filter(|have| *have != want.acl)
+    } else {
+        None
+    };
+    if want.acl.is_some() && acl.is_some() {
+        write_acl(fd.as_fd(), want.acl.as_deref())?;
+    }
+    if owners.apply && (st.st_uid != want.uid || st.st_gid != want.gid) {
         fchownat(
             fd.as_fd(),
             "",
-            Some(Uid::from_raw(obj.uid)),
-            Some(Gid::from_raw(obj.gid)),
+            Some(Uid::from_raw(want.uid)),
+            Some(Gid::from_raw(want.gid)),
             AtFlags::AT_EMPTY_PATH,
         )?;
     }
-    if st.st_mode & 0o7777 != obj.mode {
+    // chown(2) clears no permission bit here (no setuid or setgid), but stat again
+    // after an ACL was written: it set the permission bits.
+    if fstat(fd.as_fd())?.st_mode & 0o7777 != want.mode {
         // chmod(2) of the descriptor's magic link: exactly the object opened, and
         // O_PATH descriptors are not taken by fchmod(2) on every kernel.
         let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(obj.mode))
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want.mode))
             .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+    }
+    if want.acl.is_none() && acl.is_some() {
+        write_acl(fd.as_fd(), None)?;
     }
     Ok(())
 }
@@ -311,9 +387,15 @@ pub(crate) fn open_region(link: BorrowedFd<'_>, obj: &ObjectPlan) -> nix::Result
 }
 
 /// Removes the entry `name` of `link`: its pin first (a bind mount onto itself, which
-/// would make the removal fail with EBUSY), then the file or the directory tree.
+/// would make the removal fail with EBUSY), then the file; a directory (members write
+/// in a socket channel's) is first renamed into the link's `private` directory, so the
+/// name is free at once and no member can reach the tree by path while it is removed.
 /// Members that hold it keep their descriptors and mappings. Gone already is fine.
-pub(crate) fn remove_entry(link: BorrowedFd<'_>, name: &str) -> Result<(), String> {
+pub(crate) fn remove_entry(
+    link: BorrowedFd<'_>,
+    private: BorrowedFd<'_>,
+    name: &str,
+) -> Result<(), String> {
     let fd = match openat(
         link,
         name,
@@ -324,16 +406,28 @@ pub(crate) fn remove_entry(link: BorrowedFd<'_>, name: &str) -> Result<(), Strin
         Err(e) => return Err(format!("open: {e}")),
         Ok(fd) => fd,
     };
-    let pinned = mount_id(fd.as_fd()).map_err(|e| e.to_string())?
-        != mount_id(link).map_err(|e| e.to_string())?;
-    if pinned {
-        let dev = fstat(link).map_err(|e| format!("stat: {e}"))?.st_dev;
-        unpin(dev, name)?;
-    }
+    unpin_if_pinned(link, fd.as_fd(), name)?;
     let is_dir = file_type(&fstat(fd.as_fd()).map_err(|e| format!("stat: {e}"))?) == SFlag::S_IFDIR;
     drop(fd);
     if is_dir {
-        remove_tree_at(link, name).map_err(|e| e.to_string())
+        let aside = format!("{TMP_PREFIX}removed-{name}");
+        match renameat2(
+            link,
+            name,
+            private,
+            aside.as_str(),
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => {}
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(format!("rename aside: {e}")),
+        }
+        // Past the budget (a member keeps adding entries through a descriptor it holds)
+        // the rest stays aside, out of every member's path; the next apply goes on.
+        match remove_tree_at(private, aside.as_str()) {
+            Ok(()) | Err(RemoveError::Budget(_)) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
     } else {
         match unlinkat(link, name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
@@ -342,10 +436,41 @@ pub(crate) fn remove_entry(link: BorrowedFd<'_>, name: &str) -> Result<(), Strin
     }
 }
 
+/// Detaches the pin of the entry `name` of `link` (held by `fd`), if it has one: a bind
+/// mount onto itself that versions before 0.2 made for each declared object of a link
+/// members may write to. Ownership protects those objects now ([`crate::ownership`]).
+fn unpin_if_pinned(link: BorrowedFd<'_>, fd: BorrowedFd<'_>, name: &str) -> Result<(), String> {
+    let pinned =
+        mount_id(fd).map_err(|e| e.to_string())? != mount_id(link).map_err(|e| e.to_string())?;
+    if pinned {
+        let dev = fstat(link).map_err(|e| format!("stat: {e}"))?.st_dev;
+        unpin(dev, name)?;
+    }
+    Ok(())
+}
+
+/// Detaches the pins earlier versions made of the objects `objects` of `link`.
+pub(crate) fn unpin_objects(link: BorrowedFd<'_>, objects: &[ObjectPlan]) -> Result<(), String> {
+    for obj in objects {
+        let name = obj.file_name();
+        match openat(
+            link,
+            name.as_str(),
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(format!("{name}: open: {e}")),
+            Ok(fd) => unpin_if_pinned(link, fd.as_fd(), &name)?,
+        }
+    }
+    Ok(())
+}
+
 /// Detaches every mount of this mount namespace whose root is the entry `name` of the
-/// link's filesystem `dev`: its pin, and the pin's copy under each publication (a
-/// publication binds the link recursively). A mount point in this namespace cannot be
-/// removed (EBUSY); those of member pods' namespaces go with the removal.
+/// link's filesystem `dev`: its pin, and the pin's copy under each publication made
+/// while publications bound the link recursively. A mount point in this namespace
+/// cannot be removed (EBUSY); those of member pods' namespaces go with the removal.
 fn unpin(dev: u64, name: &str) -> Result<(), String> {
     let want_dev = format!(
         "{}:{}",
@@ -387,57 +512,6 @@ pub(crate) fn killed_after(done: usize) {
     {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
-}
-
-/// Pins a declared object in a link members may write to: a bind mount of the object onto
-/// itself. The sticky root keeps members from removing one another's objects; a mount
-/// point keeps everyone, the object's own owner included, from removing or replacing a
-/// declared one (`unlink`, `rename` and `rmdir` of a mount point fail with EBUSY in
-/// every mount namespace that sees the mount, and publications bind the link
-/// recursively). Already pinned objects are left as they are.
-pub(crate) fn pin(
-    link: BorrowedFd<'_>,
-    obj: &ObjectPlan,
-    lp: impl Fn() -> String,
-) -> Result<(), MaterializeError> {
-    let file = obj.file_name();
-    let at = || format!("{}/{file}", lp());
-    // O_PATH: no open(2) side effects (a FIFO is not opened for reading or writing).
-    let fd = sys(
-        openat(
-            link,
-            file.as_str(),
-            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ),
-        at,
-        "open",
-    )?;
-    let io = |op: &'static str| {
-        let at = at();
-        move |e: std::io::Error| MaterializeError::Sys {
-            path: at,
-            op,
-            errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-        }
-    };
-    if mount_id(fd.as_fd()).map_err(io("read fdinfo"))?
-        != mount_id(link).map_err(io("read fdinfo"))?
-    {
-        return Ok(());
-    }
-    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    sys(
-        mount(
-            Some(path.as_str()),
-            path.as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        ),
-        at,
-        "pin (bind onto itself)",
-    )
 }
 
 /// The id of the mount a descriptor is on (`mnt_id` of `/proc/self/fdinfo`).

@@ -19,10 +19,10 @@ use nix::sys::statfs::{TMPFS_MAGIC, fstatfs};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 
 use crate::fs::{
-    RemoveError, TMP_PREFIX, dir_is_empty, is_mount_point, open_dir_at, remove_leftovers,
-    remove_tree_at,
+    PRIVATE_DIR, RemoveError, dir_is_empty, empty_dir, is_mount_point, open_dir_at, remove_tree_at,
 };
-use crate::live::{self, Step, pin};
+use crate::live::{self, Step};
+use crate::ownership::{Ownership, write_acl};
 use crate::quantity::format_bytes;
 pub use crate::record::Record;
 use crate::resize::{Resize, tmpfs_size};
@@ -213,10 +213,32 @@ fn removing(e: RemoveError, lp: impl Fn() -> String) -> MaterializeError {
             op,
             errno,
         },
-        RemoveError::OtherMount(_) => MaterializeError::Refused {
+        RemoveError::OtherMount(_) | RemoveError::Budget(_) => MaterializeError::Refused {
             path: lp(),
             message: e.to_string(),
         },
+    }
+}
+
+/// Where a made object goes: to a free name, or over a member's entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    New,
+    Over,
+}
+
+/// An error of setting an ACL, named when the filesystem has no ACLs.
+fn acl_support(e: MaterializeError) -> MaterializeError {
+    match e {
+        MaterializeError::Sys {
+            path,
+            errno: Errno::EOPNOTSUPP,
+            ..
+        } => MaterializeError::Refused {
+            path,
+            message: "the filesystem has no POSIX ACLs (a tmpfs needs CONFIG_TMPFS_POSIX_ACL): a link members may create objects in (allowCreate) guards its declared objects with one".into(),
+        },
+        e => e,
     }
 }
 
@@ -324,7 +346,11 @@ impl Store {
             link_fd = sys(open_dir_at(ns_fd.as_fd(), plan.name.as_str()), lp, "open")?;
             outcome.mounted = true;
         }
-        remove_leftovers(link_fd.as_fd()).map_err(|e| removing(e, lp))?;
+        let private = self.private_dir(link_fd.as_fd(), lp)?;
+        // What a crash or an earlier removal left there; a later apply tries again.
+        if let Err(e) = empty_dir(private.as_fd()) {
+            tracing::warn!(link = %lp(), error = %e, "cannot empty the link's private directory");
+        }
         let old = self.read_record(ns_fd.as_fd(), &plan.name).map(|r| r.plan);
         let d = sys(
             live::diff(
@@ -337,14 +363,30 @@ impl Store {
             lp,
             "inspect",
         )?;
+        let owners = live::Owners::of(plan, self.apply_owner);
         // A larger tmpfs before objects grow, a smaller one after they shrank or went.
         let first = self.resize(link_fd.as_fd(), plan, true, lp)?;
-        self.apply_root(link_fd.as_fd(), plan, lp)?;
+        // A root members may write to opens only once the objects are guarded; one that
+        // closes does so before they are given back to their owners.
+        if !plan.root.allows_create() {
+            self.apply_root(link_fd.as_fd(), plan, lp)?;
+        }
+        let made = |obj: &ObjectPlan, place: Place| {
+            self.create(
+                link_fd.as_fd(),
+                private.as_fd(),
+                obj,
+                owners,
+                alloc,
+                place,
+                lp,
+            )
+        };
         for (done, step) in d.steps.iter().enumerate() {
             let file = step.file_name();
             let at = || format!("{}/{file}", lp());
             let remove = |name: &str| {
-                live::remove_entry(link_fd.as_fd(), name).map_err(|message| {
+                live::remove_entry(link_fd.as_fd(), private.as_fd(), name).map_err(|message| {
                     MaterializeError::Refused {
                         path: at(),
                         message,
@@ -353,8 +395,17 @@ impl Store {
             };
             match step {
                 Step::Create(obj) => {
-                    self.create(link_fd.as_fd(), obj, alloc, lp)?;
+                    made(obj, Place::New)?;
                     outcome.created.push(file);
+                }
+                Step::Supplant(obj) => {
+                    made(obj, Place::Over)?;
+                    tracing::warn!(
+                        link = %lp(),
+                        object = %crate::report::printable(&file),
+                        "a member had made an object at the name of a declared one: replaced it (its holders keep theirs)"
+                    );
+                    outcome.changed.push(file);
                 }
                 Step::Attrs(obj) | Step::Grow(obj) => {
                     if let (Step::Grow(_), ObjectKind::Shm { size }) = (step, obj.kind) {
@@ -362,17 +413,18 @@ impl Store {
                         preallocating(alloc.preallocate(fd.as_fd(), size), at)?;
                     }
                     sys(
-                        live::set_attrs(link_fd.as_fd(), obj, self.apply_owner),
+                        live::set_attrs(link_fd.as_fd(), obj, owners),
                         at,
-                        "chmod/chown",
-                    )?;
+                        "chmod/chown/acl",
+                    )
+                    .map_err(acl_support)?;
                     outcome.changed.push(file);
                 }
                 Step::Replace { obj, old } => {
                     for name in std::iter::once(&file).chain(old) {
                         remove(name)?;
                     }
-                    self.create(link_fd.as_fd(), obj, alloc, lp)?;
+                    made(obj, Place::New)?;
                     outcome.changed.push(file);
                 }
                 Step::Remove(_) => {
@@ -388,11 +440,16 @@ impl Store {
                 .resize(link_fd.as_fd(), plan, false, lp)?
                 .unwrap_or(Resize::Same),
         };
-        if plan.root.allows_create() && self.mode == StorageMode::Tmpfs {
-            for obj in &d.objects {
-                pin(link_fd.as_fd(), obj, lp)?;
-            }
+        if plan.root.allows_create() {
+            self.apply_root(link_fd.as_fd(), plan, lp)?;
         }
+        // Earlier versions pinned each object with a mount; ownership guards them now.
+        live::unpin_objects(link_fd.as_fd(), &d.objects).map_err(|message| {
+            MaterializeError::Refused {
+                path: lp(),
+                message,
+            }
+        })?;
         outcome.kept = d.kept;
         outcome.pending = d.pending;
         let mut applied = LinkPlan {
@@ -487,6 +544,10 @@ impl Store {
                 Step::Attrs(o) => (o.field.clone(), "mode or owner differ"),
                 Step::Grow(o) => (format!("{}.size", o.field), "the region is smaller"),
                 Step::Replace { obj, .. } => (obj.field.clone(), "it would be replaced"),
+                Step::Supplant(o) => (
+                    o.field.clone(),
+                    "a member made an object at its name; it would be replaced",
+                ),
                 Step::Remove(o) => (o.field.clone(), "the spec no longer has it"),
             };
             conflicts.push(Problem::new(
@@ -602,32 +663,82 @@ impl Store {
         )
     }
 
+    /// Opens the link's private directory ([`PRIVATE_DIR`]), making it first: objects
+    /// are made there and renamed into place, and what is removed goes there first. It
+    /// must be this process's own 0700 directory on the link's filesystem, so that no
+    /// member can create, rename or remove names in it; one a member made (the name in a
+    /// root members may write to, before this version made it) is refused.
+    fn private_dir(
+        &self,
+        link: BorrowedFd<'_>,
+        lp: impl Fn() -> String + Copy,
+    ) -> Result<OwnedFd, MaterializeError> {
+        let at = || format!("{}/{PRIVATE_DIR}", lp());
+        match mkdirat(link, PRIVATE_DIR, Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(errno) => return sys(Err(errno), at, "mkdir"),
+        }
+        let refused = |message: String| MaterializeError::Refused {
+            path: at(),
+            message,
+        };
+        let fd = match open_dir_at(link, PRIVATE_DIR) {
+            Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                return Err(refused(
+                    "is not a directory: a member made this name, which ipclink keeps for itself; remove it".into(),
+                ));
+            }
+            r => sys(r, at, "open")?,
+        };
+        let st = sys(nix::sys::stat::fstat(fd.as_fd()), at, "stat")?;
+        let link_dev = sys(nix::sys::stat::fstat(link), lp, "stat")?.st_dev;
+        if st.st_uid != Uid::effective().as_raw()
+            || st.st_mode & 0o7777 != 0o700
+            || st.st_dev != link_dev
+        {
+            return Err(refused(format!(
+                "is not ipclink's own directory (owner uid {}, mode {:04o}): a member made this name, which ipclink keeps for itself; remove it",
+                st.st_uid,
+                st.st_mode & 0o7777
+            )));
+        }
+        Ok(fd)
+    }
+
+    /// Makes `obj` in `private` with its owner, mode and ACL ([`Ownership`]), then
+    /// renames it into `link`: never over an existing name ([`Place::New`]), or in
+    /// exchange for the entry a member made there ([`Place::Over`]), which is removed
+    /// then (its holders keep it).
+    #[allow(clippy::too_many_arguments)]
     fn create(
         &self,
         link: BorrowedFd<'_>,
+        private: BorrowedFd<'_>,
         obj: &ObjectPlan,
+        owners: live::Owners,
         alloc: &dyn Preallocate,
+        place: Place,
         lp: impl Fn() -> String,
     ) -> Result<(), MaterializeError> {
         let file = obj.file_name();
-        let tmp = format!("{TMP_PREFIX}{file}");
+        let tmp = file.as_str();
         let at = || format!("{}/{file}", lp());
         let excl =
             OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let private = Mode::from_bits_truncate(0o600);
+        let mode = Mode::from_bits_truncate(0o600);
         let fd = match obj.kind {
             ObjectKind::Shm { size } => {
-                let fd = sys(openat(link, tmp.as_str(), excl, private), at, "create")?;
+                let fd = sys(openat(private, tmp, excl, mode), at, "create")?;
                 // Allocate every page now: a member never takes SIGBUS on first touch,
                 // and ENOSPC shows up here instead of in a member.
                 if let Err(e) = preallocating(alloc.preallocate(fd.as_fd(), size), at) {
-                    let _ = unlinkat(link, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+                    let _ = unlinkat(private, tmp, UnlinkatFlags::NoRemoveDir);
                     return Err(e);
                 }
                 fd
             }
             ObjectKind::Semaphore { initial, abi } => {
-                let fd = sys(openat(link, tmp.as_str(), excl, private), at, "create")?;
+                let fd = sys(openat(private, tmp, excl, mode), at, "create")?;
                 let file = File::from(fd);
                 file.write_all_at(&semaphore_bytes(initial, abi), 0)
                     .map_err(|e| MaterializeError::Sys {
@@ -638,16 +749,12 @@ impl Store {
                 OwnedFd::from(file)
             }
             ObjectKind::Fifo => {
-                sys(
-                    mknodat(link, tmp.as_str(), SFlag::S_IFIFO, private, 0),
-                    at,
-                    "mkfifo",
-                )?;
+                sys(mknodat(private, tmp, SFlag::S_IFIFO, mode, 0), at, "mkfifo")?;
                 // The read end of a fifo nobody else can name yet: opening it is harmless.
                 sys(
                     openat(
-                        link,
-                        tmp.as_str(),
+                        private,
+                        tmp,
                         OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                         Mode::empty(),
                     ),
@@ -657,40 +764,61 @@ impl Store {
             }
             ObjectKind::Socket => {
                 sys(
-                    mkdirat(link, tmp.as_str(), Mode::from_bits_truncate(0o700)),
+                    mkdirat(private, tmp, Mode::from_bits_truncate(0o700)),
                     at,
                     "mkdir",
                 )?;
-                sys(open_dir_at(link, tmp.as_str()), at, "open")?
+                sys(open_dir_at(private, tmp), at, "open")?
             }
         };
-        if self.apply_owner {
+        let want = Ownership::of(obj, owners.guarded);
+        if owners.apply {
             sys(
                 fchown(
                     fd.as_fd(),
-                    Some(Uid::from_raw(obj.uid)),
-                    Some(Gid::from_raw(obj.gid)),
+                    Some(Uid::from_raw(want.uid)),
+                    Some(Gid::from_raw(want.gid)),
                 ),
                 at,
                 "chown",
             )?;
         }
         sys(
-            fchmod(fd.as_fd(), Mode::from_bits_truncate(obj.mode)),
+            fchmod(fd.as_fd(), Mode::from_bits_truncate(want.mode)),
             at,
             "chmod",
         )?;
-        sys(
-            renameat2(
-                link,
-                tmp.as_str(),
-                link,
-                file.as_str(),
-                RenameFlags::RENAME_NOREPLACE,
+        if want.acl.is_some() {
+            sys(write_acl(fd.as_fd(), want.acl.as_deref()), at, "set ACL").map_err(acl_support)?;
+        }
+        drop(fd);
+        let flags = match place {
+            Place::New => RenameFlags::RENAME_NOREPLACE,
+            Place::Over => RenameFlags::RENAME_EXCHANGE,
+        };
+        match renameat2(private, tmp, link, file.as_str(), flags) {
+            Ok(()) if place == Place::Over => {
+                // The member's entry is now `private/tmp`, out of every member's path.
+                match remove_tree_at(private, tmp) {
+                    Ok(()) | Err(RemoveError::Budget(_)) => Ok(()),
+                    Err(e) => Err(removing(e, at)),
+                }
+            }
+            Ok(()) => Ok(()),
+            // The member's entry went meanwhile: the name is free.
+            Err(Errno::ENOENT) if place == Place::Over => sys(
+                renameat2(
+                    private,
+                    tmp,
+                    link,
+                    file.as_str(),
+                    RenameFlags::RENAME_NOREPLACE,
+                ),
+                at,
+                "rename into place",
             ),
-            at,
-            "rename into place",
-        )
+            Err(errno) => sys(Err(errno), at, "rename into place"),
+        }
     }
 
     /// Removes a link: unmounts its tmpfs (lazily, so members that still hold descriptors

@@ -63,8 +63,9 @@ pub enum Role {
         /// Largest sum of the sizeLimits of the links on this node, in bytes (0: no cap).
         #[arg(long, env = "IPCLINK_MAX_NODE_BYTES", default_value_t = 0)]
         max_node_bytes: u64,
-        /// Volumes this node takes, as NodeGetInfo reports it to the scheduler (0: no
-        /// limit).
+        /// Publications this node takes (each is one mount on the node): more are
+        /// refused with ResourceExhausted, and NodeGetInfo reports it to the scheduler
+        /// (0: no limit).
         #[arg(long, env = "IPCLINK_MAX_VOLUMES_PER_NODE", default_value_t = 0)]
         max_volumes_per_node: u32,
         /// Where the pods' processes cannot be seen (no host pid namespace), read a

@@ -1,12 +1,13 @@
 //! Links members may create in (`allowCreate`), with "pods" (processes in their own
-//! mount, IPC and network namespaces, running as uid 1000 or 2000, the link bound
-//! recursively at /dev/shm): a program we did not write that makes its own objects
-//! (Python's multiprocessing.shared_memory) works across pods only with `allowCreate`;
-//! no member can remove or replace a declared object or another uid's object; the
-//! tmpfs still says ENOSPC by bytes and by inodes; a live change of `allowCreate` sets
-//! the root's mode and keeps every object and its data.
+//! mount, IPC and network namespaces, running as uid 1000 or 2000, the link bound at
+//! /dev/shm as a container sees its publication): a program we did not write that makes
+//! its own objects (Python's multiprocessing.shared_memory) works across pods only with
+//! `allowCreate`; no member can remove or replace a declared object (root's own, its
+//! owner in the ACL) or another uid's object; the tmpfs still says ENOSPC by bytes and
+//! by inodes; a live change of `allowCreate` sets the root's mode, guards or gives back
+//! the objects and keeps every object and its data, with no mount per object.
 
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -125,25 +126,39 @@ fn no_member_removes_or_replaces_a_declared_object_or_another_uids_object() {
     let root = std::fs::metadata(&dir).expect("stat");
     assert_eq!(root.permissions().mode() & 0o7777, 0o1777);
 
-    // uid 1000 owns the declared objects, and still cannot remove or replace them.
+    // uid 1000 is the declared objects' owner (through their ACL: they are root's),
+    // writes to them, and still cannot remove or replace them; no mount guards them.
+    for o in ["frames", "events", "control", "sem.slots"] {
+        let st = std::fs::metadata(dir.join(o)).expect("stat");
+        assert_eq!((st.uid(), st.gid()), (0, 1000), "{o}");
+        assert!(mount_line(&dir.join(o)).is_none(), "{o} is a mount");
+    }
     let before = snapshot(&dir);
     let out = pod_sh(
         &dir,
         1000,
-        r#"for o in frames events sem.slots; do rm -f /dev/shm/$o 2>&1; done
+        r#"printf ok | dd of=/dev/shm/frames bs=2 seek=100 conv=notrunc 2>/dev/null && echo wrote
+           for o in frames events sem.slots; do rm -f /dev/shm/$o 2>&1; done
            rmdir /dev/shm/control 2>&1
            echo data > /dev/shm/mine; mv /dev/shm/mine /dev/shm/frames 2>&1
            mkfifo /dev/shm/myfifo; mv /dev/shm/myfifo /dev/shm/events 2>&1
            rm /dev/shm/mine /dev/shm/myfifo; echo done"#,
     );
     let t = text(&out);
-    assert!(t.ends_with("done\n"), "{t}");
+    assert!(t.starts_with("wrote\n") && t.ends_with("done\n"), "{t}");
     assert_eq!(
-        t.matches("Device or resource busy").count(),
+        t.matches("Operation not permitted").count(),
         6,
-        "every removal and replacement of a declared object is EBUSY:\n{t}"
+        "every removal and replacement of a declared object is EPERM:\n{t}"
     );
-    assert_eq!(snapshot(&dir), before, "a declared object changed:\n{t}");
+    let written = std::fs::read(dir.join("frames")).expect("read");
+    assert_eq!(&written[200..202], b"ok", "the owner's write did not land");
+    // The write changed the region's bytes, nothing else.
+    let mut after = snapshot(&dir);
+    after.retain(|l| !l.contains("frames"));
+    let mut was = before.clone();
+    was.retain(|l| !l.contains("frames"));
+    assert_eq!(after, was, "a declared object changed:\n{t}");
 
     // uid 1000 makes a file, a FIFO and a bound socket; uid 2000 may remove none of them.
     let out = pod_sh(
@@ -238,11 +253,15 @@ fn a_live_change_of_allow_create_sets_the_root_and_keeps_every_object() {
         .and_then(|f| f.write_all_at(b"kept across root changes", 0))
         .expect("write into the region");
     let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+    let owner = |p: &Path| {
+        let st = std::fs::metadata(p).expect("stat");
+        (st.uid(), st.gid())
+    };
     assert_eq!(mode(&dir), 0o755);
-    assert!(
-        mount_line(&dir.join("frames")).is_none(),
-        "pinned while closed"
-    );
+    let objects = ["frames", "events", "control", "sem.slots"];
+    for o in objects {
+        assert_eq!(owner(&dir.join(o)), (1000, 1000), "{o} while closed");
+    }
 
     let open = ipclink_core::validate(
         &ipclink_core::parse_links("live", &link("live", true, "4Mi")).expect("parse")[0],
@@ -251,12 +270,26 @@ fn a_live_change_of_allow_create_sets_the_root_and_keeps_every_object() {
     let outcome = store.materialize(&open).expect("open the link");
     assert!(outcome.created.is_empty(), "{outcome:?}");
     assert_eq!(mode(&dir), 0o1777);
-    for o in ["frames", "events", "control", "sem.slots"] {
-        assert!(mount_line(&dir.join(o)).is_some(), "{o} is not pinned");
+    for o in objects {
+        assert_eq!(owner(&dir.join(o)), (0, 1000), "{o} is not guarded");
+        assert!(mount_line(&dir.join(o)).is_none(), "{o} is a mount");
     }
-    store.materialize(&open).expect("again: nothing to do");
+    let again = store.materialize(&open).expect("again: nothing to do");
+    assert!(again.changed.is_empty(), "{again:?}");
+    // uid 1000 keeps its access through the ACL, and cannot remove the region.
+    let out = pod_sh(
+        &dir,
+        1000,
+        "cat /dev/shm/frames | head -c 24; echo; rm -f /dev/shm/frames 2>&1",
+    );
+    let t = text(&out);
+    assert!(t.starts_with("kept across root changes\n"), "{t}");
+    assert!(t.contains("Operation not permitted"), "{t}");
     store.materialize(&closed).expect("close it again");
     assert_eq!(mode(&dir), 0o755);
+    for o in objects {
+        assert_eq!(owner(&dir.join(o)), (1000, 1000), "{o} given back");
+    }
     assert_eq!(
         std::fs::read(dir.join("frames")).expect("read")[..24],
         b"kept across root changes"[..]

@@ -124,6 +124,15 @@ fn the_chart_lints_strictly_and_refuses_bad_values_naming_them() {
     ] {
         assert!(all.contains(kind), "{kind} missing");
     }
+    // Both monitors bound what one scrape may bring (members decide what is there).
+    assert_eq!(all.matches("sampleLimit: 200000").count(), 2, "{all}");
+    assert_eq!(
+        all.matches("labelValueLengthLimit: 512").count(),
+        2,
+        "{all}"
+    );
+    // Publications per node are capped, and the cap is what NodeGetInfo reports.
+    assert!(all.contains("- --max-volumes-per-node=256"), "{all}");
     // A certificate Secret is served by both, and checked by the operator and monitors.
     let tls = render(&[
         "--set",

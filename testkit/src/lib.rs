@@ -172,7 +172,9 @@ fn pod_command(
         "sh",
         "-c",
     ])
-    .arg(r#"mount --rbind "$1" /dev/shm && shift && exec "$@""#)
+    // As a container sees a publication: the link bound alone at /dev/shm, and the
+    // node's own mount of it (the tmpfs, below the plugin's state) out of sight.
+    .arg(r#"mount --bind "$1" /dev/shm && { umount -l "$1" 2>/dev/null; shift; } && exec "$@""#)
     .arg("pod")
     .arg(link_dir);
     if let Some((uid, gid)) = user {

@@ -129,21 +129,14 @@ pub fn bind(link: &OwnedFd, target: Target, path: &Path, readonly: bool) -> Resu
             path.display()
         )));
     }
-    // Recursive, so the pins of declared objects in a link members may write to (bind
-    // mounts of each object onto itself) come along: in the pod they are mount points
-    // too, which members cannot remove or replace. A read-only publication cannot remove
-    // anything, and a recursive bind would leave those pins writable: it binds the root
-    // alone.
-    let flags = if readonly {
-        MsFlags::MS_BIND
-    } else {
-        MsFlags::MS_BIND | MsFlags::MS_REC
-    };
+    // One mount per publication, never recursive: nothing is mounted below a link's
+    // root (ownership, not mounts, guards declared objects: ipclink_core::ownership),
+    // and pins that versions before 0.2 made are not copied into pods.
     mount(
         Some(magic(link).as_str()),
         magic(&tfd).as_str(),
         None::<&str>,
-        flags,
+        MsFlags::MS_BIND,
         None::<&str>,
     )
     .map_err(|e| errno("bind mount", e))?;

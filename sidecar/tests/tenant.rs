@@ -1,0 +1,235 @@
+//! Hostile members against a running `ipclink-sidecar up` (as root, members as uid 1000
+//! in their own namespaces): what they build or name cannot crash it, cannot make it
+//! lose what they wrote, and cannot make a declared object theirs.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Sidecar, get, setup, write_file};
+use ipclink_testkit::{describe, require_tool, spawn_pod_as, wait_with_timeout};
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// An `allowCreate` link with `sockets` socket channels (each adds inodes a member may
+/// use) and one region, as `vision/frames`.
+fn open_link(sockets: usize, extra: &str) -> String {
+    let mut channels =
+        String::from("    - { name: frames, kind: shm, size: 64Ki, mode: \"0666\" }\n");
+    for i in 0..sockets {
+        channels.push_str(&format!(
+            "    - {{ name: s{i}, kind: socket, mode: \"1777\" }}\n"
+        ));
+    }
+    channels.push_str(extra);
+    format!(
+        "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: {{ name: frames, namespace: vision }}\nspec:\n  sizeLimit: 1Mi\n  allowCreate: true\n  owner: {{ uid: 1000, gid: 1000 }}\n  members: [{{ name: any, podSelector: {{}} }}]\n  channels:\n{channels}"
+    )
+}
+
+/// Runs a Python program as a uid-1000 member of the link at `link`; returns its output.
+fn member_python(link: &Path, program: &str) -> String {
+    require_tool(PYTHON);
+    let out = wait_with_timeout(
+        spawn_pod_as(link, 1000, 1000, Path::new(PYTHON), &["-c", program]),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A member's program that builds a chain of directories as deep as the link's inodes
+/// allow (or `max`) under `top` (made first), and prints how deep it got.
+fn chain(top: &str, max: usize) -> String {
+    format!(
+        r#"
+import os, errno
+os.chdir("/dev/shm")
+os.mkdir({top:?}); os.chdir({top:?})
+depth = 0
+while depth < {max}:
+    try:
+        os.mkdir("d")
+    except OSError as e:
+        if e.errno != errno.ENOSPC: raise
+        break
+    os.chdir("d"); depth += 1
+print(depth)
+"#
+    )
+}
+
+#[test]
+fn a_deep_tree_in_a_removed_socket_channel_and_a_member_named_temporary_do_not_crash_up() {
+    let s = setup(&open_link(256, ""));
+    let mut sidecar = Sidecar::up(&s.root, &[&s.file], &[]);
+    // A name that looks like ipclink's own temporaries, at the root, also deep: the
+    // member's own object, which ipclink no longer removes.
+    member_python(
+        &s.link,
+        &format!(
+            "{}\nopen('leaf', 'w').write('kept')",
+            chain(".ipclink-tmp-x", 50)
+        ),
+    );
+    // Under a socket channel about to be removed: as deep as the inodes go (8,181 levels
+    // crashed `up` with a stack overflow when removal recursed).
+    let depth: usize = member_python(&s.link, &chain("s0/tree", 100_000))
+        .trim()
+        .parse()
+        .expect("depth");
+    assert!(depth > 8000, "only {depth} levels");
+    // The private directory is closed to members.
+    let out = member_python(
+        &s.link,
+        "import os\ntry:\n    os.mkdir('/dev/shm/.ipclink/x'); print('made')\nexcept PermissionError: print('refused')",
+    );
+    assert_eq!(out.trim(), "refused");
+
+    write_file(
+        s.file.parent().expect("dir"),
+        "link.yaml",
+        &open_link(0, ""),
+    );
+    sidecar.hup();
+    sidecar.wait_log("live link changed", 1);
+    assert_eq!(get(sidecar.port, "/readyz").0, 200, "{}", sidecar.log());
+    assert!(!s.link.join("s0").exists());
+    assert!(!s.link.join("s255").exists());
+    let leaf = s
+        .link
+        .join(".ipclink-tmp-x")
+        .join(std::iter::repeat_n("d", 50).collect::<Vec<_>>().join("/"))
+        .join("leaf");
+    assert_eq!(
+        std::fs::read_to_string(&leaf).expect("the member's file"),
+        "kept"
+    );
+    let private = s.link.join(".ipclink");
+    let st = std::fs::metadata(&private).expect("private dir");
+    assert_eq!((st.uid(), st.mode() & 0o7777), (0, 0o700));
+    assert_eq!(
+        std::fs::read_dir(&private).expect("list").count(),
+        0,
+        "left aside"
+    );
+    // And it still serves: one more edit, a new channel made.
+    write_file(
+        s.file.parent().expect("dir"),
+        "link.yaml",
+        &open_link(0, "    - { name: later, kind: fifo }\n"),
+    );
+    sidecar.hup();
+    sidecar.wait_log("live link changed", 2);
+    assert!(s.link.join("later").exists(), "{}", sidecar.log());
+    assert_eq!(sidecar.stop(), 0);
+}
+
+#[test]
+fn ten_thousand_levels_in_a_plain_directory_link_are_removed_with_the_channel() {
+    let s = setup(&open_link(1, ""));
+    let mut sidecar = Sidecar::up(&s.root, &[&s.file], &["--storage", "dir"]);
+    let depth: usize = member_python(&s.link, &chain("s0/tree", 10_000))
+        .trim()
+        .parse()
+        .expect("depth");
+    assert_eq!(depth, 10_000);
+    write_file(
+        s.file.parent().expect("dir"),
+        "link.yaml",
+        &open_link(0, ""),
+    );
+    sidecar.hup();
+    sidecar.wait_log("live link changed", 1);
+    assert!(!s.link.join("s0").exists(), "{}", sidecar.log());
+    assert_eq!(get(sidecar.port, "/readyz").0, 200);
+    assert_eq!(sidecar.stop(), 0);
+}
+
+#[test]
+fn a_channel_added_where_a_member_made_an_object_replaces_it_and_never_adopts_it() {
+    let s = setup(&open_link(0, ""));
+    let mut sidecar = Sidecar::up(&s.root, &[&s.file], &[]);
+    // The member makes `secret` (and a directory `room` with its own socket in it),
+    // keeps a descriptor open, and waits for the edit.
+    let ready = s.link.join("member-ready");
+    let go = s.link.join("member-go");
+    let program = r#"
+import os, socket, time
+f = os.open("/dev/shm/secret", os.O_CREAT | os.O_RDWR, 0o644)
+os.write(f, b"mine")
+os.mkdir("/dev/shm/room", 0o755)
+l = socket.socket(socket.AF_UNIX); l.bind("/dev/shm/room/sock"); l.listen()
+st = os.fstat(f)
+open("/dev/shm/member-ready", "w").write(str(st.st_ino))
+while not os.path.exists("/dev/shm/member-go"):
+    time.sleep(0.05)
+os.pwrite(f, b"written after the edit by uid 1000", 0)
+print(os.fstat(f).st_uid, os.fstat(f).st_mode & 0o7777)
+"#;
+    require_tool(PYTHON);
+    let child = spawn_pod_as(&s.link, 1000, 1000, Path::new(PYTHON), &["-c", program]);
+    for _ in 0..400 {
+        if std::fs::read_to_string(&ready).is_ok_and(|t| !t.is_empty()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let members_inode: u64 = std::fs::read_to_string(&ready)
+        .expect("the member is ready")
+        .parse()
+        .expect("inode");
+    write_file(
+        s.file.parent().expect("dir"),
+        "link.yaml",
+        &open_link(
+            0,
+            "    - { name: secret, kind: shm, size: 8Ki, mode: \"0600\" }\n    - { name: room, kind: socket, mode: \"1770\" }\n",
+        ),
+    );
+    sidecar.hup();
+    sidecar.wait_log("replaced it", 2);
+    std::fs::write(&go, "go").expect("go");
+    let out = wait_with_timeout(child, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", describe(&out));
+    // The member's own file kept its owner and mode (it still held its descriptor).
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000 420");
+    let st = std::fs::metadata(s.link.join("secret")).expect("secret");
+    assert_ne!(st.ino(), members_inode, "the member's file was adopted");
+    // Root's, with the owner's "rw" for uid 1000 in its ACL: `stat` shows the ACL mask
+    // as the group bits, while the group itself has none.
+    assert_eq!((st.uid(), st.mode() & 0o7777, st.len()), (0, 0o660, 8192));
+    let out = wait_with_timeout(
+        spawn_pod_as(
+            &s.link,
+            1001,
+            1000,
+            Path::new("/bin/sh"),
+            &[
+                "-c",
+                "cat /dev/shm/secret >/dev/null 2>&1 && echo read || echo refused",
+            ],
+        ),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "refused",
+        "{}",
+        describe(&out)
+    );
+    let declared = std::fs::read(s.link.join("secret")).expect("read");
+    assert!(
+        declared.iter().all(|&b| b == 0),
+        "the member's bytes are in the declared region"
+    );
+    let room = s.link.join("room");
+    assert_eq!(std::fs::metadata(&room).expect("room").uid(), 0);
+    assert!(
+        !room.join("sock").exists(),
+        "the member's socket is in the declared directory"
+    );
+    assert_eq!(sidecar.stop(), 0);
+}
