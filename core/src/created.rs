@@ -1,11 +1,21 @@
 //! Objects members created in a link (`allowCreate`, or a member running as root): found
 //! by one walk of the link's tree per sample and probed by their type like declared
-//! ones. At most [`MAX_REPORTED`] are reported per link, in path order; the rest are
-//! counted. The walk opens only directories (`O_DIRECTORY|O_NOFOLLOW`) and 32-byte
-//! regular files (to recognize semaphores); it never follows a symlink.
+//! ones.
+//!
+//! Members choose what is there, so everything the walk does is bounded: it descends at
+//! most [`MAX_DEPTH`] directories (with an explicit stack, never recursion) and looks at
+//! most at [`MAX_ENTRIES`] entries; names are cut to [`MAX_NAME_BYTES`] plus a hash;
+//! the objects reported take at most [`METRICS_BUDGET`] bytes of `/metrics` and
+//! [`LINKS_BUDGET`] of `/v1/links` per link, and at most [`MAX_REPORTED`] of them; the
+//! rest are counted. It enters only directories that group or others may list and
+//! search (what a member closed to the others stays closed to the report), opens only
+//! directories (`O_DIRECTORY|O_NOFOLLOW`) and 32-byte regular files (to recognize
+//! semaphores, through an `O_PATH` descriptor checked first), and never follows a
+//! symlink.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,7 +23,9 @@ use std::time::{Duration, SystemTime};
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 
-use crate::fs::{TMP_PREFIX, list_names, open_dir_at};
+use crate::fs::{PRIVATE_DIR, list_names, open_dir_at};
+use crate::metrics::{ObjectRef, object_bytes};
+use crate::names::fnv1a64;
 use crate::probe::{
     ChannelSample, ObjectInfo, Observation, SemaphoreSample, fifo, file_holders, read_semaphore,
     sockets_at,
@@ -25,27 +37,65 @@ use crate::validate::SEM_BYTES;
 pub const MAX_REPORTED: usize = 1000;
 /// Directories deeper than this below the link's root are not entered.
 const MAX_DEPTH: usize = 8;
+/// Entries one walk looks at, at most (a tmpfs link has fewer inodes; a plain directory
+/// has no such limit).
+pub const MAX_ENTRIES: usize = 16_384;
+/// The longest name of a created object as reported; a longer one is cut to this many
+/// bytes (on a character boundary), followed by `~` and 16 hex digits of its hash.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Bytes of `/metrics` the created objects of one link take at most.
+pub const METRICS_BUDGET: usize = 96 << 10;
+/// Bytes of `/v1/links` the created objects of one link take at most.
+pub const LINKS_BUDGET: usize = 40 << 10;
 
 /// What one walk found.
 #[derive(Debug, Default)]
 pub(crate) struct Found {
     pub channels: Vec<ChannelSample>,
     pub semaphores: Vec<SemaphoreSample>,
-    /// Objects found beyond [`MAX_REPORTED`].
+    /// Objects found but not reported (past a count or a byte budget), and entries past
+    /// [`MAX_ENTRIES`].
     pub unreported: u64,
     /// Bytes the regular files found hold.
     pub bytes: u64,
 }
 
+/// Where the reported objects' bytes go, and what they may take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget<'a> {
+    pub namespace: &'a str,
+    pub link: &'a str,
+    /// Bytes of extra labels on every series (e.g. `,node="n1"`).
+    pub extra_label_bytes: usize,
+}
+
+/// A name as reported: itself when it is at most [`MAX_NAME_BYTES`] long, else its
+/// first bytes, `~` and 16 hex digits of the FNV-1a hash of all of it (which no
+/// shorter name ends with, and which tells two long names apart).
+pub fn shortened(name: &str) -> Cow<'_, str> {
+    if name.len() <= MAX_NAME_BYTES {
+        return Cow::Borrowed(name);
+    }
+    let keep = (0..=MAX_NAME_BYTES)
+        .rev()
+        .find(|&i| name.is_char_boundary(i))
+        .unwrap_or(0);
+    Cow::Owned(format!(
+        "{}~{:016x}",
+        &name[..keep],
+        fnv1a64(name.as_bytes())
+    ))
+}
+
 /// The names in each directory of a link's tree as last read (without the declared
-/// objects and the materializer's temporaries), reused while the directory's
-/// modification time says no entry was added, removed or renamed since. A listing is
-/// kept only when that time was at least [`SETTLED`] old when it was read: the kernel
-/// stamps directories with a coarse clock, so a change in the same tick would not move
-/// it, while any later change does.
+/// objects and the materializer's private directory), by the directory's inode, reused
+/// while its modification time says no entry was added, removed or renamed since. A
+/// listing is kept only when that time was at least [`SETTLED`] old when it was read:
+/// the kernel stamps directories with a coarse clock, so a change in the same tick
+/// would not move it, while any later change does.
 #[derive(Debug, Default)]
 pub(crate) struct Listings {
-    by_dir: HashMap<String, Listing>,
+    by_dir: HashMap<u64, Listing>,
 }
 
 /// A directory's names and its modification time (seconds, nanoseconds) when read.
@@ -56,18 +106,15 @@ type Listing = ((i64, i64), Arc<[String]>);
 const SETTLED: Duration = Duration::from_millis(50);
 
 impl Listings {
-    /// The sorted names in `dir` (known as `prefix`) that are not `skip`ped.
+    /// The sorted names in `dir` (its `st`) that are not `skip`ped.
     fn names(
         &mut self,
         dir: BorrowedFd<'_>,
-        prefix: &str,
+        st: &FileStat,
         skip: impl Fn(&str) -> bool,
     ) -> Arc<[String]> {
-        let Ok(st) = fstat(dir) else {
-            return Arc::from([]);
-        };
         let mtime = (st.st_mtime, st.st_mtime_nsec);
-        if let Some((seen, names)) = self.by_dir.get(prefix)
+        if let Some((seen, names)) = self.by_dir.get(&st.st_ino)
             && *seen == mtime
         {
             return names.clone();
@@ -82,157 +129,243 @@ impl Listings {
             .duration_since(changed)
             .is_ok_and(|age| age >= SETTLED);
         if settled {
-            self.by_dir
-                .insert(prefix.to_owned(), (mtime, names.clone()));
+            self.by_dir.insert(st.st_ino, (mtime, names.clone()));
         } else {
-            self.by_dir.remove(prefix);
+            self.by_dir.remove(&st.st_ino);
         }
         names
     }
 }
 
-/// One walk's context.
-struct Walk<'a> {
-    dev: u64,
-    declared: &'a HashSet<String>,
-    seen: &'a Observation,
-    listings: &'a mut Listings,
-    /// Directories visited by this walk (the listings of others are dropped).
-    visited: HashSet<String>,
-    found: Found,
+/// One directory on the walk's stack: its descriptor, its path below the root (with a
+/// trailing `/`, empty for the root), its depth, its names and the next one to look at.
+struct Level {
+    dir: OwnedFd,
+    prefix: String,
+    depth: usize,
+    names: Arc<[String]>,
+    next: usize,
+}
+
+/// Whether a directory's mode lets group or others list and search it.
+fn open_to_others(mode: u32) -> bool {
+    mode & 0o050 == 0o050 || mode & 0o005 == 0o005
 }
 
 /// Walks the link's tree below `link` (whose device is `dev`), skipping the entries of
-/// the root named in `declared` and the materializer's temporaries.
+/// the root named in `declared` and the materializer's private directory.
 pub(crate) fn walk(
     link: BorrowedFd<'_>,
     dev: u64,
     declared: &HashSet<String>,
     seen: &Observation,
     listings: &mut Listings,
+    budget: Budget<'_>,
 ) -> Found {
-    let mut w = Walk {
-        dev,
-        declared,
-        seen,
-        listings,
-        visited: HashSet::new(),
-        found: Found::default(),
+    let mut found = Found::default();
+    let mut spent = (0usize, 0usize);
+    let mut visited = HashSet::new();
+    let mut entries = 0usize;
+    let Ok(root) = open_dir_at(link, ".") else {
+        return found;
     };
-    visit(&mut w, link, "", 0);
-    let visited = w.visited;
-    w.listings.by_dir.retain(|dir, _| visited.contains(dir));
-    w.found
-}
-
-fn visit(w: &mut Walk<'_>, dir: BorrowedFd<'_>, prefix: &str, depth: usize) {
-    w.visited.insert(prefix.to_owned());
-    let (dev, declared, seen) = (w.dev, w.declared, w.seen);
-    let skip = |n: &str| depth == 0 && (declared.contains(n) || n.starts_with(TMP_PREFIX));
-    for name in w.listings.names(dir, prefix, skip).iter() {
+    let Ok(st) = fstat(root.as_fd()) else {
+        return found;
+    };
+    visited.insert(st.st_ino);
+    let skip_root = |n: &str| declared.contains(n) || n == PRIVATE_DIR;
+    let names = listings.names(root.as_fd(), &st, skip_root);
+    let mut stack = vec![Level {
+        dir: root,
+        prefix: String::new(),
+        depth: 0,
+        names,
+        next: 0,
+    }];
+    while let Some(top) = stack.last_mut() {
+        let Some(name) = top.names.get(top.next).cloned() else {
+            stack.pop();
+            continue;
+        };
+        top.next += 1;
+        entries += 1;
+        if entries > MAX_ENTRIES {
+            found.unreported += 1;
+            break;
+        }
+        let dir = top.dir.as_fd();
         let Ok(st) = fstatat(dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
             continue; // removed since the listing
         };
-        let path = format!("{prefix}{name}");
+        let path = format!("{}{name}", top.prefix);
         let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
         if kind == SFlag::S_IFDIR {
-            // A directory on another device is another mount (a member's own): not ours.
-            if depth < MAX_DEPTH
-                && st.st_dev == dev
-                && let Ok(child) = open_dir_at(dir, name.as_str())
-            {
-                let prefix = format!("{path}/");
-                visit(w, child.as_fd(), &prefix, depth + 1);
+            // A directory on another device is another mount (a member's own): not
+            // ours. One closed to group and others is the member's own business.
+            let depth = top.depth + 1;
+            if depth > MAX_DEPTH || st.st_dev != dev {
+                continue;
             }
+            let Ok(child) = open_dir_at(dir, name.as_str()) else {
+                continue;
+            };
+            let Ok(cst) = fstat(child.as_fd()) else {
+                continue;
+            };
+            if cst.st_dev != dev || !open_to_others(cst.st_mode) || !visited.insert(cst.st_ino) {
+                continue;
+            }
+            let names = listings.names(child.as_fd(), &cst, |_| false);
+            stack.push(Level {
+                dir: child,
+                prefix: format!("{path}/"),
+                depth,
+                names,
+                next: 0,
+            });
             continue;
         }
-        let reported = w.found.channels.len() + w.found.semaphores.len();
         if kind == SFlag::S_IFREG {
-            w.found.bytes += st.st_blocks as u64 * 512;
+            found.bytes += st.st_blocks as u64 * 512;
         } else if kind != SFlag::S_IFIFO && kind != SFlag::S_IFSOCK {
             continue; // symlinks and device nodes are no IPC objects
         }
-        if reported >= MAX_REPORTED {
-            w.found.unreported += 1;
+        if found.channels.len() + found.semaphores.len() >= MAX_REPORTED {
+            found.unreported += 1;
             continue;
         }
-        let info = |name: String, kind: &str, abi: Option<SemaphoreAbi>| {
-            Arc::new(ObjectInfo {
-                file: path.clone(),
-                name,
-                kind: kind.into(),
-                abi: abi.map(|a| a.as_str().into()),
-                mode: format!("{:04o}", st.st_mode & 0o7777),
-                uid: st.st_uid,
-                gid: st.st_gid,
-                discovered: true,
-            })
-        };
-        if kind == SFlag::S_IFIFO {
-            let mut c = ChannelSample {
-                info: info(path.clone(), "fifo", None),
-                ..ChannelSample::default()
-            };
-            fifo(dir, name, seen, &mut c);
-            w.found.channels.push(c);
-        } else if kind == SFlag::S_IFSOCK {
-            let s = sockets_at(seen, dev, &[st.st_ino]);
-            let known = seen.sockets_complete || s.visible == 1;
-            w.found.channels.push(ChannelSample {
-                info: info(path.clone(), "socket", None),
-                present: true,
-                sockets: Some(1),
-                sockets_visible: Some(s.visible),
-                backlog_connections: known.then_some(s.backlog),
-                queue_bytes: known.then_some(s.queued),
-                observed: known,
-                holders: s.holders,
-                ..ChannelSample::default()
-            });
-        } else if let Some((abi, value, waiters)) = semaphore(dir, name, &st) {
-            // glibc names a semaphore's file sem.NAME; NAME is what sem_open takes.
-            let shown = match (abi, name.strip_prefix("sem.")) {
-                (SemaphoreAbi::Glibc, Some(bare)) => format!("{prefix}{bare}"),
-                _ => path.clone(),
-            };
-            w.found.semaphores.push(SemaphoreSample {
-                info: info(shown, "semaphore", Some(abi)),
-                present: true,
-                value: Some(value),
-                waiters: Some(waiters),
-                holders: file_holders(seen, st.st_dev, st.st_ino),
-            });
-        } else {
-            w.found.channels.push(ChannelSample {
-                info: info(path.clone(), "shm", None),
-                present: true,
-                capacity_bytes: Some(st.st_size as u64),
-                resident_bytes: Some(st.st_blocks as u64 * 512),
-                holders: file_holders(seen, st.st_dev, st.st_ino),
-                ..ChannelSample::default()
-            });
+        let object = probe(dir, &name, &path, &st, dev, seen);
+        let (metrics, json) = cost(budget, &object);
+        if spent.0 + metrics > METRICS_BUDGET || spent.1 + json > LINKS_BUDGET {
+            found.unreported += 1;
+            continue;
+        }
+        spent = (spent.0 + metrics, spent.1 + json);
+        match object {
+            Object::Channel(c) => found.channels.push(c),
+            Object::Semaphore(m) => found.semaphores.push(m),
         }
     }
+    listings.by_dir.retain(|ino, _| visited.contains(ino));
+    found
+}
+
+/// A created object as probed.
+enum Object {
+    Channel(ChannelSample),
+    Semaphore(SemaphoreSample),
+}
+
+/// What reporting `object` costs: bytes of `/metrics` and of `/v1/links`.
+fn cost(budget: Budget<'_>, object: &Object) -> (usize, usize) {
+    let (r, json) = match object {
+        Object::Channel(c) => (ObjectRef::Channel(c), json_len(c)),
+        Object::Semaphore(m) => (ObjectRef::Semaphore(m), json_len(m)),
+    };
+    let metrics = object_bytes(budget.namespace, budget.link, budget.extra_label_bytes, r);
+    (metrics, json)
+}
+
+/// Bytes of the JSON form of `value`.
+fn json_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    let _ = serde_json::to_writer(&mut n, value);
+    n.0 + 1 // the comma between array items
+}
+
+/// Probes the FIFO, socket or regular file `name` of `dir` (its `st`, its `path` below
+/// the link's root).
+fn probe(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    path: &str,
+    st: &FileStat,
+    dev: u64,
+    seen: &Observation,
+) -> Object {
+    let shown = shortened(path).into_owned();
+    let info = |name: String, kind: &str, abi: Option<SemaphoreAbi>| {
+        Arc::new(ObjectInfo {
+            file: shown.clone(),
+            name,
+            kind: kind.into(),
+            abi: abi.map(|a| a.as_str().into()),
+            mode: format!("{:04o}", st.st_mode & 0o7777),
+            uid: st.st_uid,
+            gid: st.st_gid,
+            discovered: true,
+        })
+    };
+    let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+    if kind == SFlag::S_IFIFO {
+        let mut c = ChannelSample {
+            info: info(shown.clone(), "fifo", None),
+            ..ChannelSample::default()
+        };
+        fifo(dir, name, seen, &mut c);
+        return Object::Channel(c);
+    }
+    if kind == SFlag::S_IFSOCK {
+        let s = sockets_at(seen, dev, &[st.st_ino]);
+        let known = seen.sockets_complete || s.visible == 1;
+        return Object::Channel(ChannelSample {
+            info: info(shown.clone(), "socket", None),
+            present: true,
+            sockets: Some(1),
+            sockets_visible: Some(s.visible),
+            backlog_connections: known.then_some(s.backlog),
+            queue_bytes: known.then_some(s.queued),
+            observed: known,
+            holders: s.holders,
+            ..ChannelSample::default()
+        });
+    }
+    if let Some((abi, value, waiters)) = semaphore(dir, name, st) {
+        // glibc names a semaphore's file sem.NAME; NAME is what sem_open takes.
+        let bare = match (abi, name.strip_prefix("sem.")) {
+            (SemaphoreAbi::Glibc, Some(bare)) => {
+                shortened(&format!("{}{bare}", &path[..path.len() - name.len()])).into_owned()
+            }
+            _ => shown.clone(),
+        };
+        return Object::Semaphore(SemaphoreSample {
+            info: info(bare, "semaphore", Some(abi)),
+            present: true,
+            value: Some(value),
+            waiters: Some(waiters),
+            holders: file_holders(seen, st.st_dev, st.st_ino),
+        });
+    }
+    Object::Channel(ChannelSample {
+        info: info(shown.clone(), "shm", None),
+        present: true,
+        capacity_bytes: Some(st.st_size as u64),
+        resident_bytes: Some(st.st_blocks as u64 * 512),
+        holders: file_holders(seen, st.st_dev, st.st_ino),
+        ..ChannelSample::default()
+    })
 }
 
 /// (abi, value, waiters) when the regular file `name` looks like a named semaphore: 32
 /// bytes; glibc's `sem.NAME` with its process-shared flag (128) at bytes 8..12 and zeros
-/// after, or musl's value and waiters followed by 24 zero bytes.
+/// after, or musl's value and waiters followed by 24 zero bytes. It is opened by name
+/// only as `O_PATH` (no side effect whatever is there now), checked to be the regular
+/// file the walk saw, and then read through that descriptor.
 fn semaphore(dir: BorrowedFd<'_>, name: &str, st: &FileStat) -> Option<(SemaphoreAbi, u32, u32)> {
     if st.st_size as u64 != SEM_BYTES {
         return None;
     }
-    let fd = openat(
-        dir,
-        name,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
-    let now = fstat(fd.as_fd()).ok()?;
-    if now.st_ino != st.st_ino || now.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
-        return None; // replaced since the walk saw it
-    }
+    let fd = open_regular_at(dir, name, st)?;
     let mut b = [0u8; SEM_BYTES as usize];
     std::fs::File::from(fd).read_exact_at(&mut b, 0).ok()?;
     let word: [u8; 8] = b[..8].try_into().ok()?;
@@ -250,4 +383,63 @@ fn semaphore(dir: BorrowedFd<'_>, name: &str, st: &FileStat) -> Option<(Semaphor
         return Some((SemaphoreAbi::Musl, value, waiters));
     }
     None
+}
+
+/// Opens `name` of `dir` for reading only if it is still the regular file `st`
+/// describes: `O_PATH` first (a FIFO put there meanwhile is not opened), then a check,
+/// then a reopen of that very file through its descriptor.
+pub(crate) fn open_regular_at(dir: BorrowedFd<'_>, name: &str, st: &FileStat) -> Option<OwnedFd> {
+    let path = openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let now = fstat(path.as_fd()).ok()?;
+    if now.st_ino != st.st_ino
+        || now.st_dev != st.st_dev
+        || now.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits()
+    {
+        return None; // replaced since the walk saw it
+    }
+    nix::fcntl::open(
+        format!("/proc/self/fd/{}", path.as_raw_fd()).as_str(),
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_cut_with_a_hash_that_tells_them_apart() {
+        assert_eq!(shortened("frames"), "frames");
+        let exactly = "a".repeat(MAX_NAME_BYTES);
+        assert_eq!(shortened(&exactly), exactly);
+        let long = format!("{}/{}", "d".repeat(255), "x".repeat(255));
+        let other = format!("{}/{}", "d".repeat(255), "y".repeat(255));
+        let (a, b) = (shortened(&long), shortened(&other));
+        assert_eq!(a.len(), MAX_NAME_BYTES + 17);
+        assert_ne!(a, b);
+        assert!(a.starts_with(&"d".repeat(MAX_NAME_BYTES)));
+        // Cut on a character boundary.
+        let wide = "é".repeat(100);
+        let cut = shortened(&wide);
+        assert!(cut.len() <= MAX_NAME_BYTES + 17, "{}", cut.len());
+        assert!(cut.contains('~'));
+    }
+
+    #[test]
+    fn only_directories_open_to_others_are_entered() {
+        assert!(open_to_others(0o755));
+        assert!(open_to_others(0o1777));
+        assert!(open_to_others(0o750));
+        assert!(!open_to_others(0o700));
+        assert!(!open_to_others(0o711));
+        assert!(!open_to_others(0o740));
+    }
 }

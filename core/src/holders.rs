@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, FcntlArg, OFlag, fcntl};
-use nix::sys::stat::{Mode, fstat, fstatat};
+use nix::sys::stat::{Mode, fstatat};
 
 /// What a holder does with an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,7 +63,23 @@ pub struct Process {
     pub pid: i32,
     /// Who it is.
     pub owner: Arc<Owner>,
+    /// The devices of the links it may hold (its pod's), when the caller knows them: a
+    /// process past the scan's bounds then leaves only those links' holders unknown;
+    /// `None`: every link's.
+    pub scope: Option<Arc<HashSet<u64>>>,
 }
+
+/// Descriptors read of one process at most; past it, what it holds is unknown.
+pub const MAX_FDS_PER_PROCESS: usize = 8192;
+/// Descriptors read in one scan at most; past it, every holder is unknown.
+pub const MAX_FDS_PER_SCAN: usize = 32_768;
+/// Lines of one process's `maps` read at most; past it, what it maps is unknown.
+pub const MAX_MAPS_PER_PROCESS: usize = 16_384;
+/// Processes one scan reads at most; past it, every holder is unknown.
+pub const MAX_PROCESSES_PER_SCAN: usize = 16_384;
+/// Network namespaces whose sockets one scan dumps at most; past it, sockets bound in
+/// the others are unknown.
+pub const MAX_NETNS_PER_SCAN: usize = 64;
 
 /// Where the processes that may hold a link's objects come from.
 pub trait Members: Send {
@@ -97,6 +113,7 @@ impl Members for AllProcesses {
                     command,
                     ..Owner::default()
                 }),
+                scope: None,
             })
             .collect())
     }
@@ -162,6 +179,7 @@ impl Members for ContainerProcesses {
                     command: p.owner.command.clone(),
                     ..(**owner).clone()
                 }),
+                scope: None,
             });
         }
         // Named members none of whose processes is visible: exited (discovery has not
@@ -200,13 +218,15 @@ pub fn command(pid: i32) -> String {
         .unwrap_or_default()
 }
 
-/// One process holding one object.
+/// One process holding one object in one role (however many descriptors it uses).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
     /// The process.
     pub pid: i32,
-    /// Its descriptor of the object (`None` for a mapping).
+    /// Its first descriptor of the object (`None` for a mapping).
     pub fd: Option<i32>,
+    /// How many of its descriptors hold the object in this role.
+    pub fds: u32,
     /// What it does with it.
     pub role: Role,
     /// Who the process is.
@@ -245,6 +265,13 @@ pub struct Holders {
     netns: HashMap<u64, i32>,
     /// Processes whose descriptors could be read.
     readable: usize,
+    /// Why every holder is unknown (a bound of the scan was reached).
+    incomplete: Option<String>,
+    /// Link devices whose holders are unknown: those a process past its own bounds may
+    /// hold.
+    unknown_devs: HashSet<u64>,
+    /// Descriptors read so far.
+    fds_read: usize,
     /// The first process whose descriptors could not be read (other than by exiting).
     denied: Option<(i32, std::io::Error)>,
     /// Process descriptors to duplicate descriptors from, opened once per process.
@@ -255,11 +282,44 @@ impl Holders {
     /// Reads the descriptors and mappings of `processes`, keeping those of objects on
     /// the devices `devs` (the links' filesystems), their Unix sockets and their network
     /// namespaces. Processes that are gone or cannot be read are passed over.
+    ///
+    /// Members set how much there is to read, so the scan is bounded
+    /// ([`MAX_FDS_PER_PROCESS`], [`MAX_MAPS_PER_PROCESS`], [`MAX_FDS_PER_SCAN`],
+    /// [`MAX_PROCESSES_PER_SCAN`]); past a bound, the holders it would have found are
+    /// unknown ([`Holders::known_for`]), never a smaller number.
     pub fn scan(processes: &[Process], devs: &HashSet<u64>) -> Holders {
         let mut h = Holders::default();
+        if processes.len() > MAX_PROCESSES_PER_SCAN {
+            h.incomplete = Some(format!(
+                "{} member processes, more than the {MAX_PROCESSES_PER_SCAN} one scan reads",
+                processes.len()
+            ));
+            return h;
+        }
         for p in processes {
-            h.scan_fds(p, devs);
-            h.scan_maps(p, devs);
+            let whole = h.scan_fds(p, devs) & h.scan_maps(p, devs);
+            if !whole {
+                match &p.scope {
+                    Some(scope) => h.unknown_devs.extend(scope.iter()),
+                    None => {
+                        h.incomplete = Some(format!(
+                            "process {} holds more descriptors or mappings than one scan reads ({MAX_FDS_PER_PROCESS} descriptors, {MAX_MAPS_PER_PROCESS} mappings)",
+                            p.pid
+                        ));
+                    }
+                }
+            }
+            if h.fds_read > MAX_FDS_PER_SCAN {
+                h.incomplete = Some(format!(
+                    "the member processes hold more than the {MAX_FDS_PER_SCAN} descriptors one scan reads"
+                ));
+            }
+            if h.incomplete.is_some() {
+                // Nothing more would be known: stop reading.
+                h.by_object.clear();
+                h.sockets.clear();
+                return h;
+            }
             if let Ok(m) = std::fs::metadata(format!("/proc/{}/ns/net", p.pid)) {
                 h.netns.entry(m.ino()).or_insert(p.pid);
             }
@@ -267,7 +327,20 @@ impl Holders {
         h
     }
 
-    fn scan_fds(&mut self, p: &Process, devs: &HashSet<u64>) {
+    /// Whether the holders of the objects on link device `dev` are known: the scan
+    /// read every process that may hold them in full.
+    pub fn known_for(&self, dev: u64) -> bool {
+        self.incomplete.is_none() && !self.unknown_devs.contains(&dev)
+    }
+
+    /// Why holders are unknown on every link, if they are.
+    pub fn incomplete(&self) -> Option<&str> {
+        self.incomplete.as_deref()
+    }
+
+    /// Reads the descriptors of `p`; false when it holds more than one scan reads (what
+    /// it holds is then unknown).
+    fn scan_fds(&mut self, p: &Process, devs: &HashSet<u64>) -> bool {
         // Descriptors are looked up relative to the open directory: one path component
         // per descriptor, not a fresh walk of /proc/PID/fd/N.
         let opened = nix::fcntl::open(
@@ -287,11 +360,18 @@ impl Holders {
                 if e != Errno::ENOENT && e != Errno::ESRCH && self.denied.is_none() {
                     self.denied = Some((p.pid, std::io::Error::from(e)));
                 }
-                return;
+                return true;
             }
         };
         self.readable += 1;
-        for e in dir.iter().flatten() {
+        // The last hold pushed for each (object, role) of this process: duplicates of a
+        // descriptor count there instead of adding holds.
+        let mut mine: HashMap<((u64, u64), Role), usize> = HashMap::new();
+        for (read, e) in dir.iter().flatten().enumerate() {
+            if read >= MAX_FDS_PER_PROCESS {
+                return false;
+            }
+            self.fds_read += 1;
             let Some(fd) = e
                 .file_name()
                 .to_str()
@@ -301,15 +381,25 @@ impl Holders {
                 continue;
             };
             // The magic link leads to the object itself (for a socket, its sockfs inode).
-            let Ok(m) = fstatat(&at, e.file_name(), AtFlags::empty()) else {
+            // Cached attributes only: a member's FUSE file must not make the scan wait
+            // for its server.
+            let Some((dev, ino, kind)) = stat_cached(at.as_fd(), e.file_name()) else {
                 continue;
             };
-            let kind = m.st_mode & nix::libc::S_IFMT;
             if kind == nix::libc::S_IFSOCK {
-                self.sockets.insert(m.st_ino, (p.pid, fd, p.owner.clone()));
+                self.sockets.insert(ino, (p.pid, fd, p.owner.clone()));
                 continue;
             }
-            if !devs.contains(&m.st_dev) {
+            if !devs.contains(&dev) {
+                continue;
+            }
+            let object = (dev, ino);
+            let counted = |role| mine.get(&(object, role)).copied();
+            if let (Some(r), Some(w)) = (counted(Role::Reader), counted(Role::Writer)) {
+                // Both roles are known: a duplicate counts, whatever its access mode.
+                let holds = self.by_object.entry(object).or_default();
+                holds[r].fds += 1;
+                holds[w].fds += 1;
                 continue;
             }
             // The link itself carries the descriptor's access mode (owner read for
@@ -326,27 +416,41 @@ impl Holders {
                 (true, true) => &[Role::Reader, Role::Writer],
                 (false, false) => continue,
             };
+            let holds = self.by_object.entry(object).or_default();
             for &role in roles {
-                self.by_object
-                    .entry((m.st_dev, m.st_ino))
-                    .or_default()
-                    .push(Hold {
-                        pid: p.pid,
-                        fd: Some(fd),
-                        role,
-                        owner: p.owner.clone(),
-                    });
+                match mine.get(&(object, role)) {
+                    Some(&i) => holds[i].fds += 1,
+                    None => {
+                        mine.insert((object, role), holds.len());
+                        holds.push(Hold {
+                            pid: p.pid,
+                            fd: Some(fd),
+                            fds: 1,
+                            role,
+                            owner: p.owner.clone(),
+                        });
+                    }
+                }
             }
         }
+        true
     }
 
-    fn scan_maps(&mut self, p: &Process, devs: &HashSet<u64>) {
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{}/maps", p.pid)) else {
-            return;
+    /// Reads the mappings of `p`; false when it has more than one scan reads.
+    fn scan_maps(&mut self, p: &Process, devs: &HashSet<u64>) -> bool {
+        use std::io::BufRead;
+        let Ok(maps) = std::fs::File::open(format!("/proc/{}/maps", p.pid)) else {
+            return true;
         };
         let mut seen = HashSet::new();
         // address perms offset major:minor inode path
-        for line in maps.lines() {
+        for (n, line) in std::io::BufReader::new(maps).lines().enumerate() {
+            if n >= MAX_MAPS_PER_PROCESS {
+                return false;
+            }
+            let Ok(line) = line else {
+                break;
+            };
             let mut f = line.split_whitespace();
             let (Some(_), Some(_), Some(_), Some(dev), Some(ino)) =
                 (f.next(), f.next(), f.next(), f.next(), f.next())
@@ -370,10 +474,12 @@ impl Holders {
             self.by_object.entry((dev, ino)).or_default().push(Hold {
                 pid: p.pid,
                 fd: None,
+                fds: 0,
                 role: Role::Mapper,
                 owner: p.owner.clone(),
             });
         }
+        true
     }
 
     /// Why nothing could be learned from the scanned processes: none of their
@@ -388,14 +494,16 @@ impl Holders {
     /// the first holder that still holds it.
     pub fn pipe(&self, dev: u64, ino: u64) -> PipeNow {
         let mut now = PipeNow::LetGo;
-        for (pid, fd) in self
+        for (pid, fd, fds) in self
             .of(dev, ino)
             .iter()
-            .filter_map(|h| Some((h.pid, h.fd?)))
+            .filter_map(|h| Some((h.pid, h.fd?, h.fds)))
         {
             match self.pipe_depth(pid, fd, (dev, ino)) {
                 Ok(Some(depth)) => return PipeNow::Depth(depth),
-                // Closed (its number may have been reused), or the process exited.
+                // Closed (its number may have been reused), or the process exited: it
+                // let go, unless another of its descriptors still holds the FIFO.
+                Ok(None) | Err(Errno::EBADF) if fds > 1 => now = PipeNow::Unknown,
                 Ok(None) | Err(Errno::EBADF | Errno::ESRCH) => {}
                 Err(_) => now = PipeNow::Unknown,
             }
@@ -416,9 +524,10 @@ impl Holders {
             .clone()
             .ok_or(Errno::ESRCH)?;
         let dup = pidfd_getfd(pidfd.as_fd(), fd)?;
-        let d = fstat(&dup)?;
-        if (d.st_dev, d.st_ino) != object {
-            return Ok(None);
+        // The number may now hold a member's FUSE file: cached attributes only.
+        match stat_cached(dup.as_fd(), c"") {
+            Some((dev, ino, _)) if (dev, ino) == object => {}
+            _ => return Ok(None),
         }
         Ok(Some(PipeDepth {
             capacity: fcntl(dup.as_fd(), FcntlArg::F_GETPIPE_SZ)? as u64,
@@ -452,6 +561,20 @@ impl Holders {
     pub fn netns(&self) -> impl Iterator<Item = (u64, i32)> + '_ {
         self.netns.iter().map(|(&ns, &pid)| (ns, pid))
     }
+}
+
+/// Device, inode and file type of `name` under `dir` (the object itself when `name`
+/// is a `/proc/PID/fd` magic link; `dir` itself when `name` is empty), from attributes
+/// the kernel has cached: `AT_STATX_DONT_SYNC` asks no network or FUSE server.
+fn stat_cached(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Option<(u64, u64, u32)> {
+    use rustix::fs::{AtFlags, StatxFlags, statx};
+    let mut flags = AtFlags::STATX_DONT_SYNC;
+    if name.is_empty() {
+        flags |= AtFlags::EMPTY_PATH;
+    }
+    let st = statx(dir, name, flags, StatxFlags::TYPE | StatxFlags::INO).ok()?;
+    let dev = nix::sys::stat::makedev(u64::from(st.stx_dev_major), u64::from(st.stx_dev_minor));
+    Some((dev, st.stx_ino, u32::from(st.stx_mode) & nix::libc::S_IFMT))
 }
 
 /// Whether process `pid` exists and has not exited (a zombie has closed its files).
@@ -556,6 +679,7 @@ mod tests {
         let me = Process {
             pid: std::process::id() as i32,
             owner: Arc::new(Owner::default()),
+            scope: None,
         };
         let dev = roles_of[0].1;
         let h = Holders::scan(&[me], &HashSet::from([dev]));
@@ -589,6 +713,7 @@ mod tests {
         let me = Process {
             pid: std::process::id() as i32,
             owner: Arc::new(Owner::default()),
+            scope: None,
         };
         let h = Holders::scan(&[me], &HashSet::from([m.dev()]));
         let roles: Vec<Role> = h.of(m.dev(), m.ino()).iter().map(|h| h.role).collect();
@@ -625,6 +750,7 @@ mod tests {
         let p = Process {
             pid: holder.id() as i32,
             owner: Arc::new(Owner::default()),
+            scope: None,
         };
         let h = Holders::scan(&[p], &HashSet::from([m.dev()]));
         let roles: Vec<Role> = h.of(m.dev(), m.ino()).iter().map(|h| h.role).collect();

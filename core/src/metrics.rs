@@ -148,7 +148,7 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "ipclink_link_unreported_objects",
-        help: "Objects members created in a link beyond the per-link cap of reported objects (counted, not reported one by one).",
+        help: "Objects members created in a link beyond what one report names per link (at most 1000 objects, 96 KiB of these series, 40 KiB of /v1/links): counted, not reported one by one.",
         channel: no_channel,
         semaphore: no_semaphore,
         link: |l| Some(l.unreported_objects),
@@ -172,6 +172,74 @@ fn escape_into(out: &mut String, value: &str) {
             c => out.push(c),
         }
     }
+}
+
+/// Bytes [`escape_into`] writes for `value`.
+fn escaped_len(value: &str) -> usize {
+    value.len()
+        + value
+            .bytes()
+            .filter(|b| matches!(b, b'\\' | b'"' | b'\n'))
+            .count()
+}
+
+/// Bytes [`series`] writes.
+fn series_len(family: &str, labels: &[(&str, &str)], value: u64) -> usize {
+    let pairs: usize = labels
+        .iter()
+        .map(|(k, v)| k.len() + 3 + escaped_len(v))
+        .sum();
+    let commas = labels.len().saturating_sub(1);
+    let digits = value.checked_ilog10().unwrap_or(0) as usize + 1;
+    family.len() + 1 + pairs + commas + 2 + digits + 1
+}
+
+/// One object of a sample, for [`object_bytes`].
+#[derive(Debug, Clone, Copy)]
+pub enum ObjectRef<'a> {
+    /// A channel.
+    Channel(&'a ChannelSample),
+    /// A semaphore.
+    Semaphore(&'a SemaphoreSample),
+}
+
+/// At most the bytes the series of one object of link `namespace/link` take in
+/// `/metrics`: its families (with the depth age its sample gets later) and its holder
+/// counts, each series with `extra` more bytes of labels (e.g. `,node="n1"`). What a
+/// link's budget for the objects members created counts.
+pub fn object_bytes(namespace: &str, link: &str, extra: usize, object: ObjectRef<'_>) -> usize {
+    let info = match object {
+        ObjectRef::Channel(c) => &c.info,
+        ObjectRef::Semaphore(m) => &m.info,
+    };
+    let labels = [
+        ("namespace", namespace),
+        ("link", link),
+        ("channel", info.name.as_str()),
+        ("kind", info.kind.as_str()),
+        ("origin", info.origin()),
+    ];
+    let widest = u64::MAX;
+    let mut n = 0;
+    for f in FAMILIES {
+        let value = match object {
+            ObjectRef::Channel(c) => (f.channel)(c).or_else(|| {
+                // Set after the walk, for a channel whose depth is known.
+                (f.name == "ipclink_channel_depth_unchanged_seconds" && c.queue_bytes.is_some())
+                    .then_some(widest)
+            }),
+            ObjectRef::Semaphore(m) => (f.semaphore)(m),
+        };
+        if value.is_some() {
+            n += series_len(f.name, &labels, widest) + extra;
+        }
+    }
+    let roles = match info.kind.as_str() {
+        "fifo" | "socket" => 2,
+        _ => 3,
+    };
+    let holders = [&labels[..], &[("role", "writer")]].concat();
+    n + roles * (series_len("ipclink_channel_holders", &holders, widest) + extra)
 }
 
 fn series(out: &mut String, family: &str, labels: &[(&str, &str)], value: u64) {
@@ -256,8 +324,11 @@ pub fn render_channel_groups(groups: &[SampleGroup<'_>], out: &mut String) {
 }
 
 /// Most holder-info series per link: the holders of a busy link are counted in full
-/// (`ipclink_channel_holders`) but named only up to this many.
+/// (`ipclink_channel_holders`) but named only up to this many, and only up to
+/// [`MAX_HOLDER_INFO_BYTES`].
 pub const MAX_HOLDER_INFO: usize = 100;
+/// Most bytes of holder-info series per link.
+pub const MAX_HOLDER_INFO_BYTES: usize = 16 << 10;
 
 /// `ipclink_channel_holders{role}` (how many processes per role) and
 /// `ipclink_channel_holder_info{role,pod,container,command}` (who, capped per link), for
@@ -268,7 +339,7 @@ fn render_holders(groups: &[SampleGroup<'_>], out: &mut String) {
     let mut info = String::new();
     for (extra, samples) in groups {
         for s in samples.iter() {
-            let mut named = 0usize;
+            let (mut named, mut named_bytes) = (0usize, 0usize);
             let channels = s.channels.iter().map(|c| (&c.info, &c.holders));
             let semaphores = s.semaphores.iter().map(|m| (&m.info, &m.holders));
             for (obj, holders) in channels.chain(semaphores) {
@@ -303,10 +374,6 @@ fn render_holders(groups: &[SampleGroup<'_>], out: &mut String) {
                     .map(|h| (h.role.as_str(), &h.pod, &h.container, &h.command))
                     .collect();
                 for (role, pod, container, command) in who {
-                    if named == MAX_HOLDER_INFO {
-                        break;
-                    }
-                    named += 1;
                     let who = [
                         ("role", role),
                         ("pod", pod.as_str()),
@@ -314,6 +381,12 @@ fn render_holders(groups: &[SampleGroup<'_>], out: &mut String) {
                         ("command", command.as_str()),
                     ];
                     let labels = [&object[..], &who, extra].concat();
+                    let bytes = series_len("ipclink_channel_holder_info", &labels, 1);
+                    if named == MAX_HOLDER_INFO || named_bytes + bytes > MAX_HOLDER_INFO_BYTES {
+                        break;
+                    }
+                    named += 1;
+                    named_bytes += bytes;
                     series(&mut info, "ipclink_channel_holder_info", &labels, 1);
                 }
             }
@@ -510,5 +583,95 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("ipclink_semaphore_value{"), "{out}");
+    }
+
+    #[test]
+    fn an_objects_budgeted_bytes_cover_what_is_rendered_for_it() {
+        let info = |kind: &str| {
+            std::sync::Arc::new(crate::probe::ObjectInfo {
+                name: format!("deep/\"{}\\name", "x".repeat(120)),
+                kind: kind.into(),
+                discovered: true,
+                ..Default::default()
+            })
+        };
+        let holder = crate::probe::HolderSample {
+            role: "reader".into(),
+            pid: 7,
+            ..Default::default()
+        };
+        let fifo = ChannelSample {
+            info: info("fifo"),
+            present: true,
+            queue_bytes: Some(12345),
+            capacity_bytes: Some(65536),
+            reader_present: Some(true),
+            writer_present: Some(false),
+            depth_unchanged_seconds: Some(99),
+            holders: vec![holder.clone()],
+            ..ChannelSample::default()
+        };
+        let shm = ChannelSample {
+            info: info("shm"),
+            present: true,
+            capacity_bytes: Some(1 << 30),
+            resident_bytes: Some(1 << 30),
+            ..ChannelSample::default()
+        };
+        let sem = SemaphoreSample {
+            info: info("semaphore"),
+            present: true,
+            value: Some(u32::MAX),
+            waiters: Some(3),
+            holders: vec![holder],
+        };
+        let extra = [("node", "node-with-a-long-name-1")];
+        let extra_bytes = ",node=\"node-with-a-long-name-1\"".len();
+        for (sample, budgeted) in [
+            (
+                LinkSample {
+                    channels: vec![fifo.clone()],
+                    ..LinkSample::default()
+                },
+                object_bytes("ns", "l", extra_bytes, ObjectRef::Channel(&fifo)),
+            ),
+            (
+                LinkSample {
+                    channels: vec![shm.clone()],
+                    ..LinkSample::default()
+                },
+                object_bytes("ns", "l", extra_bytes, ObjectRef::Channel(&shm)),
+            ),
+            (
+                LinkSample {
+                    semaphores: vec![sem.clone()],
+                    ..LinkSample::default()
+                },
+                object_bytes("ns", "l", extra_bytes, ObjectRef::Semaphore(&sem)),
+            ),
+        ] {
+            let sample = LinkSample {
+                namespace: "ns".into(),
+                name: "l".into(),
+                holders_known: true,
+                ..sample
+            };
+            let mut out = String::new();
+            render_channels(&[sample], &extra, &mut out);
+            let rendered: usize = out
+                .lines()
+                .filter(|l| l.contains("channel=") && !l.starts_with("ipclink_channel_holder_info"))
+                .map(|l| l.len() + 1)
+                .sum();
+            assert!(rendered > 0);
+            assert!(
+                budgeted >= rendered,
+                "budgeted {budgeted} < rendered {rendered}:\n{out}"
+            );
+            assert!(
+                budgeted <= rendered * 2,
+                "budgeted {budgeted} for {rendered}"
+            );
+        }
     }
 }

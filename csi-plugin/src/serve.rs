@@ -292,9 +292,12 @@ impl NodeLinks {
         let (records, _) = store.records();
         let mut cached = self.probes.lock().unwrap_or_else(|p| p.into_inner());
         if cached.0 != records {
+            // The `node` label every series gets: `,node="ID"`.
+            let node_label = self.plugin.node_id().len() + 8;
             let opened = records
                 .iter()
                 .filter_map(|r| LinkProbe::of_record(store, r).ok())
+                .map(|p| p.with_extra_label_bytes(node_label))
                 .collect();
             cached.1.set_probes(opened);
             cached.0 = records;

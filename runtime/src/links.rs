@@ -333,6 +333,7 @@ mod tests {
                 .map(|pid| ipclink_core::holders::Process {
                     pid,
                     owner: Arc::default(),
+                    scope: None,
                 })
                 .collect())
         }

@@ -243,7 +243,9 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
             true,
             args.fifo_open_probe,
         ),
-        None => Observer::new(Box::new(AllProcesses), false, args.fifo_open_probe),
+        // Every process's network namespace too: a member may bind a socket channel's
+        // listener from its own (a container), and its backlog is read there.
+        None => Observer::new(Box::new(AllProcesses), true, args.fifo_open_probe),
     };
     let mut set = LinkSet::new(open_probes(&m.store, &m.plans)?).observed_by(observer);
     if m.store.mode() == StorageMode::PlainDir {
@@ -493,7 +495,7 @@ pub fn status(root: &Path) -> Result<Vec<LinkSample>, Error> {
         .iter()
         .filter_map(|r| LinkProbe::of_record(&store, r).ok())
         .collect();
-    let observer = Observer::new(Box::new(AllProcesses), false, false);
+    let observer = Observer::new(Box::new(AllProcesses), true, false);
     Ok(LinkSet::new(probes).observed_by(observer).sample())
 }
 
@@ -526,20 +528,31 @@ pub fn status_table(samples: &[LinkSample]) -> String {
         ],
         &rows,
     );
+    // With --endpoint these come from another process: shown printable too.
+    use ipclink_core::report::printable;
     for s in samples.iter().filter(|s| s.unreported_objects > 0) {
         out.push_str(&format!(
-            "{}/{}: {} more objects members created are not listed (at most {} are)\n",
-            s.namespace,
-            s.name,
+            "{}: {} more objects members created are not listed (at most {} per link are, in at most {} KiB of metrics)\n",
+            printable(&format!("{}/{}", s.namespace, s.name)),
             s.unreported_objects,
-            ipclink_core::created::MAX_REPORTED
+            ipclink_core::created::MAX_REPORTED,
+            ipclink_core::created::METRICS_BUDGET >> 10,
         ));
     }
     for s in samples {
+        if let Some(why) = &s.holders_unknown {
+            out.push_str(&format!(
+                "{}: holders unknown: {}\n",
+                printable(&format!("{}/{}", s.namespace, s.name)),
+                printable(why)
+            ));
+        }
         for p in &s.pending {
             out.push_str(&format!(
-                "{}/{}: pending {}: {}\n",
-                s.namespace, s.name, p.field, p.message
+                "{}: pending {}: {}\n",
+                printable(&format!("{}/{}", s.namespace, s.name)),
+                printable(&p.field),
+                printable(&p.message)
             ));
         }
     }

@@ -55,8 +55,9 @@ pub struct LinkSample {
     pub channels: Vec<ChannelSample>,
     /// Semaphores in spec order.
     pub semaphores: Vec<SemaphoreSample>,
-    /// Objects members created beyond the per-link cap ([`crate::created::MAX_REPORTED`]),
-    /// counted but not reported one by one.
+    /// Objects members created that are counted but not reported one by one: past the
+    /// per-link cap ([`crate::created::MAX_REPORTED`]) or the bytes a link's report may
+    /// take ([`crate::created::METRICS_BUDGET`], [`crate::created::LINKS_BUDGET`]).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unreported_objects: u64,
     /// Bytes the declared objects take from the start (shm regions are preallocated):
@@ -67,6 +68,10 @@ pub struct LinkSample {
     /// nobody holds the object, not that nobody could tell).
     #[serde(default)]
     pub holders_known: bool,
+    /// Why the holders are unknown, when that is a bound of the report rather than the
+    /// observer's rights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holders_unknown: Option<String>,
     /// Changes of the spec that wait until no member holds the link, each naming its
     /// field; empty when the link serves its spec.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -287,7 +292,13 @@ pub struct LinkProbe {
     pending: Vec<Problem>,
     /// The digest of the spec last applied (from its record).
     spec: Option<String>,
+    /// Bytes of extra labels the caller adds to every series (e.g. `,node="n1"`).
+    extra_label_bytes: usize,
 }
+
+/// Bytes of `/v1/links` the holder lists of one link take at most; past it, the link's
+/// holders are unknown (members decide how many processes hold its objects).
+pub const HOLDERS_BUDGET: usize = 24 << 10;
 
 impl LinkProbe {
     /// The probe of a link by its record: the plan it serves and what is pending.
@@ -348,7 +359,15 @@ impl LinkProbe {
             depths: HashMap::new(),
             pending: Vec::new(),
             spec: None,
+            extra_label_bytes: 0,
         })
+    }
+
+    /// Says how many bytes of labels the caller adds to every series of this link
+    /// (`,node="n1"`), so the budget for created objects counts them.
+    pub fn with_extra_label_bytes(mut self, bytes: usize) -> Self {
+        self.extra_label_bytes = bytes;
+        self
     }
 
     /// Namespace and name.
@@ -387,7 +406,7 @@ impl LinkProbe {
             size_limit_enforced: self.enforced,
             limit_bytes: self.size_limit,
             preallocated_bytes: self.preallocated,
-            holders_known: seen.holders.is_some(),
+            holders_known: seen.holders_for(self.dev).is_some(),
             pending: self.pending.clone(),
             spec: self.spec.clone(),
             channels: Vec::with_capacity(self.objects.len()),
@@ -446,7 +465,19 @@ impl LinkProbe {
                 }
             }
         }
-        let found = crate::created::walk(link, self.dev, &self.declared, seen, &mut self.listings);
+        let budget = crate::created::Budget {
+            namespace: &self.namespace,
+            link: &self.name,
+            extra_label_bytes: self.extra_label_bytes,
+        };
+        let found = crate::created::walk(
+            link,
+            self.dev,
+            &self.declared,
+            seen,
+            &mut self.listings,
+            budget,
+        );
         out.channels.extend(found.channels);
         out.semaphores.extend(found.semaphores);
         out.unreported_objects = found.unreported;
@@ -459,6 +490,7 @@ impl LinkProbe {
             _ => out.used_bytes = object_bytes,
         }
         self.track_depths(&mut out.channels);
+        bound_holders(&mut out);
         out
     }
 
@@ -480,6 +512,36 @@ impl LinkProbe {
             next.insert(c.info.file.clone(), (depth, since));
         }
         self.depths = next;
+    }
+}
+
+/// Leaves the holders of `sample` unknown when their lists take more than
+/// [`HOLDERS_BUDGET`]: absent, never cut to a smaller number.
+fn bound_holders(sample: &mut LinkSample) {
+    let lists = sample
+        .channels
+        .iter()
+        .map(|c| &c.holders)
+        .chain(sample.semaphores.iter().map(|m| &m.holders));
+    let mut bytes = 0usize;
+    for list in lists {
+        for h in list {
+            // Quotes, keys and separators of the JSON form, generously.
+            bytes += 64 + h.role.len() + h.pod.len() + h.container.len() + h.command.len() * 6;
+        }
+    }
+    if bytes <= HOLDERS_BUDGET {
+        return;
+    }
+    sample.holders_known = false;
+    sample.holders_unknown = Some(format!(
+        "more processes hold its objects than one report names ({HOLDERS_BUDGET} bytes of holders per link)"
+    ));
+    for c in &mut sample.channels {
+        c.holders.clear();
+    }
+    for m in &mut sample.semaphores {
+        m.holders.clear();
     }
 }
 

@@ -35,6 +35,13 @@ pub struct Observation {
 }
 
 impl Observation {
+    /// Who holds what on the link with device `dev`, when that is known.
+    pub fn holders_for(&self, dev: u64) -> Option<&Holders> {
+        self.holders.as_ref().filter(|h| h.known_for(dev))
+    }
+}
+
+impl Observation {
     /// An observation from parts; indexes the sockets' peers.
     pub fn new(
         sockets: SocketTable,
@@ -144,9 +151,10 @@ impl Observer {
                     objects = h.objects(),
                     "holders scanned"
                 );
-                match h.unreadable() {
-                    Some(why) => Err(why),
-                    None => Ok(h),
+                match (h.unreadable(), h.incomplete()) {
+                    (Some(why), _) => Err(why),
+                    (None, Some(why)) => Err(why.to_owned()),
+                    (None, None) => Ok(h),
                 }
             })
         });
@@ -192,9 +200,15 @@ impl Observer {
                 let own = std::fs::metadata("/proc/self/ns/net")
                     .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
                     .ok();
-                for (ns, pid) in h.netns() {
+                for (n, (ns, pid)) in h.netns().enumerate() {
                     if Some(ns) == own {
                         continue;
+                    }
+                    if n >= crate::holders::MAX_NETNS_PER_SCAN {
+                        // Members chose how many namespaces there are: past the bound,
+                        // what is bound in the others is unknown.
+                        complete = false;
+                        break;
                     }
                     let dumped = std::fs::File::open(format!("/proc/{pid}/ns/net"))
                         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))
@@ -246,8 +260,7 @@ fn of_holds(holds: &[Hold]) -> Vec<HolderSample> {
 
 /// The holders of the regular file (region or semaphore) with this device and inode.
 pub(crate) fn file_holders(seen: &Observation, dev: u64, ino: u64) -> Vec<HolderSample> {
-    seen.holders
-        .as_ref()
+    seen.holders_for(dev)
         .map(|h| of_holds(h.of(dev, ino)))
         .unwrap_or_default()
 }
@@ -266,7 +279,7 @@ pub(crate) fn fifo(link: BorrowedFd<'_>, file: &str, seen: &Observation, c: &mut
         return;
     }
     c.present = true;
-    let Some(h) = &seen.holders else {
+    let Some(h) = seen.holders_for(st.st_dev) else {
         if seen.fifo_open_probe {
             probe_by_opening(link, file, c);
         } else {
@@ -351,7 +364,9 @@ pub(crate) fn sockets_at(seen: &Observation, dev: u64, socket_files: &[u64]) -> 
         out.visible += 1;
         out.backlog += p.backlog;
         out.queued += p.queued;
-        let Some(h) = &seen.holders else { continue };
+        let Some(h) = seen.holders_for(dev) else {
+            continue;
+        };
         for server in seen.sockets.bound_at(dev, ino) {
             if let Some((pid, _, owner)) = h.socket(server.ino) {
                 holds.push((*pid, Role::Reader, owner.clone()));

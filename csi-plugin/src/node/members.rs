@@ -4,7 +4,8 @@
 //! status; the id itself when the names cannot be had). Seeing another pod's processes
 //! needs the host's pid namespace (the chart's node plugin has `hostPID`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -96,15 +97,27 @@ fn containers(pod: &Path) -> Vec<(String, Vec<i32>)> {
 impl Members for PodMembers {
     fn processes(&mut self) -> Result<Vec<Process>, String> {
         let mut pods: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
+        // The devices of the links each pod mounts: a process past the scan's bounds
+        // leaves the holders of those links unknown, not every tenant's.
+        let mut scopes: BTreeMap<String, HashSet<u64>> = BTreeMap::new();
+        let mut devs: HashMap<(String, String), Option<u64>> = HashMap::new();
         for (target, p) in self.plugin.publications() {
             if let Some(uid) = p.pod_uid_at(&target) {
-                pods.entry(uid)
+                pods.entry(uid.clone())
                     .or_insert((p.namespace.clone(), p.pod.clone()));
+                let dev = *devs
+                    .entry((p.namespace.clone(), p.link.clone()))
+                    .or_insert_with(|| {
+                        let link = self.plugin.store().open_link(&p.namespace, &p.link).ok()?;
+                        nix::sys::stat::fstat(link.as_fd()).ok().map(|st| st.st_dev)
+                    });
+                scopes.entry(uid).or_default().extend(dev);
             }
         }
         let mut out = Vec::new();
         let mut containers_seen = 0usize;
         for (uid, (namespace, pod)) in pods {
+            let scope = Some(Arc::new(scopes.remove(&uid).unwrap_or_default()));
             let Ok(dir) = self.cgroups.pod(&uid) else {
                 continue; // gone, or never started
             };
@@ -126,6 +139,7 @@ impl Members for PodMembers {
                             container: container.clone(),
                             command: command(pid),
                         }),
+                        scope: scope.clone(),
                     });
                 }
             }

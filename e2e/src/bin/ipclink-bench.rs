@@ -205,6 +205,7 @@ impl Members for Pids {
                     command: ipclink_core::holders::command(pid),
                     ..Owner::default()
                 }),
+                scope: None,
             })
             .collect())
     }
@@ -643,6 +644,7 @@ fn probes(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
     let me = [Process {
         pid: std::process::id() as i32,
         owner: std::sync::Arc::new(Owner::default()),
+        scope: None,
     }];
     let devs = std::collections::HashSet::from([fstat(link.as_fd()).expect("stat").st_dev]);
     let holders = Observation::new(
