@@ -66,6 +66,23 @@ impl Store {
         })
     }
 
+    /// Records that the link keeps serving what it serves while its spec `spec` waits
+    /// for what `problems` name (a node budget it does not fit, say): the spec counts as
+    /// seen, and what holds it back is pending, each naming its field.
+    pub fn hold_back(&self, spec: &LinkPlan, problems: &[Problem]) -> Result<(), MaterializeError> {
+        let served = self
+            .record(&spec.namespace, &spec.name)
+            .map(|r| r.plan)
+            .ok_or_else(|| MaterializeError::Refused {
+                path: self
+                    .link_path(&spec.namespace, &spec.name)
+                    .display()
+                    .to_string(),
+                message: "has no record: nothing is served to hold back".into(),
+            })?;
+        self.write_record(&served, problems, &spec.digest())
+    }
+
     /// The record of link `namespace/name`, if it exists and can be read.
     pub fn record(&self, namespace: &str, name: &str) -> Option<Record> {
         let ns = self.open_namespace(namespace).ok()?;

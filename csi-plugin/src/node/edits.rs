@@ -7,6 +7,22 @@ use std::sync::Arc;
 
 use super::NodePlugin;
 
+/// Allocates nothing: a region that would grow with no member pod's memory cgroup to
+/// charge waits (an error names why; the next round tries again).
+struct NoMember;
+
+impl ipclink_core::Preallocate for NoMember {
+    fn preallocate(
+        &self,
+        _file: std::os::fd::BorrowedFd<'_>,
+        _size: u64,
+    ) -> Result<(), ipclink_core::PreallocateError> {
+        Err(ipclink_core::PreallocateError::Failed(
+            "no member pod's memory cgroup is known to charge the grown region to; it grows once one is".into(),
+        ))
+    }
+}
+
 impl NodePlugin {
     /// Applies the current spec of every link on this node whose record differs from it
     /// or has pending changes. An invalid or deleted link is left as it serves. Returns
@@ -44,11 +60,22 @@ impl NodePlugin {
                     if p.store.open_link(&plan.namespace, &plan.name).is_err() {
                         return Ok(false);
                     }
+                    // A larger sizeLimit passes the node's budgets first, or waits.
+                    let _reservation = match p.reserve_edit(&plan) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(namespace = %plan.namespace, link = %plan.name, error = %e, "an edit of the link waits");
+                            return Ok(false);
+                        }
+                    };
                     let pod_uid = p.member_pod_uid(&plan.namespace, &plan.name);
-                    // The pod may be gone meanwhile: then the plugin holds the pages.
-                    let alloc = p
-                        .allocator(pod_uid.as_deref())
-                        .unwrap_or_else(|_| Box::new(ipclink_core::InProcess));
+                    // A region grows charged to a member pod's memory, never to this
+                    // plugin's: with no member pod's cgroup to charge, growth fails
+                    // and is tried again by the next round.
+                    let alloc: Box<dyn ipclink_core::Preallocate> = match (&p.settings.charge, pod_uid.as_deref()) {
+                        (super::Charge::FirstMember(_), None) => Box::new(NoMember),
+                        (_, uid) => p.allocator(uid).unwrap_or_else(|_| Box::new(NoMember)),
+                    };
                     let exclusive = !p.in_use(&plan.namespace, &plan.name);
                     let outcome = p.store.apply(&plan, &*alloc, exclusive)?;
                     outcome.log(&plan);

@@ -126,10 +126,21 @@ pub struct NodePlugin {
     reserved: Mutex<HashMap<(String, String), u64>>,
     /// When each materialized link was first seen with no publication.
     idle_since: Mutex<HashMap<(String, String), std::time::Instant>>,
+    /// Publications being made now, counted against `max_volumes`.
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Ends a publication's count as one being made.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Ends a link's reservation against the node budget.
-struct Reservation<'a>(&'a Mutex<HashMap<(String, String), u64>>, (String, String));
+pub(crate) struct Reservation<'a>(&'a Mutex<HashMap<(String, String), u64>>, (String, String));
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
@@ -184,6 +195,7 @@ impl NodePlugin {
             records,
             state: Mutex::new(state),
             busy: Mutex::new(HashSet::new()),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
             slots: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashMap::new()),
             idle_since: Mutex::new(HashMap::new()),
@@ -404,6 +416,7 @@ impl NodePlugin {
         publication: Publication,
         pod_uid: Option<&str>,
     ) -> Result<(), CsiError> {
+        let _counted = self.count_publication()?;
         let slot = self.slot(&plan.namespace, &plan.name);
         let mut materialized = slot.lock().unwrap_or_else(|p| p.into_inner());
         // A target that cannot be used is refused before the link is materialized.
@@ -413,7 +426,14 @@ impl NodePlugin {
             let _reservation = if fresh {
                 Some(self.reserve(plan)?)
             } else {
-                None
+                match self.reserve_edit(plan) {
+                    Ok(r) => r,
+                    // The link serves what it served; the pod gets that.
+                    Err(held) => {
+                        tracing::warn!(namespace = %plan.namespace, link = %plan.name, error = %held, "an edit of the link waits");
+                        return self.bind_and_record(plan, target, checked, publication);
+                    }
+                }
             };
             let alloc = self.allocator(pod_uid)?;
             // With no publication left, what waits for the members to leave is done now.
@@ -432,6 +452,17 @@ impl NodePlugin {
                 }
             }
         }
+        self.bind_and_record(plan, target, checked, publication)
+    }
+
+    /// Binds the materialized link at `target` and records the publication.
+    fn bind_and_record(
+        &self,
+        plan: &LinkPlan,
+        target: &str,
+        checked: target::Target,
+        publication: Publication,
+    ) -> Result<(), CsiError> {
         let link_fd = self
             .store
             .open_link(&plan.namespace, &plan.name)
@@ -441,6 +472,51 @@ impl NodePlugin {
         self.records.put(target, &publication)?;
         state.by_target.insert(target.to_owned(), publication);
         Ok(())
+    }
+
+    /// For an edit of a live link to `plan`: counts a larger `sizeLimit` against the
+    /// budgets as [`NodePlugin::reserve`] does for a new link. Over a budget, the edit is
+    /// held back: the link keeps serving its record's plan, and its record says what
+    /// waits, naming `spec.sizeLimit` (the operator shows it in SpecApplied); the error
+    /// says why.
+    pub(crate) fn reserve_edit(
+        &self,
+        plan: &LinkPlan,
+    ) -> Result<Option<Reservation<'_>>, CsiError> {
+        let Some(record) = self.store.record(&plan.namespace, &plan.name) else {
+            return Ok(None);
+        };
+        if plan.size_limit <= record.plan.size_limit {
+            return Ok(None);
+        }
+        match self.reserve(plan) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                let problem = ipclink_core::Problem::new(
+                    "spec.sizeLimit",
+                    format!("{e}; the link keeps its size until the edit fits"),
+                );
+                self.store.hold_back(plan, &[problem])?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a publication being made against `--max-volumes-per-node`, or refuses it
+    /// when the node holds that many: every publication is a mount on the node, and
+    /// the node's mount table is shared with the kubelet and every other driver.
+    fn count_publication(&self) -> Result<InFlight<'_>, CsiError> {
+        use std::sync::atomic::Ordering;
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let held = state.by_target.len() + self.in_flight.load(Ordering::SeqCst);
+        let max = self.settings.max_volumes;
+        if max > 0 && held as i64 >= max {
+            return Err(CsiError::Exhausted(format!(
+                "this node holds {held} ipclink publications and takes at most {max} (--max-volumes-per-node)"
+            )));
+        }
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Ok(InFlight(&self.in_flight))
     }
 
     /// Where the first publish of a link charges its preallocated pages.
