@@ -387,10 +387,21 @@ impl JsonSchema for Quantity {
     fn schema_name() -> Cow<'static, str> {
         "Quantity".into()
     }
+    /// No `anyOf`: kube's structural rewrite drops `type` from its branches, after
+    /// which a string passed the integer branch (`minimum` checks only numbers) and a
+    /// negative number the string branch. `pattern` and `maxLength` check strings only;
+    /// the rule checks whole numbers (strings are the validator's: zero, fractions and
+    /// sizes over the maximum are refused there, naming the field).
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "x-kubernetes-int-or-string": true,
-            "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": "^[0-9.]+([eE][0-9]+|[KMGTPE]i|[kMGTPE])?$"}]
+            "maxLength": 32,
+            "pattern": "^\\+?([0-9]+(\\.[0-9]*)?|\\.[0-9]+)([eE][0-9]+|[KMGTPE]i|[kMGTPE])?$",
+            "x-kubernetes-validations": [{
+                "rule": format!("type(self) != int || (self >= 1 && self <= {})", crate::quantity::MAX_BYTES),
+                "message": "must be a whole number of bytes from 1 to 1Ti, or a quantity such as \"64Mi\"",
+                "reason": "FieldValueInvalid"
+            }]
         })
     }
 }
