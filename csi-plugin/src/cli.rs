@@ -151,6 +151,22 @@ pub struct Common {
     /// The key of --tls-cert-file (PEM).
     #[arg(long, env = "IPCLINK_TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
+    /// The release's metrics certificate Secret (NAMESPACE/NAME, with ca.crt, tls.crt,
+    /// tls.key): served as soon as the operator has filled it, followed afterwards; a
+    /// certificate made at start is served until then (clients checking the CA refuse
+    /// it, so none sends a token to it).
+    #[arg(
+        long,
+        env = "IPCLINK_METRICS_TLS_SECRET",
+        value_name = "NAMESPACE/NAME",
+        conflicts_with = "tls_cert_file"
+    )]
+    pub metrics_tls_secret: Option<ipclink_runtime::metrics_tls::SecretRef>,
+    /// Also accept bearer tokens for the API server itself, besides those of the
+    /// audience ipclink.dev/metrics: only for scrapers that cannot mount a projected
+    /// token of that audience (such a token, sent here, could act on the API server).
+    #[arg(long, env = "IPCLINK_METRICS_ACCEPT_API_AUDIENCE")]
+    pub metrics_accept_api_audience: bool,
 }
 
 /// A node name as Kubernetes allows it.

@@ -11,8 +11,9 @@ use ipclink_core::names::DRIVER_NAME;
 use ipclink_core::probe::{LinkProbe, Observer};
 use ipclink_core::report::LinksReport;
 use ipclink_runtime::Shutdown;
-use ipclink_runtime::http::{protection, spawn_endpoint};
+use ipclink_runtime::http::{CertSource, own_names, protection, spawn_endpoint};
 use ipclink_runtime::links::{Exposition, LinkSet, probe_router, router, spawn_probes};
+use ipclink_runtime::tls::ServedCert;
 use ipclink_runtime::unix::bind_unix;
 
 use crate::cli::{ChargeMemory, Cli, Common, Role};
@@ -245,11 +246,37 @@ async fn spawn_endpoints(
 ) -> anyhow::Result<()> {
     let exposed: Arc<dyn Exposition> = Arc::new(exposed);
     if let Some(addr) = common.metrics_listen {
+        let cert = match (
+            &common.tls_cert_file,
+            &common.tls_key_file,
+            &common.metrics_tls_secret,
+        ) {
+            (Some(c), Some(k), _) => CertSource::Files(c.clone(), k.clone()),
+            (_, _, Some(secret)) => {
+                // Made now, replaced by the Secret's once the operator has filled it.
+                let served = ServedCert::self_signed(own_names(addr))?;
+                let client = match &kube {
+                    Some(c) => c.clone(),
+                    None => kube::Client::try_default().await.map_err(|e| {
+                        anyhow::anyhow!("--metrics-tls-secret needs the Kubernetes API: {e}")
+                    })?,
+                };
+                ipclink_runtime::metrics_tls::spawn_follow(
+                    client,
+                    secret.clone(),
+                    served.clone(),
+                    std::time::Duration::from_secs(60),
+                    shutdown.signalled(),
+                );
+                CertSource::Served(served)
+            }
+            _ => CertSource::Made,
+        };
         let protected = protection(
             addr,
             common.metrics_auth,
-            common.tls_cert_file.as_deref(),
-            common.tls_key_file.as_deref(),
+            cert,
+            common.metrics_accept_api_audience,
             kube,
         )
         .await?;

@@ -52,8 +52,11 @@ fn metrics_and_links_need_an_authorized_token() {
             "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "default"}]})
         .to_string(),
     );
-    let reader = cp.service_account_token("default", "prometheus");
-    let nosy = cp.service_account_token("default", "nosy");
+    let reader = cp.metrics_token("default", "prometheus");
+    let nosy = cp.metrics_token("default", "nosy");
+    // The same reader's token for the API server: not accepted (a node plugin never
+    // holds a token that could act on the API server) unless asked for.
+    let api_token = cp.service_account_token("default", "prometheus");
 
     let dir = tempfile::tempdir().expect("temp dir");
     let _unmount = Unmounter(dir.path().to_path_buf());
@@ -87,6 +90,10 @@ fn metrics_and_links_need_an_authorized_token() {
         );
         let (code, body) = curl(&url(path), &bearer("not-a-token"));
         assert_eq!(code, 401, "{path} with a forged token: {body}");
+        let (code, body) = curl(&url(path), &bearer(&api_token));
+        assert_eq!(code, 401, "{path} with a token for the API server: {body}");
+        let (code, body) = curl(&url(path), &bearer(&cp.token));
+        assert_eq!(code, 401, "{path} with the admin's static token: {body}");
         let (code, body) = curl(&url(path), &bearer(&nosy));
         assert_eq!(code, 403, "{path} without the right: {body}");
         assert!(
@@ -125,7 +132,7 @@ fn metrics_and_links_need_an_authorized_token() {
 
     // Hostile requests: each gets its code, no tenant data, and the endpoint keeps
     // serving (it holds no state a request could change; the plugin holds no link).
-    let gone = cp.service_account_token("default", "gone");
+    let gone = cp.metrics_token("default", "gone");
     let (code, text) = cp
         .request(
             "DELETE",
@@ -290,24 +297,29 @@ fn metrics_and_links_need_an_authorized_token() {
         "no link was made: {body}"
     );
 
-    // The operator's client: https with a token file, certificate made by the plugin.
+    // The operator's client checks certificates: the one this plugin made at start is
+    // refused, before any token is sent.
     let token = dir.path().join("token");
     std::fs::write(&token, &reader).expect("token");
+    let ca = ipclink_runtime::tls::issue(&["ipclink-node-metrics.ipclink-system.svc".into()])
+        .expect("a CA");
     let secure = ipclink_runtime::client::Secure {
-        tls: ipclink_runtime::tls::client_config(&ipclink_runtime::tls::ServerCheck::None)
-            .expect("tls"),
+        tls: ipclink_runtime::tls::client_config(&ipclink_runtime::tls::ServerCheck::CaPem(
+            ca.ca.clone().into_bytes(),
+        ))
+        .expect("tls"),
         token_file: Some(token.clone()),
-        server_name: None,
+        server_name: Some("ipclink-node-metrics.ipclink-system.svc".into()),
     };
     let rt = common::rt();
-    let report = rt
+    let e = rt
         .block_on(ipclink_runtime::client::links(
             &format!("https://127.0.0.1:{port}"),
             Some(&secure),
             std::time::Duration::from_secs(10),
         ))
-        .expect("links over https");
-    assert!(report.links.is_empty());
+        .expect_err("a certificate no CA vouches for");
+    assert!(e.to_string().contains("certificate"), "{e}");
     drop(plugin);
 
     // With a certificate from a CA (as cert-manager makes one, naming the Service), the
@@ -427,7 +439,7 @@ fn reader(cp: &ControlPlane) -> String {
             "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "default"}]})
         .to_string(),
     );
-    cp.service_account_token("default", "prometheus")
+    cp.metrics_token("default", "prometheus")
 }
 
 /// Strangers' tokens cost the node plugin no memory and the reader nothing: 2,000
@@ -506,4 +518,111 @@ fn strangers_tokens_cost_no_memory_and_the_reader_keeps_getting_200() {
             flood.rss_peak >> 10
         );
     }
+}
+
+/// With --metrics-tls-secret the plugin serves a certificate made at start until the
+/// release's Secret has one, then that one: a client checking the Secret's CA reads it
+/// from then on. With --metrics-accept-api-audience a token for the API server passes
+/// too.
+#[test]
+fn the_plugin_serves_the_release_certificate_once_its_secret_holds_one() {
+    require_root();
+    let cp = ControlPlane::start();
+    let reader_api = {
+        reader(&cp);
+        cp.service_account_token("default", "prometheus")
+    };
+    cp.create(
+        "/api/v1/namespaces/default/secrets",
+        &json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "metrics-tls"}})
+        .to_string(),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = Unmounter(dir.path().to_path_buf());
+    let links = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node-links");
+    let port = free_port();
+    let plugin = Plugin::start_with(
+        "node",
+        dir.path(),
+        &[
+            "--links-dir",
+            links.to_str().expect("utf-8"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-auth",
+            "kubernetes",
+            "--metrics-tls-secret",
+            "default/metrics-tls",
+            "--metrics-accept-api-audience",
+        ],
+        &[("KUBECONFIG", cp.kubeconfig.as_os_str())],
+    );
+    wait_serving(port, &plugin);
+    let service = "ipclink-node-metrics.ipclink-system.svc";
+    let issued = ipclink_runtime::tls::issue(&[service.into()]).expect("issue");
+    let token = dir.path().join("token");
+    std::fs::write(&token, &reader_api).expect("token");
+    let secure = ipclink_runtime::client::Secure {
+        tls: ipclink_runtime::tls::client_config(&ipclink_runtime::tls::ServerCheck::CaPem(
+            issued.ca.clone().into_bytes(),
+        ))
+        .expect("tls"),
+        token_file: Some(token),
+        server_name: Some(service.into()),
+    };
+    let rt = common::rt();
+    let ask = || {
+        rt.block_on(ipclink_runtime::client::links(
+            &format!("https://127.0.0.1:{port}"),
+            Some(&secure),
+            std::time::Duration::from_secs(10),
+        ))
+    };
+    let e = ask().expect_err("the Secret is empty: a certificate made at start");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    // The operator's part, by hand: fill the Secret.
+    let b64 = |t: &str| {
+        let out = Command::new("base64")
+            .arg("-w0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().expect("stdin").write_all(t.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("base64");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let (code, text) = cp
+        .request(
+            "PUT",
+            "/api/v1/namespaces/default/secrets/metrics-tls",
+            Some(
+                &json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": "metrics-tls"},
+                    "data": {"ca.crt": b64(&issued.ca), "tls.crt": b64(&issued.cert),
+                        "tls.key": b64(&issued.key)}})
+                .to_string(),
+            ),
+        )
+        .expect("fill");
+    assert_eq!(code, 200, "{text}");
+    let start = std::time::Instant::now();
+    let report = loop {
+        match ask() {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(30),
+                    "the plugin never served the Secret's certificate: {e}\n{}",
+                    plugin.log()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    };
+    assert!(report.links.is_empty());
 }

@@ -252,7 +252,7 @@ fn the_chart_runs_the_examples_on_a_real_node() {
     };
     // This chart's metrics are HTTPS for an authorized token: Prometheus's
     // ServiceAccount is made a reader (the previous chart had no such value).
-    let prometheus_token = cp.service_account_token("default", "prometheus");
+    let prometheus_token = cp.metrics_token("default", "prometheus");
     let out = run(Command::new(tools.join("helm"))
         .args([
             "upgrade",
@@ -334,6 +334,26 @@ fn the_chart_runs_the_examples_on_a_real_node() {
     // do (https, its ServiceAccount's token, honor_labels): each series once, under the
     // link's own namespace.
     let prom_dir = tempfile::tempdir().expect("temp dir");
+    // The CA it checks them against is the one the operator put in the chart's Secret.
+    let (_, secret) = cp.get_json("/api/v1/namespaces/ipclink-system/secrets/ipclink-metrics-tls");
+    let ca = secret["data"]["ca.crt"]
+        .as_str()
+        .expect("the operator filled ca.crt");
+    let ca = String::from_utf8(
+        Command::new("base64")
+            .arg("-d")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().expect("stdin").write_all(ca.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("base64")
+            .stdout,
+    )
+    .expect("pem");
     let prom = Prometheus::start_secure(
         prom_dir.path(),
         &[
@@ -342,6 +362,11 @@ fn the_chart_runs_the_examples_on_a_real_node() {
             ("operator", format!("{}:9810", operator_ips[1])),
         ],
         &prometheus_token,
+        &ca,
+        &[
+            ("node-plugin", "ipclink-node-metrics.ipclink-system.svc"),
+            ("operator", "ipclink-operator-metrics.ipclink-system.svc"),
+        ],
     );
     let start = std::time::Instant::now();
     let holders = format!(

@@ -194,6 +194,11 @@ async fn read_report(
     serde_json::from_slice(&bytes).context("its answer is not a /v1/links report")
 }
 
+/// The audience of the tokens the node plugins accept (`ipclink.dev/metrics`).
+fn ipclink_runtime_audience() -> &'static str {
+    "ipclink.dev/metrics"
+}
+
 /// The header the node plugins read a token from behind the API server's proxy.
 const PROXIED_AUTHORIZATION: &str = "X-Ipclink-Authorization";
 
@@ -219,7 +224,9 @@ async fn reader_token(client: &kube::Client, ns: &str) -> anyhow::Result<String>
     let body = serde_json::json!({
         "apiVersion": "authentication.k8s.io/v1",
         "kind": "TokenRequest",
-        "spec": {"expirationSeconds": 600}
+        // For the node plugins only: a token of the metrics audience cannot act on the
+        // API server, whoever it reaches.
+        "spec": {"expirationSeconds": 600, "audiences": [ipclink_runtime_audience()]}
     });
     let request = http::Request::post(format!(
         "/api/v1/namespaces/{ns}/serviceaccounts/{name}/token"
@@ -528,5 +535,64 @@ fn main() -> ExitCode {
             eprintln!("error: {}", printable(&format!("{e:#}")));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn pod(owner: Option<OwnerReference>) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.owner_references = owner.map(|o| vec![o]);
+        p
+    }
+
+    fn owner(kind: &str, name: &str, api: &str, controller: Option<bool>) -> OwnerReference {
+        OwnerReference {
+            api_version: api.into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: "u".into(),
+            controller,
+            block_owner_deletion: None,
+        }
+    }
+
+    #[test]
+    fn only_pods_the_charts_daemonset_controls_are_node_plugins() {
+        let ds = "ipclink-node";
+        assert!(owned_by(
+            &pod(Some(owner("DaemonSet", ds, "apps/v1", Some(true)))),
+            ds
+        ));
+        for (what, p) in [
+            ("no owner", pod(None)),
+            (
+                "another DaemonSet",
+                pod(Some(owner("DaemonSet", "evil-node", "apps/v1", Some(true)))),
+            ),
+            (
+                "a ReplicaSet",
+                pod(Some(owner("ReplicaSet", ds, "apps/v1", Some(true)))),
+            ),
+            (
+                "not the controller",
+                pod(Some(owner("DaemonSet", ds, "apps/v1", Some(false)))),
+            ),
+            (
+                "another API group",
+                pod(Some(owner("DaemonSet", ds, "evil.dev/v1", Some(true)))),
+            ),
+        ] {
+            assert!(!owned_by(&p, ds), "{what}");
+        }
+    }
+
+    #[test]
+    fn the_cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

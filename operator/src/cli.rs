@@ -47,25 +47,35 @@ pub struct RemoveArgs {
 /// How the node plugins' (and `https://` endpoints') `/v1/links` are reached.
 #[derive(clap::Args, Debug)]
 pub struct PluginAccess {
-    /// `https` (the node plugins' metrics with Kubernetes authentication: this
-    /// process's ServiceAccount token is sent) or `http` (plain, no token).
-    #[arg(long, value_enum, default_value = "https")]
-    pub node_plugin_scheme: Scheme,
-    /// The bearer token sent to `https` endpoints, read at each request.
+    /// `https` (the node plugins' metrics with Kubernetes authentication: the token of
+    /// --links-token-file is sent, to a plugin whose certificate the CA vouches for
+    /// only) or `http` (plain, no token).
     #[arg(
         long,
-        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        env = "IPCLINK_NODE_PLUGIN_SCHEME",
+        value_enum,
+        default_value = "https"
+    )]
+    pub node_plugin_scheme: Scheme,
+    /// The bearer token sent to `https` endpoints, read at each request: a projected
+    /// ServiceAccount token of the audience ipclink.dev/metrics (the chart mounts one
+    /// here), never one for the API server.
+    #[arg(
+        long,
+        env = "IPCLINK_LINKS_TOKEN_FILE",
+        default_value = "/var/run/secrets/ipclink.dev/metrics/token",
         value_name = "FILE"
     )]
     pub links_token_file: std::path::PathBuf,
-    /// CA certificates (PEM) the `https` endpoints' certificates must chain to. Without
-    /// it they are not checked (the node plugins make their own at start): the
-    /// connection is encrypted, and the addresses come from the API server.
-    #[arg(long, value_name = "FILE")]
+    /// CA certificates (PEM) the `https` endpoints' certificates must chain to (a
+    /// cert-manager Secret's ca.crt, or the release's metrics Secret's). Without it, or
+    /// the CA of --metrics-tls-secret, no `https` endpoint is read: a token is never
+    /// sent to a peer whose certificate was not checked.
+    #[arg(long, env = "IPCLINK_LINKS_CA_FILE", value_name = "FILE")]
     pub links_ca_file: Option<std::path::PathBuf>,
-    /// The name the node plugins' certificates carry (they are reached by pod address),
-    /// checked with --links-ca-file.
-    #[arg(long, value_name = "DNS-NAME", requires = "links_ca_file")]
+    /// The name the node plugins' certificates carry (they are reached by pod address,
+    /// and their certificate names their Service).
+    #[arg(long, env = "IPCLINK_LINKS_SERVER_NAME", value_name = "DNS-NAME")]
     pub links_server_name: Option<String>,
 }
 
@@ -79,19 +89,37 @@ pub enum Scheme {
 }
 
 impl PluginAccess {
-    /// The TLS settings for `https` endpoints.
-    pub fn secure(&self) -> anyhow::Result<ipclink_runtime::client::Secure> {
+    /// The TLS settings for `https` endpoints: checked against --links-ca-file, else
+    /// against `ca` (the release's metrics CA); `None` when there is neither (no
+    /// `https` endpoint is read then).
+    pub fn secure(
+        &self,
+        ca: Option<&[u8]>,
+    ) -> anyhow::Result<Option<ipclink_runtime::client::Secure>> {
         use ipclink_runtime::tls::{ServerCheck, client_config};
-        let check = match &self.links_ca_file {
-            Some(f) => ServerCheck::Ca(f.clone()),
-            None => ServerCheck::None,
+        let check = match (&self.links_ca_file, ca) {
+            (Some(f), _) if f.exists() => ServerCheck::Ca(f.clone()),
+            (Some(f), Some(pem)) => {
+                tracing::warn!(file = %f.display(), "--links-ca-file does not exist; checking against the metrics Secret's CA");
+                ServerCheck::CaPem(pem.to_vec())
+            }
+            (None, Some(pem)) => ServerCheck::CaPem(pem.to_vec()),
+            (f, None) => {
+                if self.node_plugin_scheme == Scheme::Https {
+                    tracing::warn!(
+                        file = ?f,
+                        "no CA to check the node plugins' certificates against (--links-ca-file, --metrics-tls-secret): https endpoints are not read, and no token is sent"
+                    );
+                }
+                return Ok(None);
+            }
         };
         let tls = client_config(&check).map_err(|e| anyhow::anyhow!("--links-ca-file: {e}"))?;
-        Ok(ipclink_runtime::client::Secure {
+        Ok(Some(ipclink_runtime::client::Secure {
             tls,
             token_file: Some(self.links_token_file.clone()),
             server_name: self.links_server_name.clone(),
-        })
+        }))
     }
 }
 
@@ -118,6 +146,35 @@ pub struct RunArgs {
     /// The key of --tls-cert-file (PEM).
     #[arg(long, requires = "tls_cert_file")]
     pub tls_key_file: Option<std::path::PathBuf>,
+    /// The release's metrics certificate Secret (NAMESPACE/NAME; the chart makes it
+    /// empty): filled with a CA and a certificate for --metrics-tls-names when empty
+    /// (again if it is emptied later), served here and by the node plugins, and the CA
+    /// the node plugins are checked against.
+    #[arg(
+        long,
+        env = "IPCLINK_METRICS_TLS_SECRET",
+        value_name = "NAMESPACE/NAME",
+        conflicts_with = "tls_cert_file",
+        requires = "metrics_tls_names"
+    )]
+    pub metrics_tls_secret: Option<ipclink_runtime::metrics_tls::SecretRef>,
+    /// Seconds between two looks at --metrics-tls-secret (refilled with what this
+    /// process serves if it was emptied).
+    #[arg(long, env = "IPCLINK_METRICS_TLS_CHECK_SECONDS", default_value_t = 60)]
+    pub metrics_tls_check_seconds: u64,
+    /// The DNS names the certificate of --metrics-tls-secret carries (the node plugins'
+    /// and the operator's metrics Services), comma-separated.
+    #[arg(
+        long,
+        env = "IPCLINK_METRICS_TLS_NAMES",
+        value_delimiter = ',',
+        value_name = "DNS-NAME,..."
+    )]
+    pub metrics_tls_names: Vec<String>,
+    /// Also accept bearer tokens for the API server itself on /metrics, besides those of
+    /// the audience ipclink.dev/metrics (for scrapers that cannot mount such a token).
+    #[arg(long, env = "IPCLINK_METRICS_ACCEPT_API_AUDIENCE")]
+    pub metrics_accept_api_audience: bool,
     /// Links reconciled at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,

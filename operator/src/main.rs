@@ -14,8 +14,9 @@ use ipclink_operator::leader::{self, Election};
 use ipclink_operator::metrics::Exposed;
 use ipclink_operator::provision;
 use ipclink_runtime::Shutdown;
-use ipclink_runtime::http::{protection, spawn_endpoint};
+use ipclink_runtime::http::{CertSource, own_names, protection, spawn_endpoint};
 use ipclink_runtime::links::{probe_router, router, spawn_probes};
+use ipclink_runtime::tls::ServedCert;
 
 /// Keeps glibc's malloc to one arena (unless `MALLOC_ARENA_MAX` says otherwise), set
 /// before any thread starts. By default each thread that allocates may get an arena of
@@ -47,7 +48,7 @@ fn main() {
                 let client = kube::Client::try_default()
                     .await
                     .context("no Kubernetes API: set KUBECONFIG or run in a cluster")?;
-                let secure = args.access.secure()?;
+                let secure = args.access.secure(None)?;
                 let plugins = args.node_plugins.map(|(ns, selector)| Sources {
                     endpoints: Vec::new(),
                     plugins: Some((
@@ -59,7 +60,7 @@ fn main() {
                     timeout: Duration::from_secs(5),
                     concurrency: 64,
                     stale_after: 1,
-                    secure: Some(secure),
+                    secure,
                     plugins_https: args.access.node_plugin_scheme == Scheme::Https,
                 });
                 ipclink_operator::remove::run(
@@ -102,11 +103,42 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("no Kubernetes API: set KUBECONFIG or run in a cluster")?;
     controller::check_crd(&client).await?;
 
+    // The release's metrics certificate: filled now if the Secret is empty, kept filled.
+    let issued = match &args.metrics_tls_secret {
+        Some(at) => {
+            let issued = ipclink_runtime::metrics_tls::ensure(
+                &client,
+                at,
+                &args.metrics_tls_names,
+                Duration::from_secs(60),
+            )
+            .await
+            .with_context(|| format!("--metrics-tls-secret {at}"))?;
+            ipclink_runtime::metrics_tls::spawn_keep(
+                client.clone(),
+                at.clone(),
+                issued.clone(),
+                Duration::from_secs(args.metrics_tls_check_seconds.max(1)),
+                shutdown.signalled(),
+            );
+            Some(issued)
+        }
+        None => None,
+    };
+    let cert = match (&args.tls_cert_file, &args.tls_key_file, &issued) {
+        (Some(c), Some(k), _) => CertSource::Files(c.clone(), k.clone()),
+        (_, _, Some(i)) => {
+            let served = ServedCert::self_signed(own_names(args.metrics_listen))?;
+            served.set_pem(i.cert.as_bytes(), i.key.as_bytes())?;
+            CertSource::Served(served)
+        }
+        _ => CertSource::Made,
+    };
     let protected = protection(
         args.metrics_listen,
         args.metrics_auth,
-        args.tls_cert_file.as_deref(),
-        args.tls_key_file.as_deref(),
+        cert,
+        args.metrics_accept_api_audience,
         Some(client.clone()),
     )
     .await?;
@@ -219,7 +251,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 timeout: Duration::from_secs(args.depth_timeout_seconds),
                 concurrency: usize::from(args.depth_concurrency),
                 stale_after: args.depth_stale_intervals,
-                secure: Some(args.access.secure()?),
+                secure: args
+                    .access
+                    .secure(issued.as_ref().map(|i| i.ca.as_bytes()))?,
                 plugins_https: args.access.node_plugin_scheme == Scheme::Https,
             },
             depths,

@@ -28,7 +28,7 @@ fn strangers_tokens_cost_the_operator_no_memory_and_the_reader_keeps_getting_200
             "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "default"}]})
         .to_string(),
     );
-    let reader = cp.service_account_token("default", "prometheus");
+    let reader = cp.metrics_token("default", "prometheus");
     let op = Operator::start(OPERATOR, &cp, &["--metrics-auth", "kubernetes"], &[]);
     let pid = op.pid().expect("running");
     let url = format!("https://127.0.0.1:{}/metrics", op.port);
@@ -61,4 +61,101 @@ fn strangers_tokens_cost_the_operator_no_memory_and_the_reader_keeps_getting_200
         flood.rss_before >> 10,
         flood.rss_peak >> 10
     );
+}
+
+/// The Secret with the release's metrics certificate: the chart makes it empty, the
+/// operator fills it once (a restart keeps it), serves it, and fills it again with the
+/// same certificate when it is emptied.
+#[test]
+fn the_operator_fills_the_metrics_secret_serves_it_and_keeps_it() {
+    let cp = ControlPlane::start();
+    cp.install_ipclink_crd();
+    cp.create(
+        "/api/v1/namespaces/default/secrets",
+        &json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "metrics-tls"}})
+        .to_string(),
+    );
+    let secret = "/api/v1/namespaces/default/secrets/metrics-tls";
+    let names = "ipclink-node-metrics.x.svc,ipclink-operator-metrics.x.svc";
+    let args = [
+        "--metrics-auth",
+        "kubernetes",
+        "--metrics-tls-secret",
+        "default/metrics-tls",
+        "--metrics-tls-names",
+        names,
+        "--metrics-tls-check-seconds",
+        "1",
+    ];
+    let data = |cp: &ControlPlane| cp.get_json(secret).1["data"].clone();
+    let first = {
+        let op = Operator::start(OPERATOR, &cp, &args, &[]);
+        let d = data(&cp);
+        assert!(d["ca.crt"].is_string() && d["tls.crt"].is_string() && d["tls.key"].is_string());
+        // It serves that certificate: a client checking the CA for the operator's name
+        // reads its metrics with a token for the metrics audience.
+        let pem = decode(d["ca.crt"].as_str().expect("ca"));
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, pem).expect("ca");
+        let token = cp.metrics_token("default", "prometheus");
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&ca)
+            .args([
+                "--resolve",
+                &format!("ipclink-operator-metrics.x.svc:{}:127.0.0.1", op.port),
+            ])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!(
+                "https://ipclink-operator-metrics.x.svc:{}/healthz",
+                op.port
+            ))
+            .output()
+            .expect("curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{}", op.logs());
+        d
+    };
+    // Another start keeps what is there.
+    let op = Operator::start(OPERATOR, &cp, &args, &[]);
+    assert_eq!(data(&cp), first);
+    // Emptied (a forced upgrade, a hand edit): filled again with the same certificate.
+    let (code, text) = cp
+        .request(
+            "PUT",
+            secret,
+            Some(
+                &json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": "metrics-tls"}})
+                .to_string(),
+            ),
+        )
+        .expect("empty it");
+    assert_eq!(code, 200, "{text}");
+    cp.wait_for(
+        secret,
+        "the Secret filled again",
+        std::time::Duration::from_secs(30),
+        |v| v["data"] == first,
+    );
+    drop(op);
+}
+
+/// Base64 text decoded.
+fn decode(b64: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("base64");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b64.as_bytes())
+        .expect("write");
+    child.wait_with_output().expect("base64").stdout
 }

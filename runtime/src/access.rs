@@ -20,6 +20,11 @@ use tokio::sync::Semaphore;
 /// and the endpoint (the proxy keeps `Authorization` for itself).
 pub const PROXIED_AUTHORIZATION: &str = "x-ipclink-authorization";
 
+/// The audience of the tokens readers send (projected ServiceAccount tokens, or a
+/// TokenRequest's): a token for the API server is not accepted, so a reader never hands
+/// a node plugin a token that could act on the API server.
+pub const METRICS_AUDIENCE: &str = "ipclink.dev/metrics";
+
 /// What a review of a token for a path found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -422,12 +427,14 @@ mod kube_reviewer {
 
     use super::{Review, Reviewer, Verdict};
 
-    /// The API server reviews: TokenReview (who is it), then SubjectAccessReview (may
-    /// they `get` the non-resource URL of the path). Needs `create` on
-    /// `tokenreviews.authentication.k8s.io` and
+    /// The API server reviews: TokenReview (who is it, for the audience
+    /// [`METRICS_AUDIENCE`](super::METRICS_AUDIENCE), which the answer must name), then
+    /// SubjectAccessReview (may they `get` the non-resource URL of the path). Needs
+    /// `create` on `tokenreviews.authentication.k8s.io` and
     /// `subjectaccessreviews.authorization.k8s.io`.
     pub struct KubeReviewer {
         client: kube::Client,
+        accept_api_audience: bool,
     }
 
     impl std::fmt::Debug for KubeReviewer {
@@ -437,16 +444,27 @@ mod kube_reviewer {
     }
 
     impl KubeReviewer {
-        /// A reviewer over `client`.
-        pub fn new(client: kube::Client) -> Self {
-            KubeReviewer { client }
+        /// A reviewer over `client`; with `accept_api_audience`, a token for the API
+        /// server itself is accepted too (`--metrics-accept-api-audience`, for scrapers
+        /// that cannot mount a token of the metrics audience).
+        pub fn new(client: kube::Client, accept_api_audience: bool) -> Self {
+            KubeReviewer {
+                client,
+                accept_api_audience,
+            }
         }
 
-        async fn ask(&self, token: &str, path: &str) -> Result<Verdict, String> {
+        /// Who `token` is, for `audiences` (`None`: the API server's own), if valid.
+        async fn who(
+            &self,
+            token: &str,
+            audiences: Option<Vec<String>>,
+        ) -> Result<Option<k8s_openapi::api::authentication::v1::UserInfo>, String> {
+            let wanted = audiences.clone();
             let review = TokenReview {
                 spec: TokenReviewSpec {
                     token: Some(token.to_owned()),
-                    audiences: None,
+                    audiences,
                 },
                 ..Default::default()
             };
@@ -455,9 +473,30 @@ mod kube_reviewer {
                 .await
                 .map_err(|e| format!("TokenReview: {e}"))?;
             let status = reviewed.status.unwrap_or_default();
-            let Some(user) = status.user.filter(|_| status.authenticated == Some(true)) else {
+            // The answer names the audiences the token is good for; one asked for must
+            // be among them.
+            let audience_ok = wanted.is_none_or(|w| {
+                status
+                    .audiences
+                    .as_ref()
+                    .is_some_and(|a| a.iter().any(|x| w.contains(x)))
+            });
+            Ok(status
+                .user
+                .filter(|_| status.authenticated == Some(true) && audience_ok))
+        }
+
+        async fn ask(&self, token: &str, path: &str) -> Result<Verdict, String> {
+            let mut user = self
+                .who(token, Some(vec![super::METRICS_AUDIENCE.to_owned()]))
+                .await?;
+            if user.is_none() && self.accept_api_audience {
+                user = self.who(token, None).await?;
+            }
+            let Some(user) = user else {
                 return Ok(Verdict::Unauthenticated);
             };
+
             let access = SubjectAccessReview {
                 spec: SubjectAccessReviewSpec {
                     user: user.username.clone(),

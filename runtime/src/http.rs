@@ -272,40 +272,40 @@ pub async fn spawn_endpoint(
     )))
 }
 
-/// The protection `--metrics-auth` and `--tls-cert-file`/`--tls-key-file` ask for an
-/// endpoint on `listen`: `None` for plain HTTP on loopback; else HTTPS (the given
-/// certificate, or one made now) with tokens reviewed by the API server through
-/// `client` (the process's own, when it has one; else one is made).
+/// Where an endpoint's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum CertSource {
+    /// PEM files (`--tls-cert-file`, `--tls-key-file`: e.g. a cert-manager Secret).
+    Files(std::path::PathBuf, std::path::PathBuf),
+    /// Served as the caller keeps it (the release's metrics Secret).
+    Served(Arc<crate::tls::ServedCert>),
+    /// Made at start, self-signed: clients that check certificates refuse it.
+    Made,
+}
+
+/// The protection `--metrics-auth` asks for an endpoint on `listen`: `None` for plain
+/// HTTP on loopback; else HTTPS with the certificate of `cert` and bearer tokens of the
+/// metrics audience (and, with `accept_api_audience`, the API server's) reviewed by
+/// the API server through `client` (the process's own, when it has one; else one is
+/// made).
 #[cfg(feature = "kube")]
 pub async fn protection(
     listen: std::net::SocketAddr,
     auth: Option<crate::access::MetricsAuth>,
-    cert: Option<&std::path::Path>,
-    key: Option<&std::path::Path>,
+    cert: CertSource,
+    accept_api_audience: bool,
     client: Option<kube::Client>,
 ) -> std::io::Result<Option<Protected>> {
     use crate::access::{Guard, KubeReviewer, MetricsAuth};
+    use crate::tls::ServedCert;
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
     if MetricsAuth::resolve(auth, listen).map_err(invalid)? == MetricsAuth::None {
         return Ok(None);
     }
-    let tls = match (cert, key) {
-        (Some(c), Some(k)) => crate::tls::server_from_files(c, k)?,
-        (None, None) => {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_default();
-            let names = [host, "localhost".into(), listen.ip().to_string()]
-                .into_iter()
-                .filter(|n| !n.is_empty())
-                .collect();
-            crate::tls::server_self_signed(names)?
-        }
-        _ => {
-            return Err(invalid(
-                "--tls-cert-file and --tls-key-file go together".into(),
-            ));
-        }
+    let served = match cert {
+        CertSource::Files(c, k) => ServedCert::from_files(&c, &k)?,
+        CertSource::Served(s) => s,
+        CertSource::Made => ServedCert::self_signed(own_names(listen))?,
     };
     let client = match client {
         Some(c) => c,
@@ -316,7 +316,19 @@ pub async fn protection(
         })?,
     };
     Ok(Some(Protected {
-        tls,
-        guard: Guard::new(KubeReviewer::new(client)),
+        tls: crate::tls::server_config(served)?,
+        guard: Guard::new(KubeReviewer::new(client, accept_api_audience)),
     }))
+}
+
+/// The names a certificate made at start carries: the host's name, `localhost` and the
+/// address listened on.
+pub fn own_names(listen: std::net::SocketAddr) -> Vec<String> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    [host, "localhost".into(), listen.ip().to_string()]
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .collect()
 }

@@ -8,6 +8,8 @@ pub mod access;
 pub mod client;
 pub mod http;
 pub mod links;
+#[cfg(feature = "kube")]
+pub mod metrics_tls;
 pub mod shutdown;
 pub mod tls;
 pub mod unix;

@@ -301,9 +301,22 @@ impl ControlPlane {
         Ok((code.trim().parse().unwrap_or(0), body.to_owned()))
     }
 
-    /// A one-hour token of ServiceAccount `ns/name` (made if missing), from a
-    /// TokenRequest, as a pod of it would hold.
+    /// A one-hour token of ServiceAccount `ns/name` (made if missing) for the API server,
+    /// from a TokenRequest, as a pod of it would hold.
     pub fn service_account_token(&self, ns: &str, name: &str) -> String {
+        self.service_account_token_for(ns, name, &[])
+    }
+
+    /// A one-hour token of ServiceAccount `ns/name` (made if missing) for the metrics
+    /// audience of the node plugins and the operator (`ipclink.dev/metrics`), as the
+    /// chart's projected tokens and `kubectl ipclink` have it.
+    pub fn metrics_token(&self, ns: &str, name: &str) -> String {
+        self.service_account_token_for(ns, name, &["ipclink.dev/metrics"])
+    }
+
+    /// A one-hour token of ServiceAccount `ns/name` (made if missing) for `audiences`
+    /// (none: the API server's).
+    pub fn service_account_token_for(&self, ns: &str, name: &str, audiences: &[&str]) -> String {
         let (code, text) = self
             .request(
                 "POST",
@@ -321,7 +334,15 @@ impl ControlPlane {
             .request(
                 "POST",
                 &format!("/api/v1/namespaces/{ns}/serviceaccounts/{name}/token"),
-                Some(r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":3600}}"#),
+                Some(&{
+                    let mut spec = serde_json::json!({"expirationSeconds": 3600});
+                    if !audiences.is_empty() {
+                        spec["audiences"] = serde_json::json!(audiences);
+                    }
+                    serde_json::json!({"apiVersion": "authentication.k8s.io/v1",
+                        "kind": "TokenRequest", "spec": spec})
+                    .to_string()
+                }),
             )
             .expect("request");
         assert_eq!(code, 201, "TokenRequest {ns}/{name}: {text}");

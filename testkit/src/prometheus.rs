@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use crate::process::Process;
 
+/// How a secure scrape proves itself and checks its targets: the bearer token, the CA
+/// (PEM) and the server name each job's certificates carry.
+type Scraper<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
 /// A running Prometheus; stopped in Drop.
 #[derive(Debug)]
 pub struct Prometheus {
@@ -35,21 +39,45 @@ impl Prometheus {
     }
 
     /// [`Prometheus::start`], scraping over HTTPS with `token` as its bearer token and
-    /// certificates unchecked, as the chart's ServiceMonitor and PodMonitor do.
-    pub fn start_secure(dir: &Path, targets: &[(&str, String)], token: &str) -> Prometheus {
-        Prometheus::start_with(dir, targets, Some(token))
+    /// each job's certificates checked against the CA `ca` (PEM) for the name `names`
+    /// gives the job, as the chart's ServiceMonitor and PodMonitor do.
+    pub fn start_secure(
+        dir: &Path,
+        targets: &[(&str, String)],
+        token: &str,
+        ca: &str,
+        names: &[(&str, &str)],
+    ) -> Prometheus {
+        Prometheus::start_with(dir, targets, Some((token, ca, names)))
     }
 
-    fn start_with(dir: &Path, targets: &[(&str, String)], token: Option<&str>) -> Prometheus {
+    fn start_with(
+        dir: &Path,
+        targets: &[(&str, String)],
+        secure: Option<Scraper<'_>>,
+    ) -> Prometheus {
         crate::require_tool("prometheus");
-        let secure = token.map(|t| {
+        let secure = secure.map(|(token, ca, names)| {
             let file = dir.join("token");
-            std::fs::write(&file, t).expect("token file");
-            format!(
-                "    scheme: https\n    authorization: {{credentials_file: '{}'}}\n    tls_config: {{insecure_skip_verify: true}}\n",
-                file.display()
-            )
+            std::fs::write(&file, token).expect("token file");
+            let ca_file = dir.join("ca.crt");
+            std::fs::write(&ca_file, ca).expect("ca file");
+            (file, ca_file, names)
         });
+        let secure_of = |job: &str| {
+            secure.as_ref().map(|(token, ca, names)| {
+                let name = names
+                    .iter()
+                    .find(|(j, _)| *j == job)
+                    .map(|(_, n)| *n)
+                    .unwrap_or_else(|| panic!("no server name for job {job}"));
+                format!(
+                    "    scheme: https\n    authorization: {{credentials_file: '{}'}}\n    tls_config: {{ca_file: '{}', server_name: '{name}'}}\n",
+                    token.display(),
+                    ca.display()
+                )
+            })
+        };
         let port = crate::free_port();
         let mut config =
             String::from("global: {scrape_interval: 1s, scrape_timeout: 1s}\nscrape_configs:\n");
@@ -70,7 +98,7 @@ impl Prometheus {
             config.push_str(&format!(
                 "  - job_name: {job}\n    honor_labels: true\n    static_configs: [{{targets: [{targets}]}}]\n"
             ));
-            config.push_str(secure.as_deref().unwrap_or_default());
+            config.push_str(secure_of(job).as_deref().unwrap_or_default());
         }
         let file = dir.join("prometheus.yml");
         std::fs::write(&file, &config).expect("prometheus.yml");

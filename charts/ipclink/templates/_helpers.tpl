@@ -20,3 +20,25 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "ipclink.operator" -}}{{ .Release.Name }}-operator{{- end -}}
 {{- define "ipclink.node" -}}{{ .Release.Name }}-node{{- end -}}
+
+{{/* The Secret with the metrics certificate: the user's, or the one the operator fills. */}}
+{{- define "ipclink.metricsTls" -}}
+{{ .Values.metrics.tls.secretName | default (printf "%s-metrics-tls" .Release.Name) }}
+{{- end -}}
+
+{{/* The names the metrics certificate carries: the node plugins' and the operator's Services. */}}
+{{- define "ipclink.nodeMetricsName" -}}{{ include "ipclink.node" . }}-metrics.{{ .Release.Namespace }}.svc{{- end -}}
+{{- define "ipclink.operatorMetricsName" -}}{{ include "ipclink.operator" . }}-metrics.{{ .Release.Namespace }}.svc{{- end -}}
+
+{{/* A projected ServiceAccount token for the node plugins' metrics only (audience
+ipclink.dev/metrics, 10 minutes, renewed by the kubelet): what the operator and the
+uninstall hook send, never their token for the API server. */}}
+{{- define "ipclink.metricsTokenVolume" -}}
+- name: metrics-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          audience: ipclink.dev/metrics
+          expirationSeconds: 600
+          path: token
+{{- end -}}
