@@ -120,10 +120,46 @@ fn the_chart_lints_strictly_and_refuses_bad_values_naming_them() {
         "kind: NetworkPolicy",
         "alert: IpclinkLinkDegraded",
         "alert: IpclinkFifoWriterWithoutReader",
-        "tlsConfig: {insecureSkipVerify: true}",
     ] {
         assert!(all.contains(kind), "{kind} missing");
     }
+    // No certificate goes unchecked and no token leaves for a peer that was not
+    // checked: the operator fills the metrics Secret the chart makes empty, and every
+    // client checks against its CA; tokens sent to the node plugins are projected ones
+    // for the audience ipclink.dev/metrics, never a ServiceAccount's API token.
+    assert!(!all.contains("insecureSkipVerify"), "{all}");
+    for needle in [
+        "- --metrics-tls-secret=ipclink-system/ipclink-metrics-tls",
+        "- --metrics-tls-names=ipclink-node-metrics.ipclink-system.svc,ipclink-operator-metrics.ipclink-system.svc",
+        "- --links-server-name=ipclink-node-metrics.ipclink-system.svc",
+        "- --links-token-file=/var/run/secrets/ipclink.dev/metrics/token",
+        "audience: ipclink.dev/metrics",
+        "expirationSeconds: 600",
+        "ca: {secret: {name: ipclink-metrics-tls, key: ca.crt}}",
+        "serverName: ipclink-operator-metrics.ipclink-system.svc",
+        "serverName: ipclink-node-metrics.ipclink-system.svc",
+        "bearerTokenFile: /var/run/secrets/ipclink.dev/metrics/token",
+        "resourceNames: [\"ipclink-metrics-tls\"]",
+    ] {
+        assert!(all.contains(needle), "{needle} missing:\n{all}");
+    }
+    assert!(!all.contains("--metrics-accept-api-audience"), "{all}");
+    assert!(
+        !all.contains("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        "{all}"
+    );
+    // The uninstall hook too (rendered with hooks).
+    let hook = render(&[]);
+    assert!(
+        hook.contains("- --links-ca-file=/etc/ipclink/tls/ca.crt"),
+        "{hook}"
+    );
+    let api = render(&["--set", "metrics.acceptApiAudienceTokens=true"]);
+    assert_eq!(
+        api.matches("- --metrics-accept-api-audience").count(),
+        2,
+        "{api}"
+    );
     // Both monitors bound what one scrape may bring (members decide what is there).
     assert_eq!(all.matches("sampleLimit: 200000").count(), 2, "{all}");
     assert_eq!(
@@ -159,6 +195,9 @@ fn the_chart_lints_strictly_and_refuses_bad_values_naming_them() {
         2
     );
     assert!(!tls.contains("insecureSkipVerify"), "{tls}");
+    // cert-manager's Secret: the operator makes no certificate and no Secret of its own.
+    assert!(!tls.contains("--metrics-tls-secret"), "{tls}");
+    assert!(!tls.contains("name: ipclink-metrics-tls"), "{tls}");
     // Two operator replicas elect a leader and keep one through a drain; one alone
     // needs no budget.
     let default = render(&[]);
@@ -484,9 +523,128 @@ fn the_chart_installs_into_a_real_apiserver_and_uninstalls_cleanly() {
         text(&out)
     );
     let created = String::from_utf8_lossy(&out.stdout).lines().count();
-    // 17 objects, and the metrics reader: a ClusterRole, its binding, a ServiceAccount
-    // and the Role that lets one mint its tokens.
-    assert_eq!(created, 21, "{}", text(&out));
+    // 17 objects, the metrics reader (a ClusterRole, its binding, a ServiceAccount and
+    // the Role that lets one mint its tokens), the node plugins' Lease policy and its
+    // binding, and the metrics Secret with the operator's and the plugins' Roles and
+    // RoleBindings on it.
+    assert_eq!(created, 28, "{}", text(&out));
+
+    // The node plugins' token may create and delete only link claims: their RBAC allows
+    // every Lease, the admission policy does not (M5: root on one node must not stop
+    // the cluster's controllers by taking their Leases).
+    let node_token = cp.service_account_token("ipclink-system", "ipclink-node");
+    let as_node = |method: &str, path: &str, body: Option<String>| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sk", "-o", "-", "-w", "\n%{http_code}", "-X", method])
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {node_token}"))
+            .args(["-H", "Content-Type: application/json"]);
+        if let Some(b) = body {
+            cmd.args(["--data-binary", &b]);
+        }
+        let out = cmd.arg(format!("{}{path}", cp.url)).output().expect("curl");
+        let t = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = t.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse::<u16>().unwrap_or(0), body.to_owned())
+    };
+    let lease = |ns: &str, name: &str, label: Option<&str>, owner: Option<&str>| {
+        let mut meta = serde_json::json!({"name": name, "namespace": ns});
+        if let Some(l) = label {
+            meta["labels"] = serde_json::json!({"ipclink.dev/link": l});
+        }
+        if let Some(o) = owner {
+            meta["ownerReferences"] = serde_json::json!([{"apiVersion": "ipclink.dev/v1alpha1",
+                "kind": "IpcLink", "name": o, "uid": "0b7f6d1e-2f6a-4c39-9d55-3c1a7f0e4b21"}]);
+        }
+        serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": meta, "spec": {"holderIdentity": "node-evil"}})
+        .to_string()
+    };
+    let leases = |ns: &str| format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases");
+    let out = kubectl(
+        &cp,
+        &[
+            "auth",
+            "can-i",
+            "delete",
+            "leases",
+            "-n",
+            "kube-system",
+            "--as=system:serviceaccount:ipclink-system:ipclink-node",
+        ],
+    );
+    assert_eq!(text(&out).trim(), "yes", "RBAC alone allows it");
+    cp.create(
+        &leases("kube-system"),
+        &lease("kube-system", "kube-scheduler", None, None),
+    );
+    // The policy acts once the API server has loaded it: wait for its first refusal.
+    let start = std::time::Instant::now();
+    let controller = lease("kube-system", "kube-controller-manager", None, None);
+    loop {
+        let (code, body) = as_node("POST", &leases("kube-system"), Some(controller.clone()));
+        if code == 403 && body.contains("ipclink-node-leases") {
+            break;
+        }
+        if code == 201 {
+            let path = format!("{}/kube-controller-manager", leases("kube-system"));
+            cp.request("DELETE", &path, None).expect("delete");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the Lease policy never acted: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (what, ns, body) in [
+        (
+            "the controller-manager's Lease",
+            "kube-system",
+            lease("kube-system", "kube-controller-manager", None, None),
+        ),
+        (
+            "a claim without its label",
+            "default",
+            lease("default", "ipclink-x", None, Some("x")),
+        ),
+        (
+            "a label naming another link",
+            "default",
+            lease("default", "ipclink-x", Some("y"), Some("y")),
+        ),
+        (
+            "a claim its link does not own",
+            "default",
+            lease("default", "ipclink-x", Some("x"), None),
+        ),
+    ] {
+        let (code, body) = as_node("POST", &leases(ns), Some(body));
+        assert_eq!(code, 403, "{what}: {body}");
+        assert!(body.contains("ipclink-node-leases"), "{what}: {body}");
+    }
+    let (code, body) = as_node(
+        "DELETE",
+        &format!("{}/kube-scheduler", leases("kube-system")),
+        None,
+    );
+    assert_eq!(code, 403, "deleting another Lease: {body}");
+    let (code, _) = cp
+        .request(
+            "GET",
+            &format!("{}/kube-scheduler", leases("kube-system")),
+            None,
+        )
+        .expect("get");
+    assert_eq!(code, 200, "the scheduler's Lease is still there");
+    // A link's claim, as the plugin makes it, is created and deleted.
+    let (code, body) = as_node(
+        "POST",
+        &leases("default"),
+        Some(lease("default", "ipclink-x", Some("x"), Some("x"))),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = as_node("DELETE", &format!("{}/ipclink-x", leases("default")), None);
+    assert_eq!(code, 200, "{body}");
 
     // The examples, with the CRD now served: schema-valid, and admitted in namespaces
     // that enforce the restricted profile (the pods exist: the ReplicaSet controller's
