@@ -308,10 +308,7 @@ fn probe(
     };
     let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
     if kind == SFlag::S_IFIFO {
-        let mut c = ChannelSample {
-            info: info(shown.clone(), "fifo", None),
-            ..ChannelSample::default()
-        };
+        let mut c = ChannelSample::of(info(shown.clone(), "fifo", None));
         fifo(dir, name, seen, &mut c);
         return Object::Channel(c);
     }
@@ -441,5 +438,34 @@ mod tests {
         assert!(!open_to_others(0o700));
         assert!(!open_to_others(0o711));
         assert!(!open_to_others(0o740));
+    }
+
+    #[test]
+    fn a_name_swapped_for_a_fifo_is_never_opened() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("sem.x");
+        std::fs::write(&path, [0u8; 32]).expect("file");
+        let d = crate::fs::open_dir_at(std::fs::File::open(dir.path()).expect("open").as_fd(), ".")
+            .expect("dir");
+        let seen = fstatat(d.as_fd(), "sem.x", AtFlags::AT_SYMLINK_NOFOLLOW).expect("stat");
+        // Swapped for a FIFO a writer waits on (a member's trick to be let through).
+        std::fs::remove_file(&path).expect("rm");
+        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o666)).expect("mkfifo");
+        let mut writer = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("echo x > \"$1\"")
+            .arg("sh")
+            .arg(&path)
+            .spawn()
+            .expect("writer");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(open_regular_at(d.as_fd(), "sem.x", &seen).is_none());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            writer.try_wait().expect("wait").is_none(),
+            "the writer was let through by an open of its FIFO"
+        );
+        writer.kill().expect("kill");
+        writer.wait().expect("wait");
     }
 }

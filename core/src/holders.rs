@@ -86,6 +86,9 @@ pub trait Members: Send {
     /// The processes to look at, or why they cannot be seen (said once in the log;
     /// the holder families are then absent).
     fn processes(&mut self) -> Result<Vec<Process>, String>;
+
+    /// Tells which link devices are looked for now (before [`Members::processes`]).
+    fn looking_for(&mut self, _devs: &HashSet<u64>) {}
 }
 
 /// Every process this one can see, named by its command: the local mode's members.
@@ -135,9 +138,56 @@ pub struct ContainerProcesses {
     pub names: ContainerNames,
     /// Only the containers in `names`.
     pub only_named: bool,
+    /// Only the containers whose mount namespace holds one of the links' filesystems
+    /// (a plugin with the host's pid namespace sees every container; it reads only
+    /// those that mount one of its volumes).
+    pub only_mounting: bool,
+    /// The link devices looked for now.
+    devs: HashSet<u64>,
+}
+
+/// Whether the mount table of process `pid` has a mount of one of `devs`.
+fn mounts_one_of(pid: i32, devs: &HashSet<u64>) -> bool {
+    use std::io::BufRead;
+    let Ok(f) = std::fs::File::open(format!("/proc/{pid}/mountinfo")) else {
+        return false;
+    };
+    let want: HashSet<String> = devs
+        .iter()
+        .map(|&d| format!("{}:{}", nix::sys::stat::major(d), nix::sys::stat::minor(d)))
+        .collect();
+    // id parent major:minor root point ...
+    std::io::BufReader::new(f)
+        .lines()
+        .take(MAX_MAPS_PER_PROCESS)
+        .map_while(Result::ok)
+        .any(|l| l.split(' ').nth(2).is_some_and(|d| want.contains(d)))
+}
+
+impl ContainerProcesses {
+    /// Processes of the member containers named in `names` (`only_named`), or of every
+    /// container.
+    pub fn new(names: ContainerNames, only_named: bool) -> Self {
+        ContainerProcesses {
+            names,
+            only_named,
+            only_mounting: false,
+            devs: HashSet::new(),
+        }
+    }
+
+    /// Only the containers that mount one of the links looked for.
+    pub fn mounting(mut self) -> Self {
+        self.only_mounting = true;
+        self
+    }
 }
 
 impl Members for ContainerProcesses {
+    fn looking_for(&mut self, devs: &HashSet<u64>) {
+        self.devs = devs.clone();
+    }
+
     fn processes(&mut self) -> Result<Vec<Process>, String> {
         let names = self.names.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let names = match names {
@@ -153,6 +203,8 @@ impl Members for ContainerProcesses {
         // namespace (without it, only this container's processes are).
         let mut others_visible = false;
         let mut owners: HashMap<String, Arc<Owner>> = HashMap::new();
+        // Whether each container mounts a link (its first process's mount table says).
+        let mut mounting: HashMap<String, bool> = HashMap::new();
         let mut out = Vec::new();
         for p in all {
             let cgroup =
@@ -163,6 +215,13 @@ impl Members for ContainerProcesses {
             };
             let named = names.get(&id);
             if self.only_named && named.is_none() {
+                continue;
+            }
+            if self.only_mounting
+                && !*mounting
+                    .entry(id.clone())
+                    .or_insert_with(|| mounts_one_of(p.pid, &self.devs))
+            {
                 continue;
             }
             let owner = owners.entry(id).or_insert_with_key(|id| {
@@ -782,5 +841,137 @@ mod tests {
         holder.wait().expect("wait");
         assert!(!h.holders_run(), "a reaped holder no longer runs");
         assert_eq!(h.pipe(m.dev(), m.ino()), PipeNow::LetGo);
+    }
+
+    /// A holder process running `script` (sh, with "$1" the path) that says "ready".
+    fn holder(script: &str, path: &std::path::Path) -> std::process::Child {
+        let mut c = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(c.stdout.take().expect("stdout")),
+            &mut ready,
+        )
+        .expect("ready");
+        assert_eq!(ready, "ready\n");
+        c
+    }
+
+    #[test]
+    fn duplicated_descriptors_are_one_hold_each_and_a_fifo_with_more_is_not_let_go() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("events");
+        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        // fd 3 holds both ends; 4..=9 are duplicates of it.
+        let mut h1 = holder(
+            "exec 3<>\"$1\" 4<&3 5<&3 6<&3 7<&3 8<&3 9<&3; echo ready; exec sleep 30",
+            &path,
+        );
+        let m = std::fs::metadata(&path).expect("stat");
+        let p = Process {
+            pid: h1.id() as i32,
+            owner: Arc::new(Owner::default()),
+            scope: None,
+        };
+        let h = Holders::scan(std::slice::from_ref(&p), &HashSet::from([m.dev()]));
+        let holds = h.of(m.dev(), m.ino());
+        assert_eq!(holds.len(), 2, "one hold per role: {holds:?}");
+        assert!(holds.iter().all(|h| h.fds == 7), "{holds:?}");
+        h1.kill().expect("kill");
+        h1.wait().expect("wait");
+        // This process holds the FIFO twice; the descriptor the scan kept closes, the
+        // other still holds it: its depth is unknown, not "empty, nobody holds it".
+        let first = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let second = first.try_clone().expect("dup");
+        let me = Process {
+            pid: std::process::id() as i32,
+            owner: Arc::new(Owner::default()),
+            scope: None,
+        };
+        let h = Holders::scan(&[me], &HashSet::from([m.dev()]));
+        let kept = h.of(m.dev(), m.ino())[0].fd.expect("a descriptor");
+        let closing = if kept == first.as_raw_fd() {
+            first
+        } else {
+            second
+        };
+        drop(closing);
+        assert_eq!(h.pipe(m.dev(), m.ino()), PipeNow::Unknown);
+    }
+
+    #[test]
+    fn a_process_past_the_descriptor_bound_leaves_its_links_holders_unknown() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("region");
+        std::fs::write(&path, b"x").expect("file");
+        let m = std::fs::metadata(&path).expect("stat");
+        // A process with more descriptors than one scan reads of it.
+        let n = MAX_FDS_PER_PROCESS + 10;
+        let mut many = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import os, resource, sys, time\n\
+                 resource.setrlimit(resource.RLIMIT_NOFILE, ({0}, {0}))\n\
+                 f = os.open(sys.argv[1], os.O_RDONLY)\n\
+                 held = [os.dup(f) for _ in range({1})]\n\
+                 print('ready', flush=True)\n\
+                 time.sleep(30)",
+                n + 100,
+                n
+            ))
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(many.stdout.take().expect("stdout")),
+            &mut ready,
+        )
+        .expect("ready");
+        assert_eq!(ready, "ready\n");
+        let scoped = Process {
+            pid: many.id() as i32,
+            owner: Arc::new(Owner::default()),
+            scope: Some(Arc::new(HashSet::from([m.dev()]))),
+        };
+        let other_dev = m.dev() + 1;
+        let devs = HashSet::from([m.dev(), other_dev]);
+        // Scoped to its pod's links: those are unknown, the others known.
+        let h = Holders::scan(std::slice::from_ref(&scoped), &devs);
+        assert!(
+            !h.known_for(m.dev()),
+            "its own link's holders are not known"
+        );
+        assert!(h.known_for(other_dev), "another tenant's link stays known");
+        assert!(h.incomplete().is_none());
+        // Without a scope, nothing is known (never a smaller number).
+        let unscoped = Process {
+            scope: None,
+            ..scoped
+        };
+        let h = Holders::scan(&[unscoped], &devs);
+        assert!(!h.known_for(m.dev()) && !h.known_for(other_dev));
+        assert!(
+            h.incomplete().is_some_and(|w| w.contains("descriptors")),
+            "{:?}",
+            h.incomplete()
+        );
+        assert!(
+            h.of(m.dev(), m.ino()).is_empty(),
+            "nothing half-read is kept"
+        );
+        many.kill().expect("kill");
+        many.wait().expect("wait");
     }
 }

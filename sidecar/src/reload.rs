@@ -93,10 +93,7 @@ fn reload(f: &Follow, why: &str) {
         }
     }
     let mut members: Box<dyn Members> = match &f.containers {
-        Some(names) => Box::new(ContainerProcesses {
-            names: names.clone(),
-            only_named: true,
-        }),
+        Some(names) => Box::new(ContainerProcesses::new(names.clone(), true)),
         None => Box::new(AllProcesses),
     };
     let mut served = f.served.lock().unwrap_or_else(|p| p.into_inner());

@@ -132,8 +132,16 @@ pub struct ChannelSample {
 
 impl Default for ChannelSample {
     fn default() -> Self {
+        ChannelSample::of(Arc::default())
+    }
+}
+
+impl ChannelSample {
+    /// A sample of the channel `info` with nothing observed yet (no allocation: a
+    /// probe makes one per channel per scrape).
+    pub fn of(info: Arc<ObjectInfo>) -> Self {
         ChannelSample {
-            info: Arc::default(),
+            info,
             present: false,
             queue_bytes: None,
             capacity_bytes: None,
@@ -175,6 +183,19 @@ pub struct HolderSample {
     /// Its command.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub command: String,
+}
+
+impl SemaphoreSample {
+    /// A sample of the semaphore `info` with nothing observed yet.
+    pub fn of(info: Arc<ObjectInfo>) -> Self {
+        SemaphoreSample {
+            info,
+            present: false,
+            value: None,
+            waiters: None,
+            holders: Vec::new(),
+        }
+    }
 }
 
 /// One semaphore's observation.
@@ -263,8 +284,9 @@ struct ProbeObject {
     plan: ObjectPlan,
     /// Shared by every sample: one reference count instead of several strings.
     info: Arc<ObjectInfo>,
-    /// Kept open for shm and semaphores; reopened when missing.
-    fd: Option<std::fs::File>,
+    /// Kept open for shm and semaphores, with its (device, inode); reopened when
+    /// missing.
+    fd: Option<(std::fs::File, (u64, u64))>,
 }
 
 /// Probes one materialized link; keeps descriptors to its regular files.
@@ -418,11 +440,9 @@ impl LinkProbe {
         for o in &mut self.objects {
             match o.plan.kind {
                 ObjectKind::Semaphore { abi, .. } => {
-                    let mut s = SemaphoreSample {
-                        info: o.info.clone(),
-                        ..SemaphoreSample::default()
-                    };
-                    if let Some(f) = keep_open(link, o) {
+                    let mut s = SemaphoreSample::of(o.info.clone());
+                    let enforced = self.enforced;
+                    if let Some((f, id)) = keep_open(link, o) {
                         let mut b = [0u8; 8];
                         if f.read_exact_at(&mut b, 0).is_ok() {
                             s.present = true;
@@ -430,31 +450,26 @@ impl LinkProbe {
                             s.value = Some(value);
                             s.waiters = Some(waiters);
                         }
-                        if let Ok(st) = fstat(f.as_fd()) {
-                            s.holders = file_holders(seen, st.st_dev, st.st_ino);
-                            // On a tmpfs, one fstatvfs per link gives the usage instead.
-                            if !self.enforced {
-                                object_bytes += st.st_blocks as u64 * 512;
-                            }
+                        s.holders = file_holders(seen, id.0, id.1);
+                        // On a tmpfs, one fstatvfs per link gives the usage instead.
+                        if !enforced && let Ok(st) = fstat(f.as_fd()) {
+                            object_bytes += st.st_blocks as u64 * 512;
                         }
                     }
                     out.semaphores.push(s);
                 }
                 kind => {
-                    let mut c = ChannelSample {
-                        info: o.info.clone(),
-                        ..ChannelSample::default()
-                    };
+                    let mut c = ChannelSample::of(o.info.clone());
                     match kind {
                         ObjectKind::Shm { size } => {
-                            if let Some(f) = keep_open(link, o)
+                            if let Some((f, id)) = keep_open(link, o)
                                 && let Ok(st) = fstat(f.as_fd())
                             {
                                 c.present = true;
                                 c.capacity_bytes = Some(size);
                                 let resident = st.st_blocks as u64 * 512;
                                 c.resident_bytes = Some(resident);
-                                c.holders = file_holders(seen, st.st_dev, st.st_ino);
+                                c.holders = file_holders(seen, id.0, id.1);
                                 object_bytes += resident;
                             }
                         }
@@ -545,22 +560,26 @@ fn bound_holders(sample: &mut LinkSample) {
     }
 }
 
-fn keep_open<'a>(link: BorrowedFd<'_>, o: &'a mut ProbeObject) -> Option<&'a std::fs::File> {
+/// The object's descriptor, opened once and kept, with its (device, inode): regular
+/// files only, opened through `O_PATH` first so that nothing else put at the name is
+/// ever opened.
+fn keep_open<'a>(
+    link: BorrowedFd<'_>,
+    o: &'a mut ProbeObject,
+) -> Option<(&'a std::fs::File, (u64, u64))> {
     if o.fd.is_none() {
-        let fd = openat(
+        let path = openat(
             link,
             o.info.file.as_str(),
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
         .ok()?;
-        let st = fstat(fd.as_fd()).ok()?;
-        if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
-            return None;
-        }
-        o.fd = Some(std::fs::File::from(fd));
+        let st = fstat(path.as_fd()).ok()?;
+        let fd = crate::created::open_regular_at(link, o.info.file.as_str(), &st)?;
+        o.fd = Some((std::fs::File::from(fd), (st.st_dev, st.st_ino)));
     }
-    o.fd.as_ref()
+    o.fd.as_ref().map(|(f, id)| (f, *id))
 }
 
 /// (value, waiters) from the first 8 bytes of a semaphore object.

@@ -141,9 +141,10 @@ impl Observer {
         {
             return seen.clone();
         }
+        let devs: HashSet<u64> = probes.iter().map(|p| p.dev).collect();
         let scanned = self.members.as_mut().map(|m| {
+            m.looking_for(&devs);
             m.processes().and_then(|processes| {
-                let devs: HashSet<u64> = probes.iter().map(|p| p.dev).collect();
                 let h = Holders::scan(&processes, &devs);
                 tracing::debug!(
                     processes = processes.len(),

@@ -127,11 +127,12 @@ impl Plugin {
         links: SharedLinks,
         fifo_open_probe: bool,
     ) -> Result<Self, crate::Error> {
-        // Who holds what: the processes of the host's containers, named by id. (The
-        // engines' mount callers are no help: podman mounts a plugin volume once for all
-        // its containers, under one id, and unmounts it while they run.)
+        // Who holds what: the processes of the host's containers that mount one of the
+        // volumes (their mount tables say), named by id; no other container is read.
+        // (The engines' mount callers are no help: podman mounts a plugin volume once
+        // for all its containers, under one id, and unmounts it while they run.)
         let observer = Observer::new(
-            Box::new(ContainerProcesses::default()),
+            Box::new(ContainerProcesses::default().mounting()),
             true,
             fifo_open_probe,
         );

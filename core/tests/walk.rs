@@ -1,0 +1,86 @@
+//! What the walk of objects members created reports, against a link a member filled:
+//! what the member closed to others stays closed, long names are cut, and the link's
+//! share of a scrape has a bound.
+
+use std::os::unix::fs::PermissionsExt;
+
+use ipclink_core::probe::{LinkProbe, Observation};
+use ipclink_core::{StorageMode, Store, parse_links, validate};
+
+fn open_link(store: &Store) -> ipclink_core::LinkPlan {
+    let yaml = "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: {name: l, namespace: t}\nspec:\n  sizeLimit: 16Mi\n  allowCreate: true\n  channels: [{name: declared, kind: fifo}]\n";
+    let plan = validate(&parse_links("t", yaml).expect("parse")[0]).expect("valid");
+    store.materialize(&plan).expect("materialize");
+    plan
+}
+
+#[test]
+fn closed_directories_stay_closed_long_names_are_cut_and_the_share_is_bounded() {
+    let base = tempfile::tempdir().expect("dir");
+    let store = Store::open(base.path(), StorageMode::PlainDir).expect("store");
+    let plan = open_link(&store);
+    let link = store.link_path("t", "l");
+    // A directory its member closed to everyone else, with a secret that looks like a
+    // semaphore, beside an open one.
+    std::fs::create_dir(link.join("private")).expect("mkdir");
+    let mut sem = [0u8; 32];
+    sem[..4].copy_from_slice(&0x1234_5678u32.to_le_bytes());
+    std::fs::write(link.join("private/key"), sem).expect("key");
+    std::fs::set_permissions(link.join("private"), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod");
+    std::fs::create_dir(link.join("public")).expect("mkdir");
+    nix::unistd::mkfifo(
+        &link.join("public/p"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .expect("mkfifo");
+    // Three levels of 255-byte names.
+    let long: String = "n".repeat(255);
+    let deep = link.join(&long).join(&long);
+    std::fs::create_dir_all(&deep).expect("mkdir");
+    std::fs::write(deep.join(&long), b"region").expect("region");
+    let mut probe = LinkProbe::open(&store, &plan).expect("probe");
+    let sample = probe.sample(&Observation::default());
+    let names: Vec<&str> = sample
+        .channels
+        .iter()
+        .chain(std::iter::empty())
+        .map(|c| c.info.name.as_str())
+        .chain(sample.semaphores.iter().map(|s| s.info.name.as_str()))
+        .collect();
+    assert!(names.contains(&"public/p"), "{names:?}");
+    assert!(
+        names.iter().all(|n| !n.starts_with("private")),
+        "the walk read a closed directory: {names:?}"
+    );
+    let cut: Vec<&&str> = names.iter().filter(|n| n.starts_with('n')).collect();
+    assert_eq!(cut.len(), 1, "{names:?}");
+    assert!(
+        cut[0].len() <= 128 + 17 && cut[0].contains('~'),
+        "{}",
+        cut[0]
+    );
+
+    // A member makes 2,000 FIFOs with long names: the link's share of /metrics and
+    // /v1/links stays bounded, the rest is counted.
+    for i in 0..2000 {
+        nix::unistd::mkfifo(
+            &link.join(format!("{i:04}{}", "x".repeat(200))),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .expect("mkfifo");
+    }
+    let sample = probe.sample(&Observation::default());
+    let reported = sample.channels.len() + sample.semaphores.len() - 1;
+    assert_eq!(reported as u64 + sample.unreported_objects, 2000 + 2);
+    let mut text = String::new();
+    ipclink_core::metrics::render_channels(std::slice::from_ref(&sample), &[], &mut text);
+    let share: usize = text
+        .lines()
+        .filter(|l| l.contains("link=\"l\""))
+        .map(|l| l.len() + 1)
+        .sum();
+    assert!(share <= 128 << 10, "{share} bytes of /metrics");
+    let json = serde_json::to_string(&sample).expect("json");
+    assert!(json.len() <= 64 << 10, "{} bytes of /v1/links", json.len());
+}
