@@ -151,8 +151,21 @@ fn pages_are_charged_to_the_first_member_and_a_pod_limit_too_small_makes_nothing
     std::fs::write(links.join("mem.yaml"), LINKS).expect("links");
     let root = cgroups.root.path().to_str().expect("utf-8").to_owned();
     let node = Plugin::start("node", dir.path(), &links, &["--cgroup-root", &root, OPEN]);
+    // A member already running in the pod whose limit is too small for the region,
+    // likelier to be the OOM killer's victim than the plugin's processes (as a burstable
+    // pod's are next to a system-node-critical plugin, which inherit its -997): it must
+    // not pay for a region that does not fit.
+    let member = ipclink_testkit::KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("sleep"),
+    );
+    std::fs::write(format!("/proc/{}/oom_score_adj", member.0.id()), "900").expect("adj");
+    std::fs::write(tight_cg.join("cgroup.procs"), member.0.id().to_string()).expect("join");
     let pods = dir.path().join("pods");
     std::fs::create_dir(&pods).expect("pods dir");
+    let mut member = member;
     rt().block_on(async {
         let mut c = NodeClient::new(connect(&node.socket).await);
         let before = shmem(&roomy_cg);
@@ -191,6 +204,11 @@ fn pages_are_charged_to_the_first_member_and_a_pod_limit_too_small_makes_nothing
             "a refused publish left a mount"
         );
         assert_eq!(shmem(&tight_cg), 0, "the refused region stays uncharged");
+        // The helper was the OOM killer's choice, not the member.
+        assert!(
+            member.0.try_wait().expect("wait").is_none(),
+            "the member running in the pod was killed"
+        );
     });
     drop(node);
 }
@@ -215,6 +233,8 @@ fn the_node_budget_and_the_link_cap_refuse_naming_the_numbers() {
             &(32u64 << 20).to_string(),
             "--max-volumes-per-node",
             "7",
+            "--apply-interval-seconds",
+            "1",
         ],
     );
     let pods = dir.path().join("pods");
@@ -277,6 +297,35 @@ fn the_node_budget_and_the_link_cap_refuse_naming_the_numbers() {
             .await
             .expect("the same link again");
     });
+    // A live edit is held to the same budget: small's sizeLimit 8Mi -> 16Mi does not
+    // fit 12Mi. The link keeps its size, and its record says what waits and why.
+    std::fs::write(
+        links.join("mem.yaml"),
+        LINKS.replacen("sizeLimit: 8Mi", "sizeLimit: 16Mi", 1),
+    )
+    .expect("edit");
+    let link = dir.path().join("node-state/links/mem/small");
+    let record = dir.path().join("node-state/links/mem/.small.json");
+    let start = std::time::Instant::now();
+    let held = loop {
+        let r = std::fs::read_to_string(&record).unwrap_or_default();
+        if r.contains("spec.sizeLimit") {
+            break r;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the edit was not held back: {r}\n{}",
+            node.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(held.contains("--max-node-bytes"), "{held}");
+    let v = nix::sys::statvfs::statvfs(&link).expect("statvfs");
+    assert_eq!(
+        v.blocks() * v.fragment_size(),
+        8 << 20,
+        "the link grew past the budget"
+    );
     drop(node);
 }
 

@@ -60,9 +60,15 @@ pub struct UpArgs {
     /// [default: /run/ipclink as root, else $XDG_RUNTIME_DIR/ipclink]
     #[arg(long, env = "IPCLINK_ROOT")]
     pub root: Option<PathBuf>,
-    /// Address of the metrics and status endpoint.
+    /// Address of the metrics and status endpoint (plain HTTP, no authentication: a
+    /// loopback address unless --insecure-listen).
     #[arg(long, env = "IPCLINK_LISTEN", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
+    /// Allow --listen off loopback: anyone who can connect then reads every link's
+    /// names, depths and holders (e.g. inside a Compose project's network, with the
+    /// port published on the host's loopback only).
+    #[arg(long, env = "IPCLINK_INSECURE_LISTEN")]
+    pub insecure_listen: bool,
     /// Leave the links in place on exit.
     #[arg(long, env = "IPCLINK_KEEP")]
     pub keep: bool,
@@ -120,9 +126,14 @@ pub struct PluginArgs {
         default_value = "/etc/ipclink/links"
     )]
     pub link_dir: PathBuf,
-    /// Also serve `/metrics` and `/v1/links` for the volumes on this address.
+    /// Also serve `/metrics` and `/v1/links` for the volumes on this address (plain
+    /// HTTP, no authentication: a loopback address unless --insecure-listen).
     #[arg(long, env = "IPCLINK_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Allow --listen off loopback: anyone who can connect then reads every volume's
+    /// names, depths and holders.
+    #[arg(long, env = "IPCLINK_INSECURE_LISTEN")]
+    pub insecure_listen: bool,
     /// tmpfs per volume (needs root; enforces `size`) or a plain directory.
     /// [default: tmpfs as root, else dir]
     #[arg(long, env = "IPCLINK_STORAGE", value_enum)]

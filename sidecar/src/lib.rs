@@ -5,6 +5,7 @@ pub mod discover;
 pub mod plugin;
 mod reload;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -217,9 +218,23 @@ pub fn open_probes(store: &Store, plans: &[LinkPlan]) -> Result<Vec<LinkProbe>, 
         .collect()
 }
 
+/// Refuses to serve unauthenticated metrics on `listen` off loopback unless `insecure`.
+fn check_listen(listen: SocketAddr, insecure: bool) -> Result<(), Error> {
+    if listen.ip().is_loopback() || insecure {
+        return Ok(());
+    }
+    Err(Error::Invalid(Problems(vec![Problem::new(
+        "--listen",
+        format!(
+            "{listen} is not a loopback address, and /metrics and /v1/links are served there without authentication; use 127.0.0.1, or add --insecure-listen to let anyone who can connect read them"
+        ),
+    )])))
+}
+
 /// `ipclink-sidecar up`.
 pub async fn up(args: UpArgs) -> Result<(), Error> {
     let root = args.root.clone().unwrap_or_else(default_root);
+    check_listen(args.listen, args.insecure_listen)?;
     let shutdown = install_shutdown()?;
     // Validate before binding, bind before creating anything: a bad file or a busy port
     // leaves the machine as it was.
@@ -236,10 +251,7 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
     let names = Arc::new(Mutex::new(None));
     let observer = match &args.engine {
         Some(_) => Observer::new(
-            Box::new(ContainerProcesses {
-                names: names.clone(),
-                only_named: true,
-            }),
+            Box::new(ContainerProcesses::new(names.clone(), true)),
             true,
             args.fifo_open_probe,
         ),
@@ -339,6 +351,9 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
 /// Volumes stay in place when it stops: containers keep using them, and the next start
 /// picks them up from the state file.
 pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
+    if let Some(addr) = args.listen {
+        check_listen(addr, args.insecure_listen)?;
+    }
     let shutdown = install_shutdown()?;
     let metrics = match args.listen {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Io {

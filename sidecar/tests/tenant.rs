@@ -233,3 +233,70 @@ print(os.fstat(f).st_uid, os.fstat(f).st_mode & 0o7777)
     );
     assert_eq!(sidecar.stop(), 0);
 }
+
+/// Unauthenticated metrics are served off loopback only when asked for: `up` and the
+/// volume plugin refuse a non-loopback --listen (exit 2, naming the flag, nothing made).
+#[test]
+fn an_unauthenticated_listen_off_loopback_is_refused_unless_asked_for() {
+    let s = setup(&open_link(0, ""));
+    let port = common::free_port().to_string();
+    let any = format!("0.0.0.0:{port}");
+    let out = std::process::Command::new(common::BIN)
+        .arg("up")
+        .arg(&s.file)
+        .arg("--root")
+        .arg(&s.root)
+        .args(["--listen", &any])
+        .output()
+        .expect("up");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--listen") && err.contains("--insecure-listen"),
+        "{err}"
+    );
+    assert!(!s.root.exists(), "something was made");
+    let plugin_dir = tempfile::tempdir().expect("dir");
+    let out = std::process::Command::new(common::BIN)
+        .arg("volume-plugin")
+        .arg("--socket")
+        .arg(plugin_dir.path().join("p.sock"))
+        .arg("--root")
+        .arg(plugin_dir.path().join("root"))
+        .args(["--listen", &any])
+        .output()
+        .expect("volume-plugin");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--insecure-listen"), "{err}");
+    assert!(!plugin_dir.path().join("p.sock").exists());
+    // Asked for, it serves there.
+    let mut child = ipclink_testkit::KillOnDrop(
+        std::process::Command::new(common::BIN)
+            .arg("up")
+            .arg(&s.file)
+            .arg("--root")
+            .arg(&s.root)
+            .args(["--listen", &any, "--insecure-listen"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("up"),
+    );
+    let port: u16 = port.parse().expect("port");
+    let mut ready = false;
+    for _ in 0..200 {
+        if common::try_get(port, "/readyz").is_some_and(|(code, _)| code == 200) {
+            ready = true;
+            break;
+        }
+        assert!(child.0.try_wait().expect("wait").is_none(), "up exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ready, "up --insecure-listen never served on {any}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    assert!(child.0.wait().expect("wait").success());
+}

@@ -9,9 +9,11 @@
 //! the new region, reopened through the plugin's descriptor (`/proc/PID/fd/N`). Past the
 //! pod's limit the kernel's OOM killer stops the helper (SIGKILL) before any page is
 //! kept: the publish is refused with `ResourceExhausted`, and the plugin's own memory
-//! never moves. cgroup v1 (the memory hierarchy) and v2 (the unified hierarchy, where a
-//! process must sit in a leaf, so the helper uses a child cgroup `ipclink-charge` of the
-//! pod's) are both handled; the pod's cgroup is found by the kubelet's names for it
+//! never moves. The helper makes itself the OOM killer's first choice (`oom_score_adj`
+//! 1000), so a region that does not fit never costs a running member its processes.
+//! cgroup v1 (the memory hierarchy) and v2 (the unified hierarchy, where a process must
+//! sit in a leaf, so each helper uses a child cgroup `ipclink-charge-PID-N` of the pod's)
+//! are both handled; the pod's cgroup is found by the kubelet's names for it
 //! under `kubepods`: `pod<UID>` (cgroupfs driver) or `…-pod<UID with _>.slice`
 //! (systemd driver).
 
@@ -27,8 +29,13 @@ use crate::error::CsiError;
 
 /// Exit code of the helper when the link's tmpfs is full.
 const EXIT_ENOSPC: i32 = 3;
-/// The child cgroup a v2 helper runs in.
+/// The prefix of the child cgroup a v2 helper runs in (one per call:
+/// `ipclink-charge-PID-N`, so concurrent helpers never race one's removal against
+/// another's join).
 const LEAF: &str = "ipclink-charge";
+
+/// Calls of this process, numbering the helpers' leaves.
+static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Where the memory controller's hierarchy is.
 #[derive(Debug, Clone)]
@@ -136,10 +143,12 @@ impl PodCharge {
             // v1 allows tasks in a cgroup that has children.
             return Ok(self.cgroup.join("cgroup.procs"));
         }
-        let leaf = self.cgroup.join(LEAF);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let leaf = self
+            .cgroup
+            .join(format!("{LEAF}-{}-{n}", std::process::id()));
         match std::fs::create_dir(&leaf) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => {
                 return Err(PreallocateError::Failed(format!(
                     "cannot make {}: {e}",
@@ -200,7 +209,13 @@ pub fn run_helper(procs: &Path, file: &Path, size: u64) -> i32 {
         let _ = writeln!(std::io::stderr(), "{what}: {e}");
         1
     };
-    // First: every page this process touches from now on is charged to the pod.
+    // This process, not a member's, is the one the pod's OOM killer picks when the
+    // region does not fit (it inherited the plugin's -997 from a system-node-critical
+    // pod, which would make the pod's own processes the victims).
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "1000") {
+        return fail("set oom_score_adj", &e);
+    }
+    // Then: every page this process touches from now on is charged to the pod.
     if let Err(e) = std::fs::write(procs, std::process::id().to_string()) {
         return fail(&format!("join {}", procs.display()), &e);
     }
