@@ -52,17 +52,30 @@ with open("/dev/shm/events", "rb") as f:
         want += 1
 "#;
 
-/// What a member sees: the tmpfs size and every entry; with "fill N", whether N more
-/// bytes fit.
+/// What a member sees: the tmpfs size and every entry, with the mode it was declared
+/// with (in a link members may write to, a declared object is root's and its owner's
+/// bits are in its ACL, where `stat` shows the ACL mask as the group's bits: the
+/// group's own come from the ACL); with "fill N", whether N more bytes fit.
 const LOOK: &str = r#"
-import errno, os, stat, sys
+import errno, os, stat, struct, sys
 d = "/dev/shm"
 v = os.statvfs(d)
 print("size", v.f_blocks * v.f_frsize)
+def declared(path, st):
+    mode = st.st_mode & 0o7777
+    try:
+        acl = os.getxattr(path, "system.posix_acl_access", follow_symlinks=False)
+    except OSError:
+        return mode
+    for i in range(4, len(acl), 8):
+        tag, perm, _ = struct.unpack("<HHI", acl[i:i + 8])
+        if tag == 0x04:  # ACL_GROUP_OBJ
+            mode = (mode & ~0o070) | (perm << 3)
+    return mode
 for n in sorted(os.listdir(d)):
     st = os.lstat(d + "/" + n)
     kind = "fifo" if stat.S_ISFIFO(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode) else "file"
-    print("entry", n, kind, "%04o" % (st.st_mode & 0o7777), st.st_size)
+    print("entry", n, kind, "%04o" % declared(d + "/" + n, st), st.st_size)
 if sys.argv[2:3] == ["fill"]:
     try:
         with open(d + "/scratch", "wb") as f:
