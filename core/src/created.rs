@@ -53,16 +53,18 @@ pub const LINKS_BUDGET: usize = 40 << 10;
 pub(crate) struct Found {
     pub channels: Vec<ChannelSample>,
     pub semaphores: Vec<SemaphoreSample>,
-    /// Objects found but not reported (past a count or a byte budget), and entries past
-    /// [`MAX_ENTRIES`].
+    /// Objects found but not reported (past a count or a byte budget).
     pub unreported: u64,
+    /// Whether every entry was looked at (false past [`MAX_ENTRIES`]: the count of
+    /// unreported objects and the bytes found are then unknown).
+    pub complete: bool,
     /// Bytes the regular files found hold.
     pub bytes: u64,
 }
 
-/// Where the reported objects' bytes go, and what they may take.
+/// The labels every series of a link carries, which a reported object's bytes count.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Budget<'a> {
+pub(crate) struct LinkLabels<'a> {
     pub namespace: &'a str,
     pub link: &'a str,
     /// Bytes of extra labels on every series (e.g. `,node="n1"`).
@@ -160,9 +162,12 @@ pub(crate) fn walk(
     declared: &HashSet<String>,
     seen: &Observation,
     listings: &mut Listings,
-    budget: Budget<'_>,
+    labels: LinkLabels<'_>,
 ) -> Found {
-    let mut found = Found::default();
+    let mut found = Found {
+        complete: true,
+        ..Found::default()
+    };
     let mut spent = (0usize, 0usize);
     let mut visited = HashSet::new();
     let mut entries = 0usize;
@@ -190,7 +195,7 @@ pub(crate) fn walk(
         top.next += 1;
         entries += 1;
         if entries > MAX_ENTRIES {
-            found.unreported += 1;
+            found.complete = false;
             break;
         }
         let dir = top.dir.as_fd();
@@ -235,7 +240,7 @@ pub(crate) fn walk(
             continue;
         }
         let object = probe(dir, &name, &path, &st, dev, seen);
-        let (metrics, json) = cost(budget, &object);
+        let (metrics, json) = cost(labels, &object);
         if spent.0 + metrics > METRICS_BUDGET || spent.1 + json > LINKS_BUDGET {
             found.unreported += 1;
             continue;
@@ -257,12 +262,12 @@ enum Object {
 }
 
 /// What reporting `object` costs: bytes of `/metrics` and of `/v1/links`.
-fn cost(budget: Budget<'_>, object: &Object) -> (usize, usize) {
+fn cost(labels: LinkLabels<'_>, object: &Object) -> (usize, usize) {
     let (r, json) = match object {
         Object::Channel(c) => (ObjectRef::Channel(c), json_len(c)),
         Object::Semaphore(m) => (ObjectRef::Semaphore(m), json_len(m)),
     };
-    let metrics = object_bytes(budget.namespace, budget.link, budget.extra_label_bytes, r);
+    let metrics = object_bytes(labels.namespace, labels.link, labels.extra_label_bytes, r);
     (metrics, json)
 }
 
@@ -386,6 +391,14 @@ fn semaphore(dir: BorrowedFd<'_>, name: &str, st: &FileStat) -> Option<(Semaphor
 /// describes: `O_PATH` first (a FIFO put there meanwhile is not opened), then a check,
 /// then a reopen of that very file through its descriptor.
 pub(crate) fn open_regular_at(dir: BorrowedFd<'_>, name: &str, st: &FileStat) -> Option<OwnedFd> {
+    let (fd, now) = open_regular(dir, name)?;
+    (now.st_ino == st.st_ino && now.st_dev == st.st_dev).then_some(fd)
+}
+
+/// Opens `name` of `dir` for reading if it is a regular file, with its `fstat`:
+/// `O_PATH` first (nothing else at the name is ever opened), then a reopen of that
+/// very file through its descriptor.
+pub(crate) fn open_regular(dir: BorrowedFd<'_>, name: &str) -> Option<(OwnedFd, FileStat)> {
     let path = openat(
         dir,
         name,
@@ -393,19 +406,17 @@ pub(crate) fn open_regular_at(dir: BorrowedFd<'_>, name: &str, st: &FileStat) ->
         Mode::empty(),
     )
     .ok()?;
-    let now = fstat(path.as_fd()).ok()?;
-    if now.st_ino != st.st_ino
-        || now.st_dev != st.st_dev
-        || now.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits()
-    {
-        return None; // replaced since the walk saw it
+    let st = fstat(path.as_fd()).ok()?;
+    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
+        return None;
     }
-    nix::fcntl::open(
+    let fd = nix::fcntl::open(
         format!("/proc/self/fd/{}", path.as_raw_fd()).as_str(),
         OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .ok()
+    .ok()?;
+    Some((fd, st))
 }
 
 #[cfg(test)]
@@ -458,13 +469,15 @@ mod tests {
             .arg(&path)
             .spawn()
             .expect("writer");
-        std::thread::sleep(Duration::from_millis(100));
+        let wchan =
+            || std::fs::read_to_string(format!("/proc/{}/wchan", writer.id())).unwrap_or_default();
+        let blocked = (0..400).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            wchan() == "wait_for_partner"
+        });
+        assert!(blocked, "the writer never blocked in open: {}", wchan());
         assert!(open_regular_at(d.as_fd(), "sem.x", &seen).is_none());
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            writer.try_wait().expect("wait").is_none(),
-            "the writer was let through by an open of its FIFO"
-        );
+        assert_eq!(wchan(), "wait_for_partner", "the writer was let through");
         writer.kill().expect("kill");
         writer.wait().expect("wait");
     }

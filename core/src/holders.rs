@@ -71,8 +71,12 @@ pub struct Process {
 
 /// Descriptors read of one process at most; past it, what it holds is unknown.
 pub const MAX_FDS_PER_PROCESS: usize = 8192;
-/// Descriptors read in one scan at most; past it, every holder is unknown.
-pub const MAX_FDS_PER_SCAN: usize = 32_768;
+/// Descriptors read of the processes of one scope (one pod) at most; past it, the
+/// holders of that pod's links are unknown and its other processes are not read.
+pub const MAX_FDS_PER_SCOPE: usize = 32_768;
+/// Descriptors read in one scan at most; past it, the holders of the links of the
+/// processes not yet read are unknown (every link's, for a process without a scope).
+pub const MAX_FDS_PER_SCAN: usize = 131_072;
 /// Lines of one process's `maps` read at most; past it, what it maps is unknown.
 pub const MAX_MAPS_PER_PROCESS: usize = 16_384;
 /// Processes one scan reads at most; past it, every holder is unknown.
@@ -146,22 +150,32 @@ pub struct ContainerProcesses {
     devs: HashSet<u64>,
 }
 
-/// Whether the mount table of process `pid` has a mount of one of `devs`.
+/// Mount-table lines of one process read at most, looking for a link's filesystem.
+const MAX_MOUNTS_PER_PROCESS: usize = 16_384;
+
+/// Whether the mount table of process `pid` may have a mount of one of `devs`: true
+/// when it has one, and when it cannot be read in full (the process is then scanned,
+/// so that its holds are not taken for none).
 fn mounts_one_of(pid: i32, devs: &HashSet<u64>) -> bool {
     use std::io::BufRead;
     let Ok(f) = std::fs::File::open(format!("/proc/{pid}/mountinfo")) else {
-        return false;
+        return true;
     };
     let want: HashSet<String> = devs
         .iter()
         .map(|&d| format!("{}:{}", nix::sys::stat::major(d), nix::sys::stat::minor(d)))
         .collect();
     // id parent major:minor root point ...
-    std::io::BufReader::new(f)
-        .lines()
-        .take(MAX_MAPS_PER_PROCESS)
-        .map_while(Result::ok)
-        .any(|l| l.split(' ').nth(2).is_some_and(|d| want.contains(d)))
+    let mut lines = std::io::BufReader::new(f).lines();
+    for _ in 0..MAX_MOUNTS_PER_PROCESS {
+        match lines.next() {
+            None => return false,
+            Some(Err(_)) => return true,
+            Some(Ok(l)) if l.split(' ').nth(2).is_some_and(|d| want.contains(d)) => return true,
+            Some(Ok(_)) => {}
+        }
+    }
+    true
 }
 
 impl ContainerProcesses {
@@ -343,9 +357,11 @@ impl Holders {
     /// namespaces. Processes that are gone or cannot be read are passed over.
     ///
     /// Members set how much there is to read, so the scan is bounded
-    /// ([`MAX_FDS_PER_PROCESS`], [`MAX_MAPS_PER_PROCESS`], [`MAX_FDS_PER_SCAN`],
-    /// [`MAX_PROCESSES_PER_SCAN`]); past a bound, the holders it would have found are
-    /// unknown ([`Holders::known_for`]), never a smaller number.
+    /// ([`MAX_FDS_PER_PROCESS`], [`MAX_MAPS_PER_PROCESS`], [`MAX_FDS_PER_SCOPE`],
+    /// [`MAX_FDS_PER_SCAN`], [`MAX_PROCESSES_PER_SCAN`]); past a bound, the holders it
+    /// would have found are unknown ([`Holders::known_for`]), never a smaller number:
+    /// for a process with a scope, only its pod's links' holders, and its pod's other
+    /// processes are not read.
     pub fn scan(processes: &[Process], devs: &HashSet<u64>) -> Holders {
         let mut h = Holders::default();
         if processes.len() > MAX_PROCESSES_PER_SCAN {
@@ -355,32 +371,46 @@ impl Holders {
             ));
             return h;
         }
+        // Scopes (pods) already past a bound, by the address of their shared set: their
+        // other processes would tell nothing more.
+        let mut blind: HashSet<*const HashSet<u64>> = HashSet::new();
+        let mut spent: HashMap<*const HashSet<u64>, usize> = HashMap::new();
         for p in processes {
-            let whole = h.scan_fds(p, devs) & h.scan_maps(p, devs);
-            if !whole {
-                match &p.scope {
-                    Some(scope) => h.unknown_devs.extend(scope.iter()),
-                    None => {
-                        h.incomplete = Some(format!(
-                            "process {} holds more descriptors or mappings than one scan reads ({MAX_FDS_PER_PROCESS} descriptors, {MAX_MAPS_PER_PROCESS} mappings)",
-                            p.pid
-                        ));
-                    }
+            let key = p.scope.as_ref().map(Arc::as_ptr);
+            if key.is_some_and(|k| blind.contains(&k)) {
+                continue;
+            }
+            let whole = h.fds_read <= MAX_FDS_PER_SCAN && {
+                let before = h.fds_read;
+                let whole = h.scan_fds(p, devs) & h.scan_maps(p, devs);
+                let scope_total = key.map(|k| {
+                    let total = spent.entry(k).or_default();
+                    *total += h.fds_read - before;
+                    *total
+                });
+                whole && scope_total.is_none_or(|t| t <= MAX_FDS_PER_SCOPE)
+            };
+            if whole {
+                if let Ok(m) = std::fs::metadata(format!("/proc/{}/ns/net", p.pid)) {
+                    h.netns.entry(m.ino()).or_insert(p.pid);
                 }
+                continue;
             }
-            if h.fds_read > MAX_FDS_PER_SCAN {
-                h.incomplete = Some(format!(
-                    "the member processes hold more than the {MAX_FDS_PER_SCAN} descriptors one scan reads"
-                ));
-            }
-            if h.incomplete.is_some() {
-                // Nothing more would be known: stop reading.
-                h.by_object.clear();
-                h.sockets.clear();
-                return h;
-            }
-            if let Ok(m) = std::fs::metadata(format!("/proc/{}/ns/net", p.pid)) {
-                h.netns.entry(m.ino()).or_insert(p.pid);
+            match (&p.scope, key) {
+                (Some(scope), Some(k)) => {
+                    h.unknown_devs.extend(scope.iter());
+                    blind.insert(k);
+                }
+                _ => {
+                    h.incomplete = Some(format!(
+                        "process {} is past what one scan reads ({MAX_FDS_PER_PROCESS} descriptors or {MAX_MAPS_PER_PROCESS} mappings of a process, {MAX_FDS_PER_SCAN} descriptors in all)",
+                        p.pid
+                    ));
+                    // Nothing more would be known: stop reading.
+                    h.by_object.clear();
+                    h.sockets.clear();
+                    return h;
+                }
             }
         }
         h
@@ -507,8 +537,9 @@ impl Holders {
             if n >= MAX_MAPS_PER_PROCESS {
                 return false;
             }
+            // A read that fails part-way leaves what the process maps unknown.
             let Ok(line) = line else {
-                break;
+                return false;
             };
             let mut f = line.split_whitespace();
             let (Some(_), Some(_), Some(_), Some(dev), Some(ino)) =
@@ -843,8 +874,18 @@ mod tests {
         assert_eq!(h.pipe(m.dev(), m.ino()), PipeNow::LetGo);
     }
 
+    /// A child process killed and reaped when dropped (a failed assertion leaves none).
+    struct Kill(std::process::Child);
+
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     /// A holder process running `script` (sh, with "$1" the path) that says "ready".
-    fn holder(script: &str, path: &std::path::Path) -> std::process::Child {
+    fn holder(script: &str, path: &std::path::Path) -> Kill {
         let mut c = std::process::Command::new("sh")
             .arg("-c")
             .arg(script)
@@ -860,7 +901,7 @@ mod tests {
         )
         .expect("ready");
         assert_eq!(ready, "ready\n");
-        c
+        Kill(c)
     }
 
     #[test]
@@ -869,13 +910,13 @@ mod tests {
         let path = dir.path().join("events");
         nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).expect("mkfifo");
         // fd 3 holds both ends; 4..=9 are duplicates of it.
-        let mut h1 = holder(
+        let h1 = holder(
             "exec 3<>\"$1\" 4<&3 5<&3 6<&3 7<&3 8<&3 9<&3; echo ready; exec sleep 30",
             &path,
         );
         let m = std::fs::metadata(&path).expect("stat");
         let p = Process {
-            pid: h1.id() as i32,
+            pid: h1.0.id() as i32,
             owner: Arc::new(Owner::default()),
             scope: None,
         };
@@ -883,8 +924,7 @@ mod tests {
         let holds = h.of(m.dev(), m.ino());
         assert_eq!(holds.len(), 2, "one hold per role: {holds:?}");
         assert!(holds.iter().all(|h| h.fds == 7), "{holds:?}");
-        h1.kill().expect("kill");
-        h1.wait().expect("wait");
+        drop(h1);
         // This process holds the FIFO twice; the descriptor the scan kept closes, the
         // other still holds it: its depth is unknown, not "empty, nobody holds it".
         let first = std::fs::OpenOptions::new()
@@ -916,32 +956,9 @@ mod tests {
         std::fs::write(&path, b"x").expect("file");
         let m = std::fs::metadata(&path).expect("stat");
         // A process with more descriptors than one scan reads of it.
-        let n = MAX_FDS_PER_PROCESS + 10;
-        let mut many = std::process::Command::new("python3")
-            .arg("-c")
-            .arg(format!(
-                "import os, resource, sys, time\n\
-                 resource.setrlimit(resource.RLIMIT_NOFILE, ({0}, {0}))\n\
-                 f = os.open(sys.argv[1], os.O_RDONLY)\n\
-                 held = [os.dup(f) for _ in range({1})]\n\
-                 print('ready', flush=True)\n\
-                 time.sleep(30)",
-                n + 100,
-                n
-            ))
-            .arg(&path)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut ready = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(many.stdout.take().expect("stdout")),
-            &mut ready,
-        )
-        .expect("ready");
-        assert_eq!(ready, "ready\n");
+        let many = holding(&path, MAX_FDS_PER_PROCESS + 10);
         let scoped = Process {
-            pid: many.id() as i32,
+            pid: many.0.id() as i32,
             owner: Arc::new(Owner::default()),
             scope: Some(Arc::new(HashSet::from([m.dev()]))),
         };
@@ -971,7 +988,125 @@ mod tests {
             h.of(m.dev(), m.ino()).is_empty(),
             "nothing half-read is kept"
         );
-        many.kill().expect("kill");
-        many.wait().expect("wait");
+        drop(many);
+    }
+
+    /// A process holding `n` descriptors of `path`, once it holds them all.
+    fn holding(path: &std::path::Path, n: usize) -> Kill {
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import os, resource, sys, time\n\
+                 resource.setrlimit(resource.RLIMIT_NOFILE, ({0}, {0}))\n\
+                 f = os.open(sys.argv[1], os.O_RDONLY)\n\
+                 held = [os.dup(f) for _ in range({1})]\n\
+                 print('ready', flush=True)\n\
+                 time.sleep(60)",
+                n + 100,
+                n - 1
+            ))
+            .arg(path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let stdout = child.stdout.take().expect("stdout");
+        let child = Kill(child);
+        let mut ready = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut ready)
+            .expect("ready");
+        assert_eq!(ready, "ready\n");
+        child
+    }
+
+    /// A file in its own directory, and its device and inode.
+    fn object(dir: &tempfile::TempDir, name: &str) -> (std::path::PathBuf, u64, u64) {
+        let path = dir.path().join(name);
+        std::fs::write(&path, b"x").expect("file");
+        let m = std::fs::metadata(&path).expect("stat");
+        (path, m.dev(), m.ino())
+    }
+
+    #[test]
+    fn a_pod_past_its_budget_is_not_read_further_and_blinds_only_itself() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (path, dev, ino) = object(&dir, "region");
+        // Six processes of one pod, each under the per-process bound, together past
+        // the pod's; then a process of another pod.
+        let per = MAX_FDS_PER_SCOPE / 4 - 100;
+        let crowd: Vec<Kill> = (0..6).map(|_| holding(&path, per)).collect();
+        let other_dev = dev + 1;
+        let evil = Arc::new(HashSet::from([dev]));
+        let mut processes: Vec<Process> = crowd
+            .iter()
+            .map(|k| Process {
+                pid: k.0.id() as i32,
+                owner: Arc::new(Owner::default()),
+                scope: Some(evil.clone()),
+            })
+            .collect();
+        let calm = holding(&path, 3);
+        processes.push(Process {
+            pid: calm.0.id() as i32,
+            owner: Arc::new(Owner::default()),
+            scope: Some(Arc::new(HashSet::from([other_dev]))),
+        });
+        let h = Holders::scan(&processes, &HashSet::from([dev, other_dev]));
+        assert!(!h.known_for(dev), "the crowded pod's link is unknown");
+        assert!(h.known_for(other_dev), "the other pod's link stays known");
+        assert!(h.incomplete().is_none(), "{:?}", h.incomplete());
+        // Four processes fill the budget, the fifth passes it; the sixth is not read.
+        assert_eq!(
+            h.readable, 6,
+            "five of the pod's processes and the other pod's"
+        );
+        assert!(
+            h.fds_read <= MAX_FDS_PER_SCOPE + per + 16,
+            "{} descriptors read",
+            h.fds_read
+        );
+        // The other pod's process was still read: its three holds of the object.
+        let calm_pid = calm.0.id() as i32;
+        let of_calm: u32 = h
+            .of(dev, ino)
+            .iter()
+            .filter(|hold| hold.pid == calm_pid)
+            .map(|hold| hold.fds)
+            .sum();
+        assert_eq!(of_calm, 3, "{:?}", h.of(dev, ino));
+        drop(crowd);
+    }
+
+    #[test]
+    fn past_the_scan_budget_only_the_pods_not_yet_read_are_unknown() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (path, dev, _) = object(&dir, "region");
+        // Pods of one process each, every one under both per-pod bounds, together past
+        // the scan's.
+        let per = MAX_FDS_PER_PROCESS - 100;
+        let pods = MAX_FDS_PER_SCAN / per + 2;
+        let crowd: Vec<Kill> = (0..pods).map(|_| holding(&path, per)).collect();
+        let processes: Vec<Process> = crowd
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Process {
+                pid: k.0.id() as i32,
+                owner: Arc::new(Owner::default()),
+                scope: Some(Arc::new(HashSet::from([dev + i as u64]))),
+            })
+            .collect();
+        let devs: HashSet<u64> = (0..pods as u64).map(|i| dev + i).collect();
+        let h = Holders::scan(&processes, &devs);
+        assert!(h.incomplete().is_none(), "{:?}", h.incomplete());
+        assert!(h.known_for(dev), "the first pod read is known");
+        assert!(
+            !h.known_for(dev + pods as u64 - 1),
+            "the last pod, past the budget, is unknown"
+        );
+        assert!(
+            h.fds_read <= MAX_FDS_PER_SCAN + MAX_FDS_PER_PROCESS + 16,
+            "{} descriptors read",
+            h.fds_read
+        );
+        drop(crowd);
     }
 }

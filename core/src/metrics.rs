@@ -130,7 +130,8 @@ const FAMILIES: &[Family] = &[
         help: "Bytes used on a link's tmpfs.",
         channel: no_channel,
         semaphore: no_semaphore,
-        link: |l| Some(l.used_bytes),
+        // In a plain directory the bytes are what the walk found: unknown past its bound.
+        link: |l| (l.size_limit_enforced || !l.walk_truncated).then_some(l.used_bytes),
     },
     Family {
         name: "ipclink_link_limit_bytes",
@@ -151,7 +152,7 @@ const FAMILIES: &[Family] = &[
         help: "Objects members created in a link beyond what one report names per link (at most 1000 objects, 96 KiB of these series, 40 KiB of /v1/links): counted, not reported one by one.",
         channel: no_channel,
         semaphore: no_semaphore,
-        link: |l| Some(l.unreported_objects),
+        link: |l| (!l.walk_truncated).then_some(l.unreported_objects),
     },
     Family {
         name: "ipclink_link_pending_changes",

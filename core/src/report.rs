@@ -361,6 +361,11 @@ mod tests {
             "evil\\x0a\"x\" \\x1b[2J\\x1b]0;pwned\\x07"
         );
         assert_eq!(printable("a\u{7f}b\u{9b}c"), "a\\x7fb\\x9bc");
+        // OSC 52 (write the terminal's clipboard) is escaped like every other sequence.
+        assert_eq!(
+            printable("\u{1b}]52;c;cm0gLXJmIH4=\u{7}"),
+            "\\x1b]52;c;cm0gLXJmIH4=\\x07"
+        );
         assert_eq!(printable("abc\u{202e}txt.exe"), "abc\\u{202e}txt.exe");
         assert_eq!(
             printable("zero\u{200b}width\u{2066}"),

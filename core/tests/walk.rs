@@ -83,4 +83,46 @@ fn closed_directories_stay_closed_long_names_are_cut_and_the_share_is_bounded() 
     assert!(share <= 128 << 10, "{share} bytes of /metrics");
     let json = serde_json::to_string(&sample).expect("json");
     assert!(json.len() <= 64 << 10, "{} bytes of /v1/links", json.len());
+    assert!(!sample.walk_truncated);
+    assert!(text.contains("ipclink_link_unreported_objects{"), "{text}");
+
+    // Past the entries one walk looks at (a plain directory has no inode limit), the
+    // count of what was not reported is unknown: its series is absent, not too small.
+    for i in 0..ipclink_core::created::MAX_ENTRIES {
+        std::fs::write(link.join(format!("z{i:05}")), b"").expect("file");
+    }
+    let sample = probe.sample(&Observation::default());
+    assert!(sample.walk_truncated);
+    let mut text = String::new();
+    ipclink_core::metrics::render_channels(std::slice::from_ref(&sample), &[], &mut text);
+    assert!(!text.contains("ipclink_link_unreported_objects{"), "{text}");
+    assert!(
+        !text.contains("ipclink_link_used_bytes{"),
+        "in a plain directory"
+    );
+}
+
+/// In a plain directory too (when `up` runs as root), a declared object of a link
+/// members may write to is root's, with its owner's bits in its ACL.
+#[test]
+fn declared_objects_in_a_plain_directory_are_guarded_by_ownership() {
+    use std::os::unix::fs::MetadataExt;
+    let base = tempfile::tempdir().expect("dir");
+    let store = Store::open(base.path(), StorageMode::PlainDir).expect("store");
+    assert!(store.applies_owner(), "runs as root");
+    let yaml = "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: {name: g, namespace: t}\nspec:\n  allowCreate: true\n  owner: {uid: 1000, gid: 2000}\n  channels: [{name: events, kind: fifo, mode: \"0620\"}]\n";
+    let plan = validate(&parse_links("t", yaml).expect("parse")[0]).expect("valid");
+    store.materialize(&plan).expect("materialize");
+    let st = std::fs::metadata(store.link_path("t", "g").join("events")).expect("stat");
+    assert_eq!((st.uid(), st.gid(), st.mode() & 0o7777), (0, 2000, 0o660));
+    let mut acl = [0u8; 256];
+    let n = rustix::fs::getxattr(
+        store.link_path("t", "g").join("events"),
+        "system.posix_acl_access",
+        &mut acl[..],
+    )
+    .expect("an access ACL");
+    // user:1000:rw- among its entries (tag 2, perms 6, id 1000).
+    let user: [u8; 8] = [2, 0, 6, 0, 0xe8, 3, 0, 0];
+    assert!(acl[4..n].chunks(8).any(|e| e == user), "{:02x?}", &acl[..n]);
 }

@@ -21,8 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use nix::fcntl::{OFlag, openat};
-use nix::sys::stat::{Mode, fstat};
+use nix::sys::stat::fstat;
 use nix::sys::statvfs::fstatvfs;
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +67,11 @@ pub struct LinkSample {
     /// nobody holds the object, not that nobody could tell).
     #[serde(default)]
     pub holders_known: bool,
+    /// Whether the walk of objects members created stopped at its bound before seeing
+    /// every entry: `unreportedObjects`, and in a plain directory `usedBytes`, are then
+    /// unknown, and their series absent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub walk_truncated: bool,
     /// Why the holders are unknown, when that is a bound of the report rather than the
     /// observer's rights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,6 +260,43 @@ impl ObjectInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holders_past_the_links_share_are_unknown_not_cut() {
+        let holder = |pid: i32| HolderSample {
+            role: "reader".into(),
+            pid,
+            pod: "ns/pod-with-a-name".into(),
+            container: "main".into(),
+            command: "python3".into(),
+        };
+        let mut sample = LinkSample {
+            holders_known: true,
+            channels: vec![ChannelSample {
+                holders: (0..100).map(holder).collect(),
+                ..ChannelSample::default()
+            }],
+            ..LinkSample::default()
+        };
+        bound_holders(&mut sample);
+        assert!(sample.holders_known, "100 holders fit");
+        assert_eq!(sample.channels[0].holders.len(), 100);
+        sample.channels[0].holders = (0..1000).map(holder).collect();
+        bound_holders(&mut sample);
+        assert!(!sample.holders_known);
+        assert!(
+            sample.channels[0].holders.is_empty(),
+            "absent, never a smaller list"
+        );
+        assert!(
+            sample
+                .holders_unknown
+                .as_deref()
+                .is_some_and(|w| w.contains("holders per link")),
+            "{:?}",
+            sample.holders_unknown
+        );
+    }
 
     #[test]
     fn semaphore_words_decode_for_each_libc() {
@@ -480,7 +521,7 @@ impl LinkProbe {
                 }
             }
         }
-        let budget = crate::created::Budget {
+        let labels = crate::created::LinkLabels {
             namespace: &self.namespace,
             link: &self.name,
             extra_label_bytes: self.extra_label_bytes,
@@ -491,11 +532,12 @@ impl LinkProbe {
             &self.declared,
             seen,
             &mut self.listings,
-            budget,
+            labels,
         );
         out.channels.extend(found.channels);
         out.semaphores.extend(found.semaphores);
         out.unreported_objects = found.unreported;
+        out.walk_truncated = !found.complete;
         object_bytes += found.bytes;
         match (self.enforced, fstatvfs(link)) {
             (true, Ok(v)) => {
@@ -568,15 +610,7 @@ fn keep_open<'a>(
     o: &'a mut ProbeObject,
 ) -> Option<(&'a std::fs::File, (u64, u64))> {
     if o.fd.is_none() {
-        let path = openat(
-            link,
-            o.info.file.as_str(),
-            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()?;
-        let st = fstat(path.as_fd()).ok()?;
-        let fd = crate::created::open_regular_at(link, o.info.file.as_str(), &st)?;
+        let (fd, st) = crate::created::open_regular(link, o.info.file.as_str())?;
         o.fd = Some((std::fs::File::from(fd), (st.st_dev, st.st_ino)));
     }
     o.fd.as_ref().map(|(f, id)| (f, *id))
