@@ -63,6 +63,11 @@ pub enum Role {
         /// Largest sum of the sizeLimits of the links on this node, in bytes (0: no cap).
         #[arg(long, env = "IPCLINK_MAX_NODE_BYTES", default_value_t = 0)]
         max_node_bytes: u64,
+        /// Most channels and semaphores the links on this node declare in all (each
+        /// costs the node kernel memory, a descriptor and metric series): a link past
+        /// it is refused with ResourceExhausted, an edit past it waits (0: no cap).
+        #[arg(long, env = "IPCLINK_MAX_NODE_OBJECTS", default_value_t = 0)]
+        max_node_objects: usize,
         /// Publications this node takes (each is one mount on the node): more are
         /// refused with ResourceExhausted, and NodeGetInfo reports it to the scheduler
         /// (0: no limit).

@@ -11,6 +11,7 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(ipclink_csi::node::charge::run_helper(procs, file, *size));
     }
     ipclink_runtime::init_logging();
+    ipclink_runtime::raise_open_files_limit();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

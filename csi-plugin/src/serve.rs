@@ -49,6 +49,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cgroup_root,
             max_link_bytes,
             max_node_bytes,
+            max_node_objects,
             max_volumes_per_node,
             fifo_open_probe,
             open_selectorless_links,
@@ -63,6 +64,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 max_link_bytes,
                 max_node_bytes,
+                max_node_objects,
                 max_volumes: i64::from(max_volumes_per_node),
                 unused_grace: (unused_link_grace_seconds > 0)
                     .then(|| std::time::Duration::from_secs(unused_link_grace_seconds)),

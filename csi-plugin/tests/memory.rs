@@ -329,6 +329,110 @@ fn the_node_budget_and_the_link_cap_refuse_naming_the_numbers() {
     drop(node);
 }
 
+const OBJECT_LINKS: &str = r#"
+apiVersion: ipclink.dev/v1alpha1
+kind: IpcLink
+metadata: { name: few, namespace: mem }
+spec:
+  channels: [{ name: a, kind: fifo }, { name: b, kind: fifo }, { name: c, kind: fifo }]
+---
+apiVersion: ipclink.dev/v1alpha1
+kind: IpcLink
+metadata: { name: many, namespace: mem }
+spec:
+  channels: [{ name: a, kind: fifo }, { name: b, kind: fifo }, { name: c, kind: fifo }]
+"#;
+
+#[test]
+fn the_node_object_budget_refuses_a_link_and_holds_back_an_edit() {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = Unmounter(dir.path().to_path_buf());
+    let links = dir.path().join("links");
+    std::fs::create_dir(&links).expect("links dir");
+    std::fs::write(links.join("mem.yaml"), OBJECT_LINKS).expect("links");
+    let node = Plugin::start(
+        "node",
+        dir.path(),
+        &links,
+        &[
+            OPEN,
+            "--max-node-objects",
+            "5",
+            "--apply-interval-seconds",
+            "1",
+        ],
+    );
+    let pods = dir.path().join("pods");
+    std::fs::create_dir(&pods).expect("pods dir");
+    let uid = "0b7f6d1e-2f6a-4c39-9d55-3c1a7f0e4b21";
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&node.socket).await);
+        let mut few = publish_req(&pods.join("a"), "few", uid);
+        few.volume_context.remove("csi.storage.k8s.io/pod.uid");
+        c.node_publish_volume(few).await.expect("fits");
+        let state = snapshot(dir.path());
+        let mounts = mount_points_under(&[dir.path()]);
+        let mut many = publish_req(&pods.join("b"), "many", uid);
+        many.volume_context.remove("csi.storage.k8s.io/pod.uid");
+        let e = c.node_publish_volume(many).await.expect_err("over budget");
+        assert_eq!(e.code(), Code::ResourceExhausted);
+        for said in [
+            "mem/many",
+            "3 channels and semaphores",
+            "1 links declare 3 of 5",
+            "--max-node-objects",
+        ] {
+            assert!(e.message().contains(said), "{said}: {}", e.message());
+        }
+        let strip = |mut v: Vec<String>| {
+            v.retain(|l| !l.contains("node.log"));
+            v
+        };
+        assert_eq!(
+            strip(snapshot(dir.path())),
+            strip(state),
+            "a refusal changed files"
+        );
+        assert_eq!(
+            mount_points_under(&[dir.path()]),
+            mounts,
+            "a refusal mounted something"
+        );
+    });
+    // A live edit is held to the same budget: three more channels do not fit.
+    std::fs::write(
+        links.join("mem.yaml"),
+        OBJECT_LINKS.replacen(
+            "{ name: c, kind: fifo }]",
+            "{ name: c, kind: fifo }, { name: d, kind: fifo }, { name: e, kind: fifo }, { name: f, kind: fifo }]",
+            1,
+        ),
+    )
+    .expect("edit");
+    let link = dir.path().join("node-state/links/mem/few");
+    let record = dir.path().join("node-state/links/mem/.few.json");
+    let start = std::time::Instant::now();
+    let held = loop {
+        let r = std::fs::read_to_string(&record).unwrap_or_default();
+        if r.contains("--max-node-objects") {
+            break r;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the edit was not held back: {r}\n{}",
+            node.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(held.contains("\"field\": \"spec.channels\""), "{held}");
+    for name in ["d", "e", "f"] {
+        assert!(!link.join(name).exists(), "{name} was made past the budget");
+    }
+    assert!(link.join("c").exists(), "the link keeps its objects");
+    drop(node);
+}
+
 /// A preallocation that takes its time holds up no other call: another link's publish
 /// and NodeGetInfo finish while it is still running.
 #[test]

@@ -6,6 +6,7 @@ use ipclink_sidecar::{Error, load_files, ready, status, status_table, up, volume
 
 fn main() {
     ipclink_runtime::init_logging();
+    ipclink_runtime::raise_open_files_limit();
     let cli = Cli::parse();
     let runtime = || {
         tokio::runtime::Builder::new_multi_thread()

@@ -86,6 +86,9 @@ pub struct NodeSettings {
     pub max_link_bytes: u64,
     /// Largest sum of the `sizeLimit`s of the links on this node (0: no cap).
     pub max_node_bytes: u64,
+    /// Most declared objects (channels and semaphores) of all links on this node (0: no
+    /// cap): each costs the node kernel memory, descriptors and scrape series.
+    pub max_node_objects: usize,
     /// `max_volumes_per_node` reported by NodeGetInfo (0: no limit).
     pub max_volumes: i64,
     /// How long an inline link may stay here unmounted before it is torn down and its
@@ -99,6 +102,7 @@ impl Default for NodeSettings {
             charge: Charge::Plugin,
             max_link_bytes: 0,
             max_node_bytes: 0,
+            max_node_objects: 0,
             max_volumes: 0,
             unused_grace: None,
         }
@@ -122,8 +126,9 @@ pub struct NodePlugin {
     busy: Mutex<HashSet<(String, String)>>,
     /// A lock per link, so a long preallocation of one link holds up no other.
     slots: Mutex<HashMap<(String, String), Slot>>,
-    /// `sizeLimit`s of links being made now, counted against the node budget.
-    reserved: Mutex<HashMap<(String, String), u64>>,
+    /// `sizeLimit`s and declared objects of links being made now, counted against the
+    /// node budgets.
+    reserved: Mutex<Reserved>,
     /// When each materialized link was first seen with no publication.
     idle_since: Mutex<HashMap<(String, String), std::time::Instant>>,
     /// Publications being made now, counted against `max_volumes`.
@@ -140,7 +145,11 @@ impl Drop for InFlight<'_> {
 }
 
 /// Ends a link's reservation against the node budget.
-pub(crate) struct Reservation<'a>(&'a Mutex<HashMap<(String, String), u64>>, (String, String));
+pub(crate) struct Reservation<'a>(&'a Mutex<Reserved>, (String, String));
+
+/// The `sizeLimit` and declared objects of each link being made now, by namespace and
+/// name.
+type Reserved = HashMap<(String, String), (u64, usize)>;
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
@@ -486,16 +495,25 @@ impl NodePlugin {
         let Some(record) = self.store.record(&plan.namespace, &plan.name) else {
             return Ok(None);
         };
-        if plan.size_limit <= record.plan.size_limit {
+        let grows = plan.size_limit > record.plan.size_limit;
+        let adds = plan.objects.len() > record.plan.objects.len();
+        if !grows && !adds {
             return Ok(None);
         }
         match self.reserve(plan) {
             Ok(r) => Ok(Some(r)),
             Err(e) => {
-                let problem = ipclink_core::Problem::new(
-                    "spec.sizeLimit",
-                    format!("{e}; the link keeps its size until the edit fits"),
-                );
+                let problem = if grows {
+                    ipclink_core::Problem::new(
+                        "spec.sizeLimit",
+                        format!("{e}; the link keeps its size until the edit fits"),
+                    )
+                } else {
+                    ipclink_core::Problem::new(
+                        "spec.channels",
+                        format!("{e}; the link keeps its objects until the edit fits"),
+                    )
+                };
                 self.store.hold_back(plan, &[problem])?;
                 Err(e)
             }
@@ -544,15 +562,21 @@ impl NodePlugin {
             )));
         }
         let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        // What the other links on this node hold or are being made with.
+        let (records, _) = self.store.records();
+        let others: Vec<(u64, usize)> = records
+            .iter()
+            .filter(|r| (&r.plan.namespace, &r.plan.name) != (ns, name))
+            .map(|r| (r.plan.size_limit, r.plan.objects.len()))
+            .chain(
+                reserved
+                    .iter()
+                    .filter(|(k, _)| (&k.0, &k.1) != (ns, name))
+                    .map(|(_, v)| *v),
+            )
+            .collect();
         if s.max_node_bytes > 0 {
-            let (records, _) = self.store.records();
-            let others: Vec<u64> = records
-                .iter()
-                .filter(|r| (&r.plan.namespace, &r.plan.name) != (ns, name))
-                .map(|r| r.plan.size_limit)
-                .chain(reserved.values().copied())
-                .collect();
-            let in_use: u64 = others.iter().sum();
+            let in_use: u64 = others.iter().map(|o| o.0).sum();
             if in_use.saturating_add(size) > s.max_node_bytes {
                 return Err(CsiError::Exhausted(format!(
                     "link {ns}/{name} (sizeLimit {}) does not fit this node's budget: {} links hold {} of {} (--max-node-bytes)",
@@ -563,8 +587,19 @@ impl NodePlugin {
                 )));
             }
         }
+        let objects = plan.objects.len();
+        if s.max_node_objects > 0 {
+            let in_use: usize = others.iter().map(|o| o.1).sum();
+            if in_use.saturating_add(objects) > s.max_node_objects {
+                return Err(CsiError::Exhausted(format!(
+                    "link {ns}/{name} ({objects} channels and semaphores) does not fit this node's budget: {} links declare {in_use} of {} (--max-node-objects)",
+                    others.len(),
+                    s.max_node_objects
+                )));
+            }
+        }
         let key = (ns.clone(), name.clone());
-        reserved.insert(key.clone(), size);
+        reserved.insert(key.clone(), (size, objects));
         Ok(Reservation(&self.reserved, key))
     }
 
