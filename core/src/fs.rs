@@ -15,8 +15,8 @@ use nix::fcntl::{OFlag, RenameFlags, openat, renameat2};
 use nix::sys::stat::{Mode, fstat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
-/// Prefix of names ipclink uses while building an object or a file; never a DNS label,
-/// so it cannot clash with a declared object.
+/// Prefix of the temporary names ipclink uses in directories only it writes to (a file
+/// written atomically, a directory being removed); never a DNS label.
 pub const TMP_PREFIX: &str = ".ipclink-tmp-";
 
 /// The directory in each link's root that only ipclink writes to (its own, mode 0700):
@@ -133,18 +133,21 @@ pub fn remove_leftovers(dir: BorrowedFd<'_>) -> Result<(), RemoveError> {
     Ok(())
 }
 
-/// Removes every entry of `dir` (not `dir` itself), as [`remove_tree_at`] does.
+/// Removes every entry of `dir` (not `dir` itself), as [`remove_tree_at`] does, within
+/// one [`REMOVE_BUDGET`] for them all: what is left stays for a later call.
 pub fn empty_dir(dir: BorrowedFd<'_>) -> Result<(), RemoveError> {
+    let mut budget = REMOVE_BUDGET;
     for name in sys(entries(dir), "readdir")? {
-        remove_tree_at(dir, name.as_c_str())?;
+        remove_tree_within(dir, name.as_c_str(), &mut budget)?;
     }
     Ok(())
 }
 
-/// System calls one [`remove_tree_at`] makes at most. A tree is bounded by its
-/// filesystem's inodes (a link's tmpfs has at most a few thousand), so this is reached
-/// only while a member keeps adding entries as fast as they are removed.
-pub const REMOVE_BUDGET: usize = 1 << 21;
+/// System calls one removal makes at most. A tree is bounded by its filesystem's
+/// inodes (a link's tmpfs has at most a few thousand), so this is reached only while a
+/// member keeps adding entries as fast as they are removed; what is left then stays
+/// out of every member's path, for a later removal.
+pub const REMOVE_BUDGET: usize = 1 << 18;
 
 /// Removes `name` under `dir` and, if it is a directory on the same filesystem, all it
 /// holds. Symlinks are removed, never followed; other mounts are never entered.
@@ -157,6 +160,16 @@ pub const REMOVE_BUDGET: usize = 1 << 21;
 pub fn remove_tree_at<P: ?Sized + NixPath + std::fmt::Debug>(
     dir: BorrowedFd<'_>,
     name: &P,
+) -> Result<(), RemoveError> {
+    let mut budget = REMOVE_BUDGET;
+    remove_tree_within(dir, name, &mut budget)
+}
+
+/// [`remove_tree_at`] within the system calls `budget` has left, taking those it makes.
+fn remove_tree_within<P: ?Sized + NixPath + std::fmt::Debug>(
+    dir: BorrowedFd<'_>,
+    name: &P,
+    budget: &mut usize,
 ) -> Result<(), RemoveError> {
     // O_DIRECTORY fails with ENOTDIR before any open(2) side effect, so a fifo is never
     // opened here.
@@ -171,7 +184,7 @@ pub fn remove_tree_at<P: ?Sized + NixPath + std::fmt::Debug>(
     }
     let mut lift = Lift {
         top: top.as_fd(),
-        budget: REMOVE_BUDGET,
+        budget,
         next: 0,
     };
     loop {
@@ -203,16 +216,16 @@ fn unlink_entry<P: ?Sized + NixPath>(dir: BorrowedFd<'_>, name: &P) -> Result<()
 
 /// The state of one [`remove_tree_at`]: the directory whose children are being removed
 /// and the system calls left.
-struct Lift<'a> {
+struct Lift<'a, 'b> {
     top: BorrowedFd<'a>,
-    budget: usize,
+    budget: &'b mut usize,
     next: u64,
 }
 
-impl Lift<'_> {
+impl Lift<'_, '_> {
     /// Counts one system call against the budget.
     fn tick(&mut self) -> Result<(), RemoveError> {
-        self.budget = self
+        *self.budget = self
             .budget
             .checked_sub(1)
             .ok_or(RemoveError::Budget(REMOVE_BUDGET))?;

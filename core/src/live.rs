@@ -90,6 +90,17 @@ fn file_type(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
 }
 
+/// Whether the entry `file` of `link` is an object ipclink made at that name.
+fn made_here(link: BorrowedFd<'_>, file: &str) -> bool {
+    openat(
+        link,
+        file,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .is_ok_and(|fd| crate::ownership::made_at(fd.as_fd(), file))
+}
+
 /// Whether the entry on disk is of the object's type.
 fn type_matches(kind: &ObjectKind, st: &FileStat) -> bool {
     let t = file_type(st);
@@ -212,15 +223,11 @@ pub(crate) fn diff<'p>(
             Err(Errno::ENOENT) => None,
             Err(e) => return Err(e),
         };
-        // An entry the record does not know, in a root members may write to, that is not
-        // root's: a member made it (ipclink makes objects root's first, aside, when
-        // members may write there, so a run killed before its record was written left
-        // root's). It is replaced, never adopted.
-        if before.is_none()
-            && open_root
-            && apply_owner
-            && let Some(st) = &stat
-            && st.st_uid != 0
+        // An entry the record does not know, in a root members may write to, that
+        // ipclink did not make there (it marks what it makes, so a run killed before
+        // its record was written is recognised): a member made it, or linked a declared
+        // object to the name. It is replaced, never adopted.
+        if before.is_none() && open_root && apply_owner && stat.is_some() && !made_here(link, &file)
         {
             d.steps.push(Step::Supplant(obj));
             d.objects.push(obj.clone());
@@ -333,21 +340,16 @@ fn open_object(link: BorrowedFd<'_>, obj: &ObjectPlan) -> nix::Result<OwnedFd> {
 
 /// Gives the object the plan's mode and, when `owners.apply`, owner and ACL
 /// ([`Ownership`]), through a descriptor (a FIFO is never opened for reading or
-/// writing). The order never widens access on the way: an ACL to add is written before
-/// the owner changes, one to drop after.
+/// writing). The order never widens access on the way: an object changing owner loses
+/// every permission first; an ACL to add is written before the mode, one to drop after.
 pub(crate) fn set_attrs(link: BorrowedFd<'_>, obj: &ObjectPlan, owners: Owners) -> nix::Result<()> {
     let want = Ownership::of(obj, owners.guarded);
     let fd = open_object(link, obj)?;
     let st = fstat(fd.as_fd())?;
-    let acl = if owners.apply {
-        Some(read_acl(fd.as_fd())?).filter(|have| *have != want.acl)
-    } else {
-        None
-    };
-    if want.acl.is_some() && acl.is_some() {
-        write_acl(fd.as_fd(), want.acl.as_deref())?;
-    }
     if owners.apply && (st.st_uid != want.uid || st.st_gid != want.gid) {
+        // Its owner may rewrite its mode and ACL until it is no longer the owner: every
+        // permission is taken first, then the ownership, and the ACL is read after.
+        chmod_object(fd.as_fd(), 0)?;
         fchownat(
             fd.as_fd(),
             "",
@@ -356,20 +358,31 @@ pub(crate) fn set_attrs(link: BorrowedFd<'_>, obj: &ObjectPlan, owners: Owners) 
             AtFlags::AT_EMPTY_PATH,
         )?;
     }
-    // chown(2) clears no permission bit here (no setuid or setgid), but stat again
-    // after an ACL was written: it set the permission bits.
+    let acl = if owners.apply {
+        Some(read_acl(fd.as_fd())?).filter(|have| *have != want.acl)
+    } else {
+        None
+    };
+    if want.acl.is_some() && acl.is_some() {
+        write_acl(fd.as_fd(), want.acl.as_deref())?;
+    }
+    // Stat again after an ACL was written: it set the permission bits.
     if fstat(fd.as_fd())?.st_mode & 0o7777 != want.mode {
-        // chmod(2) of the descriptor's magic link: exactly the object opened, and
-        // O_PATH descriptors are not taken by fchmod(2) on every kernel.
-        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want.mode))
-            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+        chmod_object(fd.as_fd(), want.mode)?;
     }
     if want.acl.is_none() && acl.is_some() {
         write_acl(fd.as_fd(), None)?;
     }
     Ok(())
+}
+
+/// chmod(2) of the descriptor's magic link: exactly the object opened, and O_PATH
+/// descriptors are not taken by fchmod(2) on every kernel.
+fn chmod_object(fd: BorrowedFd<'_>, mode: u32) -> nix::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))
 }
 
 /// Opens a region for growing: read-write, never truncated, checked to be a regular file.
@@ -386,10 +399,11 @@ pub(crate) fn open_region(link: BorrowedFd<'_>, obj: &ObjectPlan) -> nix::Result
     Ok(fd)
 }
 
-/// Removes the entry `name` of `link`: its pin first (a bind mount onto itself, which
-/// would make the removal fail with EBUSY), then the file; a directory (members write
-/// in a socket channel's) is first renamed into the link's `private` directory, so the
-/// name is free at once and no member can reach the tree by path while it is removed.
+/// Removes the entry `name` of `link`: first a pin ipclink 0.1 made (a bind mount onto
+/// itself, on which removal fails with EBUSY), then the file; a directory (members
+/// write in a socket channel's) is first renamed into the link's `private` directory,
+/// so the name is free at once and no member can reach the tree by path while it is
+/// removed.
 /// Members that hold it keep their descriptors and mappings. Gone already is fine.
 pub(crate) fn remove_entry(
     link: BorrowedFd<'_>,
@@ -437,7 +451,7 @@ pub(crate) fn remove_entry(
 }
 
 /// Detaches the pin of the entry `name` of `link` (held by `fd`), if it has one: a bind
-/// mount onto itself that versions before 0.2 made for each declared object of a link
+/// mount onto itself that ipclink 0.1 made for each declared object of a link
 /// members may write to. Ownership protects those objects now ([`crate::ownership`]).
 fn unpin_if_pinned(link: BorrowedFd<'_>, fd: BorrowedFd<'_>, name: &str) -> Result<(), String> {
     let pinned =
@@ -449,8 +463,15 @@ fn unpin_if_pinned(link: BorrowedFd<'_>, fd: BorrowedFd<'_>, name: &str) -> Resu
     Ok(())
 }
 
-/// Detaches the pins earlier versions made of the objects `objects` of `link`.
-pub(crate) fn unpin_objects(link: BorrowedFd<'_>, objects: &[ObjectPlan]) -> Result<(), String> {
+/// Detaches the pins ipclink 0.1 made of the objects `objects` of `link` (a link made
+/// then and still mounted is guarded by ownership once applied again). In a link
+/// members may create in (`guarded`), an object still owned by a member (a pending
+/// change kept its live form) keeps its pin: only root's ownership guards its name.
+pub(crate) fn unpin_objects(
+    link: BorrowedFd<'_>,
+    objects: &[ObjectPlan],
+    guarded: bool,
+) -> Result<(), String> {
     for obj in objects {
         let name = obj.file_name();
         match openat(
@@ -461,7 +482,14 @@ pub(crate) fn unpin_objects(link: BorrowedFd<'_>, objects: &[ObjectPlan]) -> Res
         ) {
             Err(Errno::ENOENT) => {}
             Err(e) => return Err(format!("{name}: open: {e}")),
-            Ok(fd) => unpin_if_pinned(link, fd.as_fd(), &name)?,
+            Ok(fd) => {
+                let owner = fstat(fd.as_fd())
+                    .map_err(|e| format!("{name}: stat: {e}"))?
+                    .st_uid;
+                if !guarded || owner == 0 {
+                    unpin_if_pinned(link, fd.as_fd(), &name)?;
+                }
+            }
         }
     }
     Ok(())

@@ -1,10 +1,11 @@
 //! Safe materialization of a [`LinkPlan`] under a base directory this process owns.
 //!
 //! Every path step is one validated DNS label opened with `O_NOFOLLOW` relative to a
-//! descriptor; objects are made under a temporary dot-name (which no DNS label can be),
-//! given owner and mode through their descriptor, then renamed into place with
-//! `RENAME_NOREPLACE`, so a member never sees a half-made object. Existing objects are
-//! inspected first: if any differs from the plan, nothing at all is changed.
+//! descriptor; objects are made in the link's private directory (`.ipclink`, this
+//! process's own, 0700), given owner, mode and ACL through their descriptor, then
+//! renamed into place with `RENAME_NOREPLACE` (or exchanged with an entry a member made
+//! at the name), so a member never sees a half-made object. A live link changes by the
+//! rule of [`crate::live`].
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -443,13 +444,14 @@ impl Store {
         if plan.root.allows_create() {
             self.apply_root(link_fd.as_fd(), plan, lp)?;
         }
-        // Earlier versions pinned each object with a mount; ownership guards them now.
-        live::unpin_objects(link_fd.as_fd(), &d.objects).map_err(|message| {
-            MaterializeError::Refused {
+        // A link made by ipclink 0.1 has a pin (a mount) per object; ownership guards
+        // them here.
+        live::unpin_objects(link_fd.as_fd(), &d.objects, plan.root.allows_create()).map_err(
+            |message| MaterializeError::Refused {
                 path: lp(),
                 message,
-            }
-        })?;
+            },
+        )?;
         outcome.kept = d.kept;
         outcome.pending = d.pending;
         let mut applied = LinkPlan {
@@ -666,43 +668,57 @@ impl Store {
     /// Opens the link's private directory ([`PRIVATE_DIR`]), making it first: objects
     /// are made there and renamed into place, and what is removed goes there first. It
     /// must be this process's own 0700 directory on the link's filesystem, so that no
-    /// member can create, rename or remove names in it; one a member made (the name in a
-    /// root members may write to, before this version made it) is refused.
+    /// member can create, rename or remove names in it. An entry a member made at the
+    /// name (in a root members may write to, before ipclink made its own) is renamed
+    /// aside, kept for the member, once.
     fn private_dir(
         &self,
         link: BorrowedFd<'_>,
         lp: impl Fn() -> String + Copy,
     ) -> Result<OwnedFd, MaterializeError> {
         let at = || format!("{}/{PRIVATE_DIR}", lp());
-        match mkdirat(link, PRIVATE_DIR, Mode::from_bits_truncate(0o700)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(errno) => return sys(Err(errno), at, "mkdir"),
-        }
-        let refused = |message: String| MaterializeError::Refused {
-            path: at(),
-            message,
-        };
-        let fd = match open_dir_at(link, PRIVATE_DIR) {
-            Err(Errno::ELOOP | Errno::ENOTDIR) => {
-                return Err(refused(
-                    "is not a directory: a member made this name, which ipclink keeps for itself; remove it".into(),
-                ));
+        for attempt in 0..2 {
+            match mkdirat(link, PRIVATE_DIR, Mode::from_bits_truncate(0o700)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(errno) => return sys(Err(errno), at, "mkdir"),
             }
-            r => sys(r, at, "open")?,
-        };
-        let st = sys(nix::sys::stat::fstat(fd.as_fd()), at, "stat")?;
-        let link_dev = sys(nix::sys::stat::fstat(link), lp, "stat")?.st_dev;
-        if st.st_uid != Uid::effective().as_raw()
-            || st.st_mode & 0o7777 != 0o700
-            || st.st_dev != link_dev
-        {
-            return Err(refused(format!(
-                "is not ipclink's own directory (owner uid {}, mode {:04o}): a member made this name, which ipclink keeps for itself; remove it",
-                st.st_uid,
-                st.st_mode & 0o7777
-            )));
+            let ours = match open_dir_at(link, PRIVATE_DIR) {
+                Err(Errno::ELOOP | Errno::ENOTDIR) => None,
+                r => {
+                    let fd = sys(r, at, "open")?;
+                    let st = sys(nix::sys::stat::fstat(fd.as_fd()), at, "stat")?;
+                    let link_dev = sys(nix::sys::stat::fstat(link), lp, "stat")?.st_dev;
+                    (st.st_uid == Uid::effective().as_raw()
+                        && st.st_mode & 0o7777 == 0o700
+                        && st.st_dev == link_dev)
+                        .then_some(fd)
+                }
+            };
+            if let Some(fd) = ours {
+                return Ok(fd);
+            }
+            if attempt == 0 {
+                let aside = (0..100)
+                    .map(|n| format!("{PRIVATE_DIR}-member-{n}"))
+                    .find(|to| {
+                        renameat2(
+                            link,
+                            PRIVATE_DIR,
+                            link,
+                            to.as_str(),
+                            RenameFlags::RENAME_NOREPLACE,
+                        )
+                        .is_ok()
+                    });
+                if let Some(to) = aside {
+                    tracing::warn!(link = %lp(), aside = %to, "a member had made the link's private directory name: renamed its entry aside");
+                }
+            }
         }
-        Ok(fd)
+        Err(MaterializeError::Refused {
+            path: at(),
+            message: "a member made this name, which ipclink keeps for itself, and it could not be renamed aside".into(),
+        })
     }
 
     /// Makes `obj` in `private` with its owner, mode and ACL ([`Ownership`]), then
@@ -739,6 +755,12 @@ impl Store {
             }
             ObjectKind::Semaphore { initial, abi } => {
                 let fd = sys(openat(private, tmp, excl, mode), at, "create")?;
+                // Its page is allocated where regions' are (a member pod's memory), so
+                // that a link's semaphores are not charged to this process.
+                if let Err(e) = preallocating(alloc.preallocate(fd.as_fd(), SEM_BYTES), at) {
+                    let _ = unlinkat(private, tmp, UnlinkatFlags::NoRemoveDir);
+                    return Err(e);
+                }
                 let file = File::from(fd);
                 file.write_all_at(&semaphore_bytes(initial, abi), 0)
                     .map_err(|e| MaterializeError::Sys {
@@ -790,6 +812,13 @@ impl Store {
         )?;
         if want.acl.is_some() {
             sys(write_acl(fd.as_fd(), want.acl.as_deref()), at, "set ACL").map_err(acl_support)?;
+        }
+        if owners.apply {
+            sys(
+                crate::ownership::mark_made(fd.as_fd(), &file),
+                at,
+                "mark as made",
+            )?;
         }
         drop(fd);
         let flags = match place {

@@ -5,8 +5,8 @@
 //! therefore owned by root, not by the spec's owner uid, and a POSIX access ACL gives
 //! that uid the owner's bits: members open, map, read and write it exactly as the spec's
 //! owner, group and mode say, but none of them, the spec's owner included, can unlink,
-//! rename or replace it (EPERM). This costs no mount: an earlier design pinned every
-//! object with a bind mount, and each publication copied all the pins.
+//! rename or replace it (EPERM). This costs no mount (a bind mount per object would be
+//! copied into every publication: objects × publications mounts).
 //!
 //! With an extended ACL the group bits `stat` shows are the ACL mask (the owner's and
 //! the group's bits together); the group's own bits are in the ACL. Kernel facts relied
@@ -89,6 +89,30 @@ fn magic(fd: BorrowedFd<'_>) -> String {
 
 fn errno(e: rustix::io::Errno) -> Errno {
     Errno::from_raw(e.raw_os_error())
+}
+
+/// The extended attribute ipclink marks the objects it makes with: the name it made
+/// the object at. `trusted.` attributes need `CAP_SYS_ADMIN` to read or write, so no
+/// member can forge one; a hard link a member makes to a declared object carries the
+/// original name, so it is not taken for an object made at its own name.
+const MADE_XATTR: &str = "trusted.ipclink.made";
+
+/// Marks the object `fd` holds as made by ipclink at `name`.
+pub(crate) fn mark_made(fd: BorrowedFd<'_>, name: &str) -> nix::Result<()> {
+    rustix::fs::setxattr(
+        magic(fd).as_str(),
+        MADE_XATTR,
+        name.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .map_err(errno)
+}
+
+/// Whether the object `fd` holds was made by ipclink at `name`.
+pub(crate) fn made_at(fd: BorrowedFd<'_>, name: &str) -> bool {
+    let mut buf = [0u8; 256];
+    rustix::fs::getxattr(magic(fd).as_str(), MADE_XATTR, &mut buf[..])
+        .is_ok_and(|n| &buf[..n] == name.as_bytes())
 }
 
 /// The access ACL of the object `fd` holds; `None` when it has none (the mode alone).

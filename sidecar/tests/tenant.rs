@@ -66,7 +66,7 @@ fn a_deep_tree_in_a_removed_socket_channel_and_a_member_named_temporary_do_not_c
     let s = setup(&open_link(256, ""));
     let mut sidecar = Sidecar::up(&s.root, &[&s.file], &[]);
     // A name that looks like ipclink's own temporaries, at the root, also deep: the
-    // member's own object, which ipclink no longer removes.
+    // member's own object, which ipclink does not remove.
     member_python(
         &s.link,
         &format!(
@@ -164,13 +164,20 @@ os.mkdir("/dev/shm/room", 0o755)
 l = socket.socket(socket.AF_UNIX); l.bind("/dev/shm/room/sock"); l.listen()
 st = os.fstat(f)
 open("/dev/shm/member-ready", "w").write(str(st.st_ino))
-while not os.path.exists("/dev/shm/member-go"):
+deadline = time.time() + 120
+while not os.path.exists("/dev/shm/member-go") and time.time() < deadline:
     time.sleep(0.05)
 os.pwrite(f, b"written after the edit by uid 1000", 0)
 print(os.fstat(f).st_uid, os.fstat(f).st_mode & 0o7777)
 "#;
     require_tool(PYTHON);
-    let child = spawn_pod_as(&s.link, 1000, 1000, Path::new(PYTHON), &["-c", program]);
+    let child = ipclink_testkit::KillOnDrop(spawn_pod_as(
+        &s.link,
+        1000,
+        1000,
+        Path::new(PYTHON),
+        &["-c", program],
+    ));
     for _ in 0..400 {
         if std::fs::read_to_string(&ready).is_ok_and(|t| !t.is_empty()) {
             break;
@@ -192,7 +199,7 @@ print(os.fstat(f).st_uid, os.fstat(f).st_mode & 0o7777)
     sidecar.hup();
     sidecar.wait_log("replaced it", 2);
     std::fs::write(&go, "go").expect("go");
-    let out = wait_with_timeout(child, Duration::from_secs(60));
+    let out = child.output_within(Duration::from_secs(60));
     assert!(out.status.success(), "{}", describe(&out));
     // The member's own file kept its owner and mode (it still held its descriptor).
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000 420");
@@ -231,6 +238,68 @@ print(os.fstat(f).st_uid, os.fstat(f).st_mode & 0o7777)
         !room.join("sock").exists(),
         "the member's socket is in the declared directory"
     );
+    assert_eq!(sidecar.stop(), 0);
+}
+
+#[test]
+fn a_hard_link_a_member_made_to_a_declared_object_is_not_adopted_as_a_new_channel() {
+    let s = setup(&open_link(0, ""));
+    let mut sidecar = Sidecar::up(&s.root, &[&s.file], &[]);
+    let frames = std::fs::metadata(s.link.join("frames"))
+        .expect("frames")
+        .ino();
+    // A second name for the declared region (the member may: it can read and write it).
+    let linked = member_python(
+        &s.link,
+        "import os\nos.link('/dev/shm/frames', '/dev/shm/later')\nprint(os.stat('/dev/shm/later').st_ino)",
+    );
+    assert_eq!(linked.trim().parse::<u64>().expect("inode"), frames);
+    write_file(
+        s.file.parent().expect("dir"),
+        "link.yaml",
+        &open_link(0, "    - { name: later, kind: shm, size: 8Ki }\n"),
+    );
+    sidecar.hup();
+    sidecar.wait_log("replaced it", 1);
+    let later = std::fs::metadata(s.link.join("later")).expect("later");
+    assert_ne!(later.ino(), frames, "the hard link was adopted");
+    assert_eq!((later.uid(), later.len()), (0, 8192));
+    let kept = std::fs::metadata(s.link.join("frames")).expect("frames");
+    assert_eq!(
+        (kept.ino(), kept.len()),
+        (frames, 64 * 1024),
+        "frames changed"
+    );
+    assert_eq!(sidecar.stop(), 0);
+}
+
+/// A link made before ipclink kept a private directory: a member that takes the name
+/// first does not stop the link's applies; its entry is renamed aside, kept whole.
+#[test]
+fn a_member_squatting_the_private_directory_name_is_renamed_aside() {
+    let s = setup(&open_link(0, ""));
+    let mut sidecar = Sidecar::up(&s.root, &[&s.file], &[]);
+    // As on a link an older ipclink made: no private directory yet.
+    std::fs::remove_dir(s.link.join(".ipclink")).expect("rmdir");
+    member_python(
+        &s.link,
+        "import os\nos.mkdir('/dev/shm/.ipclink', 0o777)\nopen('/dev/shm/.ipclink/mine', 'w').write('kept')",
+    );
+    write_file(
+        s.file.parent().expect("dir"),
+        "link.yaml",
+        &open_link(0, "    - { name: later, kind: fifo }\n"),
+    );
+    sidecar.hup();
+    sidecar.wait_log("renamed its entry aside", 1);
+    sidecar.wait_log("live link changed", 1);
+    let private = std::fs::metadata(s.link.join(".ipclink")).expect("private");
+    assert_eq!((private.uid(), private.mode() & 0o7777), (0, 0o700));
+    assert_eq!(
+        std::fs::read_to_string(s.link.join(".ipclink-member-0/mine")).expect("aside"),
+        "kept"
+    );
+    assert!(s.link.join("later").exists(), "{}", sidecar.log());
     assert_eq!(sidecar.stop(), 0);
 }
 
