@@ -338,15 +338,34 @@ fn edits_apply_on_the_node_while_members_exchange_data() {
     flowing(&node, "with changes pending");
     assert!(received(&node) >= 500);
 
-    // Every member leaves; the changes are made; the next member sees them.
+    // Every member leaves; the next member's publish makes the changes, charged to
+    // it, before it sees the link (an idle link has no member pod to charge).
     for pod in ["producer", "consumer", "newcomer", "second"] {
         delete_pod(&cp, pod);
     }
+    // The kubelet unmounts a deleted pod's volumes after the pod is gone from the API:
+    // wait until no publication of the link is mounted on the node.
+    let start = Instant::now();
+    loop {
+        let published: Vec<String> = node
+            .mount_points()
+            .into_iter()
+            .filter(|m| m.contains("kubernetes.io~csi"))
+            .collect();
+        if published.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < LONG,
+            "members still published: {published:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let seen = look(&cp, &node, "returner", &[]);
     wait_reported(port, "nothing pending", |l| {
         l["pending"].is_null()
             && channel_of(l, "frames").is_some_and(|c| c["capacityBytes"] == 512 * 1024)
     });
-    let seen = look(&cp, &node, "returner", &[]);
     assert!(seen.contains("entry events dir 0770"), "{seen}");
     assert!(seen.contains("entry frames file 0640 524288"), "{seen}");
     let (_, body) = get(port, "/metrics");

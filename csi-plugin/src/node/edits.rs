@@ -1,7 +1,8 @@
 //! Edits of the links on this node, applied while members run: each link's record is
 //! compared with its spec now and, where they differ, the link is made to serve the
 //! spec by the rule of `ipclink_core::live`; what waits for the members to leave is
-//! done once no publication uses the link.
+//! done once no publication uses the link (when the plugin charges member pods, by the
+//! next publish, charged to the pod it publishes for).
 
 use std::sync::Arc;
 
@@ -50,6 +51,12 @@ impl NodePlugin {
             };
             let idle = !self.in_use(&namespace, &name);
             if plan == record.plan && (record.pending.is_empty() || !idle) {
+                continue;
+            }
+            // A link no member uses has no member pod to charge what its edit makes:
+            // the next publish applies the edit, charged to the pod it publishes for,
+            // before that pod sees the link.
+            if idle && matches!(self.settings.charge, super::Charge::FirstMember(_)) {
                 continue;
             }
             let done = self
