@@ -34,6 +34,11 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The audience of the bearer tokens the node plugins' and the operator's metrics
+/// accept (projected ServiceAccount tokens, TokenRequests): never the API server's own,
+/// so no reader hands them a token that could act on the API server.
+pub const METRICS_AUDIENCE: &str = "ipclink.dev/metrics";
+
 /// Label on the objects the operator makes for a link (claims, volumes); its value is
 /// the link's name.
 pub const LINK_LABEL: &str = "ipclink.dev/link";

@@ -37,22 +37,7 @@ fn metrics_and_links_need_an_authorized_token() {
     require_root();
     let cp = ControlPlane::start();
     // The reader role the chart makes, bound to one ServiceAccount only.
-    cp.create(
-        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": "ipclink-metrics-reader"},
-            "rules": [{"nonResourceURLs": ["/metrics", "/v1/links"], "verbs": ["get"]}]})
-        .to_string(),
-    );
-    cp.create(
-        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": "ipclink-metrics-reader"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "ipclink-metrics-reader"},
-            "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "default"}]})
-        .to_string(),
-    );
-    let reader = cp.metrics_token("default", "prometheus");
+    let reader = cp.metrics_reader("default", "prometheus");
     let nosy = cp.metrics_token("default", "nosy");
     // The same reader's token for the API server: not accepted (a node plugin never
     // holds a token that could act on the API server) unless asked for.
@@ -422,26 +407,6 @@ fn token_reviews(cp: &ControlPlane) -> f64 {
         .sum()
 }
 
-/// Binds the chart's reader role to `default/prometheus` and returns its token.
-fn reader(cp: &ControlPlane) -> String {
-    cp.create(
-        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": "ipclink-metrics-reader"},
-            "rules": [{"nonResourceURLs": ["/metrics", "/v1/links"], "verbs": ["get"]}]})
-        .to_string(),
-    );
-    cp.create(
-        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": "ipclink-metrics-reader"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "ipclink-metrics-reader"},
-            "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "default"}]})
-        .to_string(),
-    );
-    cp.metrics_token("default", "prometheus")
-}
-
 /// Strangers' tokens cost the node plugin no memory and the reader nothing: 2,000
 /// requests with 400 KB tokens (each new), then 2,000 with 9 KiB ones (over the 8 KiB
 /// a token may have: no TokenReview at all), then 2,000 with 4 KiB ones (reviewed, a
@@ -450,7 +415,7 @@ fn reader(cp: &ControlPlane) -> String {
 fn strangers_tokens_cost_no_memory_and_the_reader_keeps_getting_200() {
     require_root();
     let cp = ControlPlane::start();
-    let reader = reader(&cp);
+    let reader = cp.metrics_reader("default", "prometheus");
     let dir = tempfile::tempdir().expect("temp dir");
     let _unmount = Unmounter(dir.path().to_path_buf());
     let links = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node-links");
@@ -528,10 +493,8 @@ fn strangers_tokens_cost_no_memory_and_the_reader_keeps_getting_200() {
 fn the_plugin_serves_the_release_certificate_once_its_secret_holds_one() {
     require_root();
     let cp = ControlPlane::start();
-    let reader_api = {
-        reader(&cp);
-        cp.service_account_token("default", "prometheus")
-    };
+    cp.metrics_reader("default", "prometheus");
+    let reader_api = cp.service_account_token("default", "prometheus");
     cp.create(
         "/api/v1/namespaces/default/secrets",
         &json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -582,20 +545,7 @@ fn the_plugin_serves_the_release_certificate_once_its_secret_holds_one() {
     let e = ask().expect_err("the Secret is empty: a certificate made at start");
     assert!(e.to_string().contains("certificate"), "{e}");
     // The operator's part, by hand: fill the Secret.
-    let b64 = |t: &str| {
-        let out = Command::new("base64")
-            .arg("-w0")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin.take().expect("stdin").write_all(t.as_bytes())?;
-                c.wait_with_output()
-            })
-            .expect("base64");
-        String::from_utf8(out.stdout).expect("utf-8")
-    };
+    let b64 = |t: &str| ipclink_testkit::base64(t.as_bytes());
     let (code, text) = cp
         .request(
             "PUT",

@@ -113,9 +113,11 @@ fn the_chart_lints_strictly_and_refuses_bad_values_naming_them() {
         "--set",
         "networkPolicy.enabled=true",
     ]);
+    // Two ServiceMonitors: the operator's, and the node plugins' (a PodMonitor
+    // cannot read a token file).
+    assert_eq!(all.matches("kind: ServiceMonitor").count(), 2, "{all}");
+    assert!(!all.contains("kind: PodMonitor"), "{all}");
     for kind in [
-        "kind: ServiceMonitor",
-        "kind: PodMonitor",
         "kind: PrometheusRule",
         "kind: NetworkPolicy",
         "alert: IpclinkLinkDegraded",
@@ -530,7 +532,7 @@ fn the_chart_installs_into_a_real_apiserver_and_uninstalls_cleanly() {
     assert_eq!(created, 28, "{}", text(&out));
 
     // The node plugins' token may create and delete only link claims: their RBAC allows
-    // every Lease, the admission policy does not (M5: root on one node must not stop
+    // every Lease, the admission policy does not (root on one node must not stop
     // the cluster's controllers by taking their Leases).
     let node_token = cp.service_account_token("ipclink-system", "ipclink-node");
     let as_node = |method: &str, path: &str, body: Option<String>| {

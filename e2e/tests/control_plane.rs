@@ -119,7 +119,7 @@ fn a_real_apiserver_serves_the_ipclink_crd() {
     assert!(body.contains("mode"), "{body}");
 
     // Sizes: what the validator refuses by its form is refused at admission too, naming
-    // the field (kube's rewrite of an anyOf once let "lots" and "-1Mi" through); nothing
+    // the field (kube's rewrite of an anyOf would let "lots" and "-1Mi" through); nothing
     // is stored.
     let base: serde_json::Value = serde_json::from_str(&link_json("0660")).expect("json");
     let named = |name: &str, pointer: &str, value: serde_json::Value| {

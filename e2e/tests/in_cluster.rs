@@ -339,21 +339,7 @@ fn the_chart_runs_the_examples_on_a_real_node() {
     let ca = secret["data"]["ca.crt"]
         .as_str()
         .expect("the operator filled ca.crt");
-    let ca = String::from_utf8(
-        Command::new("base64")
-            .arg("-d")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin.take().expect("stdin").write_all(ca.as_bytes())?;
-                c.wait_with_output()
-            })
-            .expect("base64")
-            .stdout,
-    )
-    .expect("pem");
+    let ca = String::from_utf8(ipclink_testkit::unbase64(ca)).expect("pem");
     let prom = Prometheus::start_secure(
         prom_dir.path(),
         &[

@@ -194,11 +194,6 @@ async fn read_report(
     serde_json::from_slice(&bytes).context("its answer is not a /v1/links report")
 }
 
-/// The audience of the tokens the node plugins accept (`ipclink.dev/metrics`).
-fn ipclink_runtime_audience() -> &'static str {
-    "ipclink.dev/metrics"
-}
-
 /// The header the node plugins read a token from behind the API server's proxy.
 const PROXIED_AUTHORIZATION: &str = "X-Ipclink-Authorization";
 
@@ -226,7 +221,7 @@ async fn reader_token(client: &kube::Client, ns: &str) -> anyhow::Result<String>
         "kind": "TokenRequest",
         // For the node plugins only: a token of the metrics audience cannot act on the
         // API server, whoever it reaches.
-        "spec": {"expirationSeconds": 600, "audiences": [ipclink_runtime_audience()]}
+        "spec": {"expirationSeconds": 600, "audiences": [ipclink_core::names::METRICS_AUDIENCE]}
     });
     let request = http::Request::post(format!(
         "/api/v1/namespaces/{ns}/serviceaccounts/{name}/token"

@@ -91,14 +91,20 @@ pub enum Scheme {
 impl PluginAccess {
     /// The TLS settings for `https` endpoints: checked against --links-ca-file, else
     /// against `ca` (the release's metrics CA); `None` when there is neither (no
-    /// `https` endpoint is read then).
+    /// `https` endpoint is read then). A --links-ca-file that does not exist is an
+    /// error, unless `lenient` (the uninstall hook: a release whose operator never made
+    /// its CA has no link to wait for on a node).
     pub fn secure(
         &self,
         ca: Option<&[u8]>,
+        lenient: bool,
     ) -> anyhow::Result<Option<ipclink_runtime::client::Secure>> {
         use ipclink_runtime::tls::{ServerCheck, client_config};
         let check = match (&self.links_ca_file, ca) {
             (Some(f), _) if f.exists() => ServerCheck::Ca(f.clone()),
+            (Some(f), _) if !lenient => {
+                anyhow::bail!("--links-ca-file {}: no such file", f.display())
+            }
             (Some(f), Some(pem)) => {
                 tracing::warn!(file = %f.display(), "--links-ca-file does not exist; checking against the metrics Secret's CA");
                 ServerCheck::CaPem(pem.to_vec())

@@ -48,7 +48,7 @@ fn main() {
                 let client = kube::Client::try_default()
                     .await
                     .context("no Kubernetes API: set KUBECONFIG or run in a cluster")?;
-                let secure = args.access.secure(None)?;
+                let secure = args.access.secure(None, true)?;
                 let plugins = args.node_plugins.map(|(ns, selector)| Sources {
                     endpoints: Vec::new(),
                     plugins: Some((
@@ -253,7 +253,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 stale_after: args.depth_stale_intervals,
                 secure: args
                     .access
-                    .secure(issued.as_ref().map(|i| i.ca.as_bytes()))?,
+                    .secure(issued.as_ref().map(|i| i.ca.as_bytes()), false)?,
                 plugins_https: args.access.node_plugin_scheme == Scheme::Https,
             },
             depths,

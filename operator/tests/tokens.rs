@@ -13,22 +13,7 @@ use serde_json::json;
 fn strangers_tokens_cost_the_operator_no_memory_and_the_reader_keeps_getting_200() {
     let cp = ControlPlane::start();
     cp.install_ipclink_crd();
-    cp.create(
-        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": "ipclink-metrics-reader"},
-            "rules": [{"nonResourceURLs": ["/metrics", "/v1/links"], "verbs": ["get"]}]})
-        .to_string(),
-    );
-    cp.create(
-        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": "ipclink-metrics-reader"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "ipclink-metrics-reader"},
-            "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "default"}]})
-        .to_string(),
-    );
-    let reader = cp.metrics_token("default", "prometheus");
+    let reader = cp.metrics_reader("default", "prometheus");
     let op = Operator::start(OPERATOR, &cp, &["--metrics-auth", "kubernetes"], &[]);
     let pid = op.pid().expect("running");
     let url = format!("https://127.0.0.1:{}/metrics", op.port);
@@ -94,12 +79,11 @@ fn the_operator_fills_the_metrics_secret_serves_it_and_keeps_it() {
         let d = data(&cp);
         assert!(d["ca.crt"].is_string() && d["tls.crt"].is_string() && d["tls.key"].is_string());
         // It serves that certificate: a client checking the CA for the operator's name
-        // reads its metrics with a token for the metrics audience.
-        let pem = decode(d["ca.crt"].as_str().expect("ca"));
+        // completes the handshake (its health needs no token).
+        let pem = ipclink_testkit::unbase64(d["ca.crt"].as_str().expect("ca"));
         let dir = tempfile::tempdir().expect("dir");
         let ca = dir.path().join("ca.crt");
         std::fs::write(&ca, pem).expect("ca");
-        let token = cp.metrics_token("default", "prometheus");
         let out = std::process::Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
             .arg(&ca)
@@ -107,7 +91,6 @@ fn the_operator_fills_the_metrics_secret_serves_it_and_keeps_it() {
                 "--resolve",
                 &format!("ipclink-operator-metrics.x.svc:{}:127.0.0.1", op.port),
             ])
-            .args(["-H", &format!("Authorization: Bearer {token}")])
             .arg(format!(
                 "https://ipclink-operator-metrics.x.svc:{}/healthz",
                 op.port
@@ -140,22 +123,4 @@ fn the_operator_fills_the_metrics_secret_serves_it_and_keeps_it() {
         |v| v["data"] == first,
     );
     drop(op);
-}
-
-/// Base64 text decoded.
-fn decode(b64: &str) -> Vec<u8> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("base64")
-        .arg("-d")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("base64");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b64.as_bytes())
-        .expect("write");
-    child.wait_with_output().expect("base64").stdout
 }

@@ -20,10 +20,7 @@ use tokio::sync::Semaphore;
 /// and the endpoint (the proxy keeps `Authorization` for itself).
 pub const PROXIED_AUTHORIZATION: &str = "x-ipclink-authorization";
 
-/// The audience of the tokens readers send (projected ServiceAccount tokens, or a
-/// TokenRequest's): a token for the API server is not accepted, so a reader never hands
-/// a node plugin a token that could act on the API server.
-pub const METRICS_AUDIENCE: &str = "ipclink.dev/metrics";
+pub use ipclink_core::names::METRICS_AUDIENCE;
 
 /// What a review of a token for a path found.
 #[derive(Debug, Clone, PartialEq, Eq)]

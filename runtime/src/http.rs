@@ -51,9 +51,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time open connections get to finish after shutdown starts.
     pub drain: Duration,
-    /// Bytes a connection's read buffer holds at most: a request head larger than this
-    /// is answered 431 before it is parsed (hyper's default is about 400 KiB, which 64
-    /// connections would turn into 25 MiB).
+    /// Bytes a connection's read buffer grows to: a request head that does not fit is
+    /// answered 431 (one read may fill up to about twice this; hyper's default is about
+    /// 400 KiB, which 64 connections would turn into 25 MiB).
     pub max_head_bytes: usize,
 }
 

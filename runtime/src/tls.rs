@@ -79,11 +79,6 @@ impl ServedCert {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = made;
         Ok(())
     }
-
-    /// The first certificate served now, DER.
-    pub fn leaf(&self) -> CertificateDer<'static> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).cert[0].clone()
-    }
 }
 
 impl ResolvesServerCert for ServedCert {

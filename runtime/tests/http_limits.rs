@@ -98,3 +98,34 @@ fn connections_beyond_the_cap_wait_until_one_is_free() {
     let _ = stop.send(());
     handle.join().expect("server thread");
 }
+
+/// A request head is read into a buffer of `max_head_bytes` (32 KiB by default; one
+/// read may fill up to twice that): one that fits is answered, one of 100 KiB gets 431
+/// (or the connection closes) and is not read further; the server goes on serving.
+#[test]
+fn a_request_head_over_the_limit_is_refused_unread() {
+    let (port, stop, handle) = start(Limits::default());
+    let ask = |header_bytes: usize| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Filler: {}\r\n\r\n",
+            "a".repeat(header_bytes)
+        );
+        let _ = s.write_all(head.as_bytes());
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let fits = ask(16 << 10);
+    assert!(fits.starts_with("HTTP/1.1 200"), "{fits}");
+    let over = ask(100 << 10);
+    assert!(
+        over.starts_with("HTTP/1.1 431") || over.is_empty(),
+        "{over}"
+    );
+    assert!(ask(100).starts_with("HTTP/1.1 200"), "still serving");
+    let _ = stop.send(());
+    handle.join().expect("server thread");
+}

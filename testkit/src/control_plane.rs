@@ -311,7 +311,35 @@ impl ControlPlane {
     /// audience of the node plugins and the operator (`ipclink.dev/metrics`), as the
     /// chart's projected tokens and `kubectl ipclink` have it.
     pub fn metrics_token(&self, ns: &str, name: &str) -> String {
-        self.service_account_token_for(ns, name, &["ipclink.dev/metrics"])
+        self.service_account_token_for(ns, name, &[ipclink_core::names::METRICS_AUDIENCE])
+    }
+
+    /// Makes `ns/name` a metrics reader as the chart's `metrics.readers` does (the
+    /// ClusterRole `ipclink-metrics-reader`, bound to it) and returns a metrics token
+    /// of it.
+    pub fn metrics_reader(&self, ns: &str, name: &str) -> String {
+        let role = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole", "metadata": {"name": "ipclink-metrics-reader"},
+            "rules": [{"nonResourceURLs": ["/metrics", "/v1/links"], "verbs": ["get"]}]});
+        let (code, text) = self
+            .request(
+                "POST",
+                "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+                Some(&role.to_string()),
+            )
+            .expect("request");
+        assert!(code == 201 || code == 409, "ClusterRole: {text}");
+        let binding = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": format!("ipclink-metrics-reader-{ns}-{name}")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                "name": "ipclink-metrics-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}]});
+        self.create(
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            &binding.to_string(),
+        );
+        self.metrics_token(ns, name)
     }
 
     /// A one-hour token of ServiceAccount `ns/name` (made if missing) for `audiences`

@@ -106,16 +106,26 @@ pub struct Flood {
     pub reader: std::collections::BTreeMap<u16, u64>,
     /// `VmRSS` of the server before the flood, in bytes.
     pub rss_before: u64,
-    /// Its largest `VmRSS` seen during and after the flood, in bytes.
+    /// Its peak resident memory (`VmHWM`) after the flood, in bytes: no sample can
+    /// miss a peak between two.
     pub rss_peak: u64,
 }
 
 /// `VmRSS` of process `pid` in bytes.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// `VmHWM` (peak resident memory) of process `pid` in bytes.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -145,15 +155,13 @@ pub fn flood_tokens(
         let (done, token) = (done.clone(), reader_token.to_owned());
         std::thread::spawn(move || {
             let mut reader = std::collections::BTreeMap::new();
-            let mut peak = 0;
             let auth = vec![format!("Authorization: Bearer {token}")];
             loop {
                 let finished = done.load(Ordering::SeqCst);
                 let (code, _) = curl(&format!("https://127.0.0.1:{port}/metrics"), &auth);
                 *reader.entry(code).or_insert(0) += 1;
-                peak = peak.max(rss_bytes(pid).unwrap_or(0));
                 if finished {
-                    return (reader, peak);
+                    return reader;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
@@ -165,7 +173,7 @@ pub fn flood_tokens(
         .output()
         .expect("python3");
     done.store(true, Ordering::SeqCst);
-    let (reader, peak) = watcher.join().expect("the reader thread");
+    let reader = watcher.join().expect("the reader thread");
     assert!(
         out.status.success(),
         "flood_tokens.py: {}",
@@ -176,7 +184,7 @@ pub fn flood_tokens(
         strangers,
         reader,
         rss_before,
-        rss_peak: peak.max(rss_bytes(pid).unwrap_or(0)),
+        rss_peak: peak_rss_bytes(pid).expect("the server runs"),
     }
 }
 

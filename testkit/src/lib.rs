@@ -105,6 +105,15 @@ impl Drop for KillOnDrop {
     }
 }
 
+impl KillOnDrop {
+    /// [`wait_with_timeout`] for the child: its output, within `limit` (killed after).
+    pub fn output_within(mut self, limit: Duration) -> Output {
+        // What is left in its place exits at once, and is reaped by Drop.
+        let done = Command::new("true").spawn().expect("true");
+        wait_with_timeout(std::mem::replace(&mut self.0, done), limit)
+    }
+}
+
 /// Directory for build products of the tests (under the cargo target directory).
 pub fn scratch_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e");
@@ -192,6 +201,36 @@ fn pod_command(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
+}
+
+/// `data` in base64 (as a Secret's `data` holds it).
+pub fn base64(data: &[u8]) -> String {
+    String::from_utf8(pipe_through(&["base64", "-w0"], data)).expect("base64 is ASCII")
+}
+
+/// The bytes base64 `text` holds.
+pub fn unbase64(text: &str) -> Vec<u8> {
+    pipe_through(&["base64", "-d"], text.as_bytes())
+}
+
+/// The output of `command` given `input` on its standard input.
+fn pipe_through(command: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new(command[0])
+        .args(&command[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", command[0]));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{command:?} failed");
+    out.stdout
 }
 
 /// Waits for a child up to `limit`, killing it after; returns its output.
