@@ -71,15 +71,20 @@ pub struct Process {
 
 /// Descriptors read of one process at most; past it, what it holds is unknown.
 pub const MAX_FDS_PER_PROCESS: usize = 8192;
-/// Descriptors read of the processes of one scope (one pod) at most; past it, the
-/// holders of that pod's links are unknown and its other processes are not read.
+/// Entries (processes, descriptors, mapping lines) read of one scope (one pod) at
+/// most; past it, the holders of that pod's links are unknown and its other processes
+/// are not read.
 pub const MAX_FDS_PER_SCOPE: usize = 32_768;
-/// Descriptors read in one scan at most; past it, the holders of the links of the
-/// processes not yet read are unknown (every link's, for a process without a scope).
+/// Entries read in one scan at most. Pods share it: each gets an equal part (at most
+/// [`MAX_FDS_PER_SCOPE`]), so no pod's count takes another's share; processes without
+/// a scope share what is left, and past it every holder is unknown.
 pub const MAX_FDS_PER_SCAN: usize = 131_072;
+/// Processes of one pod read at most (a caller lists one more to say there are more);
+/// past it, the holders of that pod's links are unknown.
+pub const MAX_PROCESSES_PER_POD: usize = 4096;
 /// Lines of one process's `maps` read at most; past it, what it maps is unknown.
 pub const MAX_MAPS_PER_PROCESS: usize = 16_384;
-/// Processes one scan reads at most; past it, every holder is unknown.
+/// Processes without a scope one scan reads at most; past it, every holder is unknown.
 pub const MAX_PROCESSES_PER_SCAN: usize = 16_384;
 /// Network namespaces whose sockets one scan dumps at most; past it, sockets bound in
 /// the others are unknown.
@@ -343,8 +348,11 @@ pub struct Holders {
     /// Link devices whose holders are unknown: those a process past its own bounds may
     /// hold.
     unknown_devs: HashSet<u64>,
-    /// Descriptors read so far.
+    /// Entries read so far: processes, descriptors and mapping lines.
     fds_read: usize,
+    /// Whether processes were passed over without their network namespace: sockets
+    /// bound there are then not all seen.
+    netns_partial: bool,
     /// The first process whose descriptors could not be read (other than by exiting).
     denied: Option<(i32, std::io::Error)>,
     /// Process descriptors to duplicate descriptors from, opened once per process.
@@ -354,46 +362,62 @@ pub struct Holders {
 impl Holders {
     /// Reads the descriptors and mappings of `processes`, keeping those of objects on
     /// the devices `devs` (the links' filesystems), their Unix sockets and their network
-    /// namespaces. Processes that are gone or cannot be read are passed over.
+    /// namespaces. Processes that are gone are passed over.
     ///
     /// Members set how much there is to read, so the scan is bounded
     /// ([`MAX_FDS_PER_PROCESS`], [`MAX_MAPS_PER_PROCESS`], [`MAX_FDS_PER_SCOPE`],
-    /// [`MAX_FDS_PER_SCAN`], [`MAX_PROCESSES_PER_SCAN`]); past a bound, the holders it
-    /// would have found are unknown ([`Holders::known_for`]), never a smaller number:
-    /// for a process with a scope, only its pod's links' holders, and its pod's other
-    /// processes are not read.
+    /// [`MAX_FDS_PER_SCAN`], [`MAX_PROCESSES_PER_POD`], [`MAX_PROCESSES_PER_SCAN`]);
+    /// past a bound, the holders it would have found are unknown
+    /// ([`Holders::known_for`]), never a smaller number. A process with a scope (its
+    /// pod's links) reads within its pod's share: past it, only that pod's links'
+    /// holders are unknown and its other processes are not read.
     pub fn scan(processes: &[Process], devs: &HashSet<u64>) -> Holders {
         let mut h = Holders::default();
-        if processes.len() > MAX_PROCESSES_PER_SCAN {
+        // Pods by the address of their shared scope, and how many processes each has.
+        let mut pods: HashMap<*const HashSet<u64>, usize> = HashMap::new();
+        for p in processes {
+            if let Some(scope) = &p.scope {
+                *pods.entry(Arc::as_ptr(scope)).or_default() += 1;
+            }
+        }
+        let unscoped = processes.len() - pods.values().sum::<usize>();
+        if unscoped > MAX_PROCESSES_PER_SCAN {
             h.incomplete = Some(format!(
-                "{} member processes, more than the {MAX_PROCESSES_PER_SCAN} one scan reads",
-                processes.len()
+                "{unscoped} processes, more than the {MAX_PROCESSES_PER_SCAN} one scan reads"
             ));
             return h;
         }
-        // Scopes (pods) already past a bound, by the address of their shared set: their
-        // other processes would tell nothing more.
-        let mut blind: HashSet<*const HashSet<u64>> = HashSet::new();
+        let share = (MAX_FDS_PER_SCAN / pods.len().max(1)).min(MAX_FDS_PER_SCOPE);
+        // Pods past a bound: their other processes would tell nothing more.
+        let mut blind: HashSet<*const HashSet<u64>> = pods
+            .iter()
+            .filter(|&(_, &n)| n > MAX_PROCESSES_PER_POD)
+            .map(|(&k, _)| k)
+            .collect();
         let mut spent: HashMap<*const HashSet<u64>, usize> = HashMap::new();
         for p in processes {
             let key = p.scope.as_ref().map(Arc::as_ptr);
-            if key.is_some_and(|k| blind.contains(&k)) {
+            if let (Some(scope), Some(k)) = (&p.scope, key)
+                && blind.contains(&k)
+            {
+                h.unknown_devs.extend(scope.iter());
+                h.netns_partial = true;
                 continue;
             }
-            let whole = h.fds_read <= MAX_FDS_PER_SCAN && {
-                let before = h.fds_read;
-                let whole = h.scan_fds(p, devs) & h.scan_maps(p, devs);
-                let scope_total = key.map(|k| {
-                    let total = spent.entry(k).or_default();
-                    *total += h.fds_read - before;
-                    *total
-                });
-                whole && scope_total.is_none_or(|t| t <= MAX_FDS_PER_SCOPE)
+            // What this process may read: its pod's share left, or the scan's.
+            let left = match key {
+                Some(k) => share.saturating_sub(spent.get(&k).copied().unwrap_or(0)),
+                None => MAX_FDS_PER_SCAN.saturating_sub(h.fds_read),
             };
+            let before = h.fds_read;
+            let whole = left > 0 && h.scan_process(p, devs, left);
+            if let Some(k) = key {
+                *spent.entry(k).or_default() += h.fds_read - before;
+            }
+            if let Ok(m) = std::fs::metadata(format!("/proc/{}/ns/net", p.pid)) {
+                h.netns.entry(m.ino()).or_insert(p.pid);
+            }
             if whole {
-                if let Ok(m) = std::fs::metadata(format!("/proc/{}/ns/net", p.pid)) {
-                    h.netns.entry(m.ino()).or_insert(p.pid);
-                }
                 continue;
             }
             match (&p.scope, key) {
@@ -403,7 +427,7 @@ impl Holders {
                 }
                 _ => {
                     h.incomplete = Some(format!(
-                        "process {} is past what one scan reads ({MAX_FDS_PER_PROCESS} descriptors or {MAX_MAPS_PER_PROCESS} mappings of a process, {MAX_FDS_PER_SCAN} descriptors in all)",
+                        "process {} is past what one scan reads ({MAX_FDS_PER_PROCESS} descriptors or {MAX_MAPS_PER_PROCESS} mappings of a process, {MAX_FDS_PER_SCAN} entries in all)",
                         p.pid
                     ));
                     // Nothing more would be known: stop reading.
@@ -414,6 +438,25 @@ impl Holders {
             }
         }
         h
+    }
+
+    /// Reads the descriptors and mappings of `p`, counting at most `left` entries (the
+    /// process itself, its descriptors, its mapping lines); false when it has more than
+    /// that or one scan reads of a process, or (with a scope) cannot be read.
+    fn scan_process(&mut self, p: &Process, devs: &HashSet<u64>, left: usize) -> bool {
+        self.fds_read += 1;
+        let before = self.fds_read;
+        if !self.scan_fds(p, devs, MAX_FDS_PER_PROCESS.min(left - 1)) {
+            return false;
+        }
+        let spent = self.fds_read - before;
+        self.scan_maps(p, devs, MAX_MAPS_PER_PROCESS.min(left - 1 - spent))
+    }
+
+    /// Whether processes were passed over without a look at their network namespace
+    /// (sockets bound there were not all seen).
+    pub fn netns_partial(&self) -> bool {
+        self.netns_partial
     }
 
     /// Whether the holders of the objects on link device `dev` are known: the scan
@@ -427,9 +470,9 @@ impl Holders {
         self.incomplete.as_deref()
     }
 
-    /// Reads the descriptors of `p`; false when it holds more than one scan reads (what
-    /// it holds is then unknown).
-    fn scan_fds(&mut self, p: &Process, devs: &HashSet<u64>) -> bool {
+    /// Reads the descriptors of `p`; false when it holds more than `limit` (what it holds
+    /// is then unknown), or cannot be read while it has a scope.
+    fn scan_fds(&mut self, p: &Process, devs: &HashSet<u64>, limit: usize) -> bool {
         // Descriptors are looked up relative to the open directory: one path component
         // per descriptor, not a fresh walk of /proc/PID/fd/N.
         let opened = nix::fcntl::open(
@@ -445,11 +488,15 @@ impl Holders {
         });
         let (at, mut dir) = match opened {
             Ok(opened) => opened,
+            Err(Errno::ENOENT | Errno::ESRCH) => return true, // gone
             Err(e) => {
-                if e != Errno::ENOENT && e != Errno::ESRCH && self.denied.is_none() {
+                if self.denied.is_none() {
                     self.denied = Some((p.pid, std::io::Error::from(e)));
                 }
-                return true;
+                // A member's process that cannot be read holds what it holds: its pod's
+                // links are unknown. (Without a scope, the local mode reads what this
+                // user may; `unreadable` says when that is nothing.)
+                return p.scope.is_none();
             }
         };
         self.readable += 1;
@@ -457,7 +504,7 @@ impl Holders {
         // descriptor count there instead of adding holds.
         let mut mine: HashMap<((u64, u64), Role), usize> = HashMap::new();
         for (read, e) in dir.iter().flatten().enumerate() {
-            if read >= MAX_FDS_PER_PROCESS {
+            if read >= limit {
                 return false;
             }
             self.fds_read += 1;
@@ -525,18 +572,26 @@ impl Holders {
         true
     }
 
-    /// Reads the mappings of `p`; false when it has more than one scan reads.
-    fn scan_maps(&mut self, p: &Process, devs: &HashSet<u64>) -> bool {
+    /// Reads the mappings of `p`, each line counted; false when it has more than `limit`.
+    fn scan_maps(&mut self, p: &Process, devs: &HashSet<u64>, limit: usize) -> bool {
         use std::io::BufRead;
-        let Ok(maps) = std::fs::File::open(format!("/proc/{}/maps", p.pid)) else {
-            return true;
+        let maps = match std::fs::File::open(format!("/proc/{}/maps", p.pid)) {
+            Ok(maps) => maps,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(nix::libc::ESRCH) =>
+            {
+                return true;
+            }
+            Err(_) => return p.scope.is_none(),
         };
         let mut seen = HashSet::new();
         // address perms offset major:minor inode path
         for (n, line) in std::io::BufReader::new(maps).lines().enumerate() {
-            if n >= MAX_MAPS_PER_PROCESS {
+            if n >= limit {
                 return false;
             }
+            self.fds_read += 1;
             // A read that fails part-way leaves what the process maps unknown.
             let Ok(line) = line else {
                 return false;
@@ -1032,7 +1087,8 @@ mod tests {
         let (path, dev, ino) = object(&dir, "region");
         // Six processes of one pod, each under the per-process bound, together past
         // the pod's; then a process of another pod.
-        let per = MAX_FDS_PER_SCOPE / 4 - 100;
+        // (Each process also counts itself and its mapping lines: a few hundred.)
+        let per = MAX_FDS_PER_SCOPE / 4 - 1000;
         let crowd: Vec<Kill> = (0..6).map(|_| holding(&path, per)).collect();
         let other_dev = dev + 1;
         let evil = Arc::new(HashSet::from([dev]));
@@ -1060,8 +1116,8 @@ mod tests {
             "five of the pod's processes and the other pod's"
         );
         assert!(
-            h.fds_read <= MAX_FDS_PER_SCOPE + per + 16,
-            "{} descriptors read",
+            h.fds_read <= MAX_FDS_PER_SCOPE + 1000,
+            "{} entries read",
             h.fds_read
         );
         // The other pod's process was still read: its three holds of the object.
@@ -1077,14 +1133,16 @@ mod tests {
     }
 
     #[test]
-    fn past_the_scan_budget_only_the_pods_not_yet_read_are_unknown() {
+    fn heavy_pods_do_not_take_a_light_pods_share_of_the_scan() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (path, dev, _) = object(&dir, "region");
-        // Pods of one process each, every one under both per-pod bounds, together past
-        // the scan's.
+        let (path, dev, ino) = object(&dir, "region");
+        // Pods of one process each, every one under the per-process and per-pod bounds,
+        // together past the scan's; then a light pod, read last.
         let per = MAX_FDS_PER_PROCESS - 100;
-        let pods = MAX_FDS_PER_SCAN / per + 2;
-        let crowd: Vec<Kill> = (0..pods).map(|_| holding(&path, per)).collect();
+        let heavy = MAX_FDS_PER_SCAN / per + 2;
+        let mut crowd: Vec<Kill> = (0..heavy).map(|_| holding(&path, per)).collect();
+        crowd.push(holding(&path, 3));
+        let light_dev = dev + heavy as u64;
         let processes: Vec<Process> = crowd
             .iter()
             .enumerate()
@@ -1094,19 +1152,43 @@ mod tests {
                 scope: Some(Arc::new(HashSet::from([dev + i as u64]))),
             })
             .collect();
-        let devs: HashSet<u64> = (0..pods as u64).map(|i| dev + i).collect();
+        let devs: HashSet<u64> = (0..=heavy as u64).map(|i| dev + i).collect();
         let h = Holders::scan(&processes, &devs);
         assert!(h.incomplete().is_none(), "{:?}", h.incomplete());
-        assert!(h.known_for(dev), "the first pod read is known");
         assert!(
-            !h.known_for(dev + pods as u64 - 1),
-            "the last pod, past the budget, is unknown"
+            (0..heavy as u64).all(|i| !h.known_for(dev + i)),
+            "a heavy pod past its share is unknown"
         );
+        assert!(h.known_for(light_dev), "the light pod keeps its share");
+        let light_pid = crowd[heavy].0.id() as i32;
+        assert!(h.of(dev, ino).iter().any(|hold| hold.pid == light_pid));
         assert!(
-            h.fds_read <= MAX_FDS_PER_SCAN + MAX_FDS_PER_PROCESS + 16,
-            "{} descriptors read",
+            h.fds_read <= MAX_FDS_PER_SCAN,
+            "{} entries read",
             h.fds_read
         );
         drop(crowd);
+    }
+
+    #[test]
+    fn a_pod_with_more_processes_than_one_scan_reads_is_unknown_unread() {
+        let me = std::process::id() as i32;
+        let crowded = Arc::new(HashSet::from([1u64]));
+        let mut processes: Vec<Process> = (0..=MAX_PROCESSES_PER_POD)
+            .map(|_| Process {
+                pid: me,
+                owner: Arc::new(Owner::default()),
+                scope: Some(crowded.clone()),
+            })
+            .collect();
+        processes.push(Process {
+            pid: me,
+            owner: Arc::new(Owner::default()),
+            scope: Some(Arc::new(HashSet::from([2u64]))),
+        });
+        let h = Holders::scan(&processes, &HashSet::from([1, 2]));
+        assert!(!h.known_for(1) && h.known_for(2));
+        assert_eq!(h.readable, 1, "only the other pod's process was read");
+        assert!(h.netns_partial(), "its namespaces were not all looked at");
     }
 }

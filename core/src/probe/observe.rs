@@ -197,7 +197,9 @@ impl Observer {
             if self.member_netns
                 && let Some(h) = &holders
             {
-                complete = true;
+                // Processes passed over (a pod past its bounds) may bind sockets in
+                // namespaces not looked at.
+                complete = !h.netns_partial();
                 let own = std::fs::metadata("/proc/self/ns/net")
                     .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
                     .ok();

@@ -121,7 +121,13 @@ impl Members for PodMembers {
             let Ok(dir) = self.cgroups.pod(&uid) else {
                 continue; // gone, or never started
             };
-            for (id, pids) in containers(&dir) {
+            // One more than the scan reads of a pod says there are more.
+            let mut listed = 0usize;
+            for (id, mut pids) in containers(&dir) {
+                pids.truncate(
+                    (ipclink_core::holders::MAX_PROCESSES_PER_POD + 1).saturating_sub(listed),
+                );
+                listed += pids.len();
                 containers_seen += 1;
                 if pids.is_empty() {
                     continue;
