@@ -133,6 +133,24 @@ pub fn remove_leftovers(dir: BorrowedFd<'_>) -> Result<(), RemoveError> {
     Ok(())
 }
 
+/// Renames `name` in `dir`, a directory only this process writes to, to a fresh name
+/// starting with [`TMP_PREFIX`]: `name` is free again while what it held (a tree a
+/// member keeps adding to) waits for a later removal. Gone already is fine.
+pub fn rename_aside<P: ?Sized + NixPath>(dir: BorrowedFd<'_>, name: &P) -> nix::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    for _ in 0..1024 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let to = format!("{TMP_PREFIX}left-{}-{n}", std::process::id());
+        match renameat2(dir, name, dir, to.as_str(), RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Errno::EEXIST)
+}
+
 /// Removes every entry of `dir` (not `dir` itself), as [`remove_tree_at`] does, within
 /// one [`REMOVE_BUDGET`] for them all: what is left stays for a later call.
 pub fn empty_dir(dir: BorrowedFd<'_>) -> Result<(), RemoveError> {

@@ -421,10 +421,14 @@ pub(crate) fn remove_entry(
         Ok(fd) => fd,
     };
     unpin_if_pinned(link, fd.as_fd(), name)?;
+    // A hard link a member keeps to it must not carry ipclink's mark back in.
+    crate::ownership::unmark(fd.as_fd()).map_err(|e| format!("remove mark: {e}"))?;
     let is_dir = file_type(&fstat(fd.as_fd()).map_err(|e| format!("stat: {e}"))?) == SFlag::S_IFDIR;
     drop(fd);
     if is_dir {
         let aside = format!("{TMP_PREFIX}removed-{name}");
+        crate::fs::rename_aside(private, aside.as_str())
+            .map_err(|e| format!("rename aside: {e}"))?;
         match renameat2(
             link,
             name,
@@ -439,7 +443,9 @@ pub(crate) fn remove_entry(
         // Past the budget (a member keeps adding entries through a descriptor it holds)
         // the rest stays aside, out of every member's path; the next apply goes on.
         match remove_tree_at(private, aside.as_str()) {
-            Ok(()) | Err(RemoveError::Budget(_)) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(RemoveError::Budget(_)) => crate::fs::rename_aside(private, aside.as_str())
+                .map_err(|e| format!("rename aside: {e}")),
             Err(e) => Err(e.to_string()),
         }
     } else {

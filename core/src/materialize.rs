@@ -698,8 +698,12 @@ impl Store {
                 return Ok(fd);
             }
             if attempt == 0 {
-                let aside = (0..100)
-                    .map(|n| format!("{PRIVATE_DIR}-member-{n}"))
+                // A name the member cannot have made beforehand: the time, in nanoseconds.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let aside = (0..16)
+                    .map(|n| format!("{PRIVATE_DIR}-member-{:x}", now + n))
                     .find(|to| {
                         renameat2(
                             link,
@@ -739,6 +743,9 @@ impl Store {
         let file = obj.file_name();
         let tmp = file.as_str();
         let at = || format!("{}/{file}", lp());
+        // What an earlier removal left at this name (a member kept adding to it) waits
+        // elsewhere.
+        sys(crate::fs::rename_aside(private, tmp), at, "rename aside")?;
         let excl =
             OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let mode = Mode::from_bits_truncate(0o600);
@@ -829,7 +836,10 @@ impl Store {
             Ok(()) if place == Place::Over => {
                 // The member's entry is now `private/tmp`, out of every member's path.
                 match remove_tree_at(private, tmp) {
-                    Ok(()) | Err(RemoveError::Budget(_)) => Ok(()),
+                    Ok(()) => Ok(()),
+                    Err(RemoveError::Budget(_)) => {
+                        sys(crate::fs::rename_aside(private, tmp), at, "rename aside")
+                    }
                     Err(e) => Err(removing(e, at)),
                 }
             }

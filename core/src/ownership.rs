@@ -108,6 +108,15 @@ pub(crate) fn mark_made(fd: BorrowedFd<'_>, name: &str) -> nix::Result<()> {
     .map_err(errno)
 }
 
+/// Takes ipclink's mark off the object `fd` holds (it is being removed; a member may
+/// keep a hard link to it). Unmarked already is fine.
+pub(crate) fn unmark(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    match rustix::fs::removexattr(magic(fd).as_str(), MADE_XATTR) {
+        Ok(()) | Err(rustix::io::Errno::NODATA) => Ok(()),
+        Err(e) => Err(errno(e)),
+    }
+}
+
 /// Whether the object `fd` holds was made by ipclink at `name`.
 pub(crate) fn made_at(fd: BorrowedFd<'_>, name: &str) -> bool {
     let mut buf = [0u8; 256];

@@ -270,6 +270,44 @@ fn a_hard_link_a_member_made_to_a_declared_object_is_not_adopted_as_a_new_channe
         (frames, 64 * 1024),
         "frames changed"
     );
+    // Nor can a member mark its own object as ipclink's.
+    let forged = member_python(
+        &s.link,
+        "import os\nopen('/dev/shm/mine', 'w').close()\ntry:\n    os.setxattr('/dev/shm/mine', 'trusted.ipclink.made', b'mine')\n    print('set')\nexcept OSError as e:\n    print(e.errno)",
+    );
+    assert_eq!(forged.trim(), nix::libc::EPERM.to_string());
+    // A removed channel loses its mark: a hard link kept to it and put back at its
+    // name before the channel returns is not adopted either.
+    member_python(
+        &s.link,
+        "import os\nos.link('/dev/shm/frames', '/dev/shm/kept')",
+    );
+    let without = open_link(0, "").replace("{ name: frames, kind: shm", "{ name: other, kind: shm");
+    write_file(s.file.parent().expect("dir"), "link.yaml", &without);
+    sidecar.hup();
+    let start = std::time::Instant::now();
+    while s.link.join("frames").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            sidecar.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    member_python(
+        &s.link,
+        "import os\nos.link('/dev/shm/kept', '/dev/shm/frames')",
+    );
+    write_file(
+        s.file.parent().expect("dir"),
+        "link.yaml",
+        &open_link(0, ""),
+    );
+    sidecar.hup();
+    sidecar.wait_log("replaced it", 2);
+    let back = std::fs::metadata(s.link.join("frames")).expect("frames");
+    assert_ne!(back.ino(), frames, "the kept hard link was adopted");
+    assert_eq!(back.uid(), 0);
     assert_eq!(sidecar.stop(), 0);
 }
 
@@ -295,8 +333,18 @@ fn a_member_squatting_the_private_directory_name_is_renamed_aside() {
     sidecar.wait_log("live link changed", 1);
     let private = std::fs::metadata(s.link.join(".ipclink")).expect("private");
     assert_eq!((private.uid(), private.mode() & 0o7777), (0, 0o700));
+    let aside: Vec<_> = std::fs::read_dir(&s.link)
+        .expect("ls")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".ipclink-member-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(
-        std::fs::read_to_string(s.link.join(".ipclink-member-0/mine")).expect("aside"),
+        std::fs::read_to_string(aside[0].path().join("mine")).expect("aside"),
         "kept"
     );
     assert!(s.link.join("later").exists(), "{}", sidecar.log());
