@@ -93,6 +93,11 @@ fn closed_directories_stay_closed_long_names_are_cut_and_the_share_is_bounded() 
     }
     let sample = probe.sample(&Observation::default());
     assert!(sample.walk_truncated);
+    let json = serde_json::to_string(&sample).expect("json");
+    assert!(
+        json.contains("\"walkTruncated\":true") && !json.contains("unreportedObjects"),
+        "{json}"
+    );
     let mut text = String::new();
     ipclink_core::metrics::render_channels(std::slice::from_ref(&sample), &[], &mut text);
     assert!(!text.contains("ipclink_link_unreported_objects{"), "{text}");

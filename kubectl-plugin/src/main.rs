@@ -294,6 +294,11 @@ fn notes(reports: &[NodeReport], keep: impl Fn(&LinkSample) -> bool) -> String {
                     .unwrap_or("see the node plugin's log; it needs the host's pid namespace");
                 out.push_str(&format!("{at}: holders unknown ({})\n", printable(why)));
             }
+            if l.walk_truncated {
+                out.push_str(&format!(
+                    "{at}: objects members created: unknown (more entries than one walk reads)\n"
+                ));
+            }
             if l.unreported_objects > 0 {
                 out.push_str(&format!(
                     "{at}: {} more objects members created are not listed\n",

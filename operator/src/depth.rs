@@ -173,7 +173,12 @@ pub fn channel_status(sample: &LinkSample) -> LinkDepths {
     });
     let (created, declared): (Vec<_>, Vec<_>) =
         channels.chain(semaphores).partition(|c| c.discovered);
-    let total = created.len() as u64 + sample.unreported_objects;
+    // A walk the node cut short leaves the count unknown: absent, not too small.
+    let total = if sample.walk_truncated {
+        0
+    } else {
+        created.len() as u64 + sample.unreported_objects
+    };
     let mut channels = declared;
     channels.extend(created.into_iter().take(MAX_CREATED_IN_STATUS));
     LinkDepths {

@@ -545,6 +545,12 @@ pub fn status_table(samples: &[LinkSample]) -> String {
     );
     // With --endpoint these come from another process: shown printable too.
     use ipclink_core::report::printable;
+    for s in samples.iter().filter(|s| s.walk_truncated) {
+        out.push_str(&format!(
+            "{}: objects members created: unknown (more entries than one walk reads)\n",
+            printable(&format!("{}/{}", s.namespace, s.name)),
+        ));
+    }
     for s in samples.iter().filter(|s| s.unreported_objects > 0) {
         out.push_str(&format!(
             "{}: {} more objects members created are not listed (at most {} per link are, in at most {} KiB of metrics)\n",

@@ -536,8 +536,9 @@ impl LinkProbe {
         );
         out.channels.extend(found.channels);
         out.semaphores.extend(found.semaphores);
-        out.unreported_objects = found.unreported;
+        // Cut short, the count is unknown: left out rather than too small.
         out.walk_truncated = !found.complete;
+        out.unreported_objects = if found.complete { found.unreported } else { 0 };
         object_bytes += found.bytes;
         match (self.enforced, fstatvfs(link)) {
             (true, Ok(v)) => {
