@@ -288,6 +288,9 @@ fn one_tenants_abuse_neither_crashes_the_node_plugin_nor_stops_another_tenant() 
     let flooded = wait_log(&node, EVIL, "flooder", "flooded");
     eprintln!("{}\n{}\n{}", built.trim(), held.trim(), flooded.trim());
     assert!(built.contains("built 1000 fifos"), "{built}");
+    // The tokens reached the plugin (answered 431) and none was let through or
+    // reviewed (401 follows a review).
+    assert!(flooded.contains("('431', "), "{flooded}");
     assert!(
         !flooded.contains("'200'") && !flooded.contains("'401'"),
         "{flooded}"
