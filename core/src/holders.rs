@@ -503,10 +503,16 @@ impl Holders {
         // The last hold pushed for each (object, role) of this process: duplicates of a
         // descriptor count there instead of adding holds.
         let mut mine: HashMap<((u64, u64), Role), usize> = HashMap::new();
-        for (read, e) in dir.iter().flatten().enumerate() {
+        for (read, e) in dir.iter().enumerate() {
             if read >= limit {
                 return false;
             }
+            let e = match e {
+                Ok(e) => e,
+                Err(Errno::ENOENT | Errno::ESRCH) => return true, // gone meanwhile
+                // Read in part: with a scope, what it holds is unknown.
+                Err(_) => return p.scope.is_none(),
+            };
             self.fds_read += 1;
             let Some(fd) = e
                 .file_name()

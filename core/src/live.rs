@@ -340,8 +340,9 @@ fn open_object(link: BorrowedFd<'_>, obj: &ObjectPlan) -> nix::Result<OwnedFd> {
 
 /// Gives the object the plan's mode and, when `owners.apply`, owner and ACL
 /// ([`Ownership`]), through a descriptor (a FIFO is never opened for reading or
-/// writing). The order never widens access on the way: an object changing owner loses
-/// every permission first; an ACL to add is written before the mode, one to drop after.
+/// writing). The order never widens access on the way: an object changing owner, or
+/// losing its ACL, loses every permission first; an ACL to add is written before the
+/// mode.
 pub(crate) fn set_attrs(link: BorrowedFd<'_>, obj: &ObjectPlan, owners: Owners) -> nix::Result<()> {
     let want = Ownership::of(obj, owners.guarded);
     let fd = open_object(link, obj)?;
@@ -363,15 +364,19 @@ pub(crate) fn set_attrs(link: BorrowedFd<'_>, obj: &ObjectPlan, owners: Owners) 
     } else {
         None
     };
-    if want.acl.is_some() && acl.is_some() {
-        write_acl(fd.as_fd(), want.acl.as_deref())?;
+    match (&want.acl, &acl) {
+        (Some(_), Some(_)) => write_acl(fd.as_fd(), want.acl.as_deref())?,
+        // An ACL to drop: no permission meanwhile, so neither its entries (under the
+        // new mode's mask) nor its mask (as the group bits) grant anything.
+        (None, Some(_)) => {
+            chmod_object(fd.as_fd(), 0)?;
+            write_acl(fd.as_fd(), None)?;
+        }
+        _ => {}
     }
     // Stat again after an ACL was written: it set the permission bits.
     if fstat(fd.as_fd())?.st_mode & 0o7777 != want.mode {
         chmod_object(fd.as_fd(), want.mode)?;
-    }
-    if want.acl.is_none() && acl.is_some() {
-        write_acl(fd.as_fd(), None)?;
     }
     Ok(())
 }

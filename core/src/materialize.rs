@@ -559,13 +559,23 @@ impl Store {
         }
         if !unmounted && self.mode == StorageMode::Tmpfs {
             let (size, inodes) = sys(tmpfs_size(link.as_fd()), lp, "statvfs")?;
-            if size != plan.size_limit || inodes != plan.nr_inodes {
+            if size != plan.size_limit {
                 conflicts.push(Problem::new(
                     "spec.sizeLimit",
                     format!(
                         "the link is mounted with size {}, the spec wants {}",
                         format_bytes(size),
                         format_bytes(plan.size_limit)
+                    ),
+                ));
+            }
+            // More inodes are given live; fewer than members may use are not.
+            if inodes > plan.nr_inodes {
+                conflicts.push(Problem::new(
+                    "spec.channels",
+                    format!(
+                        "the link is mounted with nr_inodes={inodes}, the spec's channels give it {}",
+                        plan.nr_inodes
                     ),
                 ));
             }

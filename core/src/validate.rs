@@ -15,9 +15,9 @@ pub const DEFAULT_SIZE_LIMIT: u64 = 64 << 20;
 pub const SEM_VALUE_MAX: i64 = 2_147_483_647;
 /// Largest uid/gid (`(uid_t)-1` means "no change" to chown, so it is refused).
 pub const MAX_ID: i64 = 4_294_967_294;
-/// Inodes a link's tmpfs counts per declared object: the object's own, and one for the
-/// extended attributes ipclink keeps on it (its mark, its ACL), which tmpfs counts
-/// against `nr_inodes` too (1 KiB each, since Linux 6.6).
+/// Inodes a link's tmpfs counts per declared object: the object's own, and one more for
+/// ipclink's mark on it: tmpfs (Linux 6.6 and later) takes extended attributes, by
+/// their size, from the space of `nr_inodes` (1 KiB per inode), which members share.
 pub const INODES_PER_OBJECT: u64 = 2;
 /// Inodes a link's tmpfs gets beyond its declared objects, for files members make.
 pub const SPARE_INODES: u64 = 1024;

@@ -503,7 +503,8 @@ impl NodePlugin {
         match self.reserve(plan) {
             Ok(r) => Ok(Some(r)),
             Err(e) => {
-                let problem = if grows {
+                let objects_past = e.to_string().contains("--max-node-objects");
+                let problem = if grows && !objects_past {
                     ipclink_core::Problem::new(
                         "spec.sizeLimit",
                         format!("{e}; the link keeps its size until the edit fits"),
