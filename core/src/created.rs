@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 
-use crate::fs::{PRIVATE_DIR, list_names, open_dir_at};
+use crate::fs::{PRIVATE_DIR, list_names_whole, open_dir_at};
 use crate::metrics::{ObjectRef, object_bytes};
 use crate::names::fnv1a64;
 use crate::probe::{
@@ -91,7 +91,8 @@ pub fn shortened(name: &str) -> Cow<'_, str> {
 
 /// The names in each directory of a link's tree as last read (without the declared
 /// objects and the materializer's private directory), by the directory's inode, reused
-/// while its modification time says no entry was added, removed or renamed since. A
+/// while its change time says no entry was added, removed or renamed since (the change
+/// time, not the modification time, which a member can set back with `utimensat`). A
 /// listing is kept only when that time was at least [`SETTLED`] old when it was read:
 /// the kernel stamps directories with a coarse clock, so a change in the same tick
 /// would not move it, while any later change does.
@@ -100,42 +101,44 @@ pub(crate) struct Listings {
     by_dir: HashMap<u64, Listing>,
 }
 
-/// A directory's names and its modification time (seconds, nanoseconds) when read.
-type Listing = ((i64, i64), Arc<[String]>);
+/// A directory's change time (seconds, nanoseconds) when read, its names, and whether
+/// those are all its names ([`crate::fs::list_names_whole`]).
+type Listing = ((i64, i64), Arc<[String]>, bool);
 
 /// How old a directory's modification time must be for its listing to be reused: more
 /// than a clock tick (10 ms at HZ=100).
 const SETTLED: Duration = Duration::from_millis(50);
 
 impl Listings {
-    /// The sorted names in `dir` (its `st`) that are not `skip`ped.
+    /// The sorted names in `dir` (its `st`) that are not `skip`ped, and whether the
+    /// listing holds every name the directory has.
     fn names(
         &mut self,
         dir: BorrowedFd<'_>,
         st: &FileStat,
         skip: impl Fn(&str) -> bool,
-    ) -> Arc<[String]> {
-        let mtime = (st.st_mtime, st.st_mtime_nsec);
-        if let Some((seen, names)) = self.by_dir.get(&st.st_ino)
-            && *seen == mtime
+    ) -> (Arc<[String]>, bool) {
+        let ctime = (st.st_ctime, st.st_ctime_nsec);
+        if let Some((seen, names, whole)) = self.by_dir.get(&st.st_ino)
+            && *seen == ctime
         {
-            return names.clone();
+            return (names.clone(), *whole);
         }
-        let mut names = list_names(dir);
+        let (mut names, whole) = list_names_whole(dir);
         names.retain(|n| !skip(n));
         names.sort();
         let names: Arc<[String]> = names.into();
         let changed = SystemTime::UNIX_EPOCH
-            + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec.max(0) as u32);
+            + Duration::new(st.st_ctime.max(0) as u64, st.st_ctime_nsec.max(0) as u32);
         let settled = SystemTime::now()
             .duration_since(changed)
             .is_ok_and(|age| age >= SETTLED);
         if settled {
-            self.by_dir.insert(st.st_ino, (mtime, names.clone()));
+            self.by_dir.insert(st.st_ino, (ctime, names.clone(), whole));
         } else {
             self.by_dir.remove(&st.st_ino);
         }
-        names
+        (names, whole)
     }
 }
 
@@ -179,7 +182,8 @@ pub(crate) fn walk(
     };
     visited.insert(st.st_ino);
     let skip_root = |n: &str| declared.contains(n) || n == PRIVATE_DIR;
-    let names = listings.names(root.as_fd(), &st, skip_root);
+    let (names, whole) = listings.names(root.as_fd(), &st, skip_root);
+    found.complete &= whole;
     let mut stack = vec![Level {
         dir: root,
         prefix: String::new(),
@@ -208,7 +212,12 @@ pub(crate) fn walk(
             // A directory on another device is another mount (a member's own): not
             // ours. One closed to group and others is the member's own business.
             let depth = top.depth + 1;
-            if depth > MAX_DEPTH || st.st_dev != dev {
+            if st.st_dev != dev {
+                continue;
+            }
+            if depth > MAX_DEPTH {
+                // Not entered: what it holds is not counted, so the count is unknown.
+                found.complete = false;
                 continue;
             }
             let Ok(child) = open_dir_at(dir, name.as_str()) else {
@@ -220,7 +229,8 @@ pub(crate) fn walk(
             if cst.st_dev != dev || !open_to_others(cst.st_mode) || !visited.insert(cst.st_ino) {
                 continue;
             }
-            let names = listings.names(child.as_fd(), &cst, |_| false);
+            let (names, whole) = listings.names(child.as_fd(), &cst, |_| false);
+            found.complete &= whole;
             stack.push(Level {
                 dir: child,
                 prefix: format!("{path}/"),

@@ -60,17 +60,32 @@ pub fn open_dir_at<P: ?Sized + NixPath>(dir: BorrowedFd<'_>, name: &P) -> nix::R
 
 /// Names in a directory (not `.` and `..`), skipping names that are not UTF-8.
 pub fn list_names(dir: BorrowedFd<'_>) -> Vec<String> {
+    list_names_whole(dir).0
+}
+
+/// [`list_names`], and whether that is every name: false when the directory could not
+/// be read to its end or a name was skipped for not being UTF-8.
+pub fn list_names_whole(dir: BorrowedFd<'_>) -> (Vec<String>, bool) {
     let Ok(dup) = open_dir_at(dir, ".") else {
-        return Vec::new();
+        return (Vec::new(), false);
     };
     let Ok(mut d) = Dir::from_fd(dup) else {
-        return Vec::new();
+        return (Vec::new(), false);
     };
-    d.iter()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
-        .filter(|n| n != "." && n != "..")
-        .collect()
+    let mut whole = true;
+    let mut names = Vec::new();
+    for entry in d.iter() {
+        match entry.map(|e| e.file_name().to_str().map(str::to_owned)) {
+            Ok(Ok(n)) if n == "." || n == ".." => {}
+            Ok(Ok(n)) => names.push(n),
+            Ok(Err(_)) => whole = false,
+            Err(_) => {
+                whole = false;
+                break;
+            }
+        }
+    }
+    (names, whole)
 }
 
 /// Every entry of a directory but `.` and `..`, as raw names.
@@ -208,16 +223,18 @@ fn remove_tree_within<P: ?Sized + NixPath + std::fmt::Debug>(
     loop {
         let names = lift.entries(top.as_fd())?;
         if names.is_empty() {
-            break;
+            lift.tick()?;
+            match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+                // A member added an entry since the listing: list again, within the
+                // budget (past it the caller sets the rest aside).
+                Err(Errno::ENOTEMPTY) => continue,
+                Err(errno) => return Err(RemoveError::Sys { op: "rmdir", errno }),
+            }
         }
         for n in names {
             lift.clear(&n)?;
         }
-    }
-    drop(top);
-    match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => Ok(()),
-        Err(errno) => Err(RemoveError::Sys { op: "rmdir", errno }),
     }
 }
 

@@ -674,11 +674,20 @@ impl Holders {
             .or_insert_with(|| pidfd_open(pid).ok().map(Arc::new))
             .clone()
             .ok_or(Errno::ESRCH)?;
+        // The number may now hold a member's FUSE file: cached attributes only, and a
+        // duplicate that is not the FIFO is closed off this thread (its close may wait
+        // on the member's server); while the closer is full, nothing is taken.
+        let closer = crate::closer::Closer::shared();
+        if !closer.admits() {
+            return Err(Errno::EAGAIN);
+        }
         let dup = pidfd_getfd(pidfd.as_fd(), fd)?;
-        // The number may now hold a member's FUSE file: cached attributes only.
         match stat_cached(dup.as_fd(), c"") {
             Some((dev, ino, _)) if (dev, ino) == object => {}
-            _ => return Ok(None),
+            _ => {
+                closer.let_go(Box::new(dup));
+                return Ok(None);
+            }
         }
         Ok(Some(PipeDepth {
             capacity: fcntl(dup.as_fd(), FcntlArg::F_GETPIPE_SZ)? as u64,

@@ -2,6 +2,7 @@
 //! objects in a directory, depth probes and the metric families. No network, no client.
 
 pub mod access;
+mod closer;
 pub mod created;
 pub mod fs;
 pub mod holders;

@@ -37,6 +37,47 @@ fn member_trees_are_removed_without_recursion_descriptors_per_level_or_following
     twenty_thousand_levels_are_removed_on_a_small_stack();
     symlinks_in_the_tree_are_removed_and_never_followed();
     a_wide_tree_with_many_directories_per_level_is_removed();
+    a_member_adding_entries_during_removal_does_not_fail_it();
+}
+
+/// A member keeps making and unlinking a file in the directory being removed: the last
+/// `rmdir` may find it there (ENOTEMPTY), which is a reason to list again, not a failure.
+fn a_member_adding_entries_during_removal_does_not_fail_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base: OwnedFd = std::fs::File::open(tmp.path()).expect("open").into();
+    for _ in 0..200 {
+        let top = tmp.path().join("tree");
+        std::fs::create_dir(&top).expect("mkdir");
+        let stop = Arc::new(AtomicBool::new(false));
+        let made = Arc::new(AtomicUsize::new(0));
+        let member = {
+            let (stop, made, file) = (stop.clone(), made.clone(), top.join("x"));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if std::fs::write(&file, b"").is_ok() {
+                        made.fetch_add(1, Ordering::Relaxed);
+                        let _ = std::fs::remove_file(&file);
+                    }
+                }
+            })
+        };
+        while made.load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now(); // the member is at work
+        }
+        let removed = remove_tree_at(base.as_fd(), "tree");
+        stop.store(true, Ordering::Relaxed);
+        member.join().expect("member");
+        match removed {
+            Ok(()) => assert!(!top.exists(), "removed"),
+            // A member that never lets go: set aside by the caller, never an error.
+            Err(ipclink_core::fs::RemoveError::Budget(_)) => {
+                std::fs::remove_dir_all(&top).expect("clean");
+            }
+            Err(e) => panic!("removal failed on a member's entry: {e}"),
+        }
+    }
 }
 
 fn twenty_thousand_levels_are_removed_on_a_small_stack() {

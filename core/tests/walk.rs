@@ -107,6 +107,82 @@ fn closed_directories_stay_closed_long_names_are_cut_and_the_share_is_bounded() 
     );
 }
 
+/// What the walk passes over makes its count unknown rather than small: a directory
+/// past the depth it enters, a name that is not UTF-8. And a member cannot hide new
+/// entries by setting a directory's modification time back.
+#[test]
+fn what_the_walk_passes_over_makes_its_count_unknown() {
+    use std::os::unix::ffi::OsStrExt;
+    let base = tempfile::tempdir().expect("dir");
+    let store = Store::open(base.path(), StorageMode::PlainDir).expect("store");
+    let plan = open_link(&store);
+    let link = store.link_path("t", "l");
+    let fifo = |p: &std::path::Path| {
+        nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo")
+    };
+    let mut probe = LinkProbe::open(&store, &plan).expect("probe");
+
+    // Eight levels are entered; a FIFO in the eighth is seen.
+    let eight = link.join("1/2/3/4/5/6/7/8");
+    std::fs::create_dir_all(&eight).expect("mkdir");
+    fifo(&eight.join("p"));
+    let sample = probe.sample(&Observation::default());
+    assert!(!sample.walk_truncated);
+    assert!(
+        sample
+            .channels
+            .iter()
+            .any(|c| c.info.name == "1/2/3/4/5/6/7/8/p"),
+        "{:?}",
+        sample.channels
+    );
+    // A ninth is not entered: what it holds is unknown, so the count is too.
+    std::fs::create_dir(eight.join("9")).expect("mkdir");
+    fifo(&eight.join("9/p"));
+    let sample = probe.sample(&Observation::default());
+    assert!(sample.walk_truncated, "a level past the walk's depth");
+    std::fs::remove_dir_all(link.join("1")).expect("rm");
+    assert!(!probe.sample(&Observation::default()).walk_truncated);
+
+    // A name that is not UTF-8 is never reported, and not silently left out either.
+    let odd = link.join(std::ffi::OsStr::from_bytes(b"odd\xff"));
+    fifo(&odd);
+    assert!(probe.sample(&Observation::default()).walk_truncated);
+    std::fs::remove_file(&odd).expect("rm");
+
+    // New entries in a directory whose modification time the member set back.
+    let dir = link.join("d");
+    std::fs::create_dir(&dir).expect("mkdir");
+    // As `touch -d`: the modification time set back to one long ago.
+    let set_back = |d: &std::path::Path| {
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        std::fs::File::open(d)
+            .expect("open")
+            .set_times(
+                std::fs::FileTimes::new()
+                    .set_modified(old)
+                    .set_accessed(old),
+            )
+            .expect("set times")
+    };
+    set_back(&dir);
+    // Seen (and its listing kept: its change time is settled) before the new entry.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let names = |s: &ipclink_core::probe::LinkSample| -> Vec<String> {
+        s.channels.iter().map(|c| c.info.name.clone()).collect()
+    };
+    assert!(!names(&probe.sample(&Observation::default())).contains(&"d/new".to_owned()));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    fifo(&dir.join("new"));
+    set_back(&dir);
+    let sample = probe.sample(&Observation::default());
+    assert!(
+        names(&sample).contains(&"d/new".to_owned()),
+        "{:?}",
+        names(&sample)
+    );
+}
+
 /// In a plain directory too (when `up` runs as root), a declared object of a link
 /// members may write to is root's, with its owner's bits in its ACL.
 #[test]
