@@ -503,29 +503,30 @@ impl Holders {
         // The last hold pushed for each (object, role) of this process: duplicates of a
         // descriptor count there instead of adding holds.
         let mut mine: HashMap<((u64, u64), Role), usize> = HashMap::new();
-        for (read, e) in dir.iter().enumerate() {
-            if read >= limit {
+        // The numbers first (a listing is cheap; two lookups per descriptor are not):
+        // a process past the bound is known to be so before any of them is looked up.
+        let mut names = Vec::new();
+        for e in dir.iter() {
+            if names.len() >= limit {
+                self.fds_read += limit;
                 return false;
             }
-            let e = match e {
-                Ok(e) => e,
+            match e {
+                Ok(e) => names.push(e.file_name().to_owned()),
                 Err(Errno::ENOENT | Errno::ESRCH) => return true, // gone meanwhile
                 // Read in part: with a scope, what it holds is unknown.
                 Err(_) => return p.scope.is_none(),
-            };
-            self.fds_read += 1;
-            let Some(fd) = e
-                .file_name()
-                .to_str()
-                .ok()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
+            }
+        }
+        self.fds_read += names.len();
+        for name in &names {
+            let Some(fd) = name.to_str().ok().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
             };
             // The magic link leads to the object itself (for a socket, its sockfs inode).
             // Cached attributes only: a member's FUSE file must not make the scan wait
             // for its server.
-            let Some((dev, ino, kind)) = stat_cached(at.as_fd(), e.file_name()) else {
+            let Some((dev, ino, kind)) = stat_cached(at.as_fd(), name) else {
                 continue;
             };
             if kind == nix::libc::S_IFSOCK {
@@ -546,7 +547,7 @@ impl Holders {
             }
             // The link itself carries the descriptor's access mode (owner read for
             // FMODE_READ, owner write for FMODE_WRITE): one lstat, no fdinfo to read.
-            let Ok(link) = fstatat(&at, e.file_name(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
+            let Ok(link) = fstatat(&at, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
                 continue;
             };
             let roles: &[Role] = match (
