@@ -14,10 +14,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Plugin, Unmounter, require_root};
-use ipclink_testkit::control_plane::ControlPlane;
 use ipclink_testkit::free_port;
 use ipclink_testkit::http::{curl, peak_rss_bytes, rss_bytes};
-use ipclink_testkit::node::{Node, cluster};
+use ipclink_testkit::node::cluster;
 use serde_json::{Value, json};
 
 const EVIL: &str = "evil";
@@ -147,18 +146,6 @@ fn pods(ns: &str) -> String {
     format!("/api/v1/namespaces/{ns}/pods")
 }
 
-fn wait_log(node: &Node, ns: &str, pod: &str, want: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let log = node.container_log(ns, pod, "main");
-        if log.contains(want) {
-            return log;
-        }
-        assert!(start.elapsed() < LONG, "{ns}/{pod}: no {want:?} in\n{log}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 fn hostile_spec(sockets: usize) -> Value {
     let mut channels = vec![json!({"name": "events", "kind": "fifo", "mode": "0666"})];
     channels.extend(
@@ -180,13 +167,6 @@ fn scrape(port: u16, token: &str) -> (u16, String) {
         &format!("https://127.0.0.1:{port}/metrics"),
         &[format!("Authorization: Bearer {token}")],
     )
-}
-
-fn delete_pod(cp: &ControlPlane, ns: &str, name: &str) {
-    let path = format!("{}/{name}", pods(ns));
-    cp.request("DELETE", &format!("{path}?gracePeriodSeconds=0"), None)
-        .expect("delete pod");
-    cp.wait_for(&path, "pod gone", LONG, |v| v["kind"] == "Status");
 }
 
 #[test]
@@ -242,7 +222,7 @@ fn one_tenants_abuse_neither_crashes_the_node_plugin_nor_stops_another_tenant() 
         &pods(GOOD),
         &python_pod(GOOD, "keeper", CALM, Some("calm"), &[]),
     );
-    wait_log(&node, GOOD, "keeper", "holding");
+    node.wait_log(GOOD, "keeper", "holding", LONG);
 
     // The abuse, all at once.
     cp.create(
@@ -268,7 +248,7 @@ fn one_tenants_abuse_neither_crashes_the_node_plugin_nor_stops_another_tenant() 
             &pods(GOOD),
             &python_pod(GOOD, &name, CALM, Some("calm"), &[]),
         );
-        wait_log(&node, GOOD, &name, "holding");
+        node.wait_log(GOOD, &name, "holding", LONG);
         let (code, body) = scrape(port, &reader);
         assert_eq!(code, 200, "scrape {i}: {body}");
         scrapes += 1;
@@ -276,16 +256,16 @@ fn one_tenants_abuse_neither_crashes_the_node_plugin_nor_stops_another_tenant() 
         {
             good_series += 1;
         }
-        delete_pod(&cp, GOOD, &name);
+        cp.delete_pod(GOOD, &name, LONG);
     }
     assert_eq!(
         good_series, scrapes,
         "the innocent tenant's series went missing"
     );
 
-    let built = wait_log(&node, EVIL, "trees", "built");
-    let held = wait_log(&node, EVIL, "dups", "holding");
-    let flooded = wait_log(&node, EVIL, "flooder", "flooded");
+    let built = node.wait_log(EVIL, "trees", "built", LONG);
+    let held = node.wait_log(EVIL, "dups", "holding", LONG);
+    let flooded = node.wait_log(EVIL, "flooder", "flooded", LONG);
     eprintln!("{}\n{}\n{}", built.trim(), held.trim(), flooded.trim());
     assert!(built.contains("built 1000 fifos"), "{built}");
     // The tokens reached the plugin (answered 431) and none was let through or
@@ -358,7 +338,7 @@ fn one_tenants_abuse_neither_crashes_the_node_plugin_nor_stops_another_tenant() 
         &pods(GOOD),
         &python_pod(GOOD, "after", CALM, Some("calm"), &[]),
     );
-    wait_log(&node, GOOD, "after", "holding");
+    node.wait_log(GOOD, "after", "holding", LONG);
     let (code, body) = scrape(port, &reader);
     assert_eq!(code, 200, "{body}");
 

@@ -199,13 +199,6 @@ fn look(cp: &ControlPlane, node: &Node, name: &str, args: &[&str]) -> String {
     log
 }
 
-fn delete_pod(cp: &ControlPlane, name: &str) {
-    let path = format!("/api/v1/namespaces/{NS}/pods/{name}");
-    cp.request("DELETE", &format!("{path}?gracePeriodSeconds=0"), None)
-        .expect("delete pod");
-    cp.wait_for(&path, "pod gone", LONG, |v| v["kind"] == "Status");
-}
-
 #[test]
 fn edits_apply_on_the_node_while_members_exchange_data() {
     require_root();
@@ -341,7 +334,7 @@ fn edits_apply_on_the_node_while_members_exchange_data() {
     // Every member leaves; the next member's publish makes the changes, charged to
     // it, before it sees the link (an idle link has no member pod to charge).
     for pod in ["producer", "consumer", "newcomer", "second"] {
-        delete_pod(&cp, pod);
+        cp.delete_pod(NS, pod, LONG);
     }
     // The kubelet unmounts a deleted pod's volumes after the pod is gone from the API:
     // wait until no publication of the link is mounted on the node.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{Plugin, Unmounter, require_root};
 use ipclink_testkit::free_port;
 use ipclink_testkit::http::{get, metric, promtool_check};
-use ipclink_testkit::node::{Node, cluster};
+use ipclink_testkit::node::cluster;
 use serde_json::json;
 
 const NS: &str = "holders";
@@ -100,18 +100,6 @@ fn wchan(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default()
 }
 
-fn wait_log(node: &Node, pod: &str, want: &str) -> String {
-    let start = std::time::Instant::now();
-    loop {
-        let log = node.container_log(NS, pod, "main");
-        if log.contains(want) {
-            return log;
-        }
-        assert!(start.elapsed() < LONG, "{pod}: no {want:?} in\n{log}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn the_node_plugin_sees_holders_fifo_depths_and_sockets_inside_pods() {
     require_root();
@@ -151,7 +139,7 @@ fn the_node_plugin_sees_holders_fifo_depths_and_sockets_inside_pods() {
     );
     let pods = format!("/api/v1/namespaces/{NS}/pods");
     cp.create(&pods, &member("consumer", CONSUMER));
-    wait_log(&node, "consumer", "listening, opening the fifo");
+    node.wait_log(NS, "consumer", "listening, opening the fifo", LONG);
     let consumer = pid_of("ipclink-holders-consumer").expect("the consumer's python");
     let start = std::time::Instant::now();
     while wchan(consumer) != "wait_for_partner" {
@@ -202,8 +190,8 @@ fn the_node_plugin_sees_holders_fifo_depths_and_sockets_inside_pods() {
 
     // The producer comes: every byte arrives.
     cp.create(&pods, &member("producer", PRODUCER));
-    wait_log(&node, "producer", &format!("wrote {PAYLOAD}"));
-    let log = wait_log(&node, "consumer", "got ");
+    node.wait_log(NS, "producer", &format!("wrote {PAYLOAD}"), LONG);
+    let log = node.wait_log(NS, "consumer", "got ", LONG);
     assert!(
         log.contains(&format!("got {PAYLOAD} bytes, intact")),
         "{log}"

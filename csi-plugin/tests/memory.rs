@@ -136,6 +136,23 @@ fn shmem(cgroup: &Path) -> u64 {
         .expect("shmem in memory.stat")
 }
 
+/// The link's record once it says an edit waits (it names `want`), within 30 s.
+fn held_back(record: &Path, want: &str, node: &Plugin) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let r = std::fs::read_to_string(record).unwrap_or_default();
+        if r.contains(want) {
+            return r;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the edit was not held back: {r}\n{}",
+            node.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn pages_are_charged_to_the_first_member_and_a_pod_limit_too_small_makes_nothing() {
     require_root();
@@ -306,19 +323,7 @@ fn the_node_budget_and_the_link_cap_refuse_naming_the_numbers() {
     .expect("edit");
     let link = dir.path().join("node-state/links/mem/small");
     let record = dir.path().join("node-state/links/mem/.small.json");
-    let start = std::time::Instant::now();
-    let held = loop {
-        let r = std::fs::read_to_string(&record).unwrap_or_default();
-        if r.contains("spec.sizeLimit") {
-            break r;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "the edit was not held back: {r}\n{}",
-            node.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let held = held_back(&record, "spec.sizeLimit", &node);
     assert!(held.contains("--max-node-bytes"), "{held}");
     let v = nix::sys::statvfs::statvfs(&link).expect("statvfs");
     assert_eq!(
@@ -412,19 +417,7 @@ fn the_node_object_budget_refuses_a_link_and_holds_back_an_edit() {
     .expect("edit");
     let link = dir.path().join("node-state/links/mem/few");
     let record = dir.path().join("node-state/links/mem/.few.json");
-    let start = std::time::Instant::now();
-    let held = loop {
-        let r = std::fs::read_to_string(&record).unwrap_or_default();
-        if r.contains("--max-node-objects") {
-            break r;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "the edit was not held back: {r}\n{}",
-            node.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let held = held_back(&record, "--max-node-objects", &node);
     assert!(held.contains("\"field\": \"spec.channels\""), "{held}");
     for name in ["d", "e", "f"] {
         assert!(!link.join(name).exists(), "{name} was made past the budget");

@@ -446,6 +446,14 @@ impl ControlPlane {
         }
     }
 
+    /// Deletes pod `name` of `namespace` at once (no grace) and waits until it is gone.
+    pub fn delete_pod(&self, namespace: &str, name: &str, limit: Duration) {
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
+        self.request("DELETE", &format!("{path}?gracePeriodSeconds=0"), None)
+            .expect("delete pod");
+        self.wait_for(&path, "pod gone", limit, |v| v["kind"] == "Status");
+    }
+
     /// Creates the `CSIDriver` object of csi.ipclink.dev as the chart does (no attach,
     /// pod info on mount, inline and persistent volumes).
     pub fn install_csi_driver(&self) {

@@ -122,6 +122,22 @@ impl Node {
         self.root_dir().join("plugins_registry")
     }
 
+    /// The log of the `main` container of `pod` once it holds `want`, within `limit`.
+    pub fn wait_log(&self, namespace: &str, pod: &str, want: &str, limit: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.container_log(namespace, pod, "main");
+            if log.contains(want) {
+                return log;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{namespace}/{pod}: no {want:?} in\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The log of a container: its lines without the CRI prefix.
     pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> String {
         let logs = self.dir.path().join("pod-logs");
