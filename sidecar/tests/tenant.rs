@@ -29,6 +29,12 @@ fn open_link(sockets: usize, extra: &str) -> String {
     )
 }
 
+/// Rewrites the link's file to `yaml` and tells the sidecar (SIGHUP).
+fn apply(s: &common::Setup, sidecar: &Sidecar, yaml: &str) {
+    write_file(s.file.parent().expect("dir"), "link.yaml", yaml);
+    sidecar.hup();
+}
+
 /// Runs a Python program as a uid-1000 member of the link at `link`; returns its output.
 fn member_python(link: &Path, program: &str) -> String {
     require_tool(PYTHON);
@@ -88,12 +94,7 @@ fn a_deep_tree_in_a_removed_socket_channel_and_a_member_named_temporary_do_not_c
     );
     assert_eq!(out.trim(), "refused");
 
-    write_file(
-        s.file.parent().expect("dir"),
-        "link.yaml",
-        &open_link(0, ""),
-    );
-    sidecar.hup();
+    apply(&s, &sidecar, &open_link(0, ""));
     sidecar.wait_log("live link changed", 1);
     assert_eq!(get(sidecar.port, "/readyz").0, 200, "{}", sidecar.log());
     assert!(!s.link.join("s0").exists());
@@ -116,12 +117,11 @@ fn a_deep_tree_in_a_removed_socket_channel_and_a_member_named_temporary_do_not_c
         "left aside"
     );
     // And it still serves: one more edit, a new channel made.
-    write_file(
-        s.file.parent().expect("dir"),
-        "link.yaml",
+    apply(
+        &s,
+        &sidecar,
         &open_link(0, "    - { name: later, kind: fifo }\n"),
     );
-    sidecar.hup();
     sidecar.wait_log("live link changed", 2);
     assert!(s.link.join("later").exists(), "{}", sidecar.log());
     assert_eq!(sidecar.stop(), 0);
@@ -136,12 +136,7 @@ fn ten_thousand_levels_in_a_plain_directory_link_are_removed_with_the_channel() 
         .parse()
         .expect("depth");
     assert_eq!(depth, 10_000);
-    write_file(
-        s.file.parent().expect("dir"),
-        "link.yaml",
-        &open_link(0, ""),
-    );
-    sidecar.hup();
+    apply(&s, &sidecar, &open_link(0, ""));
     sidecar.wait_log("live link changed", 1);
     assert!(!s.link.join("s0").exists(), "{}", sidecar.log());
     assert_eq!(get(sidecar.port, "/readyz").0, 200);
@@ -188,15 +183,14 @@ print(os.fstat(f).st_uid, os.fstat(f).st_mode & 0o7777)
         .expect("the member is ready")
         .parse()
         .expect("inode");
-    write_file(
-        s.file.parent().expect("dir"),
-        "link.yaml",
+    apply(
+        &s,
+        &sidecar,
         &open_link(
             0,
             "    - { name: secret, kind: shm, size: 8Ki, mode: \"0600\" }\n    - { name: room, kind: socket, mode: \"1770\" }\n",
         ),
     );
-    sidecar.hup();
     sidecar.wait_log("replaced it", 2);
     std::fs::write(&go, "go").expect("go");
     let out = child.output_within(Duration::from_secs(60));
@@ -254,12 +248,11 @@ fn a_hard_link_a_member_made_to_a_declared_object_is_not_adopted_as_a_new_channe
         "import os\nos.link('/dev/shm/frames', '/dev/shm/later')\nprint(os.stat('/dev/shm/later').st_ino)",
     );
     assert_eq!(linked.trim().parse::<u64>().expect("inode"), frames);
-    write_file(
-        s.file.parent().expect("dir"),
-        "link.yaml",
+    apply(
+        &s,
+        &sidecar,
         &open_link(0, "    - { name: later, kind: shm, size: 8Ki }\n"),
     );
-    sidecar.hup();
     sidecar.wait_log("replaced it", 1);
     let later = std::fs::metadata(s.link.join("later")).expect("later");
     assert_ne!(later.ino(), frames, "the hard link was adopted");
@@ -283,8 +276,7 @@ fn a_hard_link_a_member_made_to_a_declared_object_is_not_adopted_as_a_new_channe
         "import os\nos.link('/dev/shm/frames', '/dev/shm/kept')",
     );
     let without = open_link(0, "").replace("{ name: frames, kind: shm", "{ name: other, kind: shm");
-    write_file(s.file.parent().expect("dir"), "link.yaml", &without);
-    sidecar.hup();
+    apply(&s, &sidecar, &without);
     let start = std::time::Instant::now();
     while s.link.join("frames").exists() {
         assert!(
@@ -298,12 +290,7 @@ fn a_hard_link_a_member_made_to_a_declared_object_is_not_adopted_as_a_new_channe
         &s.link,
         "import os\nos.link('/dev/shm/kept', '/dev/shm/frames')",
     );
-    write_file(
-        s.file.parent().expect("dir"),
-        "link.yaml",
-        &open_link(0, ""),
-    );
-    sidecar.hup();
+    apply(&s, &sidecar, &open_link(0, ""));
     sidecar.wait_log("replaced it", 2);
     let back = std::fs::metadata(s.link.join("frames")).expect("frames");
     assert_ne!(back.ino(), frames, "the kept hard link was adopted");
@@ -323,12 +310,11 @@ fn a_member_squatting_the_private_directory_name_is_renamed_aside() {
         &s.link,
         "import os\nos.mkdir('/dev/shm/.ipclink', 0o777)\nopen('/dev/shm/.ipclink/mine', 'w').write('kept')",
     );
-    write_file(
-        s.file.parent().expect("dir"),
-        "link.yaml",
+    apply(
+        &s,
+        &sidecar,
         &open_link(0, "    - { name: later, kind: fifo }\n"),
     );
-    sidecar.hup();
     sidecar.wait_log("renamed its entry aside", 1);
     sidecar.wait_log("live link changed", 1);
     let private = std::fs::metadata(s.link.join(".ipclink")).expect("private");
