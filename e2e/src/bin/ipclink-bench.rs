@@ -200,6 +200,15 @@ fn spawn_child(args: &[&std::ffi::OsStr]) -> Child {
     c
 }
 
+/// A read end of the FIFO at `path`, opened without waiting for a writer.
+fn fifo_reader(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Members that are these pids.
 struct Pids(Vec<i32>);
 
@@ -516,13 +525,7 @@ fn child(args: &[String]) {
             let mut held = Vec::new();
             for k in 0..32 {
                 let i = (start + k) % q.max(1);
-                held.push(
-                    OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NONBLOCK)
-                        .open(dir.join(format!("f{i}")))
-                        .expect("fifo"),
-                );
+                held.push(fifo_reader(&dir.join(format!("f{i}"))));
                 held.push(File::open(dir.join(format!("m{i}"))).expect("region"));
             }
             println!("ready");
@@ -535,13 +538,7 @@ fn child(args: &[String]) {
             let start: usize = arg(2).parse().expect("start");
             let count: usize = arg(3).parse().expect("count");
             let held: Vec<File> = (start..start + count)
-                .map(|i| {
-                    OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NONBLOCK)
-                        .open(dir.join(format!("f{i}")))
-                        .expect("fifo")
-                })
+                .map(|i| fifo_reader(&dir.join(format!("f{i}"))))
                 .collect();
             println!("ready");
             let _ = std::io::stdin().read_to_end(&mut Vec::new());
@@ -549,11 +546,7 @@ fn child(args: &[String]) {
         }
         "dups" => {
             // N duplicates of one FIFO read end of the link, until stdin closes.
-            let fifo = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(arg(1))
-                .expect("fifo");
+            let fifo = fifo_reader(Path::new(arg(1)));
             let n: usize = arg(2).parse().expect("n");
             let dups: Vec<OwnedFd> = (0..n)
                 .map_while(|_| fifo.as_fd().try_clone_to_owned().ok())
@@ -976,13 +969,7 @@ fn probes(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
         std::fs::write(dir.join(format!("sem.s{i}")), sem).expect("semaphore");
         let fifo = dir.join(format!("p{i}"));
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).expect("mkfifo");
-        hold.push(
-            File::options()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&fifo)
-                .expect("reader"),
-        );
+        hold.push(fifo_reader(&fifo));
         listeners.push(UnixListener::bind(dir.join(format!("k{i}"))).expect("bind"));
     }
     let mut set = LinkSet::new(vec![LinkProbe::open(store, &plan).expect("probe")]);
