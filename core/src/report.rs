@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::probe::LinkSample;
+use crate::sample::LinkSample;
 
 /// Body of `/v1/links`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -98,7 +98,7 @@ pub fn human_bytes(n: u64) -> String {
 
 /// Who a holder is for people: its pod's name (the link's namespace left out), else its
 /// container, else its command and pid.
-fn who(h: &crate::probe::HolderSample, namespace: &str) -> String {
+fn who(h: &crate::sample::HolderSample, namespace: &str) -> String {
     if !h.pod.is_empty() {
         let pod = h
             .pod
@@ -117,7 +117,7 @@ const NAMED_HOLDERS: usize = 3;
 
 /// The READERS, WRITERS and HOLDERS cells of an object's holders.
 fn holder_cells(
-    holders: &[crate::probe::HolderSample],
+    holders: &[crate::sample::HolderSample],
     known: bool,
     namespace: &str,
 ) -> (String, String, String) {
@@ -295,7 +295,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::probe::{ChannelSample, HolderSample, ObjectInfo};
+    use crate::sample::{ChannelSample, HolderSample, ObjectInfo};
 
     fn holder(role: &str, pid: i32, pod: &str) -> HolderSample {
         HolderSample {

@@ -88,7 +88,7 @@ fn closed_directories_stay_closed_long_names_are_cut_and_the_share_is_bounded() 
 
     // Past the entries one walk looks at (a plain directory has no inode limit), the
     // count of what was not reported is unknown: its series is absent, not too small.
-    for i in 0..ipclink_core::created::MAX_ENTRIES {
+    for i in 0..ipclink_core::probe::created::MAX_ENTRIES {
         std::fs::write(link.join(format!("z{i:05}")), b"").expect("file");
     }
     let sample = probe.sample(&Observation::default());
@@ -168,7 +168,7 @@ fn what_the_walk_passes_over_makes_its_count_unknown() {
     set_back(&dir);
     // Seen (and its listing kept: its change time is settled) before the new entry.
     std::thread::sleep(std::time::Duration::from_millis(100));
-    let names = |s: &ipclink_core::probe::LinkSample| -> Vec<String> {
+    let names = |s: &ipclink_core::sample::LinkSample| -> Vec<String> {
         s.channels.iter().map(|c| c.info.name.clone()).collect()
     };
     assert!(!names(&probe.sample(&Observation::default())).contains(&"d/new".to_owned()));

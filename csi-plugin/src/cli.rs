@@ -176,7 +176,7 @@ pub struct Common {
 
 /// A node name as Kubernetes allows it.
 fn node_name(value: &str) -> Result<String, String> {
-    ipclink_core::validate::check_dns_subdomain(value)?;
+    ipclink_core::model::names::check_dns_subdomain(value)?;
     Ok(value.to_owned())
 }
 

@@ -6,8 +6,8 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ipclink_core::names::TOPOLOGY_KEY;
-use ipclink_core::validate::check_dns_label;
+use ipclink_core::model::names::TOPOLOGY_KEY;
+use ipclink_core::model::names::check_dns_label;
 use serde::{Deserialize, Serialize};
 
 use crate::csi;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ipclink_core::metrics::CsiMetrics;
-use ipclink_core::names::DRIVER_NAME;
+use ipclink_core::model::names::DRIVER_NAME;
 use tonic::{Code, Request, Response, Status};
 
 use crate::controller::ControllerPlugin;

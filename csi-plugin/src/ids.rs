@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ipclink_core::validate::check_dns_label;
+use ipclink_core::model::names::check_dns_label;
 
 use crate::error::CsiError;
 

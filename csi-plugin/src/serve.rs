@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, bail};
 use ipclink_core::Record;
 use ipclink_core::metrics::{CsiMetrics, render};
-use ipclink_core::names::DRIVER_NAME;
+use ipclink_core::model::names::DRIVER_NAME;
 use ipclink_core::probe::{LinkProbe, Observer};
 use ipclink_core::report::LinksReport;
 use ipclink_runtime::Shutdown;
@@ -316,7 +316,7 @@ impl NodeLinks {
         }
     }
 
-    fn sample(&self) -> Vec<ipclink_core::probe::LinkSample> {
+    fn sample(&self) -> Vec<ipclink_core::sample::LinkSample> {
         let store = self.plugin.store();
         let (records, _) = store.records();
         let mut cached = self.probes.lock().unwrap_or_else(|p| p.into_inner());

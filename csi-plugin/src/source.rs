@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use ipclink_core::names::link_claim_name;
+use ipclink_core::model::names::link_claim_name;
 use ipclink_core::{IpcLink, LinkPlan, parse_link_value, validate, yaml_documents};
 
 use crate::error::CsiError;
@@ -270,10 +270,16 @@ impl KubeSource {
             metadata: ObjectMeta {
                 name: Some(link_claim_name(&name)),
                 namespace: Some(namespace.clone()),
-                labels: Some([(ipclink_core::names::LINK_LABEL.to_owned(), name.clone())].into()),
+                labels: Some(
+                    [(
+                        ipclink_core::model::names::LINK_LABEL.to_owned(),
+                        name.clone(),
+                    )]
+                    .into(),
+                ),
                 owner_references: Some(vec![OwnerReference {
-                    api_version: ipclink_core::spec::API_VERSION.to_owned(),
-                    kind: ipclink_core::spec::KIND.to_owned(),
+                    api_version: ipclink_core::model::spec::API_VERSION.to_owned(),
+                    kind: ipclink_core::model::spec::KIND.to_owned(),
                     name: name.clone(),
                     uid: uid.clone(),
                     ..OwnerReference::default()
@@ -311,7 +317,7 @@ impl KubeSource {
             let owner = held
                 .owner_references()
                 .iter()
-                .find(|o| o.kind == ipclink_core::spec::KIND)
+                .find(|o| o.kind == ipclink_core::model::spec::KIND)
                 .map(|o| o.uid.clone());
             if owner.as_deref() != Some(uid.as_str()) {
                 // An earlier link's claim, not yet collected: replace it.

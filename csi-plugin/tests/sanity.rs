@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 
 use common::{Plugin, connect, require_root, rt, sanity_dir};
-use ipclink_core::names::{TOPOLOGY_KEY, topology_value};
+use ipclink_core::model::names::{TOPOLOGY_KEY, topology_value};
 use ipclink_csi::csi::NodeGetInfoRequest;
 use ipclink_csi::csi::node_client::NodeClient;
 

@@ -126,7 +126,7 @@ fn semaphore_bytes_match_what_each_libc_creates() {
         let made = std::fs::read(shm.path().join(file)).expect("the libc's semaphore file");
         assert_eq!(
             made,
-            ipclink_core::materialize::semaphore_bytes(5, abi).to_vec(),
+            ipclink_core::store::semaphore_bytes(5, abi).to_vec(),
             "{abi:?} layout differs from what the libc wrote"
         );
     }

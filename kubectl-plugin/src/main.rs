@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ipclink_core::IpcLink;
-use ipclink_core::probe::LinkSample;
 use ipclink_core::report::{LinksReport, ObjectRow, object_rows, printable, table};
+use ipclink_core::sample::LinkSample;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -221,7 +221,7 @@ async fn reader_token(client: &kube::Client, ns: &str) -> anyhow::Result<String>
         "kind": "TokenRequest",
         // For the node plugins only: a token of the metrics audience cannot act on the
         // API server, whoever it reaches.
-        "spec": {"expirationSeconds": 600, "audiences": [ipclink_core::names::METRICS_AUDIENCE]}
+        "spec": {"expirationSeconds": 600, "audiences": [ipclink_core::model::names::METRICS_AUDIENCE]}
     });
     let request = http::Request::post(format!(
         "/api/v1/namespaces/{ns}/serviceaccounts/{name}/token"

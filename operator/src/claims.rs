@@ -3,8 +3,8 @@
 //! node plugin takes for an inline link.
 
 use ipclink_core::IpcLink;
-use ipclink_core::names::{DRIVER_NAME, LINK_LABEL};
-use ipclink_core::quantity::format_bytes;
+use ipclink_core::model::names::{DRIVER_NAME, LINK_LABEL};
+use ipclink_core::model::quantity::format_bytes;
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
 };
@@ -61,7 +61,7 @@ pub(crate) async fn claim_holder(
     let api: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), namespace);
     match api
-        .get_opt(&ipclink_core::names::link_claim_name(name))
+        .get_opt(&ipclink_core::model::names::link_claim_name(name))
         .await
     {
         Ok(lease) => Ok(lease.and_then(|l| l.spec?.holder_identity)),
@@ -159,7 +159,7 @@ pub(crate) fn owned_by(meta: &ObjectMeta, link: &IpcLink) -> bool {
     meta.owner_references
         .iter()
         .flatten()
-        .any(|o| Some(o.uid.as_str()) == uid && o.kind == ipclink_core::spec::KIND)
+        .any(|o| Some(o.uid.as_str()) == uid && o.kind == ipclink_core::model::spec::KIND)
 }
 
 pub(crate) enum ClaimState {
@@ -204,7 +204,7 @@ async fn foreign_class(client: &Client, class: &str) -> Result<Option<String>, E
 /// Apply: the link's claim exists, is ours and asks for the link's size.
 pub(crate) async fn ensure_claim(
     link: &IpcLink,
-    claim: &ipclink_core::spec::ClaimSpec,
+    claim: &ipclink_core::model::spec::ClaimSpec,
     size: u64,
     ctx: &Context,
 ) -> Result<ClaimState, Error> {

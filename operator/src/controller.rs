@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ipclink_core::IpcLink;
 use ipclink_core::metrics::OperatorMetrics;
-use ipclink_core::names::LINK_LABEL;
-use ipclink_core::spec::IpcLinkStatus;
+use ipclink_core::model::names::LINK_LABEL;
+use ipclink_core::model::spec::IpcLinkStatus;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -191,7 +191,7 @@ pub async fn reconcile(link: Arc<IpcLink>, ctx: Arc<Context>) -> Result<Action, 
     let start = Instant::now();
     let result = reconcile_inner(&link, &ctx).await;
     let label = match &result {
-        Ok((_, phase)) if *phase == ipclink_core::spec::Phase::Invalid => "invalid",
+        Ok((_, phase)) if *phase == ipclink_core::model::spec::Phase::Invalid => "invalid",
         Ok(_) => "ok",
         Err(e) => {
             ctx.metrics
@@ -209,7 +209,7 @@ pub async fn reconcile(link: Arc<IpcLink>, ctx: Arc<Context>) -> Result<Action, 
 async fn reconcile_inner(
     link: &IpcLink,
     ctx: &Context,
-) -> Result<(Action, ipclink_core::spec::Phase), Error> {
+) -> Result<(Action, ipclink_core::model::spec::Phase), Error> {
     let ns = link.namespace().unwrap_or_default();
     let name = link.name_any();
     let api: Api<IpcLink> = Api::namespaced(ctx.client.clone(), &ns);
@@ -222,7 +222,7 @@ async fn reconcile_inner(
         if !link.finalizers().iter().any(|f| f == FINALIZER) {
             return Ok((
                 Action::await_change(),
-                ipclink_core::spec::Phase::Terminating,
+                ipclink_core::model::spec::Phase::Terminating,
             ));
         }
         if pods.iter().any(|p| p.mounted) {
@@ -233,7 +233,7 @@ async fn reconcile_inner(
             }
             return Ok((
                 Action::requeue(Duration::from_secs(5)),
-                ipclink_core::spec::Phase::Terminating,
+                ipclink_core::model::spec::Phase::Terminating,
             ));
         }
         cleanup(link, ctx).await?;
@@ -242,7 +242,7 @@ async fn reconcile_inner(
         tracing::info!(namespace = %ns, link = %name, "link deleted; cleanup done");
         return Ok((
             Action::await_change(),
-            ipclink_core::spec::Phase::Terminating,
+            ipclink_core::model::spec::Phase::Terminating,
         ));
     }
 
@@ -272,7 +272,7 @@ async fn reconcile_inner(
                         link.status
                             .as_ref()
                             .and_then(|s| s.phase)
-                            .unwrap_or(ipclink_core::spec::Phase::Pending),
+                            .unwrap_or(ipclink_core::model::spec::Phase::Pending),
                     ));
                 }
                 if let Some(n) = &node
@@ -282,7 +282,7 @@ async fn reconcile_inner(
                     rehome(link, n, &why, ctx).await?;
                     return Ok((
                         Action::requeue(Duration::from_secs(1)),
-                        ipclink_core::spec::Phase::Pending,
+                        ipclink_core::model::spec::Phase::Pending,
                     ));
                 }
                 observed.claim_node = node;
@@ -299,7 +299,10 @@ async fn reconcile_inner(
     if link.spec.claim.is_none() {
         observed.claim_node = if ctx.claims_listed.load(std::sync::atomic::Ordering::Acquire) {
             ctx.claims
-                .get(&ObjectRef::new(&ipclink_core::names::link_claim_name(&name)).within(&ns))
+                .get(
+                    &ObjectRef::new(&ipclink_core::model::names::link_claim_name(&name))
+                        .within(&ns),
+                )
                 .and_then(|l| l.spec.as_ref()?.holder_identity.clone())
         } else {
             // Not watched (RBAC from before the watch): read it.

@@ -9,8 +9,8 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use ipclink_core::IpcLink;
-use ipclink_core::probe::LinkSample;
-use ipclink_core::spec::ChannelStatus;
+use ipclink_core::model::spec::ChannelStatus;
+use ipclink_core::sample::LinkSample;
 use ipclink_runtime::Shutdown;
 use kube::runtime::reflector::ObjectRef;
 
@@ -146,7 +146,7 @@ impl LinkDepths {
 
 /// A channel's name as the status shows it: a name a member chose, printable
 /// (`kubectl describe` prints the status raw).
-fn shown(info: &ipclink_core::probe::ObjectInfo) -> String {
+fn shown(info: &ipclink_core::sample::ObjectInfo) -> String {
     if info.discovered {
         ipclink_core::report::printable(&info.name).into_owned()
     } else {
@@ -367,8 +367,8 @@ mod tests {
         let sample = LinkSample {
             namespace: "ns".into(),
             name: link.into(),
-            channels: vec![ipclink_core::probe::ChannelSample {
-                info: Arc::new(ipclink_core::probe::ObjectInfo {
+            channels: vec![ipclink_core::sample::ChannelSample {
+                info: Arc::new(ipclink_core::sample::ObjectInfo {
                     name: "events".into(),
                     kind: "fifo".into(),
                     ..Default::default()

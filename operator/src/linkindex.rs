@@ -196,10 +196,10 @@ mod tests {
         )
         .expect("link")
         .remove(0);
-        l.status = Some(ipclink_core::spec::IpcLinkStatus {
+        l.status = Some(ipclink_core::model::spec::IpcLinkStatus {
             members: pods
                 .iter()
-                .map(|p| ipclink_core::spec::MemberStatus {
+                .map(|p| ipclink_core::model::spec::MemberStatus {
                     member: "m".into(),
                     pod: p.to_string(),
                     node: None,

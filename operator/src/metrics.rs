@@ -9,7 +9,7 @@
 
 use ipclink_core::IpcLink;
 use ipclink_core::metrics::{OperatorMetrics, render, render_gauge};
-use ipclink_core::spec::Phase;
+use ipclink_core::model::spec::Phase;
 use ipclink_runtime::links::Exposition;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;

@@ -2,7 +2,7 @@
 //! kernel's permission check (owner, group, other bits) run ahead of time against the
 //! pods' securityContext, so a mismatch is a condition instead of an EACCES at 3 a.m.
 
-use ipclink_core::access::denials;
+use ipclink_core::model::access::denials;
 use ipclink_core::{IpcLink, LinkPlan};
 
 use crate::conditions::{Reason, Truth, Verdict};

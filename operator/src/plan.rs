@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ipclink_core::spec::{IpcLinkStatus, MemberStatus, Phase};
+use ipclink_core::model::spec::{IpcLinkStatus, MemberStatus, Phase};
 use ipclink_core::{IpcLink, LinkPlan, Problems};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -419,7 +419,7 @@ fn notes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipclink_core::spec::ChannelStatus;
+    use ipclink_core::model::spec::ChannelStatus;
 
     fn at(secs: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).expect("time"))

@@ -78,8 +78,8 @@ impl Cached {
     pub fn selected_by(&self, selector: &LabelSelector) -> bool {
         static NONE: BTreeMap<String, String> = BTreeMap::new();
         match self {
-            Cached::Slim(p) => ipclink_core::members::selects(selector, &p.labels),
-            Cached::Full(p) => ipclink_core::members::selects(
+            Cached::Slim(p) => ipclink_core::model::members::selects(selector, &p.labels),
+            Cached::Full(p) => ipclink_core::model::members::selects(
                 selector,
                 p.metadata.labels.as_ref().unwrap_or(&NONE),
             ),
@@ -405,7 +405,7 @@ impl PodWatch {
             candidates
                 .into_iter()
                 .filter(|l| {
-                    !ipclink_core::members::members_of(l, labels).is_empty()
+                    !ipclink_core::model::members::members_of(l, labels).is_empty()
                         || l.status
                             .as_ref()
                             .is_some_and(|s| s.members.iter().any(|m| m.pod == name))
@@ -442,7 +442,7 @@ mod tests {
                     ],
                 }],
                 "volumes": [
-                    {"name": "link", "csi": {"driver": ipclink_core::names::DRIVER_NAME, "volumeAttributes": {"link": "frames"}}},
+                    {"name": "link", "csi": {"driver": ipclink_core::model::names::DRIVER_NAME, "volumeAttributes": {"link": "frames"}}},
                     {"name": "other", "csi": {"driver": "other.csi.example", "volumeAttributes": {"link": "frames"}}},
                     {"name": "data", "persistentVolumeClaim": {"claimName": "frames"}},
                     {"name": "cache", "emptyDir": {}},

@@ -2,7 +2,7 @@
 //! whether it has the link mounted, and as whom its containers run.
 
 use ipclink_core::IpcLink;
-use ipclink_core::names::DRIVER_NAME;
+use ipclink_core::model::names::DRIVER_NAME;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -93,7 +93,7 @@ impl From<BTreeMap<String, String>> for LabelSet {
     }
 }
 
-impl ipclink_core::members::Labels for LabelSet {
+impl ipclink_core::model::members::Labels for LabelSet {
     fn label(&self, key: &str) -> Option<&str> {
         self.0
             .binary_search_by(|(k, _)| (**k).cmp(key))
@@ -387,7 +387,7 @@ impl PodView {
 
     /// Reads a cached pod for `link`; `None` when no member of the link selects it.
     pub fn of_slim(pod: &SlimPod, link: &IpcLink) -> Option<PodView> {
-        let members = ipclink_core::members::members_of(link, &pod.labels);
+        let members = ipclink_core::model::members::members_of(link, &pod.labels);
         if members.is_empty() {
             return None;
         }
@@ -452,7 +452,7 @@ pub fn identities(pod: &SlimPod, volumes: &[&str]) -> Vec<Identity> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipclink_core::members::Labels;
+    use ipclink_core::model::members::Labels;
 
     #[test]
     fn a_label_set_finds_every_label_and_only_those() {

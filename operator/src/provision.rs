@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use ipclink_core::names::{DRIVER_NAME, LINK_LABEL, TOPOLOGY_KEY, topology_value};
+use ipclink_core::model::names::{DRIVER_NAME, LINK_LABEL, TOPOLOGY_KEY, topology_value};
 use ipclink_runtime::Shutdown;
 use k8s_openapi::api::core::v1::{
     CSIPersistentVolumeSource, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
@@ -57,8 +57,8 @@ pub fn volume_for(claim: &PersistentVolumeClaim) -> Option<PersistentVolume> {
     let node = annotations.get(SELECTED_NODE)?;
     let link = claim.labels().get(LINK_LABEL)?;
     // Both end up in the volume (its handle, attributes and node affinity).
-    if ipclink_core::validate::check_dns_label(link).is_err()
-        || ipclink_core::validate::check_dns_subdomain(node).is_err()
+    if ipclink_core::model::names::check_dns_label(link).is_err()
+        || ipclink_core::model::names::check_dns_subdomain(node).is_err()
     {
         return None;
     }
@@ -138,7 +138,7 @@ async fn provision(
         .map_err(|e| Failed(format!("read IpcLink {ns}/{link}: {e}")))?;
     let owned = owner.as_ref().and_then(|l| l.uid()).is_some_and(|uid| {
         claim.owner_references().iter().any(|o| {
-            o.uid == uid && o.kind == ipclink_core::spec::KIND && o.controller == Some(true)
+            o.uid == uid && o.kind == ipclink_core::model::spec::KIND && o.controller == Some(true)
         })
     });
     if !owned {

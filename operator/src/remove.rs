@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use ipclink_core::IpcLink;
-use ipclink_core::names::DRIVER_NAME;
+use ipclink_core::model::names::DRIVER_NAME;
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
@@ -173,7 +173,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipclink_core::spec::{IpcLinkStatus, MemberStatus};
+    use ipclink_core::model::spec::{IpcLinkStatus, MemberStatus};
 
     #[test]
     fn only_mounted_members_hold_a_link() {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ipclink_core::spec::IpcLinkStatus;
+use ipclink_core::model::spec::IpcLinkStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// A status this replica wrote: when, and a fingerprint of it (transition times aside).
@@ -84,7 +84,7 @@ mod tests {
         assert!(!same_but_time(Some(&stored), &later));
         assert!(only_depths_differ(Some(&stored), &later));
         let other_phase = IpcLinkStatus {
-            phase: Some(ipclink_core::spec::Phase::Ready),
+            phase: Some(ipclink_core::model::spec::Phase::Ready),
             ..later
         };
         assert!(!only_depths_differ(Some(&stored), &other_phase));

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use ipclink_core::names::topology_value;
+use ipclink_core::model::names::topology_value;
 use ipclink_testkit::control_plane::ControlPlane;
 use serde_json::json;
 

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 /// and the endpoint (the proxy keeps `Authorization` for itself).
 pub const PROXIED_AUTHORIZATION: &str = "x-ipclink-authorization";
 
-pub use ipclink_core::names::METRICS_AUDIENCE;
+pub use ipclink_core::model::names::METRICS_AUDIENCE;
 
 /// What a review of a token for a path found.
 #[derive(Debug, Clone, PartialEq, Eq)]

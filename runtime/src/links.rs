@@ -11,8 +11,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use ipclink_core::metrics::{render_channels, render_gauge};
-use ipclink_core::probe::{LinkProbe, LinkSample, Observer};
+use ipclink_core::probe::{LinkProbe, Observer};
 use ipclink_core::report::{LinksReport, MemberReport};
+use ipclink_core::sample::LinkSample;
 
 /// Content type of `/metrics`: the Prometheus text format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -325,12 +326,12 @@ mod tests {
     /// The processes the member containers run, switched on by the test.
     struct Switched(Arc<Mutex<Vec<i32>>>);
 
-    impl ipclink_core::holders::Members for Switched {
-        fn processes(&mut self) -> Result<Vec<ipclink_core::holders::Process>, String> {
+    impl ipclink_core::probe::holders::Members for Switched {
+        fn processes(&mut self) -> Result<Vec<ipclink_core::probe::holders::Process>, String> {
             let pids = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
             Ok(pids
                 .into_iter()
-                .map(|pid| ipclink_core::holders::Process {
+                .map(|pid| ipclink_core::probe::holders::Process {
                     pid,
                     owner: Arc::default(),
                     scope: None,
@@ -341,7 +342,7 @@ mod tests {
 
     #[test]
     fn new_members_are_looked_at_by_the_next_scrape_not_a_second_later() {
-        use ipclink_core::materialize::{StorageMode, Store};
+        use ipclink_core::store::{StorageMode, Store};
         let base = tempfile::tempdir().expect("temp dir");
         let store = Store::open(base.path(), StorageMode::PlainDir).expect("store");
         let yaml = "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: { name: lk, namespace: ns }\nspec:\n  channels:\n    - { name: r, kind: shm, size: 4Ki }\n";

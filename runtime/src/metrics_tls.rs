@@ -32,7 +32,8 @@ impl std::str::FromStr for SecretRef {
             .split_once('/')
             .ok_or_else(|| format!("{s:?}: expected NAMESPACE/NAME"))?;
         for part in [namespace, name] {
-            ipclink_core::validate::check_dns_subdomain(part).map_err(|e| format!("{s:?}: {e}"))?;
+            ipclink_core::model::names::check_dns_subdomain(part)
+                .map_err(|e| format!("{s:?}: {e}"))?;
         }
         Ok(SecretRef {
             namespace: namespace.to_owned(),

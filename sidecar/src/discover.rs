@@ -14,7 +14,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder};
-use ipclink_core::access::denials;
+use ipclink_core::model::access::denials;
 pub use ipclink_core::report::MemberReport;
 use ipclink_core::{IpcLink, LinkPlan};
 use ipclink_runtime::Shutdown;

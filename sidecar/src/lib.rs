@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ipclink_core::holders::{AllProcesses, ContainerProcesses, Members, link_held};
-use ipclink_core::probe::{LinkProbe, LinkSample, Observer};
+use ipclink_core::probe::holders::{AllProcesses, ContainerProcesses, Members, link_held};
+use ipclink_core::probe::{LinkProbe, Observer};
+use ipclink_core::sample::LinkSample;
 use ipclink_core::{LinkPlan, MaterializeError, Problem, Problems, StorageMode, Store, load_plans};
 use ipclink_runtime::Shutdown;
 use ipclink_runtime::http::{Limits, serve};
@@ -179,7 +180,7 @@ fn apply_link(
 /// In a plain directory the size limit is whatever the directory's filesystem enforces:
 /// nothing, or a volume's own tmpfs (Compose). Says which, per link.
 fn warn_unenforced_limits(samples: &[LinkSample], plans: &[LinkPlan]) {
-    use ipclink_core::quantity::format_bytes;
+    use ipclink_core::model::quantity::format_bytes;
     for (s, plan) in samples.iter().zip(plans) {
         let (namespace, link) = (&*s.namespace, &*s.name);
         if !s.size_limit_enforced {
@@ -556,8 +557,8 @@ pub fn status_table(samples: &[LinkSample]) -> String {
             "{}: {} more objects members created are not listed (at most {} per link are, in at most {} KiB of metrics)\n",
             printable(&format!("{}/{}", s.namespace, s.name)),
             s.unreported_objects,
-            ipclink_core::created::MAX_REPORTED,
-            ipclink_core::created::METRICS_BUDGET >> 10,
+            ipclink_core::probe::created::MAX_REPORTED,
+            ipclink_core::probe::created::METRICS_BUDGET >> 10,
         ));
     }
     for s in samples {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use ipclink_core::holders::{AllProcesses, ContainerNames, ContainerProcesses, Members};
+use ipclink_core::probe::holders::{AllProcesses, ContainerNames, ContainerProcesses, Members};
 use ipclink_core::{LinkPlan, Store};
 use ipclink_runtime::Shutdown;
 use ipclink_runtime::links::SharedLinks;

@@ -241,7 +241,7 @@ impl ControlPlane {
         // As a kubelet and our node plugin label it: the hostname label holds the first
         // part of the name (label values stop at 63 characters), ours its short form.
         let hostname = name.split('.').next().unwrap_or(name);
-        let topology = ipclink_core::names::topology_value(name);
+        let topology = ipclink_core::model::names::topology_value(name);
         self.create(
             "/api/v1/nodes",
             &format!(
@@ -311,7 +311,7 @@ impl ControlPlane {
     /// audience of the node plugins and the operator (`ipclink.dev/metrics`), as the
     /// chart's projected tokens and `kubectl ipclink` have it.
     pub fn metrics_token(&self, ns: &str, name: &str) -> String {
-        self.service_account_token_for(ns, name, &[ipclink_core::names::METRICS_AUDIENCE])
+        self.service_account_token_for(ns, name, &[ipclink_core::model::names::METRICS_AUDIENCE])
     }
 
     /// Makes `ns/name` a metrics reader as the chart's `metrics.readers` does (the
@@ -461,7 +461,7 @@ impl ControlPlane {
             "/apis/storage.k8s.io/v1/csidrivers",
             &serde_json::json!({
                 "apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
-                "metadata": {"name": ipclink_core::names::DRIVER_NAME},
+                "metadata": {"name": ipclink_core::model::names::DRIVER_NAME},
                 "spec": {"attachRequired": false, "podInfoOnMount": true, "fsGroupPolicy": "None",
                          "volumeLifecycleModes": ["Persistent", "Ephemeral"]}
             })

@@ -1,6 +1,6 @@
 //! Pod and IpcLink manifests for tests, built field by field (JSON for the API server).
 
-use ipclink_core::names::DRIVER_NAME;
+use ipclink_core::model::names::DRIVER_NAME;
 use serde_json::{Value, json};
 
 /// A Pod manifest: `pod(name, app)` labels it `app: APP` and gives it one container

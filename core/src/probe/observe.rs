@@ -12,9 +12,10 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, FcntlArg, OFlag, fcntl, openat};
 use nix::sys::stat::{Mode, SFlag, fstatat};
 
-use super::{ChannelSample, HolderSample, LinkProbe};
-use crate::holders::{Hold, Holders, Members, PipeNow, Role};
-use crate::sockdiag::SocketTable;
+use super::LinkProbe;
+use crate::probe::holders::{Hold, Holders, Members, PipeNow, Role};
+use crate::probe::sockdiag::SocketTable;
+use crate::sample::{ChannelSample, HolderSample};
 
 /// What one scrape knows besides the links' files.
 #[derive(Debug, Default)]
@@ -207,7 +208,7 @@ impl Observer {
                     if Some(ns) == own {
                         continue;
                     }
-                    if n >= crate::holders::MAX_NETNS_PER_SCAN {
+                    if n >= crate::probe::holders::MAX_NETNS_PER_SCAN {
                         // Members chose how many namespaces there are: past the bound,
                         // what is bound in the others is unknown.
                         complete = false;
@@ -239,7 +240,7 @@ impl Observer {
 
 /// The holders of one object as a sample shows them: one per process and role.
 pub(crate) fn holder_samples(
-    holds: impl IntoIterator<Item = (i32, Role, Arc<crate::holders::Owner>)>,
+    holds: impl IntoIterator<Item = (i32, Role, Arc<crate::probe::holders::Owner>)>,
 ) -> Vec<HolderSample> {
     let mut seen = HashSet::new();
     let mut out: Vec<HolderSample> = holds
@@ -335,7 +336,7 @@ pub(crate) fn probe_by_opening(link: BorrowedFd<'_>, file: &str, c: &mut Channel
                 c.present = true;
                 c.reader_present = Some(true);
                 c.capacity_bytes = Some(cap as u64);
-                c.queue_bytes = crate::holders::queued_bytes(fd.as_fd()).ok();
+                c.queue_bytes = crate::probe::holders::queued_bytes(fd.as_fd()).ok();
             }
         }
     }

@@ -189,7 +189,7 @@ impl Preallocate for PodCharge {
             (_, Some(9)) => Err(PreallocateError::OutOfMemory(format!(
                 "the memory limit of pod {} cannot hold {}: the kernel's OOM killer stopped the allocation in the pod's memory cgroup ({}); raise the first member's memory limit or shrink the region",
                 self.pod_uid,
-                ipclink_core::quantity::format_bytes(size),
+                ipclink_core::model::quantity::format_bytes(size),
                 self.cgroup.display()
             ))),
             _ => Err(PreallocateError::Failed(format!(

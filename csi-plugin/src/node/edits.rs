@@ -1,6 +1,6 @@
 //! Edits of the links on this node, applied while members run: each link's record is
 //! compared with its spec now and, where they differ, the link is made to serve the
-//! spec by the rule of `ipclink_core::live`; what waits for the members to leave is
+//! spec by the rule of `ipclink_core::store::live`; what waits for the members to leave is
 //! done once no publication uses the link (when the plugin charges member pods, by the
 //! next publish, charged to the pod it publishes for).
 

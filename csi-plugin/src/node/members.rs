@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 
-use ipclink_core::holders::{Members, Owner, Process, command};
+use ipclink_core::probe::holders::{Members, Owner, Process, command};
 
 use super::NodePlugin;
 use super::charge::Cgroups;
@@ -125,7 +125,8 @@ impl Members for PodMembers {
             let mut listed = 0usize;
             for (id, mut pids) in containers(&dir) {
                 pids.truncate(
-                    (ipclink_core::holders::MAX_PROCESSES_PER_POD + 1).saturating_sub(listed),
+                    (ipclink_core::probe::holders::MAX_PROCESSES_PER_POD + 1)
+                        .saturating_sub(listed),
                 );
                 listed += pids.len();
                 containers_seen += 1;

@@ -19,9 +19,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use ipclink_core::members::{has_pod_selectors, members_of};
-use ipclink_core::names::{TOPOLOGY_KEY, topology_value};
-use ipclink_core::validate::{check_dns_label, check_dns_subdomain};
+use ipclink_core::model::members::{has_pod_selectors, members_of};
+use ipclink_core::model::names::{TOPOLOGY_KEY, topology_value};
+use ipclink_core::model::names::{check_dns_label, check_dns_subdomain};
 use ipclink_core::{InProcess, LinkPlan, Preallocate, StorageMode, Store};
 use nix::sys::statvfs::statvfs;
 use serde::{Deserialize, Serialize};
@@ -552,7 +552,7 @@ impl NodePlugin {
     /// Counts a link about to be made against the budgets of this node; the reservation
     /// ends when the returned guard is dropped (by then the link's record counts).
     fn reserve(&self, plan: &LinkPlan) -> Result<Reservation<'_>, CsiError> {
-        use ipclink_core::quantity::format_bytes;
+        use ipclink_core::model::quantity::format_bytes;
         let (ns, name, size) = (&plan.namespace, &plan.name, plan.size_limit);
         let s = &self.settings;
         if s.max_link_bytes > 0 && size > s.max_link_bytes {

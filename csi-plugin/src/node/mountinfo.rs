@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use ipclink_core::validate::check_dns_label;
+use ipclink_core::model::names::check_dns_label;
 
 use super::{Publication, Publications};
 

@@ -162,7 +162,7 @@ impl Records {
             match names.0.get(target) {
                 Some(n) => n.clone(),
                 None => {
-                    let hash = ipclink_core::names::fnv1a64(target.as_bytes());
+                    let hash = ipclink_core::model::names::fnv1a64(target.as_bytes());
                     let name = (0u32..)
                         .map(|i| match i {
                             0 => format!("{hash:016x}.json"),
@@ -226,7 +226,7 @@ mod tests {
         assert!(state.by_target.is_empty());
         records.put("/t/a", &publication("a")).expect("put a");
         // As if another target already had b's name (an FNV-1a collision).
-        let hash = ipclink_core::names::fnv1a64(b"/t/b");
+        let hash = ipclink_core::model::names::fnv1a64(b"/t/b");
         records
             .names
             .lock()

@@ -130,7 +130,7 @@ pub fn bind(link: &OwnedFd, target: Target, path: &Path, readonly: bool) -> Resu
         )));
     }
     // One mount per publication, never recursive: nothing is mounted below a link's
-    // root (ownership, not mounts, guards declared objects: ipclink_core::ownership),
+    // root (ownership, not mounts, guards declared objects: ipclink_core::store::ownership),
     // and the pins of links ipclink 0.1 made are not copied into pods.
     mount(
         Some(magic(link).as_str()),

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ipclink_core::holders::{Holders, Members, Owner, Process};
+use ipclink_core::probe::holders::{Holders, Members, Owner, Process};
 use ipclink_core::probe::{LinkProbe, Observation, Observer, SocketTable};
 use ipclink_core::{LinkPlan, StorageMode, Store, parse_links, validate};
 use ipclink_runtime::links::LinkSet;
@@ -220,7 +220,7 @@ impl Members for Pids {
             .map(|&pid| Process {
                 pid,
                 owner: std::sync::Arc::new(Owner {
-                    command: ipclink_core::holders::command(pid),
+                    command: ipclink_core::probe::holders::command(pid),
                     ..Owner::default()
                 }),
                 scope: None,
@@ -568,8 +568,13 @@ fn child(args: &[String]) {
                 .iter()
                 .map(|r| LinkProbe::of_record(&store, r).expect("probe"))
                 .collect();
-            let observer =
-                || Observer::new(Box::new(ipclink_core::holders::AllProcesses), true, false);
+            let observer = || {
+                Observer::new(
+                    Box::new(ipclink_core::probe::holders::AllProcesses),
+                    true,
+                    false,
+                )
+            };
             let mut set = LinkSet::new(probes);
             let mut times = Vec::new();
             let mut bytes = 0;

@@ -116,8 +116,8 @@ impl LinkDir {
 /// The one IpcLink `text` declares; why not, naming fields only (a message of the parser
 /// or the schema may quote what the file holds, so none is passed on).
 fn parse(text: &str) -> Result<IpcLinkSpec, String> {
-    let docs =
-        ipclink_core::load::yaml_documents("", text).map_err(|_| "the file is not valid YAML")?;
+    let docs = ipclink_core::model::load::yaml_documents("", text)
+        .map_err(|_| "the file is not valid YAML")?;
     if docs.len() != 1 {
         return Err(format!(
             "the file holds {} YAML documents; a volume takes exactly one IpcLink",
@@ -125,7 +125,7 @@ fn parse(text: &str) -> Result<IpcLinkSpec, String> {
         ));
     }
     let doc = docs.into_iter().next().unwrap_or_default();
-    ipclink_core::load::parse_link_value("", doc)
+    ipclink_core::model::load::parse_link_value("", doc)
         .map(|link| link.spec)
         .map_err(|problems| {
             let mut fields: Vec<String> = problems

@@ -26,9 +26,9 @@ use std::path::Path;
 
 use axum::http::StatusCode;
 use ipclink_core::fs::write_atomic_at;
-use ipclink_core::holders::ContainerProcesses;
 use ipclink_core::probe::LinkProbe;
 use ipclink_core::probe::Observer;
+use ipclink_core::probe::holders::ContainerProcesses;
 use ipclink_core::{LinkPlan, Store, validate};
 use ipclink_runtime::links::{LinkSet, SharedLinks};
 use nix::errno::Errno;

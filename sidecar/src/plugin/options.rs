@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use ipclink_core::spec::{Mode, Owner, Quantity};
+use ipclink_core::model::spec::{Mode, Owner, Quantity};
 use ipclink_core::{Channel, ChannelKind, IpcLink, IpcLinkSpec, Semaphore, SemaphoreAbi};
 
 use super::{NAMESPACE, Refusal, bad};
@@ -53,7 +53,7 @@ pub fn check_name(name: &str) -> Result<(), Refusal> {
 /// with `_` and `.` as `-`; a name that still is not a DNS label (too long) gets a hash
 /// of the whole name. Two volumes that map to one link are refused at Create.
 pub fn key_for(name: &str) -> String {
-    use ipclink_core::validate::check_dns_label;
+    use ipclink_core::model::names::check_dns_label;
     if check_dns_label(name).is_ok() {
         return name.to_owned();
     }
@@ -65,7 +65,7 @@ pub fn key_for(name: &str) -> String {
     if check_dns_label(&plain).is_ok() {
         return plain;
     }
-    let hash = ipclink_core::names::fnv1a64(name.as_bytes());
+    let hash = ipclink_core::model::names::fnv1a64(name.as_bytes());
     let stem: String = plain.chars().take(40).collect();
     let stem = stem.trim_matches('-');
     if stem.is_empty() {
@@ -89,7 +89,7 @@ fn split_entries<'a>(
             Some((n, a)) => (n, Some(a)),
             None => (entry, None),
         };
-        if let Err(e) = ipclink_core::validate::check_dns_label(name) {
+        if let Err(e) = ipclink_core::model::names::check_dns_label(name) {
             return Err(bad(format!("Opts.{field}: {name:?}: {e}")));
         }
         out.push((name, arg));
@@ -124,7 +124,7 @@ pub fn link_from_opts(
         IpcLinkSpec::default()
     };
     if let Some(size) = opts.get("size") {
-        ipclink_core::quantity::parse_bytes(size).map_err(|e| {
+        ipclink_core::model::quantity::parse_bytes(size).map_err(|e| {
             bad(format!(
                 "Opts.size: {e}; use a quantity from 1 to 1Ti such as 64Mi"
             ))
@@ -160,7 +160,7 @@ pub fn link_from_opts(
     let mode = match opts.get("mode") {
         Some(m) => {
             let mode = Mode(m.clone());
-            ipclink_core::validate::parse_mode(&mode)
+            ipclink_core::model::validate::parse_mode(&mode)
                 .map_err(|e| bad(format!("Opts.mode: {e}")))?;
             Some(mode)
         }
@@ -189,7 +189,7 @@ pub fn link_from_opts(
                     "Opts.shm: {name:?} needs a size, as in {name}:1Mi"
                 )));
             };
-            ipclink_core::quantity::parse_bytes(size)
+            ipclink_core::model::quantity::parse_bytes(size)
                 .map_err(|e| bad(format!("Opts.shm: {name}: {e}")))?;
             spec.channels
                 .push(channel(name, ChannelKind::Shm, Some(size)));
@@ -204,9 +204,9 @@ pub fn link_from_opts(
                 if let Some(m) = arg {
                     let m = Mode(m.to_owned());
                     let parse = if kind == ChannelKind::Socket {
-                        ipclink_core::validate::parse_socket_mode
+                        ipclink_core::model::validate::parse_socket_mode
                     } else {
-                        ipclink_core::validate::parse_mode
+                        ipclink_core::model::validate::parse_mode
                     };
                     parse(&m).map_err(|e| bad(format!("Opts.{field}: {name}: {e}")))?;
                     c.mode = Some(m);
@@ -306,7 +306,7 @@ mod tests {
         assert_eq!(key_for("proj.frames"), "proj-frames");
         let long = key_for(&"x_".repeat(64));
         assert!(
-            ipclink_core::validate::check_dns_label(&long).is_ok(),
+            ipclink_core::model::names::check_dns_label(&long).is_ok(),
             "{long}"
         );
         assert_ne!(long, key_for(&"x.".repeat(64)));

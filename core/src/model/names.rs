@@ -50,6 +50,62 @@ pub fn link_claim_name(link: &str) -> String {
     format!("ipclink-{link}")
 }
 
+/// Checks a DNS label (RFC 1123): 1..=63 of `a-z0-9-`, starting and ending alphanumeric.
+pub fn check_dns_label(value: &str) -> Result<(), String> {
+    let allowed = "a DNS label: 1 to 63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit";
+    if value.is_empty() {
+        return Err(format!("must not be empty; must be {allowed}"));
+    }
+    if value.len() > 63 {
+        return Err(format!(
+            "{:?} is {} characters long; must be {allowed}",
+            value.escape_debug().to_string(),
+            value.len()
+        ));
+    }
+    if is_label(value) {
+        Ok(())
+    } else {
+        Err(format!("{:?} is not {allowed}", value))
+    }
+}
+
+/// Whether `part` is made of `a-z0-9-` and starts and ends alphanumeric (any length).
+fn is_label(part: &str) -> bool {
+    !part.is_empty()
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !part.starts_with('-')
+        && !part.ends_with('-')
+}
+
+/// Checks a DNS subdomain (RFC 1123, as Kubernetes checks object names such as a Node's):
+/// 1..=253 characters, dot-separated parts of `a-z0-9-` that start and end alphanumeric.
+pub fn check_dns_subdomain(value: &str) -> Result<(), String> {
+    let allowed = "a DNS subdomain: 1 to 253 characters of a-z, 0-9, '-' and '.', each dot-separated part starting and ending with a letter or digit";
+    if value.is_empty() {
+        return Err(format!("must not be empty; must be {allowed}"));
+    }
+    if value.len() > 253 {
+        return Err(format!(
+            "{:?}... is {} characters long; must be {allowed}",
+            value
+                .chars()
+                .take(32)
+                .collect::<String>()
+                .escape_debug()
+                .to_string(),
+            value.len()
+        ));
+    }
+    if value.split('.').all(is_label) {
+        Ok(())
+    } else {
+        Err(format!("{value:?} is not {allowed}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

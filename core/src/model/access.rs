@@ -3,7 +3,7 @@
 //! a mismatch is reported before it is an EACCES. Shared by the operator (pods) and the
 //! sidecar (Compose services).
 
-use crate::spec::ChannelKind;
+use crate::model::spec::ChannelKind;
 use crate::{IpcLink, LinkPlan, ObjectKind, ObjectPlan};
 
 pub const READ: u32 = 4;

@@ -2,12 +2,12 @@
 
 use std::fmt::Write as _;
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
-};
+use prometheus::{Registry, TextEncoder};
 
-use crate::probe::{ChannelSample, LinkSample, SemaphoreSample};
+use crate::sample::{ChannelSample, LinkSample, SemaphoreSample};
+
+mod components;
+pub use components::{CsiMetrics, OperatorMetrics};
 
 /// One gauge family of the channel metrics: name, help, and how to read a value.
 struct Family {
@@ -409,136 +409,6 @@ fn render_holders(groups: &[SampleGroup<'_>], out: &mut String) {
     }
 }
 
-/// CSI node/controller request families.
-#[derive(Debug, Clone)]
-pub struct CsiMetrics {
-    /// `ipclink_csi_requests_total{method,code}`.
-    pub requests: IntCounterVec,
-    /// `ipclink_csi_request_duration_seconds{method}`.
-    pub duration: HistogramVec,
-}
-
-impl CsiMetrics {
-    /// Registers the families in `registry`.
-    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "ipclink_csi_requests_total",
-                "CSI requests handled, by method and gRPC code.",
-            ),
-            &["method", "code"],
-        )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "ipclink_csi_request_duration_seconds",
-                "Time to handle a CSI request.",
-            )
-            .buckets(vec![
-                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
-            ]),
-            &["method"],
-        )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        Ok(CsiMetrics { requests, duration })
-    }
-}
-
-/// Operator reconcile families.
-#[derive(Debug, Clone)]
-pub struct OperatorMetrics {
-    /// `ipclink_reconcile_total{result}`.
-    pub reconciles: IntCounterVec,
-    /// `ipclink_reconcile_errors_total{error}`: failed reconciles by the error's category.
-    pub errors: IntCounterVec,
-    /// `ipclink_reconcile_duration_seconds`.
-    pub duration: Histogram,
-    /// `ipclink_links{phase}`.
-    pub links: IntGaugeVec,
-    /// `ipclink_status_writes_total`: status patches this replica sent.
-    pub status_writes: IntCounter,
-    /// `ipclink_operator_leader`: 1 while this replica leads (or runs alone), else 0.
-    pub leader: IntGauge,
-    /// `ipclink_depth_round_duration_seconds`: one gathering of depths from every node
-    /// plugin (no label; absent until this replica gathers depths, so a standby does not
-    /// export an empty one).
-    pub depth_rounds: HistogramVec,
-    /// `ipclink_depth_endpoints{state}`: node plugins that answered, failed or are
-    /// stale in the last round (absent until depths are gathered).
-    pub depth_endpoints: IntGaugeVec,
-}
-
-impl OperatorMetrics {
-    /// Registers the families in `registry`.
-    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let reconciles = IntCounterVec::new(
-            Opts::new(
-                "ipclink_reconcile_total",
-                "Reconciles of IpcLinks, by result.",
-            ),
-            &["result"],
-        )?;
-        let errors = IntCounterVec::new(
-            Opts::new(
-                "ipclink_reconcile_errors_total",
-                "Reconciles of IpcLinks that failed, by the category of the error.",
-            ),
-            &["error"],
-        )?;
-        let duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "ipclink_reconcile_duration_seconds",
-                "Time to reconcile one IpcLink.",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-        )?;
-        let links = IntGaugeVec::new(Opts::new("ipclink_links", "IpcLinks by phase."), &["phase"])?;
-        let status_writes = IntCounter::new(
-            "ipclink_status_writes_total",
-            "IpcLink status patches sent by this operator replica.",
-        )?;
-        let leader = IntGauge::new(
-            "ipclink_operator_leader",
-            "1 while this replica holds the leader Lease (or runs without leader election), 0 while it stands by.",
-        )?;
-        registry.register(Box::new(reconciles.clone()))?;
-        registry.register(Box::new(errors.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(links.clone()))?;
-        registry.register(Box::new(status_writes.clone()))?;
-        let depth_rounds = HistogramVec::new(
-            HistogramOpts::new(
-                "ipclink_depth_round_duration_seconds",
-                "Time to gather depths from every node plugin once.",
-            )
-            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
-            &[],
-        )?;
-        let depth_endpoints = IntGaugeVec::new(
-            Opts::new(
-                "ipclink_depth_endpoints",
-                "Node plugins in the last depth round: answered, failed (last figures still shown) or stale (figures no longer shown).",
-            ),
-            &["state"],
-        )?;
-        registry.register(Box::new(leader.clone()))?;
-        registry.register(Box::new(depth_rounds.clone()))?;
-        registry.register(Box::new(depth_endpoints.clone()))?;
-        Ok(OperatorMetrics {
-            depth_rounds,
-            depth_endpoints,
-            reconciles,
-            errors,
-            duration,
-            links,
-            status_writes,
-            leader,
-        })
-    }
-}
-
 /// Appends a registry's families to `out` in the Prometheus text format.
 pub fn render(registry: &Registry, out: &mut String) {
     // Encoding our own families into a String cannot fail.
@@ -548,7 +418,7 @@ pub fn render(registry: &Registry, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::{ChannelSample, LinkSample};
+    use crate::sample::{ChannelSample, LinkSample};
 
     #[test]
     fn renders_each_family_once_with_escaped_labels() {
@@ -558,7 +428,7 @@ mod tests {
             limit_bytes: 10,
             used_bytes: 4,
             channels: vec![ChannelSample {
-                info: std::sync::Arc::new(crate::probe::ObjectInfo {
+                info: std::sync::Arc::new(crate::sample::ObjectInfo {
                     name: "a\"b\\c\nd".into(),
                     kind: "fifo".into(),
                     ..Default::default()
@@ -589,14 +459,14 @@ mod tests {
     #[test]
     fn an_objects_budgeted_bytes_cover_what_is_rendered_for_it() {
         let info = |kind: &str| {
-            std::sync::Arc::new(crate::probe::ObjectInfo {
+            std::sync::Arc::new(crate::sample::ObjectInfo {
                 name: format!("deep/\"{}\\name", "x".repeat(120)),
                 kind: kind.into(),
                 discovered: true,
                 ..Default::default()
             })
         };
-        let holder = crate::probe::HolderSample {
+        let holder = crate::sample::HolderSample {
             role: "reader".into(),
             pid: 7,
             ..Default::default()

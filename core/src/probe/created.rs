@@ -23,15 +23,13 @@ use std::time::{Duration, SystemTime};
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 
+use super::{Observation, fifo, file_holders, read_semaphore, sockets_at};
 use crate::fs::{PRIVATE_DIR, list_names_whole, open_dir_at};
 use crate::metrics::{ObjectRef, object_bytes};
-use crate::names::fnv1a64;
-use crate::probe::{
-    ChannelSample, ObjectInfo, Observation, SemaphoreSample, fifo, file_holders, read_semaphore,
-    sockets_at,
-};
-use crate::spec::SemaphoreAbi;
-use crate::validate::SEM_BYTES;
+use crate::model::names::fnv1a64;
+use crate::model::spec::SemaphoreAbi;
+use crate::model::validate::SEM_BYTES;
+use crate::sample::{ChannelSample, ObjectInfo, SemaphoreSample};
 
 /// Most objects members created that one sample reports per link.
 pub const MAX_REPORTED: usize = 1000;

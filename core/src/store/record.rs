@@ -11,8 +11,8 @@ use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
 
 use crate::fs::{list_names, write_atomic_at};
-use crate::materialize::{MaterializeError, Store};
-use crate::validate::{LinkPlan, Problem};
+use crate::model::validate::{LinkPlan, Problem};
+use crate::store::{MaterializeError, Store};
 
 /// A link's record: the plan it serves and what of its last spec is still pending.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,7 +111,7 @@ impl Store {
         let mut records = Vec::new();
         let mut bad = Vec::new();
         for ns in list_names(self.base.as_fd()) {
-            if crate::validate::check_dns_label(&ns).is_err() {
+            if crate::model::names::check_dns_label(&ns).is_err() {
                 continue;
             }
             let Ok(ns_fd) = self.open_namespace(&ns) else {

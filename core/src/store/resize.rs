@@ -8,9 +8,9 @@ use nix::errno::Errno;
 use nix::mount::{MsFlags, mount};
 use nix::sys::statvfs::fstatvfs;
 
-use crate::materialize::{MaterializeError, StorageMode, Store, sys};
-use crate::quantity::format_bytes;
-use crate::validate::{LinkPlan, Problem};
+use crate::model::quantity::format_bytes;
+use crate::model::validate::{LinkPlan, Problem};
+use crate::store::{MaterializeError, StorageMode, Store, sys};
 
 /// What a remount for a new size did.
 #[derive(Debug)]

@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::errno::Errno;
 
-use crate::validate::ObjectPlan;
+use crate::model::validate::ObjectPlan;
 
 /// The access ACL's extended attribute.
 const ACL_XATTR: &str = "system.posix_acl_access";
@@ -161,7 +161,7 @@ pub(crate) fn write_acl(fd: BorrowedFd<'_>, acl: Option<&[u8]>) -> nix::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::ObjectKind;
+    use crate::model::validate::ObjectKind;
 
     fn obj(uid: u32, gid: u32, mode: u32) -> ObjectPlan {
         ObjectPlan {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::spec::IpcLink;
+use crate::model::spec::IpcLink;
 
 /// A pod's labels, however they are kept.
 pub trait Labels {

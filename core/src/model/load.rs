@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
-use crate::spec::{API_VERSION, IpcLink, IpcLinkSpec, KIND};
-use crate::validate::{LinkPlan, Problem, Problems, validate};
+use crate::model::spec::{API_VERSION, IpcLink, IpcLinkSpec, KIND};
+use crate::model::validate::{LinkPlan, Problem, Problems, validate};
 
 /// The accepted shape of one document (stricter than what the API server stores).
 #[derive(Deserialize)]

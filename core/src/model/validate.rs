@@ -1,13 +1,14 @@
 //! Validation: every problem of a link at once, each with its field path, and on success a
 //! typed [`LinkPlan`] that the materializer and probes use (parse, don't re-check).
 
+use crate::model::names::check_dns_label;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::quantity::{format_bytes, parse_bytes};
-use crate::spec::{ChannelKind, IpcLink, Mode, Owner, SemaphoreAbi};
+use crate::model::quantity::{format_bytes, parse_bytes};
+use crate::model::spec::{ChannelKind, IpcLink, Mode, Owner, SemaphoreAbi};
 
 /// tmpfs size of a link whose spec gives no `sizeLimit`.
 pub const DEFAULT_SIZE_LIMIT: u64 = 64 << 20;
@@ -200,62 +201,6 @@ impl LinkPlan {
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
         format!("{h:016x}")
-    }
-}
-
-/// Checks a DNS label (RFC 1123): 1..=63 of `a-z0-9-`, starting and ending alphanumeric.
-pub fn check_dns_label(value: &str) -> Result<(), String> {
-    let allowed = "a DNS label: 1 to 63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit";
-    if value.is_empty() {
-        return Err(format!("must not be empty; must be {allowed}"));
-    }
-    if value.len() > 63 {
-        return Err(format!(
-            "{:?} is {} characters long; must be {allowed}",
-            value.escape_debug().to_string(),
-            value.len()
-        ));
-    }
-    if is_label(value) {
-        Ok(())
-    } else {
-        Err(format!("{:?} is not {allowed}", value))
-    }
-}
-
-/// Whether `part` is made of `a-z0-9-` and starts and ends alphanumeric (any length).
-fn is_label(part: &str) -> bool {
-    !part.is_empty()
-        && part
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !part.starts_with('-')
-        && !part.ends_with('-')
-}
-
-/// Checks a DNS subdomain (RFC 1123, as Kubernetes checks object names such as a Node's):
-/// 1..=253 characters, dot-separated parts of `a-z0-9-` that start and end alphanumeric.
-pub fn check_dns_subdomain(value: &str) -> Result<(), String> {
-    let allowed = "a DNS subdomain: 1 to 253 characters of a-z, 0-9, '-' and '.', each dot-separated part starting and ending with a letter or digit";
-    if value.is_empty() {
-        return Err(format!("must not be empty; must be {allowed}"));
-    }
-    if value.len() > 253 {
-        return Err(format!(
-            "{:?}... is {} characters long; must be {allowed}",
-            value
-                .chars()
-                .take(32)
-                .collect::<String>()
-                .escape_debug()
-                .to_string(),
-            value.len()
-        ));
-    }
-    if value.split('.').all(is_label) {
-        Ok(())
-    } else {
-        Err(format!("{value:?} is not {allowed}"))
     }
 }
 
@@ -603,150 +548,6 @@ fn check_root(spec: &crate::IpcLinkSpec, owner_gid: u32, problems: &mut Vec<Prob
                 ),
             ));
             RootPlan::default()
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns_labels() {
-        for ok in ["a", "frames", "a-1", &"a".repeat(63)] {
-            assert!(check_dns_label(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "../x",
-            "A",
-            "a_b",
-            "-a",
-            "a-",
-            "a.b",
-            "a\0b",
-            "é",
-            &"a".repeat(64),
-        ] {
-            assert!(check_dns_label(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn dns_subdomains() {
-        let fqdn = format!("{}.example.com", vec!["a".repeat(63); 3].join("."));
-        assert_eq!(fqdn.len(), 203);
-        let longest = format!("{}.{}", "b".repeat(49), fqdn);
-        assert_eq!(longest.len(), 253);
-        for ok in [
-            "a",
-            "node-1",
-            "ip-10-0-1-23.us-west-2.compute.internal",
-            &fqdn,
-            &longest,
-        ] {
-            assert!(check_dns_subdomain(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            ".",
-            "a..b",
-            ".a",
-            "a.",
-            "a/b",
-            "A.b",
-            "a_b",
-            "-a.b",
-            "a.b-",
-            "a.-b",
-            "a\0b",
-            &format!("c{longest}"),
-        ] {
-            let e = check_dns_subdomain(bad).expect_err(bad);
-            assert!(e.contains("DNS subdomain"), "{e}");
-        }
-    }
-
-    #[test]
-    fn modes() {
-        assert_eq!(parse_mode(&Mode("0660".into())), Ok(0o660));
-        assert_eq!(parse_mode(&Mode("660".into())), Ok(0o660));
-        assert_eq!(parse_mode(&Mode("0o600".into())), Ok(0o600));
-        for bad in ["4777", "2770", "1777", "0888", "rw-", "", "07777", "99999"] {
-            assert!(parse_mode(&Mode(bad.into())).is_err(), "{bad}");
-        }
-        assert!(
-            parse_mode(&Mode("4777".into()))
-                .unwrap_err()
-                .contains("setuid")
-        );
-        assert!(
-            parse_mode(&Mode("1777".into()))
-                .unwrap_err()
-                .contains("sticky")
-        );
-        // Socket directories may be sticky, and nothing more.
-        assert_eq!(parse_socket_mode(&Mode("1770".into())), Ok(0o1770));
-        assert_eq!(parse_socket_mode(&Mode("0770".into())), Ok(0o770));
-        for bad in ["3770", "5770", "4770", "2770"] {
-            let e = parse_socket_mode(&Mode(bad.into())).unwrap_err();
-            assert!(e.contains("setuid") || e.contains("setgid"), "{bad}: {e}");
-        }
-    }
-
-    fn plan_of(spec: &str) -> Result<LinkPlan, Problems> {
-        let yaml = format!(
-            "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: {{ name: link, namespace: test }}\nspec:\n{spec}"
-        );
-        let links = crate::parse_links("t", &yaml).expect("parse");
-        validate(&links[0])
-    }
-
-    #[test]
-    fn allow_create_opens_the_root_and_root_mode_needs_it() {
-        let closed = plan_of("  sizeLimit: 1Mi\n").expect("valid");
-        assert_eq!(closed.root, RootPlan::default());
-        assert!(!closed.root.allows_create());
-        assert_eq!(closed.nr_inodes, SPARE_INODES);
-        let open = plan_of("  allowCreate: true\n").expect("valid");
-        assert_eq!((open.root.mode, open.root.gid), (0o1777, 0));
-        assert!(open.root.allows_create());
-        assert_eq!(open.nr_inodes, SPARE_INODES_CREATE);
-        let group = plan_of(
-            "  allowCreate: true\n  rootMode: \"1770\"\n  owner: { uid: 1000, gid: 2000 }\n",
-        )
-        .expect("valid");
-        assert_eq!(
-            (group.root.mode, group.root.uid, group.root.gid),
-            (0o1770, 0, 2000)
-        );
-        for (spec, field, says) in [
-            (
-                "  rootMode: \"1777\"\n",
-                "spec.rootMode",
-                "only with allowCreate",
-            ),
-            (
-                "  allowCreate: true\n  rootMode: \"0777\"\n",
-                "spec.rootMode",
-                "\"1777\"",
-            ),
-            (
-                "  allowCreate: true\n  rootMode: \"1770\"\n",
-                "spec.rootMode",
-                "set spec.owner",
-            ),
-        ] {
-            let problems = plan_of(spec).expect_err(spec).0;
-            assert!(
-                problems
-                    .iter()
-                    .any(|p| p.field == field && p.message.contains(says)),
-                "{spec}: {problems:?}"
-            );
         }
     }
 }

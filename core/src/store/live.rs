@@ -5,7 +5,7 @@
 //! - steps applied live, each atomic and harmless to members holding the objects:
 //!   creating a new object, `fchmod`/`fchown` of one, growing a region (`fallocate`,
 //!   never a truncate), removing one (holders keep their descriptors), and, in
-//!   [`crate::materialize`], a tmpfs remount with another `size=`/`nr_inodes=`;
+//!   [`crate::store`], a tmpfs remount with another `size=`/`nr_inodes=`;
 //! - pending changes, which would break holders: a region made smaller, a channel of
 //!   another kind, a semaphore with another ABI or initial value, a name taken by an
 //!   object members made. The link keeps serving the live form; the change is made by
@@ -22,9 +22,9 @@ use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, unlinkat};
 
 use crate::fs::{RemoveError, TMP_PREFIX, remove_tree_at, unescape_mountinfo};
-use crate::ownership::{Ownership, read_acl, write_acl};
-use crate::quantity::format_bytes;
-use crate::validate::{LinkPlan, ObjectKind, ObjectPlan, Problem, SEM_BYTES};
+use crate::model::quantity::format_bytes;
+use crate::model::validate::{LinkPlan, ObjectKind, ObjectPlan, Problem, SEM_BYTES};
+use crate::store::ownership::{Ownership, read_acl, write_acl};
 
 /// What one object of a plan (or of the record, for a removed one) needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +98,7 @@ fn made_here(link: BorrowedFd<'_>, file: &str) -> bool {
         OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .is_ok_and(|fd| crate::ownership::made_at(fd.as_fd(), file))
+    .is_ok_and(|fd| crate::store::ownership::made_at(fd.as_fd(), file))
 }
 
 /// Whether the entry on disk is of the object's type.
@@ -140,7 +140,7 @@ fn attrs_differ(
 
 /// How owners are applied: `apply` when this process can give files away (root);
 /// `guarded` when, besides, members may write to the root, so declared objects are
-/// root's own with the spec's owner in their ACL ([`crate::ownership`]).
+/// root's own with the spec's owner in their ACL ([`crate::store::ownership`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Owners {
     pub apply: bool,
@@ -427,7 +427,7 @@ pub(crate) fn remove_entry(
     };
     unpin_if_pinned(link, fd.as_fd(), name)?;
     // A hard link a member keeps to it must not carry ipclink's mark back in.
-    crate::ownership::unmark(fd.as_fd()).map_err(|e| format!("remove mark: {e}"))?;
+    crate::store::ownership::unmark(fd.as_fd()).map_err(|e| format!("remove mark: {e}"))?;
     let is_dir = file_type(&fstat(fd.as_fd()).map_err(|e| format!("stat: {e}"))?) == SFlag::S_IFDIR;
     drop(fd);
     if is_dir {
@@ -463,7 +463,7 @@ pub(crate) fn remove_entry(
 
 /// Detaches the pin of the entry `name` of `link` (held by `fd`), if it has one: a bind
 /// mount onto itself that ipclink 0.1 made for each declared object of a link
-/// members may write to. Ownership protects those objects now ([`crate::ownership`]).
+/// members may write to. Ownership protects those objects now ([`crate::store::ownership`]).
 fn unpin_if_pinned(link: BorrowedFd<'_>, fd: BorrowedFd<'_>, name: &str) -> Result<(), String> {
     let pinned =
         mount_id(fd).map_err(|e| e.to_string())? != mount_id(link).map_err(|e| e.to_string())?;

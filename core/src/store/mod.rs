@@ -5,30 +5,37 @@
 //! process's own, 0700), given owner, mode and ACL through their descriptor, then
 //! renamed into place with `RENAME_NOREPLACE` (or exchanged with an entry a member made
 //! at the name), so a member never sees a half-made object. A live link changes by the
-//! rule of [`crate::live`].
+//! rule of [`crate::store::live`].
 
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{FallocateFlags, OFlag, RenameFlags, fallocate, openat, renameat2};
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sys::stat::{Mode, SFlag, fchmod, mkdirat, mknodat};
+use nix::fcntl::{FallocateFlags, OFlag, fallocate};
+use nix::mount::{MntFlags, umount2};
+use nix::sys::stat::{Mode, fchmod};
 use nix::sys::statfs::{TMPFS_MAGIC, fstatfs};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 
-use crate::fs::{
-    PRIVATE_DIR, RemoveError, dir_is_empty, empty_dir, is_mount_point, open_dir_at, remove_tree_at,
-};
-use crate::live::{self, Step};
-use crate::ownership::{Ownership, write_acl};
-use crate::quantity::format_bytes;
-pub use crate::record::Record;
-use crate::resize::{Resize, tmpfs_size};
-use crate::spec::SemaphoreAbi;
-use crate::validate::{LinkPlan, ObjectKind, ObjectPlan, Problem, Problems, SEM_BYTES};
+use crate::fs::{empty_dir, is_mount_point, open_dir_at, remove_tree_at};
+mod create;
+mod error;
+pub(crate) mod live;
+pub(crate) mod ownership;
+mod record;
+mod resize;
+
+use create::Place;
+pub use create::semaphore_bytes;
+pub(crate) use error::sys;
+pub use error::{MaterializeError, PreallocateError};
+use error::{acl_support, preallocating, removing};
+use live::Step;
+pub use record::Record;
+use resize::{Resize, tmpfs_size};
+
+use crate::model::quantity::format_bytes;
+use crate::model::validate::{LinkPlan, ObjectKind, ObjectPlan, Problem, Problems};
 
 /// Where a link's objects live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,56 +55,6 @@ impl StorageMode {
             StorageMode::PlainDir
         }
     }
-}
-
-/// Why materialization or teardown failed.
-#[derive(Debug, thiserror::Error)]
-pub enum MaterializeError {
-    /// A system call failed.
-    #[error("{path}: {op} failed: {errno}")]
-    Sys {
-        /// Display path of the object.
-        path: String,
-        /// What was attempted.
-        op: &'static str,
-        /// The error.
-        errno: Errno,
-    },
-    /// Existing objects differ from the plan; nothing was changed.
-    #[error("the link exists with different objects; nothing was changed:\n{0}")]
-    Conflicts(Problems),
-    /// A region's pages could not be allocated where they are charged.
-    #[error("{path}: cannot preallocate: {message}")]
-    Preallocate {
-        /// Display path of the region.
-        path: String,
-        /// Why, naming the memory limit when it was too small.
-        message: String,
-        /// Whether a memory limit was too small (the caller's resources are exhausted).
-        out_of_memory: bool,
-    },
-    /// Something on disk is not what ipclink made; it is left alone.
-    #[error("{path}: {message}")]
-    Refused {
-        /// Display path.
-        path: String,
-        /// Why.
-        message: String,
-    },
-}
-
-/// Why a region's pages could not be allocated.
-#[derive(Debug, thiserror::Error)]
-pub enum PreallocateError {
-    /// `fallocate` failed (ENOSPC: the link's tmpfs is full).
-    #[error("{0}")]
-    Sys(Errno),
-    /// The memory the pages are charged to (a member pod's limit) cannot hold them.
-    #[error("{0}")]
-    OutOfMemory(String),
-    /// The allocation could not be run where it is charged.
-    #[error("{0}")]
-    Failed(String),
 }
 
 /// How a new shared-memory region gets its pages. A tmpfs page is charged to the memory
@@ -161,30 +118,6 @@ impl Outcome {
     }
 }
 
-/// A preallocation's failure as the error of the region at `at`.
-fn preallocating(
-    r: Result<(), PreallocateError>,
-    at: impl Fn() -> String,
-) -> Result<(), MaterializeError> {
-    r.map_err(|e| match e {
-        PreallocateError::Sys(errno) => MaterializeError::Sys {
-            path: at(),
-            op: "preallocate",
-            errno,
-        },
-        PreallocateError::OutOfMemory(message) => MaterializeError::Preallocate {
-            path: at(),
-            message,
-            out_of_memory: true,
-        },
-        PreallocateError::Failed(message) => MaterializeError::Preallocate {
-            path: at(),
-            message,
-            out_of_memory: false,
-        },
-    })
-}
-
 /// The base directory under which links are materialized as `<namespace>/<name>/`.
 #[derive(Debug)]
 pub struct Store {
@@ -192,67 +125,6 @@ pub struct Store {
     pub(crate) base_path: PathBuf,
     mode: StorageMode,
     apply_owner: bool,
-}
-
-pub(crate) fn sys<T>(
-    r: nix::Result<T>,
-    path: impl FnOnce() -> String,
-    op: &'static str,
-) -> Result<T, MaterializeError> {
-    r.map_err(|errno| MaterializeError::Sys {
-        path: path(),
-        op,
-        errno,
-    })
-}
-
-/// A [`RemoveError`] under the link at `lp`.
-fn removing(e: RemoveError, lp: impl Fn() -> String) -> MaterializeError {
-    match e {
-        RemoveError::Sys { op, errno } => MaterializeError::Sys {
-            path: lp(),
-            op,
-            errno,
-        },
-        RemoveError::OtherMount(_) | RemoveError::Budget(_) => MaterializeError::Refused {
-            path: lp(),
-            message: e.to_string(),
-        },
-    }
-}
-
-/// Where a made object goes: to a free name, or over a member's entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Place {
-    New,
-    Over,
-}
-
-/// An error of setting an ACL, named when the filesystem has no ACLs.
-fn acl_support(e: MaterializeError) -> MaterializeError {
-    match e {
-        MaterializeError::Sys {
-            path,
-            errno: Errno::EOPNOTSUPP,
-            ..
-        } => MaterializeError::Refused {
-            path,
-            message: "the filesystem has no POSIX ACLs (a tmpfs needs CONFIG_TMPFS_POSIX_ACL): a link members may create objects in (allowCreate) guards its declared objects with one".into(),
-        },
-        e => e,
-    }
-}
-
-/// The exact bytes `sem_open` of the given libc expects for a process-shared semaphore.
-pub fn semaphore_bytes(initial: u32, abi: SemaphoreAbi) -> [u8; SEM_BYTES as usize] {
-    let mut b = [0u8; SEM_BYTES as usize];
-    b[0..4].copy_from_slice(&initial.to_le_bytes());
-    if abi == SemaphoreAbi::Glibc {
-        // glibc: a 64-bit word (value low, waiters high), then `private`, which is
-        // FUTEX_SHARED (128) for a semaphore made by sem_open.
-        b[8..12].copy_from_slice(&128u32.to_le_bytes());
-    }
-    b
 }
 
 impl Store {
@@ -324,7 +196,7 @@ impl Store {
     /// nothing. On a live one, what is missing is made, mode and owner are set through
     /// descriptors, regions grow (never shrink), objects the record has and the plan no
     /// longer has are removed and the tmpfs is remounted with the new size when its use
-    /// fits; none of that disturbs a member holding an object. What would ([`crate::live`])
+    /// fits; none of that disturbs a member holding an object. What would ([`crate::store::live`])
     /// is left in its live form and reported as pending, unless `exclusive` (no member
     /// holds the link): then the object is replaced. New regions' pages are allocated by
     /// `alloc` (for example charged to the first member's memory cgroup).
@@ -584,289 +456,6 @@ impl Store {
             Ok(())
         } else {
             Err(MaterializeError::Conflicts(Problems(conflicts)))
-        }
-    }
-
-    fn ensure_dir(
-        &self,
-        parent: BorrowedFd<'_>,
-        name: &str,
-        display: impl Fn() -> String,
-    ) -> Result<OwnedFd, MaterializeError> {
-        match mkdirat(parent, name, Mode::from_bits_truncate(0o755)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(errno) => {
-                return Err(MaterializeError::Sys {
-                    path: display(),
-                    op: "mkdir",
-                    errno,
-                });
-            }
-        }
-        match open_dir_at(parent, name) {
-            Ok(fd) => Ok(fd),
-            Err(Errno::ELOOP | Errno::ENOTDIR) => Err(MaterializeError::Refused {
-                path: display(),
-                message: "exists and is not a directory (symlinks are never followed)".into(),
-            }),
-            Err(errno) => Err(MaterializeError::Sys {
-                path: display(),
-                op: "open",
-                errno,
-            }),
-        }
-    }
-
-    /// In tmpfs mode: false when the link is already its tmpfs, true when it is an empty
-    /// directory to mount on; refuses anything else. In a plain directory: always false.
-    fn needs_mount(
-        &self,
-        ns: BorrowedFd<'_>,
-        link: BorrowedFd<'_>,
-        lp: impl Fn() -> String + Copy,
-    ) -> Result<bool, MaterializeError> {
-        if self.mode != StorageMode::Tmpfs {
-            return Ok(false);
-        }
-        if sys(is_mount_point(ns, link), lp, "stat")? {
-            let fs = sys(fstatfs(link), lp, "statfs")?;
-            if fs.filesystem_type() != TMPFS_MAGIC {
-                return Err(MaterializeError::Refused {
-                    path: lp(),
-                    message: "is a mount point that is not a tmpfs; not ipclink's".into(),
-                });
-            }
-            return Ok(false);
-        }
-        if !sys(dir_is_empty(link), lp, "readdir")? {
-            return Err(MaterializeError::Refused {
-                path: lp(),
-                message:
-                    "exists, is not an ipclink tmpfs and is not empty; refusing to mount over it"
-                        .into(),
-            });
-        }
-        Ok(true)
-    }
-
-    fn mount_tmpfs(
-        &self,
-        dir: BorrowedFd<'_>,
-        plan: &LinkPlan,
-        lp: impl Fn() -> String,
-    ) -> Result<(), MaterializeError> {
-        // Mount on the descriptor (through its /proc magic link), so the target is exactly
-        // the directory we opened with O_NOFOLLOW, whatever happens to the path meanwhile.
-        let target = format!("/proc/self/fd/{}", dir.as_raw_fd());
-        let data = format!(
-            "size={},nr_inodes={},mode={:04o},uid={},gid={}",
-            plan.size_limit, plan.nr_inodes, plan.root.mode, plan.root.uid, plan.root.gid
-        );
-        sys(
-            mount(
-                Some("ipclink"),
-                target.as_str(),
-                Some("tmpfs"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                Some(data.as_str()),
-            ),
-            lp,
-            "mount tmpfs",
-        )
-    }
-
-    /// Opens the link's private directory ([`PRIVATE_DIR`]), making it first: objects
-    /// are made there and renamed into place, and what is removed goes there first. It
-    /// must be this process's own 0700 directory on the link's filesystem, so that no
-    /// member can create, rename or remove names in it. An entry a member made at the
-    /// name (in a root members may write to, before ipclink made its own) is renamed
-    /// aside, kept for the member, once.
-    fn private_dir(
-        &self,
-        link: BorrowedFd<'_>,
-        lp: impl Fn() -> String + Copy,
-    ) -> Result<OwnedFd, MaterializeError> {
-        let at = || format!("{}/{PRIVATE_DIR}", lp());
-        for attempt in 0..2 {
-            match mkdirat(link, PRIVATE_DIR, Mode::from_bits_truncate(0o700)) {
-                Ok(()) | Err(Errno::EEXIST) => {}
-                Err(errno) => return sys(Err(errno), at, "mkdir"),
-            }
-            let ours = match open_dir_at(link, PRIVATE_DIR) {
-                Err(Errno::ELOOP | Errno::ENOTDIR) => None,
-                r => {
-                    let fd = sys(r, at, "open")?;
-                    let st = sys(nix::sys::stat::fstat(fd.as_fd()), at, "stat")?;
-                    let link_dev = sys(nix::sys::stat::fstat(link), lp, "stat")?.st_dev;
-                    (st.st_uid == Uid::effective().as_raw()
-                        && st.st_mode & 0o7777 == 0o700
-                        && st.st_dev == link_dev)
-                        .then_some(fd)
-                }
-            };
-            if let Some(fd) = ours {
-                return Ok(fd);
-            }
-            if attempt == 0 {
-                // A name the member cannot have made beforehand: the time, in nanoseconds.
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos());
-                let aside = (0..16)
-                    .map(|n| format!("{PRIVATE_DIR}-member-{:x}", now + n))
-                    .find(|to| {
-                        renameat2(
-                            link,
-                            PRIVATE_DIR,
-                            link,
-                            to.as_str(),
-                            RenameFlags::RENAME_NOREPLACE,
-                        )
-                        .is_ok()
-                    });
-                if let Some(to) = aside {
-                    tracing::warn!(link = %lp(), aside = %to, "a member had made the link's private directory name: renamed its entry aside");
-                }
-            }
-        }
-        Err(MaterializeError::Refused {
-            path: at(),
-            message: "a member made this name, which ipclink keeps for itself, and it could not be renamed aside".into(),
-        })
-    }
-
-    /// Makes `obj` in `private` with its owner, mode and ACL ([`Ownership`]), then
-    /// renames it into `link`: never over an existing name ([`Place::New`]), or in
-    /// exchange for the entry a member made there ([`Place::Over`]), which is removed
-    /// then (its holders keep it).
-    #[allow(clippy::too_many_arguments)]
-    fn create(
-        &self,
-        link: BorrowedFd<'_>,
-        private: BorrowedFd<'_>,
-        obj: &ObjectPlan,
-        owners: live::Owners,
-        alloc: &dyn Preallocate,
-        place: Place,
-        lp: impl Fn() -> String,
-    ) -> Result<(), MaterializeError> {
-        let file = obj.file_name();
-        let tmp = file.as_str();
-        let at = || format!("{}/{file}", lp());
-        // What an earlier removal left at this name (a member kept adding to it) waits
-        // elsewhere.
-        sys(crate::fs::rename_aside(private, tmp), at, "rename aside")?;
-        let excl =
-            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let mode = Mode::from_bits_truncate(0o600);
-        let fd = match obj.kind {
-            ObjectKind::Shm { size } => {
-                let fd = sys(openat(private, tmp, excl, mode), at, "create")?;
-                // Allocate every page now: a member never takes SIGBUS on first touch,
-                // and ENOSPC shows up here instead of in a member.
-                if let Err(e) = preallocating(alloc.preallocate(fd.as_fd(), size), at) {
-                    let _ = unlinkat(private, tmp, UnlinkatFlags::NoRemoveDir);
-                    return Err(e);
-                }
-                fd
-            }
-            ObjectKind::Semaphore { initial, abi } => {
-                let fd = sys(openat(private, tmp, excl, mode), at, "create")?;
-                // Its page is allocated where regions' are (a member pod's memory), so
-                // that a link's semaphores are not charged to this process.
-                if let Err(e) = preallocating(alloc.preallocate(fd.as_fd(), SEM_BYTES), at) {
-                    let _ = unlinkat(private, tmp, UnlinkatFlags::NoRemoveDir);
-                    return Err(e);
-                }
-                let file = File::from(fd);
-                file.write_all_at(&semaphore_bytes(initial, abi), 0)
-                    .map_err(|e| MaterializeError::Sys {
-                        path: at(),
-                        op: "write semaphore",
-                        errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-                    })?;
-                OwnedFd::from(file)
-            }
-            ObjectKind::Fifo => {
-                sys(mknodat(private, tmp, SFlag::S_IFIFO, mode, 0), at, "mkfifo")?;
-                // The read end of a fifo nobody else can name yet: opening it is harmless.
-                sys(
-                    openat(
-                        private,
-                        tmp,
-                        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                        Mode::empty(),
-                    ),
-                    at,
-                    "open fifo",
-                )?
-            }
-            ObjectKind::Socket => {
-                sys(
-                    mkdirat(private, tmp, Mode::from_bits_truncate(0o700)),
-                    at,
-                    "mkdir",
-                )?;
-                sys(open_dir_at(private, tmp), at, "open")?
-            }
-        };
-        let want = Ownership::of(obj, owners.guarded);
-        if owners.apply {
-            sys(
-                fchown(
-                    fd.as_fd(),
-                    Some(Uid::from_raw(want.uid)),
-                    Some(Gid::from_raw(want.gid)),
-                ),
-                at,
-                "chown",
-            )?;
-        }
-        sys(
-            fchmod(fd.as_fd(), Mode::from_bits_truncate(want.mode)),
-            at,
-            "chmod",
-        )?;
-        if want.acl.is_some() {
-            sys(write_acl(fd.as_fd(), want.acl.as_deref()), at, "set ACL").map_err(acl_support)?;
-        }
-        if owners.apply {
-            sys(
-                crate::ownership::mark_made(fd.as_fd(), &file),
-                at,
-                "mark as made",
-            )?;
-        }
-        drop(fd);
-        let flags = match place {
-            Place::New => RenameFlags::RENAME_NOREPLACE,
-            Place::Over => RenameFlags::RENAME_EXCHANGE,
-        };
-        match renameat2(private, tmp, link, file.as_str(), flags) {
-            Ok(()) if place == Place::Over => {
-                // The member's entry is now `private/tmp`, out of every member's path.
-                match remove_tree_at(private, tmp) {
-                    Ok(()) => Ok(()),
-                    Err(RemoveError::Budget(_)) => {
-                        sys(crate::fs::rename_aside(private, tmp), at, "rename aside")
-                    }
-                    Err(e) => Err(removing(e, at)),
-                }
-            }
-            Ok(()) => Ok(()),
-            // The member's entry went meanwhile: the name is free.
-            Err(Errno::ENOENT) if place == Place::Over => sys(
-                renameat2(
-                    private,
-                    tmp,
-                    link,
-                    file.as_str(),
-                    RenameFlags::RENAME_NOREPLACE,
-                ),
-                at,
-                "rename into place",
-            ),
-            Err(errno) => sys(Err(errno), at, "rename into place"),
         }
     }
 

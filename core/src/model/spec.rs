@@ -398,7 +398,7 @@ impl JsonSchema for Quantity {
             "maxLength": 32,
             "pattern": "^\\+?([0-9]+(\\.[0-9]*)?|\\.[0-9]+)([eE][0-9]+|[KMGTPE]i|[kMGTPE])?$",
             "x-kubernetes-validations": [{
-                "rule": format!("type(self) != int || (self >= 1 && self <= {})", crate::quantity::MAX_BYTES),
+                "rule": format!("type(self) != int || (self >= 1 && self <= {})", crate::model::quantity::MAX_BYTES),
                 "message": "must be a whole number of bytes from 1 to 1Ti, or a quantity such as \"64Mi\"",
                 "reason": "FieldValueInvalid"
             }]

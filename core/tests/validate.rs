@@ -1,0 +1,439 @@
+//! The validator, case by case: every hostile spec is refused with an error that names
+//! the field (and `load_plans`, which `up`, the volume plugin and the CSI node plugin
+//! call, refuses it before anything is made), and the rules for names, modes and the
+//! link's root. `sidecar/tests/hostile.rs` runs a few through `up` and `validate` to
+//! prove the binary refuses them and creates nothing.
+
+use ipclink_core::model::names::{check_dns_label, check_dns_subdomain};
+use ipclink_core::model::spec::Mode;
+use ipclink_core::model::validate::{
+    RootPlan, SPARE_INODES, SPARE_INODES_CREATE, parse_mode, parse_socket_mode,
+};
+use ipclink_core::{LinkPlan, Problems, load_plans, validate};
+
+const GOOD_CHANNELS: &str = r#"
+  channels:
+    - { name: frames, kind: shm, size: 1Mi }
+    - { name: events, kind: fifo }
+"#;
+
+pub fn doc(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: {{ name: {name}, namespace: demo }}\nspec:\n{spec}\n"
+    )
+}
+
+/// (case, YAML, text the error must contain)
+pub fn cases() -> Vec<(&'static str, String, &'static str)> {
+    let ch = |line: &str| doc("ok", &format!("  channels:\n    - {line}\n"));
+    let sem = |line: &str| doc("ok", &format!("  semaphores:\n    - {line}\n"));
+    vec![
+        (
+            "traversal name",
+            ch(r#"{ name: "../x", kind: fifo }"#),
+            "spec.channels[0].name",
+        ),
+        (
+            "dot-dot name",
+            ch(r#"{ name: "..", kind: fifo }"#),
+            "spec.channels[0].name",
+        ),
+        (
+            "slash name",
+            ch(r#"{ name: "a/b", kind: fifo }"#),
+            "spec.channels[0].name",
+        ),
+        (
+            "absolute name",
+            ch(r#"{ name: "/etc", kind: fifo }"#),
+            "spec.channels[0].name",
+        ),
+        (
+            "NUL in name",
+            ch(r#"{ name: "a\0b", kind: fifo }"#),
+            "spec.channels[0].name",
+        ),
+        (
+            "uppercase name",
+            ch("{ name: Frames, kind: fifo }"),
+            "spec.channels[0].name",
+        ),
+        (
+            "64-char name",
+            ch(&format!("{{ name: {}, kind: fifo }}", "a".repeat(64))),
+            "64 characters",
+        ),
+        (
+            "traversal link name",
+            doc("../etc", GOOD_CHANNELS),
+            "metadata.name",
+        ),
+        (
+            "bad namespace",
+            doc("ok", GOOD_CHANNELS).replace("namespace: demo", "namespace: Demo_1"),
+            "metadata.namespace",
+        ),
+        (
+            "channel and semaphore share a name",
+            doc(
+                "ok",
+                "  channels:\n    - { name: x, kind: fifo }\n  semaphores:\n    - { name: x }\n",
+            ),
+            "spec.semaphores[0].name",
+        ),
+        (
+            "duplicate channel",
+            doc(
+                "ok",
+                "  channels:\n    - { name: x, kind: fifo }\n    - { name: x, kind: socket }\n",
+            ),
+            "spec.channels[1].name",
+        ),
+        (
+            "duplicate member",
+            doc("ok", "  members: [{ name: a }, { name: a }]\n"),
+            "spec.members[1].name",
+        ),
+        (
+            "setuid mode",
+            ch(r#"{ name: x, kind: fifo, mode: "4777" }"#),
+            "setuid",
+        ),
+        (
+            "sticky fifo",
+            ch(r#"{ name: x, kind: fifo, mode: "1777" }"#),
+            "the sticky bit only on socket channels",
+        ),
+        (
+            "setgid socket directory",
+            ch(r#"{ name: x, kind: socket, mode: "3770" }"#),
+            "setgid",
+        ),
+        (
+            "sticky semaphore",
+            sem(r#"{ name: s, mode: "1660" }"#),
+            "spec.semaphores[0].mode",
+        ),
+        (
+            "huge mode",
+            ch(r#"{ name: x, kind: fifo, mode: "77777" }"#),
+            "spec.channels[0].mode",
+        ),
+        (
+            "non-octal mode",
+            ch(r#"{ name: x, kind: fifo, mode: "0888" }"#),
+            "spec.channels[0].mode",
+        ),
+        (
+            "unquoted mode",
+            ch("{ name: x, kind: fifo, mode: 0660 }"),
+            "quoted octal string",
+        ),
+        (
+            "zero size",
+            ch("{ name: x, kind: shm, size: 0 }"),
+            "spec.channels[0].size",
+        ),
+        (
+            "negative size",
+            ch(r#"{ name: x, kind: shm, size: "-1Mi" }"#),
+            "greater than 0",
+        ),
+        (
+            "9Ei size",
+            ch("{ name: x, kind: shm, size: 9Ei }"),
+            "too large",
+        ),
+        (
+            "size on a fifo",
+            ch("{ name: x, kind: fifo, size: 1Mi }"),
+            "only for shm",
+        ),
+        (
+            "shm without size",
+            ch("{ name: x, kind: shm }"),
+            "is required",
+        ),
+        (
+            "sum over limit",
+            doc(
+                "ok",
+                "  sizeLimit: 1Mi\n  channels:\n    - { name: a, kind: shm, size: 1Mi }\n    - { name: b, kind: shm, size: 4Ki }\n",
+            ),
+            "spec.sizeLimit",
+        ),
+        (
+            "bad sizeLimit",
+            doc("ok", "  sizeLimit: lots\n"),
+            "spec.sizeLimit",
+        ),
+        (
+            "unknown kind",
+            ch("{ name: x, kind: queue }"),
+            "unknown variant `queue`",
+        ),
+        (
+            "negative semaphore",
+            sem("{ name: s, initial: -1 }"),
+            "spec.semaphores[0].initial",
+        ),
+        (
+            "semaphore over SEM_VALUE_MAX",
+            sem("{ name: s, initial: 2147483648 }"),
+            "SEM_VALUE_MAX",
+        ),
+        (
+            "unknown abi",
+            sem("{ name: s, abi: bionic }"),
+            "unknown variant `bionic`",
+        ),
+        (
+            "uid -1",
+            doc("ok", "  owner: { uid: -1, gid: 0 }\n"),
+            "spec.owner.uid",
+        ),
+        (
+            "uid 4294967295",
+            doc("ok", "  owner: { uid: 4294967295, gid: 0 }\n"),
+            "spec.owner.uid",
+        ),
+        (
+            "gid out of range on a channel",
+            ch("{ name: x, kind: fifo, owner: { uid: 0, gid: 4294967295 } }"),
+            "spec.channels[0].owner.gid",
+        ),
+        (
+            "unknown spec field",
+            doc("ok", "  sizelimit: 1Mi\n"),
+            "unknown field `sizelimit`",
+        ),
+        (
+            "unknown channel field",
+            ch("{ name: x, kind: fifo, sise: 1 }"),
+            "channels[0]",
+        ),
+        (
+            "unknown top-level field",
+            format!("{}extra: 1\n", doc("ok", GOOD_CHANNELS)),
+            "unknown field `extra`",
+        ),
+        (
+            "unknown reader",
+            doc(
+                "ok",
+                "  members: [{ name: a }]\n  channels:\n    - { name: x, kind: fifo, readers: [b] }\n",
+            ),
+            "spec.channels[0].readers[0]",
+        ),
+        (
+            "wrong apiVersion",
+            doc("ok", GOOD_CHANNELS).replace("ipclink.dev/v1alpha1", "v1"),
+            "apiVersion",
+        ),
+        (
+            "wrong kind",
+            doc("ok", GOOD_CHANNELS).replace("kind: IpcLink", "kind: Pod"),
+            "kind",
+        ),
+        (
+            "malformed YAML",
+            "apiVersion: [unclosed\n".into(),
+            "malformed YAML",
+        ),
+        (
+            "missing spec",
+            "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: { name: a }\n".into(),
+            "missing field `spec`",
+        ),
+        (
+            "same link twice",
+            format!(
+                "{}---\n{}",
+                doc("ok", GOOD_CHANNELS),
+                doc("ok", GOOD_CHANNELS)
+            ),
+            "also defined",
+        ),
+    ]
+}
+
+#[test]
+fn each_hostile_spec_is_refused_naming_its_field() {
+    let cases = cases();
+    assert!(cases.len() >= 40, "{} cases", cases.len());
+    for (case, yaml, expect) in cases {
+        let problems = load_plans(&[("link.yaml".to_string(), yaml.clone())])
+            .map(|_| ())
+            .expect_err(case);
+        let text = problems.to_string();
+        assert!(
+            text.contains(expect),
+            "{case}: the error does not say {expect:?}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let yaml = doc(
+        "Bad_Name",
+        "  sizeLimit: 0\n  owner: { uid: -1, gid: 4294967295 }\n  channels:\n    - { name: A, kind: fifo, mode: \"4777\" }\n  semaphores:\n    - { name: s, initial: -5 }\n",
+    );
+    let problems = load_plans(&[("many.yaml".to_string(), yaml)])
+        .map(|_| ())
+        .expect_err("invalid");
+    let fields: Vec<&str> = problems.0.iter().map(|p| p.field.as_str()).collect();
+    for field in [
+        "metadata.name",
+        "spec.sizeLimit",
+        "spec.owner.uid",
+        "spec.owner.gid",
+        "spec.channels[0].name",
+        "spec.channels[0].mode",
+        "spec.semaphores[0].initial",
+    ] {
+        assert!(
+            fields.iter().any(|f| f.ends_with(field)),
+            "missing {field} in {fields:?}"
+        );
+    }
+    assert_eq!(problems.0.len(), 7, "{problems}");
+}
+
+#[test]
+fn dns_labels() {
+    for ok in ["a", "frames", "a-1", &"a".repeat(63)] {
+        assert!(check_dns_label(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        ".",
+        "..",
+        "a/b",
+        "../x",
+        "A",
+        "a_b",
+        "-a",
+        "a-",
+        "a.b",
+        "a\0b",
+        "é",
+        &"a".repeat(64),
+    ] {
+        assert!(check_dns_label(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn dns_subdomains() {
+    let fqdn = format!("{}.example.com", vec!["a".repeat(63); 3].join("."));
+    assert_eq!(fqdn.len(), 203);
+    let longest = format!("{}.{}", "b".repeat(49), fqdn);
+    assert_eq!(longest.len(), 253);
+    for ok in [
+        "a",
+        "node-1",
+        "ip-10-0-1-23.us-west-2.compute.internal",
+        &fqdn,
+        &longest,
+    ] {
+        assert!(check_dns_subdomain(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        ".",
+        "a..b",
+        ".a",
+        "a.",
+        "a/b",
+        "A.b",
+        "a_b",
+        "-a.b",
+        "a.b-",
+        "a.-b",
+        "a\0b",
+        &format!("c{longest}"),
+    ] {
+        let e = check_dns_subdomain(bad).expect_err(bad);
+        assert!(e.contains("DNS subdomain"), "{e}");
+    }
+}
+
+#[test]
+fn modes() {
+    assert_eq!(parse_mode(&Mode("0660".into())), Ok(0o660));
+    assert_eq!(parse_mode(&Mode("660".into())), Ok(0o660));
+    assert_eq!(parse_mode(&Mode("0o600".into())), Ok(0o600));
+    for bad in ["4777", "2770", "1777", "0888", "rw-", "", "07777", "99999"] {
+        assert!(parse_mode(&Mode(bad.into())).is_err(), "{bad}");
+    }
+    assert!(
+        parse_mode(&Mode("4777".into()))
+            .unwrap_err()
+            .contains("setuid")
+    );
+    assert!(
+        parse_mode(&Mode("1777".into()))
+            .unwrap_err()
+            .contains("sticky")
+    );
+    // Socket directories may be sticky, and nothing more.
+    assert_eq!(parse_socket_mode(&Mode("1770".into())), Ok(0o1770));
+    assert_eq!(parse_socket_mode(&Mode("0770".into())), Ok(0o770));
+    for bad in ["3770", "5770", "4770", "2770"] {
+        let e = parse_socket_mode(&Mode(bad.into())).unwrap_err();
+        assert!(e.contains("setuid") || e.contains("setgid"), "{bad}: {e}");
+    }
+}
+
+fn plan_of(spec: &str) -> Result<LinkPlan, Problems> {
+    let yaml = format!(
+        "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: {{ name: link, namespace: test }}\nspec:\n{spec}"
+    );
+    let links = ipclink_core::parse_links("t", &yaml).expect("parse");
+    validate(&links[0])
+}
+
+#[test]
+fn allow_create_opens_the_root_and_root_mode_needs_it() {
+    let closed = plan_of("  sizeLimit: 1Mi\n").expect("valid");
+    assert_eq!(closed.root, RootPlan::default());
+    assert!(!closed.root.allows_create());
+    assert_eq!(closed.nr_inodes, SPARE_INODES);
+    let open = plan_of("  allowCreate: true\n").expect("valid");
+    assert_eq!((open.root.mode, open.root.gid), (0o1777, 0));
+    assert!(open.root.allows_create());
+    assert_eq!(open.nr_inodes, SPARE_INODES_CREATE);
+    let group =
+        plan_of("  allowCreate: true\n  rootMode: \"1770\"\n  owner: { uid: 1000, gid: 2000 }\n")
+            .expect("valid");
+    assert_eq!(
+        (group.root.mode, group.root.uid, group.root.gid),
+        (0o1770, 0, 2000)
+    );
+    for (spec, field, says) in [
+        (
+            "  rootMode: \"1777\"\n",
+            "spec.rootMode",
+            "only with allowCreate",
+        ),
+        (
+            "  allowCreate: true\n  rootMode: \"0777\"\n",
+            "spec.rootMode",
+            "\"1777\"",
+        ),
+        (
+            "  allowCreate: true\n  rootMode: \"1770\"\n",
+            "spec.rootMode",
+            "set spec.owner",
+        ),
+    ] {
+        let problems = plan_of(spec).expect_err(spec).0;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.field == field && p.message.contains(says)),
+            "{spec}: {problems:?}"
+        );
+    }
+}
