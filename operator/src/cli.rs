@@ -229,7 +229,7 @@ pub struct RunArgs {
     /// namespace and label index) or `full` (whole pods, scanned; for the scale
     /// benchmark's before/after figures).
     #[arg(long, value_enum, default_value = "slim", hide = true)]
-    pub pod_cache: crate::podcache::PodCache,
+    pub pod_cache: crate::cache::podcache::PodCache,
     /// Do not provision PersistentVolumes for persistent-mode claims (when
     /// external-provisioner does it through the CSI controller instead).
     #[arg(long)]

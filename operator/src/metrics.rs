@@ -14,7 +14,9 @@ use ipclink_runtime::links::Exposition;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
-use crate::controller::Synced;
+use std::sync::Arc;
+
+use crate::cache::podcache::PodIndex;
 
 /// The operator's exposition.
 pub struct Exposed {
@@ -117,5 +119,77 @@ impl Exposition for Exposed {
             "One series per IpcLink: its phase and the node it lives on (empty until its members are scheduled); always 1.",
             &rows,
         );
+    }
+}
+
+/// Whether the caches a reconcile reads hold their first list: a leader that has not
+/// read them yet is not ready (`/readyz`).
+#[derive(Debug, Clone)]
+pub struct Synced {
+    pub(crate) links: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) pods: Arc<PodIndex>,
+    pub(crate) nodes: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) claims: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Synced {
+    /// The caches still waiting for their first list, by resource.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let listed =
+            |f: &std::sync::atomic::AtomicBool| f.load(std::sync::atomic::Ordering::Acquire);
+        [
+            ("ipclinks", listed(&self.links)),
+            ("pods", self.pods.listed()),
+            ("nodes", listed(&self.nodes)),
+            ("leases", listed(&self.claims)),
+        ]
+        .into_iter()
+        .filter(|(_, done)| !done)
+        .map(|(what, _)| what)
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::podcache::PodCache;
+    use k8s_openapi::api::core::v1::Pod;
+
+    #[test]
+    fn a_leader_is_ready_once_every_cache_has_listed() {
+        use ipclink_runtime::links::Exposition;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let flag = || Arc::new(AtomicBool::new(false));
+        let synced = Synced {
+            links: flag(),
+            pods: Arc::new(PodIndex::new(PodCache::Slim)),
+            nodes: flag(),
+            claims: flag(),
+        };
+        let registry = prometheus::Registry::new();
+        let exposed = crate::metrics::Exposed {
+            metrics: OperatorMetrics::new(&registry).expect("metrics"),
+            registry,
+            links: std::sync::OnceLock::new(),
+            synced: std::sync::OnceLock::new(),
+        };
+        assert_eq!(exposed.ready(), Ok(()), "a standby is ready");
+        exposed.synced.set(synced.clone()).expect("set once");
+        assert_eq!(
+            exposed.ready(),
+            Err(
+                "leading, but the first list of ipclinks, pods, nodes, leases is not in yet".into()
+            )
+        );
+        synced.links.store(true, Ordering::Release);
+        synced.nodes.store(true, Ordering::Release);
+        synced.claims.store(true, Ordering::Release);
+        assert_eq!(synced.missing(), ["pods"]);
+        synced
+            .pods
+            .apply(&kube::runtime::watcher::Event::<Pod>::InitDone);
+        assert_eq!(synced.missing(), Vec::<&str>::new());
+        assert_eq!(exposed.ready(), Ok(()));
     }
 }

@@ -26,7 +26,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
-use crate::controller::{Reconnect, SELECTED_NODE};
+use crate::reconcile::{Reconnect, SELECTED_NODE};
 
 const PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner";
 /// Annotation naming the provisioner of a PersistentVolume.

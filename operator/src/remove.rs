@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 
-use crate::depth::{self, Sources};
+use crate::gather::{self, Sources};
 use crate::provision::PROVISIONED_BY;
 
 /// How long a mounted member may take to show as gone in status.
@@ -142,8 +142,8 @@ pub async fn run(
     };
     loop {
         let mut held = Vec::new();
-        for (node, addr) in depth::endpoints(&plugins).await {
-            match depth::fetch(&addr, &plugins).await {
+        for (node, addr) in gather::endpoints(&plugins).await {
+            match gather::fetch(&addr, &plugins).await {
                 Ok(links) if links.is_empty() => {}
                 Ok(links) => held.push(format!(
                     "{node}: {}",

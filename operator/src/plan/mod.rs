@@ -2,15 +2,18 @@
 //! status the operator writes and the Events a user must see. No client, no clock: the
 //! caller passes `now`, so every stage is tested from YAML fixtures.
 
+pub mod conditions;
+pub mod observed;
+pub mod permissions;
+
 use std::collections::{BTreeMap, HashMap};
 
 use ipclink_core::model::spec::{IpcLinkStatus, MemberStatus, Phase};
 use ipclink_core::{IpcLink, LinkPlan, Problems};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::conditions::{ConditionType, Reason, Truth, Verdict, bounded, to_condition};
-use crate::depth::LinkDepths;
-use crate::permissions;
+use crate::plan::conditions::{ConditionType, Reason, Truth, Verdict, bounded, to_condition};
+use crate::plan::observed::LinkDepths;
 use crate::pods::PodView;
 
 /// What else the operator knows about a link when it plans.

@@ -5,7 +5,7 @@
 use ipclink_core::model::access::denials;
 use ipclink_core::{IpcLink, LinkPlan};
 
-use crate::conditions::{Reason, Truth, Verdict};
+use crate::plan::conditions::{Reason, Truth, Verdict};
 use crate::pods::PodView;
 
 /// The PermissionsConsistent condition, naming each member, pod, container and channel

@@ -36,7 +36,9 @@ fn without_times(status: &IpcLinkStatus) -> IpcLinkStatus {
     for c in &mut s.conditions {
         c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
     }
-    s.depths_observed_time = s.depths_observed_time.map(crate::depth::whole_seconds);
+    s.depths_observed_time = s
+        .depths_observed_time
+        .map(crate::plan::observed::whole_seconds);
     s
 }
 

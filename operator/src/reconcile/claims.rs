@@ -15,7 +15,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 
-use crate::controller::{
+use crate::reconcile::{
     Context, DEFAULT_CLASS, Error, MANAGER, SELECTED_NODE, is_status, kube_err,
 };
 
@@ -135,7 +135,7 @@ pub(crate) async fn rehome(
     let event = Event {
         type_: EventType::Warning,
         reason: "Rehomed".into(),
-        note: Some(crate::conditions::bounded(format!(
+        note: Some(crate::plan::conditions::bounded(format!(
             "node {node} {why} and no member has the link mounted: released its volume (claim {name}) so the next member's node is chosen again; the link's data did not move: its channels start empty on the new node"
         ))),
         action: "Rehome".into(),

@@ -14,9 +14,9 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
-use crate::linkindex::LinkIndex;
+use crate::cache::linkindex::LinkIndex;
+use crate::cache::watch::Reconnect;
 use crate::pods::{PodView, SlimPod, WirePod};
-use crate::watch::Reconnect;
 use futures::StreamExt;
 use kube::Api;
 use kube::runtime::controller::Controller;
