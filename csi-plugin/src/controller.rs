@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::csi;
 use crate::error::CsiError;
+use crate::ids::check_capability;
 use crate::ids::{self, MAX_ID, VolumeId};
-use crate::node::check_capability;
 use crate::source::LinkSource;
 use crate::state::{load_json, save_json};
 

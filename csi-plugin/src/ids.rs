@@ -5,6 +5,7 @@ use std::path::Path;
 
 use ipclink_core::model::names::check_dns_label;
 
+use crate::csi;
 use crate::error::CsiError;
 
 /// Context keys the kubelet adds with `podInfoOnMount`.
@@ -147,6 +148,82 @@ pub fn check_target(field: &'static str, path: &str) -> Result<(), CsiError> {
         ));
     }
     Ok(())
+}
+
+/// Only mounted directories: block access makes no sense for a link.
+pub fn check_capability(cap: &csi::VolumeCapability) -> Result<(), CsiError> {
+    use csi::volume_capability::AccessType;
+    match cap.access_type {
+        Some(AccessType::Mount(_)) => {}
+        Some(AccessType::Block(_)) => {
+            return Err(CsiError::invalid(
+                "volume_capability",
+                "block access is not supported; an ipclink volume is a directory (use mount)",
+            ));
+        }
+        None => {
+            return Err(CsiError::invalid(
+                "volume_capability",
+                "access_type is required (mount)",
+            ));
+        }
+    }
+    match cap.access_mode.as_ref().map(|m| m.mode) {
+        Some(m) if m != 0 => Ok(()),
+        _ => Err(CsiError::invalid(
+            "volume_capability",
+            "access_mode is required",
+        )),
+    }
+}
+
+/// (namespace, link) of a publish request: from the id for a persistent volume, from the
+/// context for an inline ephemeral one. A pod of another namespace is refused.
+pub(crate) fn resolve_link(
+    volume_id: &str,
+    ctx: &BTreeMap<String, String>,
+) -> Result<(String, String), CsiError> {
+    let pod_ns = ctx.get(POD_NAMESPACE);
+    if ctx.get(EPHEMERAL).map(String::as_str) == Some("true") {
+        let link = ctx.get(LINK).ok_or_else(|| {
+            CsiError::invalid(
+                "volume_context",
+                "an inline volume needs volumeAttributes.link",
+            )
+        })?;
+        check_dns_label(link)
+            .map_err(|e| CsiError::invalid("volume_context", format!("link: {e}")))?;
+        let ns = pod_ns.ok_or_else(|| {
+            CsiError::invalid(
+                "volume_context",
+                "no pod namespace: the CSIDriver needs podInfoOnMount: true",
+            )
+        })?;
+        check_dns_label(ns)
+            .map_err(|e| CsiError::invalid("volume_context", format!("pod namespace: {e}")))?;
+        return Ok((ns.clone(), link.clone()));
+    }
+    let id = VolumeId::parse(volume_id)
+        .ok_or_else(|| CsiError::NotFound(format!("{volume_id:?} is not an ipclink volume id")))?;
+    for (key, want) in [(NAMESPACE, &id.namespace), (LINK, &id.link)] {
+        if let Some(v) = ctx.get(key)
+            && v != want
+        {
+            return Err(CsiError::invalid(
+                "volume_context",
+                format!("{key} {v:?} does not match the volume id"),
+            ));
+        }
+    }
+    if let Some(ns) = pod_ns
+        && ns != &id.namespace
+    {
+        return Err(CsiError::Denied(format!(
+            "a pod of namespace {ns} may not mount link {}/{}",
+            id.namespace, id.link
+        )));
+    }
+    Ok((id.namespace, id.link))
 }
 
 #[cfg(test)]

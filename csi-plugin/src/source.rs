@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use ipclink_core::model::names::link_claim_name;
+use ipclink_core::model::names::link_lease_name;
 use ipclink_core::{IpcLink, LinkPlan, parse_link_value, validate, yaml_documents};
 
 use crate::error::CsiError;
@@ -268,7 +268,7 @@ impl KubeSource {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), &namespace);
         let lease = Lease {
             metadata: ObjectMeta {
-                name: Some(link_claim_name(&name)),
+                name: Some(link_lease_name(&name)),
                 namespace: Some(namespace.clone()),
                 labels: Some(
                     [(
@@ -308,7 +308,7 @@ impl KubeSource {
                 Err(e) => return Err(api_error(e)),
             }
             let Some(held) = api
-                .get_opt(&link_claim_name(&name))
+                .get_opt(&link_lease_name(&name))
                 .await
                 .map_err(api_error)?
             else {
@@ -361,7 +361,7 @@ impl KubeSource {
         use kube::api::Api;
         let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
         let Some(held) = api
-            .get_opt(&link_claim_name(link))
+            .get_opt(&link_lease_name(link))
             .await
             .map_err(api_error)?
         else {

@@ -129,7 +129,7 @@ pub struct Synced {
     pub(crate) links: Arc<std::sync::atomic::AtomicBool>,
     pub(crate) pods: Arc<PodIndex>,
     pub(crate) nodes: Arc<std::sync::atomic::AtomicBool>,
-    pub(crate) claims: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) leases: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Synced {
@@ -141,7 +141,7 @@ impl Synced {
             ("ipclinks", listed(&self.links)),
             ("pods", self.pods.listed()),
             ("nodes", listed(&self.nodes)),
-            ("leases", listed(&self.claims)),
+            ("leases", listed(&self.leases)),
         ]
         .into_iter()
         .filter(|(_, done)| !done)
@@ -165,7 +165,7 @@ mod tests {
             links: flag(),
             pods: Arc::new(PodIndex::new(PodCache::Slim)),
             nodes: flag(),
-            claims: flag(),
+            leases: flag(),
         };
         let registry = prometheus::Registry::new();
         let exposed = crate::metrics::Exposed {
@@ -184,7 +184,7 @@ mod tests {
         );
         synced.links.store(true, Ordering::Release);
         synced.nodes.store(true, Ordering::Release);
-        synced.claims.store(true, Ordering::Release);
+        synced.leases.store(true, Ordering::Release);
         assert_eq!(synced.missing(), ["pods"]);
         synced
             .pods

@@ -83,7 +83,7 @@ pub async fn controller(
             });
         });
 
-    // Inline links' claims: which node holds each.
+    // Inline links' Leases: which node holds each.
     let (lease_store, leases_listed, lease_stream) = reflected(
         Api::<Lease>::all(client.clone()),
         watcher::Config::default().labels(LINK_LABEL),
@@ -128,7 +128,7 @@ pub async fn controller(
             links: links_listed,
             pods: pod_index.clone(),
             nodes: nodes_listed.clone(),
-            claims: leases_listed.clone(),
+            leases: leases_listed.clone(),
         },
     });
     let node_links_store = link_store.clone();
@@ -150,8 +150,8 @@ pub async fn controller(
         last_writes: std::sync::Mutex::default(),
         nodes: node_store,
         nodes_listed,
-        claims: lease_store,
-        claims_listed: leases_listed,
+        leases: lease_store,
+        leases_listed,
         rehome_after: settings.rehome_after,
     });
     controller

@@ -43,10 +43,10 @@ pub const METRICS_AUDIENCE: &str = "ipclink.dev/metrics";
 /// the link's name.
 pub const LINK_LABEL: &str = "ipclink.dev/link";
 
-/// The name of link `link`'s claim: a Lease in the link's namespace held by the node the
+/// The name of link `link`'s Lease, in the link's namespace, held by the node the
 /// link lives on (the node plugin creates it at the first publish; it is owned by the
 /// IpcLink and goes with it).
-pub fn link_claim_name(link: &str) -> String {
+pub fn link_lease_name(link: &str) -> String {
     format!("ipclink-{link}")
 }
 

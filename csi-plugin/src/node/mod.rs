@@ -7,6 +7,7 @@
 //! gRPC workers; [`target`] does the mounts, [`mountinfo`] rebuilds lost state, [`gc`]
 //! tears down links that are deleted or unused.
 
+mod budget;
 pub mod charge;
 mod edits;
 mod gc;
@@ -20,16 +21,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use ipclink_core::model::members::{has_pod_selectors, members_of};
+use ipclink_core::model::names::check_dns_subdomain;
 use ipclink_core::model::names::{TOPOLOGY_KEY, topology_value};
-use ipclink_core::model::names::{check_dns_label, check_dns_subdomain};
 use ipclink_core::{InProcess, LinkPlan, Preallocate, StorageMode, Store};
 use nix::sys::statvfs::statvfs;
 use serde::{Deserialize, Serialize};
 
 use crate::csi;
 use crate::error::CsiError;
-use crate::ids::{self, VolumeId, check_context, check_id, check_target};
+use crate::ids::{self, check_capability, check_context, check_id, check_target, resolve_link};
 use crate::source::LinkSource;
+use budget::Reserved;
 
 /// One bind mount of a link into a pod.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,31 +137,6 @@ pub struct NodePlugin {
     in_flight: std::sync::atomic::AtomicUsize,
 }
 
-/// Ends a publication's count as one being made.
-struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// Ends a link's reservation against the node budget.
-pub(crate) struct Reservation<'a>(&'a Mutex<Reserved>, (String, String));
-
-/// The `sizeLimit` and declared objects of each link being made now, by namespace and
-/// name.
-type Reserved = HashMap<(String, String), (u64, usize)>;
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.1);
-    }
-}
-
 /// Releases a busy slot when a call ends.
 struct BusyGuard<'a>(&'a Mutex<HashSet<(String, String)>>, (String, String));
 
@@ -245,7 +222,7 @@ impl NodePlugin {
             .cloned()
     }
 
-    fn claim(&self, volume_id: &str, target: &str) -> Result<BusyGuard<'_>, CsiError> {
+    fn mark_busy(&self, volume_id: &str, target: &str) -> Result<BusyGuard<'_>, CsiError> {
         let key = (volume_id.to_owned(), target.to_owned());
         let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
         if !busy.insert(key.clone()) {
@@ -300,7 +277,7 @@ impl NodePlugin {
         let ctx: BTreeMap<String, String> = req.volume_context.clone().into_iter().collect();
         check_context(&ctx)?;
         let (namespace, link_name) = resolve_link(&req.volume_id, &ctx)?;
-        let _busy = self.claim(&req.volume_id, &req.target_path)?;
+        let _busy = self.mark_busy(&req.volume_id, &req.target_path)?;
 
         let publication = Publication {
             volume_id: req.volume_id.clone(),
@@ -483,61 +460,6 @@ impl NodePlugin {
         Ok(())
     }
 
-    /// For an edit of a live link to `plan`: counts a larger `sizeLimit` against the
-    /// budgets as [`NodePlugin::reserve`] does for a new link. Over a budget, the edit is
-    /// held back: the link keeps serving its record's plan, and its record says what
-    /// waits, naming `spec.sizeLimit` (the operator shows it in SpecApplied); the error
-    /// says why.
-    pub(crate) fn reserve_edit(
-        &self,
-        plan: &LinkPlan,
-    ) -> Result<Option<Reservation<'_>>, CsiError> {
-        let Some(record) = self.store.record(&plan.namespace, &plan.name) else {
-            return Ok(None);
-        };
-        let grows = plan.size_limit > record.plan.size_limit;
-        let adds = plan.objects.len() > record.plan.objects.len();
-        if !grows && !adds {
-            return Ok(None);
-        }
-        match self.reserve(plan) {
-            Ok(r) => Ok(Some(r)),
-            Err(e) => {
-                let objects_past = e.to_string().contains("--max-node-objects");
-                let problem = if grows && !objects_past {
-                    ipclink_core::Problem::new(
-                        "spec.sizeLimit",
-                        format!("{e}; the link keeps its size until the edit fits"),
-                    )
-                } else {
-                    ipclink_core::Problem::new(
-                        "spec.channels",
-                        format!("{e}; the link keeps its objects until the edit fits"),
-                    )
-                };
-                self.store.hold_back(plan, &[problem])?;
-                Err(e)
-            }
-        }
-    }
-
-    /// Counts a publication being made against `--max-volumes-per-node`, or refuses it
-    /// when the node holds that many: every publication is a mount on the node, and
-    /// the node's mount table is shared with the kubelet and every other driver.
-    fn count_publication(&self) -> Result<InFlight<'_>, CsiError> {
-        use std::sync::atomic::Ordering;
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let held = state.by_target.len() + self.in_flight.load(Ordering::SeqCst);
-        let max = self.settings.max_volumes;
-        if max > 0 && held as i64 >= max {
-            return Err(CsiError::Exhausted(format!(
-                "this node holds {held} ipclink publications and takes at most {max} (--max-volumes-per-node)"
-            )));
-        }
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        Ok(InFlight(&self.in_flight))
-    }
-
     /// Where the first publish of a link charges its preallocated pages.
     fn allocator(&self, pod_uid: Option<&str>) -> Result<Box<dyn Preallocate>, CsiError> {
         match (&self.settings.charge, pod_uid) {
@@ -549,61 +471,6 @@ impl NodePlugin {
         }
     }
 
-    /// Counts a link about to be made against the budgets of this node; the reservation
-    /// ends when the returned guard is dropped (by then the link's record counts).
-    fn reserve(&self, plan: &LinkPlan) -> Result<Reservation<'_>, CsiError> {
-        use ipclink_core::model::quantity::format_bytes;
-        let (ns, name, size) = (&plan.namespace, &plan.name, plan.size_limit);
-        let s = &self.settings;
-        if s.max_link_bytes > 0 && size > s.max_link_bytes {
-            return Err(CsiError::Exhausted(format!(
-                "link {ns}/{name} has sizeLimit {}; this node takes links of at most {} (--max-link-bytes)",
-                format_bytes(size),
-                format_bytes(s.max_link_bytes)
-            )));
-        }
-        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
-        // What the other links on this node hold or are being made with.
-        let (records, _) = self.store.records();
-        let others: Vec<(u64, usize)> = records
-            .iter()
-            .filter(|r| (&r.plan.namespace, &r.plan.name) != (ns, name))
-            .map(|r| (r.plan.size_limit, r.plan.objects.len()))
-            .chain(
-                reserved
-                    .iter()
-                    .filter(|(k, _)| (&k.0, &k.1) != (ns, name))
-                    .map(|(_, v)| *v),
-            )
-            .collect();
-        if s.max_node_bytes > 0 {
-            let in_use: u64 = others.iter().map(|o| o.0).sum();
-            if in_use.saturating_add(size) > s.max_node_bytes {
-                return Err(CsiError::Exhausted(format!(
-                    "link {ns}/{name} (sizeLimit {}) does not fit this node's budget: {} links hold {} of {} (--max-node-bytes)",
-                    format_bytes(size),
-                    others.len(),
-                    format_bytes(in_use),
-                    format_bytes(s.max_node_bytes)
-                )));
-            }
-        }
-        let objects = plan.objects.len();
-        if s.max_node_objects > 0 {
-            let in_use: usize = others.iter().map(|o| o.1).sum();
-            if in_use.saturating_add(objects) > s.max_node_objects {
-                return Err(CsiError::Exhausted(format!(
-                    "link {ns}/{name} ({objects} channels and semaphores) does not fit this node's budget: {} links declare {in_use} of {} (--max-node-objects)",
-                    others.len(),
-                    s.max_node_objects
-                )));
-            }
-        }
-        let key = (ns.clone(), name.clone());
-        reserved.insert(key.clone(), (size, objects));
-        Ok(Reservation(&self.reserved, key))
-    }
-
     /// NodeUnpublishVolume.
     pub async fn unpublish(
         self: &Arc<Self>,
@@ -611,7 +478,7 @@ impl NodePlugin {
     ) -> Result<(), CsiError> {
         check_id("volume_id", &req.volume_id)?;
         check_target("target_path", &req.target_path)?;
-        let _busy = self.claim(&req.volume_id, &req.target_path)?;
+        let _busy = self.mark_busy(&req.volume_id, &req.target_path)?;
         let (volume_id, target) = (req.volume_id.clone(), req.target_path.clone());
         let released = self
             .blocking(move |p| p.unbind(&volume_id, &target))
@@ -721,80 +588,4 @@ impl NodePlugin {
             }),
         }
     }
-}
-
-/// Only mounted directories: block access makes no sense for a link.
-pub fn check_capability(cap: &csi::VolumeCapability) -> Result<(), CsiError> {
-    use csi::volume_capability::AccessType;
-    match cap.access_type {
-        Some(AccessType::Mount(_)) => {}
-        Some(AccessType::Block(_)) => {
-            return Err(CsiError::invalid(
-                "volume_capability",
-                "block access is not supported; an ipclink volume is a directory (use mount)",
-            ));
-        }
-        None => {
-            return Err(CsiError::invalid(
-                "volume_capability",
-                "access_type is required (mount)",
-            ));
-        }
-    }
-    match cap.access_mode.as_ref().map(|m| m.mode) {
-        Some(m) if m != 0 => Ok(()),
-        _ => Err(CsiError::invalid(
-            "volume_capability",
-            "access_mode is required",
-        )),
-    }
-}
-
-/// (namespace, link) of a publish request: from the id for a persistent volume, from the
-/// context for an inline ephemeral one. A pod of another namespace is refused.
-fn resolve_link(
-    volume_id: &str,
-    ctx: &BTreeMap<String, String>,
-) -> Result<(String, String), CsiError> {
-    let pod_ns = ctx.get(ids::POD_NAMESPACE);
-    if ctx.get(ids::EPHEMERAL).map(String::as_str) == Some("true") {
-        let link = ctx.get(ids::LINK).ok_or_else(|| {
-            CsiError::invalid(
-                "volume_context",
-                "an inline volume needs volumeAttributes.link",
-            )
-        })?;
-        check_dns_label(link)
-            .map_err(|e| CsiError::invalid("volume_context", format!("link: {e}")))?;
-        let ns = pod_ns.ok_or_else(|| {
-            CsiError::invalid(
-                "volume_context",
-                "no pod namespace: the CSIDriver needs podInfoOnMount: true",
-            )
-        })?;
-        check_dns_label(ns)
-            .map_err(|e| CsiError::invalid("volume_context", format!("pod namespace: {e}")))?;
-        return Ok((ns.clone(), link.clone()));
-    }
-    let id = VolumeId::parse(volume_id)
-        .ok_or_else(|| CsiError::NotFound(format!("{volume_id:?} is not an ipclink volume id")))?;
-    for (key, want) in [(ids::NAMESPACE, &id.namespace), (ids::LINK, &id.link)] {
-        if let Some(v) = ctx.get(key)
-            && v != want
-        {
-            return Err(CsiError::invalid(
-                "volume_context",
-                format!("{key} {v:?} does not match the volume id"),
-            ));
-        }
-    }
-    if let Some(ns) = pod_ns
-        && ns != &id.namespace
-    {
-        return Err(CsiError::Denied(format!(
-            "a pod of namespace {ns} may not mount link {}/{}",
-            id.namespace, id.link
-        )));
-    }
-    Ok((id.namespace, id.link))
 }

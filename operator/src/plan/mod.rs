@@ -21,7 +21,7 @@ use crate::pods::PodView;
 pub struct Observed {
     /// Node the link is bound to, if any: the scheduler's `selected-node` of a
     /// persistent link's claim, or the node whose plugin claimed an inline link.
-    pub claim_node: Option<String>,
+    pub bound_node: Option<String>,
     /// Why the link's claim cannot be used, if it cannot.
     pub claim_conflict: Option<String>,
     /// Latest depths gathered from the node plugins.
@@ -94,7 +94,7 @@ pub fn plan(
             ),
         ),
     };
-    let (node, scheduled) = scheduling(pods, observed.claim_node.as_deref());
+    let (node, scheduled) = scheduling(pods, observed.bound_node.as_deref());
     let members_ready = members_ready(link, pods);
     let permissions = match validated {
         Ok(plan) => permissions::check(link, plan, pods),
@@ -238,7 +238,7 @@ fn deletion(pods: &[PodView]) -> Verdict {
 
 /// The link's node and the Scheduled condition: every member pod must be on one node
 /// (and on the claim's node, when the link has one).
-fn scheduling(pods: &[PodView], claim_node: Option<&str>) -> (Option<String>, Verdict) {
+fn scheduling(pods: &[PodView], bound_node: Option<&str>) -> (Option<String>, Verdict) {
     let mut by_node: BTreeMap<&str, Vec<&PodView>> = BTreeMap::new();
     for p in pods {
         if let Some(n) = &p.node {
@@ -246,7 +246,7 @@ fn scheduling(pods: &[PodView], claim_node: Option<&str>) -> (Option<String>, Ve
         }
     }
     // The claim's node wins, then the node with most members (ties: by name).
-    let node = claim_node.or_else(|| {
+    let node = bound_node.or_else(|| {
         by_node
             .iter()
             .max_by(|a, b| a.1.len().cmp(&b.1.len()).then(b.0.cmp(a.0)))

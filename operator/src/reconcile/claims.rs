@@ -53,7 +53,7 @@ impl Context {
 }
 
 /// The node holding link `namespace/name`'s claim, if a node plugin made one.
-pub(crate) async fn claim_holder(
+pub(crate) async fn lease_holder(
     client: &Client,
     namespace: &str,
     name: &str,
@@ -61,7 +61,7 @@ pub(crate) async fn claim_holder(
     let api: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), namespace);
     match api
-        .get_opt(&ipclink_core::model::names::link_claim_name(name))
+        .get_opt(&ipclink_core::model::names::link_lease_name(name))
         .await
     {
         Ok(lease) => Ok(lease.and_then(|l| l.spec?.holder_identity)),

@@ -37,10 +37,10 @@ pub struct Context {
     pub resync: Duration,
     /// Least time between two status writes of a link whose depths alone changed.
     pub status_min_interval: Duration,
-    /// The claims node plugins take of inline links (Leases labelled with the link).
-    pub claims: Store<Lease>,
-    /// Set once `claims` holds the watch's first list.
-    pub claims_listed: Arc<std::sync::atomic::AtomicBool>,
+    /// The Leases node plugins take of inline links (labelled with the link).
+    pub leases: Store<Lease>,
+    /// Set once `leases` holds the watch's first list.
+    pub leases_listed: Arc<std::sync::atomic::AtomicBool>,
     /// Every Node, from one watch (name and conditions only).
     pub nodes: Store<Node>,
     /// Set once `nodes` holds the watch's first list.

@@ -23,7 +23,7 @@ pub use crate::cache::watch::Reconnect;
 pub use crate::gather::Depths;
 use crate::plan::{self, Observed};
 use crate::pods::PodView;
-use claims::{ClaimState, claim_holder, cleanup, ensure_claim, rehome};
+use claims::{ClaimState, cleanup, ensure_claim, lease_holder, rehome};
 pub use context::{Context, Error, Settings, Shared};
 pub(crate) use context::{is_status, kube_err};
 use status::{only_depths_differ, same_but_time};
@@ -160,7 +160,7 @@ async fn reconcile_inner(
                         ipclink_core::model::spec::Phase::Pending,
                     ));
                 }
-                observed.claim_node = node;
+                observed.bound_node = node;
                 if created && ctx.fault.as_deref() == Some("exit-after-claim") {
                     tracing::error!("fault injection: exiting after creating the claim");
                     // As a kill -9 would: no destructors, no core file.
@@ -172,16 +172,16 @@ async fn reconcile_inner(
     }
     // An inline link lives where a node plugin claimed it (its first publish).
     if link.spec.claim.is_none() {
-        observed.claim_node = if ctx.claims_listed.load(std::sync::atomic::Ordering::Acquire) {
-            ctx.claims
+        observed.bound_node = if ctx.leases_listed.load(std::sync::atomic::Ordering::Acquire) {
+            ctx.leases
                 .get(
-                    &ObjectRef::new(&ipclink_core::model::names::link_claim_name(&name))
+                    &ObjectRef::new(&ipclink_core::model::names::link_lease_name(&name))
                         .within(&ns),
                 )
                 .and_then(|l| l.spec.as_ref()?.holder_identity.clone())
         } else {
             // Not watched (RBAC from before the watch): read it.
-            claim_holder(&ctx.client, &ns, &name).await?
+            lease_holder(&ctx.client, &ns, &name).await?
         };
     }
     let planned = plan::plan(link, &validated, &pods, &observed, &now);
