@@ -7,16 +7,13 @@
 //!    resources, annotations, an ipclink volume).
 //! 2. Serves `/v1/links` from `--endpoints` simulated node plugins on loopback, 5% of
 //!    which accept connections and never answer.
-//! 3. Starts the operator (slim pod cache), waits until it is ready (every pod listed),
-//!    creates the links and times until every one is Accepted; reads its RSS,
-//!    reconciles/s, p99 reconcile latency and the depth rounds.
-//! 4. Restarts it with whole pods scanned (`--pod-cache full`, the cache before the
-//!    index) and again with the slim cache, each time until every link has been
-//!    reconciled once, for the before/after figures side by side.
+//! 3. Starts the operator, waits until it is ready (every pod listed), creates the
+//!    links and times until every one is Accepted; reads its RSS, reconciles/s, p99
+//!    reconcile latency and the depth rounds.
+//! 4. Restarts it and times until every link has been reconciled once.
 //!
 //! Prints Markdown tables. Nothing is asserted: compare the rows of one run.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
@@ -324,16 +321,15 @@ fn main() {
         op_args.push("--links-endpoint".into());
         op_args.push(e.clone());
     }
-    let start_op = |mode: &str| {
-        let mut args: Vec<&str> = op_args.iter().map(String::as_str).collect();
-        args.extend(["--pod-cache", mode]);
+    let start_op = || {
+        let args: Vec<&str> = op_args.iter().map(String::as_str).collect();
         Operator::start(OPERATOR, &cp, &args, &[])
     };
 
     // Fresh links against the slim cache, once the operator has read the cluster: a
     // cluster's operator runs long before links are created (its start is measured by
     // the restarts below).
-    let mut op = start_op("slim");
+    let mut op = start_op();
     let listed = op.wait_ready(Duration::from_secs(300));
     let listed_rss = op
         .rss_bytes()
@@ -404,12 +400,10 @@ fn main() {
     let failed = depth("ipclink_depth_endpoints", &[("state", "failed")]);
     op.stop();
 
-    // Restarts: every link reconciled once, whole pods scanned vs slim pods indexed.
-    for (mode, label) in [
-        ("full", "whole pods, scanned (before)"),
-        ("slim", "slim + index (after)"),
-    ] {
-        let op = start_op(mode);
+    // A restart: every link reconciled once.
+    {
+        let label = "restart";
+        let op = start_op();
         let start = Instant::now();
         wait_metric(
             &op,
@@ -440,11 +434,11 @@ fn main() {
         links_created.as_secs_f64()
     );
     println!(
-        "operator (slim) ready, every pod cached, {:.1} s after it started serving /healthz; RSS then {listed_rss:.0} MiB\n",
+        "operator ready, every pod cached, {:.1} s after it started serving /healthz; RSS then {listed_rss:.0} MiB\n",
         listed.as_secs_f64()
     );
     println!(
-        "| pod cache | measured | time | reconciles | reconciles/s | p99 reconcile | mean reconcile | errors | status writes | RSS | peak RSS |"
+        "| run | measured | time | reconciles | reconciles/s | p99 reconcile | mean reconcile | errors | status writes | RSS | peak RSS |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
@@ -461,21 +455,6 @@ fn main() {
             r.writes,
             r.rss_mib,
             r.peak_mib
-        );
-    }
-    let mut by_mode: BTreeMap<&str, &Figures> = BTreeMap::new();
-    for r in rows.iter().skip(1) {
-        by_mode.insert(r.mode, r);
-    }
-    if let (Some(before), Some(after)) = (
-        by_mode.get("whole pods, scanned (before)"),
-        by_mode.get("slim + index (after)"),
-    ) {
-        println!(
-            "\nafter/before: restart time {:.2}×, p99 reconcile {:.2}×, RSS {:.2}×",
-            after.took.as_secs_f64() / before.took.as_secs_f64(),
-            after.p99_ms / before.p99_ms,
-            after.rss_mib / before.rss_mib
         );
     }
     println!(

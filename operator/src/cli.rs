@@ -225,11 +225,6 @@ pub struct RunArgs {
     /// chosen again (its data does not move). A deleted Node re-homes at once. 0: never.
     #[arg(long, default_value_t = 300)]
     pub rehome_after_seconds: u64,
-    /// How pods are cached: `slim` (the fields the operator reads, found through a
-    /// namespace and label index) or `full` (whole pods, scanned; for the scale
-    /// benchmark's before/after figures).
-    #[arg(long, value_enum, default_value = "slim", hide = true)]
-    pub pod_cache: crate::cache::podcache::PodCache,
     /// Do not provision PersistentVolumes for persistent-mode claims (when
     /// external-provisioner does it through the CSI controller instead).
     #[arg(long)]

@@ -153,7 +153,6 @@ impl Synced {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::podcache::PodCache;
     use k8s_openapi::api::core::v1::Pod;
 
     #[test]
@@ -163,7 +162,7 @@ mod tests {
         let flag = || Arc::new(AtomicBool::new(false));
         let synced = Synced {
             links: flag(),
-            pods: Arc::new(PodIndex::new(PodCache::Slim)),
+            pods: Arc::new(PodIndex::new()),
             nodes: flag(),
             leases: flag(),
         };

@@ -22,7 +22,7 @@ use ipclink_core::IpcLink;
 use ipclink_core::metrics::OperatorMetrics;
 use ipclink_core::model::names::LINK_LABEL;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim};
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
@@ -31,7 +31,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::cache::linkindex::LinkIndex;
-use crate::cache::podcache::{PodCache, PodIndex, PodWatch};
+use crate::cache::podcache::{PodIndex, PodWatch};
 pub use crate::cache::watch::Reconnect;
 use crate::cache::watch::{mark_listed, reflected};
 pub use crate::gather::Depths;
@@ -63,7 +63,7 @@ pub async fn controller(
     let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client.clone());
 
-    let pod_index = Arc::new(PodIndex::new(settings.pod_cache));
+    let pod_index = Arc::new(PodIndex::new());
 
     // Nodes: only whether each exists and is Ready (re-homing of persistent links).
     let (node_store, nodes_listed, node_stream) =
@@ -117,10 +117,7 @@ pub async fn controller(
         links: link_index,
         store: link_store.clone(),
     };
-    let controller = match settings.pod_cache {
-        PodCache::Slim => pods.wakes(controller, Api::<WirePod>::all(client.clone())),
-        PodCache::Full => pods.wakes(controller, Api::<Pod>::all(client.clone())),
-    };
+    let controller = pods.wakes(controller, Api::<WirePod>::all(client.clone()));
     let _ = ready.send(Shared {
         links: link_store.clone(),
         depths: depths.clone(),
@@ -358,7 +355,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_seconds),
         fault: std::env::var("IPCLINK_OPERATOR_FAULT").ok(),
         instance,
-        pod_cache: args.pod_cache,
         status_min_interval: Duration::from_secs(args.status_min_interval_seconds),
         rehome_after: (args.rehome_after_seconds > 0)
             .then(|| Duration::from_secs(args.rehome_after_seconds)),

@@ -24,90 +24,33 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::Event;
 use kube::runtime::{WatchStreamExt, watcher};
 
-/// How pods are kept and found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PodCache {
-    /// Trimmed pods, found through the namespace and label index (the default).
-    Slim,
-    /// Whole pods, found by scanning every cached pod, as before the index: kept only
-    /// so the scale benchmark can print both side by side.
-    Full,
-}
+/// One cached pod: the fields the operator reads.
+pub type Cached = SlimPod;
 
-/// One cached pod.
-// Every entry is slim but in the benchmark's `full` mode: that one is boxed instead.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum Cached {
-    /// The fields the operator reads.
-    Slim(SlimPod),
-    /// The whole object ([`PodCache::Full`]); boxed, so a slim entry is not as large.
-    Full(Box<Pod>),
-}
-
-impl Cached {
-    fn name(&self) -> &str {
-        match self {
-            Cached::Slim(p) => &p.name,
-            Cached::Full(p) => p.metadata.name.as_deref().unwrap_or_default(),
-        }
-    }
-
-    fn namespace(&self) -> &str {
-        match self {
-            Cached::Slim(p) => &p.namespace,
-            Cached::Full(p) => p.metadata.namespace.as_deref().unwrap_or_default(),
-        }
-    }
-
+impl SlimPod {
     /// Its labels.
-    pub fn labels(&self) -> Vec<(&str, &str)> {
-        match self {
-            Cached::Slim(p) => p.labels.iter().collect(),
-            Cached::Full(p) => p
-                .metadata
-                .labels
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect(),
-        }
+    pub fn label_pairs(&self) -> Vec<(&str, &str)> {
+        self.labels.iter().collect()
     }
 
     /// Whether `selector` selects it.
     pub fn selected_by(&self, selector: &LabelSelector) -> bool {
-        static NONE: BTreeMap<String, String> = BTreeMap::new();
-        match self {
-            Cached::Slim(p) => ipclink_core::model::members::selects(selector, &p.labels),
-            Cached::Full(p) => ipclink_core::model::members::selects(
-                selector,
-                p.metadata.labels.as_ref().unwrap_or(&NONE),
-            ),
-        }
+        ipclink_core::model::members::selects(selector, &self.labels)
     }
 
     /// Whether the operator still counts it: not being deleted, or still running.
     pub fn live(&self) -> bool {
-        match self {
-            Cached::Slim(p) => !p.deleting || p.running,
-            Cached::Full(p) => {
-                p.metadata.deletion_timestamp.is_none()
-                    || p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-            }
-        }
+        !self.deleting || self.running
     }
 
     /// What `link` sees of it, if one of its members selects it.
     pub fn view(&self, link: &IpcLink) -> Option<PodView> {
-        match self {
-            Cached::Slim(p) => PodView::of_slim(p, link),
-            Cached::Full(p) => PodView::of(p, link),
-        }
+        PodView::of_slim(self, link)
     }
 }
 
 /// A pod as a watch yields it: [`Pod`] (the whole object) or [`WirePod`] (what the
-/// slim cache decodes).
+/// operator decodes of the pods it watches).
 pub trait Watched:
     kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
     + Clone
@@ -117,23 +60,19 @@ pub trait Watched:
     + Sync
     + 'static
 {
-    /// What an index in `mode` keeps of it.
-    fn keep(&self, mode: PodCache) -> Cached;
+    /// What the index keeps of it.
+    fn keep(&self) -> Cached;
 }
 
 impl Watched for Pod {
-    fn keep(&self, mode: PodCache) -> Cached {
-        match mode {
-            PodCache::Slim => Cached::Slim(SlimPod::of(self)),
-            PodCache::Full => Cached::Full(Box::new(self.clone())),
-        }
+    fn keep(&self) -> Cached {
+        SlimPod::of(self)
     }
 }
 
 impl Watched for WirePod {
-    /// Always slim: a wire pod has nothing more to keep.
-    fn keep(&self, _: PodCache) -> Cached {
-        Cached::Slim(SlimPod::from(self.clone()))
+    fn keep(&self) -> Cached {
+        SlimPod::from(self.clone())
     }
 }
 
@@ -147,9 +86,9 @@ struct Namespace {
 
 impl Namespace {
     fn insert(&mut self, pod: Arc<Cached>) {
-        let name = pod.name().to_owned();
+        let name = pod.name.clone();
         self.remove(&name);
-        for (k, v) in pod.labels() {
+        for (k, v) in pod.label_pairs() {
             self.by_label
                 .entry((k.to_owned(), v.to_owned()))
                 .or_default()
@@ -162,7 +101,7 @@ impl Namespace {
         let Some(old) = self.pods.remove(name) else {
             return;
         };
-        for (k, v) in old.labels() {
+        for (k, v) in old.label_pairs() {
             let key = (k.to_owned(), v.to_owned());
             if let Some(names) = self.by_label.get_mut(&key) {
                 names.remove(name);
@@ -215,7 +154,7 @@ impl Inner {
     fn insert(&mut self, pod: Cached) {
         let space = self
             .namespaces
-            .entry(pod.namespace().to_owned())
+            .entry(pod.namespace.clone())
             .or_default();
         let before = space.pods.len();
         space.insert(Arc::new(pod));
@@ -236,29 +175,24 @@ impl Inner {
 }
 
 /// Every pod, by namespace and label; fed by a pod watch.
+#[derive(Default)]
 pub struct PodIndex {
     inner: RwLock<Inner>,
     listed: AtomicBool,
-    mode: PodCache,
 }
 
 impl std::fmt::Debug for PodIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PodIndex")
-            .field("mode", &self.mode)
             .field("len", &self.len())
             .finish_non_exhaustive()
     }
 }
 
 impl PodIndex {
-    /// An empty index; `mode` says whether pods are trimmed and looked up by index.
-    pub fn new(mode: PodCache) -> PodIndex {
-        PodIndex {
-            inner: RwLock::default(),
-            listed: AtomicBool::new(false),
-            mode,
-        }
+    /// An empty index.
+    pub fn new() -> PodIndex {
+        PodIndex::default()
     }
 
     /// Folds one watch event in. A relist replaces the whole content at its end, so a
@@ -266,11 +200,11 @@ impl PodIndex {
     pub fn apply<P: Watched>(&self, event: &Event<P>) {
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         match event {
-            Event::Apply(p) => inner.insert(p.keep(self.mode)),
+            Event::Apply(p) => inner.insert(p.keep()),
             Event::Delete(p) => inner.remove(p),
             Event::Init => inner.relist = Some(Vec::new()),
             Event::InitApply(p) => {
-                let kept = p.keep(self.mode);
+                let kept = p.keep();
                 inner.relist.get_or_insert_with(Vec::new).push(kept);
             }
             Event::InitDone => {
@@ -284,11 +218,6 @@ impl PodIndex {
                 self.listed.store(true, Ordering::Release);
             }
         }
-    }
-
-    /// How it keeps and finds pods.
-    pub fn mode(&self) -> PodCache {
-        self.mode
     }
 
     /// Whether the first list is in (before it, every link would look memberless).
@@ -310,17 +239,6 @@ impl PodIndex {
     pub fn select(&self, namespace: &str, selectors: &[&LabelSelector]) -> Vec<Arc<Cached>> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let selected = |p: &Cached| selectors.iter().any(|s| p.selected_by(s));
-        if self.mode == PodCache::Full {
-            let mut all: Vec<Arc<Cached>> = inner
-                .namespaces
-                .values()
-                .flat_map(|n| n.pods.values())
-                .filter(|p| p.namespace() == namespace && selected(p))
-                .cloned()
-                .collect();
-            all.sort_by(|a, b| a.name().cmp(b.name()));
-            return all;
-        }
         let Some(space) = inner.namespaces.get(namespace) else {
             return Vec::new();
         };
@@ -373,7 +291,6 @@ impl PodWatch {
             links,
             store,
         } = self;
-        let mode = index.mode();
         // The index keeps what the operator reads of each pod, and is fed before the
         // event wakes a link.
         let stream = watcher(api, watcher::Config::default())
@@ -390,18 +307,11 @@ impl PodWatch {
             let ns = pod.namespace().unwrap_or_default();
             let name = pod.name_any();
             let labels = pod.labels();
-            let candidates = match mode {
-                PodCache::Slim => links
-                    .candidates(&ns, &name, labels)
-                    .into_iter()
-                    .filter_map(|l| store.get(&ObjectRef::new(&l).within(&ns)))
-                    .collect(),
-                PodCache::Full => store
-                    .state()
-                    .into_iter()
-                    .filter(|l| l.namespace().as_deref() == Some(ns.as_str()))
-                    .collect::<Vec<_>>(),
-            };
+            let candidates: Vec<_> = links
+                .candidates(&ns, &name, labels)
+                .into_iter()
+                .filter_map(|l| store.get(&ObjectRef::new(&l).within(&ns)))
+                .collect();
             candidates
                 .into_iter()
                 .filter(|l| {
@@ -528,7 +438,7 @@ mod tests {
             "managed fields are skipped"
         );
         assert_eq!(SlimPod::from(wire.clone()), SlimPod::of(&full));
-        assert!(matches!(wire.keep(PodCache::Full), Cached::Slim(_)));
+        assert_eq!(wire.keep(), SlimPod::of(&full));
         // Fields left out or null decode as absent, as they do for a whole pod.
         let bare = serde_json::json!({
             "metadata": {"name": "p", "namespace": "ns", "labels": null},
@@ -555,13 +465,13 @@ mod tests {
     }
 
     fn names(pods: Vec<Arc<Cached>>) -> Vec<String> {
-        pods.iter().map(|p| p.name().to_owned()).collect()
+        pods.iter().map(|p| p.name.clone()).collect()
     }
 
     #[test]
-    fn both_modes_select_the_same_pods() {
-        for mode in [PodCache::Slim, PodCache::Full] {
-            let index = PodIndex::new(mode);
+    fn the_index_selects_by_namespace_and_label() {
+        {
+            let index = PodIndex::new();
             index.apply(&Event::<Pod>::Init);
             for (ns, name, labels) in [
                 ("a", "p1", vec![("app", "cam"), ("tier", "prod")]),
@@ -573,7 +483,7 @@ mod tests {
             }
             assert!(
                 !index.listed() && index.is_empty(),
-                "{mode:?}: nothing before InitDone"
+                "nothing before InitDone"
             );
             index.apply(&Event::<Pod>::InitDone);
             assert!(index.listed());
@@ -583,7 +493,7 @@ mod tests {
                 ["p1", "p2"]
             );
             let prod = selector(&[("app", "cam"), ("tier", "prod")]);
-            assert_eq!(names(index.select("a", &[&prod])), ["p1"], "{mode:?}");
+            assert_eq!(names(index.select("a", &[&prod])), ["p1"]);
             let expr = LabelSelector {
                 match_labels: None,
                 match_expressions: Some(vec![LabelSelectorRequirement {

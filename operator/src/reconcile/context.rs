@@ -13,7 +13,7 @@ use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
-use crate::cache::podcache::{PodCache, PodIndex};
+use crate::cache::podcache::PodIndex;
 pub use crate::gather::Depths;
 use crate::metrics::Synced;
 use crate::reconcile::status::{OWN_WRITE_SETTLE, Written, fingerprint};
@@ -153,8 +153,6 @@ pub struct Settings {
     pub fault: Option<String>,
     /// Name this operator reports in Events.
     pub instance: String,
-    /// How pods are cached and found.
-    pub pod_cache: PodCache,
     /// See [`Context::status_min_interval`].
     pub status_min_interval: Duration,
     /// See [`Context::rehome_after`].
