@@ -152,10 +152,7 @@ struct Inner {
 
 impl Inner {
     fn insert(&mut self, pod: Cached) {
-        let space = self
-            .namespaces
-            .entry(pod.namespace.clone())
-            .or_default();
+        let space = self.namespaces.entry(pod.namespace.clone()).or_default();
         let before = space.pods.len();
         space.insert(Arc::new(pod));
         self.len = self.len + space.pods.len() - before;
