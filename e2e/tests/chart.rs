@@ -11,7 +11,7 @@ use ipclink_testkit::control_plane::ControlPlane;
 use ipclink_testkit::require_tool;
 
 use ipclink_testkit::{
-    output_text as text, path_with, readme_script, repo_root as root, run_script, script_path,
+    doc_script, output_text as text, path_with, repo_root as root, run_script, script_path,
 };
 
 fn tools() -> PathBuf {
@@ -654,8 +654,8 @@ fn the_chart_installs_into_a_real_apiserver_and_uninstalls_cleanly() {
     let served = schemas_from(&cp, &schemas);
     assert!(served > before, "the IpcLink schema is served");
     let examples = [
-        root().join("manifests/examples/inline.yaml"),
-        root().join("manifests/examples/persistent.yaml"),
+        root().join("examples/kubernetes/inline.yaml"),
+        root().join("examples/kubernetes/persistent.yaml"),
     ];
     let out = conform(&[&examples[0], &examples[1]]);
     assert!(out.status.success(), "{}", text(&out));
@@ -770,13 +770,14 @@ fn the_readme_kubernetes_section_works_as_written() {
     // No kubelet here: no member mounts the link and no operator pod handles its
     // finalizer, so the delete does not wait, and the uninstall hook's Job cannot run
     // (the in-cluster test runs both for real).
-    let script = readme_script(
+    let script = doc_script(
+        "docs/kubernetes.md",
         "kubernetes",
         &["scripts/build-images"],
         &[
             (
-                "kubectl delete -f manifests/examples/inline.yaml",
-                "kubectl delete --wait=false -f manifests/examples/inline.yaml",
+                "kubectl delete -f examples/kubernetes/inline.yaml",
+                "kubectl delete --wait=false -f examples/kubernetes/inline.yaml",
             ),
             (
                 "helm uninstall ipclink --namespace ipclink-system",
@@ -785,7 +786,7 @@ fn the_readme_kubernetes_section_works_as_written() {
         ],
     );
     let (stdout, _) = run_script(
-        "README Kubernetes section",
+        "docs/kubernetes.md: the chart",
         &script,
         &[
             ("PATH", &path_with(&[&tools(), cp.bin_dir()])),

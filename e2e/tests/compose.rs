@@ -451,7 +451,7 @@ fn readme_compose_section_runs_as_written_on_docker() {
 fn readme_compose_section(e: Engine, block: &str) {
     let _one = one_at_a_time();
     e.prepare();
-    let block = ipclink_testkit::readme_block(block);
+    let block = ipclink_testkit::doc_block("docs/compose.md", block);
     let dir = repo_root().join("examples/compose/sidecar");
     let down = Down {
         engine: e,
@@ -459,7 +459,7 @@ fn readme_compose_section(e: Engine, block: &str) {
         project: "sidecar",
     };
     down.clean();
-    let (mut lines, stderr) = run_script("README Compose section", &block, &[]);
+    let (mut lines, stderr) = run_script("docs/compose.md", &block, &[]);
     let t = format!("{lines}{stderr}");
     lines.retain(|c| c != '\r');
     assert!(

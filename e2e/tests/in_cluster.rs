@@ -2,7 +2,7 @@
 //! kube-controller-manager, a kubelet with containerd, runc and CNI, the images built
 //! from our binaries by `scripts/build-images`, the chart installed by helm. The node
 //! plugin runs as the chart's DaemonSet pod and registers with the kubelet; the
-//! operator runs as its Deployment; both examples of `manifests/examples` (inline and
+//! operator runs as its Deployment; both examples of `examples/kubernetes` (inline and
 //! persistent) run their demo producer and consumer in restricted namespaces until the
 //! links are Ready with depths in status. The chart is installed at its previous
 //! release and upgraded under the running links; `helm uninstall` is refused while
@@ -19,7 +19,7 @@ const LONG: Duration = Duration::from_secs(120);
 /// The last commit of chart 0.1.0 (one operator replica, no leader election): the
 /// release `helm upgrade` starts from.
 const PREVIOUS_CHART: &str = "af27f73";
-/// The namespaces of `manifests/examples`.
+/// The namespaces of `examples/kubernetes`.
 const EXAMPLES: [&str; 2] = ["vision-inline", "vision-persistent"];
 /// The kubelet's node name, as EKS names nodes: the chart passes `spec.nodeName` to the
 /// node plugin, dots and all.
@@ -176,7 +176,7 @@ fn the_chart_runs_the_examples_on_a_real_node() {
         ("inline.yaml", "vision-inline"),
         ("persistent.yaml", "vision-persistent"),
     ] {
-        let path = root().join("manifests/examples").join(file);
+        let path = root().join("examples/kubernetes").join(file);
         let out = kubectl(&["apply", "-f", path.to_str().expect("utf-8")]);
         assert!(out.status.success(), "{}", text(&out));
         // What a user or a GitOps tool waits on: the Ready condition.
@@ -395,9 +395,10 @@ fn the_chart_runs_the_examples_on_a_real_node() {
     assert_eq!(jobs[0]["metric"]["job"], "node-plugin", "{jobs:?}");
     drop(prom);
 
-    // kubectl ipclink, as the README runs it: the node plugins' view through the API
+    // kubectl ipclink, as docs/kubernetes.md runs it: the node plugins' view through the API
     // server's pod proxy.
-    let script = ipclink_testkit::readme_script(
+    let script = ipclink_testkit::doc_script(
+        "docs/kubernetes.md",
         "kubectl-ipclink",
         &["cargo build"],
         &[(
@@ -414,7 +415,7 @@ fn the_chart_runs_the_examples_on_a_real_node() {
         std::env::var("PATH").unwrap_or_default()
     );
     let (out, _) = ipclink_testkit::run_script(
-        "README kubectl ipclink",
+        "docs/kubernetes.md: kubectl ipclink",
         &script,
         &[
             ("KUBECONFIG", cp.kubeconfig.as_os_str()),

@@ -223,7 +223,7 @@ fn links_live_on_one_of_two_nodes_and_move_when_their_node_is_lost() {
     step("the chart installed: a node plugin registered on each node, the operator rolled out");
 
     // An inline link: its members on one node (the example's podAffinity).
-    let inline = root().join("manifests/examples/inline.yaml");
+    let inline = root().join("examples/kubernetes/inline.yaml");
     let inline = inline.to_str().expect("utf-8");
     must(kubectl(&["apply", "-f", inline]));
     let ns = "vision-inline";
@@ -321,7 +321,7 @@ fn links_live_on_one_of_two_nodes_and_move_when_their_node_is_lost() {
 
     // A persistent link: the scheduler places the first member, the volume's node
     // affinity brings the other to the same node.
-    let persistent = root().join("manifests/examples/persistent.yaml");
+    let persistent = root().join("examples/kubernetes/persistent.yaml");
     must(kubectl(&[
         "apply",
         "-f",

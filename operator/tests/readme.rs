@@ -1,4 +1,4 @@
-//! The README's operator section, run as written against a real control plane (only the
+//! The operator section of docs/kubernetes.md, run as written against a real control plane (only the
 //! binary's path and the metrics port are substituted; the cargo build line is left to
 //! the test harness, which built the binary).
 
@@ -6,13 +6,14 @@ mod common;
 
 use common::{OPERATOR, free_port};
 use ipclink_testkit::control_plane::ControlPlane;
-use ipclink_testkit::{path_with, readme_script, run_script};
+use ipclink_testkit::{doc_script, path_with, run_script};
 
 #[test]
 fn the_readme_operator_section_works_as_written() {
     let cp = ControlPlane::start();
     let port = free_port().to_string();
-    let script = readme_script(
+    let script = doc_script(
+        "docs/kubernetes.md",
         "operator",
         &["cargo build"],
         &[
@@ -21,7 +22,7 @@ fn the_readme_operator_section_works_as_written() {
         ],
     );
     let (stdout, stderr) = run_script(
-        "README operator section",
+        "docs/kubernetes.md: the operator",
         &script,
         &[
             ("PATH", &path_with(&[cp.bin_dir()])),

@@ -1,21 +1,40 @@
-//! The README's quick-start walk-through, run as written against `up` on the example link
-//! (only the root directory, the port and the binary's path are substituted).
+//! The README's quick start and walk-through, and the endpoints of docs/metrics.md, run as
+//! written against `up` on the example link (only the root directory, the port and the
+//! binary's path are substituted).
 
 mod common;
 
 use std::path::Path;
 
 use common::{BIN, Sidecar};
-use ipclink_testkit::{readme_script, require_root, run_script};
+use ipclink_testkit::{doc_block, doc_script, require_root, run_script};
 
 #[test]
 fn the_readme_walkthrough_works_as_written() {
     require_root();
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("run-ipclink");
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local/frames.yaml");
+    // The quick start's main job, with the binary it builds.
+    let main_job = doc_block("README.md", "quickstart");
+    let args = main_job
+        .lines()
+        .next()
+        .and_then(|l| l.split('#').next())
+        .and_then(|l| {
+            l.trim()
+                .strip_prefix("cargo run --release -p ipclink-sidecar -- ")
+        })
+        .unwrap_or_else(|| {
+            panic!("the quick start's first line is not `cargo run … -- up`:\n{main_job}")
+        });
+    let [command, file] = args.split_whitespace().collect::<Vec<_>>()[..] else {
+        panic!("the quick start runs more than `up FILE`: {args}");
+    };
+    assert_eq!(command, "up", "{args}");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
     let sidecar = Sidecar::up(&root, &[&example], &[]);
-    let script = readme_script(
+    let script = doc_script(
+        "README.md",
         "walkthrough",
         &[],
         &[
@@ -50,5 +69,35 @@ fn the_readme_walkthrough_works_as_written() {
             r#"ipclink_channel_queue_bytes{namespace="vision",link="frames",channel="events",kind="fifo",origin="declared"} 6"#
         ),
         "the README's promised line is missing:\n{stdout}"
+    );
+
+    // docs/metrics.md: the link report, as JSON from the endpoint and from `status`.
+    let script = doc_script(
+        "docs/metrics.md",
+        "endpoints",
+        &[],
+        &[
+            ("target/release/ipclink-sidecar", BIN),
+            (
+                "status --json",
+                &format!("status --json --root {}", root.display()),
+            ),
+            ("127.0.0.1:9464", &format!("127.0.0.1:{}", sidecar.port)),
+        ],
+    );
+    // The root goes on the one line that reads the links here: with IPCLINK_ROOT set,
+    // `status --endpoint` refuses to run (the two conflict).
+    let (stdout, _) = run_script("docs/metrics.md endpoints", &script, &[]);
+    assert_eq!(
+        stdout
+            .replace("\": ", "\":")
+            .matches(r#""namespace":"vision""#)
+            .count(),
+        2,
+        "the endpoint and status --json each report the link once:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("vision/frames   events"),
+        "status --endpoint prints the table:\n{stdout}"
     );
 }

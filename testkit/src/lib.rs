@@ -294,29 +294,30 @@ pub fn materialize<'a>(
     (plan, guard)
 }
 
-/// The first ```sh block between `<!-- NAME:` and `<!-- /NAME -->` in the README, which
-/// the README tests run as written.
-pub fn readme_block(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-    let readme = std::fs::read_to_string(path).expect("README.md");
-    let start = readme
+/// The first ```sh block between `<!-- NAME:` and `<!-- /NAME -->` in `page` (the
+/// README or a page of `docs/`, from the repository root), which the docs tests run as
+/// written.
+pub fn doc_block(page: &str, name: &str) -> String {
+    let path = repo_root().join(page);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let start = text
         .find(&format!("<!-- {name}:"))
-        .unwrap_or_else(|| panic!("README: no <!-- {name}: marker"));
-    let end = readme
+        .unwrap_or_else(|| panic!("{page}: no <!-- {name}: marker"));
+    let end = text
         .find(&format!("<!-- /{name} -->"))
-        .unwrap_or_else(|| panic!("README: no <!-- /{name} --> marker"));
-    readme[start..end]
+        .unwrap_or_else(|| panic!("{page}: no <!-- /{name} --> marker"));
+    text[start..end]
         .split("```sh\n")
         .nth(1)
         .and_then(|b| b.split("```").next())
-        .unwrap_or_else(|| panic!("README {name}: no closed sh block"))
+        .unwrap_or_else(|| panic!("{page} {name}: no closed sh block"))
         .to_owned()
 }
 
-/// [`readme_block`] made runnable here: without the lines that start with one of `skip`
+/// [`doc_block`] made runnable here: without the lines that start with one of `skip`
 /// (builds a test has already done), and with each `(from, to)` replaced (paths, ports).
-pub fn readme_script(name: &str, skip: &[&str], replace: &[(&str, &str)]) -> String {
-    let mut script = readme_block(name)
+pub fn doc_script(page: &str, name: &str, skip: &[&str], replace: &[(&str, &str)]) -> String {
+    let mut script = doc_block(page, name)
         .lines()
         .filter(|l| !skip.iter().any(|s| l.starts_with(s)))
         .collect::<Vec<_>>()

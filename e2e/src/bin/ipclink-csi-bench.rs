@@ -9,7 +9,7 @@
 //! to this one (`cargo build --release -p ipclink-csi` first) or `$IPCLINK_CSI`. The
 //! grpc-go client is built by `scripts/install-grpc-go-bench` (or `$IPCLINK_GRPC_GO_PUBLISH`).
 //! The host-path plugin is `$IPCLINK_HOSTPATH_PLUGIN`, built from its repository (see
-//! the README); without it its columns are left out. Prints Markdown tables; nothing is
+//! docs/benchmarks.md); without it its columns are left out. Prints Markdown tables; nothing is
 //! asserted.
 
 use std::path::Path;
@@ -292,7 +292,7 @@ fn grpc_go_rows(ipclink: &Path, n: usize) -> anyhow::Result<String> {
     let Some(hostpath) = std::env::var_os("IPCLINK_HOSTPATH_PLUGIN") else {
         out.push_str("| call | ipclink p50 (ms) | ipclink p99 (ms) |\n|---|---:|---:|\n");
         out.push_str(&format!(
-            "| publish | {:.3} | {:.3} |\n| unpublish | {:.3} | {:.3} |\n\ncsi-driver-host-path left out: set IPCLINK_HOSTPATH_PLUGIN to its hostpathplugin binary (README: Benchmarks).\n",
+            "| publish | {:.3} | {:.3} |\n| unpublish | {:.3} | {:.3} |\n\ncsi-driver-host-path left out: set IPCLINK_HOSTPATH_PLUGIN to its hostpathplugin binary (docs/benchmarks.md).\n",
             ours.publish_p50, ours.publish_p99, ours.unpublish_p50, ours.unpublish_p99
         ));
         return Ok(out);
