@@ -4,9 +4,11 @@
 
 mod common;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::{BIN, free_port, write_file};
+use ipclink_testkit::KillOnDrop;
 
 const GOOD_CHANNELS: &str = r#"
   channels:
@@ -52,14 +54,18 @@ fn up_refuses_each_hostile_spec_and_creates_nothing() {
     for (case, yaml, expect) in cases() {
         let file = write_file(dir.path(), "link.yaml", &yaml);
         let root = dir.path().join("root");
-        let out = Command::new(BIN)
+        // A spec wrongly accepted would leave `up` serving: bounded, it fails instead.
+        let up = Command::new(BIN)
             .args(["up", "--listen"])
             .arg(format!("127.0.0.1:{}", free_port()))
             .arg("--root")
             .arg(&root)
             .arg(&file)
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("run up");
+        let out = KillOnDrop(up).output_within(Duration::from_secs(60));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             out.status.code(),
