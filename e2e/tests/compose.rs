@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use compose_support::{
-    Down, PluginProcess, member_processes, one_at_a_time, plugin_example_up, prometheus_up,
+    Down, PluginProcess, member_processes, one_at_a_time, plugin_example, prometheus_up,
     start_plugin, wait_until,
 };
 use ipclink_testkit::engine::Engine::{self, Docker, Podman};
@@ -302,18 +302,7 @@ fn plugin_example_with_faults(e: Engine) {
     let project = "ipclink-e2e-plugin";
     let volume = format!("{project}_frames");
     let prom_port = e.port(19091);
-    let env = [
-        ("DEMO_FRAMES", "40000"),
-        ("DEMO_INTERVAL_US", "200"),
-        ("PROMETHEUS_PORT", prom_port.as_str()),
-    ];
-    let down = Down {
-        engine: e,
-        dir: &dir,
-        project,
-    };
-    down.clean();
-    let (consumer, producer) = plugin_example_up(e, &dir, project, &root, &env);
+    let (down, consumer, producer) = plugin_example(e, &dir, project, &root, "40000", &prom_port);
 
     // kill -9 while both containers have the volume mounted: they keep going.
     plugin.kill9();

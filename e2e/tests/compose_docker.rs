@@ -7,7 +7,7 @@ mod compose_support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use compose_support::{Down, one_at_a_time, plugin_example_up, prometheus_up, wait_until};
+use compose_support::{Down, one_at_a_time, plugin_example, prometheus_up, wait_until};
 use ipclink_testkit::engine::Engine::Docker;
 use ipclink_testkit::mounts::mounts_containing;
 use ipclink_testkit::{output_text as text, repo_root};
@@ -52,19 +52,9 @@ fn plugin_example_on_docker_managed_plugin() {
     let dir = repo_root().join("examples/compose/plugin");
     let project = "ipclink-e2e-managed";
     let prom_port = e.port(19092);
-    let env = [
-        ("DEMO_FRAMES", "20000"),
-        ("DEMO_INTERVAL_US", "200"),
-        ("PROMETHEUS_PORT", prom_port.as_str()),
-    ];
     {
-        let down = Down {
-            engine: e,
-            dir: &dir,
-            project,
-        };
-        down.clean();
-        let (consumer, producer) = plugin_example_up(e, &dir, project, &root, &env);
+        let (down, consumer, producer) =
+            plugin_example(e, &dir, project, &root, "20000", &prom_port);
         e.ok(&["unpause", &consumer]);
         e.exited_ok(&consumer, Duration::from_secs(120));
         e.exited_ok(&producer, Duration::from_secs(10));

@@ -10,12 +10,6 @@ use std::time::Duration;
 use common::{BIN, free_port, write_file};
 use ipclink_testkit::KillOnDrop;
 
-const GOOD_CHANNELS: &str = r#"
-  channels:
-    - { name: frames, kind: shm, size: 1Mi }
-    - { name: events, kind: fifo }
-"#;
-
 fn doc(name: &str, spec: &str) -> String {
     format!(
         "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: {{ name: {name}, namespace: demo }}\nspec:\n{spec}\n"
@@ -38,11 +32,12 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         ),
         (
             "same link twice",
-            format!(
-                "{}---\n{}",
-                doc("ok", GOOD_CHANNELS),
-                doc("ok", GOOD_CHANNELS)
-            ),
+            [
+                "  sizeLimit: 1Mi",
+                "  channels: [{ name: events, kind: fifo }]",
+            ]
+            .map(|spec| doc("ok", spec))
+            .join("---\n"),
             "also defined",
         ),
     ]

@@ -209,6 +209,32 @@ pub fn member_processes(e: Engine, container: &str) -> String {
     )
 }
 
+/// The plugin example's `project`, cleaned first and brought up with the demo sending
+/// `frames` frames and Prometheus on `prom_port`: (the guard that takes it down,
+/// consumer, producer), as [`plugin_example_up`] checks them.
+pub fn plugin_example<'a>(
+    e: Engine,
+    dir: &'a Path,
+    project: &'a str,
+    root: &Path,
+    frames: &str,
+    prom_port: &str,
+) -> (Down<'a>, String, String) {
+    let env = [
+        ("DEMO_FRAMES", frames),
+        ("DEMO_INTERVAL_US", "200"),
+        ("PROMETHEUS_PORT", prom_port),
+    ];
+    let down = Down {
+        engine: e,
+        dir,
+        project,
+    };
+    down.clean();
+    let (consumer, producer) = plugin_example_up(e, dir, project, root, &env);
+    (down, consumer, producer)
+}
+
 /// The plugin example, up: the link is where the plugin keeps it, on one tmpfs; frames
 /// flow; with the consumer paused the FIFO holds data and the ring is full, as the
 /// plugin's `/metrics` shows, and the holders are the member containers by id. Returns
