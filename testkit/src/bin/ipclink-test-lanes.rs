@@ -1,0 +1,273 @@
+//! Runs the workspace's test binaries in lanes: the binaries of one lane one after
+//! another, the lanes side by side.
+//!
+//! Most of a test run here waits on real peers (containers starting, a control plane
+//! electing, a kubelet pulling nothing), so one binary after another leaves the two
+//! cores idle. Binaries that share a machine-wide resource stay in one lane: every
+//! Compose test drives the same two engines, fixed host ports and plugin socket;
+//! every kubelet test brings up containerd and kubelets on the CNI bridges `ipcltN` and
+//! the `kubepods` cgroups. The rest (each with temporary directories and free ports)
+//! form a third lane.
+//!
+//! Usage: `cargo test --workspace --no-run --message-format=json > tests.json`, then
+//! `ipclink-test-lanes tests.json`. Each binary runs in its package's directory, as
+//! `cargo test` runs it; its output is printed whole when it ends, then a table of every
+//! binary's time and result. Exits 1 when any failed, after all have run; 2 when the
+//! lanes name a binary cargo did not build.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Binaries (`package/target`) that must not run beside another of their lane.
+const LANES: &[(&str, &[&str])] = &[
+    (
+        "engines",
+        &["ipclink-e2e/compose", "ipclink-e2e/compose_docker"],
+    ),
+    (
+        "kubelets",
+        &[
+            "ipclink-csi/abuse",
+            "ipclink-csi/edits",
+            "ipclink-csi/holders",
+            "ipclink-csi/kubelet",
+            "ipclink-csi/memory",
+            "ipclink-csi/workloads",
+            "ipclink-e2e/chart",
+            "ipclink-e2e/in_cluster",
+            "ipclink-e2e/two_nodes",
+            "ipclink-operator/persistent",
+        ],
+    ),
+];
+const REST: &str = "others";
+
+/// One test binary cargo built.
+#[derive(Debug, Clone)]
+struct Binary {
+    /// `package/target`, or `package` for a crate's own unit tests.
+    name: String,
+    executable: PathBuf,
+    package_dir: PathBuf,
+}
+
+/// The test binaries of `cargo test --no-run --message-format=json` output.
+fn binaries(json: &str) -> Vec<Binary> {
+    let mut found = Vec::new();
+    for line in json.lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
+            continue;
+        }
+        let Some(executable) = msg["executable"].as_str() else {
+            continue;
+        };
+        let package = msg["manifest_path"]
+            .as_str()
+            .map(Path::new)
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        // `path+file:///w/e2e#ipclink-e2e@0.1.0`, or `…/w/demo#0.1.0` when the
+        // package is named as its directory.
+        let dir_name = package
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        let crate_name = msg["package_id"]
+            .as_str()
+            .and_then(|id| id.rsplit('#').next())
+            .and_then(|tail| tail.split_once('@').map(|(name, _)| name.to_owned()))
+            .or(dir_name)
+            .unwrap_or_default();
+        let target = msg["target"]["name"].as_str().unwrap_or_default();
+        let kinds = msg["target"]["kind"].to_string();
+        let name = if kinds.contains("\"test\"") || kinds.contains("\"bench\"") {
+            format!("{crate_name}/{target}")
+        } else {
+            format!("{crate_name} ({target}, unit)")
+        };
+        found.push(Binary {
+            name,
+            executable: PathBuf::from(executable),
+            package_dir: package,
+        });
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found.dedup_by(|a, b| a.executable == b.executable);
+    found
+}
+
+fn lane_of(binary: &Binary) -> &'static str {
+    LANES
+        .iter()
+        .find(|(_, members)| members.contains(&binary.name.as_str()))
+        .map_or(REST, |(lane, _)| lane)
+}
+
+struct Ran {
+    lane: &'static str,
+    name: String,
+    took: Duration,
+    passed: bool,
+}
+
+fn run(binary: &Binary, lane: &'static str, out: &Mutex<()>) -> Ran {
+    let start = Instant::now();
+    let result = Command::new(&binary.executable)
+        .current_dir(&binary.package_dir)
+        .stdin(Stdio::null())
+        .output();
+    let took = start.elapsed();
+    let (passed, text) = match result {
+        Ok(o) => (
+            o.status.success(),
+            format!(
+                "{}{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+                if o.status.success() {
+                    String::new()
+                } else {
+                    format!("exit: {}\n", o.status)
+                }
+            ),
+        ),
+        Err(e) => (
+            false,
+            format!("cannot run {}: {e}\n", binary.executable.display()),
+        ),
+    };
+    let _printing = out.lock().unwrap_or_else(|p| p.into_inner());
+    println!(
+        "== [{lane}] {} ({:.1} s, {})\n{text}",
+        binary.name,
+        took.as_secs_f64(),
+        if passed { "ok" } else { "FAILED" }
+    );
+    Ran {
+        lane,
+        name: binary.name.clone(),
+        took,
+        passed,
+    }
+}
+
+fn main() -> ExitCode {
+    let Some(path) = std::env::args().nth(1) else {
+        eprintln!(
+            "usage: ipclink-test-lanes TESTS.json (cargo test --no-run --message-format=json)"
+        );
+        return ExitCode::from(2);
+    };
+    let json = match std::fs::read_to_string(&path) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("ipclink-test-lanes: {path}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let all = binaries(&json);
+    if all.is_empty() {
+        eprintln!("ipclink-test-lanes: {path} names no test binary");
+        return ExitCode::from(2);
+    }
+    let mut lanes: BTreeMap<&'static str, Vec<Binary>> = BTreeMap::new();
+    for b in &all {
+        lanes.entry(lane_of(b)).or_default().push(b.clone());
+    }
+    // A lane naming a binary cargo did not build is a renamed or moved test, which
+    // would otherwise run beside its lane (IPCLINK_LANES_SUBSET=1 when building a part
+    // of the workspace on purpose).
+    let subset = std::env::var_os("IPCLINK_LANES_SUBSET").is_some_and(|v| v == "1");
+    for (lane, members) in LANES {
+        for m in *members {
+            if !subset && !all.iter().any(|b| b.name == *m) {
+                eprintln!("ipclink-test-lanes: lane {lane} names {m}, which cargo did not build");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let start = Instant::now();
+    let printing = Mutex::new(());
+    let mut ran: Vec<Ran> = std::thread::scope(|s| {
+        let handles: Vec<_> = lanes
+            .iter()
+            .map(|(lane, binaries)| {
+                let printing = &printing;
+                s.spawn(move || {
+                    binaries
+                        .iter()
+                        .map(|b| run(b, lane, printing))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    ran.sort_by(|a, b| (a.lane, b.took).cmp(&(b.lane, a.took)));
+    println!("| lane | test binary | time | result |\n|---|---|---|---|");
+    for r in &ran {
+        println!(
+            "| {} | {} | {:.1} s | {} |",
+            r.lane,
+            r.name,
+            r.took.as_secs_f64(),
+            if r.passed { "ok" } else { "FAILED" }
+        );
+    }
+    for lane in lanes.keys() {
+        let busy: Duration = ran.iter().filter(|r| r.lane == *lane).map(|r| r.took).sum();
+        println!("lane {lane}: {:.0} s", busy.as_secs_f64());
+    }
+    let failed: Vec<&str> = ran
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| r.name.as_str())
+        .collect();
+    println!(
+        "{} test binaries in {:.0} s; {}",
+        ran.len(),
+        start.elapsed().as_secs_f64(),
+        if failed.is_empty() {
+            "all passed".to_owned()
+        } else {
+            format!("FAILED: {}", failed.join(", "))
+        }
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binaries_are_read_from_cargo_messages_and_put_in_their_lanes() {
+        let json = [
+            r#"{"reason":"compiler-artifact","package_id":"path+file:///w/e2e#ipclink-e2e@0.1.0","manifest_path":"/w/e2e/Cargo.toml","target":{"kind":["test"],"name":"compose"},"profile":{"test":true},"executable":"/t/compose-1"}"#,
+            r#"{"reason":"compiler-artifact","package_id":"path+file:///w/core#ipclink-core@0.1.0","manifest_path":"/w/core/Cargo.toml","target":{"kind":["lib"],"name":"ipclink_core"},"profile":{"test":true},"executable":"/t/core-1"}"#,
+            r#"{"reason":"compiler-artifact","package_id":"path+file:///w/core#ipclink-core@0.1.0","manifest_path":"/w/core/Cargo.toml","target":{"kind":["lib"],"name":"ipclink_core"},"profile":{"test":false},"executable":null}"#,
+            r#"{"reason":"build-finished","success":true}"#,
+        ]
+        .join("\n");
+        let found = binaries(&json);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].name, "ipclink-core (ipclink_core, unit)");
+        assert_eq!(found[0].package_dir, Path::new("/w/core"));
+        assert_eq!(lane_of(&found[0]), REST);
+        assert_eq!(found[1].name, "ipclink-e2e/compose");
+        assert_eq!(lane_of(&found[1]), "engines");
+    }
+}
