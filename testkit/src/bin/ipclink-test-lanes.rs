@@ -9,11 +9,11 @@
 //! the `kubepods` cgroups. The rest (each with temporary directories and free ports)
 //! form a third lane.
 //!
-//! Usage: `cargo test --workspace --no-run --message-format=json > tests.json`, then
-//! `ipclink-test-lanes tests.json`. Each binary runs in its package's directory, as
-//! `cargo test` runs it; its output is printed whole when it ends, then a table of every
-//! binary's time and result. Exits 1 when any failed, after all have run; 2 when the
-//! lanes name a binary cargo did not build.
+//! Usage: `cargo test --workspace --no-run --message-format=json-render-diagnostics >
+//! tests.json`, then `ipclink-test-lanes tests.json`. Each binary runs in its package's
+//! directory, as `cargo test` runs it; its output is printed whole when it ends, then a
+//! table of every binary's time and result. Exits 1 when any failed, after all have
+//! run; 2 when the lanes name a binary cargo did not build.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
