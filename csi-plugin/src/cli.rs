@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use ipclink_runtime::access::MetricsAuth;
+use ipclink_runtime::args::MetricsArgs;
 
 /// The ipclink CSI driver (csi.ipclink.dev).
 #[derive(Debug, Parser)]
@@ -19,91 +19,103 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Role {
     /// Node plugin: Identity and Node services.
-    Node {
-        /// Flags both roles take.
-        #[command(flatten)]
-        common: Common,
-        /// This node's name (`spec.nodeName`: a DNS subdomain of up to 253 characters);
-        /// the value of topology.ipclink.dev/node is its short form (at most 63).
-        #[arg(long, env = "NODE_ID", value_parser = node_name)]
-        node_id: String,
-        /// The kubelet's plugin registration directory (e.g. /var/lib/kubelet/plugins_registry);
-        /// when set, the registration socket csi.ipclink.dev-reg.sock is served there.
-        #[arg(long, env = "IPCLINK_REGISTRATION_DIR")]
-        registration_dir: Option<PathBuf>,
-        /// The CSI socket path as the kubelet sees it [default: the --endpoint path].
-        #[arg(long, env = "IPCLINK_KUBELET_ENDPOINT")]
-        kubelet_endpoint: Option<String>,
-        /// Seconds between two looks for links that were deleted after their last
-        /// member unmounted them (their tmpfs is then removed); 0 never looks.
-        #[arg(long, env = "IPCLINK_GC_INTERVAL_SECONDS", default_value_t = 30)]
-        gc_interval_seconds: u64,
-        /// Seconds between two looks for edited specs of the links on this node (one GET
-        /// per link held here): what can change under running members is applied then,
-        /// the rest when the link has none (a publish applies the spec too); 0 leaves
-        /// edits to the next publish.
-        #[arg(long, env = "IPCLINK_APPLY_INTERVAL_SECONDS", default_value_t = 30)]
-        apply_interval_seconds: u64,
-        /// Seconds an inline link (no `spec.claim`) may stay on this node with no member
-        /// mounting it before its tmpfs is removed and its claim released, so its next
-        /// members may start on another node (its data is then gone); 0 keeps it while
-        /// the link exists.
-        #[arg(long, env = "IPCLINK_UNUSED_LINK_GRACE_SECONDS", default_value_t = 0)]
-        unused_link_grace_seconds: u64,
-        /// Whose memory a link's preallocated shm pages count against: `pod` (the first
-        /// member pod's memory cgroup, as an emptyDir of medium Memory) or `plugin`.
-        #[arg(long, env = "IPCLINK_CHARGE_MEMORY", value_enum, default_value_t = ChargeMemory::Pod)]
-        charge_memory: ChargeMemory,
-        /// The host's cgroup mount, where the pods' memory cgroups are found.
-        #[arg(long, env = "IPCLINK_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
-        cgroup_root: PathBuf,
-        /// Largest sizeLimit of one link this node takes, in bytes (0: no cap).
-        #[arg(long, env = "IPCLINK_MAX_LINK_BYTES", default_value_t = 0)]
-        max_link_bytes: u64,
-        /// Largest sum of the sizeLimits of the links on this node, in bytes (0: no cap).
-        #[arg(long, env = "IPCLINK_MAX_NODE_BYTES", default_value_t = 0)]
-        max_node_bytes: u64,
-        /// Most channels and semaphores the links on this node declare in all (each
-        /// costs the node kernel memory, a descriptor and metric series): a link past
-        /// it is refused with ResourceExhausted, an edit past it waits (0: no cap).
-        #[arg(long, env = "IPCLINK_MAX_NODE_OBJECTS", default_value_t = 0)]
-        max_node_objects: usize,
-        /// Publications this node takes (each is one mount on the node): more are
-        /// refused with ResourceExhausted, and NodeGetInfo reports it to the scheduler
-        /// (0: no limit).
-        #[arg(long, env = "IPCLINK_MAX_VOLUMES_PER_NODE", default_value_t = 0)]
-        max_volumes_per_node: u32,
-        /// Where the pods' processes cannot be seen (no host pid namespace), read a
-        /// FIFO's depth by opening its write end without blocking. Off by default: a
-        /// reader still blocked in open() then sees EOF.
-        #[arg(long, env = "IPCLINK_FIFO_OPEN_PROBE")]
-        fifo_open_probe: bool,
-        /// With --links-dir only: a link none of whose members has a podSelector admits
-        /// every requester, even one that names no pod (csi-sanity). Without it, and
-        /// always in a cluster, such a link admits no pod.
-        #[arg(long, env = "IPCLINK_OPEN_SELECTORLESS_LINKS", requires = "links_dir")]
-        open_selectorless_links: bool,
-    },
+    Node(NodeArgs),
     /// (Internal) Allocates a new region from inside a pod's memory cgroup; started by
     /// the node plugin.
     #[command(hide = true)]
-    Charge {
-        /// The `cgroup.procs` to join first.
-        #[arg(long)]
-        procs: PathBuf,
-        /// The region, through the node plugin's descriptor (`/proc/PID/fd/N`).
-        #[arg(long)]
-        file: PathBuf,
-        /// Bytes to allocate.
-        #[arg(long)]
-        size: u64,
-    },
+    Charge(ChargeArgs),
     /// Controller plugin: Identity and Controller services.
-    Controller {
-        /// Flags both roles take.
-        #[command(flatten)]
-        common: Common,
-    },
+    Controller(ControllerArgs),
+}
+
+/// Flags of the node plugin.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Flags both roles take.
+    #[command(flatten)]
+    pub common: Common,
+    /// This node's name (`spec.nodeName`: a DNS subdomain of up to 253 characters);
+    /// the value of topology.ipclink.dev/node is its short form (at most 63).
+    #[arg(long, env = "NODE_ID", value_parser = node_name)]
+    pub node_id: String,
+    /// The kubelet's plugin registration directory (e.g. /var/lib/kubelet/plugins_registry);
+    /// when set, the registration socket csi.ipclink.dev-reg.sock is served there.
+    #[arg(long, env = "IPCLINK_REGISTRATION_DIR")]
+    pub registration_dir: Option<PathBuf>,
+    /// The CSI socket path as the kubelet sees it [default: the --endpoint path].
+    #[arg(long, env = "IPCLINK_KUBELET_ENDPOINT")]
+    pub kubelet_endpoint: Option<String>,
+    /// Seconds between two looks for links that were deleted after their last
+    /// member unmounted them (their tmpfs is then removed); 0 never looks.
+    #[arg(long, env = "IPCLINK_GC_INTERVAL_SECONDS", default_value_t = 30)]
+    pub gc_interval_seconds: u64,
+    /// Seconds between two looks for edited specs of the links on this node (one GET
+    /// per link held here): what can change under running members is applied then,
+    /// the rest when the link has none (a publish applies the spec too); 0 leaves
+    /// edits to the next publish.
+    #[arg(long, env = "IPCLINK_APPLY_INTERVAL_SECONDS", default_value_t = 30)]
+    pub apply_interval_seconds: u64,
+    /// Seconds an inline link (no `spec.claim`) may stay on this node with no member
+    /// mounting it before its tmpfs is removed and its Lease released, so its next
+    /// members may start on another node (its data is then gone); 0 keeps it while
+    /// the link exists.
+    #[arg(long, env = "IPCLINK_UNUSED_LINK_GRACE_SECONDS", default_value_t = 0)]
+    pub unused_link_grace_seconds: u64,
+    /// Whose memory a link's preallocated shm pages count against: `pod` (the first
+    /// member pod's memory cgroup, as an emptyDir of medium Memory) or `plugin`.
+    #[arg(long, env = "IPCLINK_CHARGE_MEMORY", value_enum, default_value_t = ChargeMemory::Pod)]
+    pub charge_memory: ChargeMemory,
+    /// The host's cgroup mount, where the pods' memory cgroups are found.
+    #[arg(long, env = "IPCLINK_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
+    /// Largest sizeLimit of one link this node takes, in bytes (0: no cap).
+    #[arg(long, env = "IPCLINK_MAX_LINK_BYTES", default_value_t = 0)]
+    pub max_link_bytes: u64,
+    /// Largest sum of the sizeLimits of the links on this node, in bytes (0: no cap).
+    #[arg(long, env = "IPCLINK_MAX_NODE_BYTES", default_value_t = 0)]
+    pub max_node_bytes: u64,
+    /// Most channels and semaphores the links on this node declare in all (each
+    /// costs the node kernel memory, a descriptor and metric series): a link past
+    /// it is refused with ResourceExhausted, an edit past it waits (0: no cap).
+    #[arg(long, env = "IPCLINK_MAX_NODE_OBJECTS", default_value_t = 0)]
+    pub max_node_objects: usize,
+    /// Publications this node takes (each is one mount on the node): more are
+    /// refused with ResourceExhausted, and NodeGetInfo reports it to the scheduler
+    /// (0: no limit).
+    #[arg(long, env = "IPCLINK_MAX_VOLUMES_PER_NODE", default_value_t = 0)]
+    pub max_volumes_per_node: u32,
+    /// Where the pods' processes cannot be seen (no host pid namespace), read a
+    /// FIFO's depth by opening its write end without blocking. Off by default: a
+    /// reader still blocked in open() then sees EOF.
+    #[arg(long, env = "IPCLINK_FIFO_OPEN_PROBE")]
+    pub fifo_open_probe: bool,
+    /// With --links-dir only: a link none of whose members has a podSelector admits
+    /// every requester, even one that names no pod (csi-sanity). Without it, and
+    /// always in a cluster, such a link admits no pod.
+    #[arg(long, env = "IPCLINK_OPEN_SELECTORLESS_LINKS", requires = "links_dir")]
+    pub open_selectorless_links: bool,
+}
+
+/// Flags of the controller plugin.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Flags both roles take.
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Flags of the charge helper.
+#[derive(Debug, Args)]
+pub struct ChargeArgs {
+    /// The `cgroup.procs` to join first.
+    #[arg(long)]
+    pub procs: PathBuf,
+    /// The region, through the node plugin's descriptor (`/proc/PID/fd/N`).
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Bytes to allocate.
+    #[arg(long)]
+    pub size: u64,
 }
 
 /// Whose memory preallocated pages count against.
@@ -138,24 +150,9 @@ pub struct Common {
     /// Serve /metrics, /v1/links, /healthz and /readyz here.
     #[arg(long, env = "IPCLINK_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Serve only /healthz and /readyz here, on connection slots of their own: point
-    /// the kubelet's probes at it, so that no client of the metrics port can starve them.
-    #[arg(long, env = "IPCLINK_PROBE_LISTEN")]
-    pub probe_listen: Option<SocketAddr>,
-    /// Who may read /metrics and /v1/links: `kubernetes` (HTTPS, and a bearer token the
-    /// API server authenticates with a TokenReview and authorizes with a
-    /// SubjectAccessReview for `get` on the path as a non-resource URL) or `none`
-    /// (plain HTTP, only on a loopback address). [default: none on loopback, else
-    /// kubernetes]
-    #[arg(long, env = "IPCLINK_METRICS_AUTH", value_name = "kubernetes|none")]
-    pub metrics_auth: Option<MetricsAuth>,
-    /// The metrics endpoint's certificate chain (PEM) [default: a self-signed one made
-    /// at start].
-    #[arg(long, env = "IPCLINK_TLS_CERT_FILE", requires = "tls_key_file")]
-    pub tls_cert_file: Option<PathBuf>,
-    /// The key of --tls-cert-file (PEM).
-    #[arg(long, env = "IPCLINK_TLS_KEY_FILE", requires = "tls_cert_file")]
-    pub tls_key_file: Option<PathBuf>,
+    /// How the metrics endpoint is protected, and the probes' own listener.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// The release's metrics certificate Secret (NAMESPACE/NAME, with ca.crt, tls.crt,
     /// tls.key): served as soon as the operator has filled it, followed afterwards; a
     /// certificate made at start is served until then (clients checking the CA refuse
@@ -167,11 +164,6 @@ pub struct Common {
         conflicts_with = "tls_cert_file"
     )]
     pub metrics_tls_secret: Option<ipclink_runtime::metrics_tls::SecretRef>,
-    /// Also accept bearer tokens for the API server itself, besides those of the
-    /// audience ipclink.dev/metrics: only for scrapers that cannot mount a projected
-    /// token of that audience (such a token, sent here, could act on the API server).
-    #[arg(long, env = "IPCLINK_METRICS_ACCEPT_API_AUDIENCE")]
-    pub metrics_accept_api_audience: bool,
 }
 
 /// A node name as Kubernetes allows it.
@@ -202,5 +194,22 @@ mod tests {
         let e = Cli::try_parse_from(node).expect_err("no --links-dir");
         assert!(e.to_string().contains("--links-dir"), "{e}");
         assert!(Cli::try_parse_from([&node[..], &["--links-dir", "/l"]].concat()).is_ok());
+    }
+
+    #[test]
+    fn every_flag_can_come_from_the_environment() {
+        // The chart and Compose files set flags through the environment as well.
+        let cli = Cli::command();
+        let (mut missing, mut seen) = (Vec::new(), 0);
+        for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+            for arg in sub.get_arguments() {
+                seen += 1;
+                if arg.get_long().is_some() && arg.get_env().is_none() && !arg.is_hide_set() {
+                    missing.push(format!("{} --{}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "flags without env: {missing:?}");
+        assert!(seen >= 20, "only {seen} flags seen");
     }
 }

@@ -1,12 +1,12 @@
 //! ipclink-csi: the CSI node and controller plugins for IpcLink volumes.
 
-pub mod authority;
 pub mod cli;
 pub mod controller;
 pub mod error;
 pub mod grpc;
 pub mod ids;
 pub mod node;
+pub mod registration;
 pub mod serve;
 pub mod source;
 pub mod state;
@@ -22,17 +22,6 @@ use std::path::Path;
 )]
 pub mod csi {
     tonic::include_proto!("csi.v1");
-}
-
-/// The kubelet's plugin registration messages, from `proto/pluginregistration.proto`.
-#[allow(
-    missing_docs,
-    missing_debug_implementations,
-    clippy::all,
-    clippy::pedantic
-)]
-pub mod registration {
-    tonic::include_proto!("pluginregistration");
 }
 
 /// Runs blocking work (mounts, `fallocate`, state files, directory reads) on Tokio's

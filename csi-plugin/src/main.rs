@@ -6,15 +6,15 @@ use ipclink_csi::cli::{Cli, Role};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Role::Charge { procs, file, size } = &cli.role {
+    if let Role::Charge(helper) = &cli.role {
         // The short-lived helper the node plugin starts: no runtime, no logging.
-        std::process::exit(ipclink_csi::node::charge::run_helper(procs, file, *size));
+        std::process::exit(ipclink_csi::node::charge::run_helper(
+            &helper.procs,
+            &helper.file,
+            helper.size,
+        ));
     }
     ipclink_runtime::init_logging();
     ipclink_runtime::raise_open_files_limit();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(ipclink_csi::serve::run(cli))
+    ipclink_runtime::tokio_runtime(Some(2))?.block_on(ipclink_csi::serve::run(cli))
 }

@@ -13,7 +13,7 @@ use ipclink_csi::csi::node_client::NodeClient;
 use ipclink_csi::csi::{
     CapacityRange, CreateVolumeRequest, NodeUnpublishVolumeRequest, Topology, TopologyRequirement,
 };
-use ipclink_csi::registration::registration_client::RegistrationClient;
+use ipclink_csi::registration::proto::registration_client::RegistrationClient;
 use ipclink_testkit::free_port;
 use ipclink_testkit::http::get;
 use ipclink_testkit::mounts::mount_points;
@@ -64,7 +64,7 @@ fn the_node_plugin_registers_itself_with_the_kubelet() {
     rt().block_on(async {
         let mut c = RegistrationClient::new(connect(&reg).await);
         let info = c
-            .get_info(ipclink_csi::registration::InfoRequest {})
+            .get_info(ipclink_csi::registration::proto::InfoRequest {})
             .await
             .expect("GetInfo")
             .into_inner();
@@ -72,7 +72,7 @@ fn the_node_plugin_registers_itself_with_the_kubelet() {
         assert_eq!(info.name, "csi.ipclink.dev");
         assert_eq!(info.endpoint, node.socket.display().to_string());
         assert_eq!(info.supported_versions, vec!["1.0.0".to_owned()]);
-        c.notify_registration_status(ipclink_csi::registration::RegistrationStatus {
+        c.notify_registration_status(ipclink_csi::registration::proto::RegistrationStatus {
             plugin_registered: true,
             error: String::new(),
         })

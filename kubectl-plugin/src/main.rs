@@ -46,6 +46,7 @@ struct Cli {
     #[arg(
         long,
         global = true,
+        env = "IPCLINK_PLUGIN_SELECTOR",
         default_value = "app.kubernetes.io/name=ipclink,app.kubernetes.io/component=node-plugin"
     )]
     plugin_selector: String,

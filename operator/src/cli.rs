@@ -30,14 +30,14 @@ pub enum Command {
 #[derive(clap::Args, Debug)]
 pub struct RemoveArgs {
     /// Give up (non-zero exit) when the links are not gone after this many seconds.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, env = "IPCLINK_TIMEOUT_SECONDS", default_value_t = 120)]
     pub timeout_seconds: u64,
     /// Also wait until the node plugin pods found by label (`NAMESPACE/SELECTOR`) hold
     /// no link, so no link stays mounted on a node once they are removed.
-    #[arg(long, value_name = "NAMESPACE/SELECTOR", value_parser = node_plugins)]
+    #[arg(long, env = "IPCLINK_NODE_PLUGINS", value_name = "NAMESPACE/SELECTOR", value_parser = node_plugins)]
     pub node_plugins: Option<(String, String)>,
     /// Metrics port of the node plugin pods.
-    #[arg(long, default_value_t = 9809)]
+    #[arg(long, env = "IPCLINK_NODE_PLUGIN_PORT", default_value_t = 9809)]
     pub node_plugin_port: u16,
     /// How the node plugins are reached.
     #[command(flatten)]
@@ -133,25 +133,11 @@ impl PluginAccess {
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Serve /metrics, /healthz and /readyz here.
-    #[arg(long, default_value = "0.0.0.0:9810")]
+    #[arg(long, env = "IPCLINK_METRICS_LISTEN", default_value = "0.0.0.0:9810")]
     pub metrics_listen: SocketAddr,
-    /// Serve only /healthz and /readyz here, on connection slots of their own: point
-    /// the kubelet's probes at it, so that no client of the metrics port can starve them.
-    #[arg(long)]
-    pub probe_listen: Option<SocketAddr>,
-    /// Who may read /metrics: `kubernetes` (HTTPS, and a bearer token the API server
-    /// authenticates with a TokenReview and authorizes with a SubjectAccessReview for
-    /// `get` on /metrics as a non-resource URL) or `none` (plain HTTP, only on a
-    /// loopback address). [default: none on loopback, else kubernetes]
-    #[arg(long, value_name = "kubernetes|none")]
-    pub metrics_auth: Option<ipclink_runtime::access::MetricsAuth>,
-    /// The metrics endpoint's certificate chain (PEM) [default: a self-signed one made
-    /// at start].
-    #[arg(long, requires = "tls_key_file")]
-    pub tls_cert_file: Option<std::path::PathBuf>,
-    /// The key of --tls-cert-file (PEM).
-    #[arg(long, requires = "tls_cert_file")]
-    pub tls_key_file: Option<std::path::PathBuf>,
+    /// How the metrics endpoint is protected, and the probes' own listener.
+    #[command(flatten)]
+    pub metrics: ipclink_runtime::args::MetricsArgs,
     /// The release's metrics certificate Secret (NAMESPACE/NAME; the chart makes it
     /// empty): filled with a CA and a certificate for --metrics-tls-names when empty
     /// (again if it is emptied later), served here and by the node plugins, and the CA
@@ -177,62 +163,69 @@ pub struct RunArgs {
         value_name = "DNS-NAME,..."
     )]
     pub metrics_tls_names: Vec<String>,
-    /// Also accept bearer tokens for the API server itself on /metrics, besides those of
-    /// the audience ipclink.dev/metrics (for scrapers that cannot mount such a token).
-    #[arg(long, env = "IPCLINK_METRICS_ACCEPT_API_AUDIENCE")]
-    pub metrics_accept_api_audience: bool,
     /// Links reconciled at once.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, env = "IPCLINK_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
     /// Look at an unchanged link again after this many seconds.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, env = "IPCLINK_RESYNC_SECONDS", default_value_t = 300)]
     pub resync_seconds: u64,
     /// A node plugin's (or sidecar's) metrics address whose /v1/links is gathered:
-    /// `[NODE=]HOST:PORT` (plain http) or `[NODE=]https://HOST:PORT`. Repeatable.
-    #[arg(long = "links-endpoint", value_name = "[NODE=]HOST:PORT", value_parser = endpoint)]
+    /// `[NODE=]HOST:PORT` (plain http) or `[NODE=]https://HOST:PORT`. Repeatable, or
+    /// comma-separated.
+    #[arg(
+        long = "links-endpoint",
+        env = "IPCLINK_LINKS_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "[NODE=]HOST:PORT",
+        value_parser = endpoint
+    )]
     pub links_endpoints: Vec<(String, String)>,
     /// Gather from node plugin pods found by label: `NAMESPACE/SELECTOR`, e.g.
     /// `ipclink-system/app.kubernetes.io/component=node-plugin`.
-    #[arg(long, value_name = "NAMESPACE/SELECTOR", value_parser = node_plugins)]
+    #[arg(long, env = "IPCLINK_NODE_PLUGINS", value_name = "NAMESPACE/SELECTOR", value_parser = node_plugins)]
     pub node_plugins: Option<(String, String)>,
     /// Metrics port of the node plugin pods.
-    #[arg(long, default_value_t = 9809)]
+    #[arg(long, env = "IPCLINK_NODE_PLUGIN_PORT", default_value_t = 9809)]
     pub node_plugin_port: u16,
     /// How the node plugins are reached.
     #[command(flatten)]
     pub access: PluginAccess,
     /// Seconds between two gatherings of depths (the rate at which status.channels
     /// changes).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "IPCLINK_DEPTH_INTERVAL_SECONDS", default_value_t = 30)]
     pub depth_interval_seconds: u64,
     /// Node plugins asked for depths at once.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, env = "IPCLINK_DEPTH_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub depth_concurrency: u16,
     /// Seconds one node plugin has to answer with its depths (1 to 60).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
+    #[arg(long, env = "IPCLINK_DEPTH_TIMEOUT_SECONDS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub depth_timeout_seconds: u64,
     /// A node plugin's last depths are shown for this many intervals after it stopped
     /// answering; then its links' status shows them stale (`depthsStale`, objects
     /// without figures) (1 to 100).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, env = "IPCLINK_DEPTH_STALE_INTERVALS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub depth_stale_intervals: u32,
     /// A link's status is written at most once in this many seconds when only its
     /// depths changed (changes of phase, conditions or members are written at once).
-    #[arg(long, default_value_t = 10)]
+    #[arg(
+        long,
+        env = "IPCLINK_STATUS_MIN_INTERVAL_SECONDS",
+        default_value_t = 10
+    )]
     pub status_min_interval_seconds: u64,
     /// Seconds a persistent link's node may be NotReady before the link is re-homed:
     /// with no member mounting it, its claim is released so the next member's node is
     /// chosen again (its data does not move). A deleted Node re-homes at once. 0: never.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, env = "IPCLINK_REHOME_AFTER_SECONDS", default_value_t = 300)]
     pub rehome_after_seconds: u64,
     /// Do not provision PersistentVolumes for persistent-mode claims (when
     /// external-provisioner does it through the CSI controller instead).
-    #[arg(long)]
+    #[arg(long, env = "IPCLINK_NO_PROVISIONER")]
     pub no_provisioner: bool,
     /// Elect one leader among the replicas through a Lease: only the leader
     /// reconciles, provisions and gathers depths; every replica serves metrics and
     /// health. A leader that loses the Lease exits.
-    #[arg(long)]
+    #[arg(long, env = "IPCLINK_LEADER_ELECT")]
     pub leader_elect: bool,
     /// Namespace of the leader Lease.
     #[arg(
@@ -243,11 +236,16 @@ pub struct RunArgs {
     )]
     pub leader_elect_namespace: String,
     /// Name of the leader Lease.
-    #[arg(long, default_value = "ipclink-operator", value_name = "NAME")]
+    #[arg(
+        long,
+        env = "IPCLINK_LEADER_ELECT_LEASE",
+        default_value = "ipclink-operator",
+        value_name = "NAME"
+    )]
     pub leader_elect_lease: String,
     /// Seconds a leader's Lease stays valid without renewal: how long a standby waits
     /// after a leader died without releasing it (2 to 3600).
-    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    #[arg(long, env = "IPCLINK_LEADER_ELECT_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
     pub leader_elect_duration_seconds: u64,
 }
 
@@ -330,5 +328,22 @@ mod tests {
         };
         assert!(args.leader_elect);
         assert_eq!(args.leader_elect_duration_seconds, 15);
+    }
+
+    #[test]
+    fn every_flag_can_come_from_the_environment() {
+        // The chart and Compose files set flags through the environment as well.
+        let cli = Cli::command();
+        let (mut missing, mut seen) = (Vec::new(), 0);
+        for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+            for arg in sub.get_arguments() {
+                seen += 1;
+                if arg.get_long().is_some() && arg.get_env().is_none() && !arg.is_hide_set() {
+                    missing.push(format!("{} --{}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "flags without env: {missing:?}");
+        assert!(seen >= 30, "only {seen} flags seen");
     }
 }

@@ -216,10 +216,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")
+    ipclink_runtime::tokio_runtime(None).context("tokio runtime")
 }
 
 fn print_crd() -> anyhow::Result<()> {
@@ -263,9 +260,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let cert = match (&args.tls_cert_file, &args.tls_key_file, &issued) {
-        (Some(c), Some(k), _) => CertSource::Files(c.clone(), k.clone()),
-        (_, _, Some(i)) => {
+    let cert = match (args.metrics.cert_files(), &issued) {
+        (Some(files), _) => files,
+        (None, Some(i)) => {
             let served = ServedCert::self_signed(own_names(args.metrics_listen))?;
             served.set_pem(i.cert.as_bytes(), i.key.as_bytes())?;
             CertSource::Served(served)
@@ -274,9 +271,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let protected = protection(
         args.metrics_listen,
-        args.metrics_auth,
+        args.metrics.metrics_auth,
         cert,
-        args.metrics_accept_api_audience,
+        args.metrics.metrics_accept_api_audience,
         Some(client.clone()),
     )
     .await?;
@@ -304,7 +301,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown.signalled(),
     )
     .await?;
-    spawn_probes(args.probe_listen, exposed.clone(), shutdown.signalled()).await?;
+    spawn_probes(
+        args.metrics.probe_listen,
+        exposed.clone(),
+        shutdown.signalled(),
+    )
+    .await?;
     tracing::info!(
         metrics = %args.metrics_listen,
         auth = if protected.is_some() { "kubernetes (https)" } else { "none (http)" },

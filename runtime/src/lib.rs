@@ -5,6 +5,7 @@
 //! It depends on `ipclink-core` only: no Docker client, no gRPC, no Kubernetes runtime.
 
 pub mod access;
+pub mod args;
 pub mod client;
 pub mod http;
 pub mod links;
@@ -14,6 +15,7 @@ pub mod shutdown;
 pub mod tls;
 pub mod unix;
 
+pub use args::tokio_runtime;
 pub use shutdown::Shutdown;
 
 /// Logs to stderr, filtered by `IPCLINK_LOG` (default `info`), in colour only on a

@@ -90,7 +90,7 @@ pub struct UpArgs {
     #[arg(long, env = "HOSTNAME")]
     pub container: Option<String>,
     /// Seconds between two discovery rounds.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "IPCLINK_DISCOVER_INTERVAL_SECONDS", default_value_t = 5)]
     pub discover_interval_seconds: u64,
     /// Where the members' processes cannot be seen, read a FIFO's depth by opening its
     /// write end without blocking. Off by default: a reader still blocked in open()

@@ -12,7 +12,7 @@ use ipclink_core::{LinkPlan, Store};
 use ipclink_runtime::Shutdown;
 use ipclink_runtime::links::SharedLinks;
 
-use crate::{apply_link, load_links, open_probes};
+use crate::links::{apply_link, load_links, open_probes};
 
 /// What a reload works on.
 pub(crate) struct Follow {

@@ -135,14 +135,18 @@ pub fn compile_peer(name: &str, libc: Libc) -> PathBuf {
     };
     require_tool(cc);
     let out = scratch_dir().join(format!("{name}-{suffix}"));
+    // Compiled beside it and renamed into place: a test of another lane may be running
+    // the program now (writing over it would fail with ETXTBSY, or hand it half a file).
+    let part = out.with_extension(format!("part-{}", std::process::id()));
     let status = Command::new(cc)
         .args(["-O2", "-Wall", "-Werror", "-o"])
-        .arg(&out)
+        .arg(&part)
         .arg(&src)
         .args(extra)
         .status()
         .expect("running the C compiler");
     assert!(status.success(), "{cc} failed on {}", src.display());
+    std::fs::rename(&part, &out).expect("renaming the compiled peer into place");
     out
 }
 

@@ -160,9 +160,5 @@ pub fn ephemeral(
 
 /// A two-worker runtime for driving a client.
 pub fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
+    ipclink_runtime::tokio_runtime(Some(2)).expect("runtime")
 }

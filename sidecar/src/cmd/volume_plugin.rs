@@ -1,0 +1,113 @@
+//! `ipclink-sidecar volume-plugin`: Docker's and podman's volume plugin protocol.
+
+use std::sync::{Arc, Mutex};
+
+use ipclink_runtime::Shutdown;
+use ipclink_runtime::http::{Limits, serve};
+use ipclink_runtime::links::{SharedLinks, router};
+use tokio::net::TcpListener;
+
+use super::{check_listen, install_shutdown};
+use crate::cli::PluginArgs;
+use crate::links::storage_mode;
+use crate::{Error, plugin};
+
+/// `ipclink-sidecar volume-plugin`: serves the plugin protocol until SIGTERM or Ctrl-C.
+/// Volumes stay in place when it stops: containers keep using them, and the next start
+/// picks them up from the state file.
+pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
+    if let Some(addr) = args.listen {
+        check_listen(addr, args.insecure_listen)?;
+    }
+    let shutdown = install_shutdown()?;
+    let metrics = match args.listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Io {
+            what: format!("listen on {addr}"),
+            source,
+        })?),
+        None => None,
+    };
+    let links: SharedLinks = Arc::default();
+    let mode = storage_mode(args.storage);
+    let plugin = plugin::Plugin::open(&args.root, mode, links.clone(), args.fifo_open_probe)?;
+    let bound = plugin::bind_socket(&args.socket)?;
+    tracing::info!(
+        socket = %args.socket.display(),
+        root = %args.root.display(),
+        link_dir = %args.link_dir.display(),
+        volumes = plugin.volumes().len(),
+        "volume plugin ready"
+    );
+    let metrics_task = metrics.map(|listener| {
+        tokio::spawn(serve(
+            listener,
+            router(links),
+            Limits::default(),
+            shutdown.signalled(),
+        ))
+    });
+    let plugin = Arc::new(Mutex::new(plugin));
+    let link_dir = plugin::LinkDir::new(args.link_dir.clone());
+    if args.apply_interval_seconds > 0 {
+        tokio::spawn(follow_link_files(
+            plugin.clone(),
+            link_dir.clone(),
+            std::time::Duration::from_secs(args.apply_interval_seconds),
+            shutdown.clone(),
+        ));
+    }
+    let served = serve(
+        bound.listener,
+        plugin::router(plugin, link_dir),
+        Limits::default(),
+        shutdown.signalled(),
+    )
+    .await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    // Removed while the lock is still held: no other plugin can have bound it since.
+    let _ = std::fs::remove_file(&args.socket);
+    drop(bound.lock);
+    served.map_err(|source| Error::Io {
+        what: "serve".into(),
+        source,
+    })
+}
+
+/// Reads the link files of the volumes every `interval` and applies those that changed
+/// since the last read (see [`plugin::Plugin::apply_file`]).
+async fn follow_link_files(
+    plugin: plugin::SharedPlugin,
+    dir: plugin::LinkDir,
+    interval: std::time::Duration,
+    shutdown: Shutdown,
+) {
+    let mut last: std::collections::HashMap<String, String> = Default::default();
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait() => return,
+        }
+        let (p, d) = (plugin.clone(), dir.clone());
+        last = tokio::task::spawn_blocking(move || {
+            let files = p.lock().unwrap_or_else(|e| e.into_inner()).link_files();
+            let mut seen = std::collections::HashMap::new();
+            for (volume, file) in files {
+                let read = d.read(&file);
+                let shown = format!("{read:?}");
+                if last.get(&volume) != Some(&shown) {
+                    let mut locked = p.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Err(r) = locked.apply_file(&volume, read) {
+                        tracing::error!(volume, "cannot apply the link file: {}", r.message);
+                    }
+                }
+                seen.insert(volume, shown);
+            }
+            seen
+        })
+        .await
+        .unwrap_or_default();
+    }
+}

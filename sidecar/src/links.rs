@@ -1,0 +1,182 @@
+//! The links of the files given: loaded and validated, materialized in a store, and
+//! opened for probing.
+
+use std::path::{Path, PathBuf};
+
+use ipclink_core::probe::LinkProbe;
+use ipclink_core::probe::holders::{AllProcesses, Members, link_held};
+use ipclink_core::sample::LinkSample;
+use ipclink_core::{LinkPlan, MaterializeError, Problem, Problems, StorageMode, Store, load_plans};
+
+use crate::Error;
+use crate::cli::Storage;
+
+/// Reads and validates the files; every problem of every file, or the plans.
+pub fn load_files(files: &[PathBuf]) -> Result<Vec<LinkPlan>, Error> {
+    load_links(files).map(|v| v.into_iter().map(|(_, plan)| plan).collect())
+}
+
+/// [`load_files`], keeping each link with its plan.
+pub fn load_links(files: &[PathBuf]) -> Result<Vec<(ipclink_core::IpcLink, LinkPlan)>, Error> {
+    let mut texts = Vec::new();
+    let mut problems = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(f) {
+            Ok(t) => texts.push((f.display().to_string(), t)),
+            Err(e) => problems.push(Problem::new(
+                f.display().to_string(),
+                format!("cannot read: {e}"),
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Invalid(Problems(problems)));
+    }
+    load_plans(&texts).map_err(Error::Invalid)
+}
+
+pub(crate) fn storage_mode(choice: Option<Storage>) -> StorageMode {
+    match choice {
+        Some(Storage::Tmpfs) => StorageMode::Tmpfs,
+        Some(Storage::Dir) => StorageMode::PlainDir,
+        None => StorageMode::default_for_user(),
+    }
+}
+
+/// A store opened for `up`, with its links materialized.
+#[derive(Debug)]
+pub struct Materialized {
+    /// The base directory.
+    pub store: Store,
+    /// The links as written, in file order (what discovery checks members against).
+    pub links: Vec<ipclink_core::IpcLink>,
+    /// Their plans, in the same order.
+    pub plans: Vec<LinkPlan>,
+}
+
+/// Validates, then materializes every link (see [`materialize_links`]). On a problem
+/// nothing is created (not even the root directory, for invalid files).
+pub fn materialize_files(
+    files: &[PathBuf],
+    root: &Path,
+    storage: Option<Storage>,
+    strict: bool,
+) -> Result<Materialized, Error> {
+    materialize_links(load_links(files)?, root, storage, strict)
+}
+
+/// Materializes links already loaded and validated. A link that exists already is made
+/// to serve its spec by the live rule: what can change under members changes, the rest
+/// waits (logged) until no process holds the link. With `strict`, any difference from
+/// an existing link is refused first, and nothing at all is changed.
+pub fn materialize_links(
+    loaded: Vec<(ipclink_core::IpcLink, LinkPlan)>,
+    root: &Path,
+    storage: Option<Storage>,
+    strict: bool,
+) -> Result<Materialized, Error> {
+    let (links, plans): (Vec<_>, Vec<_>) = loaded.into_iter().unzip();
+    let store = Store::open(root, storage_mode(storage))?;
+    if !store.applies_owner() {
+        tracing::warn!(
+            "not root: object owners from the spec are not applied; objects belong to this user"
+        );
+    }
+    if strict {
+        for plan in &plans {
+            store.check(plan)?;
+        }
+    }
+    // Links this run makes from nothing are removed again if a later step fails; links
+    // that existed before are never touched by that rollback.
+    let mut fresh: Vec<&LinkPlan> = Vec::new();
+    for plan in &plans {
+        let existed = store.open_link(&plan.namespace, &plan.name).is_ok();
+        if !existed {
+            fresh.push(plan);
+        }
+        let outcome = match apply_link(&store, plan, &mut AllProcesses) {
+            Ok(o) => o,
+            Err(e) => {
+                for p in &fresh {
+                    if let Err(t) = store.teardown(&p.namespace, &p.name) {
+                        tracing::error!(error = %t, "rollback teardown failed");
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        tracing::info!(
+            namespace = %plan.namespace,
+            link = %plan.name,
+            path = %store.link_path(&plan.namespace, &plan.name).display(),
+            created = outcome.created.len(),
+            kept = outcome.kept.len(),
+            tmpfs = outcome.mounted,
+            "link materialized"
+        );
+    }
+    Ok(Materialized {
+        store,
+        links,
+        plans,
+    })
+}
+
+/// Makes one link serve `plan`: pending changes are made when no process among
+/// `members` holds the link (unknown counts as held).
+pub(crate) fn apply_link(
+    store: &Store,
+    plan: &LinkPlan,
+    members: &mut dyn Members,
+) -> Result<ipclink_core::Outcome, MaterializeError> {
+    let exclusive = match store.open_link(&plan.namespace, &plan.name) {
+        Err(_) => true,
+        Ok(_) => link_held(store, plan, members) == Some(false),
+    };
+    let outcome = store.apply(plan, &ipclink_core::InProcess, exclusive)?;
+    outcome.log(plan);
+    Ok(outcome)
+}
+
+/// In a plain directory the size limit is whatever the directory's filesystem enforces:
+/// nothing, or a volume's own tmpfs (Compose). Says which, per link.
+pub(crate) fn warn_unenforced_limits(samples: &[LinkSample], plans: &[LinkPlan]) {
+    use ipclink_core::model::quantity::format_bytes;
+    for (s, plan) in samples.iter().zip(plans) {
+        let (namespace, link) = (&*s.namespace, &*s.name);
+        if !s.size_limit_enforced {
+            tracing::warn!(namespace, link, path = %s.path, "a plain directory: sizeLimit is NOT enforced (run as root for one tmpfs per link, or mount a tmpfs volume there)");
+        } else if s.limit_bytes > plan.size_limit {
+            let plan_limit = plan.size_limit;
+            tracing::warn!(
+                namespace,
+                link,
+                tmpfs = %format_bytes(s.limit_bytes),
+                size_limit = %format_bytes(plan_limit),
+                "the link is a tmpfs larger than its sizeLimit: give the volume size={} to enforce it",
+                format_bytes(plan_limit)
+            );
+        } else {
+            tracing::info!(namespace, link, tmpfs = %format_bytes(s.limit_bytes), "the link is a tmpfs of its own (a volume); its size is the limit");
+        }
+    }
+}
+
+/// Opens a probe for every plan's link, as its record says it serves (with what is
+/// pending).
+pub fn open_probes(store: &Store, plans: &[LinkPlan]) -> Result<Vec<LinkProbe>, Error> {
+    plans
+        .iter()
+        .map(|p| {
+            match store.record(&p.namespace, &p.name) {
+                Some(r) => LinkProbe::of_record(store, &r),
+                None => LinkProbe::open(store, p),
+            }
+            .map_err(|errno| Error::Io {
+                what: format!("open {}", store.link_path(&p.namespace, &p.name).display()),
+                source: std::io::Error::from_raw_os_error(errno as i32),
+            })
+        })
+        .collect()
+}
