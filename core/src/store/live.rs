@@ -28,7 +28,7 @@ use crate::store::ownership::{Ownership, read_acl, write_acl};
 
 /// What one object of a plan (or of the record, for a removed one) needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Step<'p> {
+pub enum Step<'p> {
     /// It does not exist: make it.
     Create(&'p ObjectPlan),
     /// Only its mode or owner differ.
@@ -53,7 +53,7 @@ pub(crate) enum Step<'p> {
 
 impl Step<'_> {
     /// The file name the step is about.
-    pub(crate) fn file_name(&self) -> String {
+    pub fn file_name(&self) -> String {
         match self {
             Step::Create(o)
             | Step::Attrs(o)
@@ -67,7 +67,7 @@ impl Step<'_> {
 
 /// What an existing link needs to serve a plan.
 #[derive(Debug, Default)]
-pub(crate) struct Diff<'p> {
+pub struct Diff<'p> {
     /// What to do: removals first, then the plan's objects in plan order.
     pub steps: Vec<Step<'p>>,
     /// Objects that match already.
@@ -99,17 +99,6 @@ fn made_here(link: BorrowedFd<'_>, file: &str) -> bool {
         Mode::empty(),
     )
     .is_ok_and(|fd| crate::store::ownership::made_at(fd.as_fd(), file))
-}
-
-/// Whether the entry on disk is of the object's type.
-fn type_matches(kind: &ObjectKind, st: &FileStat) -> bool {
-    let t = file_type(st);
-    match kind {
-        ObjectKind::Shm { .. } => t == SFlag::S_IFREG,
-        ObjectKind::Semaphore { .. } => t == SFlag::S_IFREG && st.st_size as u64 == SEM_BYTES,
-        ObjectKind::Fifo => t == SFlag::S_IFIFO,
-        ObjectKind::Socket => t == SFlag::S_IFDIR,
-    }
 }
 
 /// Whether mode, owner or ACL of the entry `file` (its `st`) differ from the object's.
@@ -201,6 +190,80 @@ fn identity_change(old: &ObjectPlan, new: &ObjectPlan) -> Option<(String, String
 const WAITS: &str =
     "it cannot change under running members and applies when the last member has left the link";
 
+/// What is at an object's name in the link, as [`found`] reads it: all the rule needs
+/// to know of the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// What the entry is.
+    pub kind: EntryKind,
+    /// Marked as made by ipclink at this name (read only for an object the record does
+    /// not know, in a root members may write to; else `true`).
+    pub made_here: bool,
+    /// Its mode, owner or ACL differ from the object's (read only when its kind
+    /// matches; else `false`).
+    pub attrs_differ: bool,
+}
+
+/// The type of an entry, with a regular file's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file of this many bytes.
+    File(u64),
+    /// A FIFO.
+    Fifo,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A device or a socket.
+    Special,
+}
+
+impl EntryKind {
+    fn of(st: &FileStat) -> EntryKind {
+        let t = file_type(st);
+        if t == SFlag::S_IFREG {
+            EntryKind::File(st.st_size as u64)
+        } else if t == SFlag::S_IFIFO {
+            EntryKind::Fifo
+        } else if t == SFlag::S_IFDIR {
+            EntryKind::Dir
+        } else if t == SFlag::S_IFLNK {
+            EntryKind::Symlink
+        } else {
+            EntryKind::Special
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            EntryKind::File(_) => "a file",
+            EntryKind::Fifo => "a fifo",
+            EntryKind::Dir => "a directory",
+            EntryKind::Symlink => "a symlink",
+            EntryKind::Special => "a special file",
+        }
+    }
+
+    /// Whether it is of the object's type.
+    fn matches(self, kind: &ObjectKind) -> bool {
+        match (kind, self) {
+            (ObjectKind::Shm { .. }, EntryKind::File(_)) => true,
+            (ObjectKind::Semaphore { .. }, EntryKind::File(size)) => size == SEM_BYTES,
+            (ObjectKind::Fifo, EntryKind::Fifo) | (ObjectKind::Socket, EntryKind::Dir) => true,
+            _ => false,
+        }
+    }
+
+    /// A region's live size, when it is larger than the object's.
+    fn larger_region(self, kind: &ObjectKind) -> Option<u64> {
+        match (kind, self) {
+            (ObjectKind::Shm { size }, EntryKind::File(live)) if live > *size => Some(live),
+            _ => None,
+        }
+    }
+}
+
 /// Compares the link `link` (its record's plan `old`, when it has one) with `plan`.
 /// `exclusive`: no member holds the link, so pending changes become replacements.
 pub(crate) fn diff<'p>(
@@ -210,25 +273,76 @@ pub(crate) fn diff<'p>(
     apply_owner: bool,
     exclusive: bool,
 ) -> nix::Result<Diff<'p>> {
+    let entries = found(link, plan, old, apply_owner)?;
+    Ok(steps(plan, old, &entries, apply_owner, exclusive))
+}
+
+/// Reads, for each object of `plan` in order, what is at its name in `link`: the
+/// system-call half of the rule.
+pub(crate) fn found(
+    link: BorrowedFd<'_>,
+    plan: &LinkPlan,
+    old: Option<&LinkPlan>,
+    apply_owner: bool,
+) -> nix::Result<Vec<Option<Entry>>> {
     let owners = Owners::of(plan, apply_owner);
+    let open_root = plan.root.allows_create() || old.is_some_and(|o| o.root.allows_create());
+    let mut entries = Vec::with_capacity(plan.objects.len());
+    for obj in &plan.objects {
+        let file = obj.file_name();
+        let st = match fstatat(link, file.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => {
+                entries.push(None);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let kind = EntryKind::of(&st);
+        let before = old.and_then(|o| o.objects.iter().find(|p| same_object(p, obj)));
+        let made_here = before.is_some() || !(open_root && apply_owner) || made_here(link, &file);
+        // Read only where `steps` looks at it: a kept object of its kind, not resized.
+        let resized = match (&obj.kind, kind) {
+            (ObjectKind::Shm { size }, EntryKind::File(live)) => live != *size,
+            _ => false,
+        };
+        let attrs_differ = made_here
+            && before.and_then(|b| identity_change(b, obj)).is_none()
+            && kind.matches(&obj.kind)
+            && !resized
+            && attrs_differ(link, obj, &st, owners)?;
+        entries.push(Some(Entry {
+            kind,
+            made_here,
+            attrs_differ,
+        }));
+    }
+    Ok(entries)
+}
+
+/// The rule itself, without a system call: what the link needs to serve `plan`, given
+/// its record's plan `old` and what [`found`] read at each object's name (`entries`, in
+/// plan order). `apply_owner`: this process gives files their owners (root);
+/// `exclusive`: no member holds the link, so pending changes become replacements.
+pub fn steps<'p>(
+    plan: &'p LinkPlan,
+    old: Option<&LinkPlan>,
+    entries: &[Option<Entry>],
+    apply_owner: bool,
+    exclusive: bool,
+) -> Diff<'p> {
     // Members may have created names in the root (now or before this plan).
     let open_root = plan.root.allows_create() || old.is_some_and(|o| o.root.allows_create());
     let mut d = Diff::default();
     let was = |obj: &ObjectPlan| old.and_then(|o| o.objects.iter().find(|p| same_object(p, obj)));
-    for obj in &plan.objects {
+    for (obj, entry) in plan.objects.iter().zip(entries.iter().copied()) {
         let file = obj.file_name();
         let before = was(obj);
-        let stat = match fstatat(link, file.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => Some(st),
-            Err(Errno::ENOENT) => None,
-            Err(e) => return Err(e),
-        };
         // An entry the record does not know, in a root members may write to, that
         // ipclink did not make there (it marks what it makes, so a run killed before
         // its record was written is recognised): a member made it, or linked a declared
         // object to the name. It is replaced, never adopted.
-        if before.is_none() && open_root && apply_owner && stat.is_some() && !made_here(link, &file)
-        {
+        if before.is_none() && open_root && apply_owner && entry.is_some_and(|e| !e.made_here) {
             d.steps.push(Step::Supplant(obj));
             d.objects.push(obj.clone());
             continue;
@@ -237,11 +351,11 @@ pub(crate) fn diff<'p>(
         let mut wait: Option<(String, String, Option<ObjectPlan>)> = None;
         if let Some((field, message)) = before.and_then(|b| identity_change(b, obj)) {
             wait = Some((field, message, before.cloned()));
-        } else if let Some(st) = &stat {
-            if !type_matches(&obj.kind, st) {
+        } else if let Some(e) = entry {
+            if !e.kind.matches(&obj.kind) {
                 let message = format!(
                     "{file} exists as {} that {}; the spec wants a {}",
-                    describe_type(st),
+                    e.kind.describe(),
                     if before.is_some() {
                         "ipclink made"
                     } else {
@@ -250,22 +364,21 @@ pub(crate) fn diff<'p>(
                     kind_name(&obj.kind)
                 );
                 wait = Some((format!("{}.kind", obj.field), message, before.cloned()));
-            } else if let ObjectKind::Shm { size } = obj.kind
-                && (st.st_size as u64) > size
+            } else if let (Some(live), ObjectKind::Shm { size }) =
+                (e.kind.larger_region(&obj.kind), &obj.kind)
             {
-                let live = st.st_size as u64;
                 let message = format!(
                     "{} is a live region of {}; the spec wants {} and a region is never made smaller under its holders",
                     obj.name,
                     format_bytes(live),
-                    format_bytes(size)
+                    format_bytes(*size)
                 );
                 let mut was_obj = before.cloned().unwrap_or_else(|| obj.clone());
                 was_obj.kind = ObjectKind::Shm { size: live };
                 wait = Some((format!("{}.size", obj.field), message, Some(was_obj)));
             }
         }
-        match (wait, stat) {
+        match (wait, entry) {
             (Some(_), _) if exclusive => {
                 let old_name = before.map(ObjectPlan::file_name).filter(|n| *n != file);
                 d.steps.push(Step::Replace { obj, old: old_name });
@@ -280,12 +393,11 @@ pub(crate) fn diff<'p>(
                 d.steps.push(Step::Create(obj));
                 d.objects.push(obj.clone());
             }
-            (None, Some(st)) => {
-                let grow =
-                    matches!(obj.kind, ObjectKind::Shm { size } if (st.st_size as u64) < size);
+            (None, Some(e)) => {
+                let grow = matches!((obj.kind, e.kind), (ObjectKind::Shm { size }, EntryKind::File(live)) if live < size);
                 if grow {
                     d.steps.push(Step::Grow(obj));
-                } else if attrs_differ(link, obj, &st, owners)? {
+                } else if e.attrs_differ {
                     d.steps.push(Step::Attrs(obj));
                 } else {
                     d.kept.push(file);
@@ -305,22 +417,7 @@ pub(crate) fn diff<'p>(
             .collect();
         d.steps.splice(0..0, removals);
     }
-    Ok(d)
-}
-
-fn describe_type(st: &FileStat) -> &'static str {
-    let t = file_type(st);
-    if t == SFlag::S_IFREG {
-        "a file"
-    } else if t == SFlag::S_IFIFO {
-        "a fifo"
-    } else if t == SFlag::S_IFDIR {
-        "a directory"
-    } else if t == SFlag::S_IFLNK {
-        "a symlink"
-    } else {
-        "a special file"
-    }
+    d
 }
 
 /// Opens the object `obj` of `link` without any open(2) side effect (`O_PATH`) and
@@ -332,7 +429,7 @@ fn open_object(link: BorrowedFd<'_>, obj: &ObjectPlan) -> nix::Result<OwnedFd> {
         OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
-    if !type_matches(&obj.kind, &fstat(fd.as_fd())?) {
+    if !EntryKind::of(&fstat(fd.as_fd())?).matches(&obj.kind) {
         return Err(Errno::EEXIST);
     }
     Ok(fd)

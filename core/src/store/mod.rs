@@ -20,7 +20,7 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 use crate::fs::{empty_dir, is_mount_point, open_dir_at, remove_tree_at};
 mod create;
 mod error;
-pub(crate) mod live;
+pub mod live;
 pub(crate) mod ownership;
 mod record;
 mod resize;
