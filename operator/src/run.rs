@@ -7,6 +7,7 @@ use crate::leader::{self, Election};
 use crate::metrics::Exposed;
 use crate::metrics::Synced;
 use crate::provision;
+use crate::reconcile::status::StatusWriter;
 use crate::reconcile::{Context, MANAGER, Settings, Shared, error_policy, is_status, reconcile};
 use anyhow::Context as _;
 use ipclink_runtime::Shutdown;
@@ -143,8 +144,7 @@ pub async fn controller(
         depths,
         fault: settings.fault,
         resync: settings.resync,
-        status_min_interval: settings.status_min_interval,
-        last_writes: std::sync::Mutex::default(),
+        status: StatusWriter::new(settings.status_min_interval),
         nodes: node_store,
         nodes_listed,
         leases: lease_store,

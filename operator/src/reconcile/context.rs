@@ -2,11 +2,10 @@
 //! its settings, and why a reconcile fails.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipclink_core::IpcLink;
 use ipclink_core::metrics::OperatorMetrics;
-use ipclink_core::model::spec::IpcLinkStatus;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
@@ -16,7 +15,7 @@ use kube::runtime::reflector::Store;
 use crate::cache::podcache::PodIndex;
 pub use crate::gather::Depths;
 use crate::metrics::Synced;
-use crate::reconcile::status::{OWN_WRITE_SETTLE, Written, fingerprint};
+use crate::reconcile::status::StatusWriter;
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -35,8 +34,6 @@ pub struct Context {
     pub fault: Option<String>,
     /// How often a Ready link is looked at again without a change.
     pub resync: Duration,
-    /// Least time between two status writes of a link whose depths alone changed.
-    pub status_min_interval: Duration,
     /// The Leases node plugins take of inline links (labelled with the link).
     pub leases: Store<Lease>,
     /// Set once `leases` holds the watch's first list.
@@ -48,46 +45,8 @@ pub struct Context {
     /// How long a persistent link's node may be NotReady before the link is re-homed;
     /// `None`: never re-home.
     pub rehome_after: Option<Duration>,
-    /// When each link's status was last written by this replica.
-    pub last_writes: std::sync::Mutex<std::collections::HashMap<(String, String), Written>>,
-}
-
-impl Context {
-    /// How long a depth-only status write of `key` must still wait, if at all.
-    pub(super) fn write_wait(&self, key: &(String, String)) -> Option<Duration> {
-        let writes = self.last_writes.lock().unwrap_or_else(|p| p.into_inner());
-        let since = writes.get(key)?.at.elapsed();
-        (since < self.status_min_interval).then(|| self.status_min_interval - since)
-    }
-
-    /// How long to wait for the cache to show `status`, if this replica wrote exactly
-    /// that a moment ago (a reconcile woken by an earlier event sees the link from
-    /// before that write).
-    pub(super) fn own_write_pending(
-        &self,
-        key: &(String, String),
-        status: &IpcLinkStatus,
-    ) -> Option<Duration> {
-        let writes = self.last_writes.lock().unwrap_or_else(|p| p.into_inner());
-        let w = writes.get(key)?;
-        let since = w.at.elapsed();
-        (since < OWN_WRITE_SETTLE && w.fingerprint == fingerprint(status))
-            .then(|| OWN_WRITE_SETTLE - since)
-    }
-
-    pub(super) fn wrote(&self, key: (String, String), status: &IpcLinkStatus) {
-        let written = Written {
-            at: Instant::now(),
-            fingerprint: fingerprint(status),
-        };
-        let mut writes = self.last_writes.lock().unwrap_or_else(|p| p.into_inner());
-        writes.insert(key, written);
-    }
-
-    pub(super) fn forget(&self, key: &(String, String)) {
-        let mut writes = self.last_writes.lock().unwrap_or_else(|p| p.into_inner());
-        writes.remove(key);
-    }
+    /// Whether a planned status is written, and when.
+    pub status: StatusWriter,
 }
 
 impl std::fmt::Debug for Context {
@@ -106,6 +65,14 @@ pub enum Error {
         what: String,
         /// The client's error.
         source: kube::Error,
+    },
+    /// A status or patch could not be encoded as JSON.
+    #[error("{what}: {source}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoder's error.
+        source: serde_json::Error,
     },
 }
 
@@ -129,6 +96,7 @@ impl Error {
                 kube::Error::SerdeError(_) => "serialization",
                 _ => "client",
             },
+            Error::Encode { .. } => "serialization",
         }
     }
 }
@@ -200,9 +168,9 @@ mod tests {
             assert_eq!(api(code).metric_label(), label, "{code}");
         }
         let parse = serde_json::from_str::<u8>("x").expect_err("not a number");
-        let e = Error::Kube {
-            what: "decode".into(),
-            source: kube::Error::SerdeError(parse),
+        let e = Error::Encode {
+            what: "encode the status",
+            source: parse,
         };
         assert_eq!(e.metric_label(), "serialization");
     }

@@ -26,7 +26,7 @@ use crate::pods::PodView;
 use claims::{ClaimState, cleanup, ensure_claim, lease_holder, rehome};
 pub use context::{Context, Error, Settings, Shared};
 pub(crate) use context::{is_status, kube_err};
-use status::{only_depths_differ, same_but_time};
+use status::{Decision, same_but_time};
 
 /// The finalizer that makes deletion wait for members to unmount.
 pub const FINALIZER: &str = "ipclink.dev/cleanup";
@@ -113,7 +113,7 @@ async fn reconcile_inner(
         }
         cleanup(link, ctx).await?;
         remove_finalizer(&api, link).await?;
-        ctx.forget(&(ns.clone(), name.clone()));
+        ctx.status.forget(&(ns.clone(), name.clone()));
         tracing::info!(namespace = %ns, link = %name, "link deleted; cleanup done");
         return Ok((
             Action::await_change(),
@@ -186,19 +186,18 @@ async fn reconcile_inner(
     }
     let planned = plan::plan(link, &validated, &pods, &observed, &now);
     let phase = planned.phase();
-    if !same_but_time(link.status.as_ref(), &planned.status) {
-        let key = (ns.clone(), name.clone());
-        // Depths alone change often: written at most once per interval per link.
-        if only_depths_differ(link.status.as_ref(), &planned.status)
-            && let Some(wait) = ctx.write_wait(&key)
-        {
-            return Ok((Action::requeue(wait), phase));
+    let key = (ns.clone(), name.clone());
+    let now_instant = Instant::now();
+    match ctx
+        .status
+        .decide(&key, link.status.as_ref(), &planned.status, now_instant)
+    {
+        Decision::Unchanged => {}
+        Decision::Wait(wait) => return Ok((Action::requeue(wait), phase)),
+        Decision::Write => {
+            ctx.status.wrote(key, &planned.status, now_instant);
+            write_status(&api, link, planned.status, &ctx.metrics).await?;
         }
-        if let Some(wait) = ctx.own_write_pending(&key, &planned.status) {
-            return Ok((Action::requeue(wait), phase));
-        }
-        ctx.wrote(key, &planned.status);
-        write_status(&api, link, planned.status, &ctx.metrics).await?;
     }
     let reference = link.object_ref(&());
     for note in planned.notes {
@@ -227,12 +226,17 @@ async fn write_status(
     metrics: &OperatorMetrics,
 ) -> Result<(), Error> {
     metrics.status_writes.inc();
-    let value = serde_json::to_value(&status)
-        .map_err(|e| kube_err("encode the status")(kube::Error::SerdeError(e)))?;
+    let value = serde_json::to_value(&status).map_err(|source| Error::Encode {
+        what: "encode the status",
+        source,
+    })?;
     let patch: json_patch::Patch = serde_json::from_value(
         serde_json::json!([{"op": "add", "path": "/status", "value": value}]),
     )
-    .map_err(|e| kube_err("build the status patch")(kube::Error::SerdeError(e)))?;
+    .map_err(|source| Error::Encode {
+        what: "build the status patch",
+        source,
+    })?;
     api.patch_status(
         &link.name_any(),
         &PatchParams {
@@ -264,8 +268,11 @@ async fn add_finalizer(api: &Api<IpcLink>, link: &IpcLink) -> Result<(), Error> 
     } else {
         serde_json::json!([{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}])
     };
-    let patch: json_patch::Patch = serde_json::from_value(patch)
-        .map_err(|e| kube_err("build the finalizer patch")(kube::Error::SerdeError(e)))?;
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(|source| Error::Encode {
+            what: "build the finalizer patch",
+            source,
+        })?;
     api.patch(
         &link.name_any(),
         &PatchParams::default(),
@@ -287,8 +294,11 @@ async fn remove_finalizer(api: &Api<IpcLink>, link: &IpcLink) -> Result<(), Erro
         {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": FINALIZER},
         {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
     ]);
-    let patch: json_patch::Patch = serde_json::from_value(patch)
-        .map_err(|e| kube_err("build the finalizer patch")(kube::Error::SerdeError(e)))?;
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(|source| Error::Encode {
+            what: "build the finalizer patch",
+            source,
+        })?;
     match api
         .patch(
             &link.name_any(),

@@ -1,7 +1,10 @@
-//! What the controller compares before it writes a link's status: the status as the API
-//! server gives it back (second precision), depth-only changes, and the fingerprint of
-//! a status this replica has just written.
+//! Whether a reconcile writes a link's status: [`StatusWriter`] owns the throttle and
+//! answers Write, Wait or Unchanged, comparing the status as the API server gives it
+//! back (second precision), depth-only changes, and the fingerprint of a status this
+//! replica has just written.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ipclink_core::model::spec::IpcLinkStatus;
@@ -62,6 +65,81 @@ pub fn only_depths_differ(old: Option<&IpcLinkStatus>, new: &IpcLinkStatus) -> b
     same_but_time(Some(&strip(old)), &strip(new))
 }
 
+/// What to do with a planned status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Write it now (and call [`StatusWriter::wrote`]).
+    Write,
+    /// Look again after this long: the depths alone changed within the interval, or
+    /// this replica wrote exactly this a moment ago and the cache has not shown it yet.
+    Wait(Duration),
+    /// The stored status says the same, transition times aside.
+    Unchanged,
+}
+
+/// The status-write throttle of one replica: when it last wrote each link's status, and
+/// the least time between two writes that change depths only. No clock of its own: the
+/// caller passes `now`.
+#[derive(Debug)]
+pub struct StatusWriter {
+    min_interval: Duration,
+    written: Mutex<HashMap<(String, String), Written>>,
+}
+
+impl StatusWriter {
+    /// A writer that spaces depth-only writes of a link by `min_interval`.
+    pub fn new(min_interval: Duration) -> StatusWriter {
+        StatusWriter {
+            min_interval,
+            written: Mutex::default(),
+        }
+    }
+
+    /// Whether the status of link `key`, stored as `old`, becomes `new` now.
+    pub fn decide(
+        &self,
+        key: &(String, String),
+        old: Option<&IpcLinkStatus>,
+        new: &IpcLinkStatus,
+        now: Instant,
+    ) -> Decision {
+        if same_but_time(old, new) {
+            return Decision::Unchanged;
+        }
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(last) = written.get(key) else {
+            return Decision::Write;
+        };
+        let since = now.saturating_duration_since(last.at);
+        // Depths alone change often: written at most once per interval per link.
+        if only_depths_differ(old, new) && since < self.min_interval {
+            return Decision::Wait(self.min_interval - since);
+        }
+        // A reconcile woken by an earlier event sees the link from before this
+        // replica's own write: it waits for the cache instead of writing it again.
+        if since < OWN_WRITE_SETTLE && last.fingerprint == fingerprint(new) {
+            return Decision::Wait(OWN_WRITE_SETTLE - since);
+        }
+        Decision::Write
+    }
+
+    /// Records that `status` was written for `key` at `now`.
+    pub fn wrote(&self, key: (String, String), status: &IpcLinkStatus, now: Instant) {
+        let written = Written {
+            at: now,
+            fingerprint: fingerprint(status),
+        };
+        let mut all = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        all.insert(key, written);
+    }
+
+    /// Forgets link `key` (deleted).
+    pub fn forget(&self, key: &(String, String)) {
+        let mut all = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        all.remove(key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +168,62 @@ mod tests {
             ..later
         };
         assert!(!only_depths_differ(Some(&stored), &other_phase));
+    }
+
+    #[test]
+    fn the_writer_writes_changes_spaces_depths_and_waits_for_its_own_write() {
+        let key = ("ns".to_owned(), "link".to_owned());
+        let writer = StatusWriter::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let stamp = |s: i64| {
+            Some(Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH
+                    + k8s_openapi::jiff::SignedDuration::from_secs(s),
+            ))
+        };
+        let depths = |s: i64| IpcLinkStatus {
+            depths_observed_time: stamp(s),
+            ..IpcLinkStatus::default()
+        };
+        let ready = IpcLinkStatus {
+            phase: Some(ipclink_core::model::spec::Phase::Ready),
+            ..depths(1)
+        };
+        // Nothing written yet: a change is written; the same status is not.
+        assert_eq!(
+            writer.decide(&key, None, &depths(1), at(0)),
+            Decision::Write
+        );
+        assert_eq!(
+            writer.decide(&key, Some(&depths(1)), &depths(1), at(0)),
+            Decision::Unchanged
+        );
+        writer.wrote(key.clone(), &depths(1), at(0));
+        // Read back before the watch shows it: the same write waits for the cache.
+        assert_eq!(
+            writer.decide(&key, None, &depths(1), at(1)),
+            Decision::Wait(Duration::from_secs(1))
+        );
+        // New depths within the interval wait; after it they are written.
+        assert_eq!(
+            writer.decide(&key, Some(&depths(1)), &depths(5), at(4)),
+            Decision::Wait(Duration::from_secs(6))
+        );
+        assert_eq!(
+            writer.decide(&key, Some(&depths(1)), &depths(5), at(10)),
+            Decision::Write
+        );
+        // Any other change is written at once.
+        assert_eq!(
+            writer.decide(&key, Some(&depths(1)), &ready, at(4)),
+            Decision::Write
+        );
+        // Forgotten (the link was deleted): nothing holds a new link of the name back.
+        writer.forget(&key);
+        assert_eq!(
+            writer.decide(&key, Some(&depths(1)), &depths(5), at(4)),
+            Decision::Write
+        );
     }
 }
