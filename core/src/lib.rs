@@ -1,6 +1,7 @@
 //! ipclink-core: the `IpcLink` resource, its validation, safe materialization of its
 //! objects in a directory, depth probes and the metric families. No network, no client.
 
+pub mod fault;
 pub mod fs;
 pub mod metrics;
 pub mod model;

@@ -268,7 +268,7 @@ fn edits_apply_on_the_node_while_members_exchange_data() {
         .concat(),
         &[
             ("KUBECONFIG", cp.kubeconfig.as_os_str()),
-            ("IPCLINK_TEST_KILL_AFTER_STEPS", std::ffi::OsStr::new("1")),
+            ("IPCLINK_FAULT", std::ffi::OsStr::new("kill-after-steps=1")),
         ],
     );
     let alerts = channel("alerts", "fifo", json!({"mode": "0620"}));

@@ -451,7 +451,7 @@ fn a_slow_preallocation_holds_up_no_other_call() {
             &root,
             OPEN,
         ],
-        &[("IPCLINK_CSI_FAULT", std::ffi::OsStr::new("slow-charge"))],
+        &[("IPCLINK_FAULT", std::ffi::OsStr::new("slow-charge"))],
     );
     let pods = dir.path().join("pods");
     std::fs::create_dir(&pods).expect("pods dir");

@@ -142,7 +142,6 @@ pub async fn controller(
         pods: pod_index,
         metrics,
         depths,
-        fault: settings.fault,
         resync: settings.resync,
         status: StatusWriter::new(settings.status_min_interval),
         nodes: node_store,
@@ -355,7 +354,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings {
         concurrency: args.concurrency,
         resync: Duration::from_secs(args.resync_seconds),
-        fault: std::env::var("IPCLINK_OPERATOR_FAULT").ok(),
         instance,
         status_min_interval: Duration::from_secs(args.status_min_interval_seconds),
         rehome_after: (args.rehome_after_seconds > 0)

@@ -48,12 +48,8 @@ fn the_operator_converges_after_crashes_and_an_apiserver_restart() {
     );
 
     // Killed right after creating the claim, before any status was written.
-    let mut crashing = Operator::start(
-        OPERATOR,
-        &cp,
-        &[],
-        &[("IPCLINK_OPERATOR_FAULT", "exit-after-claim")],
-    );
+    let mut crashing =
+        Operator::start(OPERATOR, &cp, &[], &[("IPCLINK_FAULT", "exit-after-claim")]);
     cp.create(&links, &link(NS, "frames", spec(1)));
     let status = crashing.wait_exit(Duration::from_secs(30));
     assert!(

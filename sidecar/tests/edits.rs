@@ -326,7 +326,7 @@ fn a_change_killed_half_way_is_finished_by_the_next_run() {
             "--listen",
             &format!("127.0.0.1:{}", common::free_port()),
         ])
-        .env("IPCLINK_TEST_KILL_AFTER_STEPS", "1")
+        .env("IPCLINK_FAULT", "kill-after-steps=1")
         .output()
         .expect("up");
     use std::os::unix::process::ExitStatusExt;

@@ -639,13 +639,10 @@ fn unpin(dev: u64, name: &str) -> Result<(), String> {
     Err(format!("unpin {name}: still mounted after 16 rounds"))
 }
 
-/// A test hook standing in for `kill -9` in the middle of a live change: with
-/// `IPCLINK_TEST_KILL_AFTER_STEPS=N` in its environment, the process kills itself
-/// with SIGKILL once `N` steps of a change are done.
+/// A test hook standing in for `kill -9` in the middle of a live change
+/// ([`crate::fault`]: `kill-after-steps=N`).
 pub(crate) fn killed_after(done: usize) {
-    if let Ok(v) = std::env::var("IPCLINK_TEST_KILL_AFTER_STEPS")
-        && v.parse() == Ok(done)
-    {
+    if crate::fault::is(crate::fault::Fault::KillAfterSteps(done)) {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }

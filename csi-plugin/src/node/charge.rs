@@ -220,7 +220,7 @@ pub fn run_helper(procs: &Path, file: &Path, size: u64) -> i32 {
         return fail(&format!("join {}", procs.display()), &e);
     }
     // Test hook: a preallocation that takes its time, to show it holds up nothing else.
-    if std::env::var("IPCLINK_CSI_FAULT").as_deref() == Ok("slow-charge") {
+    if ipclink_core::fault::is(ipclink_core::fault::Fault::SlowCharge) {
         std::thread::sleep(std::time::Duration::from_secs(3));
     }
     let f = match std::fs::OpenOptions::new()

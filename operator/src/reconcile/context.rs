@@ -29,9 +29,6 @@ pub struct Context {
     pub metrics: OperatorMetrics,
     /// Depths to fold into status.
     pub depths: Depths,
-    /// Test hook: `exit-after-claim` aborts the process right after creating a claim,
-    /// before any status is written (proves a restart converges without duplicates).
-    pub fault: Option<String>,
     /// How often a Ready link is looked at again without a change.
     pub resync: Duration,
     /// The Leases node plugins take of inline links (labelled with the link).
@@ -117,8 +114,6 @@ pub struct Settings {
     pub concurrency: u16,
     /// Resync of a link without changes.
     pub resync: Duration,
-    /// Test hook, see [`Context::fault`].
-    pub fault: Option<String>,
     /// Name this operator reports in Events.
     pub instance: String,
     /// See [`Context::status_min_interval`].

@@ -161,7 +161,7 @@ async fn reconcile_inner(
                     ));
                 }
                 observed.bound_node = node;
-                if created && ctx.fault.as_deref() == Some("exit-after-claim") {
+                if created && ipclink_core::fault::is(ipclink_core::fault::Fault::ExitAfterClaim) {
                     tracing::error!("fault injection: exiting after creating the claim");
                     // As a kill -9 would: no destructors, no core file.
                     let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
