@@ -198,17 +198,7 @@ mod tests {
 
     #[test]
     fn every_flag_can_come_from_the_environment() {
-        // The chart and Compose files set flags through the environment as well.
-        let cli = Cli::command();
-        let (mut missing, mut seen) = (Vec::new(), 0);
-        for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
-            for arg in sub.get_arguments() {
-                seen += 1;
-                if arg.get_long().is_some() && arg.get_env().is_none() && !arg.is_hide_set() {
-                    missing.push(format!("{} --{}", sub.get_name(), arg.get_id()));
-                }
-            }
-        }
+        let (missing, seen) = ipclink_runtime::args::flags_without_env(&Cli::command());
         assert!(missing.is_empty(), "flags without env: {missing:?}");
         assert!(seen >= 20, "only {seen} flags seen");
     }

@@ -56,3 +56,20 @@ pub fn tokio_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::
     }
     builder.enable_all().build()
 }
+
+/// The long flags of `command`'s visible subcommands that no environment variable can
+/// set, as `SUBCOMMAND --FLAG`, and how many flags were looked at: for each daemon's
+/// test that every flag can come from the environment (as the chart and Compose files
+/// set them).
+pub fn flags_without_env(command: &clap::Command) -> (Vec<String>, usize) {
+    let (mut missing, mut seen) = (Vec::new(), 0);
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        for arg in sub.get_arguments() {
+            seen += 1;
+            if arg.get_long().is_some() && arg.get_env().is_none() && !arg.is_hide_set() {
+                missing.push(format!("{} --{}", sub.get_name(), arg.get_id()));
+            }
+        }
+    }
+    (missing, seen)
+}

@@ -102,15 +102,8 @@ fn validate_reports_every_problem_at_once() {
         .expect("run validate");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    for field in [
-        "metadata.name",
-        "spec.sizeLimit",
-        "spec.owner.uid",
-        "spec.owner.gid",
-        "spec.channels[0].name",
-        "spec.channels[0].mode",
-        "spec.semaphores[0].initial",
-    ] {
+    // Each field is checked in core/tests/validate.rs; here, that the binary prints them.
+    for field in ["metadata.name", "spec.semaphores[0].initial"] {
         assert!(err.contains(field), "missing {field} in:\n{err}");
     }
     assert!(err.contains("7 problem(s)"), "{err}");
