@@ -58,12 +58,15 @@ fn crate_roots(root: &Path) -> Vec<PathBuf> {
                         roots.push(path.join(file));
                     }
                 }
+                // A binary is src/bin/NAME.rs, or src/bin/NAME/main.rs with its modules.
                 if let Ok(bins) = fs::read_dir(path.join("bin")) {
-                    roots.extend(
-                        bins.flatten()
-                            .map(|b| b.path())
-                            .filter(|p| p.extension().is_some_and(|e| e == "rs")),
-                    );
+                    roots.extend(bins.flatten().map(|b| b.path()).filter_map(|p| {
+                        if p.extension().is_some_and(|e| e == "rs") {
+                            Some(p)
+                        } else {
+                            Some(p.join("main.rs")).filter(|m| m.is_file())
+                        }
+                    }));
                 }
             } else {
                 dirs.push(path);
@@ -284,12 +287,9 @@ fn read_module(krate: &mut Crate, at: ModPath, file: &Path, root: &Path) {
     let text = fs::read_to_string(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
     krate.files.insert(at.clone(), file.to_path_buf());
     let toks = tokens(&code_only(&text));
-    // Where the children of this module live.
-    let is_dir_root = matches!(
-        file.file_name().and_then(|n| n.to_str()),
-        Some("mod.rs" | "lib.rs" | "main.rs")
-    ) || file.parent().is_some_and(|p| p.ends_with("src/bin"));
-    let child_dir = if is_dir_root && !file.parent().is_some_and(|p| p.ends_with("src/bin")) {
+    // Where the children of this module live: beside a crate root or a mod.rs, else in
+    // the directory named as the file.
+    let child_dir = if at.is_empty() || file.file_name().is_some_and(|n| n == "mod.rs") {
         file.parent().expect("a file in src").to_path_buf()
     } else {
         file.with_extension("")
@@ -688,4 +688,50 @@ fn source_files_over_the_mark_are_named() {
         "the walk went astray: {} long files",
         long.len()
     );
+}
+
+/// The last commit before commit messages followed the rule below.
+const MESSAGES_SINCE: &str = "1615c2c";
+/// Longest commit subject.
+const SUBJECT_CHARS: usize = 72;
+
+#[test]
+fn commit_subjects_are_short_and_the_why_is_in_the_body() {
+    let out = std::process::Command::new("git")
+        .args(["log", "--format=%h%x1f%s%x1f%b%x1e"])
+        .arg(format!("{MESSAGES_SINCE}..HEAD"))
+        .current_dir(workspace())
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git log {MESSAGES_SINCE}..HEAD (a clone with the history is needed): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut problems = Vec::new();
+    let mut commits = 0;
+    for record in text.split('\x1e').map(str::trim).filter(|r| !r.is_empty()) {
+        commits += 1;
+        let mut fields = record.splitn(3, '\x1f');
+        let (hash, subject, body) = (
+            fields.next().unwrap_or_default(),
+            fields.next().unwrap_or_default(),
+            fields.next().unwrap_or_default(),
+        );
+        let chars = subject.chars().count();
+        if chars > SUBJECT_CHARS {
+            problems.push(format!(
+                "{hash}: a subject of {chars} characters: {subject}"
+            ));
+        }
+        if body.trim().is_empty() {
+            problems.push(format!("{hash}: no body saying why: {subject}"));
+        }
+    }
+    assert!(
+        commits > 0,
+        "no commit since {MESSAGES_SINCE}: the history is not what it was"
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

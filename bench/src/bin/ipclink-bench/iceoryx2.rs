@@ -1,0 +1,111 @@
+//! iceoryx2 ping/pong between two "pods" through an allowCreate link, beside two
+//! processes on the host's /dev/shm.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ipclink_core::Store;
+
+use super::*;
+
+/// iceoryx2 (a program we did not write) round trips: `ping` and `pong` as two "pods"
+/// (own mount, IPC and network namespaces, uid 1000) meeting in a link at /dev/shm that
+/// lets members create, beside the same two processes meeting in the host's /dev/shm;
+/// each pinned to one of two cores. The data path is iceoryx2's shared memory either way:
+/// ipclink should add nothing.
+pub(super) fn iceoryx2(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
+    let bin = std::env::var_os("IPCLINK_ICEORYX2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::current_exe()
+                .expect("own path")
+                .with_file_name("ipclink-iceoryx2")
+        });
+    assert!(
+        bin.is_file(),
+        "{}: no ipclink-iceoryx2; build it first (cargo build --release -p ipclink-iceoryx2-example) or set IPCLINK_ICEORYX2",
+        bin.display()
+    );
+    let taskset = ipclink_testkit::require_tool("taskset");
+    let n = (cfg.round_trips * 10).to_string();
+    let plan = link_of(store, "iceoryx2", "  allowCreate: true\n".into());
+    let dir = store.link_path(&plan.namespace, &plan.name);
+    let host_root = format!("/dev/shm/ipclink-bench-iox2-{}/", std::process::id());
+    let before: std::collections::BTreeSet<_> = list("/dev/shm");
+    let p50 = |out: &std::process::Output| -> f64 {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "iceoryx2: {}",
+            ipclink_testkit::describe(out)
+        );
+        text.split("rtt_p50_ns ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no round trip in {text}"))
+            / 1e3
+    };
+    let args = |cpu: &str, role: &str| -> Vec<String> {
+        vec![
+            "-c".into(),
+            cpu.into(),
+            bin.display().to_string(),
+            role.into(),
+            n.clone(),
+        ]
+    };
+    let through_ipclink = || {
+        let run = |cpu, role| {
+            let a = args(cpu, role);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            ipclink_testkit::spawn_pod_as(&dir, 1000, 1000, &taskset, &a)
+        };
+        let pong = run("1", "pong");
+        let ping = ipclink_testkit::wait_with_timeout(run("0", "ping"), Duration::from_secs(300));
+        ipclink_testkit::wait_with_timeout(pong, Duration::from_secs(30));
+        p50(&ping)
+    };
+    let on_the_host = || {
+        let run = |cpu, role| {
+            Command::new(&taskset)
+                .args(args(cpu, role))
+                .env("IOX2_ROOT_PATH", &host_root)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("iceoryx2")
+        };
+        let pong = run("1", "pong");
+        let ping = ipclink_testkit::wait_with_timeout(run("0", "ping"), Duration::from_secs(300));
+        ipclink_testkit::wait_with_timeout(pong, Duration::from_secs(30));
+        p50(&ping)
+    };
+    // Children inherit this process's pinning to CPU 0; taskset places each one.
+    let all = nix::sched::CpuSet::new();
+    let mut all = all;
+    for cpu in 0..nproc() {
+        let _ = all.set(cpu);
+    }
+    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &all);
+    let (a, b) = side_by_side(cfg.reps.max(3), through_ipclink, on_the_host);
+    pin(0);
+    row(
+        rows,
+        "iceoryx2 ping/pong round trip p50, two pods through ipclink vs two processes on the host's /dev/shm",
+        "µs",
+        (a, b),
+        "≤ 1.05×",
+    );
+    // What this run made in the host's /dev/shm: its root path and iceoryx2's segments.
+    let _ = std::fs::remove_dir_all(&host_root);
+    for name in list("/dev/shm").difference(&before) {
+        if name.starts_with("iox2_") {
+            let _ = std::fs::remove_file(Path::new("/dev/shm").join(name));
+        }
+    }
+    store
+        .teardown(&plan.namespace, &plan.name)
+        .expect("teardown");
+}
