@@ -82,7 +82,7 @@ pub fn free_port() -> u16 {
     // Start at a place of this process's own, so two test binaries rarely meet either
     // (they run side by side in lanes): the pid scattered over the range, so processes
     // started one after another start far apart.
-    let span = u64::from(low - floor).max(2);
+    let span = u64::from(low.saturating_sub(floor)).max(2);
     let spread = u64::from(std::process::id()).wrapping_mul(2_654_435_761) % span;
     let mut port = next.unwrap_or(floor + spread as u16);
     loop {

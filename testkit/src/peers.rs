@@ -38,7 +38,10 @@ pub fn compile_peer(name: &str, libc: Libc) -> PathBuf {
     let out = scratch_dir().join(format!("{name}-{suffix}"));
     // Compiled beside it and renamed into place: a test of another lane may be running
     // the program now (writing over it would fail with ETXTBSY, or hand it half a file).
-    let part = out.with_extension(format!("part-{}", std::process::id()));
+    // Unique to the process and the call: tests of one binary compile on threads too.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let part = out.with_extension(format!("part-{}-{call}", std::process::id()));
     let status = Command::new(cc)
         .args(["-O2", "-Wall", "-Werror", "-o"])
         .arg(&part)

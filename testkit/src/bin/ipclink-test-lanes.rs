@@ -116,32 +116,22 @@ struct Ran {
     passed: bool,
 }
 
+/// Longest a test binary may run; past it, it is killed and reported failed (a test
+/// that hangs must fail the run, not hold CI until its limit).
+const BINARY_LIMIT: Duration = Duration::from_secs(30 * 60);
+
 fn run(binary: &Binary, lane: &'static str, out: &Mutex<()>) -> Ran {
     let start = Instant::now();
-    let result = Command::new(&binary.executable)
-        .current_dir(&binary.package_dir)
-        .stdin(Stdio::null())
-        .output();
-    let took = start.elapsed();
-    let (passed, text) = match result {
-        Ok(o) => (
-            o.status.success(),
-            format!(
-                "{}{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr),
-                if o.status.success() {
-                    String::new()
-                } else {
-                    format!("exit: {}\n", o.status)
-                }
-            ),
-        ),
+    // Output goes to a file, and the run ends when the binary exits: a process it
+    // started and left behind (holding a copy of its stdout) does not hold the lane.
+    let (passed, text) = match run_to_file(binary) {
+        Ok(r) => r,
         Err(e) => (
             false,
             format!("cannot run {}: {e}\n", binary.executable.display()),
         ),
     };
+    let took = start.elapsed();
     let _printing = out.lock().unwrap_or_else(|p| p.into_inner());
     println!(
         "== [{lane}] {} ({:.1} s, {})\n{text}",
@@ -155,6 +145,42 @@ fn run(binary: &Binary, lane: &'static str, out: &Mutex<()>) -> Ran {
         took,
         passed,
     }
+}
+
+/// Runs `binary` with its stdout and stderr in one temporary file, up to
+/// [`BINARY_LIMIT`]: whether it passed, and what it printed.
+fn run_to_file(binary: &Binary) -> std::io::Result<(bool, String)> {
+    let log = tempfile::tempfile()?;
+    let mut child = Command::new(&binary.executable)
+        .current_dir(&binary.package_dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log.try_clone()?)
+        .spawn()?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if start.elapsed() > BINARY_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut text = String::new();
+    let mut log = log;
+    std::io::Seek::rewind(&mut log)?;
+    std::io::Read::read_to_string(&mut log, &mut text)?;
+    Ok(match status {
+        Some(s) if s.success() => (true, text),
+        Some(s) => (false, format!("{text}exit: {s}\n")),
+        None => (
+            false,
+            format!("{text}killed: still running after {BINARY_LIMIT:?}\n"),
+        ),
+    })
 }
 
 fn main() -> ExitCode {
@@ -212,6 +238,17 @@ fn main() -> ExitCode {
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
     });
+    // A lane whose thread died reports nothing: every binary not reported failed.
+    for b in &all {
+        if !ran.iter().any(|r| r.name == b.name) {
+            ran.push(Ran {
+                lane: lane_of(b),
+                name: format!("{} (no result: its lane stopped)", b.name),
+                took: Duration::ZERO,
+                passed: false,
+            });
+        }
+    }
     ran.sort_by(|a, b| (a.lane, b.took).cmp(&(b.lane, a.took)));
     println!("| lane | test binary | time | result |\n|---|---|---|---|");
     for r in &ran {
@@ -269,5 +306,38 @@ mod tests {
         assert_eq!(lane_of(&found[0]), REST);
         assert_eq!(found[1].name, "ipclink-e2e/compose");
         assert_eq!(lane_of(&found[1]), "engines");
+    }
+
+    #[test]
+    fn a_binary_ends_when_it_exits_even_if_a_child_keeps_its_output() {
+        // The "binary" leaves a process behind holding its stdout, prints that
+        // process's pid and fails.
+        let script = std::env::temp_dir().join(format!("lanes-test-{}.sh", std::process::id()));
+        std::fs::write(&script, "#!/bin/sh\nsleep 60 &\necho $!\nexit 3\n").expect("script");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let binary = Binary {
+            name: "leaves-a-child".into(),
+            executable: script.clone(),
+            package_dir: std::env::temp_dir(),
+        };
+        let (passed, text) = run_to_file(&binary).expect("run");
+        let _ = std::fs::remove_file(&script);
+        assert!(!passed, "{text}");
+        assert!(text.contains("exit: exit status: 3"), "{text}");
+        let pid: i32 = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("a pid");
+        // Returned while the process it left behind still runs (and holds the output).
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "the runner waited for the process left behind"
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
