@@ -12,6 +12,7 @@ pub mod store;
 
 pub use kube::CustomResourceExt;
 pub use model::load::{load_plans, parse_link_value, parse_links, yaml_documents};
+pub use model::names::LinkKey;
 pub use model::spec::{
     Channel, ChannelKind, IpcLink, IpcLinkSpec, IpcLinkStatus, Semaphore, SemaphoreAbi,
 };

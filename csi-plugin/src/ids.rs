@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use ipclink_core::LinkKey;
 use ipclink_core::model::names::check_dns_label;
 
 use crate::csi;
@@ -182,7 +183,7 @@ pub fn check_capability(cap: &csi::VolumeCapability) -> Result<(), CsiError> {
 pub(crate) fn resolve_link(
     volume_id: &str,
     ctx: &BTreeMap<String, String>,
-) -> Result<(String, String), CsiError> {
+) -> Result<LinkKey, CsiError> {
     let pod_ns = ctx.get(POD_NAMESPACE);
     if ctx.get(EPHEMERAL).map(String::as_str) == Some("true") {
         let link = ctx.get(LINK).ok_or_else(|| {
@@ -201,7 +202,7 @@ pub(crate) fn resolve_link(
         })?;
         check_dns_label(ns)
             .map_err(|e| CsiError::invalid("volume_context", format!("pod namespace: {e}")))?;
-        return Ok((ns.clone(), link.clone()));
+        return Ok(LinkKey::new(ns, link));
     }
     let id = VolumeId::parse(volume_id)
         .ok_or_else(|| CsiError::NotFound(format!("{volume_id:?} is not an ipclink volume id")))?;
@@ -223,7 +224,7 @@ pub(crate) fn resolve_link(
             id.namespace, id.link
         )));
     }
-    Ok((id.namespace, id.link))
+    Ok(LinkKey::new(id.namespace, id.link))
 }
 
 #[cfg(test)]

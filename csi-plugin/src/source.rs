@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use ipclink_core::model::names::link_lease_name;
-use ipclink_core::{IpcLink, LinkPlan, parse_link_value, validate, yaml_documents};
+use ipclink_core::{IpcLink, LinkKey, LinkPlan, parse_link_value, validate, yaml_documents};
 
 use crate::error::CsiError;
 
@@ -34,7 +34,8 @@ type Fingerprint = Vec<(PathBuf, SystemTime, u64)>;
 /// What the directory holds now.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    links: BTreeMap<(String, String), Result<(IpcLink, LinkPlan), String>>,
+    links: BTreeMap<LinkKey, Result<(IpcLink, LinkPlan), String>>,
+    /// Pod labels by (namespace, pod name).
     pods: BTreeMap<(String, String), BTreeMap<String, String>>,
 }
 
@@ -125,7 +126,7 @@ fn read_files(files: impl Iterator<Item = PathBuf>) -> Snapshot {
                 let parsed = parse_link_value(&name, doc)
                     .and_then(|link| validate(&link).map(|plan| (link, plan)))
                     .map_err(|p| p.to_string());
-                snap.links.insert((ns, obj), parsed);
+                snap.links.insert(LinkKey::new(ns, obj), parsed);
             }
         }
     }
@@ -135,7 +136,7 @@ fn read_files(files: impl Iterator<Item = PathBuf>) -> Snapshot {
 impl Snapshot {
     /// The link `namespace/name`, validated.
     pub fn link(&self, namespace: &str, name: &str) -> Result<&(IpcLink, LinkPlan), CsiError> {
-        match self.links.get(&(namespace.to_owned(), name.to_owned())) {
+        match self.links.get(&LinkKey::new(namespace, name)) {
             None => Err(CsiError::NotFound(format!(
                 "link {namespace}/{name} does not exist"
             ))),
@@ -148,8 +149,7 @@ impl Snapshot {
 
     /// Whether the link exists (valid or not).
     pub fn has_link(&self, namespace: &str, name: &str) -> bool {
-        self.links
-            .contains_key(&(namespace.to_owned(), name.to_owned()))
+        self.links.contains_key(&LinkKey::new(namespace, name))
     }
 
     /// Labels of a pod, if the source knows it.
@@ -232,8 +232,7 @@ impl KubeSource {
             let checked = validate(&found)
                 .map(|plan| (found, plan))
                 .map_err(|p| p.to_string());
-            snap.links
-                .insert((namespace.to_owned(), link.to_owned()), checked);
+            snap.links.insert(LinkKey::new(namespace, link), checked);
         }
         if let Some(pod) = pod {
             let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);

@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use ipclink_core::IpcLink;
 use ipclink_core::sample::LinkSample;
+use ipclink_core::{IpcLink, LinkKey};
 use ipclink_runtime::Shutdown;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::plan::observed::{LinkDepths, channel_status, whole_seconds};
 
-/// Latest channel depths per (namespace, link), from the node plugins.
-pub type Depths = Arc<Mutex<HashMap<(String, String), LinkDepths>>>;
+/// Latest channel depths per link, from the node plugins.
+pub type Depths = Arc<Mutex<HashMap<LinkKey, LinkDepths>>>;
 
 /// Where depths come from.
 #[derive(Clone)]
@@ -100,7 +100,7 @@ struct Answer {
     when: Instant,
     /// What the status shows of each link it reported (kept rather than the samples,
     /// which also carry paths, holders and modes: a tenth of the memory).
-    links: Vec<((String, String), LinkDepths)>,
+    links: Vec<(LinkKey, LinkDepths)>,
 }
 
 /// The figures of one round.
@@ -122,7 +122,7 @@ pub struct Round {
 async fn gather(
     sources: &Sources,
     answers: &mut HashMap<String, Answer>,
-) -> (HashMap<(String, String), LinkDepths>, Round) {
+) -> (HashMap<LinkKey, LinkDepths>, Round) {
     let start = Instant::now();
     let endpoints = endpoints(sources).await;
     let results: Vec<(String, String, anyhow::Result<Vec<LinkSample>>)> =
@@ -149,7 +149,7 @@ async fn gather(
                     .map(|l| {
                         let mut d = channel_status(l);
                         d.observed = Some(at.clone());
-                        ((l.namespace.to_string(), l.name.to_string()), d)
+                        (LinkKey::new(&*l.namespace, &*l.name), d)
                     })
                     .collect();
                 answers.insert(
@@ -216,7 +216,7 @@ pub async fn run(
                 match current.get(k) {
                     // Same figures: keep when they were first seen, wake nobody.
                     Some(old) if old.same_figures(v) => v.observed = old.observed.clone(),
-                    _ => wake.push(ObjectRef::new(&k.1).within(&k.0)),
+                    _ => wake.push(ObjectRef::new(&k.name).within(&k.namespace)),
                 }
             }
             *current = next;
@@ -301,7 +301,7 @@ mod tests {
         let mut answers = HashMap::new();
         let (first, round) = gather(&sources, &mut answers).await;
         assert_eq!((round.answered, round.failed, round.stale), (1, 1, 0));
-        let a = first.get(&("ns".into(), "a".into())).expect("link a");
+        let a = first.get(&LinkKey::new("ns", "a")).expect("link a");
         assert_eq!(a.channels[0].queue_bytes, Some(7));
         assert!(!a.stale && a.observed.is_some());
 
@@ -311,18 +311,18 @@ mod tests {
         let (kept, round) = gather(&sources, &mut answers).await;
         assert_eq!((round.answered, round.failed, round.stale), (0, 1, 0));
         assert_eq!(
-            kept[&("ns".into(), "a".into())].channels[0].queue_bytes,
+            kept[&LinkKey::new("ns", "a")].channels[0].queue_bytes,
             Some(7)
         );
         // … then they are shown stale: the channel stays, its figure goes.
         tokio::time::sleep(Duration::from_millis(350)).await;
         let (stale, round) = gather(&sources, &mut answers).await;
         assert_eq!((round.answered, round.failed, round.stale), (0, 1, 1));
-        let a = &stale[&("ns".into(), "a".into())];
+        let a = &stale[&LinkKey::new("ns", "a")];
         assert!(a.stale);
         assert_eq!(a.channels[0].name, "events");
         assert_eq!(a.channels[0].queue_bytes, None);
-        assert!(!a.same_figures(&kept[&("ns".into(), "a".into())]));
+        assert!(!a.same_figures(&kept[&LinkKey::new("ns", "a")]));
     }
 
     #[tokio::test]

@@ -113,17 +113,15 @@ fn reload(f: &Follow, why: &str) {
                 tracing::error!(reason = why, namespace = %plan.namespace, link = %plan.name, "cannot apply the edit: {e}")
             }
         }
-        let key = |p: &LinkPlan| (p.namespace.clone(), p.name.clone());
-        match served.iter_mut().find(|p| key(p) == key(plan)) {
+        match served.iter_mut().find(|p| p.key() == plan.key()) {
             Some(p) => *p = plan.clone(),
             None => served.push(plan.clone()),
         }
     }
-    for gone in served.iter().filter(|s| {
-        !plans
-            .iter()
-            .any(|p| (&p.namespace, &p.name) == (&s.namespace, &s.name))
-    }) {
+    for gone in served
+        .iter()
+        .filter(|s| !plans.iter().any(|p| p.key() == s.key()))
+    {
         tracing::warn!(namespace = %gone.namespace, link = %gone.name, "no longer in the files: left in place until `up` stops");
     }
     match open_probes(&f.store, &served) {

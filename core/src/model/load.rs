@@ -109,7 +109,7 @@ pub fn parse_link_value(at: &str, doc: serde_json::Value) -> Result<IpcLink, Pro
 pub fn load_plans(files: &[(String, String)]) -> Result<Vec<(IpcLink, LinkPlan)>, Problems> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    let mut seen: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut seen: BTreeMap<crate::LinkKey, String> = BTreeMap::new();
     for (source, text) in files {
         match parse_links(source, text) {
             Err(Problems(p)) => problems.extend(p),
@@ -123,13 +123,12 @@ pub fn load_plans(files: &[(String, String)]) -> Result<Vec<(IpcLink, LinkPlan)>
                             p
                         })),
                         Ok(plan) => {
-                            let key = (plan.namespace.clone(), plan.name.clone());
+                            let key = plan.key();
                             if let Some(first) = seen.get(&key) {
                                 problems.push(Problem::new(
                                     format!("{label}: metadata.name"),
                                     format!(
-                                        "link {}/{} is also defined in {first}; each namespace/name once",
-                                        key.0, key.1
+                                        "link {key} is also defined in {first}; each namespace/name once"
                                     ),
                                 ));
                             } else {

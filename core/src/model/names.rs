@@ -143,3 +143,29 @@ mod tests {
         );
     }
 }
+
+/// One link's identity: its namespace and name. The key of every per-link map (budget
+/// reservations, busy guards, status throttles, gathered depths); printed `ns/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkKey {
+    /// Namespace (DNS label).
+    pub namespace: String,
+    /// Link name (DNS label).
+    pub name: String,
+}
+
+impl LinkKey {
+    /// The key of link `name` in `namespace`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        LinkKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for LinkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}

@@ -190,6 +190,11 @@ pub struct LinkPlan {
 }
 
 impl LinkPlan {
+    /// The link's namespace and name as one key.
+    pub fn key(&self) -> crate::LinkKey {
+        crate::LinkKey::new(&self.namespace, &self.name)
+    }
+
     /// A short fingerprint of the plan (FNV-1a of its JSON form): the same spec gives
     /// the same digest in every ipclink process of one release, so the operator can tell
     /// whether a node serves the spec it sees.

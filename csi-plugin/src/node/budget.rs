@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use ipclink_core::LinkPlan;
+use ipclink_core::{LinkKey, LinkPlan};
 
 use super::NodePlugin;
 use crate::error::CsiError;
@@ -20,11 +20,11 @@ impl Drop for InFlight<'_> {
 }
 
 /// Ends a link's reservation against the node budget.
-pub(crate) struct Reservation<'a>(&'a Mutex<Reserved>, (String, String));
+pub(crate) struct Reservation<'a>(&'a Mutex<Reserved>, LinkKey);
 
 /// The `sizeLimit` and declared objects of each link being made now, by namespace and
 /// name.
-pub(super) type Reserved = HashMap<(String, String), (u64, usize)>;
+pub(super) type Reserved = HashMap<LinkKey, (u64, usize)>;
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
@@ -95,11 +95,11 @@ impl NodePlugin {
     /// ends when the returned guard is dropped (by then the link's record counts).
     pub(super) fn reserve(&self, plan: &LinkPlan) -> Result<Reservation<'_>, CsiError> {
         use ipclink_core::model::quantity::format_bytes;
-        let (ns, name, size) = (&plan.namespace, &plan.name, plan.size_limit);
+        let (key, size) = (plan.key(), plan.size_limit);
         let s = &self.settings;
         if s.max_link_bytes > 0 && size > s.max_link_bytes {
             return Err(CsiError::Exhausted(format!(
-                "link {ns}/{name} has sizeLimit {}; this node takes links of at most {} (--max-link-bytes)",
+                "link {key} has sizeLimit {}; this node takes links of at most {} (--max-link-bytes)",
                 format_bytes(size),
                 format_bytes(s.max_link_bytes)
             )));
@@ -109,20 +109,15 @@ impl NodePlugin {
         let (records, _) = self.store.records();
         let others: Vec<(u64, usize)> = records
             .iter()
-            .filter(|r| (&r.plan.namespace, &r.plan.name) != (ns, name))
+            .filter(|r| r.plan.key() != key)
             .map(|r| (r.plan.size_limit, r.plan.objects.len()))
-            .chain(
-                reserved
-                    .iter()
-                    .filter(|(k, _)| (&k.0, &k.1) != (ns, name))
-                    .map(|(_, v)| *v),
-            )
+            .chain(reserved.iter().filter(|(k, _)| **k != key).map(|(_, v)| *v))
             .collect();
         if s.max_node_bytes > 0 {
             let in_use: u64 = others.iter().map(|o| o.0).sum();
             if in_use.saturating_add(size) > s.max_node_bytes {
                 return Err(CsiError::Exhausted(format!(
-                    "link {ns}/{name} (sizeLimit {}) does not fit this node's budget: {} links hold {} of {} (--max-node-bytes)",
+                    "link {key} (sizeLimit {}) does not fit this node's budget: {} links hold {} of {} (--max-node-bytes)",
                     format_bytes(size),
                     others.len(),
                     format_bytes(in_use),
@@ -135,13 +130,12 @@ impl NodePlugin {
             let in_use: usize = others.iter().map(|o| o.1).sum();
             if in_use.saturating_add(objects) > s.max_node_objects {
                 return Err(CsiError::Exhausted(format!(
-                    "link {ns}/{name} ({objects} channels and semaphores) does not fit this node's budget: {} links declare {in_use} of {} (--max-node-objects)",
+                    "link {key} ({objects} channels and semaphores) does not fit this node's budget: {} links declare {in_use} of {} (--max-node-objects)",
                     others.len(),
                     s.max_node_objects
                 )));
             }
         }
-        let key = (ns.clone(), name.clone());
         reserved.insert(key.clone(), (size, objects));
         Ok(Reservation(&self.reserved, key))
     }

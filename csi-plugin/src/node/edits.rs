@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use super::NodePlugin;
+use ipclink_core::LinkKey;
 
 /// Allocates nothing: a region that would grow with no member pod's memory cgroup to
 /// charge waits (an error names why; the next round tries again).
@@ -28,7 +29,7 @@ impl NodePlugin {
     /// Applies the current spec of every link on this node whose record differs from it
     /// or has pending changes. An invalid or deleted link is left as it serves. Returns
     /// the links changed.
-    pub async fn apply_edits(self: &Arc<Self>) -> Vec<(String, String)> {
+    pub async fn apply_edits(self: &Arc<Self>) -> Vec<LinkKey> {
         let records = match self.blocking(|p| Ok(p.store.records().0)).await {
             Ok(r) => r,
             Err(e) => {
@@ -91,7 +92,7 @@ impl NodePlugin {
                 })
                 .await;
             match done {
-                Ok(true) => applied.push((namespace, name)),
+                Ok(true) => applied.push(LinkKey::new(namespace, name)),
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(namespace, link = name, error = %e, "cannot apply the link's edited spec")

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::NodePlugin;
 use crate::error::CsiError;
 use crate::source::LinkSource;
+use ipclink_core::LinkKey;
 
 impl NodePlugin {
     /// Tears link `namespace/name` down when no publication uses it and it no longer
@@ -64,7 +65,7 @@ impl NodePlugin {
         let LinkSource::Kube(kube) = &self.source else {
             return Ok(false);
         };
-        let key = (namespace.to_owned(), name.to_owned());
+        let key = LinkKey::new(namespace, name);
         let since = {
             let mut idle = self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
             if self.in_use(namespace, name) {
@@ -105,7 +106,7 @@ impl NodePlugin {
     /// Tears down the links that no publication uses and that no longer exist: a link
     /// deleted after its last member left (its last unpublish kept it, as it still
     /// existed then). Returns the links removed.
-    pub async fn collect_garbage(self: &Arc<Self>) -> Vec<(String, String)> {
+    pub async fn collect_garbage(self: &Arc<Self>) -> Vec<LinkKey> {
         let records = match self.blocking(|p| Ok(p.store.records().0)).await {
             Ok(r) => r,
             Err(e) => {
@@ -119,10 +120,10 @@ impl NodePlugin {
             match self.teardown_if_deleted(namespace, link).await {
                 Ok(true) => {
                     tracing::info!(namespace, link, "deleted link torn down");
-                    removed.push((plan.namespace.clone(), plan.name.clone()));
+                    removed.push(plan.key());
                 }
                 Ok(false) => match self.teardown_if_unused(namespace, link).await {
-                    Ok(true) => removed.push((plan.namespace.clone(), plan.name.clone())),
+                    Ok(true) => removed.push(plan.key()),
                     Ok(false) => {}
                     Err(e) => {
                         tracing::warn!(namespace, link, error = %e, "cannot free an unused link")

@@ -9,6 +9,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 
+use ipclink_core::LinkKey;
 use ipclink_core::probe::holders::{Members, Owner, Process, command};
 
 use super::NodePlugin;
@@ -100,13 +101,13 @@ impl Members for PodMembers {
         // The devices of the links each pod mounts: a process past the scan's bounds
         // leaves the holders of those links unknown, not every tenant's.
         let mut scopes: BTreeMap<String, HashSet<u64>> = BTreeMap::new();
-        let mut devs: HashMap<(String, String), Option<u64>> = HashMap::new();
+        let mut devs: HashMap<LinkKey, Option<u64>> = HashMap::new();
         for (target, p) in self.plugin.publications() {
             if let Some(uid) = p.pod_uid_at(&target) {
                 pods.entry(uid.clone())
                     .or_insert((p.namespace.clone(), p.pod.clone()));
                 let dev = *devs
-                    .entry((p.namespace.clone(), p.link.clone()))
+                    .entry(LinkKey::new(&p.namespace, &p.link))
                     .or_insert_with(|| {
                         let link = self.plugin.store().open_link(&p.namespace, &p.link).ok()?;
                         nix::sys::stat::fstat(link.as_fd()).ok().map(|st| st.st_dev)

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use ipclink_core::model::members::{has_pod_selectors, members_of};
 use ipclink_core::model::names::check_dns_subdomain;
 use ipclink_core::model::names::{TOPOLOGY_KEY, topology_value};
-use ipclink_core::{InProcess, LinkPlan, Preallocate, StorageMode, Store};
+use ipclink_core::{InProcess, LinkKey, LinkPlan, Preallocate, StorageMode, Store};
 use nix::sys::statvfs::statvfs;
 use serde::{Deserialize, Serialize};
 
@@ -127,12 +127,12 @@ pub struct NodePlugin {
     /// (volume id, target) pairs being worked on: a concurrent duplicate gets Aborted.
     busy: Mutex<HashSet<(String, String)>>,
     /// A lock per link, so a long preallocation of one link holds up no other.
-    slots: Mutex<HashMap<(String, String), Slot>>,
+    slots: Mutex<HashMap<LinkKey, Slot>>,
     /// `sizeLimit`s and declared objects of links being made now, counted against the
     /// node budgets.
     reserved: Mutex<Reserved>,
     /// When each materialized link was first seen with no publication.
-    idle_since: Mutex<HashMap<(String, String), std::time::Instant>>,
+    idle_since: Mutex<HashMap<LinkKey, std::time::Instant>>,
     /// Publications being made now, counted against `max_volumes`.
     in_flight: std::sync::atomic::AtomicUsize,
 }
@@ -238,7 +238,7 @@ impl NodePlugin {
         self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((namespace.to_owned(), name.to_owned()))
+            .entry(LinkKey::new(namespace, name))
             .or_default()
             .clone()
     }
@@ -276,7 +276,10 @@ impl NodePlugin {
         check_capability(cap)?;
         let ctx: BTreeMap<String, String> = req.volume_context.clone().into_iter().collect();
         check_context(&ctx)?;
-        let (namespace, link_name) = resolve_link(&req.volume_id, &ctx)?;
+        let LinkKey {
+            namespace,
+            name: link_name,
+        } = resolve_link(&req.volume_id, &ctx)?;
         let _busy = self.mark_busy(&req.volume_id, &req.target_path)?;
 
         let publication = Publication {
@@ -333,7 +336,7 @@ impl NodePlugin {
             self.idle_since
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&(namespace.clone(), link_name.clone()));
+                .remove(&LinkKey::new(&namespace, &link_name));
         }
         if mounted.is_err()
             && let LinkSource::Kube(k) = &self.source
@@ -488,7 +491,7 @@ impl NodePlugin {
             self.idle_since
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert((namespace.clone(), name.clone()), std::time::Instant::now());
+                .insert(LinkKey::new(&namespace, &name), std::time::Instant::now());
             self.teardown_if_deleted(&namespace, &name).await?;
         }
         Ok(())

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use ipclink_core::LinkKey;
 use ipclink_core::model::names::check_dns_label;
 
 use super::{Publication, Publications};
@@ -20,14 +21,14 @@ pub(super) fn rebuild_from_mountinfo(links_dir: &Path) -> Publications {
         .map(|l| l.split(' ').collect())
         .filter(|f: &Vec<&str>| f.len() > 5)
         .collect();
-    let mut links: HashMap<&str, (String, String)> = HashMap::new();
+    let mut links: HashMap<&str, LinkKey> = HashMap::new();
     for f in &rows {
         if let Some(rest) = f[4].strip_prefix(&base)
             && let Some((ns, name)) = rest.trim_start_matches('/').split_once('/')
             && check_dns_label(ns).is_ok()
             && check_dns_label(name).is_ok()
         {
-            links.insert(f[2], (ns.to_owned(), name.to_owned()));
+            links.insert(f[2], LinkKey::new(ns, name));
         }
     }
     let mut out = Publications::default();
@@ -35,15 +36,15 @@ pub(super) fn rebuild_from_mountinfo(links_dir: &Path) -> Publications {
         if f[4].starts_with(&base) || f[3] != "/" {
             continue;
         }
-        if let Some((ns, name)) = links.get(f[2]) {
+        if let Some(key) = links.get(f[2]) {
             // Octal escapes (\040 for a space) are how mountinfo writes odd paths.
             let target = ipclink_core::fs::unescape_mountinfo(f[4]);
             out.by_target.insert(
                 target,
                 Publication {
                     volume_id: String::new(),
-                    namespace: ns.clone(),
-                    link: name.clone(),
+                    namespace: key.namespace.clone(),
+                    link: key.name.clone(),
                     readonly: f[5].split(',').any(|o| o == "ro"),
                     pod: None,
                     pod_uid: None,

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipclink_core::IpcLink;
 use ipclink_core::metrics::OperatorMetrics;
 use ipclink_core::model::spec::IpcLinkStatus;
+use ipclink_core::{IpcLink, LinkKey};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -113,7 +113,7 @@ async fn reconcile_inner(
         }
         cleanup(link, ctx).await?;
         remove_finalizer(&api, link).await?;
-        ctx.status.forget(&(ns.clone(), name.clone()));
+        ctx.status.forget(&LinkKey::new(&ns, &name));
         tracing::info!(namespace = %ns, link = %name, "link deleted; cleanup done");
         return Ok((
             Action::await_change(),
@@ -128,7 +128,7 @@ async fn reconcile_inner(
             .depths
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(ns.clone(), name.clone()))
+            .get(&LinkKey::new(&ns, &name))
             .cloned(),
         ..Observed::default()
     };
@@ -186,7 +186,7 @@ async fn reconcile_inner(
     }
     let planned = plan::plan(link, &validated, &pods, &observed, &now);
     let phase = planned.phase();
-    let key = (ns.clone(), name.clone());
+    let key = LinkKey::new(&ns, &name);
     let now_instant = Instant::now();
     match ctx
         .status

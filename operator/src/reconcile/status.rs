@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ipclink_core::LinkKey;
 use ipclink_core::model::spec::IpcLinkStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -83,7 +84,7 @@ pub enum Decision {
 #[derive(Debug)]
 pub struct StatusWriter {
     min_interval: Duration,
-    written: Mutex<HashMap<(String, String), Written>>,
+    written: Mutex<HashMap<LinkKey, Written>>,
 }
 
 impl StatusWriter {
@@ -98,7 +99,7 @@ impl StatusWriter {
     /// Whether the status of link `key`, stored as `old`, becomes `new` now.
     pub fn decide(
         &self,
-        key: &(String, String),
+        key: &LinkKey,
         old: Option<&IpcLinkStatus>,
         new: &IpcLinkStatus,
         now: Instant,
@@ -124,7 +125,7 @@ impl StatusWriter {
     }
 
     /// Records that `status` was written for `key` at `now`.
-    pub fn wrote(&self, key: (String, String), status: &IpcLinkStatus, now: Instant) {
+    pub fn wrote(&self, key: LinkKey, status: &IpcLinkStatus, now: Instant) {
         let written = Written {
             at: now,
             fingerprint: fingerprint(status),
@@ -134,7 +135,7 @@ impl StatusWriter {
     }
 
     /// Forgets link `key` (deleted).
-    pub fn forget(&self, key: &(String, String)) {
+    pub fn forget(&self, key: &LinkKey) {
         let mut all = self.written.lock().unwrap_or_else(|p| p.into_inner());
         all.remove(key);
     }
@@ -172,7 +173,7 @@ mod tests {
 
     #[test]
     fn the_writer_writes_changes_spaces_depths_and_waits_for_its_own_write() {
-        let key = ("ns".to_owned(), "link".to_owned());
+        let key = LinkKey::new("ns", "link");
         let writer = StatusWriter::new(Duration::from_secs(10));
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
