@@ -2,9 +2,9 @@
 //! released for re-homing when its node is lost, deleted with the link) and the Lease a
 //! node plugin takes for an inline link.
 
-use ipclink_core::IpcLink;
 use ipclink_core::model::names::{DRIVER_NAME, LINK_LABEL};
 use ipclink_core::model::quantity::format_bytes;
+use ipclink_core::{IpcLink, LinkKey};
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
 };
@@ -15,9 +15,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 
-use crate::reconcile::{
-    Context, DEFAULT_CLASS, Error, MANAGER, SELECTED_NODE, is_status, kube_err,
-};
+use crate::reconcile::{Context, DEFAULT_CLASS, Error, MANAGER, SELECTED_NODE, is_status};
 
 impl Context {
     /// Why `node` is lost, if it is: its Node was deleted, or it has not been Ready for
@@ -74,7 +72,10 @@ pub(crate) async fn lease_holder(
             );
             Ok(None)
         }
-        Err(e) => Err(kube_err(format!("read the claim of {name}"))(e)),
+        Err(source) => Err(Error::ReadLease {
+            link: LinkKey::new(namespace, name),
+            source,
+        }),
     }
 }
 
@@ -91,11 +92,17 @@ pub(crate) async fn cleanup(link: &IpcLink, ctx: &Context) -> Result<(), Error> 
             {
                 Ok(_) => Ok(()),
                 Err(e) if is_status(&e, 404) => Ok(()),
-                Err(e) => Err(kube_err("delete the link's claim")(e)),
+                Err(source) => Err(Error::DeleteClaim {
+                    link: LinkKey::new(&ns, link.name_any()),
+                    source,
+                }),
             }
         }
         Ok(_) => Ok(()),
-        Err(e) => Err(kube_err("read the link's claim")(e)),
+        Err(source) => Err(Error::ReadClaim {
+            link: LinkKey::new(&ns, link.name_any()),
+            source,
+        }),
     }
 }
 
@@ -115,7 +122,10 @@ pub(crate) async fn rehome(
     let Some(claim) = api
         .get_opt(&name)
         .await
-        .map_err(kube_err("read the link's claim"))?
+        .map_err(|source| Error::ReadClaim {
+            link: LinkKey::new(&ns, &name),
+            source,
+        })?
     else {
         return Ok(());
     };
@@ -129,7 +139,12 @@ pub(crate) async fn rehome(
     match api.delete(&name, &params).await {
         Ok(_) => {}
         Err(e) if is_status(&e, 404) || is_status(&e, 409) => return Ok(()),
-        Err(e) => return Err(kube_err("release the link's claim")(e)),
+        Err(source) => {
+            return Err(Error::DeleteClaim {
+                link: LinkKey::new(&ns, &name),
+                source,
+            });
+        }
     }
     tracing::warn!(namespace = %ns, link = %name, node, why, "released the link's volume: its node is lost");
     let event = Event {
@@ -197,7 +212,10 @@ async fn foreign_class(client: &Client, class: &str) -> Result<Option<String>, E
             );
             Ok(None)
         }
-        Err(e) => Err(kube_err("read the claim's StorageClass")(e)),
+        Err(source) => Err(Error::ReadStorageClass {
+            class: class.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -227,7 +245,10 @@ pub(crate) async fn ensure_claim(
     if let Some(existing) = api
         .get_opt(&name)
         .await
-        .map_err(kube_err("read the link's claim"))?
+        .map_err(|source| Error::ReadClaim {
+            link: LinkKey::new(&ns, &name),
+            source,
+        })?
     {
         return Ok(judge(&existing, false));
     }
@@ -276,12 +297,15 @@ pub(crate) async fn ensure_claim(
             Ok(judge(&c, true))
         }
         Err(e) if is_status(&e, 409) => {
-            let c = api
-                .get(&name)
-                .await
-                .map_err(kube_err("read the link's claim"))?;
+            let c = api.get(&name).await.map_err(|source| Error::ReadClaim {
+                link: LinkKey::new(&ns, &name),
+                source,
+            })?;
             Ok(judge(&c, false))
         }
-        Err(e) => Err(kube_err("create the link's claim")(e)),
+        Err(source) => Err(Error::CreateClaim {
+            link: LinkKey::new(&ns, &name),
+            source,
+        }),
     }
 }

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipclink_core::IpcLink;
 use ipclink_core::metrics::OperatorMetrics;
+use ipclink_core::{IpcLink, LinkKey};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
@@ -52,14 +52,71 @@ impl std::fmt::Debug for Context {
     }
 }
 
-/// Why one reconcile failed (it is retried with backoff).
+/// Why one reconcile failed (it is retried with backoff): one variant per operation,
+/// each naming the link (or StorageClass) it was for.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An API call failed.
-    #[error("{what}: {source}")]
-    Kube {
-        /// What was attempted.
-        what: String,
+    /// Patching `status` failed.
+    #[error("cannot write the status of link {link}: {source}")]
+    WriteStatus {
+        /// The link.
+        link: LinkKey,
+        /// The client's error.
+        source: kube::Error,
+    },
+    /// Adding the finalizer failed.
+    #[error("cannot add the finalizer to link {link}: {source}")]
+    AddFinalizer {
+        /// The link.
+        link: LinkKey,
+        /// The client's error.
+        source: kube::Error,
+    },
+    /// Removing the finalizer failed.
+    #[error("cannot remove the finalizer of link {link}: {source}")]
+    RemoveFinalizer {
+        /// The link.
+        link: LinkKey,
+        /// The client's error.
+        source: kube::Error,
+    },
+    /// Reading the node Lease a node plugin holds for the link failed.
+    #[error("cannot read the node Lease of link {link}: {source}")]
+    ReadLease {
+        /// The link.
+        link: LinkKey,
+        /// The client's error.
+        source: kube::Error,
+    },
+    /// Reading a persistent link's claim (its PVC) failed.
+    #[error("cannot read the claim of link {link}: {source}")]
+    ReadClaim {
+        /// The link.
+        link: LinkKey,
+        /// The client's error.
+        source: kube::Error,
+    },
+    /// Creating a persistent link's claim failed.
+    #[error("cannot create the claim of link {link}: {source}")]
+    CreateClaim {
+        /// The link.
+        link: LinkKey,
+        /// The client's error.
+        source: kube::Error,
+    },
+    /// Deleting a link's claim (at cleanup or to re-home it) failed.
+    #[error("cannot delete the claim of link {link}: {source}")]
+    DeleteClaim {
+        /// The link.
+        link: LinkKey,
+        /// The client's error.
+        source: kube::Error,
+    },
+    /// Reading the StorageClass a claim names failed.
+    #[error("cannot read StorageClass {class}: {source}")]
+    ReadStorageClass {
+        /// The class.
+        class: String,
         /// The client's error.
         source: kube::Error,
     },
@@ -74,33 +131,40 @@ pub enum Error {
 }
 
 impl Error {
+    /// The API client's error, when an API call failed.
+    fn api(&self) -> Option<&kube::Error> {
+        match self {
+            Error::WriteStatus { source, .. }
+            | Error::AddFinalizer { source, .. }
+            | Error::RemoveFinalizer { source, .. }
+            | Error::ReadLease { source, .. }
+            | Error::ReadClaim { source, .. }
+            | Error::CreateClaim { source, .. }
+            | Error::DeleteClaim { source, .. }
+            | Error::ReadStorageClass { source, .. } => Some(source),
+            Error::Encode { .. } => None,
+        }
+    }
+
     /// A constant category of the error: the `error` label of
     /// `ipclink_reconcile_errors_total` (never a formatted payload, so the family's
     /// cardinality stays fixed).
     pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Kube { source, .. } => match source {
-                kube::Error::Api(s) => match s.code {
-                    403 => "forbidden",
-                    404 => "not_found",
-                    409 => "conflict",
-                    422 => "invalid",
-                    429 => "throttled",
-                    c if c >= 500 => "apiserver",
-                    _ => "api",
-                },
-                kube::Error::HyperError(_) | kube::Error::Service(_) => "connection",
-                kube::Error::SerdeError(_) => "serialization",
-                _ => "client",
+        match self.api() {
+            Some(kube::Error::Api(s)) => match s.code {
+                403 => "forbidden",
+                404 => "not_found",
+                409 => "conflict",
+                422 => "invalid",
+                429 => "throttled",
+                c if c >= 500 => "apiserver",
+                _ => "api",
             },
-            Error::Encode { .. } => "serialization",
+            Some(kube::Error::HyperError(_) | kube::Error::Service(_)) => "connection",
+            Some(kube::Error::SerdeError(_)) | None => "serialization",
+            Some(_) => "client",
         }
     }
-}
-
-pub(crate) fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Kube { what, source }
 }
 
 pub(crate) fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -138,8 +202,8 @@ mod tests {
     use super::*;
 
     fn api(code: u16) -> Error {
-        Error::Kube {
-            what: format!("a call answered {code}"),
+        Error::ReadClaim {
+            link: LinkKey::new("ns", "link"),
             source: kube::Error::Api(
                 kube::core::Status::failure("x", "y")
                     .with_code(code)

@@ -24,8 +24,8 @@ pub use crate::gather::Depths;
 use crate::plan::{self, Observed};
 use crate::pods::PodView;
 use claims::{ClaimState, cleanup, ensure_claim, lease_holder, rehome};
+pub(crate) use context::is_status;
 pub use context::{Context, Error, Settings, Shared};
-pub(crate) use context::{is_status, kube_err};
 use status::{Decision, same_but_time};
 
 /// The finalizer that makes deletion wait for members to unmount.
@@ -247,7 +247,10 @@ async fn write_status(
     )
     .await
     .map(|_| ())
-    .map_err(kube_err(format!("write the status of {}", link.name_any())))
+    .map_err(|source| Error::WriteStatus {
+        link: key_of(link),
+        source,
+    })
 }
 
 // The finalizer is added and removed here rather than through kube-runtime's
@@ -280,10 +283,10 @@ async fn add_finalizer(api: &Api<IpcLink>, link: &IpcLink) -> Result<(), Error> 
     )
     .await
     .map(|_| ())
-    .map_err(kube_err(format!(
-        "add the finalizer to {}",
-        link.name_any()
-    )))
+    .map_err(|source| Error::AddFinalizer {
+        link: key_of(link),
+        source,
+    })
 }
 
 async fn remove_finalizer(api: &Api<IpcLink>, link: &IpcLink) -> Result<(), Error> {
@@ -309,11 +312,16 @@ async fn remove_finalizer(api: &Api<IpcLink>, link: &IpcLink) -> Result<(), Erro
     {
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 404) => Ok(()),
-        Err(e) => Err(kube_err(format!(
-            "remove the finalizer of {}",
-            link.name_any()
-        ))(e)),
+        Err(source) => Err(Error::RemoveFinalizer {
+            link: key_of(link),
+            source,
+        }),
     }
+}
+
+/// The key of `link`, as its object names it.
+fn key_of(link: &IpcLink) -> LinkKey {
+    LinkKey::new(link.namespace().unwrap_or_default(), link.name_any())
 }
 
 pub(crate) fn error_policy(link: Arc<IpcLink>, error: &Error, _: Arc<Context>) -> Action {
