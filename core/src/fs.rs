@@ -42,6 +42,20 @@ pub enum RemoveError {
     /// what is left stays, and a later removal goes on from there.
     #[error("still not empty after {0} system calls; left for a later removal")]
     Budget(usize),
+    /// A pin (a bind mount of the entry onto itself) is still there after every round
+    /// of detaching.
+    #[error("{0} is still mounted after 16 rounds of detaching")]
+    StillMounted(String),
+}
+
+impl RemoveError {
+    /// `op` failed with the I/O error `e` (EIO when it carries no errno).
+    pub fn io(op: &'static str, e: &std::io::Error) -> RemoveError {
+        RemoveError::Sys {
+            op,
+            errno: e.raw_os_error().map_or(Errno::EIO, Errno::from_raw),
+        }
+    }
 }
 
 fn sys<T>(r: nix::Result<T>, op: &'static str) -> Result<T, RemoveError> {

@@ -59,7 +59,7 @@ impl ControllerPlugin {
             .map_err(|e| CsiError::Internal(format!("state dir: {e}")))?;
         let state_file = state_dir.join("volumes.json");
         let state = load_json::<Volumes>(&state_file)
-            .map_err(CsiError::Internal)?
+            .map_err(|e| CsiError::Internal(e.to_string()))?
             .unwrap_or_default();
         Ok(ControllerPlugin {
             source,

@@ -8,14 +8,28 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Reads a JSON state file; `Ok(None)` when it does not exist, `Err` when it is corrupt.
-pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
+pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, Unreadable> {
+    let unreadable = |e: Box<dyn std::error::Error + Send + Sync>| Unreadable {
+        path: path.display().to_string(),
+        source: e,
+    };
     match std::fs::read(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(unreadable(e.into())),
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display())),
+            .map_err(|e| unreadable(e.into())),
     }
+}
+
+/// A state file that exists but cannot be read or parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct Unreadable {
+    /// The file.
+    pub path: String,
+    /// Why: the read's or the parser's error.
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 /// Replaces a JSON state file atomically and durably (see

@@ -10,7 +10,7 @@
 use ipclink_core::IpcLink;
 use ipclink_core::metrics::{OperatorMetrics, render, render_gauge};
 use ipclink_core::model::spec::Phase;
-use ipclink_runtime::links::Exposition;
+use ipclink_runtime::links::{Exposition, NotReady};
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
@@ -56,7 +56,7 @@ fn phase(link: &IpcLink) -> Phase {
 impl Exposition for Exposed {
     /// A standby is ready (it serves metrics and health); a leader once it has read
     /// what its reconciles judge by.
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), NotReady> {
         let Some(synced) = self.synced.get() else {
             return Ok(());
         };
@@ -64,10 +64,7 @@ impl Exposition for Exposed {
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "leading, but the first list of {} is not in yet",
-                missing.join(", ")
-            ))
+            Err(NotReady::NotListed(missing))
         }
     }
 
@@ -177,9 +174,9 @@ mod tests {
         exposed.synced.set(synced.clone()).expect("set once");
         assert_eq!(
             exposed.ready(),
-            Err(
-                "leading, but the first list of ipclinks, pods, nodes, leases is not in yet".into()
-            )
+            Err(NotReady::NotListed(vec![
+                "ipclinks", "pods", "nodes", "leases"
+            ]))
         );
         synced.links.store(true, Ordering::Release);
         synced.nodes.store(true, Ordering::Release);

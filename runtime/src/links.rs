@@ -30,8 +30,32 @@ pub trait Exposition: Send + Sync + 'static {
     }
 
     /// `Err(why)` while the process is not ready to serve (503 with the reason).
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), NotReady> {
         Ok(())
+    }
+}
+
+/// Why a process is not ready to serve: what its `/readyz` answers 503 with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// Declared objects of these links are not all made yet (a sidecar, a plugin).
+    ObjectsMissing(Vec<String>),
+    /// Leading, but the first list of these watched kinds is not in yet (the operator).
+    NotListed(Vec<&'static str>),
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::ObjectsMissing(links) => {
+                write!(f, "objects missing in {}", links.join(", "))
+            }
+            NotReady::NotListed(kinds) => write!(
+                f,
+                "leading, but the first list of {} is not in yet",
+                kinds.join(", ")
+            ),
+        }
     }
 }
 
@@ -111,7 +135,7 @@ async fn links(State(exposed): State<Arc<dyn Exposition>>) -> Response {
 async fn readyz(State(exposed): State<Arc<dyn Exposition>>) -> Response {
     match blocking(exposed, |e| e.ready()).await {
         Ok(Ok(())) => "ready\n".into_response(),
-        Ok(Err(why)) => refusal(StatusCode::SERVICE_UNAVAILABLE, why),
+        Ok(Err(why)) => refusal(StatusCode::SERVICE_UNAVAILABLE, why.to_string()),
         Err(r) => r,
     }
 }
@@ -251,12 +275,12 @@ impl Exposition for Mutex<LinkSet> {
         Some(self.lock().unwrap_or_else(|p| p.into_inner()).report())
     }
 
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), NotReady> {
         let missing = self.lock().unwrap_or_else(|p| p.into_inner()).incomplete();
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(format!("objects missing in {}", missing.join(", ")))
+            Err(NotReady::ObjectsMissing(missing))
         }
     }
 }
@@ -275,8 +299,8 @@ mod tests {
             out.push_str("ipclink_test 1\n");
         }
 
-        fn ready(&self) -> Result<(), String> {
-            Err("not yet".into())
+        fn ready(&self) -> Result<(), NotReady> {
+            Err(NotReady::NotListed(vec!["pods"]))
         }
     }
 
@@ -310,7 +334,10 @@ mod tests {
         assert!(body.contains("\"Err\""), "{body}");
         let (status, _, body) = get(&app, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(body, r#"{"Err":"not yet"}"#);
+        assert_eq!(
+            body,
+            r#"{"Err":"leading, but the first list of pods is not in yet"}"#
+        );
         assert_eq!(get(&app, "/healthz").await.2, "ok\n");
     }
 

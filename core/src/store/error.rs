@@ -100,10 +100,12 @@ pub(super) fn removing(e: RemoveError, lp: impl Fn() -> String) -> MaterializeEr
             op,
             errno,
         },
-        RemoveError::OtherMount(_) | RemoveError::Budget(_) => MaterializeError::Refused {
-            path: lp(),
-            message: e.to_string(),
-        },
+        RemoveError::OtherMount(_) | RemoveError::Budget(_) | RemoveError::StillMounted(_) => {
+            MaterializeError::Refused {
+                path: lp(),
+                message: e.to_string(),
+            }
+        }
     }
 }
 

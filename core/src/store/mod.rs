@@ -259,12 +259,8 @@ impl Store {
             let file = step.file_name();
             let at = || format!("{}/{file}", lp());
             let remove = |name: &str| {
-                live::remove_entry(link_fd.as_fd(), private.as_fd(), name).map_err(|message| {
-                    MaterializeError::Refused {
-                        path: at(),
-                        message,
-                    }
-                })
+                live::remove_entry(link_fd.as_fd(), private.as_fd(), name)
+                    .map_err(|e| removing(e, at))
             };
             match step {
                 Step::Create(obj) => {
@@ -318,12 +314,8 @@ impl Store {
         }
         // A link made by ipclink 0.1 has a pin (a mount) per object; ownership guards
         // them here.
-        live::unpin_objects(link_fd.as_fd(), &d.objects, plan.root.allows_create()).map_err(
-            |message| MaterializeError::Refused {
-                path: lp(),
-                message,
-            },
-        )?;
+        live::unpin_objects(link_fd.as_fd(), &d.objects, plan.root.allows_create())
+            .map_err(|(name, e)| removing(e, || format!("{}/{name}", lp())))?;
         outcome.kept = d.kept;
         outcome.pending = d.pending;
         let mut applied = LinkPlan {

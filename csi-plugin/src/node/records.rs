@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Publication, Publications, mountinfo};
 use crate::error::CsiError;
-use crate::state::load_json;
+use crate::state::{Unreadable, load_json};
 
 /// The directory of records, below the state directory.
 const DIR: &str = "publications";
@@ -67,10 +67,10 @@ impl Records {
             dir,
             names: Mutex::new((HashMap::new(), HashSet::new())),
         };
-        // Err("") is a state that is simply not there (a new node, or lost): rebuilt
+        // Err(None) is a state that is simply not there (a new node, or lost): rebuilt
         // without a warning.
-        let loaded = if had_dir {
-            records.read().map(|found| {
+        let loaded: Result<Publications, Option<Unreadable>> = if had_dir {
+            records.read().map_err(Some).map(|found| {
                 let mut names = records.names.lock().unwrap_or_else(|p| p.into_inner());
                 let mut state = Publications::default();
                 for (name, r) in found {
@@ -81,13 +81,15 @@ impl Records {
                 state
             })
         } else {
-            load_json::<Publications>(&legacy).and_then(|p| p.ok_or_else(String::new))
+            load_json::<Publications>(&legacy)
+                .map_err(Some)
+                .and_then(|p| p.ok_or(None))
         };
         let state = match loaded {
             Ok(state) if had_dir => return Ok((records, state)),
             Ok(state) => state,
             Err(e) => {
-                if !e.is_empty() {
+                if let Some(e) = e {
                     tracing::warn!(error = %e, "publication records unreadable; rebuilding them from /proc/self/mountinfo");
                 }
                 records.clear()?;
@@ -109,7 +111,7 @@ impl Records {
     }
 
     /// Every record with its file name, or why one cannot be read.
-    fn read(&self) -> Result<Vec<(String, Record)>, String> {
+    fn read(&self) -> Result<Vec<(String, Record)>, Unreadable> {
         self.files()
             .into_iter()
             .map(|name| self.record(&name).map(|r| (name, r)))
@@ -123,7 +125,11 @@ impl Records {
             .collect()
     }
 
-    fn record(&self, name: &str) -> Result<Record, String> {
+    fn record(&self, name: &str) -> Result<Record, Unreadable> {
+        let unreadable = |e: Box<dyn std::error::Error + Send + Sync>| Unreadable {
+            path: format!("{DIR}/{name}"),
+            source: e,
+        };
         let fd = nix::fcntl::openat(
             self.dir.as_fd(),
             name,
@@ -132,11 +138,11 @@ impl Records {
                 | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
-        .map_err(|e| format!("{DIR}/{name}: {e}"))?;
+        .map_err(|e| unreadable(e.into()))?;
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut bytes)
-            .map_err(|e| format!("{DIR}/{name}: {e}"))?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("{DIR}/{name}: {e}"))
+            .map_err(|e| unreadable(e.into()))?;
+        serde_json::from_slice(&bytes).map_err(|e| unreadable(e.into()))
     }
 
     /// Removes every record.

@@ -7,7 +7,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 use kube::api::{Api, PostParams};
 
-use super::{Review, Reviewer, Verdict};
+use super::{Review, ReviewFailed, Reviewer, Verdict};
 
 /// The API server reviews: TokenReview (who is it, for the audience
 /// [`METRICS_AUDIENCE`](super::METRICS_AUDIENCE), which the answer must name), then
@@ -41,7 +41,7 @@ impl KubeReviewer {
         &self,
         token: &str,
         audiences: Option<Vec<String>>,
-    ) -> Result<Option<k8s_openapi::api::authentication::v1::UserInfo>, String> {
+    ) -> Result<Option<k8s_openapi::api::authentication::v1::UserInfo>, ReviewFailed> {
         let wanted = audiences.clone();
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -53,7 +53,10 @@ impl KubeReviewer {
         let reviewed = Api::<TokenReview>::all(self.client.clone())
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| format!("TokenReview: {e}"))?;
+            .map_err(|e| ReviewFailed {
+                review: "TokenReview",
+                source: Box::new(e),
+            })?;
         let status = reviewed.status.unwrap_or_default();
         // The answer names the audiences the token is good for; one asked for must
         // be among them.
@@ -68,7 +71,7 @@ impl KubeReviewer {
             .filter(|_| status.authenticated == Some(true) && audience_ok))
     }
 
-    async fn ask(&self, token: &str, path: &str) -> Result<Verdict, String> {
+    async fn ask(&self, token: &str, path: &str) -> Result<Verdict, ReviewFailed> {
         let mut user = self
             .who(token, Some(vec![super::METRICS_AUDIENCE.to_owned()]))
             .await?;
@@ -96,7 +99,10 @@ impl KubeReviewer {
         let decided = Api::<SubjectAccessReview>::all(self.client.clone())
             .create(&PostParams::default(), &access)
             .await
-            .map_err(|e| format!("SubjectAccessReview: {e}"))?;
+            .map_err(|e| ReviewFailed {
+                review: "SubjectAccessReview",
+                source: Box::new(e),
+            })?;
         Ok(if decided.status.is_some_and(|s| s.allowed) {
             Verdict::Allowed
         } else {

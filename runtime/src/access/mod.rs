@@ -33,8 +33,29 @@ pub enum Verdict {
     Forbidden(String),
 }
 
+/// Why a token could not be reviewed now: which review failed, and the client's error.
+#[derive(Debug)]
+pub struct ReviewFailed {
+    /// The review asked for (`TokenReview`, `SubjectAccessReview`).
+    pub review: &'static str,
+    /// Why it failed.
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl std::fmt::Display for ReviewFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.review, self.source)
+    }
+}
+
+impl std::error::Error for ReviewFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
 /// A future a [`Reviewer`] returns.
-pub type Review<'a> = Pin<Box<dyn Future<Output = Result<Verdict, String>> + Send + 'a>>;
+pub type Review<'a> = Pin<Box<dyn Future<Output = Result<Verdict, ReviewFailed>> + Send + 'a>>;
 
 /// Decides whether a bearer token may GET a path; `Err` when it cannot tell now (the
 /// API server is unreachable), which is answered 503 and not remembered.
@@ -244,7 +265,7 @@ impl Guard {
         token: &str,
         path: &str,
         peer: Option<std::net::IpAddr>,
-    ) -> Result<Result<Verdict, String>, Busy> {
+    ) -> Result<Result<Verdict, ReviewFailed>, Busy> {
         let k = key(token, path);
         let known = self.lock().known(&k, Instant::now());
         let (lane, _peer) = match known {

@@ -19,7 +19,10 @@ impl Reviewer for Fixed {
             match token {
                 "good" => Ok(Verdict::Allowed),
                 "other" => Ok(Verdict::Forbidden("system:serviceaccount:x:y".into())),
-                "down" => Err("connection refused".into()),
+                "down" => Err(ReviewFailed {
+                    review: "TokenReview",
+                    source: "connection refused".into(),
+                }),
                 _ => Ok(Verdict::Unauthenticated),
             }
         })

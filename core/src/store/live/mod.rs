@@ -253,7 +253,7 @@ pub(crate) fn remove_entry(
     link: BorrowedFd<'_>,
     private: BorrowedFd<'_>,
     name: &str,
-) -> Result<(), String> {
+) -> Result<(), RemoveError> {
     let fd = match openat(
         link,
         name,
@@ -261,18 +261,25 @@ pub(crate) fn remove_entry(
         Mode::empty(),
     ) {
         Err(Errno::ENOENT) => return Ok(()),
-        Err(e) => return Err(format!("open: {e}")),
+        Err(errno) => return Err(RemoveError::Sys { op: "open", errno }),
         Ok(fd) => fd,
     };
     unpin_if_pinned(link, fd.as_fd(), name)?;
     // A hard link a member keeps to it must not carry ipclink's mark back in.
-    crate::store::ownership::unmark(fd.as_fd()).map_err(|e| format!("remove mark: {e}"))?;
-    let is_dir = file_type(&fstat(fd.as_fd()).map_err(|e| format!("stat: {e}"))?) == SFlag::S_IFDIR;
+    crate::store::ownership::unmark(fd.as_fd()).map_err(|errno| RemoveError::Sys {
+        op: "remove mark",
+        errno,
+    })?;
+    let is_dir =
+        file_type(&fstat(fd.as_fd()).map_err(|errno| RemoveError::Sys { op: "stat", errno })?)
+            == SFlag::S_IFDIR;
     drop(fd);
     if is_dir {
         let aside = format!("{TMP_PREFIX}removed-{name}");
-        crate::fs::rename_aside(private, aside.as_str())
-            .map_err(|e| format!("rename aside: {e}"))?;
+        crate::fs::rename_aside(private, aside.as_str()).map_err(|errno| RemoveError::Sys {
+            op: "rename aside",
+            errno,
+        })?;
         match renameat2(
             link,
             name,
@@ -282,20 +289,31 @@ pub(crate) fn remove_entry(
         ) {
             Ok(()) => {}
             Err(Errno::ENOENT) => return Ok(()),
-            Err(e) => return Err(format!("rename aside: {e}")),
+            Err(errno) => {
+                return Err(RemoveError::Sys {
+                    op: "rename aside",
+                    errno,
+                });
+            }
         }
         // Past the budget (a member keeps adding entries through a descriptor it holds)
         // the rest stays aside, out of every member's path; the next apply goes on.
         match remove_tree_at(private, aside.as_str()) {
             Ok(()) => Ok(()),
             Err(RemoveError::Budget(_)) => crate::fs::rename_aside(private, aside.as_str())
-                .map_err(|e| format!("rename aside: {e}")),
-            Err(e) => Err(e.to_string()),
+                .map_err(|errno| RemoveError::Sys {
+                    op: "rename aside",
+                    errno,
+                }),
+            Err(e) => Err(e),
         }
     } else {
         match unlinkat(link, name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
-            Err(e) => Err(format!("unlink: {e}")),
+            Err(errno) => Err(RemoveError::Sys {
+                op: "unlink",
+                errno,
+            }),
         }
     }
 }
@@ -303,11 +321,16 @@ pub(crate) fn remove_entry(
 /// Detaches the pin of the entry `name` of `link` (held by `fd`), if it has one: a bind
 /// mount onto itself that ipclink 0.1 made for each declared object of a link
 /// members may write to. Ownership protects those objects now ([`crate::store::ownership`]).
-fn unpin_if_pinned(link: BorrowedFd<'_>, fd: BorrowedFd<'_>, name: &str) -> Result<(), String> {
-    let pinned =
-        mount_id(fd).map_err(|e| e.to_string())? != mount_id(link).map_err(|e| e.to_string())?;
-    if pinned {
-        let dev = fstat(link).map_err(|e| format!("stat: {e}"))?.st_dev;
+fn unpin_if_pinned(
+    link: BorrowedFd<'_>,
+    fd: BorrowedFd<'_>,
+    name: &str,
+) -> Result<(), RemoveError> {
+    let mount = |fd| mount_id(fd).map_err(|e| RemoveError::io("read fdinfo", &e));
+    if mount(fd)? != mount(link)? {
+        let dev = fstat(link)
+            .map_err(|errno| RemoveError::Sys { op: "stat", errno })?
+            .st_dev;
         unpin(dev, name)?;
     }
     Ok(())
@@ -321,7 +344,7 @@ pub(crate) fn unpin_objects(
     link: BorrowedFd<'_>,
     objects: &[ObjectPlan],
     guarded: bool,
-) -> Result<(), String> {
+) -> Result<(), (String, RemoveError)> {
     for obj in objects {
         let name = obj.file_name();
         match openat(
@@ -331,13 +354,14 @@ pub(crate) fn unpin_objects(
             Mode::empty(),
         ) {
             Err(Errno::ENOENT) => {}
-            Err(e) => return Err(format!("{name}: open: {e}")),
+            Err(errno) => return Err((name, RemoveError::Sys { op: "open", errno })),
             Ok(fd) => {
-                let owner = fstat(fd.as_fd())
-                    .map_err(|e| format!("{name}: stat: {e}"))?
-                    .st_uid;
+                let owner = match fstat(fd.as_fd()) {
+                    Ok(st) => st.st_uid,
+                    Err(errno) => return Err((name, RemoveError::Sys { op: "stat", errno })),
+                };
                 if !guarded || owner == 0 {
-                    unpin_if_pinned(link, fd.as_fd(), &name)?;
+                    unpin_if_pinned(link, fd.as_fd(), &name).map_err(|e| (name.clone(), e))?;
                 }
             }
         }
@@ -349,7 +373,7 @@ pub(crate) fn unpin_objects(
 /// link's filesystem `dev`: its pin, and the pin's copy under each publication made
 /// while publications bound the link recursively. A mount point in this namespace
 /// cannot be removed (EBUSY); those of member pods' namespaces go with the removal.
-fn unpin(dev: u64, name: &str) -> Result<(), String> {
+fn unpin(dev: u64, name: &str) -> Result<(), RemoveError> {
     let want_dev = format!(
         "{}:{}",
         nix::sys::stat::major(dev),
@@ -359,7 +383,7 @@ fn unpin(dev: u64, name: &str) -> Result<(), String> {
     // Copies of a copy stack up; each round detaches the topmost mount at each point.
     for _ in 0..16 {
         let info = std::fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| format!("read mountinfo: {e}"))?;
+            .map_err(|e| RemoveError::io("read mountinfo", &e))?;
         let points: Vec<String> = info
             .lines()
             .filter_map(|l| {
@@ -374,11 +398,11 @@ fn unpin(dev: u64, name: &str) -> Result<(), String> {
         for p in points.iter().rev() {
             match umount2(p.as_str(), MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
                 Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => {}
-                Err(e) => return Err(format!("unpin {p}: {e}")),
+                Err(errno) => return Err(RemoveError::Sys { op: "unpin", errno }),
             }
         }
     }
-    Err(format!("unpin {name}: still mounted after 16 rounds"))
+    Err(RemoveError::StillMounted(name.to_owned()))
 }
 
 /// A test hook standing in for `kill -9` in the middle of a live change
