@@ -16,6 +16,8 @@ use kube::{Resource, ResourceExt};
 
 mod claims;
 mod context;
+#[cfg(test)]
+mod scripted;
 pub(crate) mod status;
 
 use crate::cache::podcache::PodIndex;
