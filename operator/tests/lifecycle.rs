@@ -35,10 +35,34 @@ fn sidecar(dir: &std::path::Path) -> u16 {
     ipclink_testkit::serve_links(&dir.join("root"), &[&link(NS, "frames", frames_spec())])
 }
 
+/// One control plane, one operator and one sidecar endpoint, shared by the steps of the
+/// scenario below (each step builds on the link the steps before it left).
+struct Scenario {
+    cp: ControlPlane,
+    op: Operator,
+    scratch: tempfile::TempDir,
+    links: String,
+    path: String,
+}
+
 #[test]
 fn links_are_reconciled_on_a_real_apiserver() {
     let cp = ControlPlane::start();
+    without_the_crd_the_operator_stops(&cp);
+    let s = Scenario::start(cp);
+    admission_refuses_what_the_schema_can_say(&s);
+    invalid_until_fixed(&s);
+    a_valid_link_gets_the_finalizer(&s);
+    members_apart_or_without_access_degrade_it(&s);
+    members_on_one_node_make_it_ready(&s);
+    depths_reach_the_status(&s);
+    depth_writes_are_throttled(&s);
+    the_metrics_name_each_link(&s);
+    an_update_then_a_deletion_held_by_members(&s);
+}
 
+/// Without the CRD the operator stops at once and says what to install.
+fn without_the_crd_the_operator_stops(cp: &ControlPlane) {
     // Without the CRD the operator stops at once and says what to install.
     let out = Command::new(OPERATOR)
         .args(["run", "--metrics-listen", "127.0.0.1:0"])
@@ -52,54 +76,70 @@ fn links_are_reconciled_on_a_real_apiserver() {
             && stderr.contains("ipclink-operator crd | kubectl apply -f -"),
         "{stderr}"
     );
+}
 
-    cp.install_ipclink_crd();
-    cp.namespace(NS);
-    cp.add_node("node-a");
-    cp.add_node("node-b");
-    let scratch = tempfile::tempdir().expect("temp");
-    let sidecar_port = sidecar(scratch.path());
-    let endpoint = format!("node-a=127.0.0.1:{sidecar_port}");
-    // A "node plugin pod" on node-b, found by label, whose podIP is the same endpoint.
-    cp.namespace("ipclink-system");
-    cp.create(
-        "/api/v1/namespaces/ipclink-system/pods",
-        &json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "node-plugin-b", "labels": {"app": "node-plugin"}},
-            "spec": {"nodeName": "node-b", "containers": [{"name": "csi", "image": "ipclink-csi:local"}]}})
-        .to_string(),
-    );
-    let (code, text) = cp
-        .request(
-            "PATCH",
-            "/api/v1/namespaces/ipclink-system/pods/node-plugin-b/status",
-            Some(r#"{"status":{"phase":"Running","podIP":"127.0.0.1","podIPs":[{"ip":"127.0.0.1"}]}}"#),
-        )
-        .expect("pod status");
-    assert_eq!(code, 200, "{text}");
-    let op = Operator::start(
-        OPERATOR,
-        &cp,
-        &[
-            "--links-endpoint",
-            &endpoint,
-            "--node-plugins",
-            "ipclink-system/app=node-plugin",
-            "--node-plugin-port",
-            &sidecar_port.to_string(),
-            // The "node plugin" here is a sidecar on loopback: plain HTTP.
-            "--node-plugin-scheme",
-            "http",
-            "--depth-interval-seconds",
-            "1",
-            "--status-min-interval-seconds",
-            "3",
-        ],
-        &[],
-    );
-    let links = links_path(NS);
+impl Scenario {
+    /// The CRD, two nodes, a sidecar endpoint for node-a and a "node plugin pod" on
+    /// node-b, and the operator gathering from both.
+    fn start(cp: ControlPlane) -> Scenario {
+        cp.install_ipclink_crd();
+        cp.namespace(NS);
+        cp.add_node("node-a");
+        cp.add_node("node-b");
+        let scratch = tempfile::tempdir().expect("temp");
+        let sidecar_port = sidecar(scratch.path());
+        let endpoint = format!("node-a=127.0.0.1:{sidecar_port}");
+        // A "node plugin pod" on node-b, found by label, whose podIP is the same endpoint.
+        cp.namespace("ipclink-system");
+        cp.create(
+            "/api/v1/namespaces/ipclink-system/pods",
+            &json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "node-plugin-b", "labels": {"app": "node-plugin"}},
+                "spec": {"nodeName": "node-b", "containers": [{"name": "csi", "image": "ipclink-csi:local"}]}})
+            .to_string(),
+        );
+        let (code, text) = cp
+            .request(
+                "PATCH",
+                "/api/v1/namespaces/ipclink-system/pods/node-plugin-b/status",
+                Some(r#"{"status":{"phase":"Running","podIP":"127.0.0.1","podIPs":[{"ip":"127.0.0.1"}]}}"#),
+            )
+            .expect("pod status");
+        assert_eq!(code, 200, "{text}");
+        let op = Operator::start(
+            OPERATOR,
+            &cp,
+            &[
+                "--links-endpoint",
+                &endpoint,
+                "--node-plugins",
+                "ipclink-system/app=node-plugin",
+                "--node-plugin-port",
+                &sidecar_port.to_string(),
+                // The "node plugin" here is a sidecar on loopback: plain HTTP.
+                "--node-plugin-scheme",
+                "http",
+                "--depth-interval-seconds",
+                "1",
+                "--status-min-interval-seconds",
+                "3",
+            ],
+            &[],
+        );
+        let links = links_path(NS);
+        Scenario {
+            path: format!("{links}/frames"),
+            links,
+            cp,
+            op,
+            scratch,
+        }
+    }
+}
 
-    // What the schema can say is refused at admission, and nothing is stored.
+/// What the schema can say is refused at admission, one field each, and nothing is stored.
+fn admission_refuses_what_the_schema_can_say(s: &Scenario) {
+    let (cp, links) = (&s.cp, &s.links);
     let mut bad_name = frames_spec();
     bad_name["channels"][0]["name"] = "Bad_Name".into();
     let mut setuid = frames_spec();
@@ -243,7 +283,7 @@ fn links_are_reconciled_on_a_real_apiserver() {
     .chain(more)
     {
         let (code, text) = cp
-            .request("POST", &links, Some(&link(NS, "rejected", spec)))
+            .request("POST", links, Some(&link(NS, "rejected", spec)))
             .expect("post");
         assert_eq!(code, 422, "{field}: {text}");
         assert!(
@@ -251,14 +291,17 @@ fn links_are_reconciled_on_a_real_apiserver() {
             "{field} / {says}: {text}"
         );
     }
-    let (_, list) = cp.get_json(&links);
+    let (_, list) = cp.get_json(links);
     assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+}
 
-    // What only the operator can judge: Invalid, with an Event naming the field.
+/// What only the operator can judge: Invalid, with an Event naming the field; fixing the spec (an update) makes it valid.
+fn invalid_until_fixed(s: &Scenario) {
+    let (cp, links) = (&s.cp, &s.links);
     let mut ghost = frames_spec();
     ghost["channels"][1]["readers"] = json!(["ghost"]);
     ghost["channels"][2]["mode"] = "1770".into(); // a sticky socket directory is admitted
-    cp.create(&links, &link(NS, "broken", ghost));
+    cp.create(links, &link(NS, "broken", ghost));
     let broken = cp.wait_for(
         &format!("{links}/broken"),
         "broken goes Invalid",
@@ -274,13 +317,13 @@ fn links_are_reconciled_on_a_real_apiserver() {
         "{broken:#}"
     );
     let start = std::time::Instant::now();
-    while !events(&cp, NS, "broken").iter().any(|(t, r, n)| {
+    while !events(cp, NS, "broken").iter().any(|(t, r, n)| {
         t == "Warning" && r == "InvalidSpec" && n.contains("spec.channels[1].readers[0]")
     }) {
         assert!(
             start.elapsed() < CONVERGE,
             "no InvalidSpec event: {:?}",
-            events(&cp, NS, "broken")
+            events(cp, NS, "broken")
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -299,11 +342,13 @@ fn links_are_reconciled_on_a_real_apiserver() {
         CONVERGE,
         |v| v["status"]["phase"] == "Pending" && condition(v, "Accepted")["status"] == "True",
     );
+}
 
-    // A valid link: accepted, finalizer set, counts for `kubectl get ipcl`.
-    cp.create(&links, &link(NS, "frames", frames_spec()));
-    let path = format!("{links}/frames");
-    let v = cp.wait_for(&path, "frames accepted", CONVERGE, |v| {
+/// A valid link: accepted, finalizer set, counts for `kubectl get ipcl`.
+fn a_valid_link_gets_the_finalizer(s: &Scenario) {
+    let (cp, links, path) = (&s.cp, &s.links, &s.path);
+    cp.create(links, &link(NS, "frames", frames_spec()));
+    let v = cp.wait_for(path, "frames accepted", CONVERGE, |v| {
         condition(v, "Accepted")["status"] == "True"
     });
     assert_eq!(
@@ -313,12 +358,14 @@ fn links_are_reconciled_on_a_real_apiserver() {
     );
     assert_eq!(v["status"]["channelCount"], 4, "{v:#}");
     assert_eq!(v["status"]["phase"], "Pending", "{v:#}");
+}
 
-    // Members on two nodes, and a writer whose uid cannot write its channel. The node
-    // plugin of node-b claimed the link first (its Lease, labelled with the link as the
-    // node plugin labels it): the link lives there, so the
-    // member on node-a is the one named as elsewhere (by member count and name alone it
-    // would be node-a).
+/// Members on two nodes, and a writer whose uid cannot write its channel. The node plugin of
+/// node-b claimed the link first (its Lease, labelled with the link as the node plugin
+/// labels it): the link lives there, so the member on node-a is the one named as elsewhere
+/// (by member count and name alone it would be node-a).
+fn members_apart_or_without_access_degrade_it(s: &Scenario) {
+    let (cp, path) = (&s.cp, &s.path);
     let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases");
     cp.create(
         &leases,
@@ -350,7 +397,7 @@ fn links_are_reconciled_on_a_real_apiserver() {
         ),
     );
     let v = cp.wait_for(
-        &path,
+        path,
         "Scheduled=False and PermissionsConsistent=False",
         CONVERGE,
         |v| {
@@ -386,8 +433,12 @@ fn links_are_reconciled_on_a_real_apiserver() {
         condition(&v, "PermissionsConsistent")["reason"],
         "MemberCannotUseChannel"
     );
+}
 
-    // Replaced by pods on one node with fitting identities, then running (mounted).
+/// Replaced by pods on one node with fitting identities, then running (mounted).
+fn members_on_one_node_make_it_ready(s: &Scenario) {
+    let (cp, path) = (&s.cp, &s.path);
+    let pods = format!("/api/v1/namespaces/{NS}/pods");
     for p in ["cam-0", "det-0"] {
         let (code, text) = cp
             .request("DELETE", &format!("{pods}/{p}?gracePeriodSeconds=0"), None)
@@ -418,16 +469,16 @@ fn links_are_reconciled_on_a_real_apiserver() {
             false,
         ),
     );
-    let v = cp.wait_for(&path, "Scheduled=True on node-a", CONVERGE, |v| {
+    let v = cp.wait_for(path, "Scheduled=True on node-a", CONVERGE, |v| {
         condition(v, "Scheduled")["status"] == "True"
             && condition(v, "PermissionsConsistent")["status"] == "True"
     });
     assert_eq!(v["status"]["node"], "node-a", "{v:#}");
     assert_eq!(v["status"]["phase"], "Pending", "{v:#}");
     for p in ["cam-1", "det-1"] {
-        set_running(&cp, NS, p);
+        set_running(cp, NS, p);
     }
-    let v = cp.wait_for(&path, "frames Ready", CONVERGE, |v| {
+    let v = cp.wait_for(path, "frames Ready", CONVERGE, |v| {
         v["status"]["phase"] == "Ready"
     });
     assert_eq!(v["status"]["memberCount"], 2, "{v:#}");
@@ -443,21 +494,24 @@ fn links_are_reconciled_on_a_real_apiserver() {
         "{v:#}"
     );
     assert!(
-        events(&cp, NS, "frames")
+        events(cp, NS, "frames")
             .iter()
             .any(|(t, r, _)| t == "Normal" && r == "Ready"),
         "{:?}",
-        events(&cp, NS, "frames")
+        events(cp, NS, "frames")
     );
+}
 
-    // Depths gathered from the sidecar's /v1/links reach status and /metrics, with an
-    // object a member created beside the declared ones.
+/// Depths gathered from the sidecar's /v1/links reach status, with an object a member
+/// created beside the declared ones.
+fn depths_reach_the_status(s: &Scenario) {
+    let (cp, path) = (&s.cp, &s.path);
     std::fs::write(
-        scratch.path().join("root/vision/frames/made-by-member"),
+        s.scratch.path().join("root/vision/frames/made-by-member"),
         vec![1u8; 8192],
     )
     .expect("a member's own region");
-    let v = cp.wait_for(&path, "semaphore value in status.channels", CONVERGE, |v| {
+    let v = cp.wait_for(path, "semaphore value in status.channels", CONVERGE, |v| {
         v["status"]["channels"]
             .as_array()
             .is_some_and(|cs| cs.iter().any(|c| c["name"] == "slots" && c["value"] == 8))
@@ -486,43 +540,54 @@ fn links_are_reconciled_on_a_real_apiserver() {
     );
     assert!(v["status"]["depthsObservedTime"].is_string(), "{v:#}");
     assert!(v["status"].get("depthsStale").is_none(), "{v:#}");
+}
 
-    // Depths that change at every round (1 s) are written at most once per
-    // --status-min-interval-seconds (3 s), and the last figures still arrive.
+/// Depths that change at every round (1 s) are written at most once per
+/// --status-min-interval-seconds (3 s), and the last figures still arrive; once the
+/// figures stop changing, so do the writes (a stamp finer than the API server keeps would
+/// differ from the stored one and be written again and again).
+fn depth_writes_are_throttled(s: &Scenario) {
+    let (cp, path) = (&s.cp, &s.path);
     let writes = |text: &str| metric(text, "ipclink_status_writes_total", &[]).unwrap_or(0.0);
-    let before = writes(&op.metrics());
+    let before = writes(&s.op.metrics());
     let started = std::time::Instant::now();
     for i in 0..8 {
         std::fs::write(
-            scratch.path().join(format!("root/vision/frames/made-{i}")),
+            s.scratch
+                .path()
+                .join(format!("root/vision/frames/made-{i}")),
             [1u8; 64],
         )
         .expect("another region");
         std::thread::sleep(std::time::Duration::from_millis(750));
     }
     let spent = started.elapsed().as_secs_f64();
-    let during = writes(&op.metrics()) - before;
+    let during = writes(&s.op.metrics()) - before;
     assert!(
         during >= 1.0 && during <= (spent / 3.0).ceil() + 1.0,
         "{during} status writes in {spent:.1} s of changing depths"
     );
-    cp.wait_for(&path, "the last depths in status", CONVERGE, |v| {
+    cp.wait_for(path, "the last depths in status", CONVERGE, |v| {
         v["status"]["createdObjects"] == 9
     });
     // Once the figures stop changing, so do the writes (a stamp finer than the API
     // server keeps would differ from the stored one and be written again and again).
     std::thread::sleep(std::time::Duration::from_secs(4));
-    let settled = writes(&op.metrics());
+    let settled = writes(&s.op.metrics());
     std::thread::sleep(std::time::Duration::from_secs(7));
     assert_eq!(
-        writes(&op.metrics()),
+        writes(&s.op.metrics()),
         settled,
         "status written with nothing new"
     );
+}
 
-    // The operator names each link for alerts; the channel families are the node
-    // plugins' own and not exported here a second time.
-    let text = op.metrics();
+/// The operator names each link for alerts; the channel families are the node plugins'
+/// own and not exported here a second time.
+fn the_metrics_name_each_link(s: &Scenario) {
+    let (cp, path) = (&s.cp, &s.path);
+    let text = s.op.metrics();
+    let (_, v) = cp.get_json(path);
     let node = v["status"]["node"].as_str().unwrap_or_default().to_owned();
     assert_eq!(
         metric(
@@ -572,23 +637,28 @@ fn links_are_reconciled_on_a_real_apiserver() {
                 .is_some_and(|n| n >= 1.0),
         "{text}"
     );
+}
 
-    // An update: one more semaphore; the status follows the new generation.
+/// An update (one more semaphore) that the status follows; then deletion waits while
+/// members have the link mounted, quietly, and completes once they are gone.
+fn an_update_then_a_deletion_held_by_members(s: &Scenario) {
+    let (cp, path) = (&s.cp, &s.path);
+    let pods = format!("/api/v1/namespaces/{NS}/pods");
     let mut spec = frames_spec();
     spec["semaphores"] = json!([{"name": "slots", "initial": 8}, {"name": "done", "initial": 0}]);
     let (code, text) = cp
-        .request("PATCH", &path, Some(&json!({"spec": spec}).to_string()))
+        .request("PATCH", path, Some(&json!({"spec": spec}).to_string()))
         .expect("patch");
     assert_eq!(code, 200, "{text}");
-    cp.wait_for(&path, "channelCount follows the update", CONVERGE, |v| {
+    cp.wait_for(path, "channelCount follows the update", CONVERGE, |v| {
         v["status"]["channelCount"] == 5
             && v["status"]["observedGeneration"] == v["metadata"]["generation"]
     });
 
     // Deletion waits while members have the link mounted, then completes.
-    let (code, text) = cp.request("DELETE", &path, None).expect("delete");
+    let (code, text) = cp.request("DELETE", path, None).expect("delete");
     assert_eq!(code, 200, "{text}");
-    let v = cp.wait_for(&path, "Terminating while mounted", CONVERGE, |v| {
+    let v = cp.wait_for(path, "Terminating while mounted", CONVERGE, |v| {
         v["status"]["phase"] == "Terminating"
     });
     let held = condition(&v, "Terminating")["message"]
@@ -597,7 +667,7 @@ fn links_are_reconciled_on_a_real_apiserver() {
         .to_owned();
     assert!(held.contains("cam-1") && held.contains("det-1"), "{v:#}");
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let (code, later) = cp.get_json(&path);
+    let (code, later) = cp.get_json(path);
     assert_eq!(code, 200, "deleted while still mounted");
     // Waiting is quiet: the status is not rewritten while nothing changes.
     assert_eq!(
@@ -608,7 +678,7 @@ fn links_are_reconciled_on_a_real_apiserver() {
         cp.request("DELETE", &format!("{pods}/{p}?gracePeriodSeconds=0"), None)
             .expect("delete pod");
     }
-    cp.wait_for(&path, "frames deleted after unmount", CONVERGE, |v| {
+    cp.wait_for(path, "frames deleted after unmount", CONVERGE, |v| {
         v["code"] == 404
     });
 }
