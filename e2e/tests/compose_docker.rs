@@ -12,6 +12,48 @@ use ipclink_testkit::engine::Engine::Docker;
 use ipclink_testkit::mounts::mounts_containing;
 use ipclink_testkit::{output_text as text, repo_root};
 
+/// With ipclink installed and no plugin running, Docker is not held up: no spec file
+/// names a socket nobody serves (install-docker removes a stale one), so volumes of
+/// other drivers are made and listed as without ipclink, and an ipclink volume is refused
+/// by dockerd at once as an unknown driver instead of after 45 s of retries on a dead
+/// socket ("dial unix …").
+#[test]
+fn with_no_plugin_running_docker_is_not_held_up_and_an_ipclink_volume_is_refused() {
+    let _one = one_at_a_time();
+    let e = Docker;
+    e.prepare();
+    // The state an earlier installer left, or a plugin killed with -9: a spec whose
+    // socket nobody serves. install-docker removes it; the restart clears what dockerd
+    // remembers of a plugin it used before.
+    let _ = std::fs::remove_file(e.plugin_socket());
+    std::fs::create_dir_all("/etc/docker/plugins").expect("plugins dir");
+    std::fs::write(
+        ipclink_testkit::engine::DOCKER_SPEC,
+        format!("unix://{}\n", e.plugin_socket()),
+    )
+    .expect("stale spec");
+    e.restart(false);
+    assert!(
+        !Path::new(ipclink_testkit::engine::DOCKER_SPEC).exists(),
+        "install-docker leaves no spec naming a dead socket"
+    );
+    let local = e.cli(&["volume", "create", "ipclink-test-local"]);
+    assert!(local.status.success(), "{}", text(&local));
+    assert!(
+        e.ok(&["volume", "ls", "-q"])
+            .lines()
+            .any(|v| v == "ipclink-test-local")
+    );
+    e.ok(&["volume", "rm", "ipclink-test-local"]);
+    let out = e.cli(&["volume", "create", "--driver", "ipclink", "ipclink-test-x"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(r#"plugin "ipclink" not found"#),
+        "refused as an unknown driver, not after retries on a dead socket: {}",
+        text(&out)
+    );
+}
+
 /// The plugin packaged as a Docker managed plugin (`docker plugin create` from
 /// build-images' directory, `docker plugin enable`) serves the plugin example: its
 /// volumes are tmpfs mounts propagated to the host, its metrics are on the host network,

@@ -102,9 +102,10 @@ pub struct UpArgs {
 /// Arguments of `volume-plugin`.
 #[derive(Debug, clap::Args)]
 pub struct PluginArgs {
-    /// Unix socket to serve the plugin protocol on (mode 0600); name it in the engine's
-    /// configuration (podman: `[engine.volume_plugins] ipclink = "PATH"` in containers.conf;
-    /// Docker: /run/docker/plugins/ipclink.sock).
+    /// Unix socket to serve the plugin protocol on (mode 0600), or the one systemd passes
+    /// for this path (socket activation); name it in the engine's configuration (podman:
+    /// `[engine.volume_plugins] ipclink = "PATH"` in containers.conf; Docker: see
+    /// --docker-spec).
     #[arg(
         long,
         env = "IPCLINK_PLUGIN_SOCKET",
@@ -147,6 +148,12 @@ pub struct PluginArgs {
     /// it too); 0 leaves edits to the next Mount.
     #[arg(long, env = "IPCLINK_APPLY_INTERVAL_SECONDS", default_value_t = 5)]
     pub apply_interval_seconds: u64,
+    /// Docker's plugin spec file (e.g. /etc/docker/plugins/ipclink.spec): written
+    /// (`unix://SOCKET`) once the socket answers and removed when the plugin stops, so
+    /// that dockerd finds the plugin only while it runs and never waits on a dead socket.
+    /// Under socket activation the file stays: the service manager keeps the socket.
+    #[arg(long, env = "IPCLINK_DOCKER_SPEC")]
+    pub docker_spec: Option<PathBuf>,
 }
 
 /// Storage choice on the command line.

@@ -566,3 +566,136 @@ fn link_files_are_read_only_from_the_link_directory() {
     );
     drop(p);
 }
+
+/// `systemd-socket-activate` (systemd's own tool) listening on `listen` and running the
+/// plugin, serving `socket`, at the first connection, as a socket unit would.
+fn activated(dir: &Path, listen: &Path, socket: &Path) -> ipclink_testkit::process::Process {
+    let mut cmd = Command::new(ipclink_testkit::require_tool("systemd-socket-activate"));
+    cmd.arg("-l")
+        .arg(listen)
+        .arg(BIN)
+        .args(["volume-plugin", "--storage", "dir", "--socket"])
+        .arg(socket)
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--docker-spec")
+        .arg(dir.join("docker/plugins/ipclink.spec"));
+    let mut p = ipclink_testkit::process::Process::spawn(
+        "systemd-socket-activate",
+        cmd,
+        &dir.join("activate.log"),
+    );
+    p.wait_until("the socket listens", Duration::from_secs(10), || {
+        listen.exists()
+    });
+    p
+}
+
+#[test]
+fn under_socket_activation_the_plugin_serves_the_passed_socket_and_leaves_it() {
+    let dir = tmp();
+    let socket = dir.path().join("plugin.sock");
+    let spec = dir.path().join("docker/plugins/ipclink.spec");
+    let mut p = activated(dir.path(), &socket, &socket);
+    // The first request starts the plugin on the passed socket and is answered.
+    let (status, got) = common::plugin::call(&socket, "/Plugin.Activate", "{}");
+    assert_eq!(
+        (status, got),
+        (200, serde_json::json!({"Implements": ["VolumeDriver"]})),
+        "{}",
+        p.log()
+    );
+    p.wait_until("the spec file", Duration::from_secs(10), || spec.exists());
+    assert_eq!(
+        std::fs::read_to_string(&spec).expect("spec"),
+        format!("unix://{}\n", socket.display())
+    );
+    assert!(p.log().contains("activated=true"), "{}", p.log());
+    // Stopped, it leaves the socket and the spec to the service manager, which keeps
+    // the socket answering and starts the plugin again.
+    assert!(p.stop().success(), "{}", p.log());
+    assert!(socket.exists() && spec.exists(), "{}", p.log());
+}
+
+#[test]
+fn a_socket_passed_for_another_path_is_refused_and_nothing_is_made() {
+    let dir = tmp();
+    let (other, socket) = (
+        dir.path().join("other.sock"),
+        dir.path().join("plugin.sock"),
+    );
+    let mut p = activated(dir.path(), &other, &socket);
+    // The connection starts the plugin, which refuses the socket and exits.
+    let _ = UnixStream::connect(&other);
+    let status = p.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{}", p.log());
+    assert!(
+        p.log().contains(&format!(
+            "--socket: the socket passed (socket activation) is bound at {}; give --socket the same path",
+            other.display()
+        )),
+        "{}",
+        p.log()
+    );
+    assert!(!socket.exists(), "no socket of its own");
+    assert!(
+        !dir.path().join("docker").exists() && !dir.path().join("root").exists(),
+        "no spec file and no root"
+    );
+}
+
+#[test]
+fn the_docker_spec_exists_only_while_the_plugin_serves() {
+    let dir = tmp();
+    let spec = dir.path().join("docker/plugins/ipclink.spec");
+    let arg = spec.display().to_string();
+    let mut p = Plugin::start_with_args(dir.path(), &["--docker-spec", &arg]);
+    assert_eq!(
+        std::fs::read_to_string(&spec).expect("written once the socket answers"),
+        format!("unix://{}\n", p.socket.display())
+    );
+    assert!(p.process.stop().success(), "{}", p.log());
+    assert!(
+        !spec.exists() && !p.socket.exists(),
+        "dockerd must not find a plugin that is gone"
+    );
+}
+
+#[test]
+fn the_systemd_units_verify_and_name_one_socket() {
+    let units = ipclink_testkit::repo_root().join("packaging/systemd");
+    let dir = tmp();
+    let mut sockets = Vec::new();
+    for unit in [
+        "ipclink-volume-plugin.socket",
+        "ipclink-volume-plugin.service",
+    ] {
+        let text = std::fs::read_to_string(units.join(unit)).expect("unit");
+        sockets.extend(
+            text.split(|c: char| c.is_whitespace() || c == '=' || c == '\'')
+                .filter(|w| w.ends_with("plugin.sock"))
+                .map(|w| w.trim_start_matches("unix://").to_owned()),
+        );
+        // The binary the service starts is this build's (verify checks it exists).
+        let text = text.replace("/usr/local/bin/ipclink-sidecar", BIN);
+        std::fs::write(dir.path().join(unit), text).expect("copy");
+    }
+    sockets.dedup();
+    assert_eq!(
+        sockets,
+        ["/run/ipclink/plugin.sock"],
+        "one socket in both units"
+    );
+    let out = Command::new(ipclink_testkit::require_tool("systemd-analyze"))
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("ipclink-volume-plugin.socket"))
+        .arg(dir.path().join("ipclink-volume-plugin.service"))
+        .output()
+        .expect("systemd-analyze");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}

@@ -19,6 +19,10 @@ pub enum Engine {
 
 use Engine::{Docker, Podman};
 
+/// Docker's spec file for the socket plugin, which the plugin writes while it serves
+/// (`volume-plugin --docker-spec`) and removes when it stops.
+pub const DOCKER_SPEC: &str = "/etc/docker/plugins/ipclink.spec";
+
 impl Engine {
     /// Installs and starts it with our images loaded; the images directory.
     pub fn prepare(self) -> PathBuf {
@@ -47,8 +51,8 @@ impl Engine {
     }
 
     /// Where the engine looks for the volume plugin's socket: podman through
-    /// containers.conf, Docker through /etc/docker/plugins/ipclink.spec (both written by
-    /// the install scripts).
+    /// containers.conf (install-compose writes it), Docker through [`DOCKER_SPEC`] (the
+    /// plugin writes it while it serves: `--docker-spec`).
     pub fn plugin_socket(self) -> &'static str {
         "/run/ipclink/plugin.sock"
     }

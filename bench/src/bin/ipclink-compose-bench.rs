@@ -72,6 +72,7 @@ impl Drop for Cleanup {
             let _ = p.kill();
             let _ = p.wait();
             let _ = std::fs::remove_file(self.engine.plugin_socket());
+            let _ = std::fs::remove_file(ipclink_testkit::engine::DOCKER_SPEC);
         }
     }
 }
@@ -154,7 +155,12 @@ fn bench(e: Engine, bytes: &str, trips: &str, reps: &str) -> Run {
         let _ = std::fs::remove_file(socket);
         cleanup.plugin = Some(
             Command::new(bin)
-                .args(["volume-plugin", "--socket", socket, "--root"])
+                .args(["volume-plugin", "--socket", socket])
+                .args([
+                    "--docker-spec",
+                    ipclink_testkit::engine::DOCKER_SPEC,
+                    "--root",
+                ])
                 .arg(root.path())
                 .stdout(Stdio::null())
                 .spawn()

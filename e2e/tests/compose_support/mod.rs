@@ -102,6 +102,8 @@ impl PluginProcess {
                 socket,
                 "--listen",
                 "127.0.0.1:9465",
+                "--docker-spec",
+                ipclink_testkit::engine::DOCKER_SPEC,
                 "--root",
             ])
             .arg(root)
@@ -184,6 +186,8 @@ impl PluginProcess {
 impl Drop for PluginProcess {
     fn drop(&mut self) {
         self.kill9();
+        // What a clean stop removes: dockerd must not wait on a plugin that is gone.
+        let _ = std::fs::remove_file(ipclink_testkit::engine::DOCKER_SPEC);
         if std::thread::panicking() {
             eprintln!("--- plugin log ---\n{}", self.log());
         }

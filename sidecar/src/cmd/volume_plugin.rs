@@ -29,10 +29,24 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
     };
     let links: SharedLinks = Arc::default();
     let mode = storage_mode(args.storage);
-    let plugin = plugin::Plugin::open(&args.root, mode, links.clone(), args.fifo_open_probe)?;
+    // The socket first: a second plugin, or a socket passed for another path, is
+    // refused before anything under the root is touched.
     let bound = plugin::bind_socket(&args.socket)?;
+    let plugin = match plugin::Plugin::open(&args.root, mode, links.clone(), args.fifo_open_probe) {
+        Ok(p) => p,
+        Err(e) => {
+            if !bound.activated {
+                let _ = std::fs::remove_file(&args.socket);
+            }
+            return Err(e);
+        }
+    };
+    if let Some(spec) = &args.docker_spec {
+        write_spec(spec, &args.socket)?;
+    }
     tracing::info!(
         socket = %args.socket.display(),
+        activated = bound.activated,
         root = %args.root.display(),
         link_dir = %args.link_dir.display(),
         volumes = plugin.volumes().len(),
@@ -67,12 +81,40 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
         let _ = task.await;
     }
     // Removed while the lock is still held: no other plugin can have bound it since.
-    let _ = std::fs::remove_file(&args.socket);
+    // A socket the service manager passed stays, answering for the next start.
+    if !bound.activated {
+        if let Some(spec) = &args.docker_spec {
+            let _ = std::fs::remove_file(spec);
+        }
+        let _ = std::fs::remove_file(&args.socket);
+    }
     drop(bound.lock);
     served.map_err(|source| Error::Io {
         what: "serve".into(),
         source,
     })
+}
+
+/// Writes Docker's plugin spec `spec` (`unix://SOCKET`) in one step (a temporary file
+/// renamed over it), so that dockerd never reads half of it.
+fn write_spec(spec: &std::path::Path, socket: &std::path::Path) -> Result<(), Error> {
+    let io = |source| Error::Io {
+        what: format!("write the Docker plugin spec {}", spec.display()),
+        source,
+    };
+    let dir = spec
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let name = spec
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
+    let dir_fd = std::fs::File::open(dir).map_err(io)?;
+    let body = format!("unix://{}\n", socket.display());
+    ipclink_core::fs::write_atomic_at(std::os::fd::AsFd::as_fd(&dir_fd), name, body.as_bytes())
+        .map_err(io)
 }
 
 /// Reads the link files of the volumes every `interval` and applies those that changed

@@ -223,11 +223,71 @@ pub struct BoundSocket {
     /// `SOCKET.lock`, locked while the plugin runs: a second plugin started on the same
     /// socket, even at the same moment, fails to take it and leaves the first alone.
     pub lock: nix::fcntl::Flock<std::fs::File>,
+    /// Whether the socket was passed by the service manager (systemd socket activation):
+    /// it then belongs to the manager, which keeps it answering while this process is
+    /// gone, and is neither removed nor replaced here.
+    pub activated: bool,
 }
 
-/// Binds the plugin socket (mode 0600) once this process holds `SOCKET.lock`. A socket
-/// file nobody answers on is a leftover and is replaced; one that answers, or a lock
-/// another process holds, belongs to a running plugin and is an error.
+/// The listening socket systemd passed (`LISTEN_PID` is this process, `LISTEN_FDS` is 1:
+/// descriptor 3), if it did. It must be a listening Unix stream socket bound at `path`;
+/// anything else is an error naming what was passed.
+#[allow(unsafe_code)] // taking ownership of descriptor 3, as the protocol hands it over
+fn activated_socket(path: &Path) -> Result<Option<std::os::unix::net::UnixListener>, crate::Error> {
+    use nix::sys::socket::{SockType, UnixAddr, getsockname, getsockopt, sockopt};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+        == Some(std::process::id() as i32);
+    let fds = std::env::var("LISTEN_FDS").ok();
+    if !ours || fds.is_none() {
+        return Ok(None);
+    }
+    let refuse = |field: &str, why: String| {
+        crate::Error::Invalid(ipclink_core::Problems(vec![ipclink_core::Problem::new(
+            field, why,
+        )]))
+    };
+    if fds.as_deref() != Some("1") {
+        return Err(refuse(
+            "LISTEN_FDS",
+            format!(
+                "{} sockets passed (socket activation); the plugin takes exactly one (ListenStream= once)",
+                fds.unwrap_or_default()
+            ),
+        ));
+    }
+    // SAFETY: under the socket-activation protocol descriptor 3 is passed to this
+    // process, which owns it from here on; nothing else in this process uses it.
+    let fd = unsafe { OwnedFd::from_raw_fd(3) };
+    // The variables stay set: LISTEN_PID names this process only, so no child takes them.
+    let listening = getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false);
+    let stream = getsockopt(&fd, sockopt::SockType).ok() == Some(SockType::Stream);
+    let bound: Option<UnixAddr> = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).ok();
+    let at = bound.as_ref().and_then(|a| a.path()).map(Path::to_path_buf);
+    if !(listening && stream && at.is_some()) {
+        return Err(refuse(
+            "LISTEN_FDS",
+            "descriptor 3 is not a listening Unix stream socket bound to a path (ListenStream=PATH)".into(),
+        ));
+    }
+    if at.as_deref() != Some(path) {
+        return Err(refuse(
+            "--socket",
+            format!(
+                "the socket passed (socket activation) is bound at {}; give --socket the same path",
+                at.map(|p| p.display().to_string()).unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(Some(std::os::unix::net::UnixListener::from(fd)))
+}
+
+/// Binds the plugin socket (mode 0600) once this process holds `SOCKET.lock`, or takes
+/// the one systemd passed for that path (socket activation). A socket file nobody
+/// answers on is a leftover and is replaced; one that answers, or a lock another
+/// process holds, belongs to a running plugin and is an error.
 pub fn bind_socket(path: &Path) -> Result<BoundSocket, crate::Error> {
     let busy = || crate::Error::Io {
         what: format!("{}: another plugin is serving it", path.display()),
@@ -254,6 +314,19 @@ pub fn bind_socket(path: &Path) -> Result<BoundSocket, crate::Error> {
         })?;
     let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| busy())?;
+    if let Some(passed) = activated_socket(path)? {
+        let io = |source| crate::Error::Io {
+            what: format!("use the socket passed for {}", path.display()),
+            source,
+        };
+        passed.set_nonblocking(true).map_err(io)?;
+        let listener = tokio::net::UnixListener::from_std(passed).map_err(io)?;
+        return Ok(BoundSocket {
+            listener,
+            lock,
+            activated: true,
+        });
+    }
     // A plugin of an earlier version (without the lock) may still be serving.
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(busy());
@@ -262,5 +335,9 @@ pub fn bind_socket(path: &Path) -> Result<BoundSocket, crate::Error> {
         what: format!("bind {}", path.display()),
         source,
     })?;
-    Ok(BoundSocket { listener, lock })
+    Ok(BoundSocket {
+        listener,
+        lock,
+        activated: false,
+    })
 }
