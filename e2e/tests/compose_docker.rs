@@ -160,8 +160,8 @@ fn ipc_service_comparison_on_docker() {
         }
     }
 
-    // Restarted, the producer gets a new IPC namespace with an empty /dev/shm and makes
-    // new objects there; the consumer is left in the old one: no frame passes any more.
+    // Restarted, the producer starts over and makes its objects again; the consumer,
+    // mid-protocol, gets no frame any more.
     let out = e.compose(&dir, project, &env, &["restart", "producer"]);
     assert!(out.status.success(), "{}", text(&out));
     let last_line = || e.logs(&consumer).lines().last().unwrap_or("").to_owned();
