@@ -15,6 +15,11 @@
 //! serves the volume plugin on the socket each engine looks at unless one already
 //! answers there.
 //!   ipclink-compose-bench [--quick]
+//!
+//! With `--idle-plugin` it measures only what Docker costs with ipclink installed and no
+//! plugin running: `docker volume ls` with no spec file (what install-docker leaves) and
+//! with a spec naming a socket nobody serves (what it wrote before), side by side, each
+//! on a freshly restarted dockerd.
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -292,6 +297,10 @@ fn main() {
         nix::unistd::Uid::effective().is_root(),
         "needs root (the engines, the plugin's tmpfs)"
     );
+    if std::env::args().any(|a| a == "--idle-plugin") {
+        idle_plugin();
+        return;
+    }
     let (bytes, trips, reps) = if quick {
         ("67108864", "2000", "3")
     } else {
@@ -345,4 +354,42 @@ fn main() {
 
 fn verdict(met: bool, target: &str) -> String {
     format!("{target}: {}", if met { "met" } else { "NOT met" })
+}
+
+/// Seconds `docker volume ls` takes, the median of `n` runs.
+fn volume_ls(n: usize) -> f64 {
+    let mut took: Vec<f64> = (0..n)
+        .map(|_| {
+            let start = Instant::now();
+            run(Docker, &["volume", "ls", "-q"]);
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    took.sort_by(f64::total_cmp);
+    took[n / 2]
+}
+
+/// `docker volume ls` with no plugin running: no spec file, then a spec naming a dead
+/// socket, each on a dockerd restarted just before (it keeps a plugin it has found).
+fn idle_plugin() {
+    Docker.prepare();
+    let spec = ipclink_testkit::engine::DOCKER_SPEC;
+    let _ = std::fs::remove_file(Docker.plugin_socket());
+    Docker.restart(false); // install-docker: removes a spec nobody serves
+    assert!(!Path::new(spec).exists(), "no spec after install-docker");
+    let none = volume_ls(5);
+    std::fs::write(spec, format!("unix://{}\n", Docker.plugin_socket())).expect("spec");
+    Docker.restart(false);
+    std::fs::write(spec, format!("unix://{}\n", Docker.plugin_socket())).expect("spec");
+    let stale = volume_ls(1);
+    let _ = std::fs::remove_file(spec);
+    Docker.restart(false);
+    println!("Docker Engine 20.10 with no ipclink plugin running, same run");
+    println!("| /etc/docker/plugins/ipclink.spec | `docker volume ls` | vs none |");
+    println!("|---|---|---|");
+    println!("| none (install-docker now; as without ipclink) | {none:.2} s | 1.00× |");
+    println!(
+        "| names a socket nobody serves (install-docker before) | {stale:.2} s | {:.1}× |",
+        stale / none
+    );
 }
