@@ -54,6 +54,57 @@ fn with_no_plugin_running_docker_is_not_held_up_and_an_ipclink_volume_is_refused
     );
 }
 
+/// A sidecar that asks an engine which does not run it (podman's sidecar given Docker's
+/// socket, or the reverse) is not ready, and says which socket to mount, instead of
+/// logging a 404 every 5 s while reporting healthy.
+#[test]
+fn a_sidecar_asking_an_engine_that_does_not_run_it_says_so() {
+    let _one = one_at_a_time();
+    let e = Docker;
+    let images = e.prepare();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("link.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: { name: l, namespace: compose }\nspec:\n  channels: [{ name: events, kind: fifo }]\n",
+    )
+    .expect("link file");
+    let port = ipclink_testkit::free_port();
+    let mut cmd =
+        std::process::Command::new(ipclink_testkit::static_binary(&images, "ipclink-sidecar"));
+    cmd.arg("up")
+        .arg(&file)
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .args([
+            "--storage",
+            "dir",
+            "--container",
+            "ipclink-no-such-container",
+        ])
+        .arg(format!("--engine=unix://{}", e.socket()))
+        .arg(format!("--listen=127.0.0.1:{port}"));
+    let mut p = ipclink_testkit::process::Process::spawn("sidecar", cmd, &dir.path().join("log"));
+    let mut said = String::new();
+    p.wait_until(
+        "/readyz to name the engine",
+        Duration::from_secs(30),
+        || {
+            let Some((code, body)) = ipclink_testkit::http::try_get(port, "/readyz") else {
+                return false;
+            };
+            said = body;
+            code == 503 && said.contains("does not know this container")
+        },
+    );
+    assert!(
+        said.contains(&format!("the engine at unix://{}", e.socket()))
+            && said.contains("ipclink-no-such-container")
+            && said.contains("ENGINE_SOCKET"),
+        "{said}"
+    );
+}
+
 /// The plugin packaged as a Docker managed plugin (`docker plugin create` from
 /// build-images' directory, `docker plugin enable`) serves the plugin example: its
 /// volumes are tmpfs mounts propagated to the host, its metrics are on the host network,

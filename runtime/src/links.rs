@@ -42,6 +42,8 @@ pub enum NotReady {
     ObjectsMissing(Vec<String>),
     /// Leading, but the first list of these watched kinds is not in yet (the operator).
     NotListed(Vec<&'static str>),
+    /// Misconfigured: each says what is wrong and how to fix it.
+    Misconfigured(Vec<String>),
 }
 
 impl std::fmt::Display for NotReady {
@@ -50,6 +52,7 @@ impl std::fmt::Display for NotReady {
             NotReady::ObjectsMissing(links) => {
                 write!(f, "objects missing in {}", links.join(", "))
             }
+            NotReady::Misconfigured(faults) => write!(f, "misconfigured: {}", faults.join("; ")),
             NotReady::NotListed(kinds) => write!(
                 f,
                 "leading, but the first list of {} is not in yet",
@@ -147,6 +150,9 @@ pub struct LinkSet {
     probes: Vec<LinkProbe>,
     members: Vec<MemberReport>,
     observer: Observer,
+    /// Misconfigurations found, by what found them: while any is set the process is not
+    /// ready, and `/readyz` says each with its fix.
+    faults: std::collections::BTreeMap<&'static str, String>,
 }
 
 /// A link set shared between the endpoint and whoever changes it.
@@ -159,6 +165,7 @@ impl LinkSet {
             probes,
             members: Vec::new(),
             observer: Observer::default(),
+            faults: Default::default(),
         }
     }
 
@@ -172,6 +179,21 @@ impl LinkSet {
     pub fn set_probes(&mut self, probes: Vec<LinkProbe>) {
         self.observer.forget();
         self.probes = probes;
+    }
+
+    /// Sets (or, with `None`, clears) the misconfiguration `source` found. Logged once
+    /// when it appears or changes, and once when it is gone.
+    pub fn set_fault(&mut self, source: &'static str, fault: Option<String>) {
+        match fault {
+            Some(f) if self.faults.get(source) != Some(&f) => {
+                tracing::error!(source, "not ready: {f}");
+                self.faults.insert(source, f);
+            }
+            None if self.faults.remove(source).is_some() => {
+                tracing::info!(source, "misconfiguration gone");
+            }
+            _ => {}
+        }
     }
 
     /// Replaces the discovered members.
@@ -276,7 +298,13 @@ impl Exposition for Mutex<LinkSet> {
     }
 
     fn ready(&self) -> Result<(), NotReady> {
-        let missing = self.lock().unwrap_or_else(|p| p.into_inner()).incomplete();
+        let set = self.lock().unwrap_or_else(|p| p.into_inner());
+        if !set.faults.is_empty() {
+            return Err(NotReady::Misconfigured(
+                set.faults.values().cloned().collect(),
+            ));
+        }
+        let missing = set.incomplete();
         if missing.is_empty() {
             Ok(())
         } else {

@@ -202,6 +202,7 @@ pub async fn run(
     links: Vec<(IpcLink, LinkPlan, PathBuf)>,
     interval: Duration,
     publish: impl Fn(Vec<MemberReport>) + Send + 'static,
+    fault: impl Fn(Option<String>) + Send + 'static,
     shutdown: Shutdown,
 ) {
     let mut docker: Option<Docker> = None;
@@ -211,13 +212,17 @@ pub async fn run(
             match connect(&engine).await {
                 Ok(d) => docker = Some(d),
                 Err(e) => {
-                    tracing::warn!(engine = %engine.socket, error = %e, "engine not reachable; retrying")
+                    fault(Some(format!(
+                        "cannot reach the engine at {} ({e}): mount the API socket of the engine that runs this container there (Compose: ENGINE_SOCKET=/var/run/docker.sock on Docker, /run/podman/podman.sock on podman)",
+                        engine.socket
+                    )));
                 }
             }
         }
         if let Some(d) = &docker {
             match discover(d, &engine, &links).await {
                 Ok(reports) if last.as_ref() != Some(&reports) => {
+                    fault(None);
                     for r in &reports {
                         let seen = last.iter().flatten().any(|o| o == r);
                         if seen {
@@ -238,7 +243,15 @@ pub async fn run(
                     publish(reports.clone());
                     last = Some(reports);
                 }
-                Ok(_) => {}
+                Ok(_) => fault(None),
+                // Only the inspection of this container can answer 404 here (members
+                // that vanish are skipped): the engine asked is not the one running it.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => fault(Some(format!(
+                    "the engine at {} does not know this container ({}): it is not the engine that runs it; mount that engine's API socket (Compose: ENGINE_SOCKET=/var/run/docker.sock on Docker, /run/podman/podman.sock on podman)",
+                    engine.socket, engine.container
+                ))),
                 Err(e) => {
                     tracing::warn!(error = %e, "discovery failed; reconnecting");
                     docker = None;

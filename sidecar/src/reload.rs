@@ -45,6 +45,17 @@ fn stamp(files: &[PathBuf]) -> Vec<Option<(u64, SystemTime)>> {
         .collect()
 }
 
+/// The files whose inode no longer has a name: replaced on the host behind a bind mount
+/// of the file itself, which keeps the old inode.
+fn replaced(files: &[PathBuf]) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    files
+        .iter()
+        .filter(|f| std::fs::metadata(f).is_ok_and(|m| m.nlink() == 0))
+        .map(|f| f.display().to_string())
+        .collect()
+}
+
 /// Follows the files until shutdown.
 pub(crate) fn spawn(follow: Follow, shutdown: Shutdown) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -59,6 +70,16 @@ pub(crate) fn spawn(follow: Follow, shutdown: Shutdown) -> std::io::Result<()> {
                 _ = tick.tick() => "a file changed",
                 _ = shutdown.wait() => return,
             };
+            let replaced = replaced(&follow.files);
+            follow.links.lock().unwrap_or_else(|p| p.into_inner()).set_fault(
+                "file",
+                (!replaced.is_empty()).then(|| {
+                    format!(
+                        "{} was replaced outside this container (an editor or `sed -i` writes a new file) behind a single-file bind mount, which keeps showing the old one: edits never reach the sidecar; mount the file's directory instead (Compose: `- ./:/etc/ipclink:ro`), then recreate the sidecar",
+                        replaced.join(", ")
+                    )
+                }),
+            );
             let now = stamp(&follow.files);
             if why != "SIGHUP" && now == seen {
                 continue;

@@ -48,6 +48,28 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
     if m.store.mode() == StorageMode::PlainDir {
         warn_unenforced_limits(&set.sample(), &m.plans);
     }
+    // In Compose (discovery on, the volume is the storage) each link's volume must be
+    // mounted at the link's own path, or the sidecar fills a directory of its own that
+    // no member sees.
+    if args.engine.is_some() && m.store.mode() == StorageMode::PlainDir {
+        let unmounted: Vec<String> = m
+            .plans
+            .iter()
+            .map(|p| m.store.link_path(&p.namespace, &p.name))
+            .filter(|path| !mounted_at(path))
+            .map(|path| path.display().to_string())
+            .collect();
+        set.set_fault(
+            "volume",
+            (!unmounted.is_empty()).then(|| {
+                format!(
+                    "no volume is mounted at {}: mount the members' volume there in this container (Compose: `- VOLUME:{}`; the path is ROOT/<metadata.namespace>/<metadata.name> of the link), or change the link's namespace/name to where it is mounted",
+                    unmounted.join(", "),
+                    unmounted[0]
+                )
+            }),
+        );
+    }
     let state: SharedLinks = Arc::new(Mutex::new(set));
     let store = Arc::new(m.store);
     let all_served = Arc::new(Mutex::new(m.plans.clone()));
@@ -81,6 +103,7 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
             })
             .collect();
         let shared = state.clone();
+        let faulted = state.clone();
         tokio::spawn(discover::run(
             engine,
             links,
@@ -99,6 +122,12 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .set_members(members)
+            },
+            move |fault| {
+                faulted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_fault("engine", fault)
             },
             shutdown.clone(),
         ));
@@ -130,4 +159,14 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
         what: "serve".into(),
         source,
     })
+}
+
+/// Whether a mount point of this mount namespace is exactly at `path`.
+fn mounted_at(path: &std::path::Path) -> bool {
+    let want = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|p| std::path::Path::new(&ipclink_core::fs::unescape_mountinfo(p)) == want)
 }

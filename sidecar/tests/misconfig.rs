@@ -1,0 +1,125 @@
+//! Misconfigurations a Compose user makes that used to leave the sidecar healthy and
+//! silent: each now makes `/readyz` answer 503 with what is wrong and how to fix it (so
+//! the healthcheck holds the members back), logs it once, and changes nothing on disk.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{BIN, LINK, free_port, setup, try_get};
+use ipclink_testkit::mounts::snapshot;
+use ipclink_testkit::process::Process;
+
+/// `up` run by `sh -c script` in a mount namespace of its own (`unshare -m`), with `args`
+/// after the script; returns the process and its port once `/readyz` answers at all.
+fn up_in_own_mounts(script: &str, args: &[&Path], log: &Path) -> (Process, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(ipclink_testkit::require_tool("unshare"));
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .args(args)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"));
+    let mut p = Process::spawn("ipclink-sidecar up", cmd, log);
+    p.wait_until("/readyz answers", Duration::from_secs(20), || {
+        try_get(port, "/readyz").is_some()
+    });
+    (p, port)
+}
+
+/// Waits until `/readyz` answers `status` with a body holding every one of `says`.
+fn wait_readyz(p: &mut Process, port: u16, status: u16, says: &[&str]) -> String {
+    let mut last = String::new();
+    p.wait_until(
+        &format!("/readyz {status} saying {says:?}"),
+        Duration::from_secs(20),
+        || {
+            let Some((code, body)) = try_get(port, "/readyz") else {
+                return false;
+            };
+            last = body;
+            code == status && says.iter().all(|s| last.contains(s))
+        },
+    );
+    last
+}
+
+#[test]
+fn a_link_file_replaced_behind_a_single_file_bind_mount_is_reported() {
+    let s = setup(LINK);
+    let seen = s.file.with_file_name("seen.yaml");
+    std::fs::write(&seen, "").expect("mount point");
+    // The sidecar sees the file through a bind mount of the file itself, as Compose
+    // mounts `./link.yaml:/etc/ipclink/link.yaml`.
+    let script = r#"mount --bind "$1" "$2" && bin=$3 file=$2 root=$4 && shift 4 &&
+        exec "$bin" up "$file" --root "$root" --storage dir "$@""#;
+    let (mut p, port) = up_in_own_mounts(
+        script,
+        &[&s.file, &seen, Path::new(BIN), &s.root],
+        &s.root.with_extension("log"),
+    );
+    wait_readyz(&mut p, port, 200, &["ready"]);
+    let before = snapshot(&s.root);
+    // What `sed -i` and most editors do: a new file renamed over the old one.
+    let edited = s.file.with_extension("new");
+    std::fs::write(&edited, LINK.replace("initial: 8", "initial: 9")).expect("edit");
+    std::fs::rename(&edited, &s.file).expect("replace");
+    let said = wait_readyz(
+        &mut p,
+        port,
+        503,
+        &[
+            "was replaced outside this container",
+            "single-file bind mount",
+            "mount the file's directory instead",
+        ],
+    );
+    assert!(said.contains(&seen.display().to_string()), "{said}");
+    assert!(
+        p.log().contains("not ready:") && p.log().contains("was replaced"),
+        "{}",
+        p.log()
+    );
+    assert_eq!(snapshot(&s.root), before, "nothing changed on disk");
+}
+
+#[test]
+fn compose_mode_without_the_volume_at_the_link_path_or_an_engine_is_not_ready() {
+    let s = setup(LINK);
+    let script = r#"bin=$1 file=$2 root=$3 && shift 3 &&
+        exec "$bin" up "$file" --root "$root" --storage dir \
+          --engine unix:///nonexistent/engine.sock --container me "$@""#;
+    let (mut p, port) = up_in_own_mounts(
+        script,
+        &[Path::new(BIN), &s.file, &s.root],
+        &s.root.with_extension("log"),
+    );
+    let link = s.root.join("vision/frames");
+    let said = wait_readyz(
+        &mut p,
+        port,
+        503,
+        &[
+            &format!("no volume is mounted at {}", link.display()),
+            "cannot reach the engine at unix:///nonexistent/engine.sock",
+            "ENGINE_SOCKET",
+        ],
+    );
+    assert!(said.starts_with(r#"{"Err":"misconfigured: "#), "{said}");
+    drop(p);
+
+    // The volume where the link says: only the engine is left to fix.
+    let _ = std::fs::remove_dir_all(&s.root);
+    let script = r#"bin=$1 file=$2 root=$3 && shift 3 && mkdir -p "$root/vision/frames" &&
+        mount -t tmpfs -o size=4m tmpfs "$root/vision/frames" &&
+        exec "$bin" up "$file" --root "$root" --storage dir \
+          --engine unix:///nonexistent/engine.sock --container me "$@""#;
+    let (mut p, port) = up_in_own_mounts(
+        script,
+        &[Path::new(BIN), &s.file, &s.root],
+        &s.root.with_extension("log2"),
+    );
+    let said = wait_readyz(&mut p, port, 503, &["cannot reach the engine"]);
+    assert!(!said.contains("no volume is mounted"), "{said}");
+}
