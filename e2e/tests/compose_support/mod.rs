@@ -86,6 +86,9 @@ impl Drop for Down<'_> {
 
 pub struct PluginProcess {
     child: Option<Child>,
+    /// Whether dropping this removes Docker's spec file (the process wrote it; a
+    /// restarted plugin's new process writes it again and owns it).
+    owns_spec: bool,
     socket: &'static str,
     bin: PathBuf,
     root: PathBuf,
@@ -123,6 +126,7 @@ impl PluginProcess {
         });
         PluginProcess {
             child: Some(child),
+            owns_spec: true,
             socket,
             bin: bin.to_owned(),
             root: root.to_owned(),
@@ -139,12 +143,14 @@ impl PluginProcess {
 
     pub fn restart(&mut self) {
         self.kill9();
-        *self = PluginProcess::start(
+        let next = PluginProcess::start(
             self.socket,
             &self.bin.clone(),
             &self.root.clone(),
             &self.log.clone(),
         );
+        let mut old = std::mem::replace(self, next);
+        old.owns_spec = false;
     }
 
     pub fn log(&self) -> String {
@@ -187,7 +193,9 @@ impl Drop for PluginProcess {
     fn drop(&mut self) {
         self.kill9();
         // What a clean stop removes: dockerd must not wait on a plugin that is gone.
-        let _ = std::fs::remove_file(ipclink_testkit::engine::DOCKER_SPEC);
+        if self.owns_spec {
+            let _ = std::fs::remove_file(ipclink_testkit::engine::DOCKER_SPEC);
+        }
         if std::thread::panicking() {
             eprintln!("--- plugin log ---\n{}", self.log());
         }
