@@ -171,7 +171,13 @@ pub fn object_rows(sample: &LinkSample) -> Vec<ObjectRow> {
         let bytes = |v: Option<u64>| v.map_or_else(|| UNKNOWN.to_owned(), human_bytes);
         let (depth, capacity) = match (c.present, c.observed, c.info.kind.as_str()) {
             (false, _, _) => ("MISSING".to_owned(), "-".to_owned()),
-            (_, _, "shm") => ("-".to_owned(), bytes(c.capacity_bytes)),
+            (_, _, "shm") => (
+                "-".to_owned(),
+                match c.declared_bytes {
+                    Some(d) => format!("{} (declared {})", bytes(c.capacity_bytes), human_bytes(d)),
+                    None => bytes(c.capacity_bytes),
+                },
+            ),
             (_, false, _) => (UNKNOWN.to_owned(), UNKNOWN.to_owned()),
             (_, _, "socket") => (
                 format!(
@@ -207,8 +213,9 @@ pub fn object_rows(sample: &LinkSample) -> Vec<ObjectRow> {
     for m in &sample.semaphores {
         let depth = match (m.present, m.value) {
             (false, _) => "MISSING".to_owned(),
-            (true, Some(v)) => match m.waiters {
-                Some(w) if w > 0 => format!("value {v}, {w} waiting"),
+            (true, Some(v)) => match (m.waiters, m.stale_waiters) {
+                (_, Some(gone)) => format!("value {v}, {gone} waiting (stale: no process maps it)"),
+                (Some(w), _) if w > 0 => format!("value {v}, {w} waiting"),
                 _ => format!("value {v}"),
             },
             (true, None) => UNKNOWN.to_owned(),

@@ -74,9 +74,13 @@ pub struct ChannelSample {
     /// fifo: bytes queued; socket: bytes queued on bound datagram/stream sockets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_bytes: Option<u64>,
-    /// fifo: pipe buffer size; shm: region size.
+    /// fifo: pipe buffer size; shm: region size (its file's: a member may have grown it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_bytes: Option<u64>,
+    /// shm: the size the spec declares, when the region's differs from it (a member
+    /// grew or shrank it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared_bytes: Option<u64>,
     /// fifo: whether a reader has it open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reader_present: Option<bool>,
@@ -122,6 +126,7 @@ impl ChannelSample {
             present: false,
             queue_bytes: None,
             capacity_bytes: None,
+            declared_bytes: None,
             reader_present: None,
             backlog_connections: None,
             sockets: None,
@@ -170,6 +175,7 @@ impl SemaphoreSample {
             present: false,
             value: None,
             waiters: None,
+            stale_waiters: None,
             holders: Vec::new(),
         }
     }
@@ -187,9 +193,14 @@ pub struct SemaphoreSample {
     /// Current value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<u32>,
-    /// Threads blocked in `sem_wait` (as the libc records them).
+    /// Threads blocked in `sem_wait`: as the libc records them, or 0 when no process
+    /// maps it (see `stale_waiters`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiters: Option<u32>,
+    /// The waiter count the libc records although no process maps the semaphore (its
+    /// holders are known and there are none): left by waiters killed in `sem_wait`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_waiters: Option<u32>,
     /// The processes that have it mapped or open.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holders: Vec<HolderSample>,

@@ -187,3 +187,104 @@ fn semaphore_waiters_are_read_from_the_object() {
         store.teardown("vision", "frames").expect("teardown");
     }
 }
+
+/// A waiter killed in `sem_wait` leaves its count in the semaphore (both libcs keep it
+/// there); with the holders known and no process mapping the semaphore, the probe reports
+/// that count as stale and no thread waiting, while a live waiter is counted as before.
+#[test]
+fn a_waiter_killed_in_sem_wait_is_reported_stale_not_waiting() {
+    use ipclink_core::probe::holders::AllProcesses;
+    use ipclink_core::probe::{LinkProbe, Observer};
+    require_root();
+    for (libc, abi) in [(Libc::Glibc, "glibc"), (Libc::Musl, "musl")] {
+        let waiter = compile_peer("sem_waiter", libc);
+        let base = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
+        let (plan, _guard) = ipclink_testkit::materialize(&store, &link_yaml(abi));
+        let dir = store.link_path("vision", "frames");
+        let mut probe = LinkProbe::open(&store, &plan).expect("probe");
+        // A fresh observer each time: it reuses an observation for a moment otherwise.
+        let observed = |probe: &mut LinkProbe| {
+            let mut observer = Observer::new(Box::new(AllProcesses), false, false);
+            let seen = observer.observe(std::slice::from_ref(probe));
+            let s = probe.sample(&seen);
+            assert!(s.holders_known, "{abi}: holders known as root");
+            let m = &s.semaphores[0];
+            (m.waiters, m.stale_waiters, m.holders.len())
+        };
+        let mut w = spawn_pod(&dir, &waiter, &["/frame-ready"]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let live = loop {
+            let seen = observed(&mut probe);
+            if seen.0 == Some(1) || std::time::Instant::now() > deadline {
+                break seen;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let _ = w.kill();
+        let _ = w.wait();
+        assert_eq!(
+            live,
+            (Some(1), None, 1),
+            "{abi}: one live waiter, holding it"
+        );
+        assert_eq!(
+            observed(&mut probe),
+            (Some(0), Some(1), 0),
+            "{abi}: killed in sem_wait: stale, nobody waiting"
+        );
+        drop(probe);
+        store.teardown("vision", "frames").expect("teardown");
+    }
+}
+
+/// A region a member grew past its declared size is reported at its real size, with the
+/// declared one beside it, in the sample, the metrics and the `status` table.
+#[test]
+fn a_region_grown_by_a_member_shows_its_real_and_its_declared_size() {
+    use ipclink_core::probe::{LinkProbe, Observation};
+    require_root();
+    let base = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(base.path(), StorageMode::Tmpfs).expect("store");
+    let (plan, _guard) = ipclink_testkit::materialize(&store, &link_yaml("glibc"));
+    let dir = store.link_path("vision", "frames");
+    let mut probe = LinkProbe::open(&store, &plan).expect("probe");
+    let region = |s: &ipclink_core::sample::LinkSample| {
+        let c = s
+            .channels
+            .iter()
+            .find(|c| c.info.name == "frames")
+            .expect("frames");
+        (c.capacity_bytes, c.declared_bytes)
+    };
+    assert_eq!(
+        region(&probe.sample(&Observation::default())),
+        (Some(4 << 20), None),
+        "as declared"
+    );
+    // What `ftruncate` by a member does (the link's 8Mi tmpfs still holds it).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("frames"))
+        .expect("open the region")
+        .set_len(6 << 20)
+        .expect("grow");
+    let s = probe.sample(&Observation::default());
+    assert_eq!(region(&s), (Some(6 << 20), Some(4 << 20)));
+    let mut text = String::new();
+    ipclink_core::metrics::render_channels(std::slice::from_ref(&s), &[], &mut text);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ipclink_shm_size_bytes{")
+                && l.contains(r#"channel="frames""#)
+                && l.ends_with(" 6291456")),
+        "{text}"
+    );
+    let row = ipclink_core::report::object_rows(&s)
+        .into_iter()
+        .find(|r| r.channel == "frames")
+        .expect("row");
+    assert_eq!(row.capacity, "6MiB (declared 4MiB)");
+    drop(probe);
+    store.teardown("vision", "frames").expect("teardown");
+}

@@ -107,7 +107,7 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "ipclink_shm_size_bytes",
-        help: "Size of a shared-memory region.",
+        help: "Size of a shared-memory region, as its file has it (a member may have grown it past the declared size).",
         channel: |c| {
             if c.info.kind == "shm" {
                 c.capacity_bytes
@@ -494,6 +494,7 @@ mod tests {
             present: true,
             value: Some(u32::MAX),
             waiters: Some(3),
+            stale_waiters: None,
             holders: vec![holder],
         };
         let extra = [("node", "node-with-a-long-name-1")];

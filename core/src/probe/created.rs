@@ -353,6 +353,7 @@ fn probe(
             present: true,
             value: Some(value),
             waiters: Some(waiters),
+            stale_waiters: None,
             holders: file_holders(seen, st.st_dev, st.st_ino),
         });
     }

@@ -225,7 +225,9 @@ impl LinkProbe {
                                 && let Ok(st) = fstat(f.as_fd())
                             {
                                 c.present = true;
-                                c.capacity_bytes = Some(size);
+                                let actual = st.st_size as u64;
+                                c.capacity_bytes = Some(actual);
+                                c.declared_bytes = (actual != size).then_some(size);
                                 let resident = st.st_blocks as u64 * 512;
                                 c.resident_bytes = Some(resident);
                                 c.holders = file_holders(seen, id.0, id.1);
@@ -267,6 +269,7 @@ impl LinkProbe {
         }
         self.track_depths(&mut out.channels);
         bound_holders(&mut out);
+        stale_waiters(&mut out);
         out
     }
 
@@ -288,6 +291,24 @@ impl LinkProbe {
             next.insert(c.info.file.clone(), (depth, since));
         }
         self.depths = next;
+    }
+}
+
+/// A waiter maps the semaphore it waits on, so it is one of its holders: with the
+/// holders known and none, the waiter count the libc keeps in the semaphore is what
+/// waiters killed in `sem_wait` left behind. It is reported as stale, and no thread
+/// waits.
+fn stale_waiters(sample: &mut LinkSample) {
+    if !sample.holders_known {
+        return;
+    }
+    for s in &mut sample.semaphores {
+        if s.holders.is_empty()
+            && let Some(w) = s.waiters.filter(|w| *w > 0)
+        {
+            s.stale_waiters = Some(w);
+            s.waiters = Some(0);
+        }
     }
 }
 
