@@ -64,6 +64,13 @@ fn the_readme_walkthrough_works_as_written() {
         cells[8].starts_with("sleep[") && cells[8].ends_with("](r)"),
         "{row}"
     );
+    // Under the table: the link's usage against its sizeLimit (16Mi).
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("vision/frames: ") && l.ends_with(" of 16MiB used")),
+        "no usage line:\n{stdout}"
+    );
     assert!(
         stdout.contains(
             r#"ipclink_channel_queue_bytes{namespace="vision",link="frames",channel="events",kind="fifo",origin="declared"} 6"#

@@ -20,6 +20,13 @@ pub fn status(root: &Path) -> Result<Vec<LinkSample>, Error> {
     let store = Store::open(root, StorageMode::default_for_user())?;
     let (records, bad) = store.records();
     for path in bad {
+        // The volume plugin keeps its state in ROOT/volumes/.volumes.json under the
+        // default root, where a link named `volumes` of namespace `volumes` would keep
+        // its record: that file is the plugin's, not a broken record.
+        if path.ends_with(&format!("/{0}", crate::plugin::STATE_FILE)) {
+            tracing::debug!(%path, "the volume plugin's state file, not a link record");
+            continue;
+        }
         tracing::warn!(%path, "unreadable link record skipped");
     }
     let probes = records
@@ -77,6 +84,17 @@ pub fn status_table(samples: &[LinkSample]) -> String {
         ));
     }
     for s in samples {
+        out.push_str(&format!(
+            "{}: {} of {} used{}\n",
+            printable(&format!("{}/{}", s.namespace, s.name)),
+            ipclink_core::report::human_bytes(s.used_bytes),
+            ipclink_core::report::human_bytes(s.limit_bytes),
+            if s.size_limit_enforced {
+                ""
+            } else {
+                " (a plain directory: its own filesystem's limit, not sizeLimit)"
+            }
+        ));
         if let Some(why) = &s.holders_unknown {
             out.push_str(&format!(
                 "{}: holders unknown: {}\n",

@@ -46,7 +46,7 @@ use options::{opts_problems, show_opts};
 pub const NAMESPACE: &str = "docker";
 /// Largest request body read; larger ones are refused unread.
 pub const MAX_BODY: usize = 64 * 1024;
-const STATE_FILE: &str = ".volumes.json";
+pub(crate) const STATE_FILE: &str = ".volumes.json";
 
 /// A refusal: HTTP status and the message for `Err`.
 #[derive(Debug, Clone, PartialEq, Eq)]
