@@ -13,10 +13,13 @@
  * DEMO_CREATE=BYTES is the way without ipclink (Compose's `ipc: service:`): nothing is
  * declared, so the producer creates the semaphores and a ring of BYTES (mode 0600, the
  * ring made whole under another name and renamed into place), and the consumer waits up
- * to 30 s for it to appear. */
+ * to 30 s for it to appear.
+ * SIGTERM and SIGINT end it at once (as PID 1 of its container it would otherwise
+ * ignore them, and every `compose stop` would wait for the engine's timeout). */
 #include <errno.h>
 #include <fcntl.h>
 #include <semaphore.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,7 +106,11 @@ static void wait_for_objects(void) {
     }
 }
 
+static void on_stop(int sig) { _exit(128 + sig); }
+
 int main(int argc, char **argv) {
+    signal(SIGTERM, on_stop);
+    signal(SIGINT, on_stop);
     if (argc != 2 || (strcmp(argv[1], "produce") && strcmp(argv[1], "consume"))) {
         fprintf(stderr, "usage: ipclink-demo produce|consume\n");
         return 2;

@@ -199,6 +199,7 @@ async fn handle(
             );
         }
     };
+    let asked = endpoint.clone();
     let result = tokio::task::spawn_blocking(move || {
         let from_file = read_before_lock(&endpoint, &bytes, &links, &plugin);
         let mut p = plugin.lock().unwrap_or_else(|p| p.into_inner());
@@ -209,7 +210,14 @@ async fn handle(
     match result {
         Ok(v) => answer(StatusCode::OK, &v),
         Err(r) => {
-            tracing::warn!(status = r.status.as_u16(), error = %r.message, "request refused");
+            // The engine asks every volume driver about any volume it looks up
+            // (`/VolumeDriver.Get`, `.Path`): "not ours" is routine, not a warning.
+            let lookup = matches!(asked.as_str(), "/VolumeDriver.Get" | "/VolumeDriver.Path");
+            if lookup && r.status == StatusCode::NOT_FOUND {
+                tracing::debug!(endpoint = asked, error = %r.message, "not a volume of this plugin");
+            } else {
+                tracing::warn!(status = r.status.as_u16(), error = %r.message, "request refused");
+            }
             answer(r.status, &json!({"Err": r.message}))
         }
     }
