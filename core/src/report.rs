@@ -214,7 +214,7 @@ pub fn object_rows(sample: &LinkSample) -> Vec<ObjectRow> {
         let depth = match (m.present, m.value) {
             (false, _) => "MISSING".to_owned(),
             (true, Some(v)) => match (m.waiters, m.stale_waiters) {
-                (_, Some(gone)) => format!("value {v}, {gone} waiting (stale: no process maps it)"),
+                (_, Some(w)) => format!("value {v}, {w} waiting, but no process seen holding it"),
                 (Some(w), _) if w > 0 => format!("value {v}, {w} waiting"),
                 _ => format!("value {v}"),
             },

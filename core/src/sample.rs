@@ -193,12 +193,12 @@ pub struct SemaphoreSample {
     /// Current value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<u32>,
-    /// Threads blocked in `sem_wait`: as the libc records them, or 0 when no process
-    /// maps it (see `stale_waiters`).
+    /// Threads blocked in `sem_wait`, as the libc records them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiters: Option<u32>,
-    /// The waiter count the libc records although no process maps the semaphore (its
-    /// holders are known and there are none): left by waiters killed in `sem_wait`.
+    /// The waiter count the libc records although no process looked at maps the
+    /// semaphore (holders known, every process read): likely left by waiters killed in
+    /// `sem_wait`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_waiters: Option<u32>,
     /// The processes that have it mapped or open.

@@ -94,13 +94,14 @@ fn a_sidecar_asking_an_engine_that_does_not_run_it_says_so() {
                 return false;
             };
             said = body;
-            code == 503 && said.contains("does not know this container")
+            code == 503 && said.contains("does not know container")
         },
     );
     assert!(
         said.contains(&format!("the engine at unix://{}", e.socket()))
-            && said.contains("ipclink-no-such-container")
-            && said.contains("ENGINE_SOCKET"),
+            && said.contains(r#"\"ipclink-no-such-container\""#)
+            && said.contains("ENGINE_SOCKET")
+            && said.contains("--container"),
         "{said}"
     );
 }

@@ -245,11 +245,11 @@ pub async fn run(
                 }
                 Ok(_) => fault(None),
                 // Only the inspection of this container can answer 404 here (members
-                // that vanish are skipped): the engine asked is not the one running it.
+                // that vanish are skipped).
                 Err(bollard::errors::Error::DockerResponseServerError {
                     status_code: 404, ..
                 }) => fault(Some(format!(
-                    "the engine at {} does not know this container ({}): it is not the engine that runs it; mount that engine's API socket (Compose: ENGINE_SOCKET=/var/run/docker.sock on Docker, /run/podman/podman.sock on podman)",
+                    "the engine at {} does not know container {:?}: either it is not the engine that runs this sidecar (mount that engine's API socket; Compose: ENGINE_SOCKET=/var/run/docker.sock on Docker, /run/podman/podman.sock on podman), or that is not this container's id or name (--container; its default, the hostname, is not the container's id with Compose's `hostname:` or `network_mode: host`)",
                     engine.socket, engine.container
                 ))),
                 Err(e) => {

@@ -180,3 +180,35 @@ pub fn open_probes(store: &Store, plans: &[LinkPlan]) -> Result<Vec<LinkProbe>, 
         })
         .collect()
 }
+
+/// In Compose each link's volume is mounted at the link's own path in the sidecar
+/// (`ROOT/<namespace>/<name>`); a link whose path is not a mount point would be made in a
+/// directory no member sees (or inside a volume mounted higher up). The problem naming
+/// the fix for each such link of `plans`, none when all are mounted.
+pub(crate) fn unmounted_volumes(root: &Path, plans: &[LinkPlan]) -> Vec<Problem> {
+    plans
+        .iter()
+        .filter_map(|p| {
+            let path = root.join(&p.namespace).join(&p.name);
+            (!mounted_at(&path)).then(|| {
+                Problem::new(
+                    format!("link {}/{}", p.namespace, p.name),
+                    format!(
+                        "no volume is mounted at {0}, where this link is made: mount the members' volume there in this container (Compose: `- VOLUME:{0}`; the path is ROOT/<metadata.namespace>/<metadata.name>), or change the link's namespace/name to where it is mounted; nothing was changed",
+                        path.display()
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Whether a mount point of this mount namespace is exactly at `path`.
+fn mounted_at(path: &Path) -> bool {
+    let want = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|p| Path::new(&ipclink_core::fs::unescape_mountinfo(p)) == want)
+}

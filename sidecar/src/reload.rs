@@ -75,7 +75,7 @@ pub(crate) fn spawn(follow: Follow, shutdown: Shutdown) -> std::io::Result<()> {
                 "file",
                 (!replaced.is_empty()).then(|| {
                     format!(
-                        "{} was replaced outside this container (an editor or `sed -i` writes a new file) behind a single-file bind mount, which keeps showing the old one: edits never reach the sidecar; mount the file's directory instead (Compose: `- ./:/etc/ipclink:ro`), then recreate the sidecar",
+                        "{} was replaced outside this container (an editor or `sed -i` writes a new file) behind a single-file bind mount, which keeps showing the old one: edits never reach the sidecar; mount the file's directory instead (Compose: `- ./:/etc/ipclink:ro`; Kubernetes: a ConfigMap without subPath), then recreate the sidecar",
                         replaced.join(", ")
                     )
                 }),
@@ -105,6 +105,18 @@ fn reload(f: &Follow, why: &str) {
         }
     };
     let plans: Vec<LinkPlan> = loaded.into_iter().map(|(_, p)| p).collect();
+    // In Compose a link added by the edit needs its volume at its path, as at start.
+    if f.containers.is_some() && f.store.mode() == ipclink_core::StorageMode::PlainDir {
+        let unmounted = crate::links::unmounted_volumes(f.store.base_path(), &plans);
+        if !unmounted.is_empty() {
+            tracing::error!(
+                reason = why,
+                "the files are refused; every link keeps serving as it was:\n{}",
+                ipclink_core::Problems(unmounted)
+            );
+            return;
+        }
+    }
     if f.strict {
         for plan in &plans {
             if let Err(e) = f.store.check(plan) {

@@ -85,41 +85,50 @@ fn a_link_file_replaced_behind_a_single_file_bind_mount_is_reported() {
 }
 
 #[test]
-fn compose_mode_without_the_volume_at_the_link_path_or_an_engine_is_not_ready() {
+fn compose_mode_refuses_a_link_without_its_volume_and_says_when_the_engine_is_missing() {
     let s = setup(LINK);
-    let script = r#"bin=$1 file=$2 root=$3 && shift 3 &&
-        exec "$bin" up "$file" --root "$root" --storage dir \
-          --engine unix:///nonexistent/engine.sock --container me "$@""#;
+    let engine = "--engine=unix:///nonexistent/engine.sock";
+    // No volume at the link's path: refused before anything is made.
+    let out = Command::new(BIN)
+        .arg("up")
+        .arg(&s.file)
+        .arg("--root")
+        .arg(&s.root)
+        .args(["--storage", "dir", engine, "--container", "me"])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .expect("up");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let link = s.root.join("vision/frames");
+    assert!(
+        err.contains(&format!(
+            "link vision/frames: no volume is mounted at {}",
+            link.display()
+        )) && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(!s.root.exists(), "nothing made: {:?}", snapshot(&s.root));
+
+    // The volume where the link says (a tmpfs there): it starts, and is not ready while
+    // the engine cannot be reached, saying which socket to mount.
+    let script = r#"bin=$1 file=$2 root=$3 engine=$4 && shift 4 &&
+        mkdir -p "$root/vision/frames" &&
+        mount -t tmpfs -o size=4m tmpfs "$root/vision/frames" &&
+        exec "$bin" up "$file" --root "$root" --storage dir "$engine" --container me "$@""#;
     let (mut p, port) = up_in_own_mounts(
         script,
-        &[Path::new(BIN), &s.file, &s.root],
+        &[Path::new(BIN), &s.file, &s.root, Path::new(engine)],
         &s.root.with_extension("log"),
     );
-    let link = s.root.join("vision/frames");
     let said = wait_readyz(
         &mut p,
         port,
         503,
         &[
-            &format!("no volume is mounted at {}", link.display()),
             "cannot reach the engine at unix:///nonexistent/engine.sock",
             "ENGINE_SOCKET",
         ],
     );
     assert!(said.starts_with(r#"{"Err":"misconfigured: "#), "{said}");
-    drop(p);
-
-    // The volume where the link says: only the engine is left to fix.
-    let _ = std::fs::remove_dir_all(&s.root);
-    let script = r#"bin=$1 file=$2 root=$3 && shift 3 && mkdir -p "$root/vision/frames" &&
-        mount -t tmpfs -o size=4m tmpfs "$root/vision/frames" &&
-        exec "$bin" up "$file" --root "$root" --storage dir \
-          --engine unix:///nonexistent/engine.sock --container me "$@""#;
-    let (mut p, port) = up_in_own_mounts(
-        script,
-        &[Path::new(BIN), &s.file, &s.root],
-        &s.root.with_extension("log2"),
-    );
-    let said = wait_readyz(&mut p, port, 503, &["cannot reach the engine"]);
-    assert!(!said.contains("no volume is mounted"), "{said}");
 }

@@ -269,7 +269,11 @@ impl LinkProbe {
         }
         self.track_depths(&mut out.channels);
         bound_holders(&mut out);
-        stale_waiters(&mut out);
+        let all_read = seen
+            .holders
+            .as_ref()
+            .is_some_and(holders::Holders::all_read);
+        stale_waiters(&mut out, all_read);
         out
     }
 
@@ -294,20 +298,19 @@ impl LinkProbe {
     }
 }
 
-/// A waiter maps the semaphore it waits on, so it is one of its holders: with the
-/// holders known and none, the waiter count the libc keeps in the semaphore is what
-/// waiters killed in `sem_wait` left behind. It is reported as stale, and no thread
-/// waits.
-fn stale_waiters(sample: &mut LinkSample) {
-    if !sample.holders_known {
+/// A waiter maps the semaphore it waits on, so it is one of its holders. With the
+/// holders known, every process looked at read, and none holding it, the waiter count
+/// the libc keeps is likely what waiters killed in `sem_wait` left behind: it is noted
+/// (`stale_waiters`) for `status` to say so. `waiters` stays as the libc records it: a
+/// process outside what was looked at (a container that is not a discovered member)
+/// may still wait, and an alert on waiters must not go quiet because of it.
+fn stale_waiters(sample: &mut LinkSample, all_read: bool) {
+    if !sample.holders_known || !all_read {
         return;
     }
     for s in &mut sample.semaphores {
-        if s.holders.is_empty()
-            && let Some(w) = s.waiters.filter(|w| *w > 0)
-        {
-            s.stale_waiters = Some(w);
-            s.waiters = Some(0);
+        if s.holders.is_empty() {
+            s.stale_waiters = s.waiters.filter(|w| *w > 0);
         }
     }
 }

@@ -169,6 +169,11 @@ impl Store {
         self.base.as_fd()
     }
 
+    /// The base directory the store was opened on.
+    pub fn base_path(&self) -> &Path {
+        &self.base_path
+    }
+
     /// Display path of a link directory (for messages and for users; never opened by path).
     pub fn link_path(&self, namespace: &str, name: &str) -> PathBuf {
         self.base_path.join(namespace).join(name)

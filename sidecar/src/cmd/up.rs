@@ -13,7 +13,10 @@ use tokio::net::TcpListener;
 use super::{check_listen, install_shutdown};
 use crate::Error;
 use crate::cli::{UpArgs, default_root};
-use crate::links::{load_links, materialize_links, open_probes, warn_unenforced_limits};
+use crate::links::{
+    load_links, materialize_links, open_probes, storage_mode, unmounted_volumes,
+    warn_unenforced_limits,
+};
 use crate::{discover, reload};
 
 /// `ipclink-sidecar up`.
@@ -24,6 +27,15 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
     // Validate before binding, bind before creating anything: a bad file or a busy port
     // leaves the machine as it was.
     let loaded = load_links(&args.files)?;
+    // In Compose (discovery on, the volume is the storage) each link's volume must be
+    // mounted at the link's own path: refused before anything is made.
+    if args.engine.is_some() && storage_mode(args.storage) == StorageMode::PlainDir {
+        let plans: Vec<_> = loaded.iter().map(|(_, p)| p.clone()).collect();
+        let unmounted = unmounted_volumes(&root, &plans);
+        if !unmounted.is_empty() {
+            return Err(Error::Invalid(ipclink_core::Problems(unmounted)));
+        }
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| Error::Io {
@@ -47,28 +59,6 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
     let mut set = LinkSet::new(open_probes(&m.store, &m.plans)?).observed_by(observer);
     if m.store.mode() == StorageMode::PlainDir {
         warn_unenforced_limits(&set.sample(), &m.plans);
-    }
-    // In Compose (discovery on, the volume is the storage) each link's volume must be
-    // mounted at the link's own path, or the sidecar fills a directory of its own that
-    // no member sees.
-    if args.engine.is_some() && m.store.mode() == StorageMode::PlainDir {
-        let unmounted: Vec<String> = m
-            .plans
-            .iter()
-            .map(|p| m.store.link_path(&p.namespace, &p.name))
-            .filter(|path| !mounted_at(path))
-            .map(|path| path.display().to_string())
-            .collect();
-        set.set_fault(
-            "volume",
-            (!unmounted.is_empty()).then(|| {
-                format!(
-                    "no volume is mounted at {}: mount the members' volume there in this container (Compose: `- VOLUME:{}`; the path is ROOT/<metadata.namespace>/<metadata.name> of the link), or change the link's namespace/name to where it is mounted",
-                    unmounted.join(", "),
-                    unmounted[0]
-                )
-            }),
-        );
     }
     let state: SharedLinks = Arc::new(Mutex::new(set));
     let store = Arc::new(m.store);
@@ -159,14 +149,4 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
         what: "serve".into(),
         source,
     })
-}
-
-/// Whether a mount point of this mount namespace is exactly at `path`.
-fn mounted_at(path: &std::path::Path) -> bool {
-    let want = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|p| std::path::Path::new(&ipclink_core::fs::unescape_mountinfo(p)) == want)
 }

@@ -41,9 +41,18 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
             return Err(e);
         }
     };
-    if let Some(spec) = &args.docker_spec {
-        write_spec(spec, &args.socket)?;
-    }
+    let spec = match &args.docker_spec {
+        Some(file) => match write_spec(file, &args.socket) {
+            Ok(body) => Some((file.clone(), body)),
+            Err(e) => {
+                if !bound.activated {
+                    let _ = std::fs::remove_file(&args.socket);
+                }
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     tracing::info!(
         socket = %args.socket.display(),
         activated = bound.activated,
@@ -83,8 +92,12 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
     // Removed while the lock is still held: no other plugin can have bound it since.
     // A socket the service manager passed stays, answering for the next start.
     if !bound.activated {
-        if let Some(spec) = &args.docker_spec {
-            let _ = std::fs::remove_file(spec);
+        // Only the spec as this process wrote it: another plugin may have taken the
+        // file over for its own socket since.
+        if let Some((file, body)) = &spec
+            && std::fs::read_to_string(file).is_ok_and(|now| now == *body)
+        {
+            let _ = std::fs::remove_file(file);
         }
         let _ = std::fs::remove_file(&args.socket);
     }
@@ -95,9 +108,10 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
     })
 }
 
-/// Writes Docker's plugin spec `spec` (`unix://SOCKET`) in one step (a temporary file
-/// renamed over it), so that dockerd never reads half of it.
-fn write_spec(spec: &std::path::Path, socket: &std::path::Path) -> Result<(), Error> {
+/// Writes Docker's plugin spec `spec` (`unix://SOCKET`, the socket's absolute path) in
+/// one step (a temporary file renamed over it), so that dockerd never reads half of it;
+/// returns what it wrote.
+fn write_spec(spec: &std::path::Path, socket: &std::path::Path) -> Result<String, Error> {
     let io = |source| Error::Io {
         what: format!("write the Docker plugin spec {}", spec.display()),
         source,
@@ -112,9 +126,11 @@ fn write_spec(spec: &std::path::Path, socket: &std::path::Path) -> Result<(), Er
         .and_then(|n| n.to_str())
         .ok_or_else(|| io(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
     let dir_fd = std::fs::File::open(dir).map_err(io)?;
+    let socket = std::path::absolute(socket).map_err(io)?;
     let body = format!("unix://{}\n", socket.display());
     ipclink_core::fs::write_atomic_at(std::os::fd::AsFd::as_fd(&dir_fd), name, body.as_bytes())
-        .map_err(io)
+        .map_err(io)?;
+    Ok(body)
 }
 
 /// Reads the link files of the volumes every `interval` and applies those that changed

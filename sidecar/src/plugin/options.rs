@@ -316,7 +316,7 @@ mod tests {
     fn inline_options_resolve_to_a_link() {
         let opts: BTreeMap<String, String> = [
             ("shm", "frames:64Ki"),
-            ("fifo", "events"),
+            ("fifo", "events,ticks:0640"),
             ("socket", "control:0770"),
             ("semaphores", "slots:8,frame-ready"),
             ("owner", "1000:1000"),
@@ -329,7 +329,15 @@ mod tests {
         .collect();
         let link = link_from_opts("v", &opts, None).unwrap();
         let plan = validate(&link).unwrap();
-        assert_eq!(plan.objects.len(), 5);
+        assert_eq!(plan.objects.len(), 6);
+        // A comma-separated list, each name with its own mode or the volume's.
+        let fifos: Vec<(&str, u32)> = plan
+            .objects
+            .iter()
+            .filter(|o| matches!(o.kind, ipclink_core::ObjectKind::Fifo))
+            .map(|o| (o.name.as_str(), o.mode))
+            .collect();
+        assert_eq!(fifos, [("events", 0o660), ("ticks", 0o640)]);
         assert_eq!(plan.namespace, NAMESPACE);
         for (k, v, field) in [
             ("size", "-1", "Opts.size"),

@@ -266,6 +266,11 @@ impl Holders {
         self.incomplete.is_none() && !self.unknown_devs.contains(&dev)
     }
 
+    /// Whether every process looked at could be read (none denied its descriptors).
+    pub fn all_read(&self) -> bool {
+        self.denied.is_none()
+    }
+
     /// Why holders are unknown on every link, if they are.
     pub fn incomplete(&self) -> Option<&str> {
         self.incomplete.as_deref()
