@@ -70,20 +70,18 @@ fn a_sidecar_asking_an_engine_that_does_not_run_it_says_so() {
     )
     .expect("link file");
     let port = ipclink_testkit::free_port();
-    let mut cmd =
-        std::process::Command::new(ipclink_testkit::static_binary(&images, "ipclink-sidecar"));
-    cmd.arg("up")
+    // As in a container: the link's volume (a tmpfs) at its path, in a mount namespace
+    // of its own.
+    let script = r#"mkdir -p "$3/compose/l" && mount -t tmpfs tmpfs "$3/compose/l" &&
+        exec "$1" up "$2" --root "$3" --storage dir --container ipclink-no-such-container \
+          "--engine=$4" "--listen=$5""#;
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(ipclink_testkit::static_binary(&images, "ipclink-sidecar"))
         .arg(&file)
-        .arg("--root")
         .arg(dir.path().join("root"))
-        .args([
-            "--storage",
-            "dir",
-            "--container",
-            "ipclink-no-such-container",
-        ])
-        .arg(format!("--engine=unix://{}", e.socket()))
-        .arg(format!("--listen=127.0.0.1:{port}"));
+        .arg(format!("unix://{}", e.socket()))
+        .arg(format!("127.0.0.1:{port}"));
     let mut p = ipclink_testkit::process::Process::spawn("sidecar", cmd, &dir.path().join("log"));
     let mut said = String::new();
     p.wait_until(

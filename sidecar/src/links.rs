@@ -194,7 +194,7 @@ pub(crate) fn unmounted_volumes(root: &Path, plans: &[LinkPlan]) -> Vec<Problem>
                 Problem::new(
                     format!("link {}/{}", p.namespace, p.name),
                     format!(
-                        "no volume is mounted at {0}, where this link is made: mount the members' volume there in this container (Compose: `- VOLUME:{0}`; the path is ROOT/<metadata.namespace>/<metadata.name>), or change the link's namespace/name to where it is mounted; nothing was changed",
+                        "no volume is mounted at {0}, where this link is made: mount the members' volume there in this container (Compose: `- VOLUME:{0}`; the path is ROOT/<metadata.namespace>/<metadata.name>), or change the link's namespace/name to where it is mounted",
                         path.display()
                     ),
                 )
