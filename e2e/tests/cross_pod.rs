@@ -194,8 +194,21 @@ fn semaphore_waiters_are_read_from_the_object() {
 /// holds it, is not.
 #[test]
 fn a_waiter_killed_in_sem_wait_is_noted_stale() {
-    use ipclink_core::probe::holders::AllProcesses;
+    use ipclink_core::probe::holders::{Members, Process};
     use ipclink_core::probe::{LinkProbe, Observer};
+    use std::os::unix::fs::MetadataExt;
+    /// The "pod": the waiter's process alone, scoped to the link (on a busy host every
+    /// process would pass the scan's bounds and leave the holders unknown).
+    struct Pod(i32, u64);
+    impl Members for Pod {
+        fn processes(&mut self) -> Result<Vec<Process>, String> {
+            Ok(vec![Process {
+                pid: self.0,
+                owner: Default::default(),
+                scope: Some(std::sync::Arc::new([self.1].into())),
+            }])
+        }
+    }
     require_root();
     for (libc, abi) in [(Libc::Glibc, "glibc"), (Libc::Musl, "musl")] {
         let waiter = compile_peer("sem_waiter", libc);
@@ -204,16 +217,18 @@ fn a_waiter_killed_in_sem_wait_is_noted_stale() {
         let (plan, _guard) = ipclink_testkit::materialize(&store, &link_yaml(abi));
         let dir = store.link_path("vision", "frames");
         let mut probe = LinkProbe::open(&store, &plan).expect("probe");
+        let dev = std::fs::metadata(&dir).expect("link").dev();
+        let mut w = spawn_pod(&dir, &waiter, &["/frame-ready"]);
+        let pid = w.id() as i32;
         // A fresh observer each time: it reuses an observation for a moment otherwise.
         let observed = |probe: &mut LinkProbe| {
-            let mut observer = Observer::new(Box::new(AllProcesses), false, false);
+            let mut observer = Observer::new(Box::new(Pod(pid, dev)), false, false);
             let seen = observer.observe(std::slice::from_ref(probe));
             let s = probe.sample(&seen);
-            assert!(s.holders_known, "{abi}: holders known as root");
+            assert!(s.holders_known, "{abi}: the pod's holders are known");
             let m = &s.semaphores[0];
             (m.waiters, m.stale_waiters, m.holders.len())
         };
-        let mut w = spawn_pod(&dir, &waiter, &["/frame-ready"]);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let live = loop {
             let seen = observed(&mut probe);
