@@ -39,20 +39,52 @@ pub fn doc_script(page: &str, name: &str, skip: &[&str], replace: &[(&str, &str)
 
 /// Runs `script` under `bash -euo pipefail` in the repository root with `env` added;
 /// (stdout, stderr) when it succeeds, a panic showing the script and both outputs when
-/// it fails.
+/// it fails. The script runs in a process group of its own, killed once bash exits: a
+/// job it left in the background (a step failed before its `kill %1`) neither keeps the
+/// outputs open nor outlives the test.
 pub fn run_script(what: &str, script: &str, env: &[(&str, &std::ffi::OsStr)]) -> (String, String) {
-    let out = Command::new("bash")
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let mut child = Command::new("bash")
         .args(["-euo", "pipefail", "-c", script])
         .current_dir(repo_root())
         .envs(env.iter().copied())
-        .output()
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("{what}: bash: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let out = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let status = child.wait().unwrap_or_else(|e| panic!("{what}: wait: {e}"));
+    let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
     assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
+        status.success(),
+        "{what} failed ({status}):\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     (stdout, stderr)
 }
@@ -91,4 +123,18 @@ pub fn script_path_with(name: &str, args: &[&str]) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_script;
+
+    /// A step that fails while a background job holds the outputs: the failure is
+    /// reported at once (the job is killed with the script's process group), not when
+    /// the job ends ten minutes later.
+    #[test]
+    #[should_panic(expected = "background job failed")]
+    fn a_failed_script_does_not_wait_for_its_background_jobs() {
+        run_script("background job", "sleep 600 &\nfalse", &[]);
+    }
 }
