@@ -92,7 +92,7 @@ pub fn status_table(samples: &[LinkSample]) -> String {
             if s.size_limit_enforced {
                 ""
             } else {
-                " (a plain directory: its own filesystem's limit, not sizeLimit)"
+                " (sizeLimit not enforced: a plain directory)"
             }
         ));
         if let Some(why) = &s.holders_unknown {
