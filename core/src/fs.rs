@@ -72,6 +72,17 @@ pub fn open_dir_at<P: ?Sized + NixPath>(dir: BorrowedFd<'_>, name: &P) -> nix::R
     )
 }
 
+/// Opens `name` under `dir` without any open(2) side effect (`O_PATH`: a FIFO's reader
+/// is not woken, nothing is read), never following a symlink.
+pub fn open_path_at<P: ?Sized + NixPath>(dir: BorrowedFd<'_>, name: &P) -> nix::Result<OwnedFd> {
+    openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
 /// Names in a directory (not `.` and `..`), skipping names that are not UTF-8.
 pub fn list_names(dir: BorrowedFd<'_>) -> Vec<String> {
     list_names_whole(dir).0

@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 
 use super::{Observation, fifo, file_holders, read_semaphore, sockets_at};
@@ -408,13 +408,7 @@ pub(crate) fn open_regular_at(dir: BorrowedFd<'_>, name: &str, st: &FileStat) ->
 /// `O_PATH` first (nothing else at the name is ever opened), then a reopen of that
 /// very file through its descriptor.
 pub(crate) fn open_regular(dir: BorrowedFd<'_>, name: &str) -> Option<(OwnedFd, FileStat)> {
-    let path = openat(
-        dir,
-        name,
-        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
+    let path = crate::fs::open_path_at(dir, name).ok()?;
     let st = fstat(path.as_fd()).ok()?;
     if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
         return None;

@@ -21,7 +21,7 @@ use nix::mount::{MntFlags, umount2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, unlinkat};
 
-use crate::fs::{RemoveError, TMP_PREFIX, remove_tree_at, unescape_mountinfo};
+use crate::fs::{RemoveError, TMP_PREFIX, open_path_at, remove_tree_at, unescape_mountinfo};
 use crate::model::validate::{LinkPlan, ObjectKind, ObjectPlan};
 use crate::store::ownership::{Ownership, read_acl, write_acl};
 
@@ -36,13 +36,7 @@ fn file_type(st: &FileStat) -> SFlag {
 
 /// Whether the entry `file` of `link` is an object ipclink made at that name.
 fn made_here(link: BorrowedFd<'_>, file: &str) -> bool {
-    openat(
-        link,
-        file,
-        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .is_ok_and(|fd| crate::store::ownership::made_at(fd.as_fd(), file))
+    open_path_at(link, file).is_ok_and(|fd| crate::store::ownership::made_at(fd.as_fd(), file))
 }
 
 /// Whether mode, owner or ACL of the entry `file` (its `st`) differ from the object's.
@@ -62,12 +56,7 @@ fn attrs_differ(
     if st.st_uid != want.uid || st.st_gid != want.gid {
         return Ok(true);
     }
-    let fd = openat(
-        link,
-        obj.file_name().as_str(),
-        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
+    let fd = open_path_at(link, obj.file_name().as_str())?;
     Ok(read_acl(fd.as_fd())? != want.acl)
 }
 
@@ -165,12 +154,7 @@ pub(crate) fn found(
 /// Opens the object `obj` of `link` without any open(2) side effect (`O_PATH`) and
 /// checks it is still of its kind.
 fn open_object(link: BorrowedFd<'_>, obj: &ObjectPlan) -> nix::Result<OwnedFd> {
-    let fd = openat(
-        link,
-        obj.file_name().as_str(),
-        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
+    let fd = open_path_at(link, obj.file_name().as_str())?;
     if !entry_kind(&fstat(fd.as_fd())?).matches(&obj.kind) {
         return Err(Errno::EEXIST);
     }
@@ -254,12 +238,7 @@ pub(crate) fn remove_entry(
     private: BorrowedFd<'_>,
     name: &str,
 ) -> Result<(), RemoveError> {
-    let fd = match openat(
-        link,
-        name,
-        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
+    let fd = match open_path_at(link, name) {
         Err(Errno::ENOENT) => return Ok(()),
         Err(errno) => return Err(RemoveError::Sys { op: "open", errno }),
         Ok(fd) => fd,
@@ -347,12 +326,7 @@ pub(crate) fn unpin_objects(
 ) -> Result<(), (String, RemoveError)> {
     for obj in objects {
         let name = obj.file_name();
-        match openat(
-            link,
-            name.as_str(),
-            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
+        match open_path_at(link, name.as_str()) {
             Err(Errno::ENOENT) => {}
             Err(errno) => return Err((name, RemoveError::Sys { op: "open", errno })),
             Ok(fd) => {
