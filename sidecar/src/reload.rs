@@ -35,25 +35,25 @@ pub(crate) struct Follow {
 const POLL: Duration = Duration::from_secs(2);
 
 /// A file's size and modification time, to notice an edit.
-fn stamp(files: &[PathBuf]) -> Vec<Option<(u64, SystemTime)>> {
-    files
+type Stamp = Option<(u64, SystemTime)>;
+
+/// One look at the files: each one's stamp, and those whose inode no longer has a name
+/// (replaced on the host behind a bind mount of the file itself, which keeps the old
+/// inode).
+fn look(files: &[PathBuf]) -> (Vec<Stamp>, Vec<String>) {
+    use std::os::unix::fs::MetadataExt;
+    let mut replaced = Vec::new();
+    let stamps = files
         .iter()
         .map(|f| {
             let m = std::fs::metadata(f).ok()?;
+            if m.nlink() == 0 {
+                replaced.push(f.display().to_string());
+            }
             Some((m.len(), m.modified().ok()?))
         })
-        .collect()
-}
-
-/// The files whose inode no longer has a name: replaced on the host behind a bind mount
-/// of the file itself, which keeps the old inode.
-fn replaced(files: &[PathBuf]) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    files
-        .iter()
-        .filter(|f| std::fs::metadata(f).is_ok_and(|m| m.nlink() == 0))
-        .map(|f| f.display().to_string())
-        .collect()
+        .collect();
+    (stamps, replaced)
 }
 
 /// Follows the files until shutdown.
@@ -62,7 +62,7 @@ pub(crate) fn spawn(follow: Follow, shutdown: Shutdown) -> std::io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let follow = Arc::new(follow);
     tokio::spawn(async move {
-        let mut seen = stamp(&follow.files);
+        let (mut seen, _) = look(&follow.files);
         let mut tick = tokio::time::interval(POLL);
         loop {
             let why = tokio::select! {
@@ -70,7 +70,7 @@ pub(crate) fn spawn(follow: Follow, shutdown: Shutdown) -> std::io::Result<()> {
                 _ = tick.tick() => "a file changed",
                 _ = shutdown.wait() => return,
             };
-            let replaced = replaced(&follow.files);
+            let (now, replaced) = look(&follow.files);
             follow.links.lock().unwrap_or_else(|p| p.into_inner()).set_fault(
                 "file",
                 (!replaced.is_empty()).then(|| {
@@ -80,7 +80,6 @@ pub(crate) fn spawn(follow: Follow, shutdown: Shutdown) -> std::io::Result<()> {
                     )
                 }),
             );
-            let now = stamp(&follow.files);
             if why != "SIGHUP" && now == seen {
                 continue;
             }

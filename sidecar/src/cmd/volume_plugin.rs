@@ -35,9 +35,7 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
     let plugin = match plugin::Plugin::open(&args.root, mode, links.clone(), args.fifo_open_probe) {
         Ok(p) => p,
         Err(e) => {
-            if !bound.activated {
-                let _ = std::fs::remove_file(&args.socket);
-            }
+            bound.remove_own(&args.socket);
             return Err(e);
         }
     };
@@ -45,9 +43,7 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
         Some(file) => match write_spec(file, &args.socket) {
             Ok(body) => Some((file.clone(), body)),
             Err(e) => {
-                if !bound.activated {
-                    let _ = std::fs::remove_file(&args.socket);
-                }
+                bound.remove_own(&args.socket);
                 return Err(e);
             }
         },
@@ -90,10 +86,10 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
         let _ = task.await;
     }
     // Removed while the lock is still held: no other plugin can have bound it since.
-    // A socket the service manager passed stays, answering for the next start.
+    // Under socket activation the manager keeps the socket answering, and the spec with
+    // it. Only the spec as this process wrote it goes: another plugin may have taken the
+    // file over for its own socket since.
     if !bound.activated {
-        // Only the spec as this process wrote it: another plugin may have taken the
-        // file over for its own socket since.
         if let Some((file, body)) = &spec
             && std::fs::read_to_string(file).is_ok_and(|now| now == *body)
         {

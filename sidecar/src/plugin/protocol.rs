@@ -237,6 +237,16 @@ pub struct BoundSocket {
     pub activated: bool,
 }
 
+impl BoundSocket {
+    /// Removes the socket file at `path` if this process bound it; one the service
+    /// manager passed stays, answering for the next start.
+    pub fn remove_own(&self, path: &Path) {
+        if !self.activated {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// The listening socket systemd passed (`LISTEN_PID` is this process, `LISTEN_FDS` is 1:
 /// descriptor 3), if it did. It must be a listening Unix stream socket bound at `path`;
 /// anything else is an error naming what was passed.
