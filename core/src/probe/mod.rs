@@ -44,7 +44,7 @@ struct ProbeObject {
     /// Shared by every sample: one reference count instead of several strings.
     info: Arc<ObjectInfo>,
     /// Kept open for shm and semaphores, with its (device, inode); reopened when
-    /// missing.
+    /// missing or no longer linked.
     fd: Option<(std::fs::File, (u64, u64))>,
 }
 
@@ -347,11 +347,18 @@ fn bound_holders(sample: &mut LinkSample) {
 
 /// The object's descriptor, opened once and kept, with its (device, inode): regular
 /// files only, opened through `O_PATH` first so that nothing else put at the name is
-/// ever opened.
+/// ever opened. One no longer linked (the link was reset, or the object replaced) is
+/// opened again at its name.
 fn keep_open<'a>(
     link: BorrowedFd<'_>,
     o: &'a mut ProbeObject,
 ) -> Option<(&'a std::fs::File, (u64, u64))> {
+    if o.fd
+        .as_ref()
+        .is_some_and(|(f, _)| fstat(f.as_fd()).is_ok_and(|st| st.st_nlink == 0))
+    {
+        o.fd = None;
+    }
     if o.fd.is_none() {
         let (fd, st) = crate::probe::created::open_regular(link, o.info.file.as_str())?;
         o.fd = Some((std::fs::File::from(fd), (st.st_dev, st.st_ino)));

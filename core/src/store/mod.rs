@@ -456,6 +456,43 @@ impl Store {
         }
     }
 
+    /// Brings a link back to `plan` as if made now: everything in its directory goes
+    /// (regions members grew or filled, semaphores mid-protocol, what members made) and
+    /// the declared objects are made afresh. The directory itself stays, and so does its
+    /// mount (a tmpfs, or the Compose volume the link is made in). Only for a link no
+    /// process holds: a holder keeps the old objects, which nobody else sees any more.
+    /// A link that does not exist is made.
+    pub fn reset(&self, plan: &LinkPlan) -> Result<Outcome, MaterializeError> {
+        let link_path = self.link_path(&plan.namespace, &plan.name);
+        let lp = || link_path.display().to_string();
+        match self.open_link(&plan.namespace, &plan.name) {
+            Err(Errno::ENOENT) => {}
+            Err(errno) => {
+                return Err(MaterializeError::Sys {
+                    path: lp(),
+                    op: "open",
+                    errno,
+                });
+            }
+            Ok(link) => {
+                empty_dir(link.as_fd()).map_err(|e| removing(e, lp))?;
+                let ns = sys(self.open_namespace(&plan.namespace), lp, "open")?;
+                let record = format!(".{}.json", plan.name);
+                match unlinkat(ns.as_fd(), record.as_str(), UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(errno) => {
+                        return Err(MaterializeError::Sys {
+                            path: lp(),
+                            op: "remove record",
+                            errno,
+                        });
+                    }
+                }
+            }
+        }
+        self.apply(plan, &InProcess, true)
+    }
+
     /// Removes a link: unmounts its tmpfs (lazily, so members that still hold descriptors
     /// keep working) or removes its plain directory tree without following any symlink.
     /// Removing a link that does not exist is not an error.

@@ -26,7 +26,9 @@ mod processes;
 pub use pidfd::duplicate;
 pub(crate) use pidfd::queued_bytes;
 use pidfd::{pidfd_getfd, pidfd_open, runs};
-pub use processes::{AllProcesses, ContainerNames, ContainerProcesses, Members, command};
+pub use processes::{
+    AllProcesses, ContainerNames, ContainerProcesses, Members, command, containers_mounting,
+};
 
 /// What a holder does with an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

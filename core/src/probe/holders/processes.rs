@@ -27,24 +27,44 @@ const PROBES: [&str; 2] = ["ipclink-sidecar", "ipclink-csi"];
 
 impl Members for AllProcesses {
     fn processes(&mut self) -> Result<Vec<Process>, String> {
-        let me = std::process::id() as i32;
-        let dir = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
-        Ok(dir
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|&pid| pid != me)
-            .map(|pid| (pid, command(pid)))
-            .filter(|(_, command)| !PROBES.contains(&command.as_str()))
-            .map(|(pid, command)| Process {
-                pid,
-                owner: Arc::new(Owner {
-                    command,
-                    ..Owner::default()
-                }),
-                scope: None,
+        let all = every_process()?;
+        // In a container that sees only its own processes, the holders in other
+        // containers are unknown, not none.
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        if container_in(&own).is_some()
+            && !all.iter().any(|p| {
+                std::fs::read_to_string(format!("/proc/{}/cgroup", p.pid))
+                    .is_ok_and(|c| !c.is_empty() && c != own)
             })
-            .collect())
+        {
+            return Err(
+                "only this container's processes are visible here; give it the host's pid namespace (Compose: pid: host), or ask the sidecar (status --endpoint)"
+                    .into(),
+            );
+        }
+        Ok(all)
     }
+}
+
+/// Every process this one can see but itself and ipclink's probes, named by command.
+fn every_process() -> Result<Vec<Process>, String> {
+    let me = std::process::id() as i32;
+    let dir = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
+    Ok(dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .map(|pid| (pid, command(pid)))
+        .filter(|(_, command)| !PROBES.contains(&command.as_str()))
+        .map(|(pid, command)| Process {
+            pid,
+            owner: Arc::new(Owner {
+                command,
+                ..Owner::default()
+            }),
+            scope: None,
+        })
+        .collect())
 }
 
 /// Names of the running member containers by full id, once known (`None`: not yet).
@@ -132,7 +152,7 @@ impl Members for ContainerProcesses {
             }
             None => HashMap::new(),
         };
-        let all = AllProcesses.processes()?;
+        let all = every_process()?;
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         // Whether a process outside this one's cgroup is visible: the host's pid
         // namespace (without it, only this container's processes are).
@@ -210,4 +230,126 @@ pub fn command(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim_end().to_owned())
         .unwrap_or_default()
+}
+
+/// Mount-table lines of this process read at most, looking for a link's own mount.
+const MAX_OWN_MOUNTS: usize = 65_536;
+
+/// Which filesystem, and where in it, `path` is: its mount's device (`MAJOR:MINOR`) and
+/// root when `path` is a mount point of this process, else its device alone (every
+/// mount of that device then counts).
+fn mount_of(path: &std::path::Path) -> Option<(String, Option<String>)> {
+    use std::io::BufRead;
+    let want = std::fs::canonicalize(path).ok()?;
+    let f = std::fs::File::open("/proc/self/mountinfo").ok()?;
+    // id parent major:minor root point ...: the last mount at the path is the one seen.
+    let mut found = None;
+    for line in std::io::BufReader::new(f)
+        .lines()
+        .take(MAX_OWN_MOUNTS)
+        .map_while(Result::ok)
+    {
+        let fields: Vec<&str> = line.splitn(6, ' ').collect();
+        if let [_, _, dev, root, point, _] = fields[..]
+            && std::path::Path::new(&crate::fs::unescape_mountinfo(point)) == want
+        {
+            found = Some((dev.to_owned(), Some(crate::fs::unescape_mountinfo(root))));
+        }
+    }
+    found.or_else(|| {
+        let dev = nix::sys::stat::stat(&want).ok()?.st_dev;
+        Some((
+            format!(
+                "{}:{}",
+                nix::sys::stat::major(dev),
+                nix::sys::stat::minor(dev)
+            ),
+            None,
+        ))
+    })
+}
+
+/// Whether the mount table of process `pid` mounts `dev` at or below `root`: `None`
+/// when it cannot be read in full (the process may have exited).
+fn process_mounts(pid: i32, dev: &str, root: Option<&str>) -> Option<bool> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(format!("/proc/{pid}/mountinfo")).ok()?;
+    let mut lines = std::io::BufReader::new(f).lines();
+    for _ in 0..MAX_MOUNTS_PER_PROCESS {
+        let line = match lines.next() {
+            None => return Some(false),
+            Some(l) => l.ok()?,
+        };
+        let mut fields = line.split(' ').skip(2);
+        let (Some(d), Some(r)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if d != dev {
+            continue;
+        }
+        let r = crate::fs::unescape_mountinfo(r);
+        let below = |want: &str| {
+            r == want
+                || r.strip_prefix(want)
+                    .is_some_and(|rest| rest.starts_with('/'))
+                || want == "/"
+        };
+        if root.is_none_or(below) {
+            return Some(true);
+        }
+    }
+    None
+}
+
+/// The containers, other than the one this process runs in, that have the filesystem at
+/// `path` (a link's volume) mounted: who uses a link in Compose, whether or not its
+/// processes hold an object now. Each is named by the first 12 digits of its id. An
+/// error says why that cannot be known: `path` is not there, or no process of another
+/// container is visible (a container without the host's pid namespace). A container
+/// whose mount table cannot be read in full counts as using it.
+pub fn containers_mounting(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let (dev, root) =
+        mount_of(path).ok_or_else(|| format!("{} cannot be looked at", path.display()))?;
+    let own = container_in(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
+    let me = std::process::id() as i32;
+    let dir = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
+    let mut others_visible = false;
+    let mut seen: HashMap<String, bool> = HashMap::new();
+    for pid in dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+    {
+        let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue; // exited
+        };
+        let id = container_in(&cgroup);
+        if id == own {
+            continue;
+        }
+        others_visible = true;
+        let Some(id) = id else { continue };
+        if seen.get(&id).copied().unwrap_or(false) {
+            continue;
+        }
+        // A process that exited in between says nothing; one whose table is cut counts.
+        let mounts = match process_mounts(pid, &dev, root.as_deref()) {
+            Some(m) => m,
+            None => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        };
+        *seen.entry(id).or_default() |= mounts;
+    }
+    if own.is_some() && !others_visible {
+        return Err(
+            "no process of another container is visible here; give this container the host's pid namespace (Compose: pid: host)"
+                .into(),
+        );
+    }
+    let mut using: Vec<String> = seen
+        .into_iter()
+        .filter(|(_, m)| *m)
+        .map(|(id, _)| id.chars().take(12).collect())
+        .collect();
+    using.sort();
+    Ok(using)
 }
