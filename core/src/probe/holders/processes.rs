@@ -28,22 +28,38 @@ const PROBES: [&str; 2] = ["ipclink-sidecar", "ipclink-csi"];
 impl Members for AllProcesses {
     fn processes(&mut self) -> Result<Vec<Process>, String> {
         let all = every_process()?;
-        // In a container that sees only its own processes, the holders in other
+        // In a pid namespace of its own (a container without the host's), processes
+        // that share its mount namespace are its own container's: the holders in other
         // containers are unknown, not none.
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        if container_in(&own).is_some()
-            && !all.iter().any(|p| {
-                std::fs::read_to_string(format!("/proc/{}/cgroup", p.pid))
-                    .is_ok_and(|c| !c.is_empty() && c != own)
-            })
-        {
-            return Err(
-                "only this container's processes are visible here; give it the host's pid namespace (Compose: pid: host), or ask the sidecar (status --endpoint)"
-                    .into(),
-            );
+        if !sees_the_host() {
+            let mine = mount_namespace("self").ok();
+            if !all
+                .iter()
+                .any(|p| mount_namespace(&p.pid.to_string()).ok() != mine)
+            {
+                return Err(
+                    "only this container's processes are visible here; give it the host's pid namespace (Compose: pid: host), or ask the sidecar (status --endpoint)"
+                        .into(),
+                );
+            }
         }
         Ok(all)
     }
+}
+
+/// Whether this process sees the host's processes: the kernel's thread creator
+/// (`kthreadd`, pid 2, whose parent is 0) is visible only in the host's pid namespace.
+fn sees_the_host() -> bool {
+    std::fs::read_to_string("/proc/2/stat").is_ok_and(|stat| {
+        stat.strip_prefix("2 (kthreadd) ")
+            .and_then(|rest| rest.split(' ').nth(1))
+            == Some("0")
+    })
+}
+
+/// The mount namespace of process `pid` ("self" for this one), as its `/proc` link.
+fn mount_namespace(pid: &str) -> std::io::Result<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
 }
 
 /// Every process this one can see but itself and ipclink's probes, named by command.
@@ -269,36 +285,52 @@ fn mount_of(path: &std::path::Path) -> Option<(String, Option<String>)> {
     })
 }
 
-/// Whether the mount table of process `pid` mounts `dev` at or below `root`: `None`
-/// when it cannot be read in full (the process may have exited).
-fn process_mounts(pid: i32, dev: &str, root: Option<&str>) -> Option<bool> {
+/// Mount-table lines read at most by one [`containers_mounting`] (each mount namespace is
+/// read once): past it, who uses a volume is not known.
+const MAX_MOUNT_LINES: usize = 1 << 20;
+
+/// Whether the mount table of process `pid` mounts `dev` at or below `root`, taking
+/// the lines it reads from `budget`: `None` when it cannot be read in full (the process
+/// may have exited, or the budget ran out).
+fn process_mounts(pid: i32, dev: &str, root: Option<&str>, budget: &mut usize) -> Option<bool> {
     use std::io::BufRead;
     let f = std::fs::File::open(format!("/proc/{pid}/mountinfo")).ok()?;
     let mut lines = std::io::BufReader::new(f).lines();
     for _ in 0..MAX_MOUNTS_PER_PROCESS {
+        *budget = budget.checked_sub(1)?;
         let line = match lines.next() {
             None => return Some(false),
             Some(l) => l.ok()?,
         };
         let mut fields = line.split(' ').skip(2);
-        let (Some(d), Some(r)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        if d != dev {
-            continue;
-        }
-        let r = crate::fs::unescape_mountinfo(r);
-        let below = |want: &str| {
-            r == want
-                || r.strip_prefix(want)
-                    .is_some_and(|rest| rest.starts_with('/'))
-                || want == "/"
-        };
-        if root.is_none_or(below) {
+        if let (Some(d), Some(r)) = (fields.next(), fields.next())
+            && covers(d, r, dev, root)
+        {
             return Some(true);
         }
     }
     None
+}
+
+/// Whether a mount-table line's device and root fields show `dev` at, below or above
+/// `root` (a parent directory of the link mounted, the link inside it); any mount of
+/// `dev` without a root.
+fn covers(dev_field: &str, root_field: &str, dev: &str, root: Option<&str>) -> bool {
+    if dev_field != dev {
+        return false;
+    }
+    let Some(want) = root else {
+        return true;
+    };
+    let r = crate::fs::unescape_mountinfo(root_field);
+    let within = |inner: &str, outer: &str| {
+        outer == "/"
+            || inner == outer
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    within(&r, want) || within(want, &r)
 }
 
 /// The containers, other than the one this process runs in, that have the filesystem at
@@ -310,11 +342,18 @@ fn process_mounts(pid: i32, dev: &str, root: Option<&str>) -> Option<bool> {
 pub fn containers_mounting(path: &std::path::Path) -> Result<Vec<String>, String> {
     let (dev, root) =
         mount_of(path).ok_or_else(|| format!("{} cannot be looked at", path.display()))?;
-    let own = container_in(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
+    let mine = mount_namespace("self").map_err(|e| format!("/proc/self/ns/mnt: {e}"))?;
+    let sees_host = sees_the_host();
+    // The host's mount namespace: container runtimes' helpers (podman's conmon, in the
+    // container's cgroup) run there, and no container does.
+    let host = sees_host.then(|| mount_namespace("1").ok()).flatten();
     let me = std::process::id() as i32;
     let dir = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
     let mut others_visible = false;
     let mut seen: HashMap<String, bool> = HashMap::new();
+    // Processes of one mount namespace share a mount table: each is read once.
+    let mut tables: HashMap<std::path::PathBuf, bool> = HashMap::new();
+    let mut budget = MAX_MOUNT_LINES;
     for pid in dir
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
@@ -323,23 +362,51 @@ pub fn containers_mounting(path: &std::path::Path) -> Result<Vec<String>, String
         let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
             continue; // exited
         };
-        let id = container_in(&cgroup);
-        if id == own {
+        let ns = match mount_namespace(&pid.to_string()) {
+            Ok(ns) => Some(ns),
+            Err(e) if matches!(e.raw_os_error(), Some(nix::libc::ENOENT | nix::libc::ESRCH)) => {
+                continue; // exited
+            }
+            Err(_) => None, // not readable: counts as mounting it
+        };
+        // This process's own container (or, on the host, the host's processes).
+        if ns.as_ref() == Some(&mine) {
             continue;
         }
         others_visible = true;
-        let Some(id) = id else { continue };
+        let Some(id) = container_in(&cgroup) else {
+            continue; // not in a container
+        };
+        if ns.is_some() && ns == host {
+            continue;
+        }
         if seen.get(&id).copied().unwrap_or(false) {
             continue;
         }
-        // A process that exited in between says nothing; one whose table is cut counts.
-        let mounts = match process_mounts(pid, &dev, root.as_deref()) {
-            Some(m) => m,
-            None => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        let mounts = match ns {
+            None => true,
+            Some(ns) => match tables.get(&ns) {
+                Some(&m) => m,
+                None => {
+                    // A process that exited in between says nothing; a table cut
+                    // short counts as mounting it.
+                    let m = match process_mounts(pid, &dev, root.as_deref(), &mut budget) {
+                        Some(m) => m,
+                        None if budget == 0 => {
+                            return Err(format!(
+                                "the containers' mount tables are longer than the {MAX_MOUNT_LINES} lines read"
+                            ));
+                        }
+                        None => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                    };
+                    tables.insert(ns, m);
+                    m
+                }
+            },
         };
         *seen.entry(id).or_default() |= mounts;
     }
-    if own.is_some() && !others_visible {
+    if !sees_host && !others_visible {
         return Err(
             "no process of another container is visible here; give this container the host's pid namespace (Compose: pid: host)"
                 .into(),
@@ -352,4 +419,48 @@ pub fn containers_mounting(path: &std::path::Path) -> Result<Vec<String>, String
         .collect();
     using.sort();
     Ok(using)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    #[test]
+    fn a_mount_covers_the_link_at_below_or_above_its_root_on_its_device_only() {
+        let link = Some("/var/lib/docker/volumes/p_frames/_data");
+        // The volume itself, a directory in it, the filesystem's root, a parent.
+        for root in [
+            "/var/lib/docker/volumes/p_frames/_data",
+            "/var/lib/docker/volumes/p_frames/_data/control",
+            "/",
+            "/var/lib/docker/volumes",
+        ] {
+            assert!(covers("8:1", root, "8:1", link), "{root}");
+        }
+        // A sibling whose name starts the same, another device, another volume.
+        assert!(!covers(
+            "8:1",
+            "/var/lib/docker/volumes/p_frames/_data2",
+            "8:1",
+            link
+        ));
+        assert!(!covers(
+            "8:2",
+            "/var/lib/docker/volumes/p_frames/_data",
+            "8:1",
+            link
+        ));
+        assert!(!covers(
+            "8:1",
+            "/var/lib/docker/volumes/q/_data",
+            "8:1",
+            link
+        ));
+        // Escaped names (a space is \040 in mountinfo) are compared unescaped.
+        assert!(covers("0:5", "/a\\040b", "0:5", Some("/a b")));
+        assert!(!covers("0:5", "/a\\040bc", "0:5", Some("/a b")));
+        // A link's own tmpfs: every mount of the device is it.
+        assert!(covers("0:48", "/x", "0:48", Some("/")));
+        assert!(covers("0:48", "/x", "0:48", None));
+    }
 }
