@@ -42,6 +42,42 @@ pub struct MemberReport {
     /// Channels it cannot use as declared, with the missing access (for metrics).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub denied: Vec<(String, String)>,
+    /// The roles (`reader`, `writer`) its service is declared for on each channel that
+    /// names readers or writers, and none on any channel when it is not a member: what
+    /// [`mark_undeclared`] holds its processes to.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub roles: std::collections::BTreeMap<String, Vec<String>>,
+    /// Channels its processes hold in a role it is not declared for, with the role, as
+    /// [`mark_undeclared`] found them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub undeclared: Vec<(String, String)>,
+}
+
+/// Fills each member's `undeclared` from who holds what in `samples`: a hold by a
+/// process of its container, on a channel its `roles` name, in a role they do not give
+/// it (a mapping is allowed to a reader or a writer: it reads or writes the region).
+pub fn mark_undeclared(members: &mut [MemberReport], samples: &[LinkSample]) {
+    for m in members.iter_mut() {
+        m.undeclared.clear();
+        let Some(s) = samples
+            .iter()
+            .find(|s| *s.namespace == m.namespace && *s.name == m.link)
+        else {
+            continue;
+        };
+        for c in &s.channels {
+            let Some(allowed) = m.roles.get(&c.info.name) else {
+                continue;
+            };
+            for h in c.holders.iter().filter(|h| h.container == m.container) {
+                let ok = allowed.contains(&h.role) || (h.role == "mapper" && !allowed.is_empty());
+                let hold = (c.info.name.clone(), h.role.clone());
+                if !ok && !m.undeclared.contains(&hold) {
+                    m.undeclared.push(hold);
+                }
+            }
+        }
+    }
 }
 
 /// The row `kubectl ipclink top` and `ipclink-sidecar status` show for one object.
@@ -357,6 +393,85 @@ mod tests {
             ],
         );
         assert_eq!(text, "A      BB\nlong   x\ns      y\n");
+    }
+
+    #[test]
+    fn holds_in_roles_a_member_is_not_declared_for_are_marked() {
+        let channel = |name: &str, holders: Vec<HolderSample>| ChannelSample {
+            info: Arc::new(ObjectInfo {
+                name: name.into(),
+                ..ObjectInfo::default()
+            }),
+            holders,
+            ..ChannelSample::default()
+        };
+        let by = |role: &str, container: &str| HolderSample {
+            container: container.into(),
+            ..holder(role, 1, "")
+        };
+        let sample = LinkSample {
+            namespace: "compose".into(),
+            name: "frames".into(),
+            channels: vec![
+                // The consumer listens on `control` (reader), the producer connects.
+                channel(
+                    "control",
+                    vec![
+                        by("reader", "c-1"),
+                        by("writer", "p-1"),
+                        by("reader", "p-1"),
+                    ],
+                ),
+                channel("frames", vec![by("mapper", "c-1"), by("mapper", "x-1")]),
+                channel("open", vec![by("writer", "c-1")]),
+            ],
+            ..LinkSample::default()
+        };
+        let member = |service: &str, container: &str, roles: &[(&str, &[&str])]| MemberReport {
+            namespace: "compose".into(),
+            link: "frames".into(),
+            service: service.into(),
+            container: container.into(),
+            id: String::new(),
+            user: String::new(),
+            state: "running".into(),
+            checked: true,
+            problems: Vec::new(),
+            denied: Vec::new(),
+            roles: roles
+                .iter()
+                .map(|(c, r)| (c.to_string(), r.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+            undeclared: vec![("stale".into(), "reader".into())],
+        };
+        let mut members = vec![
+            member(
+                "consumer",
+                "c-1",
+                &[("control", &["reader"]), ("frames", &["reader"])],
+            ),
+            member(
+                "producer",
+                "p-1",
+                &[("control", &["writer"]), ("frames", &["writer"])],
+            ),
+            // Not a member: no role anywhere.
+            member(
+                "intruder",
+                "x-1",
+                &[("control", &[]), ("frames", &[]), ("open", &[])],
+            ),
+        ];
+        mark_undeclared(&mut members, std::slice::from_ref(&sample));
+        assert!(members[0].undeclared.is_empty(), "{:?}", members[0]);
+        assert_eq!(
+            members[1].undeclared,
+            [("control".to_owned(), "reader".to_owned())]
+        );
+        assert_eq!(
+            members[2].undeclared,
+            [("frames".to_owned(), "mapper".to_owned())]
+        );
     }
 
     #[test]

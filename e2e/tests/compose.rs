@@ -186,6 +186,10 @@ fn sidecar_example(e: Engine) {
         !text_paused.contains(&format!("container=\"{sidecar}\"")),
         "the sidecar's own descriptors are no member's\n{text_paused}"
     );
+    assert!(
+        !text_paused.contains("ipclink_member_undeclared{"),
+        "the example's members hold every channel as declared\n{text_paused}"
+    );
     // `status --endpoint` shows the same, by container.
     let out = std::process::Command::new(static_binary(&images, "ipclink-sidecar"))
         .args(["status", "--endpoint", &format!("127.0.0.1:{port}")])

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use ipclink_core::metrics::{render_channels, render_gauge};
 use ipclink_core::probe::{LinkProbe, Observer};
-use ipclink_core::report::{LinksReport, MemberReport};
+use ipclink_core::report::{LinksReport, MemberReport, mark_undeclared};
 use ipclink_core::sample::LinkSample;
 
 /// Content type of `/metrics`: the Prometheus text format.
@@ -206,10 +206,10 @@ impl LinkSet {
 
     /// Samples every link and adds the discovered members: the `/v1/links` body.
     pub fn report(&mut self) -> LinksReport {
-        LinksReport {
-            links: self.sample(),
-            members: self.members.clone(),
-        }
+        let links = self.sample();
+        let mut members = self.members.clone();
+        mark_undeclared(&mut members, &links);
+        LinksReport { links, members }
     }
 
     /// Observes every link once: who holds what and the members' sockets first (one
@@ -228,8 +228,9 @@ impl LinkSet {
             .sum();
         out.reserve(4096 + channels * 6 * 120);
         render_channels(&samples, &[], out);
-        let info: Vec<_> = self
-            .members
+        let mut members = self.members.clone();
+        mark_undeclared(&mut members, &samples);
+        let info: Vec<_> = members
             .iter()
             .map(|m| {
                 let labels = vec![
@@ -248,8 +249,7 @@ impl LinkSet {
             "Containers that mount a link, by Compose service; always 1.",
             &info,
         );
-        let denied: Vec<_> = self
-            .members
+        let denied: Vec<_> = members
             .iter()
             .flat_map(|m| {
                 m.denied.iter().map(move |(channel, access)| {
@@ -270,6 +270,28 @@ impl LinkSet {
             "ipclink_member_denied",
             "Channels and semaphores a member cannot use as the link declares (access missing); always 1.",
             &denied,
+        );
+        let undeclared: Vec<_> = members
+            .iter()
+            .flat_map(|m| {
+                m.undeclared.iter().map(move |(channel, role)| {
+                    let labels = vec![
+                        ("namespace", m.namespace.as_str()),
+                        ("link", m.link.as_str()),
+                        ("service", m.service.as_str()),
+                        ("container", m.container.as_str()),
+                        ("channel", channel.as_str()),
+                        ("role", role.as_str()),
+                    ];
+                    (labels, 1)
+                })
+            })
+            .collect();
+        render_gauge(
+            out,
+            "ipclink_member_undeclared",
+            "Channels a container's processes hold in a role its service is not declared for (or that a service which is not a member holds); always 1.",
+            &undeclared,
         );
     }
 

@@ -157,9 +157,22 @@ pub async fn discover(
                 checked: false,
                 problems: Vec::new(),
                 denied: Vec::new(),
+                roles: Default::default(),
+                undeclared: Vec::new(),
             };
             let declared =
                 link.spec.members.is_empty() || link.spec.members.iter().any(|m| m.name == service);
+            for c in &link.spec.channels {
+                if declared && c.readers.is_empty() && c.writers.is_empty() {
+                    continue; // open to every member
+                }
+                let roles = [("reader", &c.readers), ("writer", &c.writers)]
+                    .into_iter()
+                    .filter(|(_, names)| declared && names.contains(&service))
+                    .map(|(role, _)| role.to_owned())
+                    .collect();
+                report.roles.insert(c.name.clone(), roles);
+            }
             if !declared {
                 report.problems.push(format!(
                     "service {service} (container {container}) mounts link {}/{} but is not one of its members",

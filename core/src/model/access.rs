@@ -39,9 +39,11 @@ pub fn verbs(bits: u32) -> String {
 }
 
 /// What `member` needs on `object`: readers read, writers write (an shm writer maps the
-/// region read-write, a socket writer binds in the directory), and everyone needs read
-/// and write when the channel names no readers and no writers. Semaphores are opened
-/// read-write by every libc. Socket directories also need search permission.
+/// region read-write), and everyone needs read and write when the channel names no
+/// readers and no writers. Semaphores are opened read-write by every libc. A socket
+/// channel's readers are its servers, as the holder probe sees them (they bind and
+/// listen: write and search on the directory), its writers the clients that connect
+/// (search).
 pub fn needs(link: &IpcLink, object: &ObjectPlan, member: &str) -> u32 {
     let Some(channel) = link.spec.channels.iter().find(|c| c.name == object.name) else {
         return READ | WRITE; // a semaphore
@@ -61,7 +63,7 @@ pub fn needs(link: &IpcLink, object: &ObjectPlan, member: &str) -> u32 {
         }
         // Connecting to a socket needs search on the directory; binding one needs write.
         ChannelKind::Socket => {
-            (if reads || writes { SEARCH } else { 0 }) | (if writes { WRITE } else { 0 })
+            (if reads || writes { SEARCH } else { 0 }) | (if reads { WRITE } else { 0 })
         }
     }
 }

@@ -114,6 +114,30 @@ pub fn status_table(samples: &[LinkSample]) -> String {
     out
 }
 
+/// One line per channel a member container holds in a role it is not declared for.
+fn undeclared_lines(members: &[ipclink_core::report::MemberReport]) -> String {
+    use ipclink_core::report::printable;
+    let mut out = String::new();
+    for m in members {
+        for (channel, role) in &m.undeclared {
+            let declared = match m.roles.get(channel).map(Vec::as_slice) {
+                Some([]) | None => "none".to_owned(),
+                Some(roles) => roles.join(" and "),
+            };
+            out.push_str(&format!(
+                "{}: service {} (container {}) holds {} as {}, not as declared (declared: {})\n",
+                printable(&format!("{}/{}", m.namespace, m.link)),
+                printable(&m.service),
+                printable(&m.container),
+                printable(channel),
+                printable(role),
+                printable(&declared)
+            ));
+        }
+    }
+    out
+}
+
 /// `status`: the links under `root` (or of the sidecar at `endpoint`), as a table or as
 /// the `/v1/links` JSON.
 pub fn run(
@@ -122,35 +146,36 @@ pub fn run(
     json: bool,
     runtime: impl Fn() -> Result<tokio::runtime::Runtime, Error>,
 ) -> Result<(), Error> {
-    let samples = match endpoint {
+    let report = match endpoint {
         Some(at) => runtime().and_then(|rt| {
             rt.block_on(ipclink_runtime::client::links(
                 &at,
                 None,
                 std::time::Duration::from_secs(10),
             ))
-            .map(|r| r.links)
             .map_err(|source| Error::Io {
                 what: format!("GET http://{at}/v1/links"),
                 source,
             })
         }),
-        None => status(&root.unwrap_or_else(default_root)),
-    };
-    samples.map(|samples| {
-        if json {
-            let report = ipclink_core::report::LinksReport {
-                links: samples,
+        None => status(&root.unwrap_or_else(default_root)).map(|links| {
+            ipclink_core::report::LinksReport {
+                links,
                 members: Vec::new(),
-            };
+            }
+        }),
+    };
+    report.map(|report| {
+        if json {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&report).unwrap_or_default()
             );
-        } else if samples.is_empty() {
+        } else if report.links.is_empty() {
             println!("no links");
         } else {
-            print!("{}", status_table(&samples));
+            print!("{}", status_table(&report.links));
+            print!("{}", undeclared_lines(&report.members));
         }
     })
 }
