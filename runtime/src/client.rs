@@ -109,3 +109,45 @@ where
         .to_bytes();
     serde_json::from_slice(&body).map_err(std::io::Error::other)
 }
+
+/// One POST of the JSON `body` to `path` on the Unix socket `socket` (a volume plugin's),
+/// within `timeout`: the answer's status and body (at most [`MAX_BODY`] bytes).
+pub async fn post_unix(
+    socket: &std::path::Path,
+    path: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let work = async {
+        let stream = tokio::net::UnixStream::connect(socket).await?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = hyper::Request::post(path)
+            .header(hyper::header::HOST, "plugin")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(Bytes::from(body)))
+            .map_err(std::io::Error::other)?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| std::io::Error::other(format!("reading the body: {e}")))?
+            .to_bytes();
+        Ok((status, body.to_vec()))
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{}: no answer within {timeout:?}", socket.display()),
+        )
+    })?
+}

@@ -35,6 +35,10 @@ pub enum Command {
         #[arg(long, env = "IPCLINK_LISTEN", default_value = "127.0.0.1:9464")]
         listen: SocketAddr,
     },
+    /// Bring links back to their declared state (regions as declared and zeroed,
+    /// semaphores at their initial values, what members made removed); refused, with
+    /// nothing changed, while a container uses a link (exit 3).
+    Reset(ResetArgs),
     /// Print a table of the links materialized under the root.
     Status {
         /// Base directory of the links.
@@ -97,6 +101,29 @@ pub struct UpArgs {
     /// then sees EOF.
     #[arg(long, env = "IPCLINK_FIFO_OPEN_PROBE")]
     pub fifo_open_probe: bool,
+}
+
+/// Arguments of `reset`.
+#[derive(Debug, clap::Args)]
+pub struct ResetArgs {
+    /// IpcLink YAML files, as given to `up`; with --volume-plugin, volume names.
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    /// Base directory of the links, as given to `up`.
+    /// [default: /run/ipclink as root, else $XDG_RUNTIME_DIR/ipclink]
+    #[arg(long, env = "IPCLINK_ROOT", conflicts_with = "volume_plugin")]
+    pub root: Option<PathBuf>,
+    /// Storage mode, as given to `up`. [default: tmpfs as root, else dir]
+    #[arg(
+        long,
+        env = "IPCLINK_STORAGE",
+        value_enum,
+        conflicts_with = "volume_plugin"
+    )]
+    pub storage: Option<Storage>,
+    /// Ask the running volume plugin on this socket to reset the named volumes.
+    #[arg(long)]
+    pub volume_plugin: Option<PathBuf>,
 }
 
 /// Arguments of `volume-plugin`.

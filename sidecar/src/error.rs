@@ -14,6 +14,9 @@ pub enum Error {
     /// A running sidecar answered that it is not ready (`ready`), with its reason.
     #[error("not ready: {0}")]
     NotReady(String),
+    /// A link is in use, so it was left as it is (`reset`).
+    #[error("{0}")]
+    InUse(String),
     /// The endpoint could not be served.
     #[error("{what}: {source}")]
     Io {
@@ -25,10 +28,12 @@ pub enum Error {
 }
 
 impl Error {
-    /// 2 for input that was refused with nothing changed, 1 for anything else.
+    /// 2 for input that was refused with nothing changed, 3 for a link left alone
+    /// because it is in use, 1 for anything else.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Invalid(_) | Error::Materialize(MaterializeError::Conflicts(_)) => 2,
+            Error::InUse(_) => 3,
             _ => 1,
         }
     }

@@ -1,10 +1,11 @@
 //! The links of the files given: loaded and validated, materialized in a store, and
 //! opened for probing.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use ipclink_core::probe::LinkProbe;
-use ipclink_core::probe::holders::{AllProcesses, Members, link_held};
+use ipclink_core::probe::holders::{AllProcesses, Members, containers_mounting, link_held};
 use ipclink_core::sample::LinkSample;
 use ipclink_core::{LinkPlan, MaterializeError, Problem, Problems, StorageMode, Store, load_plans};
 
@@ -62,7 +63,13 @@ pub fn materialize_files(
     storage: Option<Storage>,
     strict: bool,
 ) -> Result<Materialized, Error> {
-    materialize_links(load_links(files)?, root, storage, strict)
+    materialize_links(load_links(files)?, root, storage, strict, false)
+}
+
+/// Whether `up` runs as a Compose sidecar: discovery on (`--engine`) and each link's
+/// directory a volume the members mount (`--storage dir`).
+pub(crate) fn compose_mode(engine: bool, mode: StorageMode) -> bool {
+    engine && mode == StorageMode::PlainDir
 }
 
 /// Materializes links already loaded and validated. A link that exists already is made
@@ -74,6 +81,7 @@ pub fn materialize_links(
     root: &Path,
     storage: Option<Storage>,
     strict: bool,
+    compose: bool,
 ) -> Result<Materialized, Error> {
     let (links, plans): (Vec<_>, Vec<_>) = loaded.into_iter().unzip();
     let store = Store::open(root, storage_mode(storage))?;
@@ -95,7 +103,7 @@ pub fn materialize_links(
         if !existed {
             fresh.push(plan);
         }
-        let outcome = match apply_link(&store, plan, &mut AllProcesses) {
+        let outcome = match apply_link(&store, plan, &mut AllProcesses, compose) {
             Ok(o) => o,
             Err(e) => {
                 for p in &fresh {
@@ -124,15 +132,23 @@ pub fn materialize_links(
 }
 
 /// Makes one link serve `plan`: pending changes are made when no process among
-/// `members` holds the link (unknown counts as held).
+/// `members` holds the link (unknown counts as held) and, in Compose (`compose`), no
+/// other container has its volume mounted: what members left there is kept while one
+/// does (the persistence rule).
 pub(crate) fn apply_link(
     store: &Store,
     plan: &LinkPlan,
     members: &mut dyn Members,
+    compose: bool,
 ) -> Result<ipclink_core::Outcome, MaterializeError> {
     let exclusive = match store.open_link(&plan.namespace, &plan.name) {
         Err(_) => true,
-        Ok(_) => link_held(store, plan, members) == Some(false),
+        Ok(_) => {
+            link_held(store, plan, members) == Some(false)
+                && (!compose
+                    || containers_mounting(&store.link_path(&plan.namespace, &plan.name))
+                        .is_ok_and(|users| users.is_empty()))
+        }
     };
     let outcome = store.apply(plan, &ipclink_core::InProcess, exclusive)?;
     outcome.log(plan);
@@ -201,6 +217,62 @@ pub(crate) fn unmounted_volumes(root: &Path, plans: &[LinkPlan]) -> Vec<Problem>
             })
         })
         .collect()
+}
+
+/// Why `plan`'s link counts as in use, if it does: a container other than this one has
+/// its volume mounted, or a process holds one of its objects (ipclink's own probes
+/// aside), or that cannot be known. A link in use is never reset.
+pub(crate) fn link_in_use(store: &Store, plan: &LinkPlan) -> Option<String> {
+    match containers_mounting(&store.link_path(&plan.namespace, &plan.name)) {
+        Ok(c) if !c.is_empty() => {
+            return Some(format!(
+                "container(s) {} have its volume mounted; stop them first",
+                c.join(", ")
+            ));
+        }
+        Ok(_) => {}
+        Err(why) => return Some(format!("cannot tell whether a container uses it: {why}")),
+    }
+    match link_held(store, plan, &mut AllProcesses) {
+        Some(false) => None,
+        Some(true) => Some("a process holds one of its objects; stop it first".into()),
+        None => Some("cannot tell whether a process holds one of its objects".into()),
+    }
+}
+
+/// The persistence rule in Compose: a link whose volume no other container uses starts
+/// as declared, whatever members left in it (as a fresh tmpfs volume does); one in use,
+/// or one whose users cannot be seen, is kept as it is, and so is one that cannot be
+/// reset (logged: the sidecar serves it as it is).
+pub(crate) fn reset_unused(root: &Path, plans: &[LinkPlan]) -> Result<(), Error> {
+    let store = Store::open(root, StorageMode::PlainDir)?;
+    for plan in plans {
+        let key = plan.key();
+        let Ok(link) = store.open_link(&plan.namespace, &plan.name) else {
+            continue;
+        };
+        if ipclink_core::fs::dir_is_empty(link.as_fd()).unwrap_or(false) {
+            continue; // a new volume
+        }
+        match link_in_use(&store, plan) {
+            None => match store.reset(plan) {
+                Ok(_) => tracing::info!(
+                    link = %key,
+                    "no other container uses the volume: the link starts as declared"
+                ),
+                Err(e) => {
+                    tracing::error!(link = %key, "cannot reset the link; it is kept as it is: {e}")
+                }
+            },
+            Some(why) if why.starts_with("cannot tell") => {
+                tracing::warn!(link = %key, "the link is kept as it is: {why}")
+            }
+            Some(why) => {
+                tracing::info!(link = %key, "the volume is in use, the link is kept as it is: {why}")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether a mount point of this mount namespace is exactly at `path`.

@@ -105,7 +105,8 @@ fn reload(f: &Follow, why: &str) {
     };
     let plans: Vec<LinkPlan> = loaded.into_iter().map(|(_, p)| p).collect();
     // In Compose a link added by the edit needs its volume at its path, as at start.
-    if f.containers.is_some() && f.store.mode() == ipclink_core::StorageMode::PlainDir {
+    let compose = crate::links::compose_mode(f.containers.is_some(), f.store.mode());
+    if compose {
         let unmounted = crate::links::unmounted_volumes(f.store.base_path(), &plans);
         if !unmounted.is_empty() {
             tracing::error!(
@@ -130,7 +131,7 @@ fn reload(f: &Follow, why: &str) {
     };
     let mut served = f.served.lock().unwrap_or_else(|p| p.into_inner());
     for plan in &plans {
-        match apply_link(&f.store, plan, &mut *members) {
+        match apply_link(&f.store, plan, &mut *members, compose) {
             Ok(o) => tracing::info!(
                 reason = why,
                 namespace = %plan.namespace,

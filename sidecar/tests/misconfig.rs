@@ -132,3 +132,68 @@ fn compose_mode_refuses_a_link_without_its_volume_and_says_when_the_engine_is_mi
     );
     assert!(said.starts_with(r#"{"Err":"misconfigured: "#), "{said}");
 }
+
+/// `status` in a container without the host's pid namespace (a cgroup named for a
+/// container id, and a pid namespace of its own) cannot see the members' processes:
+/// their counts are unknown, never 0, and it says how to see them; on the host the same
+/// holder is counted.
+#[test]
+fn status_in_a_container_that_sees_only_itself_shows_holders_as_unknown() {
+    let s = setup(LINK);
+    let mut up = common::Sidecar::up(&s.root, &[&s.file], &["--storage", "dir"]);
+    let region = s.link.join("frames");
+    let mut holder = Command::new("sh");
+    holder
+        .args(["-c", r#"exec 3<"$0"; exec sleep 600"#])
+        .arg(&region);
+    let mut holder = Process::spawn("holder", holder, &s.root.with_extension("holder.log"));
+    let pid = holder.pid().expect("running");
+    holder.wait_until("the holder's descriptor", Duration::from_secs(10), || {
+        std::fs::read_link(format!("/proc/{pid}/fd/3")).is_ok_and(|t| t == region)
+    });
+    let frames_row = |out: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some("frames"))
+            .unwrap_or_else(|| panic!("no frames row:\n{out}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    // On the host: one reader.
+    let out = Command::new(BIN)
+        .args(["status", "--root"])
+        .arg(&s.root)
+        .output()
+        .expect("status");
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(frames_row(&table)[6], "1", "{table}");
+
+    // In a "container": the cgroup path names a container id; only its own processes.
+    let cgroup = Path::new("/sys/fs/cgroup/pids").join(format!("docker-{}.scope", "ab".repeat(32)));
+    std::fs::create_dir_all(&cgroup).expect("cgroup");
+    let script = r#"echo $$ > "$1/cgroup.procs" && exec unshare --pid --fork --mount-proc "$2" status --root "$3""#;
+    let out = Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(&cgroup)
+        .arg(BIN)
+        .arg(&s.root)
+        .output()
+        .expect("status in a container");
+    let _ = std::fs::remove_dir(&cgroup);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{table}{log}");
+    let row = frames_row(&table);
+    assert_eq!(
+        row[6..9],
+        ["<unknown>", "<unknown>", "<unknown>"],
+        "{table}"
+    );
+    assert!(
+        log.contains("only this container's processes are visible here")
+            && log.contains("pid: host"),
+        "{log}"
+    );
+    holder.kill9();
+    assert_eq!(up.stop(), 0);
+}

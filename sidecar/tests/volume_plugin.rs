@@ -699,3 +699,111 @@ fn the_systemd_units_verify_and_name_one_socket() {
     );
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
 }
+
+/// `ipclink-sidecar reset --volume-plugin SOCKET NAME`: (exit code, stdout, stderr).
+fn reset_cli(p: &Plugin, name: &str) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(["reset", "--volume-plugin"])
+        .arg(&p.socket)
+        .arg(name)
+        .output()
+        .expect("run reset");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A region a member grew and wrote.
+fn scribble(region: &Path) {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(region)
+        .expect("open region");
+    f.set_len(65536).expect("grow");
+    std::os::unix::fs::FileExt::write_all_at(&f, b"MARK", 0).expect("write");
+}
+
+fn is_declared(region: &Path) -> bool {
+    let bytes = std::fs::read(region).expect("read region");
+    bytes.len() == 4096 && bytes.iter().all(|&b| b == 0)
+}
+
+#[test]
+fn a_volume_no_caller_mounts_starts_as_declared_and_reset_waits_for_its_callers() {
+    assert!(nix::unistd::Uid::effective().is_root(), "needs root");
+    let dir = tmp();
+    let _unmount = Unmounter(dir.path().to_owned());
+    let p = Plugin::start(dir.path());
+    let (status, got) = p.call(
+        "/VolumeDriver.Create",
+        r#"{"Name":"v","Opts":{"shm":"frames:4Ki","semaphores":"slots:3"}}"#,
+    );
+    assert_eq!(status, 200, "{got}");
+    let mount = |id: &str| {
+        let (status, got) = p.call(
+            "/VolumeDriver.Mount",
+            &format!(r#"{{"Name":"v","ID":"{id}"}}"#),
+        );
+        assert_eq!(status, 200, "{got}");
+        PathBuf::from(got["Mountpoint"].as_str().expect("Mountpoint"))
+    };
+    let unmount = |id: &str| {
+        let (status, got) = p.call(
+            "/VolumeDriver.Unmount",
+            &format!(r#"{{"Name":"v","ID":"{id}"}}"#),
+        );
+        assert_eq!(status, 200, "{got}");
+    };
+    let region = mount("a").join("frames");
+    scribble(&region);
+
+    // Mounted: refused, over the socket and by the command, and nothing changes.
+    let before = snapshot(&p.root);
+    let (status, got) = p.call("/IpcLink.Reset", r#"{"Name":"v"}"#);
+    assert_eq!(status, 409, "{got}");
+    assert_eq!(
+        err_of(&got),
+        "Name: volume \"v\" is mounted by 1 caller(s) (a); stop the containers that use it first"
+    );
+    let (code, _, stderr) = reset_cli(&p, "v");
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("is mounted by 1 caller(s) (a)"), "{stderr}");
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(snapshot(&p.root), before);
+    // A second caller while one has it: kept as it is.
+    mount("b");
+    assert!(!is_declared(&region));
+
+    // Unmounted by all: the command resets it.
+    unmount("a");
+    unmount("b");
+    let (code, stdout, stderr) = reset_cli(&p, "v");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "volume v: reset to its declared state\n");
+    assert!(is_declared(&region));
+    let sem = std::fs::read(region.with_file_name("sem.slots")).expect("semaphore");
+    assert_eq!(sem[..4], 3u32.to_ne_bytes());
+
+    // The first caller after none finds the declared state, whatever was left.
+    scribble(&region);
+    mount("c");
+    assert!(is_declared(&region), "{}", p.log());
+    assert!(
+        p.log()
+            .contains("no container used the volume: its link starts as declared"),
+        "{}",
+        p.log()
+    );
+
+    // A volume that does not exist: refused naming it, exit 2.
+    let (code, _, stderr) = reset_cli(&p, "nope");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("Name: no ipclink volume \"nope\""),
+        "{stderr}"
+    );
+    unmount("c");
+    assert_eq!(p.call("/VolumeDriver.Remove", r#"{"Name":"v"}"#).0, 200);
+}

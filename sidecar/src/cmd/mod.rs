@@ -2,6 +2,7 @@
 //! line names.
 
 pub mod ready;
+pub mod reset;
 pub mod status;
 pub mod up;
 pub mod volume_plugin;
@@ -29,6 +30,12 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             runtime().and_then(|rt| rt.block_on(volume_plugin::volume_plugin(args)))
         }
         Command::Ready { listen } => ready::ready(listen),
+        Command::Reset(args) => match args.volume_plugin.clone() {
+            Some(socket) => {
+                runtime().and_then(|rt| rt.block_on(reset::volumes(&socket, &args.targets)))
+            }
+            None => reset::links(&args),
+        },
         Command::Validate { files } => load_files(&files).map(|plans| {
             for p in &plans {
                 println!(

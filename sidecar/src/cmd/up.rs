@@ -14,8 +14,8 @@ use super::{check_listen, install_shutdown};
 use crate::Error;
 use crate::cli::{UpArgs, default_root};
 use crate::links::{
-    load_links, materialize_links, open_probes, storage_mode, unmounted_volumes,
-    warn_unenforced_limits,
+    compose_mode, load_links, materialize_links, open_probes, reset_unused, storage_mode,
+    unmounted_volumes, warn_unenforced_limits,
 };
 use crate::{discover, reload};
 
@@ -29,7 +29,8 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
     let loaded = load_links(&args.files)?;
     // In Compose (discovery on, the volume is the storage) each link's volume must be
     // mounted at the link's own path: refused before anything is made.
-    if args.engine.is_some() && storage_mode(args.storage) == StorageMode::PlainDir {
+    let compose = compose_mode(args.engine.is_some(), storage_mode(args.storage));
+    if compose {
         let plans: Vec<_> = loaded.iter().map(|(_, p)| p.clone()).collect();
         let unmounted = unmounted_volumes(&root, &plans);
         if !unmounted.is_empty() {
@@ -42,7 +43,11 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
             what: format!("listen on {}", args.listen),
             source,
         })?;
-    let m = materialize_links(loaded, &root, args.storage, args.strict)?;
+    if compose {
+        let plans: Vec<_> = loaded.iter().map(|(_, p)| p.clone()).collect();
+        reset_unused(&root, &plans)?;
+    }
+    let m = materialize_links(loaded, &root, args.storage, args.strict, compose)?;
     // Who holds what: in Compose the member containers' processes (found by discovery,
     // visible with the host's pid namespace), on a host every process.
     let names = Arc::new(Mutex::new(None));

@@ -42,6 +42,8 @@ pub use protocol::{SharedPlugin, bind_socket, router};
 
 use options::{opts_problems, show_opts};
 
+use crate::links::link_in_use;
+
 /// The namespace directory under the root that holds every volume's link.
 pub const NAMESPACE: &str = "docker";
 /// Largest request body read; larger ones are refused unread.
@@ -354,6 +356,23 @@ impl Plugin {
         }
         if !present {
             self.store.materialize(&v.plan).map_err(internal)?;
+        } else if v.mounts.is_empty() {
+            // The persistence rule: a link lives while some container uses it; the first
+            // one after none finds it as declared (as a Compose tmpfs volume would be).
+            match link_in_use(&self.store, &v.plan) {
+                None => {
+                    self.store.reset(&v.plan).map_err(internal)?;
+                    self.refresh_probes();
+                    tracing::info!(
+                        volume = name,
+                        "no container used the volume: its link starts as declared"
+                    );
+                }
+                Some(why) if why.starts_with("cannot tell") => {
+                    tracing::warn!(volume = name, "kept as it is: {why}")
+                }
+                Some(why) => tracing::info!(volume = name, "kept as it is: {why}"),
+            }
         }
         if let Some(read) = from_file {
             self.apply_file(name, read)?;
@@ -422,6 +441,32 @@ impl Plugin {
             .values()
             .filter_map(|v| Some((v.name.clone(), v.opts.get("link")?.clone())))
             .collect()
+    }
+
+    /// Brings volume `name` back to its declared state: refused, changing nothing, while
+    /// a caller has it mounted or a container uses it.
+    fn reset(&mut self, name: &str) -> Result<(), Refusal> {
+        let v = self.get(name)?;
+        if !v.mounts.is_empty() {
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                format!(
+                    "Name: volume {name:?} is mounted by {} caller(s) ({}); stop the containers that use it first",
+                    v.mounts.len(),
+                    v.mounts.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        if let Some(why) = link_in_use(&self.store, &v.plan) {
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                format!("Name: volume {name:?} is in use: {why}"),
+            ));
+        }
+        self.store.reset(&v.plan).map_err(internal)?;
+        self.refresh_probes();
+        tracing::info!(volume = name, "volume reset to its declared state");
+        Ok(())
     }
 
     fn unmount(&mut self, name: &str, id: &str) -> Result<(), Refusal> {

@@ -145,6 +145,13 @@ impl Plugin {
                 self.unmount(&req.name, &req.id)?;
                 Ok(json!({"Err": ""}))
             }
+            // ipclink's own call (`ipclink-sidecar reset --volume-plugin`), on the same
+            // socket: whoever may mount volumes through it may reset an unused one.
+            "/IpcLink.Reset" => {
+                let req: NameReq = parse(body)?;
+                self.reset(&req.name)?;
+                Ok(json!({"Err": ""}))
+            }
             other => Err(refuse(
                 StatusCode::NOT_FOUND,
                 format!(

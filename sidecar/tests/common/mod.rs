@@ -77,6 +77,12 @@ impl Sidecar {
         );
     }
 
+    /// Waits until `ready` holds, failing if the sidecar exits first.
+    pub fn wait_for(&mut self, what: &str, ready: impl FnMut() -> bool) {
+        self.process
+            .wait_until(what, Duration::from_secs(20), ready);
+    }
+
     /// Sends SIGTERM and waits; returns the exit code.
     pub fn stop(&mut self) -> i32 {
         self.process.stop().code().unwrap_or(-1)

@@ -25,7 +25,11 @@ use std::time::{Duration, Instant};
 const LANES: &[(&str, &[&str])] = &[
     (
         "engines",
-        &["ipclink-e2e/compose", "ipclink-e2e/compose_docker"],
+        &[
+            "ipclink-e2e/compose",
+            "ipclink-e2e/compose_docker",
+            "ipclink-e2e/persistence",
+        ],
     ),
     (
         "kubelets",
