@@ -55,7 +55,8 @@ pub struct MemberReport {
 
 /// Fills each member's `undeclared` from who holds what in `samples`: a hold by a
 /// process of its container, on a channel its `roles` name, in a role they do not give
-/// it (a mapping is allowed to a reader or a writer: it reads or writes the region).
+/// it. A mapping is allowed to a reader or a writer, and reading a region to its
+/// writer (a region opened read-write is held in both roles).
 pub fn mark_undeclared(members: &mut [MemberReport], samples: &[LinkSample]) {
     for m in members.iter_mut() {
         m.undeclared.clear();
@@ -70,7 +71,10 @@ pub fn mark_undeclared(members: &mut [MemberReport], samples: &[LinkSample]) {
                 continue;
             };
             for h in c.holders.iter().filter(|h| h.container == m.container) {
-                let ok = allowed.contains(&h.role) || (h.role == "mapper" && !allowed.is_empty());
+                let writer = allowed.iter().any(|r| r == "writer");
+                let ok = allowed.contains(&h.role)
+                    || (h.role == "mapper" && !allowed.is_empty())
+                    || (h.role == "reader" && c.info.kind == "shm" && writer);
                 let hold = (c.info.name.clone(), h.role.clone());
                 if !ok && !m.undeclared.contains(&hold) {
                     m.undeclared.push(hold);
@@ -400,6 +404,7 @@ mod tests {
         let channel = |name: &str, holders: Vec<HolderSample>| ChannelSample {
             info: Arc::new(ObjectInfo {
                 name: name.into(),
+                kind: if name == "frames" { "shm" } else { "socket" }.into(),
                 ..ObjectInfo::default()
             }),
             holders,
@@ -422,7 +427,16 @@ mod tests {
                         by("reader", "p-1"),
                     ],
                 ),
-                channel("frames", vec![by("mapper", "c-1"), by("mapper", "x-1")]),
+                channel(
+                    "frames",
+                    vec![
+                        by("mapper", "c-1"),
+                        by("mapper", "x-1"),
+                        by("reader", "p-1"),
+                        by("writer", "p-1"),
+                        by("writer", "c-1"),
+                    ],
+                ),
                 channel("open", vec![by("writer", "c-1")]),
             ],
             ..LinkSample::default()
@@ -463,7 +477,11 @@ mod tests {
             ),
         ];
         mark_undeclared(&mut members, std::slice::from_ref(&sample));
-        assert!(members[0].undeclared.is_empty(), "{:?}", members[0]);
+        assert_eq!(
+            members[0].undeclared,
+            [("frames".to_owned(), "writer".to_owned())],
+            "a reader that opens the region read-write"
+        );
         assert_eq!(
             members[1].undeclared,
             [("control".to_owned(), "reader".to_owned())]

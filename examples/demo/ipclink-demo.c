@@ -119,7 +119,9 @@ int main(int argc, char **argv) {
     unsigned long create = env_or("DEMO_CREATE", 0);
     if (create && producer) create_objects(create);
     if (create && !producer) wait_for_objects();
-    int fd = shm_open("/frames", O_RDWR, 0);
+    /* The consumer only reads the ring: it opens and maps it read-only, as the link
+     * declares it (a reader of `frames`). */
+    int fd = shm_open("/frames", producer ? O_RDWR : O_RDONLY, 0);
     if (fd < 0) die("shm_open /frames");
     struct stat st;
     if (fstat(fd, &st) < 0) die("fstat frames");
@@ -128,7 +130,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "frames is too small for %d slots\n", SLOTS);
         return 1;
     }
-    unsigned char *ring = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    unsigned char *ring = mmap(NULL, (size_t)st.st_size, producer ? PROT_READ | PROT_WRITE : PROT_READ,
+                               MAP_SHARED, fd, 0);
     if (ring == MAP_FAILED) die("mmap frames");
     sem_t *slots = sem_open("/slots", 0);
     if (slots == SEM_FAILED) die("sem_open /slots");

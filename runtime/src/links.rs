@@ -249,49 +249,17 @@ impl LinkSet {
             "Containers that mount a link, by Compose service; always 1.",
             &info,
         );
-        let denied: Vec<_> = members
-            .iter()
-            .flat_map(|m| {
-                m.denied.iter().map(move |(channel, access)| {
-                    let labels = vec![
-                        ("namespace", m.namespace.as_str()),
-                        ("link", m.link.as_str()),
-                        ("service", m.service.as_str()),
-                        ("container", m.container.as_str()),
-                        ("channel", channel.as_str()),
-                        ("access", access.as_str()),
-                    ];
-                    (labels, 1)
-                })
-            })
-            .collect();
         render_gauge(
             out,
             "ipclink_member_denied",
             "Channels and semaphores a member cannot use as the link declares (access missing); always 1.",
-            &denied,
+            &per_member(&members, "access", |m| &m.denied),
         );
-        let undeclared: Vec<_> = members
-            .iter()
-            .flat_map(|m| {
-                m.undeclared.iter().map(move |(channel, role)| {
-                    let labels = vec![
-                        ("namespace", m.namespace.as_str()),
-                        ("link", m.link.as_str()),
-                        ("service", m.service.as_str()),
-                        ("container", m.container.as_str()),
-                        ("channel", channel.as_str()),
-                        ("role", role.as_str()),
-                    ];
-                    (labels, 1)
-                })
-            })
-            .collect();
         render_gauge(
             out,
             "ipclink_member_undeclared",
             "Channels a container's processes hold in a role its service is not declared for (or that a service which is not a member holds); always 1.",
-            &undeclared,
+            &per_member(&members, "role", |m| &m.undeclared),
         );
     }
 
@@ -306,6 +274,31 @@ impl LinkSet {
             })
             .collect()
     }
+}
+
+/// One series (of value 1) per channel entry `entries` gives for each member: the
+/// member's labels, `channel`, and the entry's other half labelled `what`.
+fn per_member<'a>(
+    members: &'a [MemberReport],
+    what: &'static str,
+    entries: impl Fn(&'a MemberReport) -> &'a [(String, String)],
+) -> Vec<(Vec<(&'static str, &'a str)>, u64)> {
+    members
+        .iter()
+        .flat_map(|m| {
+            entries(m).iter().map(move |(channel, value)| {
+                let labels = vec![
+                    ("namespace", m.namespace.as_str()),
+                    ("link", m.link.as_str()),
+                    ("service", m.service.as_str()),
+                    ("container", m.container.as_str()),
+                    ("channel", channel.as_str()),
+                    (what, value.as_str()),
+                ];
+                (labels, 1)
+            })
+        })
+        .collect()
 }
 
 impl Exposition for Mutex<LinkSet> {

@@ -142,15 +142,7 @@ fn status_in_a_container_that_sees_only_itself_shows_holders_as_unknown() {
     let s = setup(LINK);
     let mut up = common::Sidecar::up(&s.root, &[&s.file], &["--storage", "dir"]);
     let region = s.link.join("frames");
-    let mut holder = Command::new("sh");
-    holder
-        .args(["-c", r#"exec 3<"$0"; exec sleep 600"#])
-        .arg(&region);
-    let mut holder = Process::spawn("holder", holder, &s.root.with_extension("holder.log"));
-    let pid = holder.pid().expect("running");
-    holder.wait_until("the holder's descriptor", Duration::from_secs(10), || {
-        std::fs::read_link(format!("/proc/{pid}/fd/3")).is_ok_and(|t| t == region)
-    });
+    let mut holder = common::hold_open(&region, &s.root.with_extension("holder.log"));
     let frames_row = |out: &str| {
         out.lines()
             .find(|l| l.split_whitespace().nth(1) == Some("frames"))

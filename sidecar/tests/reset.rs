@@ -64,15 +64,7 @@ fn reset_waits_for_the_last_holder_and_the_running_sidecar_shows_the_declared_va
     up.wait_for("the semaphore at 0", || semaphore(port) == Some(0.0));
 
     // A process holding the region: refused, exit 3, nothing changed.
-    let mut holder = Command::new("sh");
-    holder
-        .args(["-c", r#"exec 3<"$0"; exec sleep 600"#])
-        .arg(&region);
-    let mut holder = Process::spawn("holder", holder, &s.root.with_extension("holder.log"));
-    let pid = holder.pid().expect("running");
-    holder.wait_until("the holder's descriptor", Duration::from_secs(10), || {
-        std::fs::read_link(format!("/proc/{pid}/fd/3")).is_ok_and(|t| t == region)
-    });
+    let mut holder = common::hold_open(&region, &s.root.with_extension("holder.log"));
     let before = snapshot(&s.root);
     let (code, _, stderr) = reset(&s.file, &s.root);
     assert_eq!(code, Some(3), "{stderr}");

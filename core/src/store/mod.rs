@@ -477,17 +477,7 @@ impl Store {
             Ok(link) => {
                 empty_dir(link.as_fd()).map_err(|e| removing(e, lp))?;
                 let ns = sys(self.open_namespace(&plan.namespace), lp, "open")?;
-                let record = format!(".{}.json", plan.name);
-                match unlinkat(ns.as_fd(), record.as_str(), UnlinkatFlags::NoRemoveDir) {
-                    Ok(()) | Err(Errno::ENOENT) => {}
-                    Err(errno) => {
-                        return Err(MaterializeError::Sys {
-                            path: lp(),
-                            op: "remove record",
-                            errno,
-                        });
-                    }
-                }
+                remove_record(ns.as_fd(), &plan.name, lp)?;
             }
         }
         self.apply(plan, &InProcess, true)
@@ -540,17 +530,7 @@ impl Store {
                 remove_tree_at(ns_fd.as_fd(), name).map_err(|e| removing(e, lp))?;
             }
         }
-        let record = format!(".{name}.json");
-        match unlinkat(ns_fd.as_fd(), record.as_str(), UnlinkatFlags::NoRemoveDir) {
-            Ok(()) | Err(Errno::ENOENT) => {}
-            Err(errno) => {
-                return Err(MaterializeError::Sys {
-                    path: lp(),
-                    op: "remove record",
-                    errno,
-                });
-            }
-        }
+        remove_record(ns_fd.as_fd(), name, lp)?;
         // The namespace directory goes when its last link goes.
         drop(ns_fd);
         match unlinkat(self.base.as_fd(), namespace, UnlinkatFlags::RemoveDir) {
@@ -561,5 +541,25 @@ impl Store {
                 errno,
             }),
         }
+    }
+}
+
+/// Removes the record of link `name` from its namespace directory `ns`; none is fine.
+fn remove_record(
+    ns: BorrowedFd<'_>,
+    name: &str,
+    lp: impl Fn() -> String,
+) -> Result<(), MaterializeError> {
+    match unlinkat(
+        ns,
+        format!(".{name}.json").as_str(),
+        UnlinkatFlags::NoRemoveDir,
+    ) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(errno) => Err(MaterializeError::Sys {
+            path: lp(),
+            op: "remove record",
+            errno,
+        }),
     }
 }

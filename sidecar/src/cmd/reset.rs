@@ -34,18 +34,30 @@ pub fn links(args: &ResetArgs) -> Result<(), Error> {
     if !missing.is_empty() {
         return Err(Error::Invalid(Problems(missing)));
     }
+    // Closed first (mode 0 on each link's root), so that a member container started
+    // between the check and the reset cannot open an object the reset then removes
+    // (members that run as root are not held back); the reset gives each root its
+    // declared mode again, a refusal the mode it had.
+    let closed: Vec<Option<Closed>> = plans.iter().map(|p| Closed::close(&store, p)).collect();
     let busy: Vec<String> = plans
         .iter()
         .filter_map(|p| Some(format!("link {}: {}", p.key(), link_in_use(&store, p)?)))
         .collect();
     if !busy.is_empty() {
+        closed.iter().flatten().for_each(Closed::reopen);
         return Err(Error::InUse(format!(
             "{}\nnothing was changed",
             busy.join("\n")
         )));
     }
-    for plan in &plans {
-        let outcome = store.reset(plan)?;
+    for (i, plan) in plans.iter().enumerate() {
+        let outcome = match store.reset(plan) {
+            Ok(o) => o,
+            Err(e) => {
+                closed[i..].iter().flatten().for_each(Closed::reopen);
+                return Err(e.into());
+            }
+        };
         println!(
             "{}: reset to its declared state ({} objects made afresh)",
             plan.key(),
@@ -53,6 +65,26 @@ pub fn links(args: &ResetArgs) -> Result<(), Error> {
         );
     }
     Ok(())
+}
+
+/// A link root closed to members for a reset, with the mode to give back.
+struct Closed {
+    root: std::os::fd::OwnedFd,
+    mode: nix::sys::stat::Mode,
+}
+
+impl Closed {
+    fn close(store: &Store, plan: &ipclink_core::LinkPlan) -> Option<Closed> {
+        use nix::sys::stat::{Mode, fchmod, fstat};
+        let root = store.open_link(&plan.namespace, &plan.name).ok()?;
+        let mode = Mode::from_bits_truncate(fstat(&root).ok()?.st_mode & 0o7777);
+        fchmod(&root, Mode::empty()).ok()?;
+        Some(Closed { root, mode })
+    }
+
+    fn reopen(&self) {
+        let _ = nix::sys::stat::fchmod(&self.root, self.mode);
+    }
 }
 
 /// Asks the volume plugin on `socket` to reset each volume of `names`, in order; stops

@@ -142,3 +142,16 @@ pub fn setup(yaml: &str) -> Setup {
         link,
     }
 }
+
+/// A process (`sh`, then `sleep`) that holds `file` open for reading, once it does; its
+/// log goes to `log`.
+pub fn hold_open(file: &Path, log: &Path) -> Process {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", r#"exec 3<"$0"; exec sleep 600"#]).arg(file);
+    let mut holder = Process::spawn("holder", cmd, log);
+    let pid = holder.pid().expect("running");
+    holder.wait_until("the holder's descriptor", Duration::from_secs(10), || {
+        std::fs::read_link(format!("/proc/{pid}/fd/3")).is_ok_and(|t| t == file)
+    });
+    holder
+}
