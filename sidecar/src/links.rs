@@ -219,24 +219,46 @@ pub(crate) fn unmounted_volumes(root: &Path, plans: &[LinkPlan]) -> Vec<Problem>
         .collect()
 }
 
-/// Why `plan`'s link counts as in use, if it does: a container other than this one has
-/// its volume mounted, or a process holds one of its objects (ipclink's own probes
-/// aside), or that cannot be known. A link in use is never reset.
-pub(crate) fn link_in_use(store: &Store, plan: &LinkPlan) -> Option<String> {
-    match containers_mounting(&store.link_path(&plan.namespace, &plan.name)) {
-        Ok(c) if !c.is_empty() => {
-            return Some(format!(
+/// Why a link counts as in use: what [`link_in_use`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum InUse {
+    /// Containers other than this one have its volume mounted (12-digit ids).
+    Mounted(Vec<String>),
+    /// A process holds one of its objects.
+    Held,
+    /// Who uses it cannot be known, and why.
+    Unknown(String),
+}
+
+impl std::fmt::Display for InUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InUse::Mounted(c) => write!(
+                f,
                 "container(s) {} have its volume mounted; stop them first",
                 c.join(", ")
-            ));
+            ),
+            InUse::Held => f.write_str("a process holds one of its objects; stop it first"),
+            InUse::Unknown(why) => write!(f, "cannot tell who uses it: {why}"),
         }
+    }
+}
+
+/// Whether `plan`'s link is in use: a container other than this one has its volume
+/// mounted, or a process holds one of its objects (ipclink's own probes aside), or that
+/// cannot be known. A link in use is never reset.
+pub(crate) fn link_in_use(store: &Store, plan: &LinkPlan) -> Option<InUse> {
+    match containers_mounting(&store.link_path(&plan.namespace, &plan.name)) {
+        Ok(c) if !c.is_empty() => return Some(InUse::Mounted(c)),
         Ok(_) => {}
-        Err(why) => return Some(format!("cannot tell whether a container uses it: {why}")),
+        Err(why) => return Some(InUse::Unknown(why)),
     }
     match link_held(store, plan, &mut AllProcesses) {
         Some(false) => None,
-        Some(true) => Some("a process holds one of its objects; stop it first".into()),
-        None => Some("cannot tell whether a process holds one of its objects".into()),
+        Some(true) => Some(InUse::Held),
+        None => Some(InUse::Unknown(
+            "the processes that may hold its objects cannot all be read".into(),
+        )),
     }
 }
 
@@ -264,7 +286,7 @@ pub(crate) fn reset_unused(root: &Path, plans: &[LinkPlan]) -> Result<(), Error>
                     tracing::error!(link = %key, "cannot reset the link; it is kept as it is: {e}")
                 }
             },
-            Some(why) if why.starts_with("cannot tell") => {
+            Some(why @ InUse::Unknown(_)) => {
                 tracing::warn!(link = %key, "the link is kept as it is: {why}")
             }
             Some(why) => {

@@ -42,7 +42,7 @@ pub use protocol::{SharedPlugin, bind_socket, router};
 
 use options::{opts_problems, show_opts};
 
-use crate::links::link_in_use;
+use crate::links::{InUse, link_in_use};
 
 /// The namespace directory under the root that holds every volume's link.
 pub const NAMESPACE: &str = "docker";
@@ -359,20 +359,25 @@ impl Plugin {
         } else if v.mounts.is_empty() {
             // The persistence rule: a link lives while some container uses it; the first
             // one after none finds it as declared (as a Compose tmpfs volume would be).
+            // A reset that fails (what a member left is too much to remove at once)
+            // leaves the volume as it is, served: the Mount is not refused for it.
             match link_in_use(&self.store, &v.plan) {
-                None => {
-                    self.store.reset(&v.plan).map_err(internal)?;
-                    self.refresh_probes();
-                    tracing::info!(
+                None => match self.store.reset(&v.plan) {
+                    Ok(_) => tracing::info!(
                         volume = name,
                         "no container used the volume: its link starts as declared"
-                    );
-                }
-                Some(why) if why.starts_with("cannot tell") => {
+                    ),
+                    Err(e) => tracing::error!(
+                        volume = name,
+                        "cannot reset the volume; it is kept as it is: {e}"
+                    ),
+                },
+                Some(why @ InUse::Unknown(_)) => {
                     tracing::warn!(volume = name, "kept as it is: {why}")
                 }
                 Some(why) => tracing::info!(volume = name, "kept as it is: {why}"),
             }
+            self.refresh_probes();
         }
         if let Some(read) = from_file {
             self.apply_file(name, read)?;
