@@ -140,7 +140,7 @@ fn sidecar_mode(e: Engine) {
         Duration::from_secs(30),
         || {
             e.logs(&sidecar)
-                .contains("the volume is in use: the link is kept as it is")
+                .contains("the volume is in use, the link is kept as it is: container(s) ")
                 .then_some(())
         },
     );

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{BIN, LINK, Sidecar, free_port, setup, try_get};
 use ipclink_testkit::http::metric;
-use ipclink_testkit::mounts::snapshot;
+use ipclink_testkit::mounts::{Unmounter, snapshot};
 use ipclink_testkit::process::Process;
 
 fn reset(file: &Path, root: &Path) -> (Option<i32>, String, String) {
@@ -44,6 +44,19 @@ fn semaphore(port: u16) -> Option<f64> {
 #[test]
 fn reset_waits_for_the_last_holder_and_the_running_sidecar_shows_the_declared_values() {
     let s = setup(LINK);
+    // The root on a tmpfs of its own, as /run is: containers other tests run on this
+    // machine mount directories of the disk the temporary directory is on, and a mount
+    // of a parent of a link rightly counts as using it.
+    std::fs::create_dir_all(&s.root).expect("root");
+    let _unmount = Unmounter(s.root.clone());
+    nix::mount::mount(
+        Some("tmpfs"),
+        &s.root,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=8m"),
+    )
+    .expect("tmpfs at the root");
     let mut up = Sidecar::up(&s.root, &[&s.file], &["--storage", "dir"]);
     // What members leave: a region written, a semaphore taken to 0, a file in `control`.
     let region = s.link.join("frames");

@@ -251,38 +251,40 @@ pub fn command(pid: i32) -> String {
 /// Mount-table lines of this process read at most, looking for a link's own mount.
 const MAX_OWN_MOUNTS: usize = 65_536;
 
-/// Which filesystem, and where in it, `path` is: its mount's device (`MAJOR:MINOR`) and
-/// root when `path` is a mount point of this process, else its device alone (every
-/// mount of that device then counts).
+/// Which filesystem `path` is on, and where in it: the device (`MAJOR:MINOR`) of the mount
+/// that holds it (the last one at the deepest mount point at or above it, as this
+/// process sees it) and the path inside that filesystem.
 fn mount_of(path: &std::path::Path) -> Option<(String, Option<String>)> {
     use std::io::BufRead;
     let want = std::fs::canonicalize(path).ok()?;
     let f = std::fs::File::open("/proc/self/mountinfo").ok()?;
-    // id parent major:minor root point ...: the last mount at the path is the one seen.
-    let mut found = None;
+    // id parent major:minor root point ...
+    let mut best: Option<(usize, String, String)> = None;
     for line in std::io::BufReader::new(f)
         .lines()
         .take(MAX_OWN_MOUNTS)
         .map_while(Result::ok)
     {
         let fields: Vec<&str> = line.splitn(6, ' ').collect();
-        if let [_, _, dev, root, point, _] = fields[..]
-            && std::path::Path::new(&crate::fs::unescape_mountinfo(point)) == want
-        {
-            found = Some((dev.to_owned(), Some(crate::fs::unescape_mountinfo(root))));
+        let [_, _, dev, root, point, _] = fields[..] else {
+            continue;
+        };
+        let point = std::path::PathBuf::from(crate::fs::unescape_mountinfo(point));
+        let Ok(rest) = want.strip_prefix(&point) else {
+            continue;
+        };
+        let depth = point.components().count();
+        if best.as_ref().is_none_or(|(d, _, _)| depth >= *d) {
+            let root = crate::fs::unescape_mountinfo(root);
+            let inside = if rest.as_os_str().is_empty() {
+                root
+            } else {
+                std::path::Path::new(&root).join(rest).display().to_string()
+            };
+            best = Some((depth, dev.to_owned(), inside));
         }
     }
-    found.or_else(|| {
-        let dev = nix::sys::stat::stat(&want).ok()?.st_dev;
-        Some((
-            format!(
-                "{}:{}",
-                nix::sys::stat::major(dev),
-                nix::sys::stat::minor(dev)
-            ),
-            None,
-        ))
-    })
+    best.map(|(_, dev, root)| (dev, Some(root)))
 }
 
 /// Mount-table lines read at most by one [`containers_mounting`] (each mount namespace is
@@ -423,7 +425,15 @@ pub fn containers_mounting(path: &std::path::Path) -> Result<Vec<String>, String
 
 #[cfg(test)]
 mod tests {
-    use super::covers;
+    use super::{covers, mount_of};
+
+    #[test]
+    fn a_path_is_found_in_the_filesystem_of_the_deepest_mount_above_it() {
+        let (dev, root) = mount_of(std::path::Path::new("/proc")).expect("/proc");
+        assert_eq!(root.as_deref(), Some("/"));
+        let (below, root) = mount_of(std::path::Path::new("/proc/1")).expect("/proc/1");
+        assert_eq!((below, root.as_deref()), (dev, Some("/1")));
+    }
 
     #[test]
     fn a_mount_covers_the_link_at_below_or_above_its_root_on_its_device_only() {
