@@ -113,7 +113,11 @@ pub fn list_names_whole(dir: BorrowedFd<'_>) -> (Vec<String>, bool) {
     (names, whole)
 }
 
-/// Every entry of a directory but `.` and `..`, as raw names.
+/// Names one listing of [`entries`] returns at most (a member may fill a directory with
+/// millions): callers that remove what they list list again until nothing is left.
+pub const MAX_LISTING: usize = 1 << 16;
+
+/// The entries of a directory but `.` and `..`, as raw names: at most [`MAX_LISTING`].
 fn entries(dir: BorrowedFd<'_>) -> nix::Result<Vec<CString>> {
     let mut d = Dir::from_fd(open_dir_at(dir, ".")?)?;
     let mut names = Vec::new();
@@ -121,6 +125,9 @@ fn entries(dir: BorrowedFd<'_>) -> nix::Result<Vec<CString>> {
         let entry = entry?;
         if !matches!(entry.file_name().to_bytes(), b"." | b"..") {
             names.push(entry.file_name().to_owned());
+            if names.len() == MAX_LISTING {
+                break;
+            }
         }
     }
     Ok(names)
@@ -192,13 +199,24 @@ pub fn rename_aside<P: ?Sized + NixPath>(dir: BorrowedFd<'_>, name: &P) -> nix::
 }
 
 /// Removes every entry of `dir` (not `dir` itself), as [`remove_tree_at`] does, within
-/// one [`REMOVE_BUDGET`] for them all: what is left stays for a later call.
+/// one [`REMOVE_BUDGET`] for them all (each entry taking at least one): what is left
+/// then stays for a later call.
 pub fn empty_dir(dir: BorrowedFd<'_>) -> Result<(), RemoveError> {
     let mut budget = REMOVE_BUDGET;
-    for name in sys(entries(dir), "readdir")? {
-        remove_tree_within(dir, name.as_c_str(), &mut budget)?;
+    loop {
+        // At most MAX_LISTING names a listing: a directory a member filled is emptied a
+        // listing at a time.
+        let names = sys(entries(dir), "readdir")?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        for name in names {
+            budget = budget
+                .checked_sub(1)
+                .ok_or(RemoveError::Budget(REMOVE_BUDGET))?;
+            remove_tree_within(dir, name.as_c_str(), &mut budget)?;
+        }
     }
-    Ok(())
 }
 
 /// System calls one removal makes at most. A tree is bounded by its filesystem's

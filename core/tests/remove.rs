@@ -38,6 +38,24 @@ fn member_trees_are_removed_without_recursion_descriptors_per_level_or_following
     symlinks_in_the_tree_are_removed_and_never_followed();
     a_wide_tree_with_many_directories_per_level_is_removed();
     a_member_adding_entries_during_removal_does_not_fail_it();
+    a_directory_of_more_entries_than_one_listing_is_emptied();
+}
+
+/// More entries than one listing returns, at the top and in a subdirectory: emptied a
+/// listing at a time, never read into memory whole.
+fn a_directory_of_more_entries_than_one_listing_is_emptied() {
+    let n = ipclink_core::fs::MAX_LISTING + 10;
+    let top = tempfile::tempdir_in("/dev/shm").expect("dir");
+    let sub = top.path().join("sub");
+    std::fs::create_dir(&sub).expect("sub");
+    for dir in [top.path(), sub.as_path()] {
+        for i in 0..n {
+            std::fs::File::create(dir.join(format!("f{i}"))).expect("file");
+        }
+    }
+    let fd: OwnedFd = std::fs::File::open(top.path()).expect("open").into();
+    ipclink_core::fs::empty_dir(fd.as_fd()).expect("empty");
+    assert_eq!(std::fs::read_dir(top.path()).expect("list").count(), 0);
 }
 
 /// A member keeps making and unlinking a file in the directory being removed: the last
