@@ -6,9 +6,10 @@
 //!
 //! "Used" is what members leave: the region `frames` grown from 4 KiB to 64 KiB and
 //! written, the semaphore `slots` taken from 3 to 0, a file in the socket directory
-//! `control`. The test reads and writes them from inside member `a`. In sidecar mode it
-//! also shows that a member holding a channel in a role it is not declared for is
-//! flagged by `status` (membership is not enforced there).
+//! `control`. The test reads and writes them from inside member `a`. It also shows, in
+//! both modes, that a member holding a channel in a role it is not declared for, and a
+//! container that is not a member at all (plugin mode), are flagged by `status` and the
+//! metrics: membership is not enforced in Compose.
 
 mod compose_support;
 
@@ -190,17 +191,29 @@ fn persistence_in_plugin_mode_on_docker() {
     plugin_mode(Docker);
 }
 
+/// A container of no Compose service that mounts the plugin-mode volume.
+const STRANGER: &str = "ipclink-e2e-persist-stranger";
+
 fn plugin_mode(e: Engine) {
     let _one = one_at_a_time();
     let images = e.prepare();
     let dir = repo_root().join("e2e/tests/fixtures/persistence/plugin");
     let name = "ipclink-e2e-persist-plugin";
+    // The volume's link file, in the plugin's default link directory.
+    std::fs::create_dir_all("/etc/ipclink/links").expect("link dir");
+    std::fs::copy(
+        repo_root().join("e2e/tests/fixtures/persistence/sidecar/link.yaml"),
+        "/etc/ipclink/links/ipclink-e2e-persist.yaml",
+    )
+    .expect("link file");
     let (_work, mut plugin) = start_plugin(e, &images, "ipclink-persist-plugin-");
     let _down = Down {
         engine: e,
         dir: &dir,
         project: name,
     };
+    // A stranger left by an earlier run would keep the volume mounted.
+    let _ = e.cli(&["rm", "-f", STRANGER]);
     _down.clean();
     let p = Project { e, dir: &dir, name };
     let volume = format!("{name}_frames");
@@ -213,6 +226,7 @@ fn plugin_mode(e: Engine) {
     };
     p.compose(&["up", "-d"]);
     p.used();
+    flagged_in_plugin_mode(e, &p, &volume, &bin, &plugin);
 
     // A member restarts while the other uses the volume: kept.
     p.compose(&["restart", "-t", "1", "b"]);
@@ -275,4 +289,94 @@ fn plugin_mode(e: Engine) {
         "{}",
         plugin.log()
     );
+}
+
+/// Plugin mode reports as the sidecar does, naming containers through the engine: `b`,
+/// declared a reader of `frames`, opens it for writing; a container of no Compose
+/// service (so named by its container name) mounts the volume and reads `frames`. Both
+/// are flagged by `status` and the metric, and the stranger's report says it is not a
+/// member; it is removed before the persistence rows go on.
+fn flagged_in_plugin_mode(
+    e: Engine,
+    p: &Project,
+    volume: &str,
+    bin: &Path,
+    plugin: &compose_support::PluginProcess,
+) {
+    let link = "docker/ipclink-e2e-persist-plugin-frames";
+    let b = e.container(p.name, "b");
+    e.ok(&[
+        "exec",
+        "-d",
+        &b,
+        "/usr/bin/python3",
+        "-c",
+        "import time; f = open('/ipc/frames', 'r+b'); time.sleep(600)",
+    ]);
+    let stranger = STRANGER;
+    struct Gone(Engine);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = self.0.cli(&["rm", "-f", STRANGER]);
+        }
+    }
+    let _gone = Gone(e);
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        stranger,
+        "--user",
+        "1000:1000",
+        "-v",
+        &format!("{volume}:/ipc"),
+        "--entrypoint",
+        "/usr/bin/python3",
+        "localhost/ipclink/python:0.1.0",
+        "-c",
+        "import time; f = open('/ipc/frames', 'rb'); time.sleep(600)",
+    ]);
+    let said = [
+        format!(
+            "{link}: service b (container {b}) holds frames as writer, not as declared (declared: reader)"
+        ),
+        format!(
+            "{link}: service {stranger} (container {stranger}) holds frames as reader, not as declared (declared: none)"
+        ),
+    ];
+    let status = wait_until(
+        "the plugin to flag b and the stranger",
+        Duration::from_secs(60),
+        || {
+            let out = Command::new(bin)
+                .args(["status", "--endpoint=127.0.0.1:9465"])
+                .output()
+                .expect("run status");
+            let t = text(&out);
+            said.iter().all(|s| t.contains(s)).then_some(t)
+        },
+    );
+    assert!(!status.contains("service a "), "{status}");
+    let m = ipclink_testkit::http::get_ok(9465, "/metrics").unwrap_or_default();
+    assert_eq!(
+        ipclink_testkit::http::metric(
+            &m,
+            "ipclink_member_undeclared",
+            &[
+                ("service", stranger),
+                ("channel", "frames"),
+                ("role", "reader")
+            ]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    let problem = format!(
+        "service {stranger} (container {stranger}) mounts link {link} but is not one of its members"
+    );
+    let links = ipclink_testkit::http::get_ok(9465, "/v1/links").unwrap_or_default();
+    assert!(links.contains(&problem), "{links}");
+    assert!(plugin.log().contains(&problem), "logged\n{}", plugin.log());
+    e.ok(&["rm", "-f", stranger]);
+    // b's stray writer goes with a restart of b (the next row restarts it anyway).
 }

@@ -175,6 +175,16 @@ pub struct PluginArgs {
     /// it too); 0 leaves edits to the next Mount.
     #[arg(long, env = "IPCLINK_APPLY_INTERVAL_SECONDS", default_value_t = 5)]
     pub apply_interval_seconds: u64,
+    /// Docker API socket of the engine that uses the plugin (`unix:///var/run/docker.sock`,
+    /// podman's `unix:///run/podman/podman.sock`): find which containers mount each
+    /// volume, under which Compose service, so that holders are named, and report the
+    /// containers that are not members of a volume's link or hold a channel in a role
+    /// they are not declared for. Only read calls are made; empty: off.
+    #[arg(long, env = "IPCLINK_ENGINE")]
+    pub engine: Option<String>,
+    /// Seconds between two discovery rounds.
+    #[arg(long, env = "IPCLINK_DISCOVER_INTERVAL_SECONDS", default_value_t = 5)]
+    pub discover_interval_seconds: u64,
     /// Docker's plugin spec file (e.g. /etc/docker/plugins/ipclink.spec): written
     /// (`unix://SOCKET`) once the socket answers and removed when the plugin stops, so
     /// that dockerd finds the plugin only while it runs and never waits on a dead socket.

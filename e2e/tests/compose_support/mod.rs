@@ -90,13 +90,21 @@ pub struct PluginProcess {
     /// restarted plugin's new process writes it again and owns it).
     owns_spec: bool,
     socket: &'static str,
+    /// The engine's API socket, which the plugin asks who mounts its volumes.
+    engine: &'static str,
     bin: PathBuf,
     root: PathBuf,
     log: PathBuf,
 }
 
 impl PluginProcess {
-    pub fn start(socket: &'static str, bin: &Path, root: &Path, log: &Path) -> PluginProcess {
+    pub fn start(
+        socket: &'static str,
+        engine: &'static str,
+        bin: &Path,
+        root: &Path,
+        log: &Path,
+    ) -> PluginProcess {
         let _ = std::fs::remove_file(socket);
         let child = Command::new(bin)
             .args([
@@ -107,6 +115,8 @@ impl PluginProcess {
                 "127.0.0.1:9465",
                 "--docker-spec",
                 ipclink_testkit::engine::DOCKER_SPEC,
+                "--engine",
+                &format!("unix://{engine}"),
                 "--root",
             ])
             .arg(root)
@@ -128,6 +138,7 @@ impl PluginProcess {
             child: Some(child),
             owns_spec: true,
             socket,
+            engine,
             bin: bin.to_owned(),
             root: root.to_owned(),
             log: log.to_owned(),
@@ -145,6 +156,7 @@ impl PluginProcess {
         self.kill9();
         let next = PluginProcess::start(
             self.socket,
+            self.engine,
             &self.bin.clone(),
             &self.root.clone(),
             &self.log.clone(),
@@ -249,7 +261,8 @@ pub fn plugin_example<'a>(
 
 /// The plugin example, up: the link is where the plugin keeps it, on one tmpfs; frames
 /// flow; with the consumer paused the FIFO holds data and the ring is full, as the
-/// plugin's `/metrics` shows, and the holders are the member containers by id. Returns
+/// plugin's `/metrics` shows, and the holders are the member containers by name (the
+/// plugin asks the engine) and as members of their Compose services. Returns
 /// (consumer, producer).
 pub fn plugin_example_up(
     e: Engine,
@@ -303,22 +316,47 @@ pub fn plugin_example_up(
         Some(16.0 * 1024.0 * 1024.0),
         "the plugin's tmpfs has the volume's size"
     );
-    // The holders are the containers that mounted the volume, by id.
-    for (role, container) in [("reader", &consumer), ("writer", &producer)] {
-        assert_eq!(
-            metric(
-                &m,
-                "ipclink_channel_holder_info",
-                &[
-                    ("channel", "events"),
-                    ("role", role),
-                    ("container", &e.short_id(container))
-                ]
-            ),
-            Some(1.0),
-            "{role} {container}\n{m}"
-        );
-    }
+    // The holders are the containers that mounted the volume, by name, once the
+    // plugin's discovery has found them.
+    wait_until("holders by name", Duration::from_secs(30), || {
+        let m = get_ok(9465, "/metrics").unwrap_or_default();
+        [("reader", &consumer), ("writer", &producer)]
+            .iter()
+            .all(|(role, container)| {
+                metric(
+                    &m,
+                    "ipclink_channel_holder_info",
+                    &[
+                        ("channel", "events"),
+                        ("role", role),
+                        ("container", container),
+                    ],
+                ) == Some(1.0)
+            })
+            .then_some(())
+    });
+    let links: serde_json::Value =
+        serde_json::from_str(&get_ok(9465, "/v1/links").unwrap_or_default()).expect("json");
+    let mut services: Vec<(&str, &str)> = links["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["service"].as_str().unwrap_or(""),
+                m["container"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    services.sort();
+    assert_eq!(
+        services,
+        [
+            ("consumer", consumer.as_str()),
+            ("producer", producer.as_str())
+        ],
+        "{links}"
+    );
     (consumer, producer)
 }
 
@@ -331,6 +369,7 @@ pub fn start_plugin(e: Engine, images: &Path, prefix: &str) -> (tempfile::TempDi
         .expect("temp dir");
     let plugin = PluginProcess::start(
         e.plugin_socket(),
+        e.socket(),
         &bin,
         &work.path().join("volumes"),
         &work.path().join("plugin.log"),

@@ -84,10 +84,6 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
         source,
     })?;
     if let Some(socket) = &args.engine {
-        let engine = discover::Engine {
-            socket: socket.clone(),
-            container: args.container.clone().unwrap_or_default(),
-        };
         let links: Vec<_> = m
             .links
             .iter()
@@ -97,33 +93,16 @@ pub async fn up(args: UpArgs) -> Result<(), Error> {
                 (link.clone(), plan.clone(), path)
             })
             .collect();
-        let shared = state.clone();
-        let faulted = state.clone();
-        tokio::spawn(discover::run(
-            engine,
+        let scope = discover::Scope::Sidecar {
+            container: args.container.clone().unwrap_or_default(),
             links,
+        };
+        tokio::spawn(discover::run(
+            socket.clone(),
+            scope,
             std::time::Duration::from_secs(args.discover_interval_seconds.max(1)),
-            move |members| {
-                // Stopped members hold nothing: only running (or paused) ones are
-                // looked at, so a FIFO both ends of which have exited reads empty.
-                *names.lock().unwrap_or_else(|p| p.into_inner()) = Some(
-                    members
-                        .iter()
-                        .filter(|m| matches!(m.state.as_str(), "running" | "paused"))
-                        .map(|m| (m.id.clone(), m.container.clone()))
-                        .collect(),
-                );
-                shared
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .set_members(members)
-            },
-            move |fault| {
-                faulted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .set_fault("engine", fault)
-            },
+            discover::publish_to(names.clone(), state.clone()),
+            discover::fault_to(state.clone()),
             shutdown.clone(),
         ));
     }

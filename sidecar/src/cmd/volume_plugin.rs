@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use ipclink_core::probe::holders::ContainerNames;
 use ipclink_runtime::Shutdown;
 use ipclink_runtime::http::{Limits, serve};
 use ipclink_runtime::links::{SharedLinks, router};
@@ -10,7 +11,7 @@ use tokio::net::TcpListener;
 use super::{check_listen, install_shutdown};
 use crate::cli::PluginArgs;
 use crate::links::storage_mode;
-use crate::{Error, plugin};
+use crate::{Error, discover, plugin};
 
 /// `ipclink-sidecar volume-plugin`: serves the plugin protocol until SIGTERM or Ctrl-C.
 /// Volumes stay in place when it stops: containers keep using them, and the next start
@@ -32,7 +33,16 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
     // The socket first: a second plugin, or a socket passed for another path, is
     // refused before anything under the root is touched.
     let bound = plugin::bind_socket(&args.socket)?;
-    let plugin = match plugin::Plugin::open(&args.root, mode, links.clone(), args.fifo_open_probe) {
+    let link_dir = plugin::LinkDir::new(args.link_dir.clone());
+    let names: ContainerNames = Arc::default();
+    let plugin = match plugin::Plugin::open(
+        &args.root,
+        mode,
+        links.clone(),
+        names.clone(),
+        args.fifo_open_probe,
+        &link_dir,
+    ) {
         Ok(p) => p,
         Err(e) => {
             bound.remove_own(&args.socket);
@@ -57,6 +67,21 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
         volumes = plugin.volumes().len(),
         "volume plugin ready"
     );
+    let plugin = Arc::new(Mutex::new(plugin));
+    // An empty --engine (the managed plugin's setting cleared) turns discovery off.
+    if let Some(socket) = args.engine.clone().filter(|s| !s.is_empty()) {
+        let watched = plugin.clone();
+        tokio::spawn(discover::run(
+            socket,
+            discover::Scope::Plugin(Arc::new(move || {
+                watched.lock().unwrap_or_else(|p| p.into_inner()).watched()
+            })),
+            std::time::Duration::from_secs(args.discover_interval_seconds.max(1)),
+            discover::publish_to(names, links.clone()),
+            discover::fault_to(links.clone()),
+            shutdown.clone(),
+        ));
+    }
     let metrics_task = metrics.map(|listener| {
         tokio::spawn(serve(
             listener,
@@ -65,8 +90,6 @@ pub async fn volume_plugin(args: PluginArgs) -> Result<(), Error> {
             shutdown.signalled(),
         ))
     });
-    let plugin = Arc::new(Mutex::new(plugin));
-    let link_dir = plugin::LinkDir::new(args.link_dir.clone());
     if args.apply_interval_seconds > 0 {
         tokio::spawn(follow_link_files(
             plugin.clone(),

@@ -28,8 +28,8 @@ use axum::http::StatusCode;
 use ipclink_core::fs::write_atomic_at;
 use ipclink_core::probe::LinkProbe;
 use ipclink_core::probe::Observer;
-use ipclink_core::probe::holders::ContainerProcesses;
-use ipclink_core::{LinkPlan, Store, validate};
+use ipclink_core::probe::holders::{ContainerNames, ContainerProcesses};
+use ipclink_core::{IpcLink, LinkPlan, Store, validate};
 use ipclink_runtime::links::{LinkSet, SharedLinks};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
@@ -97,6 +97,10 @@ struct StateFile {
 pub struct Plugin {
     store: Store,
     volumes: BTreeMap<String, Volume>,
+    /// Each volume's link as last read (its members, readers and writers, which
+    /// discovery holds the containers to); a volume whose link file cannot be read has
+    /// none.
+    specs: BTreeMap<String, IpcLink>,
     links: SharedLinks,
 }
 
@@ -122,19 +126,23 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> Refusal {
 
 impl Plugin {
     /// Opens the root and reads the state file, re-materializing any volume whose link is
-    /// missing (after a reboot) and checking the rest against their plans.
+    /// missing (after a reboot) and checking the rest against their plans; link files
+    /// are read from `link_dir`.
     pub fn open(
         root: &Path,
         mode: ipclink_core::StorageMode,
         links: SharedLinks,
+        names: ContainerNames,
         fifo_open_probe: bool,
+        link_dir: &LinkDir,
     ) -> Result<Self, crate::Error> {
         // Who holds what: the processes of the host's containers that mount one of the
-        // volumes (their mount tables say), named by id; no other container is read.
-        // (The engines' mount callers are no help: podman mounts a plugin volume once
-        // for all its containers, under one id, and unmounts it while they run.)
+        // volumes (their mount tables say), named as discovery (`names`) knows them,
+        // else by id; no other container is read. (The engines' mount callers are no
+        // help: podman mounts a plugin volume once for all its containers, under one
+        // id, and unmounts it while they run.)
         let observer = Observer::new(
-            Box::new(ContainerProcesses::default().mounting()),
+            Box::new(ContainerProcesses::new(names, false).mounting()),
             true,
             fifo_open_probe,
         );
@@ -168,6 +176,7 @@ impl Plugin {
         let mut plugin = Plugin {
             store,
             volumes: BTreeMap::new(),
+            specs: BTreeMap::new(),
             links,
         };
         for v in state.volumes {
@@ -186,6 +195,23 @@ impl Plugin {
                     }
                 },
             }
+            // The link its plan was made from, when the file still says so (an edit made
+            // meanwhile is looked at once it is applied).
+            let read = v.opts.get("link").map(|file| link_dir.read(file));
+            match link_from_opts(&v.key, &v.opts, read) {
+                Ok(link) if validate(&link).is_ok_and(|plan| plan == v.plan) => {
+                    plugin.specs.insert(v.name.clone(), link);
+                }
+                Ok(_) => tracing::info!(
+                    volume = %v.name,
+                    "the link file changed while the plugin was stopped; its members are looked at once it is applied"
+                ),
+                Err(r) => tracing::error!(
+                    volume = %v.name,
+                    "the link file is refused; its members are not looked at: {}",
+                    r.message
+                ),
+            }
             plugin.volumes.insert(v.name.clone(), v);
         }
         plugin.refresh_probes();
@@ -195,6 +221,20 @@ impl Plugin {
     /// The volumes, by name.
     pub fn volumes(&self) -> &BTreeMap<String, Volume> {
         &self.volumes
+    }
+
+    /// What discovery looks for: each volume whose link is known, with it.
+    pub fn watched(&self) -> Vec<crate::discover::Watched> {
+        self.volumes
+            .values()
+            .filter_map(|v| {
+                Some(crate::discover::Watched {
+                    volume: v.name.clone(),
+                    link: self.specs.get(&v.name)?.clone(),
+                    plan: v.plan.clone(),
+                })
+            })
+            .collect()
     }
 
     fn mountpoint(&self, v: &Volume) -> String {
@@ -306,6 +346,7 @@ impl Plugin {
             return Err(e);
         }
         self.volumes = next;
+        self.specs.insert(name.to_owned(), link);
         self.refresh_probes();
         tracing::info!(volume = name, namespace = NAMESPACE, link = %key, "volume created");
         Ok(())
@@ -331,6 +372,7 @@ impl Plugin {
             return Err(internal(e));
         }
         self.volumes.remove(name);
+        self.specs.remove(name);
         self.refresh_probes();
         self.save(&self.volumes)?;
         tracing::info!(volume = name, "volume removed");
@@ -404,10 +446,11 @@ impl Plugin {
     ) -> Result<(), Refusal> {
         let v = self.get(name)?;
         let checked = link_from_opts(&v.key, &v.opts, Some(read)).and_then(|link| {
-            validate(&link).map_err(|p| bad(format!("Opts: {}", opts_problems(&p))))
+            let plan = validate(&link).map_err(|p| bad(format!("Opts: {}", opts_problems(&p))))?;
+            Ok((link, plan))
         });
-        let plan = match checked {
-            Ok(plan) => plan,
+        let (link, plan) = match checked {
+            Ok(checked) => checked,
             Err(r) => {
                 tracing::error!(
                     volume = name,
@@ -417,12 +460,16 @@ impl Plugin {
                 return Ok(());
             }
         };
-        let (key, idle) = (v.key.clone(), v.mounts.is_empty());
+        let (key, idle, same) = (v.key.clone(), v.mounts.is_empty(), plan == v.plan);
+        if same {
+            // Members, readers and writers may change without the plan.
+            self.specs.insert(name.to_owned(), link.clone());
+        }
         let pending = self
             .store
             .record(NAMESPACE, &key)
             .is_some_and(|r| !r.pending.is_empty());
-        if plan == v.plan && !(pending && idle) {
+        if same && !(pending && idle) {
             return Ok(());
         }
         let outcome = self
@@ -436,6 +483,8 @@ impl Plugin {
         }
         self.save(&next)?;
         self.volumes = next;
+        // The link goes with the plan it was applied as.
+        self.specs.insert(name.to_owned(), link);
         self.refresh_probes();
         Ok(())
     }
