@@ -28,6 +28,7 @@ const LANES: &[(&str, &[&str])] = &[
         &[
             "ipclink-e2e/compose",
             "ipclink-e2e/compose_docker",
+            "ipclink-e2e/fastdds",
             "ipclink-e2e/persistence",
         ],
     ),

@@ -1,0 +1,166 @@
+//! Fast-DDS (Debian's libfastrtps 2.9, a publisher and a subscriber we compiled against
+//! it, examples/fastdds) between Compose services on Docker Engine that have no network
+//! path to each other, through ipclink links at /dev/shm served by the volume plugin,
+//! with the shared-memory-only profile (docs/fastdds.md):
+//!
+//! - services without a network (loopback only) get the same Fast-DDS host id, and
+//!   1,000 samples arrive, in order;
+//! - services each on a network of their own (an address each; the profile opens no IP
+//!   socket, so nothing crosses the networks) get different host ids; with the preload
+//!   library (`LD_PRELOAD=/libipclink_samehost.so`) the same, and the samples arrive;
+//! - without it both work in the link, with different host ids, and never discover or
+//!   match each other: the failure mode the docs describe.
+
+mod compose_support;
+
+use std::time::Duration;
+
+use compose_support::{Down, one_at_a_time, start_plugin, wait_until};
+use ipclink_testkit::engine::Engine::Docker;
+use ipclink_testkit::{output_text as text, repo_root};
+
+/// The host id a pair member's log says its participant has.
+fn host_id(log: &str, role: &str) -> String {
+    let prefix = format!("fastdds {role}: host id ");
+    log.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no host id in the {role} log:\n{log}"))
+        .to_owned()
+}
+
+#[test]
+fn fastdds_over_a_link_without_a_network_path() {
+    let _one = one_at_a_time();
+    let e = Docker;
+    let images = e.prepare();
+    let (work, _plugin) = start_plugin(e, &images, "ipclink-fastdds-");
+    let dir = repo_root().join("examples/fastdds");
+    let project = "ipclink-e2e-fastdds";
+    let down = Down {
+        engine: e,
+        dir: &dir,
+        project,
+    };
+    down.clean();
+    let out = e.compose(&dir, project, &[("FASTDDS_SAMPLES", "1000")], &["up", "-d"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let c = |service: &str| e.container(project, service);
+
+    // The first pair has no network (loopback only). The others each have an address
+    // on a network of their own, routed to each other on this machine (dockerd runs
+    // without iptables here), but the profile opens no IP socket: the Fast-DDS
+    // processes hold none, so the samples can only cross through the link.
+    assert_eq!(
+        e.ok(&[
+            "inspect",
+            "--format",
+            "{{.HostConfig.NetworkMode}}",
+            &c("sub-alone")
+        ]),
+        "none"
+    );
+    let address = |service: &str| {
+        e.ok(&[
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &c(service),
+        ])
+    };
+    let (pub_ip, sub_ip) = (address("pub-unaware"), address("sub-unaware"));
+    assert!(!pub_ip.is_empty() && pub_ip != sub_ip, "{pub_ip} {sub_ip}");
+    for service in ["pub-unaware", "sub-unaware"] {
+        let pid = e.ok(&["inspect", "--format", "{{.State.Pid}}", &c(service)]);
+        let held: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("fds")
+            .flatten()
+            .filter_map(|f| std::fs::read_link(f.path()).ok())
+            .filter_map(|t| {
+                let t = t.display().to_string();
+                Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+            })
+            .collect();
+        for table in ["tcp", "tcp6", "udp", "udp6", "raw", "raw6"] {
+            let t = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+            // sl local remote st queues tr when retrnsmt uid timeout inode ...
+            let mine: Vec<&str> = t
+                .lines()
+                .skip(1)
+                .filter(|l| {
+                    l.split_whitespace()
+                        .nth(9)
+                        .is_some_and(|i| held.iter().any(|h| h == i))
+                })
+                .collect();
+            assert!(mine.is_empty(), "{service} holds {table} sockets: {mine:?}");
+        }
+    }
+
+    // Loopback only, and the preload library: the samples arrive through the link.
+    for pair in ["alone", "apart"] {
+        let (publisher, subscriber) = (c(&format!("pub-{pair}")), c(&format!("sub-{pair}")));
+        e.exited_ok(&subscriber, Duration::from_secs(300));
+        e.exited_ok(&publisher, Duration::from_secs(60));
+        let (plog, slog) = (e.logs(&publisher), e.logs(&subscriber));
+        assert!(
+            slog.contains("fastdds sub: 1000 samples arrived in order"),
+            "{slog}"
+        );
+        assert!(
+            plog.contains("fastdds pub: 1000 samples sent and acknowledged"),
+            "{plog}"
+        );
+        assert_eq!(host_id(&plog, "pub"), host_id(&slog, "sub"), "{pair}");
+    }
+
+    // Without it: both work in the link (each participant's segment is there), with
+    // different host ids, and they never match, while the pairs above did.
+    let (publisher, subscriber) = (c("pub-unaware"), c("sub-unaware"));
+    let (plog, slog) = wait_until("both unaware participants", Duration::from_secs(60), || {
+        let (p, s) = (e.logs(&publisher), e.logs(&subscriber));
+        (p.contains("host id") && s.contains("host id")).then_some((p, s))
+    });
+    assert_ne!(
+        host_id(&plog, "pub"),
+        host_id(&slog, "sub"),
+        "different networks, different host ids"
+    );
+    let link = work
+        .path()
+        .join("volumes/docker/ipclink-e2e-fastdds-unaware");
+    let segments = || {
+        std::fs::read_dir(&link)
+            .expect("the link")
+            .flatten()
+            .filter(|f| {
+                let name = f.file_name().to_string_lossy().into_owned();
+                name.strip_prefix("fastrtps_")
+                    .is_some_and(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            })
+            .count()
+    };
+    wait_until(
+        "both participants' segments in the link",
+        Duration::from_secs(60),
+        || (segments() == 2).then_some(()),
+    );
+    assert!(
+        link.join("fastrtps_port7400").exists(),
+        "{}",
+        link.display()
+    );
+    for (log, container) in [(&plog, &publisher), (&slog, &subscriber)] {
+        let now = e.logs(container);
+        assert!(
+            !now.contains("matched") && !now.contains("discovered"),
+            "{log}\n{now}"
+        );
+    }
+    assert_eq!(
+        e.ok(&["inspect", "--format", "{{.State.Running}}", &subscriber]),
+        "true"
+    );
+
+    let out = down.clean();
+    assert!(out.status.success(), "{}", text(&out));
+}
