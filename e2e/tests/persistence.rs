@@ -60,6 +60,21 @@ impl Project<'_> {
         })
     }
 
+    /// Member `b`, declared a reader of `frames`, opens it for writing and keeps it open;
+    /// its container.
+    fn b_writes_frames(&self) -> String {
+        let b = self.e.container(self.name, "b");
+        self.e.ok(&[
+            "exec",
+            "-d",
+            &b,
+            "/usr/bin/python3",
+            "-c",
+            "import time; f = open('/ipc/frames', 'r+b'); time.sleep(600)",
+        ]);
+        b
+    }
+
     fn used(&self) {
         assert_eq!(self.look(), DECLARED, "a new link is as declared");
         assert!(self.python(USE).is_some(), "member a writes the link");
@@ -106,15 +121,7 @@ fn sidecar_mode(e: Engine) {
 
     // Membership only reports in sidecar mode: `b`, declared a reader of `frames`,
     // opens it for writing; the sidecar flags it (`status`, and the metric).
-    let b = e.container(name, "b");
-    e.ok(&[
-        "exec",
-        "-d",
-        &b,
-        "/usr/bin/python3",
-        "-c",
-        "import time; f = open('/ipc/frames', 'r+b'); time.sleep(600)",
-    ]);
+    let b = p.b_writes_frames();
     let said = format!(
         "compose/frames: service b (container {b}) holds frames as writer, not as declared (declared: reader)"
     );
@@ -304,15 +311,7 @@ fn flagged_in_plugin_mode(
     plugin: &compose_support::PluginProcess,
 ) {
     let link = "docker/ipclink-e2e-persist-plugin-frames";
-    let b = e.container(p.name, "b");
-    e.ok(&[
-        "exec",
-        "-d",
-        &b,
-        "/usr/bin/python3",
-        "-c",
-        "import time; f = open('/ipc/frames', 'r+b'); time.sleep(600)",
-    ]);
+    let b = p.b_writes_frames();
     let stranger = STRANGER;
     struct Gone(Engine);
     impl Drop for Gone {
