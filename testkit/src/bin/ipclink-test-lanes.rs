@@ -37,6 +37,7 @@ const LANES: &[(&str, &[&str])] = &[
         &[
             "ipclink-csi/abuse",
             "ipclink-csi/edits",
+            "ipclink-csi/fastdds",
             "ipclink-csi/holders",
             "ipclink-csi/kubelet",
             "ipclink-csi/memory",
