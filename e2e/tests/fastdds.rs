@@ -9,7 +9,8 @@
 //!   socket, so nothing crosses the networks) get different host ids; with the preload
 //!   library (`LD_PRELOAD=/libipclink_samehost.so`) the same, and the samples arrive;
 //! - without it both work in the link, with different host ids, and never discover or
-//!   match each other: the failure mode the docs describe.
+//!   match each other: the failure mode the docs describe;
+//! - the preload without the shared-memory-only profile is refused by the pair.
 
 mod compose_support;
 
@@ -42,14 +43,16 @@ fn fastdds_over_a_link_without_a_network_path() {
         project,
     };
     down.clean();
-    let out = e.compose(&dir, project, &[("FASTDDS_SAMPLES", "1000")], &["up", "-d"]);
+    // The programs give up after 240 s, before the waits below do: their own message
+    // then says how far they got.
+    let env = [("FASTDDS_SAMPLES", "1000"), ("FASTDDS_TIMEOUT_S", "240")];
+    let out = e.compose(&dir, project, &env, &["up", "-d"]);
     assert!(out.status.success(), "{}", text(&out));
     let c = |service: &str| e.container(project, service);
 
     // The first pair has no network (loopback only). The others each have an address
     // on a network of their own, routed to each other on this machine (dockerd runs
-    // without iptables here), but the profile opens no IP socket: the Fast-DDS
-    // processes hold none, so the samples can only cross through the link.
+    // without iptables here), but the profile opens no IP socket (below).
     assert_eq!(
         e.ok(&[
             "inspect",
@@ -69,33 +72,6 @@ fn fastdds_over_a_link_without_a_network_path() {
     };
     let (pub_ip, sub_ip) = (address("pub-unaware"), address("sub-unaware"));
     assert!(!pub_ip.is_empty() && pub_ip != sub_ip, "{pub_ip} {sub_ip}");
-    for service in ["pub-unaware", "sub-unaware"] {
-        let pid = e.ok(&["inspect", "--format", "{{.State.Pid}}", &c(service)]);
-        let held: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .expect("fds")
-            .flatten()
-            .filter_map(|f| std::fs::read_link(f.path()).ok())
-            .filter_map(|t| {
-                let t = t.display().to_string();
-                Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
-            })
-            .collect();
-        for table in ["tcp", "tcp6", "udp", "udp6", "raw", "raw6"] {
-            let t = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-            // sl local remote st queues tr when retrnsmt uid timeout inode ...
-            let mine: Vec<&str> = t
-                .lines()
-                .skip(1)
-                .filter(|l| {
-                    l.split_whitespace()
-                        .nth(9)
-                        .is_some_and(|i| held.iter().any(|h| h == i))
-                })
-                .collect();
-            assert!(mine.is_empty(), "{service} holds {table} sockets: {mine:?}");
-        }
-    }
-
     // Loopback only, and the preload library: the samples arrive through the link.
     for pair in ["alone", "apart"] {
         let (publisher, subscriber) = (c(&format!("pub-{pair}")), c(&format!("sub-{pair}")));
@@ -144,17 +120,47 @@ fn fastdds_over_a_link_without_a_network_path() {
         Duration::from_secs(60),
         || (segments() == 2).then_some(()),
     );
+    // With their participants made, the processes of the profile hold no TCP, UDP or
+    // raw socket (the pairs that passed samples ran the same profile, and have exited).
+    for service in ["pub-unaware", "sub-unaware"] {
+        let pid = e.ok(&["inspect", "--format", "{{.State.Pid}}", &c(service)]);
+        let held: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("fds")
+            .flatten()
+            .filter_map(|f| std::fs::read_link(f.path()).ok())
+            .filter_map(|t| {
+                let t = t.display().to_string();
+                Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+            })
+            .collect();
+        for table in ["tcp", "tcp6", "udp", "udp6", "raw", "raw6"] {
+            let t = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+            // sl local remote st queues tr when retrnsmt uid timeout inode ...
+            let mine: Vec<&str> = t
+                .lines()
+                .skip(1)
+                .filter(|l| {
+                    l.split_whitespace()
+                        .nth(9)
+                        .is_some_and(|i| held.iter().any(|h| h == i))
+                })
+                .collect();
+            assert!(mine.is_empty(), "{service} holds {table} sockets: {mine:?}");
+        }
+    }
     assert!(
         link.join("fastrtps_port7400").exists(),
         "{}",
         link.display()
     );
-    for (log, container) in [(&plog, &publisher), (&slog, &subscriber)] {
+    for (role, container) in [("pub", &publisher), ("sub", &subscriber)] {
         let now = e.logs(container);
-        assert!(
-            !now.contains("matched") && !now.contains("discovered"),
-            "{log}\n{now}"
-        );
+        for said in ["matched", "participant discovered"] {
+            assert!(
+                !now.contains(&format!("fastdds {role}: {said}")),
+                "{container}: {now}"
+            );
+        }
     }
     assert_eq!(
         e.ok(&["inspect", "--format", "{{.State.Running}}", &subscriber]),
@@ -163,4 +169,23 @@ fn fastdds_over_a_link_without_a_network_path() {
 
     let out = down.clean();
     assert!(out.status.success(), "{}", text(&out));
+
+    // The preload without the profile: refused, since every member everywhere would
+    // then pass for local over the network transports too.
+    let out = e.cli(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-e",
+        "LD_PRELOAD=/libipclink_samehost.so",
+        "localhost/ipclink/fastdds:0.1.0",
+        "pub",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("LD_PRELOAD is set but the network transports are on"),
+        "{}",
+        text(&out)
+    );
 }

@@ -91,9 +91,30 @@ public:
     bool getKey(void*, InstanceHandle_t*, bool) override { return false; }
 };
 
-static unsigned long env_or(const char* name, unsigned long fallback) {
+// A number from the environment, from 1 to `max` (`fallback` when unset); exits 2 otherwise.
+static unsigned long env_or(const char* name, unsigned long fallback, unsigned long max) {
     const char* v = std::getenv(name);
-    return v && *v ? std::strtoul(v, nullptr, 10) : fallback;
+    if (v == nullptr || *v == '\0') {
+        return fallback;
+    }
+    char* end = nullptr;
+    unsigned long n = std::strtoul(v, &end, 10);
+    if (*end != '\0' || n == 0 || n > max) {
+        std::fprintf(stderr, "fastdds: %s must be a number from 1 to %lu\n", name, max);
+        std::exit(2);
+    }
+    return n;
+}
+
+// Exits 1 naming what could not be made.
+template <typename T>
+static T* need(T* made, const char* role, const char* what) {
+    if (made == nullptr) {
+        std::printf("fastdds %s: cannot create the %s\n", role, what);
+        std::fflush(stdout);
+        std::exit(1);
+    }
+    return made;
 }
 
 // The text of sample `seq`: `bytes` letters that depend on it.
@@ -143,37 +164,55 @@ int main(int argc, char** argv) {
     }
     const bool pub = std::strcmp(argv[1], "pub") == 0;
     const char* role = pub ? "pub" : "sub";
-    const uint32_t samples = static_cast<uint32_t>(env_or("FASTDDS_SAMPLES", 1000));
-    const size_t bytes = env_or("FASTDDS_BYTES", 1024);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(env_or("FASTDDS_TIMEOUT_S", 600));
+    const uint32_t samples = static_cast<uint32_t>(env_or("FASTDDS_SAMPLES", 1000, 1000000));
+    const size_t bytes = env_or("FASTDDS_BYTES", 1024, 60000);
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(env_or("FASTDDS_TIMEOUT_S", 600, 86400));
 
-    Listener listener(role);
+    // On the heap and never freed: the factory may delete the participant at exit, after
+    // main returned, and its threads may still call the listener until then.
+    auto* listener = new Listener(role);
     auto* factory = DomainParticipantFactory::get_instance();
     DomainParticipant* participant =
-        factory->create_participant(0, PARTICIPANT_QOS_DEFAULT, &listener, StatusMask::all());
-    if (participant == nullptr) {
-        std::fprintf(stderr, "fastdds %s: cannot create the participant (is the profile's transport available?)\n", role);
-        return 1;
+        need(factory->create_participant(0, PARTICIPANT_QOS_DEFAULT, listener, StatusMask::all()), role,
+             "participant (is the profile's transport available?)");
+    // The preload gives every process the same host id: with the network transports on
+    // too, participants on other machines would pass for local ones.
+    if (std::getenv("LD_PRELOAD") != nullptr && participant->get_qos().transport().use_builtin_transports) {
+        std::printf("fastdds %s: LD_PRELOAD is set but the network transports are on; "
+                    "give FASTRTPS_DEFAULT_PROFILES_FILE the shared-memory-only profile\n",
+                    role);
+        std::fflush(stdout);
+        std::exit(1);
     }
     const auto& own = participant->guid().guidPrefix.value;
     std::printf("fastdds %s: host id %02x%02x\n", role, own[3], own[2]);
     std::fflush(stdout);
     TypeSupport type(new FrameType());
-    type.register_type(participant);
-    Topic* topic = participant->create_topic("ipclink/frames", type.get_type_name(), TOPIC_QOS_DEFAULT);
+    if (type.register_type(participant) != ReturnCode_t::RETCODE_OK) {
+        need<Topic>(nullptr, role, "type");
+    }
+    Topic* topic =
+        need(participant->create_topic("ipclink/frames", type.get_type_name(), TOPIC_QOS_DEFAULT), role, "topic");
     int rc = 0;
     if (pub) {
-        Publisher* publisher = participant->create_publisher(PUBLISHER_QOS_DEFAULT);
+        Publisher* publisher = need(participant->create_publisher(PUBLISHER_QOS_DEFAULT), role, "publisher");
         DataWriterQos qos = DATAWRITER_QOS_DEFAULT;
         qos.reliability().kind = RELIABLE_RELIABILITY_QOS;
         qos.history().kind = KEEP_ALL_HISTORY_QOS;
         qos.data_sharing().off();
-        DataWriter* writer = publisher->create_datawriter(topic, qos, &listener);
+        DataWriter* writer = need(publisher->create_datawriter(topic, qos, listener), role, "writer");
         PublicationMatchedStatus status;
-        while (writer->get_publication_matched_status(status) == ReturnCode_t::RETCODE_OK &&
-               status.current_count == 0) {
+        for (;;) {
+            if (writer->get_publication_matched_status(status) != ReturnCode_t::RETCODE_OK) {
+                std::printf("fastdds pub: cannot read the writer's status\n");
+                return 1;
+            }
+            if (status.current_count > 0) {
+                break;
+            }
             if (std::chrono::steady_clock::now() > deadline) {
-                std::printf("fastdds pub: no subscriber matched\n");
+                std::printf("fastdds pub: no subscriber before the deadline\n");
                 return 1;
             }
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -194,12 +233,12 @@ int main(int argc, char** argv) {
             std::printf("fastdds pub: %u samples sent and acknowledged\n", samples);
         }
     } else {
-        Subscriber* subscriber = participant->create_subscriber(SUBSCRIBER_QOS_DEFAULT);
+        Subscriber* subscriber = need(participant->create_subscriber(SUBSCRIBER_QOS_DEFAULT), role, "subscriber");
         DataReaderQos qos = DATAREADER_QOS_DEFAULT;
         qos.reliability().kind = RELIABLE_RELIABILITY_QOS;
         qos.history().kind = KEEP_ALL_HISTORY_QOS;
         qos.data_sharing().off();
-        DataReader* reader = subscriber->create_datareader(topic, qos, &listener);
+        DataReader* reader = need(subscriber->create_datareader(topic, qos, listener), role, "reader");
         uint32_t next = 0;
         Frame f;
         SampleInfo info;

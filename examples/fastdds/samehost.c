@@ -3,13 +3,14 @@
  * (pods, Compose services on their own networks) that share an ipclink link at /dev/shm
  * talk over Fast-DDS's shared-memory transport.
  *
- * Fast-DDS 2.x and 3.x derive the host id in each shared-memory locator from the
- * running IPv4 interfaces that getifaddrs() lists (all but 127.0.0.1), and drop a peer's
- * shared-memory locators when its id differs from their own. This library marks every
- * IPv4 interface but loopback as not running in what getifaddrs() returns, so that the
- * id falls back to the one every such process computes. The list itself, and how it
- * is freed, are glibc's. Other programs in the process see the same: use it only with a
- * shared-memory-only profile (see docs/fastdds.md). */
+ * Fast-DDS (2.9.1, and its source up to 3.x) derives the host id in each shared-memory
+ * locator from the running IPv4 interfaces that getifaddrs() lists (all but 127.0.0.1),
+ * and drops a peer's shared-memory locators when its id differs. This library marks
+ * every IPv4 interface but loopback as not running in what getifaddrs() returns, so that
+ * the id falls back to the one every such process computes. The list itself, and how it
+ * is freed, are glibc's. The whole process, and every program it starts (LD_PRELOAD is
+ * inherited), sees the same, and every member everywhere gets that one id: use it only
+ * with a shared-memory-only profile (see docs/fastdds.md). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
