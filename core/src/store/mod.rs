@@ -467,14 +467,8 @@ impl Store {
         let lp = || link_path.display().to_string();
         match self.open_link(&plan.namespace, &plan.name) {
             Err(Errno::ENOENT) => {}
-            Err(errno) => {
-                return Err(MaterializeError::Sys {
-                    path: lp(),
-                    op: "open",
-                    errno,
-                });
-            }
-            Ok(link) => {
+            opened => {
+                let link = sys(opened, lp, "open")?;
                 empty_dir(link.as_fd()).map_err(|e| removing(e, lp))?;
                 let ns = sys(self.open_namespace(&plan.namespace), lp, "open")?;
                 remove_record(ns.as_fd(), &plan.name, lp)?;

@@ -86,6 +86,24 @@ pub struct Volume {
     pub mounts: BTreeSet<String>,
 }
 
+impl Volume {
+    /// Refused (409, naming the callers and then `advice`) while a caller has it mounted.
+    fn unmounted(&self, advice: &str) -> Result<(), Refusal> {
+        if self.mounts.is_empty() {
+            return Ok(());
+        }
+        Err(refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "Name: volume {:?} is mounted by {} caller(s) ({}); {advice}",
+                self.name,
+                self.mounts.len(),
+                self.mounts.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ))
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateFile {
@@ -354,16 +372,7 @@ impl Plugin {
 
     fn remove(&mut self, name: &str) -> Result<(), Refusal> {
         let v = self.get(name)?;
-        if !v.mounts.is_empty() {
-            return Err(refuse(
-                StatusCode::CONFLICT,
-                format!(
-                    "Name: volume {name:?} is mounted by {} caller(s) ({}); unmount it first",
-                    v.mounts.len(),
-                    v.mounts.iter().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
+        v.unmounted("unmount it first")?;
         let key = v.key.clone();
         // Tear down first: if that fails the volume is still on record and Remove can be
         // retried; if saving fails after it, a restarted plugin recreates the link empty.
@@ -501,16 +510,7 @@ impl Plugin {
     /// a caller has it mounted or a container uses it.
     fn reset(&mut self, name: &str) -> Result<(), Refusal> {
         let v = self.get(name)?;
-        if !v.mounts.is_empty() {
-            return Err(refuse(
-                StatusCode::CONFLICT,
-                format!(
-                    "Name: volume {name:?} is mounted by {} caller(s) ({}); stop the containers that use it first",
-                    v.mounts.len(),
-                    v.mounts.iter().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
+        v.unmounted("stop the containers that use it first")?;
         if let Some(why) = link_in_use(&self.store, &v.plan) {
             return Err(refuse(
                 StatusCode::CONFLICT,
