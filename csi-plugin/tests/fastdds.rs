@@ -10,19 +10,10 @@ use std::time::Duration;
 
 use common::{Plugin, Unmounter, require_root};
 use ipclink_testkit::node::cluster;
-use ipclink_testkit::{output_text, repo_root};
+use ipclink_testkit::{fastdds_host_id, output_text, repo_root};
 
 const NS: &str = "fastdds";
 const LONG: Duration = Duration::from_secs(180);
-
-/// The host id a pod's log says its participant has.
-fn host_id(log: &str, role: &str) -> String {
-    let prefix = format!("fastdds {role}: host id ");
-    log.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no host id in the {role} log:\n{log}"))
-        .to_owned()
-}
 
 #[test]
 fn fastdds_between_pods_over_shared_memory_only() {
@@ -71,5 +62,5 @@ fn fastdds_between_pods_over_shared_memory_only() {
         plog.contains("fastdds pub: 1000 samples sent and acknowledged"),
         "{plog}"
     );
-    assert_eq!(host_id(&plog, "pub"), host_id(&slog, "sub"));
+    assert_eq!(fastdds_host_id(&plog, "pub"), fastdds_host_id(&slog, "sub"));
 }

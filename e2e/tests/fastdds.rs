@@ -18,16 +18,7 @@ use std::time::Duration;
 
 use compose_support::{Down, one_at_a_time, start_plugin, wait_until};
 use ipclink_testkit::engine::Engine::Docker;
-use ipclink_testkit::{output_text as text, repo_root};
-
-/// The host id a pair member's log says its participant has.
-fn host_id(log: &str, role: &str) -> String {
-    let prefix = format!("fastdds {role}: host id ");
-    log.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no host id in the {role} log:\n{log}"))
-        .to_owned()
-}
+use ipclink_testkit::{fastdds_host_id, output_text as text, repo_root};
 
 #[test]
 fn fastdds_over_a_link_without_a_network_path() {
@@ -86,7 +77,11 @@ fn fastdds_over_a_link_without_a_network_path() {
             plog.contains("fastdds pub: 1000 samples sent and acknowledged"),
             "{plog}"
         );
-        assert_eq!(host_id(&plog, "pub"), host_id(&slog, "sub"), "{pair}");
+        assert_eq!(
+            fastdds_host_id(&plog, "pub"),
+            fastdds_host_id(&slog, "sub"),
+            "{pair}"
+        );
     }
 
     // Without it: both work in the link (each participant's segment is there), with
@@ -97,8 +92,8 @@ fn fastdds_over_a_link_without_a_network_path() {
         (p.contains("host id") && s.contains("host id")).then_some((p, s))
     });
     assert_ne!(
-        host_id(&plog, "pub"),
-        host_id(&slog, "sub"),
+        fastdds_host_id(&plog, "pub"),
+        fastdds_host_id(&slog, "sub"),
         "different networks, different host ids"
     );
     let link = work

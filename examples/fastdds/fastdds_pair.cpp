@@ -126,6 +126,15 @@ static std::string text_of(uint32_t seq, size_t bytes) {
     return t;
 }
 
+// Every sample kept and delivered, through the transports only (no data sharing).
+template <typename Qos>
+static Qos reliable_keep_all(Qos qos) {
+    qos.reliability().kind = RELIABLE_RELIABILITY_QOS;
+    qos.history().kind = KEEP_ALL_HISTORY_QOS;
+    qos.data_sharing().off();
+    return qos;
+}
+
 class Listener : public DomainParticipantListener {
 public:
     explicit Listener(const char* role) : role_(role) {}
@@ -197,11 +206,8 @@ int main(int argc, char** argv) {
     int rc = 0;
     if (pub) {
         Publisher* publisher = need(participant->create_publisher(PUBLISHER_QOS_DEFAULT), role, "publisher");
-        DataWriterQos qos = DATAWRITER_QOS_DEFAULT;
-        qos.reliability().kind = RELIABLE_RELIABILITY_QOS;
-        qos.history().kind = KEEP_ALL_HISTORY_QOS;
-        qos.data_sharing().off();
-        DataWriter* writer = need(publisher->create_datawriter(topic, qos, listener), role, "writer");
+        DataWriter* writer = need(
+            publisher->create_datawriter(topic, reliable_keep_all(DATAWRITER_QOS_DEFAULT), listener), role, "writer");
         PublicationMatchedStatus status;
         for (;;) {
             if (writer->get_publication_matched_status(status) != ReturnCode_t::RETCODE_OK) {
@@ -234,11 +240,8 @@ int main(int argc, char** argv) {
         }
     } else {
         Subscriber* subscriber = need(participant->create_subscriber(SUBSCRIBER_QOS_DEFAULT), role, "subscriber");
-        DataReaderQos qos = DATAREADER_QOS_DEFAULT;
-        qos.reliability().kind = RELIABLE_RELIABILITY_QOS;
-        qos.history().kind = KEEP_ALL_HISTORY_QOS;
-        qos.data_sharing().off();
-        DataReader* reader = need(subscriber->create_datareader(topic, qos, listener), role, "reader");
+        DataReader* reader = need(
+            subscriber->create_datareader(topic, reliable_keep_all(DATAREADER_QOS_DEFAULT), listener), role, "reader");
         uint32_t next = 0;
         Frame f;
         SampleInfo info;

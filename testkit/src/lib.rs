@@ -26,6 +26,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The host id an examples/fastdds pair member (`role`: pub or sub) says in its log that
+/// Fast-DDS gave its participant; panics, showing the log, when it says none.
+pub fn fastdds_host_id(log: &str, role: &str) -> String {
+    let prefix = format!("fastdds {role}: host id ");
+    log.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no host id in the {role} log:\n{log}"))
+        .to_owned()
+}
+
 /// Panics unless running as root (namespaces and tmpfs mounts need it).
 pub fn require_root() {
     assert!(
