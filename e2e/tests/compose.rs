@@ -19,6 +19,7 @@ use compose_support::{
     start_plugin, wait_until,
 };
 use ipclink_testkit::engine::Engine::{self, Docker, Podman};
+use ipclink_testkit::engine::{Shared, hold};
 use ipclink_testkit::http::{get_ok, metric};
 use ipclink_testkit::mounts::mounts_containing;
 use ipclink_testkit::{output_text as text, repo_root, run_script, static_binary};
@@ -299,8 +300,9 @@ fn plugin_example_on_docker_with_faults() {
 
 fn plugin_example_with_faults(e: Engine) {
     let _one = one_at_a_time();
+    let host = hold(Shared::Plugin);
     let images = e.prepare();
-    let (work, mut plugin) = start_plugin(e, &images, "ipclink-compose-plugin-");
+    let (work, mut plugin) = start_plugin(e, &images, "ipclink-compose-plugin-", &host);
     let root = work.path().join("volumes");
     let dir = repo_root().join("examples/compose/plugin");
     let project = "ipclink-e2e-plugin";
@@ -443,6 +445,7 @@ fn readme_compose_section_runs_as_written_on_docker() {
 
 fn readme_compose_section(e: Engine, block: &str) {
     let _one = one_at_a_time();
+    let _ports = hold(Shared::DocsPorts);
     e.prepare();
     let block = ipclink_testkit::doc_block("docs/compose.md", block);
     let dir = repo_root().join("examples/compose/sidecar");
@@ -481,8 +484,9 @@ fn workloads_example_on_docker_needs_allow_create() {
 /// containers only when it lets members create (`allowCreate=true`).
 fn workloads_example(e: Engine) {
     let _one = one_at_a_time();
+    let host = hold(Shared::Plugin);
     let images = e.prepare();
-    let (work, _plugin) = start_plugin(e, &images, "ipclink-compose-workloads-");
+    let (work, _plugin) = start_plugin(e, &images, "ipclink-compose-workloads-", &host);
     let root = work.path().join("volumes");
     let dir = repo_root().join("examples/compose/workloads");
     let project = "ipclink-e2e-workloads";

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use compose_support::{Down, one_at_a_time, plugin_example, prometheus_up, wait_until};
 use ipclink_testkit::engine::Engine::Docker;
+use ipclink_testkit::engine::{Shared, hold};
 use ipclink_testkit::mounts::mounts_containing;
 use ipclink_testkit::{output_text as text, repo_root};
 
@@ -20,6 +21,7 @@ use ipclink_testkit::{output_text as text, repo_root};
 #[test]
 fn with_no_plugin_running_docker_is_not_held_up_and_an_ipclink_volume_is_refused() {
     let _one = one_at_a_time();
+    let _plugin_host = hold(Shared::Plugin);
     let e = Docker;
     e.prepare();
     // The state an earlier installer left, or a plugin killed with -9: a spec whose
@@ -111,6 +113,7 @@ fn a_sidecar_asking_an_engine_that_does_not_run_it_says_so() {
 #[test]
 fn plugin_example_on_docker_managed_plugin() {
     let _one = one_at_a_time();
+    let _plugin_host = hold(Shared::Plugin);
     let e = Docker;
     let images = e.prepare();
     let plugin_dir = images.join("docker/plugin");

@@ -18,14 +18,16 @@ use std::time::Duration;
 
 use compose_support::{Down, one_at_a_time, start_plugin, wait_until};
 use ipclink_testkit::engine::Engine::Docker;
+use ipclink_testkit::engine::{Shared, hold};
 use ipclink_testkit::{fastdds_host_id, output_text as text, repo_root};
 
 #[test]
 fn fastdds_over_a_link_without_a_network_path() {
     let _one = one_at_a_time();
+    let host = hold(Shared::Plugin);
     let e = Docker;
     let images = e.prepare();
-    let (work, _plugin) = start_plugin(e, &images, "ipclink-fastdds-");
+    let (work, _plugin) = start_plugin(e, &images, "ipclink-fastdds-", &host);
     let dir = repo_root().join("examples/fastdds");
     let project = "ipclink-e2e-fastdds";
     let down = Down {

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use compose_support::{Down, one_at_a_time, start_plugin, wait_until};
 use ipclink_testkit::engine::Engine::{self, Docker, Podman};
+use ipclink_testkit::engine::{Shared, hold};
 use ipclink_testkit::{output_text as text, repo_root, static_binary};
 
 /// What member `a` reads of the link: region size, its first 4 bytes, the semaphore's
@@ -203,6 +204,7 @@ const STRANGER: &str = "ipclink-e2e-persist-stranger";
 
 fn plugin_mode(e: Engine) {
     let _one = one_at_a_time();
+    let host = hold(Shared::Plugin);
     let images = e.prepare();
     let dir = repo_root().join("e2e/tests/fixtures/persistence/plugin");
     let name = "ipclink-e2e-persist-plugin";
@@ -213,7 +215,7 @@ fn plugin_mode(e: Engine) {
         "/etc/ipclink/links/ipclink-e2e-persist.yaml",
     )
     .expect("link file");
-    let (_work, mut plugin) = start_plugin(e, &images, "ipclink-persist-plugin-");
+    let (_work, mut plugin) = start_plugin(e, &images, "ipclink-persist-plugin-", &host);
     let _down = Down {
         engine: e,
         dir: &dir,

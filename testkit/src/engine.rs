@@ -187,6 +187,46 @@ impl Engine {
     }
 }
 
+/// What the two engines' tests share on this host. The engines' tests run in two
+/// processes side by side (ipclink-test-lanes), so they take these in turn: [`hold`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    /// The volume plugin a test serves on the host: its socket
+    /// ([`Engine::plugin_socket`], which podman's containers.conf names), its metrics
+    /// port 127.0.0.1:9465 (the plugin example's Prometheus scrapes it),
+    /// `/etc/ipclink/links`, and Docker's spec file [`DOCKER_SPEC`].
+    Plugin,
+    /// The host ports docs/compose.md's blocks publish as written (9464, 9090).
+    DocsPorts,
+}
+
+/// A [`Shared`] resource held until dropped.
+#[derive(Debug)]
+pub struct Held {
+    pub what: Shared,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Waits for `what` and holds it until the guard is dropped: an exclusive `flock` on a
+/// file in /run/lock, so that tests in any process take it in turn, and a process that
+/// dies lets it go.
+pub fn hold(what: Shared) -> Held {
+    let name = match what {
+        Shared::Plugin => "plugin",
+        Shared::DocsPorts => "docs-ports",
+    };
+    let path = format!("/run/lock/ipclink-e2e-{name}.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock {path}: {e}"));
+    Held { what, _lock: lock }
+}
+
 fn wait_until<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
     crate::wait_until(what, limit, Duration::from_millis(250), f)
 }

@@ -8,9 +8,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use ipclink_testkit::engine::Engine::{self, Docker, Podman};
+use ipclink_testkit::engine::{Held, Shared};
 use ipclink_testkit::http::{get_ok, metric};
 use ipclink_testkit::{output_text as text, static_binary};
-/// The tests share the engines (and some restart them): one at a time.
+/// The tests of one process share the engines (and some restart them): one at a time.
+/// In CI each engine's tests run in a process of their own, beside the other engine's
+/// (ipclink-test-lanes), and take what both share on the host in turn
+/// (`ipclink_testkit::engine::hold`).
 static ENGINE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -86,39 +90,31 @@ impl Drop for Down<'_> {
 
 pub struct PluginProcess {
     child: Option<Child>,
-    /// Whether dropping this removes Docker's spec file (the process wrote it; a
-    /// restarted plugin's new process writes it again and owns it).
+    /// Whether dropping this removes Docker's spec file (the process wrote it, serving
+    /// Docker; a restarted plugin's new process writes it again and owns it).
     owns_spec: bool,
-    socket: &'static str,
-    /// The engine's API socket, which the plugin asks who mounts its volumes.
-    engine: &'static str,
+    engine: Engine,
     bin: PathBuf,
     root: PathBuf,
     log: PathBuf,
 }
 
 impl PluginProcess {
-    pub fn start(
-        socket: &'static str,
-        engine: &'static str,
-        bin: &Path,
-        root: &Path,
-        log: &Path,
-    ) -> PluginProcess {
+    /// Serves the plugin for `e` on [`Engine::plugin_socket`], asking `e` who mounts its
+    /// volumes; only for Docker does it write Docker's spec file (a podman run's plugin
+    /// is no driver of Docker's).
+    pub fn start(e: Engine, bin: &Path, root: &Path, log: &Path) -> PluginProcess {
+        let socket = e.plugin_socket();
         let _ = std::fs::remove_file(socket);
-        let child = Command::new(bin)
-            .args([
-                "volume-plugin",
-                "--socket",
-                socket,
-                "--listen",
-                "127.0.0.1:9465",
-                "--docker-spec",
-                ipclink_testkit::engine::DOCKER_SPEC,
-                "--engine",
-                &format!("unix://{engine}"),
-                "--root",
-            ])
+        let mut cmd = Command::new(bin);
+        cmd.args(["volume-plugin", "--socket", socket])
+            .args(["--listen", "127.0.0.1:9465"])
+            .args(["--engine", &format!("unix://{}", e.socket())]);
+        if e == Docker {
+            cmd.args(["--docker-spec", ipclink_testkit::engine::DOCKER_SPEC]);
+        }
+        let child = cmd
+            .arg("--root")
             .arg(root)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -136,9 +132,8 @@ impl PluginProcess {
         });
         PluginProcess {
             child: Some(child),
-            owns_spec: true,
-            socket,
-            engine,
+            owns_spec: e == Docker,
+            engine: e,
             bin: bin.to_owned(),
             root: root.to_owned(),
             log: log.to_owned(),
@@ -155,7 +150,6 @@ impl PluginProcess {
     pub fn restart(&mut self) {
         self.kill9();
         let next = PluginProcess::start(
-            self.socket,
             self.engine,
             &self.bin.clone(),
             &self.root.clone(),
@@ -191,7 +185,7 @@ impl PluginProcess {
             .args([
                 "-fsS",
                 "--unix-socket",
-                self.socket,
+                self.engine.plugin_socket(),
                 "-XPOST",
                 "http://p/VolumeDriver.List",
             ])
@@ -204,9 +198,16 @@ impl PluginProcess {
 impl Drop for PluginProcess {
     fn drop(&mut self) {
         self.kill9();
-        // What a clean stop removes: dockerd must not wait on a plugin that is gone.
+        // What a clean stop removes: dockerd must not wait on a plugin that is gone. It
+        // keeps a volume driver it has used until it restarts, and would wait 15 s on the
+        // dead socket at every volume listing of the tests that follow (docs/compose.md
+        // says to restart it): restarted.
         if self.owns_spec {
             let _ = std::fs::remove_file(ipclink_testkit::engine::DOCKER_SPEC);
+            // A failed restart inside this drop must not abort a test already failing.
+            if std::panic::catch_unwind(|| Docker.restart(false)).is_err() {
+                eprintln!("--- dockerd did not restart after the plugin stopped ---");
+            }
         }
         if std::thread::panicking() {
             eprintln!("--- plugin log ---\n{}", self.log());
@@ -360,16 +361,22 @@ pub fn plugin_example_up(
     (consumer, producer)
 }
 
-/// The sidecar binary and a fresh plugin root, with the plugin serving it.
-pub fn start_plugin(e: Engine, images: &Path, prefix: &str) -> (tempfile::TempDir, PluginProcess) {
+/// The sidecar binary and a fresh plugin root, with the plugin serving it; the caller
+/// holds the host's plugin resources while it runs.
+pub fn start_plugin(
+    e: Engine,
+    images: &Path,
+    prefix: &str,
+    held: &Held,
+) -> (tempfile::TempDir, PluginProcess) {
+    assert_eq!(held.what, Shared::Plugin, "the plugin's resources are held");
     let bin = static_binary(images, "ipclink-sidecar");
     let work = tempfile::Builder::new()
         .prefix(prefix)
         .tempdir()
         .expect("temp dir");
     let plugin = PluginProcess::start(
-        e.plugin_socket(),
-        e.socket(),
+        e,
         &bin,
         &work.path().join("volumes"),
         &work.path().join("plugin.log"),

@@ -3,17 +3,21 @@
 //!
 //! Most of a test run here waits on real peers (containers starting, a control plane
 //! electing, a kubelet pulling nothing), so one binary after another leaves the two
-//! cores idle. Binaries that share a machine-wide resource stay in one lane: every
-//! Compose test drives the same two engines, fixed host ports and plugin socket;
-//! every kubelet test brings up containerd and kubelets on the CNI bridges `ipcltN` and
-//! the `kubepods` cgroups. The rest (each with temporary directories and free ports)
-//! form a third lane.
+//! cores idle. Binaries that share a machine-wide resource stay in one lane: the Compose
+//! tests of one engine drive that engine (and restart it), so each engine has a lane,
+//! and a binary with tests for both is run once in each lane with a filter (its tests
+//! are named `…on_podman…` or `…on_docker…`); what the two engines' tests share on the
+//! host (the plugin socket, its metrics port, the docs' fixed ports) they take in turn
+//! through `ipclink_testkit::engine::hold`. Every kubelet test brings up containerd and
+//! kubelets on the CNI bridges `ipcltN` and the `kubepods` cgroups. The rest (each with
+//! temporary directories and free ports) form the last lane.
 //!
 //! Usage: `cargo test --workspace --no-run --message-format=json-render-diagnostics >
 //! tests.json`, then `ipclink-test-lanes tests.json`. Each binary runs in its package's
 //! directory, as `cargo test` runs it; its output is printed whole when it ends, then a
 //! table of every binary's time and result. Exits 1 when any failed, after all have
-//! run; 2 when the lanes name a binary cargo did not build.
+//! run; 2 when the lanes name a binary cargo did not build, or when the filters that
+//! split a binary between lanes leave one of its tests in no lane or in two.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,15 +25,23 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Binaries (`package/target`) that must not run beside another of their lane.
+/// Binaries (`package/target`, or `package/target FILTER` for the tests whose names
+/// contain FILTER) that must not run beside another of their lane.
 const LANES: &[(&str, &[&str])] = &[
     (
-        "engines",
+        "docker",
         &[
-            "ipclink-e2e/compose",
+            "ipclink-e2e/compose on_docker",
             "ipclink-e2e/compose_docker",
             "ipclink-e2e/fastdds",
-            "ipclink-e2e/persistence",
+            "ipclink-e2e/persistence on_docker",
+        ],
+    ),
+    (
+        "podman",
+        &[
+            "ipclink-e2e/compose on_podman",
+            "ipclink-e2e/persistence on_podman",
         ],
     ),
     (
@@ -108,11 +120,96 @@ fn binaries(json: &str) -> Vec<Binary> {
     found
 }
 
-fn lane_of(binary: &Binary) -> &'static str {
-    LANES
-        .iter()
-        .find(|(_, members)| members.contains(&binary.name.as_str()))
-        .map_or(REST, |(lane, _)| lane)
+/// One run of a test binary in a lane: all its tests, or those whose names contain
+/// `filter`.
+#[derive(Debug, Clone)]
+struct Job {
+    lane: &'static str,
+    binary: Binary,
+    filter: Option<&'static str>,
+}
+
+impl Job {
+    fn name(&self) -> String {
+        match self.filter {
+            Some(f) => format!("{} [{f}]", self.binary.name),
+            None => self.binary.name.clone(),
+        }
+    }
+}
+
+/// The lanes' entries naming `binary`: (lane, filter).
+fn entries_for(binary: &Binary) -> Vec<(&'static str, Option<&'static str>)> {
+    let mut found = Vec::new();
+    for (lane, members) in LANES {
+        for m in *members {
+            let (name, filter) = match m.split_once(' ') {
+                Some((n, f)) => (n, Some(f)),
+                None => (*m, None),
+            };
+            if name == binary.name {
+                found.push((*lane, filter));
+            }
+        }
+    }
+    found
+}
+
+/// The jobs for `binary`: one in the rest's lane when no lane names it, one per entry
+/// otherwise. A binary split by filters must have each test in exactly one of them
+/// (`tests` lists its tests), or a test would run twice or never.
+fn jobs_for(binary: &Binary, tests: impl Fn() -> Vec<String>) -> Result<Vec<Job>, String> {
+    let entries = entries_for(binary);
+    if entries.is_empty() {
+        return Ok(vec![Job {
+            lane: REST,
+            binary: binary.clone(),
+            filter: None,
+        }]);
+    }
+    if entries.len() > 1 || entries.iter().any(|(_, f)| f.is_some()) {
+        if entries.iter().any(|(_, f)| f.is_none()) {
+            return Err(format!(
+                "{} is named whole and split by filters",
+                binary.name
+            ));
+        }
+        for test in tests() {
+            let matched = entries
+                .iter()
+                .filter(|(_, f)| f.is_some_and(|f| test.contains(f)))
+                .count();
+            if matched != 1 {
+                return Err(format!(
+                    "test {test} of {} is in {matched} lanes, not one (rename it or the lanes' filters)",
+                    binary.name
+                ));
+            }
+        }
+    }
+    Ok(entries
+        .into_iter()
+        .map(|(lane, filter)| Job {
+            lane,
+            binary: binary.clone(),
+            filter,
+        })
+        .collect())
+}
+
+/// The names of a test binary's tests (`--list --format terse`).
+fn list_tests(binary: &Binary) -> Vec<String> {
+    let out = Command::new(&binary.executable)
+        .args(["--list", "--format", "terse"])
+        .current_dir(&binary.package_dir)
+        .stdin(Stdio::null())
+        .output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    text.unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_owned)
+        .collect()
 }
 
 struct Ran {
@@ -126,38 +223,41 @@ struct Ran {
 /// that hangs must fail the run, not hold CI until its limit).
 const BINARY_LIMIT: Duration = Duration::from_secs(30 * 60);
 
-fn run(binary: &Binary, lane: &'static str, out: &Mutex<()>) -> Ran {
+fn run(job: &Job, out: &Mutex<()>) -> Ran {
     let start = Instant::now();
     // Output goes to a file, and the run ends when the binary exits: a process it
     // started and left behind (holding a copy of its stdout) does not hold the lane.
-    let (passed, text) = match run_to_file(binary) {
+    let (passed, text) = match run_to_file(&job.binary, job.filter) {
         Ok(r) => r,
         Err(e) => (
             false,
-            format!("cannot run {}: {e}\n", binary.executable.display()),
+            format!("cannot run {}: {e}\n", job.binary.executable.display()),
         ),
     };
     let took = start.elapsed();
     let _printing = out.lock().unwrap_or_else(|p| p.into_inner());
     println!(
-        "== [{lane}] {} ({:.1} s, {})\n{text}",
-        binary.name,
+        "== [{}] {} ({:.1} s, {})\n{text}",
+        job.lane,
+        job.name(),
         took.as_secs_f64(),
         if passed { "ok" } else { "FAILED" }
     );
     Ran {
-        lane,
-        name: binary.name.clone(),
+        lane: job.lane,
+        name: job.name(),
         took,
         passed,
     }
 }
 
-/// Runs `binary` with its stdout and stderr in one temporary file, up to
-/// [`BINARY_LIMIT`]: whether it passed, and what it printed.
-fn run_to_file(binary: &Binary) -> std::io::Result<(bool, String)> {
+/// Runs `binary` (its tests whose names contain `filter`, when given) with its stdout
+/// and stderr in one temporary file, up to [`BINARY_LIMIT`]: whether it passed, and what
+/// it printed.
+fn run_to_file(binary: &Binary, filter: Option<&str>) -> std::io::Result<(bool, String)> {
     let log = tempfile::tempfile()?;
     let mut child = Command::new(&binary.executable)
+        .args(filter)
         .current_dir(&binary.package_dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -208,9 +308,19 @@ fn main() -> ExitCode {
         eprintln!("ipclink-test-lanes: {path} names no test binary");
         return ExitCode::from(2);
     }
-    let mut lanes: BTreeMap<&'static str, Vec<Binary>> = BTreeMap::new();
+    let mut lanes: BTreeMap<&'static str, Vec<Job>> = BTreeMap::new();
     for b in &all {
-        lanes.entry(lane_of(b)).or_default().push(b.clone());
+        match jobs_for(b, || list_tests(b)) {
+            Ok(jobs) => {
+                for job in jobs {
+                    lanes.entry(job.lane).or_default().push(job);
+                }
+            }
+            Err(e) => {
+                eprintln!("ipclink-test-lanes: {e}");
+                return ExitCode::from(2);
+            }
+        }
     }
     // A lane naming a binary cargo did not build is a renamed or moved test, which
     // would otherwise run beside its lane (IPCLINK_LANES_SUBSET=1 when building a part
@@ -218,7 +328,8 @@ fn main() -> ExitCode {
     let subset = std::env::var_os("IPCLINK_LANES_SUBSET").is_some_and(|v| v == "1");
     for (lane, members) in LANES {
         for m in *members {
-            if !subset && !all.iter().any(|b| b.name == *m) {
+            let name = m.split(' ').next().unwrap_or(m);
+            if !subset && !all.iter().any(|b| b.name == name) {
                 eprintln!("ipclink-test-lanes: lane {lane} names {m}, which cargo did not build");
                 return ExitCode::from(2);
             }
@@ -228,15 +339,10 @@ fn main() -> ExitCode {
     let printing = Mutex::new(());
     let mut ran: Vec<Ran> = std::thread::scope(|s| {
         let handles: Vec<_> = lanes
-            .iter()
-            .map(|(lane, binaries)| {
+            .values()
+            .map(|jobs| {
                 let printing = &printing;
-                s.spawn(move || {
-                    binaries
-                        .iter()
-                        .map(|b| run(b, lane, printing))
-                        .collect::<Vec<_>>()
-                })
+                s.spawn(move || jobs.iter().map(|j| run(j, printing)).collect::<Vec<_>>())
             })
             .collect();
         handles
@@ -244,12 +350,12 @@ fn main() -> ExitCode {
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    // A lane whose thread died reports nothing: every binary not reported failed.
-    for b in &all {
-        if !ran.iter().any(|r| r.name == b.name) {
+    // A lane whose thread died reports nothing: every job not reported failed.
+    for job in lanes.values().flatten() {
+        if !ran.iter().any(|r| r.name == job.name()) {
             ran.push(Ran {
-                lane: lane_of(b),
-                name: format!("{} (no result: its lane stopped)", b.name),
+                lane: job.lane,
+                name: format!("{} (no result: its lane stopped)", job.name()),
                 took: Duration::ZERO,
                 passed: false,
             });
@@ -309,9 +415,36 @@ mod tests {
         assert_eq!(found.len(), 2, "{found:?}");
         assert_eq!(found[0].name, "ipclink-core (ipclink_core, unit)");
         assert_eq!(found[0].package_dir, Path::new("/w/core"));
-        assert_eq!(lane_of(&found[0]), REST);
+        let lanes = |b: &Binary, tests: &[&str]| {
+            let tests: Vec<String> = tests.iter().map(|t| t.to_string()).collect();
+            jobs_for(b, || tests.clone()).map(|jobs| {
+                jobs.iter()
+                    .map(|j| format!("{} {}", j.lane, j.name()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            lanes(&found[0], &[]),
+            Ok(vec![format!("{REST} ipclink-core (ipclink_core, unit)")])
+        );
         assert_eq!(found[1].name, "ipclink-e2e/compose");
-        assert_eq!(lane_of(&found[1]), "engines");
+        // Split between the engines' lanes: each test in one.
+        let both = ["sidecar_example_on_docker", "sidecar_example_on_podman"];
+        assert_eq!(
+            lanes(&found[1], &both),
+            Ok(vec![
+                "docker ipclink-e2e/compose [on_docker]".to_owned(),
+                "podman ipclink-e2e/compose [on_podman]".to_owned()
+            ])
+        );
+        // A test named for neither engine would run in no lane: refused.
+        let err = lanes(&found[1], &["sidecar_example_on_docker", "sidecar_example"]);
+        assert!(
+            err.as_ref().is_err_and(
+                |e| e.contains("test sidecar_example of ipclink-e2e/compose is in 0 lanes")
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -327,7 +460,7 @@ mod tests {
             executable: script.clone(),
             package_dir: std::env::temp_dir(),
         };
-        let (passed, text) = run_to_file(&binary).expect("run");
+        let (passed, text) = run_to_file(&binary, None).expect("run");
         let _ = std::fs::remove_file(&script);
         assert!(!passed, "{text}");
         assert!(text.contains("exit: exit status: 3"), "{text}");
