@@ -174,6 +174,7 @@ impl Engine {
         wait_until("the engine to stop", Duration::from_secs(60), || {
             let up = Command::new("pgrep")
                 .args(["-f", pattern])
+                .stdout(std::process::Stdio::null())
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
