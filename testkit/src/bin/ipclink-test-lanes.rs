@@ -35,6 +35,7 @@ const LANES: &[(&str, &[&str])] = &[
             "ipclink-e2e/compose_docker",
             "ipclink-e2e/fastdds",
             "ipclink-e2e/persistence on_docker",
+            "ipclink-e2e/zenoh",
         ],
     ),
     (
@@ -54,6 +55,7 @@ const LANES: &[(&str, &[&str])] = &[
             "ipclink-csi/kubelet",
             "ipclink-csi/memory",
             "ipclink-csi/workloads",
+            "ipclink-csi/zenoh",
             "ipclink-e2e/chart",
             "ipclink-e2e/in_cluster",
             "ipclink-e2e/two_nodes",

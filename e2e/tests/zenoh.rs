@@ -1,0 +1,94 @@
+//! Zenoh between Compose services on Docker Engine that have no network (loopback only),
+//! through an ipclink link at /dev/shm (examples/zenoh): the subscriber listens on a Unix
+//! socket in the link, the publisher connects to it, and 1,000 samples of 64 KiB arrive
+//! whole and in order, every one in shared memory the publisher made in the link. The
+//! example's `tcp` profile, the baseline the benchmark measures against, passes the same
+//! samples over TCP between two containers, none in shared memory.
+
+mod compose_support;
+
+use std::time::Duration;
+
+use compose_support::{Down, one_at_a_time, start_plugin, wait_until};
+use ipclink_testkit::engine::Engine::Docker;
+use ipclink_testkit::engine::{Shared, hold};
+use ipclink_testkit::{output_text as text, repo_root};
+
+#[test]
+fn zenoh_over_a_socket_and_shared_memory_in_the_link_on_docker() {
+    let _one = one_at_a_time();
+    let host = hold(Shared::Plugin);
+    let e = Docker;
+    let images = e.prepare();
+    let (work, _plugin) = start_plugin(e, &images, "ipclink-zenoh-", &host);
+    let dir = repo_root().join("examples/zenoh");
+    let project = "ipclink-e2e-zenoh";
+    let down = Down {
+        engine: e,
+        dir: &dir,
+        project,
+    };
+    down.clean();
+    let out = e.compose(&dir, project, &[], &["up", "-d"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let c = |service: &str| e.container(project, service);
+    for service in ["sub", "pub"] {
+        assert_eq!(
+            e.ok(&[
+                "inspect",
+                "--format",
+                "{{.HostConfig.NetworkMode}}",
+                &c(service)
+            ]),
+            "none"
+        );
+    }
+    // While they run, the link holds the subscriber's socket.
+    let link = work.path().join("volumes/docker/ipclink-e2e-zenoh-link");
+    wait_until("the socket in the link", Duration::from_secs(60), || {
+        use std::os::unix::fs::FileTypeExt;
+        std::fs::symlink_metadata(link.join("zenoh.sock"))
+            .is_ok_and(|m| m.file_type().is_socket())
+            .then_some(())
+    });
+    e.exited_ok(&c("sub"), Duration::from_secs(180));
+    e.exited_ok(&c("pub"), Duration::from_secs(60));
+    let (slog, plog) = (e.logs(&c("sub")), e.logs(&c("pub")));
+    assert!(
+        slog.contains("zenoh sub: listening on unixsock-stream//dev/shm/zenoh.sock\n"),
+        "{slog}"
+    );
+    assert!(
+        slog.contains(
+            "zenoh sub: 1000 samples of 65536 bytes arrived in order, 1000 in shared memory"
+        ),
+        "{slog}"
+    );
+    assert!(
+        plog.contains(
+            "zenoh pub: 1000 samples of 65536 bytes sent (shared memory), the subscriber acknowledged 1000"
+        ),
+        "{plog}"
+    );
+
+    // The baseline: the same pair over TCP on a network, shared memory off.
+    let out = e.compose(
+        &dir,
+        project,
+        &[],
+        &["--profile", "tcp", "up", "-d", "tcp-sub", "tcp-pub"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    e.exited_ok(&c("tcp-sub"), Duration::from_secs(180));
+    e.exited_ok(&c("tcp-pub"), Duration::from_secs(60));
+    let slog = e.logs(&c("tcp-sub"));
+    assert!(slog.contains("zenoh sub: listening on tcp/"), "{slog}");
+    assert!(
+        slog.contains(
+            "zenoh sub: 1000 samples of 65536 bytes arrived in order, 0 in shared memory"
+        ),
+        "{slog}"
+    );
+    let out = down.clean();
+    assert!(out.status.success(), "{}", text(&out));
+}
