@@ -16,6 +16,10 @@
 //! answers there.
 //!   ipclink-compose-bench [--quick]
 //!
+//! With `--zenoh` it measures Zenoh between two containers on Docker Engine
+//! (examples/zenoh): the pair over a Unix socket and shared memory in a link against the
+//! same pair over TCP between the two containers, in turns.
+//!
 //! With `--idle-plugin` it measures only what Docker costs with ipclink installed and no
 //! plugin running: `docker volume ls` with no spec file (what install-docker leaves) and
 //! with a spec naming a socket nobody serves (what it wrote before), side by side, each
@@ -78,6 +82,10 @@ impl Drop for Cleanup {
             let _ = p.wait();
             let _ = std::fs::remove_file(self.engine.plugin_socket());
             let _ = std::fs::remove_file(ipclink_testkit::engine::DOCKER_SPEC);
+            if self.engine == Docker {
+                // dockerd keeps a driver it has used until it restarts (docs/compose.md).
+                self.engine.restart(false);
+            }
         }
     }
 }
@@ -112,6 +120,34 @@ fn load_peer(e: Engine, images: &Path) {
 
 fn answers(socket: &str) -> bool {
     std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
+/// Serves the volume plugin for `e` on the socket the engine looks at, with volumes
+/// under `root`, unless something answers there already; the process it started.
+fn serve_plugin(e: Engine, images: &Path, root: &Path) -> Option<Child> {
+    let socket = e.plugin_socket();
+    if answers(socket) {
+        return None;
+    }
+    let bin = static_binary(images, "ipclink-sidecar");
+    let _ = std::fs::remove_file(socket);
+    let child = Command::new(bin)
+        .args(["volume-plugin", "--socket", socket])
+        .args([
+            "--docker-spec",
+            ipclink_testkit::engine::DOCKER_SPEC,
+            "--root",
+        ])
+        .arg(root)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the plugin");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !answers(socket) {
+        assert!(Instant::now() < deadline, "the plugin did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(child)
 }
 
 /// One RESULT line: transport, bytes per second, round trip in ns.
@@ -154,29 +190,7 @@ fn bench(e: Engine, bytes: &str, trips: &str, reps: &str) -> Run {
     };
     cleanup.clean();
     let root = tempfile::tempdir().expect("temp dir");
-    let socket = e.plugin_socket();
-    if !answers(socket) {
-        let bin = static_binary(&images, "ipclink-sidecar");
-        let _ = std::fs::remove_file(socket);
-        cleanup.plugin = Some(
-            Command::new(bin)
-                .args(["volume-plugin", "--socket", socket])
-                .args([
-                    "--docker-spec",
-                    ipclink_testkit::engine::DOCKER_SPEC,
-                    "--root",
-                ])
-                .arg(root.path())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start the plugin"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !answers(socket) {
-            assert!(Instant::now() < deadline, "the plugin did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    cleanup.plugin = serve_plugin(e, &images, root.path());
     run(e, &["network", "create", NETWORK]);
     run(
         e,
@@ -301,6 +315,10 @@ fn main() {
         idle_plugin();
         return;
     }
+    if std::env::args().any(|a| a == "--zenoh") {
+        zenoh(quick);
+        return;
+    }
     let (bytes, trips, reps) = if quick {
         ("67108864", "2000", "3")
     } else {
@@ -392,4 +410,96 @@ fn idle_plugin() {
         "| names a socket nobody serves (install-docker before) | {stale:.2} s | {:.1}× |",
         stale / none
     );
+}
+
+/// One turn of a Zenoh pair of examples/zenoh: `up` its two services (fresh containers,
+/// with `env`), wait for the subscriber and read its line; bytes per second, after
+/// checking that every sample came through shared memory, or none (`tcp`).
+fn zenoh_turn(e: Engine, dir: &Path, project: &str, env: &[(&str, &str)], tcp: bool) -> f64 {
+    let (sub, publisher) = if tcp {
+        ("tcp-sub", "tcp-pub")
+    } else {
+        ("sub", "pub")
+    };
+    let mut args = vec!["up", "-d", "--force-recreate", sub, publisher];
+    if tcp {
+        args.splice(..0, ["--profile", "tcp"]);
+    }
+    let out = e.compose(dir, project, env, &args);
+    assert!(
+        out.status.success(),
+        "compose {args:?}: {}",
+        output_text(&out)
+    );
+    let container = e.container(project, sub);
+    let code = run(e, &["wait", &container]);
+    let log = run(e, &["logs", &container]);
+    assert_eq!(code, "0", "{container}: {log}");
+    let samples: f64 = env[0].1.parse().unwrap_or(0.0);
+    let want = format!(
+        "{samples} samples of 65536 bytes arrived in order, {} in shared memory, in ",
+        if tcp { 0.0 } else { samples }
+    );
+    let secs: f64 = log
+        .lines()
+        .find_map(|l| l.split(&want).nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{container}: no line with {want:?}:\n{log}"));
+    samples * 65536.0 / secs
+}
+
+/// Zenoh between two containers on Docker Engine (examples/zenoh): a Unix socket and
+/// shared memory in a link, with publisher pools of 1 to 6 MiB, against TCP between the
+/// two containers (the example's `tcp` profile, shared memory off), taken in turns;
+/// medians of the turns, and the medians of the turn-by-turn ratios.
+fn zenoh(quick: bool) {
+    let e = Docker;
+    let images = e.prepare();
+    let root = tempfile::tempdir().expect("temp dir");
+    let plugin = serve_plugin(e, &images, root.path());
+    let dir = repo_root().join("examples/zenoh");
+    let project = "ipclink-bench-zenoh";
+    let (samples, turns) = if quick { ("1000", 1) } else { ("20000", 7) };
+    let pools = ["1048576", "2097152", "4194304", "6291456"];
+    let down = || {
+        let args = ["--profile", "tcp", "down", "-v", "--timeout", "2"];
+        let out = e.compose(&dir, project, &[("ZENOH_SAMPLES", samples)], &args);
+        assert!(out.status.success(), "compose down: {}", output_text(&out));
+    };
+    down();
+    // Per turn: TCP first, then each pool.
+    let mut turns_taken: Vec<Vec<f64>> = Vec::new();
+    for _ in 0..turns {
+        let tcp = zenoh_turn(e, &dir, project, &[("ZENOH_SAMPLES", samples)], true);
+        let mut turn = vec![tcp];
+        for pool in pools {
+            let env = [("ZENOH_SAMPLES", samples), ("ZENOH_POOL", pool)];
+            turn.push(zenoh_turn(e, &dir, project, &env, false));
+        }
+        turns_taken.push(turn);
+    }
+    down();
+    drop(Cleanup { engine: e, plugin });
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let column = |i: usize| median(turns_taken.iter().map(|t| t[i]).collect());
+    let ratio = |i: usize| median(turns_taken.iter().map(|t| t[i] / t[0]).collect());
+    println!(
+        "Zenoh 1.10.2 between two containers on Docker Engine 20.10 ({samples} samples of 64 KiB, reliable, blocking; medians of {turns} turns, the pairs taken in turns), same run"
+    );
+    println!("| pair | publisher's pool | throughput | vs TCP |");
+    println!("|---|---|---|---|");
+    println!(
+        "| TCP between the containers, shared memory off | none | {:.2} GB/s | 1.00× |",
+        column(0) / 1e9
+    );
+    for (i, pool) in pools.iter().enumerate() {
+        let mib = pool.parse::<f64>().unwrap_or(0.0) / f64::from(1 << 20);
+        println!(
+            "| a Unix socket and shared memory in an ipclink link, no network | {mib:.0} MiB | {:.2} GB/s | {:.2}× |",
+            column(i + 1) / 1e9,
+            ratio(i + 1)
+        );
+    }
 }
