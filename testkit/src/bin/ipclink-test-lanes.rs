@@ -160,7 +160,10 @@ fn entries_for(binary: &Binary) -> Vec<(&'static str, Option<&'static str>)> {
 /// The jobs for `binary`: one in the rest's lane when no lane names it, one per entry
 /// otherwise. A binary split by filters must have each test in exactly one of them
 /// (`tests` lists its tests), or a test would run twice or never.
-fn jobs_for(binary: &Binary, tests: impl Fn() -> Vec<String>) -> Result<Vec<Job>, String> {
+fn jobs_for(
+    binary: &Binary,
+    tests: impl Fn() -> Result<Vec<String>, String>,
+) -> Result<Vec<Job>, String> {
     let entries = entries_for(binary);
     if entries.is_empty() {
         return Ok(vec![Job {
@@ -176,7 +179,7 @@ fn jobs_for(binary: &Binary, tests: impl Fn() -> Vec<String>) -> Result<Vec<Job>
                 binary.name
             ));
         }
-        for test in tests() {
+        for test in tests()? {
             let matched = entries
                 .iter()
                 .filter(|(_, f)| f.is_some_and(|f| test.contains(f)))
@@ -200,18 +203,25 @@ fn jobs_for(binary: &Binary, tests: impl Fn() -> Vec<String>) -> Result<Vec<Job>
 }
 
 /// The names of a test binary's tests (`--list --format terse`).
-fn list_tests(binary: &Binary) -> Vec<String> {
+fn list_tests(binary: &Binary) -> Result<Vec<String>, String> {
     let out = Command::new(&binary.executable)
         .args(["--list", "--format", "terse"])
         .current_dir(&binary.package_dir)
         .stdin(Stdio::null())
-        .output();
-    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    text.unwrap_or_default()
+        .output()
+        .map_err(|e| format!("{}: cannot list its tests: {e}", binary.name))?;
+    let tests: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.strip_suffix(": test"))
         .map(str::to_owned)
-        .collect()
+        .collect();
+    if !out.status.success() || tests.is_empty() {
+        return Err(format!(
+            "{}: listing its tests gave {} and no test",
+            binary.name, out.status
+        ));
+    }
+    Ok(tests)
 }
 
 struct Ran {
@@ -271,6 +281,15 @@ fn run_to_file(binary: &Binary, filter: Option<&str>) -> std::io::Result<(bool, 
             break Some(status);
         }
         if start.elapsed() > BINARY_LIMIT {
+            // With what it started and still parents: a volume plugin it serves would
+            // otherwise keep the socket and port that the other lane's next test takes
+            // once the dead binary's lock is gone.
+            for pid in descendants(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
             let _ = child.kill();
             let _ = child.wait();
             break None;
@@ -289,6 +308,39 @@ fn run_to_file(binary: &Binary, filter: Option<&str>) -> std::io::Result<(bool, 
             format!("{text}killed: still running after {BINARY_LIMIT:?}\n"),
         ),
     })
+}
+
+/// The processes below `root` (children, their children, ...), from /proc.
+fn descendants(root: u32) -> Vec<i32> {
+    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = Vec::new();
+    let mut next = vec![i32::try_from(root).unwrap_or(-1)];
+    while let Some(p) = next.pop() {
+        for (pid, _) in parents.iter().filter(|(_, ppid)| *ppid == p) {
+            if !found.contains(pid) {
+                found.push(*pid);
+                next.push(*pid);
+            }
+        }
+    }
+    found
 }
 
 fn main() -> ExitCode {
@@ -419,7 +471,7 @@ mod tests {
         assert_eq!(found[0].package_dir, Path::new("/w/core"));
         let lanes = |b: &Binary, tests: &[&str]| {
             let tests: Vec<String> = tests.iter().map(|t| t.to_string()).collect();
-            jobs_for(b, || tests.clone()).map(|jobs| {
+            jobs_for(b, || Ok(tests.clone())).map(|jobs| {
                 jobs.iter()
                     .map(|j| format!("{} {}", j.lane, j.name()))
                     .collect::<Vec<_>>()
@@ -447,6 +499,33 @@ mod tests {
             ),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn descendants_are_found_through_proc() {
+        let mut sh = Command::new("sh")
+            .args(["-c", "sleep 60 & echo $!; wait"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(sh.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("read");
+        let sleep: i32 = line.trim().parse().expect("a pid");
+        let found = descendants(sh.id());
+        for pid in &found {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = sh.kill();
+        let _ = sh.wait();
+        assert!(found.contains(&sleep), "{found:?} lacks {sleep}");
+        assert!(!found.contains(&(std::process::id() as i32)), "{found:?}");
     }
 
     #[test]
