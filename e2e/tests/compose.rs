@@ -209,7 +209,9 @@ fn sidecar_example(e: Engine) {
     e.ok(&["unpause", &consumer]);
 
     // A service that mounts the volume but is not a member, as a user that cannot read.
-    let intruder = std::env::temp_dir().join("ipclink-e2e-intruder.yml");
+    // Its own file: the other engine's run of this test may be writing its own now.
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let intruder = scratch.path().join("intruder.yml");
     std::fs::write(
         &intruder,
         "services:\n  auditor:\n    image: localhost/ipclink/demo:0.1.0\n    entrypoint: [\"/ipclink-demo\"]\n    command: [\"consume\"]\n    user: \"2000:2000\"\n    volumes: [\"frames:/dev/shm\"]\n",
@@ -280,7 +282,6 @@ fn sidecar_example(e: Engine) {
     );
 
     assert_eq!(prometheus_up(&prom_port), 1.0);
-    let _ = std::fs::remove_file(&intruder);
     // `down -v` removes the tmpfs volume with the link in it.
     let out = down.clean();
     assert!(out.status.success(), "{}", text(&out));
@@ -300,8 +301,8 @@ fn plugin_example_on_docker_with_faults() {
 
 fn plugin_example_with_faults(e: Engine) {
     let _one = one_at_a_time();
-    let host = hold(Shared::Plugin);
     let images = e.prepare();
+    let host = hold(Shared::Plugin);
     let (work, mut plugin) = start_plugin(e, &images, "ipclink-compose-plugin-", &host);
     let root = work.path().join("volumes");
     let dir = repo_root().join("examples/compose/plugin");
@@ -445,8 +446,8 @@ fn readme_compose_section_runs_as_written_on_docker() {
 
 fn readme_compose_section(e: Engine, block: &str) {
     let _one = one_at_a_time();
-    let _ports = hold(Shared::DocsPorts);
     e.prepare();
+    let _ports = hold(Shared::DocsPorts);
     let block = ipclink_testkit::doc_block("docs/compose.md", block);
     let dir = repo_root().join("examples/compose/sidecar");
     let down = Down {
@@ -484,8 +485,8 @@ fn workloads_example_on_docker_needs_allow_create() {
 /// containers only when it lets members create (`allowCreate=true`).
 fn workloads_example(e: Engine) {
     let _one = one_at_a_time();
-    let host = hold(Shared::Plugin);
     let images = e.prepare();
+    let host = hold(Shared::Plugin);
     let (work, _plugin) = start_plugin(e, &images, "ipclink-compose-workloads-", &host);
     let root = work.path().join("volumes");
     let dir = repo_root().join("examples/compose/workloads");

@@ -21,9 +21,9 @@ use ipclink_testkit::{output_text as text, repo_root};
 #[test]
 fn with_no_plugin_running_docker_is_not_held_up_and_an_ipclink_volume_is_refused() {
     let _one = one_at_a_time();
-    let _plugin_host = hold(Shared::Plugin);
     let e = Docker;
     e.prepare();
+    let _plugin_host = hold(Shared::Plugin);
     // The state an earlier installer left, or a plugin killed with -9: a spec whose
     // socket nobody serves. install-docker removes it; the restart clears what dockerd
     // remembers of a plugin it used before.
@@ -113,9 +113,9 @@ fn a_sidecar_asking_an_engine_that_does_not_run_it_says_so() {
 #[test]
 fn plugin_example_on_docker_managed_plugin() {
     let _one = one_at_a_time();
-    let _plugin_host = hold(Shared::Plugin);
     let e = Docker;
     let images = e.prepare();
+    let _plugin_host = hold(Shared::Plugin);
     let plugin_dir = images.join("docker/plugin");
     std::fs::create_dir_all("/etc/ipclink/links").expect("link dir");
     let _ = std::fs::remove_file(e.plugin_socket());

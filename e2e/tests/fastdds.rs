@@ -24,9 +24,9 @@ use ipclink_testkit::{fastdds_host_id, output_text as text, repo_root};
 #[test]
 fn fastdds_over_a_link_without_a_network_path() {
     let _one = one_at_a_time();
-    let host = hold(Shared::Plugin);
     let e = Docker;
     let images = e.prepare();
+    let host = hold(Shared::Plugin);
     let (work, _plugin) = start_plugin(e, &images, "ipclink-fastdds-", &host);
     let dir = repo_root().join("examples/fastdds");
     let project = "ipclink-e2e-fastdds";

@@ -204,8 +204,8 @@ const STRANGER: &str = "ipclink-e2e-persist-stranger";
 
 fn plugin_mode(e: Engine) {
     let _one = one_at_a_time();
-    let host = hold(Shared::Plugin);
     let images = e.prepare();
+    let host = hold(Shared::Plugin);
     let dir = repo_root().join("e2e/tests/fixtures/persistence/plugin");
     let name = "ipclink-e2e-persist-plugin";
     // The volume's link file, in the plugin's default link directory.

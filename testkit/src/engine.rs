@@ -209,22 +209,27 @@ pub struct Held {
 }
 
 /// Waits for `what` and holds it until the guard is dropped: an exclusive `flock` on a
-/// file in /run/lock, so that tests in any process take it in turn, and a process that
-/// dies lets it go.
+/// file in `$IPCLINK_CACHE/locks` (root's, beside the installers' locks), so that tests
+/// in any process take it in turn, and a process that dies lets it go.
 pub fn hold(what: Shared) -> Held {
     let name = match what {
         Shared::Plugin => "plugin",
         Shared::DocsPorts => "docs-ports",
     };
-    let path = format!("/run/lock/ipclink-e2e-{name}.lock");
+    let dir = std::path::PathBuf::from(
+        std::env::var_os("IPCLINK_CACHE").unwrap_or_else(|| "/var/cache/ipclink".into()),
+    )
+    .join("locks");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let path = dir.join(format!("e2e-{name}.lock"));
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("flock {path}: {e}"));
+        .unwrap_or_else(|(_, e)| panic!("flock {}: {e}", path.display()));
     Held { what, _lock: lock }
 }
 
