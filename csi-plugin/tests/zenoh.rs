@@ -70,6 +70,8 @@ fn zenoh_between_pods_over_a_socket_and_shared_memory_in_the_link() {
         ),
         "{slog}"
     );
+    // Nor did the publisher listen anywhere: it only connected to the socket.
+    assert!(plog.contains("zenoh pub: listening on nothing\n"), "{plog}");
     assert!(
         plog.contains(
             "zenoh pub: 1000 samples of 65536 bytes sent (shared memory), the subscriber acknowledged 1000"

@@ -455,7 +455,11 @@ fn zenoh(quick: bool) {
     let e = Docker;
     let images = e.prepare();
     let root = tempfile::tempdir().expect("temp dir");
-    let plugin = serve_plugin(e, &images, root.path());
+    // Stops a plugin it started (and restarts dockerd) even if a turn panics.
+    let cleanup = Cleanup {
+        engine: e,
+        plugin: serve_plugin(e, &images, root.path()),
+    };
     let dir = repo_root().join("examples/zenoh");
     let project = "ipclink-bench-zenoh";
     let (samples, turns) = if quick { ("1000", 1) } else { ("20000", 7) };
@@ -478,7 +482,7 @@ fn zenoh(quick: bool) {
         turns_taken.push(turn);
     }
     down();
-    drop(Cleanup { engine: e, plugin });
+    drop(cleanup);
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]

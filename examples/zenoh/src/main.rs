@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use zenoh::Wait;
 use zenoh::qos::{CongestionControl, Reliability};
-use zenoh::shm::{BlockOn, GarbageCollect, PosixShmProviderBackend, ShmProviderBuilder};
+use zenoh::shm::{GarbageCollect, PosixShmProviderBackend, ShmProviderBuilder, ZAllocError};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -132,17 +132,27 @@ fn intact(buf: &[u8], seq: u64, size: usize) -> bool {
             .all(|i| buf[i] == pattern(seq))
 }
 
-fn sub(s: &Settings) -> Result<String, Error> {
+/// Opens the session and says where it listens ("nothing" for one that only connects).
+fn open(s: &Settings, role: &str) -> Result<zenoh::Session, Error> {
     let session = zenoh::open(s.config()?).wait()?;
-    let locators = session.info().locators().wait();
-    println!(
-        "zenoh sub: listening on {}",
-        locators
-            .iter()
-            .map(|l| l.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let locators: Vec<String> = session
+        .info()
+        .locators()
+        .wait()
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    let at = if locators.is_empty() {
+        "nothing".to_owned()
+    } else {
+        locators.join(", ")
+    };
+    println!("zenoh {role}: listening on {at}");
+    Ok(session)
+}
+
+fn sub(s: &Settings) -> Result<String, Error> {
+    let session = open(s, "sub")?;
     let data = session.declare_subscriber(DATA).wait()?;
     let bye = session.declare_subscriber(BYE).wait()?;
     let deadline = Instant::now() + s.timeout;
@@ -188,7 +198,7 @@ fn sub(s: &Settings) -> Result<String, Error> {
 }
 
 fn publish(s: &Settings) -> Result<String, Error> {
-    let session = zenoh::open(s.config()?).wait()?;
+    let session = open(s, "pub")?;
     let ack = session.declare_subscriber(ACK).wait()?;
     let publisher = session
         .declare_publisher(DATA)
@@ -211,11 +221,25 @@ fn publish(s: &Settings) -> Result<String, Error> {
         let provider = pool.insert(ShmProviderBuilder::backend(backend).wait());
         let layout = provider.alloc_layout(s.size)?;
         for seq in 0..s.samples {
-            let mut buf = layout
-                .alloc()
-                .with_policy::<BlockOn<GarbageCollect>>()
-                .wait()
-                .map_err(|e| format!("shared memory for sample {seq}: {e:?}"))?;
+            // As Zenoh's BlockOn policy (retry every millisecond while the pool is full),
+            // up to the deadline: a subscriber that lets no buffer go stops the run.
+            let mut buf = loop {
+                match layout.alloc().with_policy::<GarbageCollect>().wait() {
+                    Ok(buf) => break buf,
+                    Err(ZAllocError::OutOfMemory | ZAllocError::NeedDefragment)
+                        if Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "no shared memory for sample {seq} in {:?} (the subscriber holds the pool): {e:?}",
+                            s.timeout
+                        )
+                        .into());
+                    }
+                }
+            };
             fill(&mut buf, seq);
             publisher.put(buf).wait()?;
         }
