@@ -36,6 +36,33 @@ pub fn fastdds_host_id(log: &str, role: &str) -> String {
         .to_owned()
 }
 
+/// Checks the logs of an examples/zenoh pair that passed `samples` samples of 64 KiB
+/// over the link's socket (`unixsock-stream//dev/shm/zenoh.sock`): the subscriber
+/// listened there and nowhere else, the publisher nowhere, and every sample arrived in
+/// order and in shared memory, acknowledged.
+pub fn assert_zenoh_pair_over_the_link(sub_log: &str, pub_log: &str, samples: u32) {
+    assert!(
+        sub_log.contains("zenoh sub: listening on unixsock-stream//dev/shm/zenoh.sock\n"),
+        "{sub_log}"
+    );
+    assert!(
+        sub_log.contains(&format!(
+            "zenoh sub: {samples} samples of 65536 bytes arrived in order, {samples} in shared memory"
+        )),
+        "{sub_log}"
+    );
+    assert!(
+        pub_log.contains("zenoh pub: listening on nothing\n"),
+        "{pub_log}"
+    );
+    assert!(
+        pub_log.contains(&format!(
+            "zenoh pub: {samples} samples of 65536 bytes sent (shared memory), the subscriber acknowledged {samples}"
+        )),
+        "{pub_log}"
+    );
+}
+
 /// Panics unless running as root (namespaces and tmpfs mounts need it).
 pub fn require_root() {
     assert!(

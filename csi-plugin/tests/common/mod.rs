@@ -162,3 +162,52 @@ pub fn ephemeral(
 pub fn rt() -> tokio::runtime::Runtime {
     ipclink_runtime::tokio_runtime(Some(2)).expect("runtime")
 }
+
+/// Applies `examples/kubernetes/MANIFEST` as written on a real kubelet (`images`
+/// imported, the node plugin registered) and waits for its two `pods` in namespace
+/// `ns` to finish: each must succeed, with an address of its own on the pod network.
+/// The logs of their `main` containers.
+#[allow(dead_code)]
+pub fn run_example_pair(ns: &str, images: &[&str], manifest: &str, pods: [&str; 2]) -> [String; 2] {
+    const LONG: Duration = Duration::from_secs(180);
+    let (cp, node) = ipclink_testkit::node::cluster(ns, images);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = Unmounter(dir.path().to_path_buf());
+    let (_plugin, _) = Plugin::start_registered(dir.path(), &cp, &node, &[], LONG);
+    let out = Command::new(cp.bin_dir().join("kubectl"))
+        .args(["apply", "-f"])
+        .arg(
+            ipclink_testkit::repo_root()
+                .join("examples/kubernetes")
+                .join(manifest),
+        )
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        ipclink_testkit::output_text(&out)
+    );
+    let mut ips = Vec::new();
+    for p in pods {
+        let v = cp.wait_for(
+            &format!("/api/v1/namespaces/{ns}/pods/{p}"),
+            "pod finished",
+            LONG,
+            |v| matches!(v["status"]["phase"].as_str(), Some("Succeeded" | "Failed")),
+        );
+        assert_eq!(
+            v["status"]["phase"],
+            "Succeeded",
+            "{p}: {v:#}\n{}",
+            node.container_log(ns, p, "main")
+        );
+        ips.push(v["status"]["podIP"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(
+        !ips[0].is_empty() && ips[0] != ips[1],
+        "each pod has an address of its own: {ips:?}"
+    );
+    pods.map(|p| node.container_log(ns, p, "main"))
+}
