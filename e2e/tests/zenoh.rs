@@ -1,7 +1,9 @@
 //! Zenoh between Compose services on Docker Engine that have no network (loopback only),
 //! through an ipclink link at /dev/shm (examples/zenoh): the subscriber listens on a Unix
 //! socket in the link, the publisher connects to it, and 1,000 samples of 64 KiB arrive
-//! in order, every one in shared memory the publisher made in the link. The
+//! in order, every one in shared memory the publisher made in the link; while the two
+//! hold them, the plugin's metrics show Zenoh's segments and socket in the link as
+//! discovered objects, with both containers as their holders. The
 //! example's `tcp` profile, the baseline the benchmark measures against, passes the same
 //! samples over TCP between two containers, none in shared memory.
 
@@ -9,9 +11,10 @@ mod compose_support;
 
 use std::time::Duration;
 
-use compose_support::{Down, one_at_a_time, start_plugin};
+use compose_support::{Down, one_at_a_time, start_plugin, wait_until};
 use ipclink_testkit::engine::Engine::Docker;
 use ipclink_testkit::engine::{Shared, hold};
+use ipclink_testkit::http::get_ok;
 use ipclink_testkit::{output_text as text, repo_root};
 
 #[test]
@@ -20,7 +23,7 @@ fn zenoh_over_a_socket_and_shared_memory_in_the_link_on_docker() {
     let e = Docker;
     let images = e.prepare();
     let host = hold(Shared::Plugin);
-    let (_work, _plugin) = start_plugin(e, &images, "ipclink-zenoh-", &host);
+    let (work, _plugin) = start_plugin(e, &images, "ipclink-zenoh-", &host);
     let dir = repo_root().join("examples/zenoh");
     let project = "ipclink-e2e-zenoh";
     let down = Down {
@@ -29,7 +32,9 @@ fn zenoh_over_a_socket_and_shared_memory_in_the_link_on_docker() {
         project,
     };
     down.clean();
-    let out = e.compose(&dir, project, &[], &["up", "-d"]);
+    // Both hold everything until `release` appears in the link.
+    let env = [("ZENOH_WAIT_FOR", "/dev/shm/release")];
+    let out = e.compose(&dir, project, &env, &["up", "-d", "sub", "pub"]);
     assert!(out.status.success(), "{}", text(&out));
     let c = |service: &str| e.container(project, service);
     for service in ["sub", "pub"] {
@@ -43,6 +48,37 @@ fn zenoh_over_a_socket_and_shared_memory_in_the_link_on_docker() {
             "none"
         );
     }
+    // Zenoh's own objects in the link, as the plugin reports them: its segments and the
+    // socket, discovered, with the two containers as holders.
+    let (sub, publisher) = (c("sub"), c("pub"));
+    let holders = wait_until(
+        "Zenoh's objects and their holders in the plugin's metrics",
+        Duration::from_secs(120),
+        || {
+            let m = get_ok(9465, "/metrics").unwrap_or_default();
+            let held = holders_of(&m, &format!("{project}-link"));
+            let socket = held.contains(&("zenoh.sock", "reader", sub.as_str()))
+                && held.contains(&("zenoh.sock", "writer", publisher.as_str()));
+            let segment = held.iter().any(|(channel, role, container)| {
+                channel.ends_with(".zenoh")
+                    && *role == "mapper"
+                    && *container == sub
+                    && held.contains(&(channel, "mapper", publisher.as_str()))
+            });
+            let discovered = m.lines().any(|l| {
+                l.starts_with("ipclink_channel_present{")
+                    && l.contains(r#"channel="zenoh.sock""#)
+                    && l.contains(r#"origin="discovered""#)
+            });
+            (socket && segment && discovered).then(|| format!("{held:?}"))
+        },
+    );
+    eprintln!("holders: {holders}");
+    let link = work
+        .path()
+        .join("volumes/docker")
+        .join(format!("{project}-link"));
+    std::fs::write(link.join("release"), b"").expect("release");
     e.exited_ok(&c("sub"), Duration::from_secs(180));
     e.exited_ok(&c("pub"), Duration::from_secs(60));
     ipclink_testkit::assert_zenoh_pair_over_the_link(&e.logs(&c("sub")), &e.logs(&c("pub")), 1000);
@@ -67,4 +103,25 @@ fn zenoh_over_a_socket_and_shared_memory_in_the_link_on_docker() {
     );
     let out = down.clean();
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// The (channel, role, container) of every `ipclink_channel_holder_info` series of `link`.
+fn holders_of<'a>(metrics: &'a str, link: &str) -> Vec<(&'a str, &'a str, &'a str)> {
+    let label = |line: &'a str, name: &str| -> Option<&'a str> {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        let len = line[start..].find('"')?;
+        Some(&line[start..start + len])
+    };
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("ipclink_channel_holder_info{"))
+        .filter(|l| label(l, "link") == Some(link))
+        .filter_map(|l| {
+            Some((
+                label(l, "channel")?,
+                label(l, "role")?,
+                label(l, "container")?,
+            ))
+        })
+        .collect()
 }

@@ -12,8 +12,10 @@
 //! (bytes a sample, 16..=4 MiB, default 64 KiB), `ZENOH_POOL` (the publisher's
 //! shared-memory pool in bytes, at least one sample, at most 64 MiB, default 4 MiB: Zenoh
 //! locks its segments in memory, so the pool and Zenoh's own ~1.25 MiB must fit the
-//! container's RLIMIT_MEMLOCK on both sides) and `ZENOH_TIMEOUT_S` (1..=3600, default
-//! 120). Prints one line saying what arrived, and exits 1 when anything is missing, out
+//! container's RLIMIT_MEMLOCK on both sides), `ZENOH_TIMEOUT_S` (1..=3600, default
+//! 120) and `ZENOH_WAIT_FOR` (a path: once the samples are acknowledged, both wait for
+//! it to exist before letting go of their session, socket and pool, so that a test can
+//! look at them). Prints one line saying what arrived, and exits 1 when anything is missing, out
 //! of order, damaged, or (with shared memory on) not in shared memory.
 
 use std::process::ExitCode;
@@ -37,6 +39,8 @@ struct Settings {
     size: usize,
     pool: usize,
     timeout: Duration,
+    /// A path whose existence both wait for, holding everything, before letting go.
+    wait_for: Option<std::path::PathBuf>,
 }
 
 /// `name` as a number in `range`, or `default` when unset.
@@ -71,7 +75,28 @@ impl Settings {
             size,
             pool: number("ZENOH_POOL", 4 << 20, size as u64..=64 << 20)? as usize,
             timeout: Duration::from_secs(number("ZENOH_TIMEOUT_S", 120, 1..=3600)?),
+            wait_for: std::env::var_os("ZENOH_WAIT_FOR")
+                .filter(|p| !p.is_empty())
+                .map(Into::into),
         })
+    }
+
+    /// With `ZENOH_WAIT_FOR`, waits (up to the timeout) until that path exists: the
+    /// session, the socket and the pool are still held meanwhile, for an observer.
+    fn wait_for_release(&self) -> Result<(), Error> {
+        let Some(path) = &self.wait_for else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + self.timeout;
+        while !path.exists() {
+            if Instant::now() > deadline {
+                return Err(
+                    format!("{} did not appear in {:?}", path.display(), self.timeout).into(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
     }
 
     /// A peer that talks only through the endpoints given: no multicast scouting, and Zenoh's implicit shared-memory pool (16 MiB by default, more than a
@@ -178,6 +203,7 @@ fn sub(s: &Settings) -> Result<String, Error> {
     }
     let took = first.map(|f| f.elapsed()).unwrap_or_default();
     session.put(ACK, arrived.to_string()).wait()?;
+    s.wait_for_release()?;
     // The publisher says bye once it has the acknowledgement, so that it arrives.
     let said_bye = bye.recv_deadline(Instant::now() + Duration::from_secs(30))?;
     session.close().wait()?;
@@ -254,6 +280,7 @@ fn publish(s: &Settings) -> Result<String, Error> {
         return Err(format!("the subscriber acknowledged nothing in {:?}", s.timeout).into());
     };
     let acknowledged = String::from_utf8_lossy(&reply.payload().to_bytes()).into_owned();
+    s.wait_for_release()?;
     session.put(BYE, "bye").wait()?;
     session.close().wait()?;
     drop(pool);
