@@ -54,6 +54,7 @@ const LANES: &[(&str, &[&str])] = &[
             "ipclink-csi/holders",
             "ipclink-csi/kubelet",
             "ipclink-csi/memory",
+            "ipclink-csi/triton_style",
             "ipclink-csi/workloads",
             "ipclink-csi/zenoh",
             "ipclink-e2e/chart",
