@@ -7,7 +7,7 @@
 mod common;
 
 use common::{require_root, run_example_pair};
-use ipclink_testkit::fastdds_host_id;
+use ipclink_testkit::assert_fastdds_pair_matched;
 
 #[test]
 fn fastdds_between_pods_over_shared_memory_only() {
@@ -18,13 +18,5 @@ fn fastdds_between_pods_over_shared_memory_only() {
         "fastdds.yaml",
         ["dds-pub", "dds-sub"],
     );
-    assert!(
-        slog.contains("fastdds sub: 1000 samples arrived in order"),
-        "{slog}"
-    );
-    assert!(
-        plog.contains("fastdds pub: 1000 samples sent and acknowledged"),
-        "{plog}"
-    );
-    assert_eq!(fastdds_host_id(&plog, "pub"), fastdds_host_id(&slog, "sub"));
+    assert_fastdds_pair_matched(&plog, &slog, "the pods");
 }

@@ -19,7 +19,9 @@ use std::time::Duration;
 use compose_support::{Down, one_at_a_time, start_plugin, wait_until};
 use ipclink_testkit::engine::Engine::Docker;
 use ipclink_testkit::engine::{Shared, hold};
-use ipclink_testkit::{fastdds_host_id, output_text as text, repo_root};
+use ipclink_testkit::{
+    assert_fastdds_pair_matched, fastdds_host_id, output_text as text, repo_root,
+};
 
 #[test]
 fn fastdds_over_a_link_without_a_network_path() {
@@ -70,20 +72,7 @@ fn fastdds_over_a_link_without_a_network_path() {
         let (publisher, subscriber) = (c(&format!("pub-{pair}")), c(&format!("sub-{pair}")));
         e.exited_ok(&subscriber, Duration::from_secs(300));
         e.exited_ok(&publisher, Duration::from_secs(60));
-        let (plog, slog) = (e.logs(&publisher), e.logs(&subscriber));
-        assert!(
-            slog.contains("fastdds sub: 1000 samples arrived in order"),
-            "{slog}"
-        );
-        assert!(
-            plog.contains("fastdds pub: 1000 samples sent and acknowledged"),
-            "{plog}"
-        );
-        assert_eq!(
-            fastdds_host_id(&plog, "pub"),
-            fastdds_host_id(&slog, "sub"),
-            "{pair}"
-        );
+        assert_fastdds_pair_matched(&e.logs(&publisher), &e.logs(&subscriber), pair);
     }
 
     // Without it: both work in the link (each participant's segment is there), with

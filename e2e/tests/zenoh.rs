@@ -14,7 +14,7 @@ use std::time::Duration;
 use compose_support::{Down, one_at_a_time, start_plugin, wait_until};
 use ipclink_testkit::engine::Engine::Docker;
 use ipclink_testkit::engine::{Shared, hold};
-use ipclink_testkit::http::get_ok;
+use ipclink_testkit::http::{get_ok, metric};
 use ipclink_testkit::{output_text as text, repo_root};
 
 #[test]
@@ -65,11 +65,15 @@ fn zenoh_over_a_socket_and_shared_memory_in_the_link_on_docker() {
                     && *container == sub
                     && held.contains(&(channel, "mapper", publisher.as_str()))
             });
-            let discovered = m.lines().any(|l| {
-                l.starts_with("ipclink_channel_present{")
-                    && l.contains(r#"channel="zenoh.sock""#)
-                    && l.contains(r#"origin="discovered""#)
-            });
+            let discovered = metric(
+                &m,
+                "ipclink_channel_present",
+                &[
+                    ("link", &format!("{project}-link")),
+                    ("channel", "zenoh.sock"),
+                    ("origin", "discovered"),
+                ],
+            ) == Some(1.0);
             (socket && segment && discovered).then(|| format!("{held:?}"))
         },
     );

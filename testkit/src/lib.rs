@@ -36,6 +36,25 @@ pub fn fastdds_host_id(log: &str, role: &str) -> String {
         .to_owned()
 }
 
+/// Checks the logs of an examples/fastdds pair that matched: the subscriber got its
+/// 1,000 samples in order, the publisher had them acknowledged, and both participants
+/// have the same host id (`what` names the pair in a failure).
+pub fn assert_fastdds_pair_matched(pub_log: &str, sub_log: &str, what: &str) {
+    assert!(
+        sub_log.contains("fastdds sub: 1000 samples arrived in order"),
+        "{what}: {sub_log}"
+    );
+    assert!(
+        pub_log.contains("fastdds pub: 1000 samples sent and acknowledged"),
+        "{what}: {pub_log}"
+    );
+    assert_eq!(
+        fastdds_host_id(pub_log, "pub"),
+        fastdds_host_id(sub_log, "sub"),
+        "{what}"
+    );
+}
+
 /// Checks the logs of an examples/zenoh pair that passed `samples` samples of 64 KiB
 /// over the link's socket (`unixsock-stream//dev/shm/zenoh.sock`): the subscriber
 /// listened there and nowhere else, the publisher nowhere, and every sample arrived in

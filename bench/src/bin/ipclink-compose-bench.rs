@@ -412,20 +412,25 @@ fn idle_plugin() {
     );
 }
 
-/// One turn of a Zenoh pair of examples/zenoh: `up` its two services (fresh containers,
-/// with `env`), wait for the subscriber and read its line; bytes per second, after
-/// checking that every sample came through shared memory, or none (`tcp`).
-fn zenoh_turn(e: Engine, dir: &Path, project: &str, env: &[(&str, &str)], tcp: bool) -> f64 {
-    let (sub, publisher) = if tcp {
-        ("tcp-sub", "tcp-pub")
-    } else {
-        ("sub", "pub")
+/// One turn of a Zenoh pair of examples/zenoh sending `samples` samples: `up` its two
+/// services (fresh containers), the TCP pair without a `pool`, the link's pair with the
+/// publisher's pool of `pool` bytes; wait for the subscriber and read its line. Bytes per
+/// second, after checking that every sample came through shared memory, or none (TCP).
+fn zenoh_turn(e: Engine, dir: &Path, project: &str, samples: &str, pool: Option<&str>) -> f64 {
+    let mut env = vec![("ZENOH_SAMPLES", samples)];
+    let mut args = vec!["up", "-d", "--force-recreate"];
+    let (sub, publisher) = match pool {
+        Some(pool) => {
+            env.push(("ZENOH_POOL", pool));
+            ("sub", "pub")
+        }
+        None => {
+            args.splice(..0, ["--profile", "tcp"]);
+            ("tcp-sub", "tcp-pub")
+        }
     };
-    let mut args = vec!["up", "-d", "--force-recreate", sub, publisher];
-    if tcp {
-        args.splice(..0, ["--profile", "tcp"]);
-    }
-    let out = e.compose(dir, project, env, &args);
+    args.extend([sub, publisher]);
+    let out = e.compose(dir, project, &env, &args);
     assert!(
         out.status.success(),
         "compose {args:?}: {}",
@@ -435,16 +440,15 @@ fn zenoh_turn(e: Engine, dir: &Path, project: &str, env: &[(&str, &str)], tcp: b
     let code = run(e, &["wait", &container]);
     let log = run(e, &["logs", &container]);
     assert_eq!(code, "0", "{container}: {log}");
-    let samples: f64 = env[0].1.parse().unwrap_or(0.0);
     let want = format!(
         "{samples} samples of 65536 bytes arrived in order, {} in shared memory, in ",
-        if tcp { 0.0 } else { samples }
+        if pool.is_some() { samples } else { "0" }
     );
     let secs: f64 = log
         .lines()
         .find_map(|l| l.split(&want).nth(1)?.split(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("{container}: no line with {want:?}:\n{log}"));
-    samples * 65536.0 / secs
+    samples.parse::<f64>().unwrap_or(0.0) * 65536.0 / secs
 }
 
 /// Zenoh between two containers on Docker Engine (examples/zenoh): a Unix socket and
@@ -473,11 +477,9 @@ fn zenoh(quick: bool) {
     // Per turn: TCP first, then each pool.
     let mut turns_taken: Vec<Vec<f64>> = Vec::new();
     for _ in 0..turns {
-        let tcp = zenoh_turn(e, &dir, project, &[("ZENOH_SAMPLES", samples)], true);
-        let mut turn = vec![tcp];
+        let mut turn = vec![zenoh_turn(e, &dir, project, samples, None)];
         for pool in pools {
-            let env = [("ZENOH_SAMPLES", samples), ("ZENOH_POOL", pool)];
-            turn.push(zenoh_turn(e, &dir, project, &env, false));
+            turn.push(zenoh_turn(e, &dir, project, samples, Some(pool)));
         }
         turns_taken.push(turn);
     }

@@ -141,15 +141,20 @@ impl Job {
     }
 }
 
+/// A lane entry: (binary, filter).
+fn entry(m: &'static str) -> (&'static str, Option<&'static str>) {
+    match m.split_once(' ') {
+        Some((name, filter)) => (name, Some(filter)),
+        None => (m, None),
+    }
+}
+
 /// The lanes' entries naming `binary`: (lane, filter).
 fn entries_for(binary: &Binary) -> Vec<(&'static str, Option<&'static str>)> {
     let mut found = Vec::new();
     for (lane, members) in LANES {
         for m in *members {
-            let (name, filter) = match m.split_once(' ') {
-                Some((n, f)) => (n, Some(f)),
-                None => (*m, None),
-            };
+            let (name, filter) = entry(m);
             if name == binary.name {
                 found.push((*lane, filter));
             }
@@ -383,7 +388,7 @@ fn main() -> ExitCode {
     let subset = std::env::var_os("IPCLINK_LANES_SUBSET").is_some_and(|v| v == "1");
     for (lane, members) in LANES {
         for m in *members {
-            let name = m.split(' ').next().unwrap_or(m);
+            let (name, _) = entry(m);
             if !subset && !all.iter().any(|b| b.name == name) {
                 eprintln!("ipclink-test-lanes: lane {lane} names {m}, which cargo did not build");
                 return ExitCode::from(2);
