@@ -481,7 +481,7 @@ fn workloads_example_on_docker_needs_allow_create() {
 }
 
 /// Programs we did not write that make their own IPC objects (Python's
-/// multiprocessing.shared_memory, iceoryx2) share a `driver: ipclink` volume between
+/// multiprocessing.shared_memory, in a Triton-style exchange too, and iceoryx2) share a `driver: ipclink` volume between
 /// containers only when it lets members create (`allowCreate=true`).
 fn workloads_example(e: Engine) {
     let _one = one_at_a_time();
@@ -499,12 +499,27 @@ fn workloads_example(e: Engine) {
     down.clean();
     let out = e.compose(&dir, project, &[], &["up", "-d"]);
     assert!(out.status.success(), "{}", text(&out));
-    for c in ["py-producer", "py-consumer", "ice-ping", "ice-pong"] {
+    for c in [
+        "py-producer",
+        "py-consumer",
+        "triton-client",
+        "triton-server",
+        "ice-ping",
+        "ice-pong",
+    ] {
         e.exited_ok(&e.container(project, c), Duration::from_secs(120));
     }
     for (c, said) in [
         ("py-producer", "producer ok 200"),
         ("py-consumer", "consumer ok 200 frames checked"),
+        (
+            "triton-server",
+            "server: read hello from the client's region",
+        ),
+        (
+            "triton-client",
+            "client: region still there after the server read it and let go",
+        ),
         ("ice-ping", "ping ok 1000 rtt_p50_ns"),
         ("ice-pong", "pong ok 1000"),
     ] {
