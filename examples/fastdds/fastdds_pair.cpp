@@ -2,20 +2,30 @@
 // docs: `fastdds_pair pub` writes FASTDDS_SAMPLES samples (sequence number and a text of
 // FASTDDS_BYTES bytes) on topic "ipclink/frames" once a subscriber matched, reliably, and
 // waits until they are acknowledged; `fastdds_pair sub` takes them, checks every sequence
-// number and text, and exits 0 once all arrived. Both print the host id Fast-DDS gave
-// their participant (the SHM transport only talks to participants of the same id), each
-// participant they discover, and each match. The transports are whatever the default
-// profile says: FASTRTPS_DEFAULT_PROFILES_FILE=/shm-only.xml for shared memory only.
+// number and text, and exits 0 once all arrived, saying how fast they came. Both print
+// the host id Fast-DDS gave their participant (the SHM transport only talks to
+// participants of the same id), each participant they discover, and each match. The
+// transports are whatever the default profile says: FASTRTPS_DEFAULT_PROFILES_FILE=
+// /shm-only.xml for shared memory only. With FASTDDS_WAIT_FOR (a path), pub and sub wait,
+// once done, until that path exists before letting go of their participant and its
+// segments, so that a test can look at them.
+//
+// For the benchmark, `fastdds_pair ping` writes FASTDDS_SAMPLES samples on "ipclink/ping"
+// one at a time, each once `fastdds_pair pong` sent the previous one back on
+// "ipclink/pong", and prints the round trips' median and 99th percentile.
 //
 // The sample type is written by hand (no fastddsgen): CDR encapsulation header, uint32,
 // string.
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
+#include <unistd.h>
+#include <vector>
 
 #include <fastcdr/Cdr.h>
 #include <fastcdr/FastBuffer.h>
@@ -166,13 +176,130 @@ private:
     const char* role_;
 };
 
+// Waits until `done()` (an endpoint matched, a file appeared); exits 1 at the deadline.
+template <typename F>
+static void wait_until(F done, const char* role, const char* what,
+                         std::chrono::steady_clock::time_point deadline) {
+    while (!done()) {
+        if (std::chrono::steady_clock::now() > deadline) {
+            std::printf("fastdds %s: no %s before the deadline\n", role, what);
+            std::fflush(stdout);
+            std::exit(1);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+}
+
+static bool writer_matched(DataWriter* w) {
+    PublicationMatchedStatus s;
+    return w->get_publication_matched_status(s) == ReturnCode_t::RETCODE_OK && s.current_count > 0;
+}
+
+static bool reader_matched(DataReader* r) {
+    SubscriptionMatchedStatus s;
+    return r->get_subscription_matched_status(s) == ReturnCode_t::RETCODE_OK && s.current_count > 0;
+}
+
+// A reliable, keep-all writer on `topic` in a publisher of its own; exits 1 when it
+// cannot be made.
+static DataWriter* writer_on(DomainParticipant* participant, Topic* topic, Listener* listener, const char* role) {
+    Publisher* publisher = need(participant->create_publisher(PUBLISHER_QOS_DEFAULT), role, "publisher");
+    return need(publisher->create_datawriter(topic, reliable_keep_all(DATAWRITER_QOS_DEFAULT), listener), role,
+                "writer");
+}
+
+// The same for a reader.
+static DataReader* reader_on(DomainParticipant* participant, Topic* topic, Listener* listener, const char* role) {
+    Subscriber* subscriber = need(participant->create_subscriber(SUBSCRIBER_QOS_DEFAULT), role, "subscriber");
+    return need(subscriber->create_datareader(topic, reliable_keep_all(DATAREADER_QOS_DEFAULT), listener), role,
+                "reader");
+}
+
+// Takes the next valid sample from `reader` into `f`, waiting up to the deadline; false
+// when none came.
+static bool take_one(DataReader* reader, Frame& f, std::chrono::steady_clock::time_point deadline) {
+    SampleInfo info;
+    for (;;) {
+        while (reader->take_next_sample(&f, &info) == ReturnCode_t::RETCODE_OK) {
+            if (info.valid_data) {
+                return true;
+            }
+        }
+        if (std::chrono::steady_clock::now() > deadline) {
+            return false;
+        }
+        reader->wait_for_unread_message(eprosima::fastrtps::Duration_t(1, 0));
+    }
+}
+
+// ping: each sample written once the previous one came back; prints the round trips.
+static int ping(DomainParticipant* participant, Topic* out, Topic* back, Listener* listener, uint32_t samples,
+                size_t bytes, std::chrono::steady_clock::time_point deadline) {
+    DataWriter* writer = writer_on(participant, out, listener, "ping");
+    DataReader* reader = reader_on(participant, back, listener, "ping");
+    wait_until([&] { return writer_matched(writer) && reader_matched(reader); }, "ping", "pong", deadline);
+    std::vector<uint64_t> rtt;
+    rtt.reserve(samples);
+    Frame f;
+    f.text = text_of(0, bytes);
+    Frame echo;
+    for (uint32_t seq = 0; seq < samples; ++seq) {
+        f.seq = seq;
+        const auto sent = std::chrono::steady_clock::now();
+        if (!writer->write(&f)) {
+            std::printf("fastdds ping: write %u failed\n", seq);
+            return 1;
+        }
+        if (!take_one(reader, echo, deadline) || echo.seq != seq || echo.text.size() != bytes) {
+            std::printf("fastdds ping: sample %u did not come back\n", seq);
+            return 1;
+        }
+        rtt.push_back(static_cast<uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - sent).count()));
+    }
+    std::sort(rtt.begin(), rtt.end());
+    std::printf("fastdds ping: %u round trips of %zu bytes, rtt_p50_ns %llu rtt_p99_ns %llu\n", samples, bytes,
+                static_cast<unsigned long long>(rtt[rtt.size() / 2]),
+                static_cast<unsigned long long>(rtt[std::min(rtt.size() - 1, rtt.size() * 99 / 100)]));
+    return 0;
+}
+
+// pong: sends every sample of "ipclink/ping" back on "ipclink/pong".
+static int pong(DomainParticipant* participant, Topic* in, Topic* back, Listener* listener, uint32_t samples,
+                std::chrono::steady_clock::time_point deadline) {
+    DataReader* reader = reader_on(participant, in, listener, "pong");
+    DataWriter* writer = writer_on(participant, back, listener, "pong");
+    // A sample sent back before the writer matched would reach no one.
+    wait_until([&] { return writer_matched(writer); }, "pong", "ping", deadline);
+    Frame f;
+    for (uint32_t n = 0; n < samples; ++n) {
+        if (!take_one(reader, f, deadline)) {
+            std::printf("fastdds pong: %u of %u samples came\n", n, samples);
+            return 1;
+        }
+        if (!writer->write(&f)) {
+            std::printf("fastdds pong: write %u failed\n", f.seq);
+            return 1;
+        }
+    }
+    writer->wait_for_acknowledgments(eprosima::fastrtps::Duration_t(30, 0));
+    std::printf("fastdds pong: %u samples sent back\n", samples);
+    return 0;
+}
+
 int main(int argc, char** argv) {
-    if (argc != 2 || (std::strcmp(argv[1], "pub") != 0 && std::strcmp(argv[1], "sub") != 0)) {
-        std::fprintf(stderr, "usage: fastdds_pair pub|sub\n");
+    const char* roles[] = {"pub", "sub", "ping", "pong"};
+    const char* role = nullptr;
+    for (const char* r : roles) {
+        if (argc == 2 && std::strcmp(argv[1], r) == 0) {
+            role = r;
+        }
+    }
+    if (role == nullptr) {
+        std::fprintf(stderr, "usage: fastdds_pair pub|sub|ping|pong\n");
         return 2;
     }
-    const bool pub = std::strcmp(argv[1], "pub") == 0;
-    const char* role = pub ? "pub" : "sub";
+    const bool pub = std::strcmp(role, "pub") == 0;
     const uint32_t samples = static_cast<uint32_t>(env_or("FASTDDS_SAMPLES", 1000, 1000000));
     const size_t bytes = env_or("FASTDDS_BYTES", 1024, 60000);
     const auto deadline =
@@ -201,28 +328,18 @@ int main(int argc, char** argv) {
     if (type.register_type(participant) != ReturnCode_t::RETCODE_OK) {
         need<Topic>(nullptr, role, "type");
     }
-    Topic* topic =
-        need(participant->create_topic("ipclink/frames", type.get_type_name(), TOPIC_QOS_DEFAULT), role, "topic");
+    auto topic_named = [&](const char* name) {
+        return need(participant->create_topic(name, type.get_type_name(), TOPIC_QOS_DEFAULT), role, "topic");
+    };
     int rc = 0;
-    if (pub) {
-        Publisher* publisher = need(participant->create_publisher(PUBLISHER_QOS_DEFAULT), role, "publisher");
-        DataWriter* writer = need(
-            publisher->create_datawriter(topic, reliable_keep_all(DATAWRITER_QOS_DEFAULT), listener), role, "writer");
-        PublicationMatchedStatus status;
-        for (;;) {
-            if (writer->get_publication_matched_status(status) != ReturnCode_t::RETCODE_OK) {
-                std::printf("fastdds pub: cannot read the writer's status\n");
-                return 1;
-            }
-            if (status.current_count > 0) {
-                break;
-            }
-            if (std::chrono::steady_clock::now() > deadline) {
-                std::printf("fastdds pub: no subscriber before the deadline\n");
-                return 1;
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        }
+    if (std::strcmp(role, "ping") == 0) {
+        rc = ping(participant, topic_named("ipclink/ping"), topic_named("ipclink/pong"), listener, samples, bytes,
+                  deadline);
+    } else if (std::strcmp(role, "pong") == 0) {
+        rc = pong(participant, topic_named("ipclink/ping"), topic_named("ipclink/pong"), listener, samples, deadline);
+    } else if (pub) {
+        DataWriter* writer = writer_on(participant, topic_named("ipclink/frames"), listener, role);
+        wait_until([&] { return writer_matched(writer); }, role, "subscriber", deadline);
         for (uint32_t seq = 0; seq < samples; ++seq) {
             Frame f;
             f.seq = seq;
@@ -239,12 +356,11 @@ int main(int argc, char** argv) {
             std::printf("fastdds pub: %u samples sent and acknowledged\n", samples);
         }
     } else {
-        Subscriber* subscriber = need(participant->create_subscriber(SUBSCRIBER_QOS_DEFAULT), role, "subscriber");
-        DataReader* reader = need(
-            subscriber->create_datareader(topic, reliable_keep_all(DATAREADER_QOS_DEFAULT), listener), role, "reader");
+        DataReader* reader = reader_on(participant, topic_named("ipclink/frames"), listener, role);
         uint32_t next = 0;
         Frame f;
         SampleInfo info;
+        std::chrono::steady_clock::time_point first;
         while (next < samples) {
             if (std::chrono::steady_clock::now() > deadline) {
                 std::printf("fastdds sub: %u of %u samples arrived\n", next, samples);
@@ -261,12 +377,22 @@ int main(int argc, char** argv) {
                     std::printf("fastdds sub: sample %u arrived where %u was due, or damaged\n", f.seq, next);
                     return 1;
                 }
+                if (next == 0) {
+                    first = std::chrono::steady_clock::now();
+                }
                 ++next;
             }
         }
-        std::printf("fastdds sub: %u samples arrived in order\n", samples);
+        // From the first sample's arrival to the last's: discovery and matching left out.
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - first).count();
+        std::printf("fastdds sub: %u samples arrived in order in %.3f s (%.1f MB/s)\n", samples, s,
+                    s > 0 ? static_cast<double>(samples - 1) * static_cast<double>(bytes) / s / 1e6 : 0.0);
     }
     std::fflush(stdout);
+    const char* release = std::getenv("FASTDDS_WAIT_FOR");
+    if (rc == 0 && release != nullptr && *release != '\0') {
+        wait_until([&] { return access(release, F_OK) == 0; }, role, release, deadline);
+    }
     participant->delete_contained_entities();
     factory->delete_participant(participant);
     return rc;
