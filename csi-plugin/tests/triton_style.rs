@@ -17,6 +17,7 @@ fn a_server_attaches_to_the_clients_region_and_leaves_it_in_place() {
         &["python"],
         "triton-style.yaml",
         ["client", "server"],
+        None,
     );
     assert!(
         slog.contains("server: read hello from the client's region"),

@@ -19,8 +19,10 @@ use std::time::Duration;
 use compose_support::{Down, one_at_a_time, start_plugin, wait_until};
 use ipclink_testkit::engine::Engine::Docker;
 use ipclink_testkit::engine::{Shared, hold};
+use ipclink_testkit::http::{get_ok, holders};
 use ipclink_testkit::{
-    assert_fastdds_pair_matched, fastdds_host_id, output_text as text, repo_root,
+    assert_fastdds_pair_matched, fastdds_host_id, fastdds_objects_held,
+    fastdds_participant_segment, output_text as text, repo_root,
 };
 
 #[test]
@@ -40,7 +42,13 @@ fn fastdds_over_a_link_without_a_network_path() {
     down.clean();
     // The programs give up after 240 s, before the waits below do: their own message
     // then says how far they got.
-    let env = [("FASTDDS_SAMPLES", "1000"), ("FASTDDS_TIMEOUT_S", "240")];
+    // The pairs that pass samples then hold their participants until `release` appears
+    // in their link.
+    let env = [
+        ("FASTDDS_SAMPLES", "1000"),
+        ("FASTDDS_TIMEOUT_S", "240"),
+        ("FASTDDS_WAIT_FOR", "/dev/shm/release"),
+    ];
     let out = e.compose(&dir, project, &env, &["up", "-d"]);
     assert!(out.status.success(), "{}", text(&out));
     let c = |service: &str| e.container(project, service);
@@ -67,9 +75,31 @@ fn fastdds_over_a_link_without_a_network_path() {
     };
     let (pub_ip, sub_ip) = (address("pub-unaware"), address("sub-unaware"));
     assert!(!pub_ip.is_empty() && pub_ip != sub_ip, "{pub_ip} {sub_ip}");
-    // Loopback only, and the preload library: the samples arrive through the link.
+    // Loopback only, and the preload library: the samples arrive through the link, and
+    // while the two hold their participants the plugin's /metrics show Fast-DDS's own
+    // objects in it (the discovery port's segment, each participant's segment),
+    // discovered, mapped by both containers.
     for pair in ["alone", "apart"] {
         let (publisher, subscriber) = (c(&format!("pub-{pair}")), c(&format!("sub-{pair}")));
+        let link = format!("{project}-{pair}");
+        let held = wait_until(
+            "Fast-DDS's objects and their holders in the plugin's metrics",
+            Duration::from_secs(300),
+            || {
+                let m = get_ok(9465, "/metrics").unwrap_or_default();
+                fastdds_objects_held(&m, &link, "container", &publisher, &subscriber)
+                    .then(|| format!("{:?}", holders(&m, &link, "container")))
+            },
+        );
+        eprintln!("{pair}: {held}");
+        std::fs::write(
+            work.path()
+                .join("volumes/docker")
+                .join(&link)
+                .join("release"),
+            b"",
+        )
+        .expect("release");
         e.exited_ok(&subscriber, Duration::from_secs(300));
         e.exited_ok(&publisher, Duration::from_secs(60));
         assert_fastdds_pair_matched(&e.logs(&publisher), &e.logs(&subscriber), pair);
@@ -94,11 +124,7 @@ fn fastdds_over_a_link_without_a_network_path() {
         std::fs::read_dir(&link)
             .expect("the link")
             .flatten()
-            .filter(|f| {
-                let name = f.file_name().to_string_lossy().into_owned();
-                name.strip_prefix("fastrtps_")
-                    .is_some_and(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-            })
+            .filter(|f| fastdds_participant_segment(&f.file_name().to_string_lossy()))
             .count()
     };
     wait_until(

@@ -14,8 +14,8 @@ use std::time::Duration;
 use compose_support::{Down, one_at_a_time, start_plugin, wait_until};
 use ipclink_testkit::engine::Engine::Docker;
 use ipclink_testkit::engine::{Shared, hold};
-use ipclink_testkit::http::{get_ok, metric};
-use ipclink_testkit::{output_text as text, repo_root};
+use ipclink_testkit::http::{get_ok, holders};
+use ipclink_testkit::{output_text as text, repo_root, zenoh_objects_held};
 
 #[test]
 fn zenoh_over_a_socket_and_shared_memory_in_the_link_on_docker() {
@@ -56,25 +56,14 @@ fn zenoh_over_a_socket_and_shared_memory_in_the_link_on_docker() {
         Duration::from_secs(120),
         || {
             let m = get_ok(9465, "/metrics").unwrap_or_default();
-            let held = holders_of(&m, &format!("{project}-link"));
-            let socket = held.contains(&("zenoh.sock", "reader", sub.as_str()))
-                && held.contains(&("zenoh.sock", "writer", publisher.as_str()));
-            let segment = held.iter().any(|(channel, role, container)| {
-                channel.ends_with(".zenoh")
-                    && *role == "mapper"
-                    && *container == sub
-                    && held.contains(&(channel, "mapper", publisher.as_str()))
-            });
-            let discovered = metric(
+            zenoh_objects_held(
                 &m,
-                "ipclink_channel_present",
-                &[
-                    ("link", &format!("{project}-link")),
-                    ("channel", "zenoh.sock"),
-                    ("origin", "discovered"),
-                ],
-            ) == Some(1.0);
-            (socket && segment && discovered).then(|| format!("{held:?}"))
+                &format!("{project}-link"),
+                "container",
+                &sub,
+                &publisher,
+            )
+            .then(|| format!("{:?}", holders(&m, &format!("{project}-link"), "container")))
         },
     );
     eprintln!("holders: {holders}");
@@ -107,25 +96,4 @@ fn zenoh_over_a_socket_and_shared_memory_in_the_link_on_docker() {
     );
     let out = down.clean();
     assert!(out.status.success(), "{}", text(&out));
-}
-
-/// The (channel, role, container) of every `ipclink_channel_holder_info` series of `link`.
-fn holders_of<'a>(metrics: &'a str, link: &str) -> Vec<(&'a str, &'a str, &'a str)> {
-    let label = |line: &'a str, name: &str| -> Option<&'a str> {
-        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
-        let len = line[start..].find('"')?;
-        Some(&line[start..start + len])
-    };
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("ipclink_channel_holder_info{"))
-        .filter(|l| label(l, "link") == Some(link))
-        .filter_map(|l| {
-            Some((
-                label(l, "channel")?,
-                label(l, "role")?,
-                label(l, "container")?,
-            ))
-        })
-        .collect()
 }

@@ -49,6 +49,36 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Whether an exposition shows `channel` of `link` as present and discovered (made by a
+/// member, not declared).
+pub fn discovered(text: &str, link: &str, channel: &str) -> bool {
+    metric(
+        text,
+        "ipclink_channel_present",
+        &[
+            ("link", link),
+            ("channel", channel),
+            ("origin", "discovered"),
+        ],
+    ) == Some(1.0)
+}
+
+/// The (channel, role, holder) of every `ipclink_channel_holder_info` series of `link` in
+/// an exposition, the holder named by the label `by` (`container` on Compose, `pod` on
+/// Kubernetes).
+pub fn holders<'a>(text: &'a str, link: &str, by: &str) -> Vec<(&'a str, &'a str, &'a str)> {
+    let label = |line: &'a str, name: &str| -> Option<&'a str> {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        let len = line[start..].find('"')?;
+        Some(&line[start..start + len])
+    };
+    text.lines()
+        .filter(|l| l.starts_with("ipclink_channel_holder_info{"))
+        .filter(|l| label(l, "link") == Some(link))
+        .filter_map(|l| Some((label(l, "channel")?, label(l, "role")?, label(l, by)?)))
+        .collect()
+}
+
 /// Runs Prometheus' own checker (`promtool check metrics`) on an exposition; panics with
 /// its complaints.
 pub fn promtool_check(text: &str) {

@@ -17,7 +17,7 @@ pub mod prometheus;
 mod scripts;
 
 pub use links::{LinkGuard, materialize, probe_records, serve_links, serve_records};
-pub use peers::{Libc, compile_peer, scratch_dir, spawn_pod, spawn_pod_as};
+pub use peers::{Libc, compile_peer, scratch_dir, spawn_pod, spawn_pod_as, spawn_pod_in};
 pub use scripts::{
     doc_block, doc_script, path_with, repo_root, run_script, script_path, script_path_with,
 };
@@ -34,6 +34,59 @@ pub fn fastdds_host_id(log: &str, role: &str) -> String {
         .find_map(|l| l.strip_prefix(&prefix))
         .unwrap_or_else(|| panic!("no host id in the {role} log:\n{log}"))
         .to_owned()
+}
+
+/// Whether `name` is a Fast-DDS participant's own shared-memory segment: `fastrtps_` and
+/// 16 hexadecimal digits.
+pub fn fastdds_participant_segment(name: &str) -> bool {
+    name.strip_prefix("fastrtps_")
+        .is_some_and(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Whether the plugin's metrics `m` show an examples/fastdds pair's own objects in `link`
+/// as discovered objects held by both: the discovery port's segment
+/// (`fastrtps_port7400`) and both participants' segments, mapped by `publisher` and
+/// `subscriber` (the holders' values of label `by`: `pod` or `container`).
+pub fn fastdds_objects_held(
+    m: &str,
+    link: &str,
+    by: &str,
+    publisher: &str,
+    subscriber: &str,
+) -> bool {
+    let held = http::holders(m, link, by);
+    let by_both = |channel: &str| {
+        [publisher, subscriber]
+            .iter()
+            .all(|who| held.contains(&(channel, "mapper", *who)))
+    };
+    let segments = held
+        .iter()
+        .filter(|&&(channel, role, who)| {
+            role == "mapper"
+                && who == publisher
+                && fastdds_participant_segment(channel)
+                && by_both(channel)
+        })
+        .count();
+    by_both("fastrtps_port7400") && segments >= 2 && http::discovered(m, link, "fastrtps_port7400")
+}
+
+/// Whether the plugin's metrics `m` show an examples/zenoh pair's own objects in `link` as
+/// discovered objects held by both: the socket (`zenoh.sock`, `sub` reading, `publisher`
+/// writing) and a segment of the publisher's pool (`*.zenoh`) mapped by both (the holders'
+/// values of label `by`: `pod` or `container`).
+pub fn zenoh_objects_held(m: &str, link: &str, by: &str, sub: &str, publisher: &str) -> bool {
+    let held = http::holders(m, link, by);
+    let socket = held.contains(&("zenoh.sock", "reader", sub))
+        && held.contains(&("zenoh.sock", "writer", publisher));
+    let segment = held.iter().any(|&(channel, role, who)| {
+        channel.ends_with(".zenoh")
+            && role == "mapper"
+            && who == sub
+            && held.contains(&(channel, "mapper", publisher))
+    });
+    socket && segment && http::discovered(m, link, "zenoh.sock")
 }
 
 /// Checks the logs of an examples/fastdds pair that matched: the subscriber got its

@@ -163,24 +163,67 @@ pub fn rt() -> tokio::runtime::Runtime {
     ipclink_runtime::tokio_runtime(Some(2)).expect("runtime")
 }
 
+/// How a test holds an example pair while it reads the node plugin's metrics: the
+/// variable the example's programs wait on once done (for `/dev/shm/release`, which the
+/// test then creates in the link), and what the metrics must show meanwhile.
+pub struct Hold<'a> {
+    pub variable: &'a str,
+    pub ready: &'a dyn Fn(&str) -> bool,
+}
+
 /// Applies `examples/kubernetes/MANIFEST` as written on a real kubelet (`images`
 /// imported, the node plugin registered) and waits for its two `pods` in namespace
 /// `ns` to finish: each must succeed, with an address of its own on the pod network.
-/// The logs of their `main` containers.
+/// With `hold`, the one change to the manifest is the hold's variable in each
+/// container's `env`, and the pair lets go only once the plugin's /metrics satisfied
+/// `hold.ready`. The logs of their `main` containers.
 #[allow(dead_code)]
-pub fn run_example_pair(ns: &str, images: &[&str], manifest: &str, pods: [&str; 2]) -> [String; 2] {
+pub fn run_example_pair(
+    ns: &str,
+    images: &[&str],
+    manifest: &str,
+    pods: [&str; 2],
+    hold: Option<Hold>,
+) -> [String; 2] {
     const LONG: Duration = Duration::from_secs(180);
     let (cp, node) = ipclink_testkit::node::cluster(ns, images);
     let dir = tempfile::tempdir().expect("temp dir");
     let _unmount = Unmounter(dir.path().to_path_buf());
-    let (_plugin, _) = Plugin::start_registered(dir.path(), &cp, &node, &[], LONG);
+    let port = ipclink_testkit::free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let (_plugin, _) = Plugin::start_registered(
+        dir.path(),
+        &cp,
+        &node,
+        &["--metrics-listen", &metrics],
+        LONG,
+    );
+    let mut text = std::fs::read_to_string(
+        ipclink_testkit::repo_root()
+            .join("examples/kubernetes")
+            .join(manifest),
+    )
+    .expect("the manifest");
+    if let Some(h) = &hold {
+        let env = "\n      env:\n";
+        assert_eq!(
+            text.matches(env).count(),
+            2,
+            "one env list a pod in {manifest}"
+        );
+        text = text.replace(
+            env,
+            &format!(
+                "{env}        - {{name: {}, value: /dev/shm/release}}\n",
+                h.variable
+            ),
+        );
+    }
+    let applied = dir.path().join(manifest);
+    std::fs::write(&applied, text).expect("the manifest");
     let out = Command::new(cp.bin_dir().join("kubectl"))
         .args(["apply", "-f"])
-        .arg(
-            ipclink_testkit::repo_root()
-                .join("examples/kubernetes")
-                .join(manifest),
-        )
+        .arg(&applied)
         .env("KUBECONFIG", &cp.kubeconfig)
         .output()
         .expect("kubectl");
@@ -189,6 +232,28 @@ pub fn run_example_pair(ns: &str, images: &[&str], manifest: &str, pods: [&str; 
         "kubectl apply: {}",
         ipclink_testkit::output_text(&out)
     );
+    if let Some(h) = &hold {
+        let start = std::time::Instant::now();
+        let mut body = String::new();
+        while !(h.ready)(&body) {
+            assert!(
+                start.elapsed() < LONG,
+                "the metrics never showed what the test waits for:\n{body}\n{}\n{}",
+                node.container_log(ns, pods[0], "main"),
+                node.container_log(ns, pods[1], "main")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+            body = ipclink_testkit::http::get_ok(port, "/metrics").unwrap_or_default();
+        }
+        // The namespace's one link on this node (beside it, the plugin's record of it).
+        let links: Vec<_> = std::fs::read_dir(dir.path().join("node-state/links").join(ns))
+            .expect("the node's links")
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .collect();
+        assert_eq!(links.len(), 1, "{links:?}");
+        std::fs::write(links[0].path().join("release"), b"").expect("release");
+    }
     let mut ips = Vec::new();
     for p in pods {
         let v = cp.wait_for(
