@@ -58,7 +58,7 @@ pub fn compile_peer(name: &str, libc: Libc) -> PathBuf {
 /// sees only `link_dir`, bind-mounted (recursively, as the node plugin publishes a link)
 /// at `/dev/shm`.
 pub fn spawn_pod(link_dir: &Path, program: &Path, args: &[&str]) -> Child {
-    pod_command(link_dir, None, program, args)
+    pod_command(None, link_dir, None, program, args)
         .spawn()
         .expect("starting a pod process with unshare")
 }
@@ -66,34 +66,53 @@ pub fn spawn_pod(link_dir: &Path, program: &Path, args: &[&str]) -> Child {
 /// [`spawn_pod`] running as `uid:gid` (no supplementary groups), as a pod with
 /// `runAsUser` and `runAsGroup`.
 pub fn spawn_pod_as(link_dir: &Path, uid: u32, gid: u32, program: &Path, args: &[&str]) -> Child {
-    pod_command(link_dir, Some((uid, gid)), program, args)
+    pod_command(None, link_dir, Some((uid, gid)), program, args)
         .spawn()
         .expect("starting a pod process with unshare")
 }
 
+/// [`spawn_pod_as`] in the named network namespace `netns` (made with `ip netns add`)
+/// rather than a new one of its own: pods that can reach each other over a network.
+pub fn spawn_pod_in(
+    netns: &str,
+    link_dir: &Path,
+    uid: u32,
+    gid: u32,
+    program: &Path,
+    args: &[&str],
+) -> Child {
+    pod_command(Some(netns), link_dir, Some((uid, gid)), program, args)
+        .spawn()
+        .expect("starting a pod process with ip netns exec and unshare")
+}
+
 fn pod_command(
+    netns: Option<&str>,
     link_dir: &Path,
     user: Option<(u32, u32)>,
     program: &Path,
     args: &[&str],
 ) -> Command {
     require_tool("unshare");
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--mount",
-        "--ipc",
-        "--net",
-        "--propagation",
-        "private",
-        "--",
-        "sh",
-        "-c",
-    ])
-    // As a container sees a publication: the link bound alone at /dev/shm, and the
-    // node's own mount of it (the tmpfs, below the plugin's state) out of sight.
-    .arg(r#"mount --bind "$1" /dev/shm && { umount -l "$1" 2>/dev/null; shift; } && exec "$@""#)
-    .arg("pod")
-    .arg(link_dir);
+    let mut cmd = match netns {
+        Some(name) => {
+            require_tool("ip");
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", name, "unshare", "--mount", "--ipc"]);
+            c
+        }
+        None => {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--ipc", "--net"]);
+            c
+        }
+    };
+    cmd.args(["--propagation", "private", "--", "sh", "-c"])
+        // As a container sees a publication: the link bound alone at /dev/shm, and the
+        // node's own mount of it (the tmpfs, below the plugin's state) out of sight.
+        .arg(r#"mount --bind "$1" /dev/shm && { umount -l "$1" 2>/dev/null; shift; } && exec "$@""#)
+        .arg("pod")
+        .arg(link_dir);
     if let Some((uid, gid)) = user {
         require_tool("setpriv");
         cmd.args([

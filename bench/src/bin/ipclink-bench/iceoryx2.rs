@@ -82,15 +82,7 @@ pub(super) fn iceoryx2(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
         ipclink_testkit::wait_with_timeout(pong, Duration::from_secs(30));
         p50(&ping)
     };
-    // Children inherit this process's pinning to CPU 0; taskset places each one.
-    let all = nix::sched::CpuSet::new();
-    let mut all = all;
-    for cpu in 0..nproc() {
-        let _ = all.set(cpu);
-    }
-    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &all);
-    let (a, b) = side_by_side(cfg.reps.max(3), through_ipclink, on_the_host);
-    pin(0);
+    let (a, b) = unpinned(|| side_by_side(cfg.reps.max(3), through_ipclink, on_the_host));
     row(
         rows,
         "iceoryx2 ping/pong round trip p50, two pods through ipclink vs two processes on the host's /dev/shm",

@@ -2,9 +2,13 @@
 //! 1. throughput and round trip between two processes through each ipclink-provisioned
 //!    channel kind vs the same primitive created raw in a temporary directory;
 //! 2. depth probes over 10,000 channels of each kind vs the cheapest raw syscall sequence
-//!    that does not disturb the channel, and one mixed 10,000-channel scrape.
+//!    that does not disturb the channel, and one mixed 10,000-channel scrape;
+//! 3. iceoryx2 and Fast-DDS between two "pods" through a link vs the same pairs on the
+//!    host's /dev/shm (and, for Fast-DDS, network); Zenoh between two pods through a link
+//!    vs TCP between them.
 //!
-//! `ipclink-bench [--quick]`. Run as root (the links then get their own tmpfs). Prints a
+//! `ipclink-bench [--quick] [--only PART,...]` (parts: channels, probes, hostile,
+//! iceoryx2, fastdds, zenoh). Run as root (the links then get their own tmpfs). Prints a
 //! Markdown table. The figures are not asserted anywhere: these machines are noisy, so
 //! compare the ratios, which come from runs interleaved in the same process.
 
@@ -17,21 +21,31 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod fastdds;
 mod hostile;
 mod iceoryx2;
 mod probes;
 mod two_process;
+mod zenoh;
 
+use fastdds::fastdds;
 use hostile::hostile;
 use iceoryx2::iceoryx2;
 use probes::probes;
 use two_process::{child, two_process};
+use zenoh::zenoh;
 
 use ipclink_core::probe::holders::{Members, Owner, Process};
 use ipclink_core::{LinkPlan, StorageMode, Store, parse_links, validate};
 use nix::libc;
 
 const CHUNK: usize = 64 * 1024;
+/// One part of the run: adds its rows.
+type Part<'a> = &'a dyn Fn(&mut Vec<String>);
+/// What `--only` can name, in the order they run.
+const PARTS: [&str; 6] = [
+    "channels", "probes", "hostile", "iceoryx2", "fastdds", "zenoh",
+];
 
 struct Config {
     stream_bytes: usize,
@@ -51,6 +65,19 @@ fn main() {
     let cores = nproc();
     pin(0);
     let quick = args.iter().any(|a| a == "--quick");
+    // `--only fastdds,zenoh`: those parts alone (channels, probes, hostile, iceoryx2,
+    // fastdds, zenoh).
+    let only: Option<Vec<&str>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|i| args.get(i + 1).map_or(vec![], |v| v.split(',').collect()));
+    if let Some(bad) = only.iter().flatten().find(|n| !PARTS.contains(n)) {
+        eprintln!(
+            "ipclink-bench: --only: {bad:?} is not a part; the parts are {}",
+            PARTS.join(", ")
+        );
+        std::process::exit(2);
+    }
     let cfg = if quick {
         Config {
             stream_bytes: 32 << 20,
@@ -91,10 +118,19 @@ fn main() {
     println!("| measure | ipclink | raw | ipclink/raw | target |");
     println!("|---|---:|---:|---:|---|");
     let mut rows = Vec::new();
-    two_process(&store, raw.path(), &cfg, &mut rows);
-    probes(&store, &cfg, &mut rows);
-    hostile(&store, &cfg, &mut rows);
-    iceoryx2(&store, &cfg, &mut rows);
+    let parts: [Part; PARTS.len()] = [
+        &|rows| two_process(&store, raw.path(), &cfg, rows),
+        &|rows| probes(&store, &cfg, rows),
+        &|rows| hostile(&store, &cfg, rows),
+        &|rows| iceoryx2(&store, &cfg, rows),
+        &|rows| fastdds(&store, &cfg, rows),
+        &|rows| zenoh(&store, &cfg, rows),
+    ];
+    for (name, part) in PARTS.into_iter().zip(parts) {
+        if only.as_ref().is_none_or(|o| o.contains(&name)) {
+            part(&mut rows);
+        }
+    }
     for r in &rows {
         println!("{r}");
     }
@@ -146,6 +182,30 @@ fn side_by_side(
     (median(a), median(b))
 }
 
+/// Runs `ipclink` and `raw` one right after the other `reps` times, alternating which
+/// goes first, and returns their medians and the median of the turn-by-turn ratios: for
+/// figures that drift more between runs than the two sides differ.
+fn in_turns(
+    reps: usize,
+    mut ipclink: impl FnMut() -> f64,
+    mut raw: impl FnMut() -> f64,
+) -> (f64, f64, f64) {
+    let (mut a, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..reps {
+        let (x, y) = if i % 2 == 0 {
+            let x = ipclink();
+            (x, raw())
+        } else {
+            let y = raw();
+            (ipclink(), y)
+        };
+        a.push(x);
+        b.push(y);
+        ratios.push(x / y);
+    }
+    (median(a), median(b), median(ratios))
+}
+
 /// Pins this process to one CPU (the parent to 0, children to 1), so every round trip
 /// crosses the same two cores on both sides of a comparison.
 fn pin(cpu: usize) {
@@ -157,10 +217,36 @@ fn pin(cpu: usize) {
     }
 }
 
+/// Runs `f` with this process free to use every CPU, then pins it to CPU 0 again: the
+/// programs `f` starts inherit its affinity, and `taskset` places each one.
+fn unpinned<T>(f: impl FnOnce() -> T) -> T {
+    let mut all = nix::sched::CpuSet::new();
+    for cpu in 0..nproc() {
+        let _ = all.set(cpu);
+    }
+    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &all);
+    let r = f();
+    pin(0);
+    r
+}
+
 fn row(rows: &mut Vec<String>, what: &str, unit: &str, (a, b): (f64, f64), target: &str) {
     rows.push(format!(
         "| {what} ({unit}) | {a:.2} | {b:.2} | {:.3} | {target} |",
         a / b
+    ));
+}
+
+/// A row of [`in_turns`] figures: medians, and the median of the turn-by-turn ratios.
+fn row_in_turns(
+    rows: &mut Vec<String>,
+    what: &str,
+    unit: &str,
+    (a, b, ratio): (f64, f64, f64),
+    target: &str,
+) {
+    rows.push(format!(
+        "| {what} ({unit}) | {a:.2} | {b:.2} | {ratio:.3} (turn by turn) | {target} |"
     ));
 }
 
