@@ -242,6 +242,22 @@ fn sidecar_example(e: Engine) {
             || log.contains("mounts link compose/frames but is not one of its members"),
         "{log}"
     );
+    // The same in /metrics and under `members` in /v1/links.
+    wait_until(
+        "the auditor's denied channel in the metrics and /v1/links",
+        Duration::from_secs(30),
+        || {
+            let m = get_ok(port, "/metrics").unwrap_or_default();
+            let links = get_ok(port, "/v1/links").unwrap_or_default();
+            (metric(
+                &m,
+                "ipclink_member_denied",
+                &[("service", "auditor"), ("channel", "frames")],
+            ) == Some(1.0)
+                && links.contains(&auditor))
+            .then_some(())
+        },
+    );
     assert_ne!(
         e.exit_code(&auditor, Duration::from_secs(30)),
         0,

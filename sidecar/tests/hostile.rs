@@ -16,29 +16,47 @@ fn doc(name: &str, spec: &str) -> String {
     )
 }
 
-/// (case, YAML, text the error must contain): one of each layer (a field, the YAML, the
-/// set of files). Every case of the validator is in `core/tests/validate.rs`.
-fn cases() -> Vec<(&'static str, String, &'static str)> {
+/// (case, the YAML of each file, text the error must contain): one of each layer (a
+/// field, the YAML, the set of files), and a good file before a bad one (`up` makes
+/// nothing of the good one either). Every case of the validator is in
+/// `core/tests/validate.rs`.
+fn cases() -> Vec<(&'static str, Vec<String>, &'static str)> {
     vec![
         (
             "traversal name",
-            doc("ok", "  channels:\n    - { name: \"../x\", kind: fifo }\n"),
+            vec![doc(
+                "ok",
+                "  channels:\n    - { name: \"../x\", kind: fifo }\n",
+            )],
             "spec.channels[0].name",
         ),
         (
             "missing spec",
-            "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: { name: a }\n".into(),
+            vec!["apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: { name: a }\n".into()],
             "missing field `spec`",
         ),
         (
             "same link twice",
-            [
-                "  sizeLimit: 1Mi",
-                "  channels: [{ name: events, kind: fifo }]",
-            ]
-            .map(|spec| doc("ok", spec))
-            .join("---\n"),
+            vec![
+                [
+                    "  sizeLimit: 1Mi",
+                    "  channels: [{ name: events, kind: fifo }]",
+                ]
+                .map(|spec| doc("ok", spec))
+                .join("---\n"),
+            ],
             "also defined",
+        ),
+        (
+            "a good file, then a bad one",
+            vec![
+                doc("good", "  channels: [{ name: events, kind: fifo }]"),
+                doc(
+                    "bad",
+                    "  channels:\n    - { name: x, kind: fifo, mode: \"4777\" }\n",
+                ),
+            ],
+            "spec.channels[0].mode",
         ),
     ]
 }
@@ -46,8 +64,12 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
 #[test]
 fn up_refuses_each_hostile_spec_and_creates_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
-    for (case, yaml, expect) in cases() {
-        let file = write_file(dir.path(), "link.yaml", &yaml);
+    for (case, yamls, expect) in cases() {
+        let files: Vec<_> = yamls
+            .iter()
+            .enumerate()
+            .map(|(i, yaml)| write_file(dir.path(), &format!("link{i}.yaml"), yaml))
+            .collect();
         let root = dir.path().join("root");
         // A spec wrongly accepted would leave `up` serving: bounded, it fails instead.
         let up = Command::new(BIN)
@@ -55,7 +77,7 @@ fn up_refuses_each_hostile_spec_and_creates_nothing() {
             .arg(format!("127.0.0.1:{}", free_port()))
             .arg("--root")
             .arg(&root)
-            .arg(&file)
+            .args(&files)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -76,7 +98,7 @@ fn up_refuses_each_hostile_spec_and_creates_nothing() {
 
         let v = Command::new(BIN)
             .arg("validate")
-            .arg(&file)
+            .args(&files)
             .output()
             .expect("run validate");
         assert_eq!(v.status.code(), Some(2), "{case}: validate exit code");

@@ -1,6 +1,7 @@
 //! Misconfigurations a Compose user makes that used to leave the sidecar healthy and
 //! silent: each now makes `/readyz` answer 503 with what is wrong and how to fix it (so
-//! the healthcheck holds the members back), logs it once, and changes nothing on disk.
+//! the healthcheck holds the members back), logs it once, and changes nothing on disk;
+//! and a declared object gone makes `/readyz` answer 503 too.
 
 mod common;
 
@@ -188,4 +189,49 @@ fn status_in_a_container_that_sees_only_itself_shows_holders_as_unknown() {
     );
     holder.kill9();
     assert_eq!(up.stop(), 0);
+}
+
+/// A declared object gone behind the sidecar's back (removed here by root; members
+/// cannot): `/readyz` answers 503 naming the link, so a healthcheck holds the members
+/// back, and the object's `ipclink_channel_present` is 0. Before that, the link's
+/// preallocated bytes are its region and a page per semaphore, and an idle FIFO's
+/// `ipclink_channel_depth_unchanged_seconds` grows.
+#[test]
+fn a_declared_object_gone_makes_readyz_503_and_its_present_series_0() {
+    use ipclink_testkit::http::metric;
+    let s = setup(LINK);
+    let mut sidecar = common::Sidecar::up(&s.root, &[&s.file], &[]);
+    let port = sidecar.port;
+    let scrape = || try_get(port, "/metrics").expect("/metrics").1;
+    let m = scrape();
+    assert_eq!(
+        metric(&m, "ipclink_link_preallocated_bytes", &[("link", "frames")]),
+        Some((1024 * 1024 + 2 * 4096) as f64),
+        "{m}"
+    );
+    let unchanged = |m: &str| {
+        metric(
+            m,
+            "ipclink_channel_depth_unchanged_seconds",
+            &[("channel", "events")],
+        )
+        .unwrap_or_else(|| panic!("no depth_unchanged for events\n{m}"))
+    };
+    let first = unchanged(&m);
+    sidecar.wait_for("the idle FIFO's unchanged time to grow", || {
+        unchanged(&scrape()) >= first + 2.0
+    });
+    std::fs::remove_file(s.link.join("events")).expect("remove the FIFO");
+    sidecar.wait_for("/readyz 503 naming the link", || {
+        try_get(port, "/readyz")
+            .is_some_and(|(code, body)| code == 503 && body.contains("vision/frames"))
+    });
+    let m = scrape();
+    for (channel, present) in [("events", 0.0), ("frames", 1.0)] {
+        assert_eq!(
+            metric(&m, "ipclink_channel_present", &[("channel", channel)]),
+            Some(present),
+            "{channel}\n{m}"
+        );
+    }
 }

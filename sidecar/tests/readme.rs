@@ -1,6 +1,6 @@
 //! The README's quick start and walk-through, and the endpoints of docs/metrics.md, run as
 //! written against `up` on the example link (only the root directory, the port and the
-//! binary's path are substituted).
+//! binary's path are substituted); then Ctrl-C (SIGINT) tears the link down.
 
 mod common;
 
@@ -32,7 +32,7 @@ fn the_readme_walkthrough_works_as_written() {
     };
     assert_eq!(command, "up", "{args}");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
-    let sidecar = Sidecar::up(&root, &[&example], &[]);
+    let mut sidecar = Sidecar::up(&root, &[&example], &[]);
     let script = doc_script(
         "README.md",
         "walkthrough",
@@ -59,11 +59,12 @@ fn the_readme_walkthrough_works_as_written() {
         .nth(1)
         .unwrap_or_else(|| panic!("no second status of events:\n{stdout}"));
     let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(cells[4..7], ["6B", "64KiB", "1"], "{row}");
+    assert_eq!(cells[4..8], ["6B", "64KiB", "1", "0"], "{row}");
     assert!(
         cells[8].starts_with("sleep[") && cells[8].ends_with("](r)"),
         "{row}"
     );
+    assert_eq!(cells[9..], ["0:0", "0660"], "{row}");
     // Under the table: the link's usage against its sizeLimit (16Mi).
     assert!(
         stdout
@@ -107,4 +108,11 @@ fn the_readme_walkthrough_works_as_written() {
         stdout.contains("vision/frames   events"),
         "status --endpoint prints the table:\n{stdout}"
     );
+
+    // The quick start: Ctrl-C tears the link down.
+    let link = root.join("vision/frames");
+    assert!(link.join("events").exists());
+    let status = sidecar.interrupt();
+    assert!(status.success(), "{status:?}\n{}", sidecar.log());
+    assert!(!link.exists(), "{} left after Ctrl-C", link.display());
 }

@@ -83,6 +83,14 @@ impl Sidecar {
             .wait_until(what, Duration::from_secs(20), ready);
     }
 
+    /// Sends SIGINT (Ctrl-C) and waits up to 20 s; the exit status.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let pid = self.process.pid().expect("running") as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGINT)
+            .expect("SIGINT");
+        self.process.wait_exit(Duration::from_secs(20))
+    }
+
     /// Sends SIGTERM and waits; returns the exit code.
     pub fn stop(&mut self) -> i32 {
         self.process.stop().code().unwrap_or(-1)
