@@ -1,0 +1,98 @@
+//! What an observer (the node plugin, `status`) reads of a queue without joining it:
+//! through `pread` on a read-only descriptor, never a mapping (a member that shrinks
+//! the file cannot make the observer fault), never following a link a member wrote, and
+//! with every number clamped to what the header allows.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use crate::layout::*;
+use crate::queue::{member_alive, read_params};
+
+/// Slot bytes read in one call, and at most in all, to find the oldest message.
+const CHUNK: u64 = 1 << 20;
+const SCAN_LIMIT: u64 = 16 << 20;
+
+/// A queue as seen from outside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub params: Params,
+    /// Messages waiting to be received.
+    pub waiting: u32,
+    /// Their bytes, and when the oldest was sent (CLOCK_REALTIME nanoseconds); `None`
+    /// when the slots were not read (a queue of more than 16 MiB of slots).
+    pub waiting_bytes: Option<u64>,
+    pub oldest_sent_ns: Option<u64>,
+    pub sent: u64,
+    pub received: u64,
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    /// Messages given back after their receiver died, slots freed after their sender
+    /// died, sends that found the queue full.
+    pub recovered: u64,
+    pub aborted: u64,
+    pub full: u64,
+    /// Processes sleeping until there is something to receive, or room to send.
+    pub receivers_waiting: u32,
+    pub senders_waiting: u32,
+    /// Processes that have the queue open.
+    pub members: u32,
+}
+
+fn u32_at(b: &[u8], o: u64) -> u32 {
+    let o = o as usize;
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+fn u64_at(b: &[u8], o: u64) -> u64 {
+    u64::from(u32_at(b, o)) | (u64::from(u32_at(b, o + 4)) << 32)
+}
+
+/// Reads the queue open (read-only is enough) as `file`.
+pub fn read(file: &File) -> io::Result<Stats> {
+    let params = read_params(file)?;
+    let mut h = vec![0u8; 512];
+    file.read_exact_at(&mut h, 0)?;
+    let mut s = Stats {
+        params,
+        waiting: u32_at(&h, H_READY_COUNT).min(params.capacity),
+        waiting_bytes: None,
+        oldest_sent_ns: None,
+        sent: u64_at(&h, H_SENT),
+        received: u64_at(&h, H_RECEIVED),
+        sent_bytes: u64_at(&h, H_SENT_BYTES),
+        received_bytes: u64_at(&h, H_RECEIVED_BYTES),
+        recovered: u64_at(&h, H_RECOVERED),
+        aborted: u64_at(&h, H_ABORTED),
+        full: u64_at(&h, H_FULL),
+        receivers_waiting: u32_at(&h, H_RECV_WAITERS).min(MAX_MEMBERS),
+        senders_waiting: u32_at(&h, H_SEND_WAITERS).min(MAX_MEMBERS),
+        members: (0..MAX_MEMBERS).filter(|&i| member_alive(file, i)).count() as u32,
+    };
+    let stride = params.stride();
+    let area = stride * params.capacity as u64;
+    if area <= SCAN_LIMIT {
+        let (mut bytes, mut oldest) = (0u64, None::<u64>);
+        let per_chunk = (CHUNK / stride).max(1);
+        let mut buf = vec![0u8; (per_chunk * stride) as usize];
+        let mut i = 0u64;
+        while i < params.capacity as u64 {
+            let n = per_chunk.min(params.capacity as u64 - i);
+            let part = &mut buf[..(n * stride) as usize];
+            file.read_exact_at(part, SLOTS + i * stride)?;
+            for k in 0..n {
+                let at = k * stride;
+                if kind_of(u32_at(part, at + S_STATE)) == QUEUED {
+                    bytes += u64::from(u32_at(part, at + S_LEN).min(params.message_size));
+                    let sent = u64_at(part, at + S_SENT_NS);
+                    oldest = Some(oldest.map_or(sent, |o| o.min(sent)));
+                }
+            }
+            i += n;
+        }
+        s.waiting_bytes = Some(bytes);
+        s.oldest_sent_ns = oldest;
+    }
+    Ok(s)
+}
