@@ -109,6 +109,32 @@ pub struct ChannelSample {
     /// The processes that hold it, with what they do (when they can be known).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holders: Vec<HolderSample>,
+    /// queue: what its header and slots say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSample>,
+}
+
+/// A queue channel as read from outside (ipclink-queue's `stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSample {
+    /// Messages waiting to be received.
+    pub messages: u32,
+    /// Messages it holds at most.
+    pub capacity: u32,
+    /// Largest message, bytes.
+    pub message_size: u32,
+    /// When the oldest waiting message was sent (Unix seconds), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_sent_seconds: Option<u64>,
+    /// Messages sent and received since the queue was made.
+    pub sent: u64,
+    pub received: u64,
+    /// Processes sleeping until they can receive, or send.
+    pub receivers_waiting: u32,
+    pub senders_waiting: u32,
+    /// Processes that have it open.
+    pub members: u32,
 }
 
 impl Default for ChannelSample {
@@ -136,6 +162,7 @@ impl ChannelSample {
             observed: true,
             depth_unchanged_seconds: None,
             holders: Vec::new(),
+            queue: None,
         }
     }
 }

@@ -169,8 +169,8 @@ pub fn cases() -> Vec<(&'static str, String, &'static str)> {
         ),
         (
             "unknown kind",
-            ch("{ name: x, kind: queue }"),
-            "unknown variant `queue`",
+            ch("{ name: x, kind: pipe }"),
+            "unknown variant `pipe`",
         ),
         (
             "negative semaphore",
@@ -244,6 +244,69 @@ pub fn cases() -> Vec<(&'static str, String, &'static str)> {
             "missing spec",
             "apiVersion: ipclink.dev/v1alpha1\nkind: IpcLink\nmetadata: { name: a }\n".into(),
             "missing field `spec`",
+        ),
+        (
+            "queue without capacity",
+            ch("{ name: jobs, kind: queue, messageSize: 64 }"),
+            "spec.channels[0].capacity: is required for a queue channel",
+        ),
+        (
+            "queue without messageSize",
+            ch("{ name: jobs, kind: queue, capacity: 8 }"),
+            "spec.channels[0].messageSize: is required for a queue channel",
+        ),
+        (
+            "queue capacity 0",
+            ch("{ name: jobs, kind: queue, capacity: 0, messageSize: 64 }"),
+            "spec.channels[0].capacity: 0 is out of range; allowed 1 to 65536",
+        ),
+        (
+            "queue capacity past Linux's",
+            ch("{ name: jobs, kind: queue, capacity: 65537, messageSize: 64 }"),
+            "spec.channels[0].capacity: 65537 is out of range",
+        ),
+        (
+            "queue capacity negative",
+            ch("{ name: jobs, kind: queue, capacity: -1, messageSize: 64 }"),
+            "spec.channels[0].capacity: -1 is out of range",
+        ),
+        (
+            "queue messageSize 0",
+            ch("{ name: jobs, kind: queue, capacity: 8, messageSize: 0 }"),
+            "spec.channels[0].messageSize",
+        ),
+        (
+            "queue messageSize past 16Mi",
+            ch(r#"{ name: jobs, kind: queue, capacity: 1, messageSize: "17Mi" }"#),
+            "spec.channels[0].messageSize: 17825792 bytes is too large",
+        ),
+        (
+            "queue messageSize not a size",
+            ch(r#"{ name: jobs, kind: queue, capacity: 1, messageSize: lots }"#),
+            "spec.channels[0].messageSize",
+        ),
+        (
+            "queue with a size",
+            ch(r#"{ name: jobs, kind: queue, capacity: 1, messageSize: 8, size: 1Mi }"#),
+            "spec.channels[0].size: is allowed only for shm channels, not queue",
+        ),
+        (
+            "capacity on a fifo",
+            ch("{ name: jobs, kind: fifo, capacity: 8 }"),
+            "spec.channels[0].capacity: is allowed only for queue channels, not fifo",
+        ),
+        (
+            "messageSize on an shm channel",
+            ch("{ name: jobs, kind: shm, size: 1Mi, messageSize: 8 }"),
+            "spec.channels[0].messageSize: is allowed only for queue channels, not shm",
+        ),
+        (
+            "queue past the sizeLimit",
+            doc(
+                "ok",
+                "  sizeLimit: 1Mi\n  channels:\n    - { name: jobs, kind: queue, capacity: 1024, messageSize: 1Ki }\n",
+            ),
+            "spec.sizeLimit",
         ),
         (
             "same link twice",
@@ -436,4 +499,23 @@ fn allow_create_opens_the_root_and_root_mode_needs_it() {
             "{spec}: {problems:?}"
         );
     }
+}
+
+#[test]
+fn a_queue_channel_plans_its_file_and_counts_against_the_size_limit() {
+    let plan = plan_of(
+        "  sizeLimit: 1Mi\n  channels:\n    - { name: jobs, kind: queue, capacity: 64, messageSize: 1Ki, mode: \"0660\" }\n",
+    )
+    .expect("valid");
+    let o = &plan.objects[0];
+    assert_eq!(o.file_name(), "mq.jobs");
+    assert_eq!(o.kind.as_str(), "queue");
+    let p = o.kind.queue_params().expect("a queue");
+    assert_eq!((p.capacity, p.message_size), (64, 1024));
+    // Header, member records and 64 slots of 40 + 1024 bytes in 64-byte lines.
+    assert_eq!(p.file_size(), 12_288 + 64 * 1088);
+    assert_eq!(
+        plan.preallocated_bytes(),
+        (12_288u64 + 64 * 1088).div_ceil(4096) * 4096
+    );
 }

@@ -242,6 +242,26 @@ fn admission_refuses_what_the_schema_can_say(s: &Scenario) {
             "spec.members[1].podSelector",
             "object",
         ),
+        (
+            mutated(&|s| {
+                s["channels"][1] = json!({"name": "jobs", "kind": "queue", "messageSize": 64})
+            }),
+            "spec.channels[1].capacity",
+            "capacity is required for a queue channel",
+        ),
+        (
+            mutated(&|s| {
+                s["channels"][1] =
+                    json!({"name": "jobs", "kind": "queue", "capacity": 0, "messageSize": 64})
+            }),
+            "spec.channels[1].capacity",
+            "greater than or equal to 1",
+        ),
+        (
+            mutated(&|s| s["channels"][1]["capacity"] = 8.into()),
+            "spec.channels[1].capacity",
+            "not allowed for other kinds",
+        ),
     ];
     // The sticky bit is for socket directories only.
     let mut sticky_fifo = frames_spec();

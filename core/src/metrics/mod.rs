@@ -38,7 +38,7 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "ipclink_channel_capacity_bytes",
-        help: "Bytes a fifo's pipe buffer can hold.",
+        help: "Bytes a fifo's pipe buffer can hold, or a queue's messages at most.",
         channel: |c| {
             if c.info.kind == "shm" {
                 None
@@ -46,6 +46,48 @@ const FAMILIES: &[Family] = &[
                 c.capacity_bytes
             }
         },
+        semaphore: no_semaphore,
+        link: no_link,
+    },
+    Family {
+        name: "ipclink_channel_queue_messages",
+        help: "Messages waiting in a queue channel.",
+        channel: |c| c.queue.as_ref().map(|q| u64::from(q.messages)),
+        semaphore: no_semaphore,
+        link: no_link,
+    },
+    Family {
+        name: "ipclink_channel_capacity_messages",
+        help: "Messages a queue channel holds at most.",
+        channel: |c| c.queue.as_ref().map(|q| u64::from(q.capacity)),
+        semaphore: no_semaphore,
+        link: no_link,
+    },
+    Family {
+        name: "ipclink_queue_oldest_message_timestamp_seconds",
+        help: "When the oldest message waiting in a queue channel was sent (Unix time); absent when none waits.",
+        channel: |c| c.queue.as_ref().and_then(|q| q.oldest_sent_seconds),
+        semaphore: no_semaphore,
+        link: no_link,
+    },
+    Family {
+        name: "ipclink_queue_receivers_waiting",
+        help: "Processes sleeping in a receive on an empty queue channel (one killed while it slept stays counted).",
+        channel: |c| c.queue.as_ref().map(|q| u64::from(q.receivers_waiting)),
+        semaphore: no_semaphore,
+        link: no_link,
+    },
+    Family {
+        name: "ipclink_queue_senders_waiting",
+        help: "Processes sleeping in a send on a full queue channel (one killed while it slept stays counted).",
+        channel: |c| c.queue.as_ref().map(|q| u64::from(q.senders_waiting)),
+        semaphore: no_semaphore,
+        link: no_link,
+    },
+    Family {
+        name: "ipclink_queue_members",
+        help: "Processes that have a queue channel open.",
+        channel: |c| c.queue.as_ref().map(|q| u64::from(q.members)),
         semaphore: no_semaphore,
         link: no_link,
     },

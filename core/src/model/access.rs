@@ -61,6 +61,14 @@ pub fn needs(link: &IpcLink, object: &ObjectPlan, member: &str) -> u32 {
         ChannelKind::Shm => {
             (if reads || writes { READ } else { 0 }) | (if writes { WRITE } else { 0 })
         }
+        // Receivers write the queue too (they take messages off it).
+        ChannelKind::Queue => {
+            if reads || writes {
+                READ | WRITE
+            } else {
+                0
+            }
+        }
         // Connecting to a socket needs search on the directory; binding one needs write.
         ChannelKind::Socket => {
             (if reads || writes { SEARCH } else { 0 }) | (if reads { WRITE } else { 0 })

@@ -134,6 +134,9 @@ pub enum ChannelKind {
     Fifo,
     /// A directory in which members bind path Unix sockets.
     Socket,
+    /// A message queue (`mq.NAME`, ipclink-queue's layout): `capacity` messages of up to
+    /// `messageSize` bytes, preallocated.
+    Queue,
 }
 
 impl ChannelKind {
@@ -143,6 +146,7 @@ impl ChannelKind {
             ChannelKind::Shm => "shm",
             ChannelKind::Fifo => "fifo",
             ChannelKind::Socket => "socket",
+            ChannelKind::Queue => "queue",
         }
     }
 }
@@ -152,8 +156,18 @@ impl ChannelKind {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "self.kind == 'shm' ? has(self.size) : !has(self.size)",
-    "message": "size is required for an shm channel and not allowed for fifo and socket channels",
+    "message": "size is required for an shm channel and not allowed for other kinds",
     "fieldPath": ".size",
+    "reason": "FieldValueInvalid"
+}, {
+    "rule": "self.kind == 'queue' ? has(self.capacity) : !has(self.capacity)",
+    "message": "capacity is required for a queue channel and not allowed for other kinds",
+    "fieldPath": ".capacity",
+    "reason": "FieldValueInvalid"
+}, {
+    "rule": "self.kind == 'queue' ? has(self.messageSize) : !has(self.messageSize)",
+    "message": "messageSize is required for a queue channel and not allowed for other kinds",
+    "fieldPath": ".messageSize",
     "reason": "FieldValueInvalid"
 }, {
     "rule": "!has(self.mode) || self.kind == 'socket' || size(self.mode) < 4 || self.mode.startsWith('0')",
@@ -168,11 +182,19 @@ pub struct Channel {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
-    /// shm, fifo or socket.
+    /// shm, fifo, socket or queue.
     pub kind: ChannelKind,
     /// Size of an shm region (required for shm, not allowed otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Quantity>,
+    /// Messages a queue holds, 1..=65536 (required for queue, not allowed otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65_536))]
+    pub capacity: Option<i64>,
+    /// Largest message of a queue, 1 byte to 16Mi (required for queue, not allowed
+    /// otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_size: Option<Quantity>,
     /// Octal permission bits, e.g. "0660".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,

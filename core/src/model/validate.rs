@@ -85,6 +85,13 @@ pub enum ObjectKind {
     Fifo,
     /// Directory for path sockets.
     Socket,
+    /// Message queue file (ipclink-queue's layout), preallocated.
+    Queue {
+        /// Messages it holds.
+        capacity: u32,
+        /// Largest message, bytes.
+        message_size: u32,
+    },
     /// Named semaphore file.
     Semaphore {
         /// Initial value.
@@ -101,7 +108,22 @@ impl ObjectKind {
             ObjectKind::Shm { .. } => ChannelKind::Shm.as_str(),
             ObjectKind::Fifo => ChannelKind::Fifo.as_str(),
             ObjectKind::Socket => ChannelKind::Socket.as_str(),
+            ObjectKind::Queue { .. } => ChannelKind::Queue.as_str(),
             ObjectKind::Semaphore { .. } => "semaphore",
+        }
+    }
+
+    /// A queue's sizes, as ipclink-queue takes them.
+    pub fn queue_params(&self) -> Option<ipclink_queue::Params> {
+        match *self {
+            ObjectKind::Queue {
+                capacity,
+                message_size,
+            } => Some(ipclink_queue::Params {
+                capacity,
+                message_size,
+            }),
+            _ => None,
         }
     }
 }
@@ -134,6 +156,8 @@ impl ObjectPlan {
                 abi: SemaphoreAbi::Glibc,
                 ..
             } => format!("sem.{}", self.name),
+            // Apart from `shm_open("/NAME")`'s file, as glibc keeps semaphores apart.
+            ObjectKind::Queue { .. } => format!("mq.{}", self.name),
             _ => self.name.clone(),
         }
     }
@@ -268,6 +292,56 @@ fn check_owner(owner: &Owner, field: &str, problems: &mut Vec<Problem>) -> (u32,
     (one(owner.uid, "uid"), one(owner.gid, "gid"))
 }
 
+/// A queue channel's capacity and message size, each refused naming its field and
+/// what is allowed (Linux's own bounds for message queues).
+fn queue_kind(c: &crate::Channel, field: &str, problems: &mut Vec<Problem>) -> ObjectKind {
+    use ipclink_queue::layout::{MAX_CAPACITY, MAX_MESSAGE_SIZE};
+    let capacity = match c.capacity {
+        Some(n) if (1..=i64::from(MAX_CAPACITY)).contains(&n) => n as u32,
+        Some(n) => {
+            problems.push(Problem::new(
+                format!("{field}.capacity"),
+                format!("{n} is out of range; allowed 1 to {MAX_CAPACITY} messages"),
+            ));
+            1
+        }
+        None => {
+            problems.push(Problem::new(
+                format!("{field}.capacity"),
+                "is required for a queue channel (messages it holds, e.g. 64)",
+            ));
+            1
+        }
+    };
+    let message_size = match &c.message_size {
+        Some(q) => match parse_bytes(&q.0) {
+            Ok(n) if n <= u64::from(MAX_MESSAGE_SIZE) => n as u32,
+            Ok(n) => {
+                problems.push(Problem::new(
+                    format!("{field}.messageSize"),
+                    format!("{n} bytes is too large; allowed 1 byte to 16Mi"),
+                ));
+                1
+            }
+            Err(e) => {
+                problems.push(Problem::new(format!("{field}.messageSize"), e.to_string()));
+                1
+            }
+        },
+        None => {
+            problems.push(Problem::new(
+                format!("{field}.messageSize"),
+                "is required for a queue channel (bytes, e.g. \"8Ki\")",
+            ));
+            1
+        }
+    };
+    ObjectKind::Queue {
+        capacity,
+        message_size,
+    }
+}
+
 fn round_up_page(bytes: u64) -> u64 {
     bytes.div_ceil(PAGE) * PAGE
 }
@@ -387,7 +461,30 @@ pub fn validate(link: &IpcLink) -> Result<LinkPlan, Problems> {
             }
             (ChannelKind::Fifo, None) => ObjectKind::Fifo,
             (ChannelKind::Socket, None) => ObjectKind::Socket,
+            (ChannelKind::Queue, None) => {
+                let kind = queue_kind(c, &field, &mut problems);
+                if let Some(p) = kind.queue_params() {
+                    used = used.saturating_add(round_up_page(p.file_size()));
+                }
+                kind
+            }
         };
+        if c.kind != ChannelKind::Queue {
+            for (set, name) in [
+                (c.capacity.is_some(), "capacity"),
+                (c.message_size.is_some(), "messageSize"),
+            ] {
+                if set {
+                    problems.push(Problem::new(
+                        format!("{field}.{name}"),
+                        format!(
+                            "is allowed only for queue channels, not {}",
+                            c.kind.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
         // A socket directory is sticky by default: a member can unlink only the sockets
         // it bound, not another member's.
         let socket = c.kind == ChannelKind::Socket;
@@ -501,12 +598,16 @@ pub fn validate(link: &IpcLink) -> Result<LinkPlan, Problems> {
 
 impl LinkPlan {
     /// Bytes the declared objects take on the tmpfs from the start: shm regions
-    /// (preallocated, in whole pages) and a page per semaphore.
+    /// and queues (preallocated, in whole pages) and a page per semaphore.
     pub fn preallocated_bytes(&self) -> u64 {
         self.objects
             .iter()
             .map(|o| match o.kind {
                 ObjectKind::Shm { size } => round_up_page(size),
+                ObjectKind::Queue { .. } => o
+                    .kind
+                    .queue_params()
+                    .map_or(0, |p| round_up_page(p.file_size())),
                 ObjectKind::Semaphore { .. } => PAGE,
                 _ => 0,
             })

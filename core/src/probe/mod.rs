@@ -235,6 +235,16 @@ impl LinkProbe {
                             }
                         }
                         ObjectKind::Fifo => fifo(link, &o.info.file, seen, &mut c),
+                        ObjectKind::Queue { .. } => {
+                            if let Some((f, id)) = keep_open(link, o) {
+                                c.present = true;
+                                queue(f, &mut c);
+                                c.holders = file_holders(seen, id.0, id.1);
+                                if let Ok(st) = fstat(f.as_fd()) {
+                                    object_bytes += st.st_blocks as u64 * 512;
+                                }
+                            }
+                        }
                         _ => observe::socket_dir(link, &o.info.file, dev, seen, &mut c),
                     }
                     out.channels.push(c);
@@ -364,6 +374,31 @@ fn keep_open<'a>(
         o.fd = Some((std::fs::File::from(fd), (st.st_dev, st.st_ino)));
     }
     o.fd.as_ref().map(|(f, id)| (f, *id))
+}
+
+/// A queue's depth and counters, read through `f` (read-only, `pread`: see
+/// ipclink-queue's `stats`). A file that is not a readable queue any more (a member
+/// wrote over its header) leaves the depth unobserved.
+fn queue(f: &std::fs::File, c: &mut ChannelSample) {
+    match ipclink_queue::stats::read(f) {
+        Ok(s) => {
+            c.queue_bytes = s.waiting_bytes;
+            c.capacity_bytes =
+                Some(u64::from(s.params.capacity) * u64::from(s.params.message_size));
+            c.queue = Some(crate::sample::QueueSample {
+                messages: s.waiting,
+                capacity: s.params.capacity,
+                message_size: s.params.message_size,
+                oldest_sent_seconds: s.oldest_sent_ns.map(|ns| ns / 1_000_000_000),
+                sent: s.sent,
+                received: s.received,
+                receivers_waiting: s.receivers_waiting,
+                senders_waiting: s.senders_waiting,
+                members: s.members,
+            });
+        }
+        Err(_) => c.observed = false,
+    }
 }
 
 /// (value, waiters) from the first 8 bytes of a semaphore object.

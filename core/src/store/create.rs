@@ -242,6 +242,27 @@ impl Store {
                     })?;
                 OwnedFd::from(file)
             }
+            ObjectKind::Queue { .. } => {
+                let params = obj.kind.queue_params().expect("a queue");
+                let fd = sys(openat(private, tmp, excl, mode), at, "create")?;
+                // Every page now, where regions' go (a member pod's memory); then the
+                // layout, marked ready last.
+                if let Err(e) = preallocating(alloc.preallocate(fd.as_fd(), params.file_size()), at)
+                {
+                    let _ = unlinkat(private, tmp, UnlinkatFlags::NoRemoveDir);
+                    return Err(e);
+                }
+                let file = File::from(fd);
+                if let Err(e) = ipclink_queue::format(&file, params) {
+                    let _ = unlinkat(private, tmp, UnlinkatFlags::NoRemoveDir);
+                    return Err(MaterializeError::Sys {
+                        path: at(),
+                        op: "lay out queue",
+                        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc_eio())),
+                    });
+                }
+                OwnedFd::from(file)
+            }
             ObjectKind::Fifo => {
                 sys(mknodat(private, tmp, SFlag::S_IFIFO, mode, 0), at, "mkfifo")?;
                 // The read end of a fifo nobody else can name yet: opening it is harmless.
@@ -324,4 +345,9 @@ impl Store {
             Err(errno) => sys(Err(errno), at, "rename into place"),
         }
     }
+}
+
+/// EIO, for an error that carries no errno.
+fn libc_eio() -> i32 {
+    nix::libc::EIO
 }

@@ -177,6 +177,8 @@ pub fn link_from_opts(
         name: name.to_owned(),
         kind,
         size: size.map(|s| Quantity(s.to_owned())),
+        capacity: None,
+        message_size: None,
         mode: mode.clone(),
         owner: None,
         writers: Vec::new(),

@@ -72,6 +72,13 @@ fn kind_name(kind: &ObjectKind) -> String {
         ObjectKind::Semaphore { initial, abi } => {
             format!("semaphore (abi {}, initial {initial})", abi.as_str())
         }
+        ObjectKind::Queue {
+            capacity,
+            message_size,
+        } => format!(
+            "queue of {capacity} messages of {}",
+            format_bytes(u64::from(*message_size))
+        ),
         other => other.as_str().to_owned(),
     }
 }
@@ -90,6 +97,25 @@ pub(super) fn identity_change(old: &ObjectPlan, new: &ObjectPlan) -> Option<(Str
                 format!("{}.abi", new.field)
             } else if a != b {
                 format!("{}.initial", new.field)
+            } else {
+                return None;
+            }
+        }
+        (
+            ObjectKind::Queue {
+                capacity: a,
+                message_size: x,
+            },
+            ObjectKind::Queue {
+                capacity: b,
+                message_size: y,
+            },
+        ) => {
+            // A queue's layout is fixed when it is made: another one replaces it.
+            if a != b {
+                format!("{}.capacity", new.field)
+            } else if x != y {
+                format!("{}.messageSize", new.field)
             } else {
                 return None;
             }
@@ -155,6 +181,9 @@ impl EntryKind {
         match (kind, self) {
             (ObjectKind::Shm { .. }, EntryKind::File(_)) => true,
             (ObjectKind::Semaphore { .. }, EntryKind::File(size)) => size == SEM_BYTES,
+            (q @ ObjectKind::Queue { .. }, EntryKind::File(size)) => {
+                q.queue_params().is_some_and(|p| p.file_size() == size)
+            }
             (ObjectKind::Fifo, EntryKind::Fifo) | (ObjectKind::Socket, EntryKind::Dir) => true,
             _ => false,
         }
