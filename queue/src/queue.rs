@@ -714,6 +714,13 @@ impl Queue {
     }
 }
 
+impl std::os::fd::AsRawFd for Queue {
+    /// The queue file's descriptor (close-on-exec), which identifies this open queue.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
 impl Drop for Queue {
     fn drop(&mut self) {
         // The record's lock goes with the file; the in-use flag is only informational.
