@@ -243,21 +243,33 @@ fn sidecar_example(e: Engine) {
         "{log}"
     );
     // The same in /metrics and under `members` in /v1/links.
-    wait_until(
-        "the auditor's denied channel in the metrics and /v1/links",
-        Duration::from_secs(30),
-        || {
-            let m = get_ok(port, "/metrics").unwrap_or_default();
-            let links = get_ok(port, "/v1/links").unwrap_or_default();
-            (metric(
-                &m,
-                "ipclink_member_denied",
-                &[("service", "auditor"), ("channel", "frames")],
-            ) == Some(1.0)
-                && links.contains(&auditor))
-            .then_some(())
-        },
-    );
+    let start = std::time::Instant::now();
+    loop {
+        let m = get_ok(port, "/metrics").unwrap_or_default();
+        let links = get_ok(port, "/v1/links").unwrap_or_default();
+        // As a user in none of the link's groups, it can use none of its semaphores.
+        let denied = metric(
+            &m,
+            "ipclink_member_denied",
+            &[("service", "auditor"), ("channel", "slots")],
+        );
+        if denied == Some(1.0)
+            && links
+                .replace("\": ", "\":")
+                .contains("\"service\":\"auditor\"")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the auditor's denied channel is not in the metrics and /v1/links:\n{}\n{links}",
+            m.lines()
+                .filter(|l| l.starts_with("ipclink_member_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_ne!(
         e.exit_code(&auditor, Duration::from_secs(30)),
         0,

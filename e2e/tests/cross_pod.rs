@@ -230,9 +230,11 @@ fn a_waiter_killed_in_sem_wait_is_noted_stale() {
             (m.waiters, m.stale_waiters, m.holders.len())
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Holders are scanned before the semaphore is read: an observation can see the
+        // waiter counted and not yet its mapping. Wait for both.
         let live = loop {
             let seen = observed(&mut probe);
-            if seen.0 == Some(1) || std::time::Instant::now() > deadline {
+            if (seen.0 == Some(1) && seen.2 == 1) || std::time::Instant::now() > deadline {
                 break seen;
             }
             std::thread::sleep(Duration::from_millis(20));
