@@ -1,4 +1,4 @@
-//! Unchanged `mq_*` programs (`testkit/peers/mq_peer.c`, glibc) in two "pods" (mount,
+//! Unchanged `mq_*` programs (`examples/queue/mq_peer.c`, glibc) in two "pods" (mount,
 //! IPC and network namespaces of their own, uid 1000, a link at /dev/shm that lets
 //! members create) with `LD_PRELOAD=libipclink_queue.so`: the receiver creates the
 //! queue with its `mq_attr`, the sender finds it, and 100,000 messages with three
@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipclink_testkit::{Libc, compile_peer, describe, spawn_pod_as, wait_with_timeout};
+use ipclink_testkit::{describe, spawn_pod_as, wait_with_timeout};
 
 /// libipclink_queue.so, built beside this test in `deps/` (cargo builds the package's
 /// library, both its kinds, for its tests).
@@ -34,9 +34,29 @@ fn link() -> tempfile::TempDir {
     dir
 }
 
+/// `examples/queue/mq_peer.c`, compiled once with Debian's gcc into the tests' scratch
+/// directory (outside any link, readable by uid 1000).
+fn mq_peer() -> &'static Path {
+    static PEER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PEER.get_or_init(|| {
+        ipclink_testkit::require_tool("gcc");
+        let program =
+            ipclink_testkit::scratch_dir().join(format!("mq_peer-{}", std::process::id()));
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/queue/mq_peer.c");
+        let cc = std::process::Command::new("gcc")
+            .args(["-O2", "-Wall", "-Werror", "-o"])
+            .arg(&program)
+            .arg(&src)
+            .output()
+            .expect("gcc");
+        assert!(cc.status.success(), "{}", describe(&cc));
+        program
+    })
+}
+
 /// `mq_peer ARGS` in a pod of `dir` as uid 1000, with the shim preloaded or not.
 fn pod(dir: &Path, preload: bool, args: &[&str]) -> std::process::Child {
-    let peer = compile_peer("mq_peer", Libc::Glibc);
+    let peer = mq_peer();
     let mut a: Vec<String> = Vec::new();
     if preload {
         a.push(format!("LD_PRELOAD={}", shim().display()));
