@@ -21,6 +21,16 @@ use crate::map::Map;
 const CHECK_EVERY: Duration = Duration::from_millis(50);
 /// Spins on the lock word before sleeping on it.
 const LOCK_SPINS: u32 = 100;
+/// Spins on a wake-up word before sleeping on it (some microseconds), where the machine
+/// has more than one CPU online (the other side may run on another, even when this
+/// process is pinned to one), unless `IPCLINK_QUEUE_SPIN=0` (a pod with a small CPU
+/// quota may rather sleep at once).
+const SPINS: u32 = 4_000;
+static SPIN: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    std::env::var_os("IPCLINK_QUEUE_SPIN").is_none_or(|v| v != "0")
+        && nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+            .is_ok_and(|n| n.is_some_and(|n| n > 1))
+});
 
 fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
@@ -463,6 +473,17 @@ impl Queue {
                 return Err(errno(libc::ETIMEDOUT));
             }
             slice = slice.min(left);
+        }
+        // A moment of spinning first, where another core can answer: the other side
+        // usually moves within microseconds, and then neither side enters the kernel.
+        let word = self.w32(seq);
+        if *SPIN {
+            for _ in 0..SPINS {
+                if word.load(Acquire) != seen {
+                    return Ok(());
+                }
+                std::hint::spin_loop();
+            }
         }
         let count = self.w32(waiters);
         count.fetch_add(1, SeqCst);

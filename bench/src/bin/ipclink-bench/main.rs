@@ -5,10 +5,11 @@
 //!    that does not disturb the channel, and one mixed 10,000-channel scrape;
 //! 3. iceoryx2 and Fast-DDS between two "pods" through a link vs the same pairs on the
 //!    host's /dev/shm (and, for Fast-DDS, network); Zenoh between two pods through a link
-//!    vs TCP between them.
+//!    vs TCP between them; an unchanged `mq_*` program on queue channels (shim) vs the
+//!    kernel's POSIX queues.
 //!
 //! `ipclink-bench [--quick] [--only PART,...]` (parts: channels, probes, hostile,
-//! iceoryx2, fastdds, zenoh). Run as root (the links then get their own tmpfs). Prints a
+//! iceoryx2, fastdds, zenoh, queue). Run as root (the links then get their own tmpfs). Prints a
 //! Markdown table. The figures are not asserted anywhere: these machines are noisy, so
 //! compare the ratios, which come from runs interleaved in the same process.
 
@@ -25,6 +26,7 @@ mod fastdds;
 mod hostile;
 mod iceoryx2;
 mod probes;
+mod queue;
 mod two_process;
 mod zenoh;
 
@@ -32,6 +34,7 @@ use fastdds::fastdds;
 use hostile::hostile;
 use iceoryx2::iceoryx2;
 use probes::probes;
+use queue::queue;
 use two_process::{child, two_process};
 use zenoh::zenoh;
 
@@ -43,8 +46,8 @@ const CHUNK: usize = 64 * 1024;
 /// One part of the run: adds its rows.
 type Part<'a> = &'a dyn Fn(&mut Vec<String>);
 /// What `--only` can name, in the order they run.
-const PARTS: [&str; 6] = [
-    "channels", "probes", "hostile", "iceoryx2", "fastdds", "zenoh",
+const PARTS: [&str; 7] = [
+    "channels", "probes", "hostile", "iceoryx2", "fastdds", "zenoh", "queue",
 ];
 
 struct Config {
@@ -65,8 +68,7 @@ fn main() {
     let cores = nproc();
     pin(0);
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only fastdds,zenoh`: those parts alone (channels, probes, hostile, iceoryx2,
-    // fastdds, zenoh).
+    // `--only fastdds,zenoh`: those parts alone (see PARTS).
     let only: Option<Vec<&str>> = args
         .iter()
         .position(|a| a == "--only")
@@ -125,6 +127,7 @@ fn main() {
         &|rows| iceoryx2(&store, &cfg, rows),
         &|rows| fastdds(&store, &cfg, rows),
         &|rows| zenoh(&store, &cfg, rows),
+        &|rows| queue(&store, &cfg, rows),
     ];
     for (name, part) in PARTS.into_iter().zip(parts) {
         if only.as_ref().is_none_or(|o| o.contains(&name)) {

@@ -1,0 +1,151 @@
+//! Queue channels against the kernel's POSIX message queues: one program written against
+//! `mq_*` only (testkit/peers/mq_bench.c), run as two "pods" (own mount, IPC and network
+//! namespaces) on a link with libipclink_queue.so preloaded, and as two processes in one
+//! IPC namespace on the kernel's queues.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use ipclink_core::Store;
+
+use super::*;
+
+/// Throughput and blocking round trips for 64-byte and 4 KiB messages, in turns; each
+/// process pinned to one of two cores, root.
+pub(super) fn queue(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
+    let shim = shim();
+    let peer = ipclink_testkit::compile_peer("mq_bench", ipclink_testkit::Libc::Glibc);
+    let taskset = ipclink_testkit::require_tool("taskset");
+    let plan = link_of(store, "queue", "  allowCreate: true\n".into());
+    let dir = store.link_path(&plan.namespace, &plan.name);
+    let name = format!("/ipclink-bench-{}", std::process::id());
+    // `taskset -c CPU mq_bench ROLE NAME N SIZE`, in a pod with the shim or on the host.
+    let start = |pod: bool, spin: bool, cpu: &str, role: &str, n: &str, size: &str| {
+        let args = [
+            taskset.display().to_string(),
+            "-c".into(),
+            cpu.into(),
+            peer.display().to_string(),
+            role.into(),
+            name.clone(),
+            n.into(),
+            size.into(),
+        ];
+        if pod {
+            let mut a = vec![
+                format!("LD_PRELOAD={}", shim.display()),
+                format!("IPCLINK_QUEUE_SPIN={}", u8::from(spin)),
+            ];
+            a.extend(args);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            ipclink_testkit::spawn_pod(&dir, Path::new("/usr/bin/env"), &a)
+        } else {
+            Command::new(&args[0])
+                .args(&args[1..])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("mq_bench")
+        }
+    };
+    // The waiting side first, then the other; the second's output.
+    let pair = |pod: bool, spin: bool, roles: [&str; 2], n: &str, size: &str| -> Output {
+        let waiting = start(pod, spin, "1", roles[0], n, size);
+        let out = ipclink_testkit::wait_with_timeout(
+            start(pod, spin, "0", roles[1], n, size),
+            Duration::from_secs(300),
+        );
+        let first = ipclink_testkit::wait_with_timeout(waiting, Duration::from_secs(60));
+        for o in [&out, &first] {
+            assert!(
+                o.status.success(),
+                "mq_bench: {}",
+                ipclink_testkit::describe(o)
+            );
+        }
+        if roles[0] == "sink" { first } else { out }
+    };
+    let messages = (cfg.round_trips * 25).to_string();
+    let trips = (cfg.round_trips / 2).to_string();
+    let reps = (cfg.reps * 3 / 2 + 1).max(3);
+    for (size, label) in [("64", "64 B"), ("4096", "4 KiB")] {
+        let throughput = |pod: bool| {
+            figure(
+                &pair(pod, true, ["sink", "source"], &messages, size),
+                "msgs_per_s ",
+            )
+        };
+        let one_way = |pod: bool, spin: bool| {
+            figure(
+                &pair(pod, spin, ["pong", "ping"], &trips, size),
+                "rtt_p50_ns ",
+            ) / 2e3
+        };
+        let (tp, lat, asleep) = unpinned(|| {
+            (
+                in_turns(reps, || throughput(true), || throughput(false)),
+                in_turns(reps, || one_way(true, true), || one_way(false, true)),
+                in_turns(reps, || one_way(true, false), || one_way(false, false)),
+            )
+        });
+        let what = "two pods through an ipclink queue vs POSIX mq in one IPC namespace";
+        row_in_turns(
+            rows,
+            &format!("queue, {label} messages, throughput: {what}"),
+            "msgs/s",
+            tp,
+            "≥ 2×",
+        );
+        row_in_turns(
+            rows,
+            &format!(
+                "queue, {label} messages, one-way latency p50, as it comes (a few µs of spinning, then sleep): the same"
+            ),
+            "µs",
+            lat,
+            "≤ 1.0×",
+        );
+        row_in_turns(
+            rows,
+            &format!(
+                "queue, {label} messages, one-way latency p50, asleep at once (IPCLINK_QUEUE_SPIN=0): the same"
+            ),
+            "µs",
+            asleep,
+            "≤ 1.0×",
+        );
+    }
+    store
+        .teardown(&plan.namespace, &plan.name)
+        .expect("teardown");
+}
+
+/// libipclink_queue.so: `$IPCLINK_QUEUE_SO`, or beside this binary (`cargo build
+/// [--release] -p ipclink-queue-preload`).
+fn shim() -> PathBuf {
+    let so = std::env::var_os("IPCLINK_QUEUE_SO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::current_exe()
+                .expect("own path")
+                .with_file_name("libipclink_queue.so")
+        });
+    assert!(
+        so.is_file(),
+        "{}: no libipclink_queue.so; build it first (cargo build --release -p ipclink-queue-preload) or set IPCLINK_QUEUE_SO",
+        so.display()
+    );
+    so
+}
+
+/// The number after `before` in `out`'s standard output.
+fn figure(out: &Output, before: &str) -> f64 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(before)
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {before:?} in {text}"))
+}
