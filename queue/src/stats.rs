@@ -10,9 +10,11 @@ use std::os::unix::fs::FileExt;
 use crate::layout::*;
 use crate::queue::{member_alive, read_params};
 
-/// Slot bytes read in one call, and at most in all, to find the oldest message.
-const CHUNK: u64 = 1 << 20;
-const SCAN_LIMIT: u64 = 16 << 20;
+/// Slot bytes read in one call, and at most in all, to find the waiting bytes and the
+/// oldest message: an observer reads every queue of a node each scrape, and a tenant
+/// may declare many queues.
+const CHUNK: u64 = 64 << 10;
+const SCAN_LIMIT: u64 = 256 << 10;
 
 /// A queue as seen from outside.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,7 +23,7 @@ pub struct Stats {
     /// Messages waiting to be received.
     pub waiting: u32,
     /// Their bytes, and when the oldest was sent (CLOCK_REALTIME nanoseconds); `None`
-    /// when the slots were not read (a queue of more than 16 MiB of slots).
+    /// when the slots were not read (a queue of more than 256 KiB of slots).
     pub waiting_bytes: Option<u64>,
     pub oldest_sent_ns: Option<u64>,
     pub sent: u64,

@@ -263,3 +263,14 @@ fn wait_for(mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A queue whose slots take more than the observer reads (256 KiB): the waiting count
+/// from the header, the bytes and the oldest message left out rather than guessed.
+#[test]
+fn an_observer_reads_the_slots_of_small_queues_only() {
+    let (_d, path) = queue(64, 8192);
+    let q = Queue::open(&path).expect("open");
+    q.send(b"big queue", 0, None).expect("send");
+    let s = stats_of(&path);
+    assert_eq!((s.waiting, s.waiting_bytes, s.oldest_sent_ns), (1, None, None));
+}
