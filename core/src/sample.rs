@@ -133,8 +133,9 @@ pub struct QueueSample {
     /// Processes sleeping until they can receive, or send.
     pub receivers_waiting: u32,
     pub senders_waiting: u32,
-    /// Processes that have it open.
-    pub members: u32,
+    /// Processes that hold it (have it open or mapped), when they can be known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<u32>,
 }
 
 impl Default for ChannelSample {

@@ -44,18 +44,32 @@ fn broken() -> io::Error {
 /// Makes the queue file at `path` (it must not exist), with mode `mode`, sized and laid
 /// out for `params`, and marks it ready last. Whoever makes it owns it: the caller sets
 /// the owner after.
+///
+/// The file is made unnamed in `path`'s directory (`O_TMPFILE`), laid out, and only then
+/// linked at `path`: nobody opens a queue that is not ready, and a creator killed half
+/// way leaves nothing behind. An existing `path` is never replaced (`AlreadyExists`).
 pub fn create(path: &Path, params: Params, mode: u32) -> io::Result<File> {
     params
         .check()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
         .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(dir)?;
     format(&file, params)?;
+    nix::unistd::linkat(
+        nix::fcntl::AT_FDCWD,
+        format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)).as_str(),
+        nix::fcntl::AT_FDCWD,
+        path,
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    )?;
     Ok(file)
 }
 
@@ -166,13 +180,34 @@ pub(crate) fn member_alive(file: &File, i: u32) -> bool {
 }
 
 /// An open queue: this process is one of its members until it is dropped (or dies).
-/// Threads may share one; a process that opens a queue twice is two members.
+/// Threads may share one; a process that opens a queue twice is two members. A child
+/// made by `fork` cannot use its parent's (EBADF): it would share the parent's member
+/// record, and one of them dying with the lock would look alive to the other; it opens
+/// the queue again.
 pub struct Queue {
     file: File,
     map: Map,
     params: Params,
     member: u32,
     me: u32,
+    forks: u64,
+}
+
+/// Forks this process has gone through (as the child): counted by a `pthread_atfork`
+/// handler registered at the first open.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn forked() {
+    FORKS.fetch_add(1, Relaxed);
+}
+
+#[allow(unsafe_code)]
+fn count_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a handler that only bumps an atomic (async-signal-safe).
+        unsafe { libc::pthread_atfork(None, None, Some(forked)) };
+    });
 }
 
 /// The lock word: the holder's record + 1 in the low 7 bits, the record's generation
@@ -234,6 +269,15 @@ impl Queue {
             return Err(errno(libc::EINVAL));
         }
         let params = read_params(&file)?;
+        // A sparse queue (a member's ftruncate over a small file) would fill the link's
+        // memory, or fault, page by page as it is used: refused.
+        let meta = file.metadata()?;
+        if std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < params.file_size() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "queue file is not preallocated (sparse)",
+            ));
+        }
         let map = Map::new(&file, params.file_size())?;
         let member = (0..MAX_MEMBERS)
             .find(|&i| {
@@ -255,7 +299,9 @@ impl Queue {
             .ok_or_else(broken)?
             .fetch_add(1, Relaxed)
             .wrapping_add(1);
+        count_forks();
         let q = Queue {
+            forks: FORKS.load(Relaxed),
             file,
             map,
             params,
@@ -287,6 +333,16 @@ impl Queue {
             q.w32(rec + M_IN_USE).store(1, Relaxed);
         }
         Ok(q)
+    }
+
+    /// EBADF in a child of the process that opened the queue (see [`Queue`]).
+    fn check_fork(&self) -> io::Result<()> {
+        if FORKS.load(Relaxed) == self.forks {
+            Ok(())
+        } else {
+            // Opened before a fork: the child opens it again.
+            Err(errno(libc::EBADF))
+        }
     }
 
     /// This process's member record (0..64).
@@ -328,9 +384,19 @@ impl Queue {
         self.map.u64(self.params.slot(i) + field).ok_or_else(broken)
     }
 
-    /// Takes the lock. A holder that died is found (its record's lock is free) after
-    /// [`CHECK_EVERY`]; the lock is then taken from it and the lists rebuilt.
+    /// Takes the lock, waiting as long as it takes. A holder that died is found (its
+    /// record's lock is free) after [`CHECK_EVERY`]; the lock is then taken from it and
+    /// the lists rebuilt.
     fn lock(&self) -> io::Result<Locked<'_>> {
+        self.lock_until(Wait::Until(None))
+    }
+
+    /// Takes the lock, giving up with EAGAIN (`Wait::No`, once a live holder keeps it
+    /// past the spins) or ETIMEDOUT (past the deadline): a member that holds it and
+    /// stops (frozen, or hostile) cannot hold other members' timed and non-blocking
+    /// calls.
+    fn lock_until(&self, wait: Wait) -> io::Result<Locked<'_>> {
+        self.check_fork()?;
         let lock = self.w32(H_LOCK);
         let me = self.me;
         let mut spins = 0;
@@ -343,9 +409,21 @@ impl Queue {
                     std::hint::spin_loop();
                 }
                 Err(holder) => {
+                    let mut slice = CHECK_EVERY;
+                    match wait {
+                        Wait::No => return Err(errno(libc::EAGAIN)),
+                        Wait::Until(Some(d)) => {
+                            let left = d.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                return Err(errno(libc::ETIMEDOUT));
+                            }
+                            slice = slice.min(left);
+                        }
+                        Wait::Until(None) => {}
+                    }
                     let waiters = self.w32(H_LOCK_WAITERS);
                     waiters.fetch_add(1, SeqCst);
-                    let timeout = timespec(CHECK_EVERY);
+                    let timeout = timespec(slice);
                     let _ = futex::wait(lock, futex::Flags::empty(), holder, Some(&timeout));
                     waiters.fetch_sub(1, SeqCst);
                     let record = (holder & HOLDER_MASK).wrapping_sub(1);
@@ -405,7 +483,7 @@ impl Queue {
                     let committed = self
                         .w64(Params::member(owner.min(MAX_MEMBERS - 1)) + M_LAST_COMMITTED)
                         .load(Acquire);
-                    if committed == self.s64(i, S_SEQ)?.load(Relaxed) + 1 {
+                    if committed == self.s64(i, S_SEQ)?.load(Relaxed).wrapping_add(1) {
                         FREE
                     } else {
                         recovered += 1;
@@ -445,6 +523,13 @@ impl Queue {
         self.w32(H_READY_TAIL).store(prev, Relaxed);
         self.w32(H_READY_COUNT).store(queued.len() as u32, Relaxed);
         self.w32(H_FREE_HEAD).store(free_head, Relaxed);
+        // A dead member has nothing in flight any more: its record stops calling for
+        // another rebuild (`reap`).
+        for m in 0..MAX_MEMBERS {
+            if m != self.member && Some(m) != reclaim && alive[m as usize] == Some(false) {
+                self.w32(Params::member(m) + M_INFLIGHT).store(NIL, Relaxed);
+            }
+        }
         self.w64(H_RECOVERED).fetch_add(recovered, Relaxed);
         self.w64(H_ABORTED).fetch_add(aborted, Relaxed);
         // Anyone waiting may have something to do now.
@@ -539,7 +624,7 @@ impl Queue {
         let slot = loop {
             let seen = self.w32(H_SPACE_SEQ).load(SeqCst);
             {
-                let _g = self.lock()?;
+                let _g = self.lock_until(wait)?;
                 let head = self.w32(H_FREE_HEAD).load(Relaxed);
                 if head != NIL {
                     let next = self.s32(head, S_NEXT)?.load(Relaxed);
@@ -634,7 +719,8 @@ impl Queue {
 
     /// Receives as [`Queue::recv`] does, handing the message to `take` in place (no
     /// copy) before the receive commits: if this process dies inside `take`, the
-    /// message goes back to the queue for another receiver.
+    /// message goes back to the queue for another receiver. The bytes are shared memory
+    /// a hostile member could still write: check what you read in a copy.
     pub fn recv_in_place<T>(
         &self,
         deadline: Option<Instant>,
@@ -662,7 +748,7 @@ impl Queue {
         let slot = loop {
             let seen = self.w32(H_DATA_SEQ).load(SeqCst);
             {
-                let _g = self.lock()?;
+                let _g = self.lock_until(wait)?;
                 let head = self.w32(H_READY_HEAD).load(Relaxed);
                 if head != NIL {
                     let next = self.s32(head, S_NEXT)?.load(Relaxed);
@@ -700,7 +786,8 @@ impl Queue {
         {
             let _g = self.lock()?;
             // The commit: from here on a rebuild frees the slot instead of queueing it.
-            self.w64(rec + M_LAST_COMMITTED).store(got.seq + 1, Release);
+            self.w64(rec + M_LAST_COMMITTED)
+                .store(got.seq.wrapping_add(1), Release);
             self.s32(slot, S_STATE)?.store(FREE, Release);
             self.s32(slot, S_NEXT)?
                 .store(self.w32(H_FREE_HEAD).load(Relaxed), Relaxed);
@@ -750,6 +837,7 @@ impl Drop for Queue {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Wait {
     No,
     Until(Option<Instant>),

@@ -38,8 +38,14 @@ pub struct Stats {
     /// Processes sleeping until there is something to receive, or room to send.
     pub receivers_waiting: u32,
     pub senders_waiting: u32,
-    /// Processes that have the queue open.
-    pub members: u32,
+}
+
+/// Member records held by live processes: one lock query per record. A member can make
+/// each query slow (by taking many byte-range locks on the file), so an observer serving
+/// every queue of a node counts the processes that hold the file instead; this is for
+/// the queue's own members and tools.
+pub fn members(file: &File) -> u32 {
+    (0..MAX_MEMBERS).filter(|&i| member_alive(file, i)).count() as u32
 }
 
 fn u32_at(b: &[u8], o: u64) -> u32 {
@@ -70,7 +76,6 @@ pub fn read(file: &File) -> io::Result<Stats> {
         full: u64_at(&h, H_FULL),
         receivers_waiting: u32_at(&h, H_RECV_WAITERS).min(MAX_MEMBERS),
         senders_waiting: u32_at(&h, H_SEND_WAITERS).min(MAX_MEMBERS),
-        members: (0..MAX_MEMBERS).filter(|&i| member_alive(file, i)).count() as u32,
     };
     let stride = params.stride();
     let area = stride * params.capacity as u64;

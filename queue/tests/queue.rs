@@ -149,7 +149,10 @@ fn two_members_of_one_queue_and_what_an_observer_reads() {
     a.send(b"twelve bytes", 3, None).expect("send");
     a.send(b"x", 0, None).expect("send");
     let s = stats_of(&path);
-    assert_eq!(s.members, 2);
+    assert_eq!(
+        stats::members(&std::fs::File::open(&path).expect("open")),
+        2
+    );
     assert_eq!((s.waiting, s.waiting_bytes), (2, Some(13)));
     assert!(s.oldest_sent_ns.expect("oldest") >= before, "{s:?}");
     let mut buf = [0u8; 32];
@@ -160,7 +163,8 @@ fn two_members_of_one_queue_and_what_an_observer_reads() {
     );
     drop(b);
     let s = stats_of(&path);
-    assert_eq!((s.members, s.sent, s.received, s.sent_bytes), (1, 2, 1, 13));
+    let members = stats::members(&std::fs::File::open(&path).expect("open"));
+    assert_eq!((members, s.sent, s.received, s.sent_bytes), (1, 2, 1, 13));
     assert_eq!(a.last_committed(1), 2, "member 1 committed message 1 (+1)");
 }
 
@@ -272,5 +276,96 @@ fn an_observer_reads_the_slots_of_small_queues_only() {
     let q = Queue::open(&path).expect("open");
     q.send(b"big queue", 0, None).expect("send");
     let s = stats_of(&path);
-    assert_eq!((s.waiting, s.waiting_bytes, s.oldest_sent_ns), (1, None, None));
+    assert_eq!(
+        (s.waiting, s.waiting_bytes, s.oldest_sent_ns),
+        (1, None, None)
+    );
+}
+
+/// A member that holds the lock and stops (frozen, or hostile: here the lock word names
+/// another live member) holds nobody's non-blocking or timed call: EAGAIN and ETIMEDOUT.
+#[test]
+fn a_held_lock_does_not_hold_non_blocking_or_timed_calls() {
+    use std::os::unix::fs::FileExt;
+    let (_d, path) = queue(4, 8);
+    let a = Queue::open(&path).expect("open");
+    let b = Queue::open(&path).expect("open");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    file.write_all_at(&(b.member() + 1).to_le_bytes(), 64)
+        .expect("take the lock for b");
+    let mut buf = [0u8; 8];
+    assert_eq!(code(a.try_recv(&mut buf).unwrap_err()), libc_eagain());
+    assert_eq!(code(a.try_send(b"x", 0).unwrap_err()), libc_eagain());
+    let start = Instant::now();
+    let deadline = Some(start + Duration::from_millis(200));
+    assert_eq!(code(a.recv(&mut buf, deadline).unwrap_err()), 110);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // b lets go (its process would, by finishing its call): both work again.
+    file.write_all_at(&0u32.to_le_bytes(), 64).expect("release");
+    a.send(b"x", 0, None).expect("send");
+    assert_eq!(b.recv(&mut buf, None).expect("recv").len, 1);
+}
+
+/// A queue a member made sparse (its header claiming more slots than the file holds
+/// pages for) is refused: using it would fill the link's memory page by page, or fault.
+#[test]
+fn a_sparse_queue_is_refused() {
+    use std::os::unix::fs::FileExt;
+    let (_d, path) = queue(2, 8);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    file.write_all_at(&1000u32.to_le_bytes(), 16)
+        .expect("capacity");
+    let bigger = Params {
+        capacity: 1000,
+        message_size: 8,
+    };
+    file.set_len(bigger.file_size()).expect("extend, sparse");
+    let before = std::fs::read(&path).expect("read");
+    let err = Queue::open(&path).expect_err("sparse");
+    assert!(err.to_string().contains("sparse"), "{err}");
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        before,
+        "changed on disk"
+    );
+}
+
+/// A child made by fork cannot use its parent's open queue (it would share the parent's
+/// member record): EBADF; a queue it opens itself works.
+#[test]
+#[allow(unsafe_code)]
+fn a_forked_child_opens_the_queue_again() {
+    let (_d, path) = queue(4, 8);
+    let q = Queue::open(&path).expect("open");
+    // SAFETY: the child only calls into the queue and exits with _exit.
+    match unsafe { nix::unistd::fork() }.expect("fork") {
+        nix::unistd::ForkResult::Child => {
+            let inherited = q.try_send(b"child", 0).map_err(code);
+            let own = Queue::open(&path).and_then(|own| own.try_send(b"own", 0));
+            let status = if inherited == Err(9) && own.is_ok() {
+                0
+            } else {
+                1
+            };
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { nix::libc::_exit(status) };
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let status = nix::sys::wait::waitpid(child, None).expect("wait");
+            assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            let mut buf = [0u8; 8];
+            let r = q.try_recv(&mut buf).expect("the child's own send");
+            assert_eq!(&buf[..r.len], b"own");
+        }
+    }
 }

@@ -86,8 +86,8 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "ipclink_queue_members",
-        help: "Processes that have a queue channel open.",
-        channel: |c| c.queue.as_ref().map(|q| u64::from(q.members)),
+        help: "Processes that hold a queue channel (open or mapped), when they can be known.",
+        channel: |c| c.queue.as_ref().and_then(|q| q.members).map(u64::from),
         semaphore: no_semaphore,
         link: no_link,
     },

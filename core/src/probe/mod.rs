@@ -240,6 +240,18 @@ impl LinkProbe {
                                 c.present = true;
                                 queue(f, &mut c);
                                 c.holders = file_holders(seen, id.0, id.1);
+                                // Its members: the processes holding it, when they can
+                                // be known (never the file's own lock records, which a
+                                // member can make slow to ask).
+                                if let Some(q) = &mut c.queue
+                                    && seen.holders_for(dev).is_some()
+                                {
+                                    let mut pids: Vec<i32> =
+                                        c.holders.iter().map(|h| h.pid).collect();
+                                    pids.sort_unstable();
+                                    pids.dedup();
+                                    q.members = Some(pids.len() as u32);
+                                }
                                 if let Ok(st) = fstat(f.as_fd()) {
                                     object_bytes += st.st_blocks as u64 * 512;
                                 }
@@ -394,7 +406,7 @@ fn queue(f: &std::fs::File, c: &mut ChannelSample) {
                 received: s.received,
                 receivers_waiting: s.receivers_waiting,
                 senders_waiting: s.senders_waiting,
-                members: s.members,
+                members: None,
             });
         }
         Err(_) => c.observed = false,

@@ -11,8 +11,9 @@
 //!    descriptor it opened is a real file descriptor of the queue file (close-on-exec),
 //!    so its number never collides with another. `mq_notify` answers `ENOSYS` on them.
 //!
-//! Both keep one table of the descriptors they opened; a process that forks shares its
-//! member record with the child (the open file description is shared).
+//! Both keep one table of the descriptors they opened. A child made by `fork` gets
+//! `EBADF` on the descriptors it inherited (sharing its parent's member record could
+//! leave a dead holder looking alive) and opens the queue again.
 #![allow(unsafe_code)] // a C library: C strings, out-pointers, errno, the next mq_* by dlsym
 
 use std::collections::HashMap;
@@ -111,7 +112,7 @@ fn queue_path(name: *const c_char) -> Result<PathBuf, c_int> {
 
 fn register(q: Queue, read: bool, write: bool, nonblock: bool) -> c_int {
     let fd = q.as_raw_fd();
-    table().insert(
+    let old = table().insert(
         fd,
         Arc::new(Open {
             q,
@@ -120,7 +121,16 @@ fn register(q: Queue, read: bool, write: bool, nonblock: bool) -> c_int {
             nonblock: AtomicBool::new(nonblock),
         }),
     );
+    // A queue the program closed with close(2) left its entry; the number is another
+    // file's now: the entry is dropped without closing it (its mapping stays).
+    std::mem::forget(old);
     fd
+}
+
+/// Forgets an entry whose number the C library just handed out for one of its own
+/// queues (the program closed ours with close(2)): it must not answer for that number.
+fn disown(fd: c_int) {
+    std::mem::forget(table().remove(&fd));
 }
 
 /// A deadline from an absolute CLOCK_REALTIME time (`mq_timed*`), or EINVAL.
@@ -164,13 +174,17 @@ pub unsafe extern "C" fn mq_open(
                 // SAFETY: glibc's and musl's mq_open has this (variadic) signature.
                 let real: unsafe extern "C" fn(*const c_char, c_int, ...) -> mqd_t =
                     unsafe { std::mem::transmute(f) };
-                if creat {
+                let fd = if creat {
                     // SAFETY: forwarding the caller's own arguments.
                     unsafe { real(name, oflag, mode as c_uint, attr) }
                 } else {
                     // SAFETY: as above.
                     unsafe { real(name, oflag) }
+                };
+                if fd >= 0 {
+                    disown(fd);
                 }
+                fd
             }
             None => fail(libc::ENOSYS),
         };
@@ -222,6 +236,22 @@ pub unsafe extern "C" fn mq_open(
         Ok(q) => register(q, read, write, oflag & libc::O_NONBLOCK != 0),
         Err(e) => fail(errno_of(&e)),
     }
+}
+
+/// What glibc's `_FORTIFY_SOURCE` calls for a two-argument `mq_open` whose flags are not
+/// a constant: the same open (`O_CREAT` without a mode and attributes is the caller's
+/// bug, refused as glibc does, by aborting).
+///
+/// # Safety
+/// As POSIX `mq_open` with two arguments.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __mq_open_2(name: *const c_char, oflag: c_int) -> mqd_t {
+    if oflag & libc::O_CREAT != 0 {
+        eprintln!("invalid mq_open call: O_CREAT without mode and attributes");
+        std::process::abort();
+    }
+    // SAFETY: without O_CREAT the mode and attributes are not read.
+    unsafe { mq_open(name, oflag, 0, std::ptr::null_mut()) }
 }
 
 /// # Safety

@@ -97,7 +97,7 @@ fn run(args: &[String]) -> Result<(), ExitCode> {
         ("stat", 2) => {
             let file = std::fs::File::open(path).map_err(fail)?;
             let s = stats::read(&file).map_err(fail)?;
-            line(format!("{s:?}"));
+            line(format!("{s:?}, members: {}", stats::members(&file)));
             Ok(())
         }
         ("pump-send", 3 | 4) => {
