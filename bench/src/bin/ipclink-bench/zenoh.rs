@@ -70,18 +70,40 @@ pub(super) fn zenoh(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
             let a: Vec<&str> = a.iter().map(String::as_str).collect();
             ipclink_testkit::spawn_pod_in(netns, &dir, 1000, 1000, Path::new("/usr/bin/env"), &a)
         };
-        let sub = start(&net.names[0], "1", "sub");
-        let publisher = start(&net.names[1], "0", "pub");
-        let sub = ipclink_testkit::wait_with_timeout(sub, Duration::from_secs(330));
-        let publisher = ipclink_testkit::wait_with_timeout(publisher, Duration::from_secs(30));
-        for out in [&sub, &publisher] {
-            assert!(
-                out.status.success(),
-                "ipclink-zenoh: {}",
-                ipclink_testkit::describe(out)
-            );
+        // Zenoh once negotiated no shared memory for a whole turn in a CI run (every
+        // sample came over the socket), and not in dozens of turns since: such a turn
+        // is taken again, at most twice, and said on stderr, rather than measured as if
+        // it were the link's.
+        for attempt in 1..=3 {
+            // What the last turn left in the link (its socket, segments) goes first.
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name == "zenoh.sock" || name.ends_with(".zenoh") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+            let sub = start(&net.names[0], "1", "sub");
+            let publisher = start(&net.names[1], "0", "pub");
+            let sub = ipclink_testkit::wait_with_timeout(sub, Duration::from_secs(330));
+            let publisher = ipclink_testkit::wait_with_timeout(publisher, Duration::from_secs(30));
+            let no_shm = !tcp
+                && attempt < 3
+                && String::from_utf8_lossy(&sub.stdout).contains(", only 0 in shared memory");
+            if no_shm {
+                eprintln!("zenoh: no sample came in shared memory in this turn; taking it again");
+                continue;
+            }
+            for out in [&sub, &publisher] {
+                assert!(
+                    out.status.success(),
+                    "ipclink-zenoh: {}",
+                    ipclink_testkit::describe(out)
+                );
+            }
+            return seconds_to_rate(&sub, &samples, tcp);
         }
-        seconds_to_rate(&sub, &samples, tcp)
+        unreachable!("the third attempt returns or fails")
     };
     let figures = unpinned(|| in_turns(cfg.reps.max(3), || turn(false), || turn(true)));
     row_in_turns(
