@@ -9,7 +9,7 @@ allowCreate: true mounted there in both, and one uid (Python makes the region 06
 
 The server unregisters the region from Python's resource tracker (3.11; `track=False` on
 3.13+): without that its exit would unlink the client's region (python/cpython#82300).
-Each side waits up to 120 s for the other; exit 1 with a message when it does not come.
+Each side waits up to 300 s for the other; exit 1 with a message when it does not come.
 """
 
 import os
@@ -22,8 +22,8 @@ SERVED = "/dev/shm/served"
 
 
 def wait_for(path, who):
-    """Waits up to 120 s for `path` to exist."""
-    for _ in range(1200):
+    """Waits up to 300 s for `path` to exist (a loaded node may start the other pod late)."""
+    for _ in range(3000):
         if os.path.exists(path):
             return
         time.sleep(0.1)

@@ -185,7 +185,8 @@ pub fn run_example_pair(
     pods: [&str; 2],
     hold: Option<Hold>,
 ) -> [String; 2] {
-    const LONG: Duration = Duration::from_secs(180);
+    // A loaded node may start one pod of the pair minutes after the other.
+    const LONG: Duration = Duration::from_secs(360);
     let (cp, node) = ipclink_testkit::node::cluster(ns, images);
     let dir = tempfile::tempdir().expect("temp dir");
     let _unmount = Unmounter(dir.path().to_path_buf());
