@@ -161,12 +161,3 @@ fn pair_dir() -> PathBuf {
     assert!(out.status.success(), "{} failed", script.display());
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
-
-/// The number in `out`'s standard output between `before` and the next `after`.
-fn figure(out: &Output, before: &str, after: &str) -> f64 {
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.rsplit_once(before)
-        .and_then(|(_, r)| r.split(after).next())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no figure after {before:?} in {text}"))
-}

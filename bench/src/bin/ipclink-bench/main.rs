@@ -347,3 +347,12 @@ fn link_of(store: &Store, name: &str, body: String) -> LinkPlan {
     std::thread::sleep(Duration::from_millis(100));
     plan
 }
+
+/// The number in `out`'s standard output between `before` and the next `after`.
+fn figure(out: &std::process::Output, before: &str, after: &str) -> f64 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.rsplit_once(before)
+        .and_then(|(_, r)| r.split(after).next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no figure after {before:?} in {text}"))
+}

@@ -75,12 +75,14 @@ pub(super) fn queue(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
             figure(
                 &pair(pod, true, ["sink", "source"], &messages, size),
                 "msgs_per_s ",
+                "\n",
             )
         };
         let one_way = |pod: bool, spin: bool| {
             figure(
                 &pair(pod, spin, ["pong", "ping"], &trips, size),
                 "rtt_p50_ns ",
+                " ",
             ) / 2e3
         };
         let (tp, lat, asleep) = unpinned(|| {
@@ -138,14 +140,4 @@ fn shim() -> PathBuf {
         so.display()
     );
     so
-}
-
-/// The number after `before` in `out`'s standard output.
-fn figure(out: &Output, before: &str) -> f64 {
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split(before)
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {before:?} in {text}"))
 }
