@@ -298,12 +298,20 @@ pub unsafe extern "C" fn mq_unlink(name: *const c_char) -> c_int {
 /// `Err(())`: do not wait at all; else wait until then (`None`: for good).
 type Deadline = Result<Option<Instant>, ()>;
 
-fn send(o: &Open, msg: *const c_char, len: size_t, prio: c_uint, deadline: Deadline) -> c_int {
+/// A send on `o`; the errno on failure (the `mq_*` entry points set it, the C ABI
+/// returns it negated).
+fn send(
+    o: &Open,
+    msg: *const c_char,
+    len: size_t,
+    prio: c_uint,
+    deadline: Deadline,
+) -> Result<(), c_int> {
     if !o.write {
-        return fail(libc::EBADF);
+        return Err(libc::EBADF);
     }
     if msg.is_null() && len > 0 {
-        return fail(libc::EFAULT);
+        return Err(libc::EFAULT);
     }
     let data: &[u8] = if len == 0 {
         &[]
@@ -311,14 +319,11 @@ fn send(o: &Open, msg: *const c_char, len: size_t, prio: c_uint, deadline: Deadl
         // SAFETY: the caller's buffer of `len` bytes.
         unsafe { std::slice::from_raw_parts(msg.cast(), len) }
     };
-    let r = match deadline {
+    match deadline {
         Err(()) => o.q.try_send(data, prio),
         Ok(d) => o.q.send(data, prio, d),
-    };
-    match r {
-        Ok(()) => 0,
-        Err(e) => fail(errno_of(&e)),
     }
+    .map_err(|e| errno_of(&e))
 }
 
 fn receive(
@@ -327,15 +332,15 @@ fn receive(
     len: size_t,
     prio: *mut c_uint,
     deadline: Deadline,
-) -> ssize_t {
+) -> Result<ssize_t, c_int> {
     if !o.read {
-        return fail(libc::EBADF);
+        return Err(libc::EBADF);
     }
     if len < o.q.params().message_size as usize {
-        return fail(libc::EMSGSIZE);
+        return Err(libc::EMSGSIZE);
     }
     if msg.is_null() {
-        return fail(libc::EFAULT);
+        return Err(libc::EFAULT);
     }
     // SAFETY: the caller's buffer of `len` bytes.
     let buf = unsafe { std::slice::from_raw_parts_mut(msg.cast::<u8>(), len) };
@@ -343,16 +348,12 @@ fn receive(
         Err(()) => o.q.try_recv(buf),
         Ok(d) => o.q.recv(buf, d),
     };
-    match r {
-        Ok(got) => {
-            if !prio.is_null() {
-                // SAFETY: the caller's out-pointer.
-                unsafe { *prio = got.priority };
-            }
-            got.len as ssize_t
-        }
-        Err(e) => fail(errno_of(&e)),
+    let got = r.map_err(|e| errno_of(&e))?;
+    if !prio.is_null() {
+        // SAFETY: the caller's out-pointer.
+        unsafe { *prio = got.priority };
     }
+    Ok(got.len as ssize_t)
 }
 
 type Send = unsafe extern "C" fn(mqd_t, *const c_char, size_t, c_uint, *const timespec) -> c_int;
@@ -384,7 +385,7 @@ pub unsafe extern "C" fn mq_timedsend(
 ) -> c_int {
     match ours(fd) {
         Some(o) => match deadline_of(abs) {
-            Ok(d) => send(&o, msg, len, prio, o.mode(d)),
+            Ok(d) => send(&o, msg, len, prio, o.mode(d)).map_or_else(fail, |()| 0),
             Err(e) => fail(e),
         },
         None => match next(c"mq_timedsend") {
@@ -422,7 +423,7 @@ pub unsafe extern "C" fn mq_timedreceive(
 ) -> ssize_t {
     match ours(fd) {
         Some(o) => match deadline_of(abs) {
-            Ok(d) => receive(&o, msg, len, prio, o.mode(d)),
+            Ok(d) => receive(&o, msg, len, prio, o.mode(d)).unwrap_or_else(fail),
             Err(e) => fail(e),
         },
         None => match next(c"mq_timedreceive") {
@@ -579,12 +580,7 @@ pub unsafe extern "C" fn ipclink_queue_send(
     let Some(o) = ours(fd) else {
         return -libc::EBADF;
     };
-    if send(&o, msg, len, priority, after_ms(timeout_ms)) == 0 {
-        0
-    } else {
-        // SAFETY: this thread's errno, just set.
-        -unsafe { *libc::__errno_location() }
-    }
+    send(&o, msg, len, priority, after_ms(timeout_ms)).map_or_else(|e| -e, |()| 0)
 }
 
 /// Receives into `buf` (`cap` bytes, at least the message size), waiting up to
@@ -603,13 +599,7 @@ pub unsafe extern "C" fn ipclink_queue_receive(
     let Some(o) = ours(fd) else {
         return -(libc::EBADF as ssize_t);
     };
-    let n = receive(&o, buf, cap, priority, after_ms(timeout_ms));
-    if n >= 0 {
-        n
-    } else {
-        // SAFETY: this thread's errno, just set.
-        -(unsafe { *libc::__errno_location() }) as ssize_t
-    }
+    receive(&o, buf, cap, priority, after_ms(timeout_ms)).unwrap_or_else(|e| -(e as ssize_t))
 }
 
 /// The queue's capacity, message size and messages waiting: 0 or `-EBADF`.
