@@ -14,7 +14,9 @@
 pub const MAGIC: [u8; 8] = *b"IPCLQUE\0";
 /// Readers refuse another major version.
 pub const ABI_MAJOR: u16 = 1;
-pub const ABI_MINOR: u16 = 0;
+/// 1: member records count their waiters (a 0.x file has 0 there, which is right for
+/// it).
+pub const ABI_MINOR: u16 = 1;
 pub const HEADER: u64 = 4096;
 pub const MEMBER_SIZE: u64 = 128;
 /// Processes that can have the queue open at once.
@@ -77,6 +79,11 @@ pub const M_LAST_COMMITTED: u64 = 16; // u64
 pub const M_INFLIGHT: u64 = 24;
 pub const M_SENT: u64 = 32; // u64
 pub const M_RECEIVED: u64 = 40; // u64
+/// This member's threads asleep in a receive, and in a send: their share of
+/// [`H_RECV_WAITERS`] and [`H_SEND_WAITERS`], taken back from those when the member is
+/// found dead.
+pub const M_RECV_WAITERS: u64 = 48;
+pub const M_SEND_WAITERS: u64 = 52;
 
 // Slot header fields.
 pub const S_STATE: u64 = 0;

@@ -6,7 +6,8 @@
 //!
 //! **Waking.** Waiters sleep on futex words in the file (shared futexes are keyed by the
 //! file's page, so they work across pid and mount namespaces); a send or receive wakes
-//! one only when someone waits.
+//! one only when someone waits. A waiter spins a few microseconds before it sleeps, or
+//! never sleeps, or sleeps at once: [`Polling`].
 //!
 //! **Crash safety.** Members take a member record each (an open file description lock
 //! on one byte, held while the process lives; visible across pid namespaces), and a
@@ -28,4 +29,4 @@ mod queue;
 pub mod stats;
 
 pub use layout::Params;
-pub use queue::{Attrs, Queue, Received, create, format};
+pub use queue::{Attrs, Polling, Queue, Received, create, format};

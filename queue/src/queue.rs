@@ -21,16 +21,57 @@ use crate::map::Map;
 const CHECK_EVERY: Duration = Duration::from_millis(50);
 /// Spins on the lock word before sleeping on it.
 const LOCK_SPINS: u32 = 100;
-/// Spins on a wake-up word before sleeping on it (some microseconds), where the machine
-/// has more than one CPU online (the other side may run on another, even when this
-/// process is pinned to one), unless `IPCLINK_QUEUE_SPIN=0` (a pod with a small CPU
-/// quota may rather sleep at once).
+/// Spins on a wake-up word before sleeping on it (some microseconds) in
+/// [`Polling::SpinThenSleep`].
 const SPINS: u32 = 4_000;
-static SPIN: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-    std::env::var_os("IPCLINK_QUEUE_SPIN").is_none_or(|v| v != "0")
-        && nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
-            .is_ok_and(|n| n.is_some_and(|n| n > 1))
-});
+/// Spins between two looks at the clock (and a `sched_yield`) in [`Polling::Busy`].
+const BUSY_SPINS: u32 = 1_024;
+
+/// How a member waits for a message or for room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Polling {
+    /// Sleeps on the futex at once: the least CPU, a wake-up's latency (a pod with a
+    /// small CPU quota may rather do this). `IPCLINK_QUEUE_SPIN=0`.
+    Sleep,
+    /// Spins some microseconds where more than one CPU is online (the other side may
+    /// run on another, even when this process is pinned to one), then sleeps: the
+    /// default.
+    SpinThenSleep,
+    /// Never sleeps: spins until the other side moves or the deadline passes, keeping
+    /// a CPU busy the whole time; the other side never enters the kernel to wake it.
+    /// For latency. `IPCLINK_QUEUE_SPIN=busy`.
+    Busy,
+}
+
+impl Polling {
+    /// From `IPCLINK_QUEUE_SPIN`: `0` [`Polling::Sleep`], `busy` [`Polling::Busy`],
+    /// unset or anything else the default, which sleeps at once on a machine with one
+    /// CPU online.
+    pub fn from_env() -> Polling {
+        match std::env::var_os("IPCLINK_QUEUE_SPIN") {
+            Some(v) if v == "0" => Polling::Sleep,
+            Some(v) if v == "busy" => Polling::Busy,
+            _ if nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+                .is_ok_and(|n| n.is_some_and(|n| n > 1)) =>
+            {
+                Polling::SpinThenSleep
+            }
+            _ => Polling::Sleep,
+        }
+    }
+}
+
+/// [`Polling::from_env`], read once per process.
+static POLLING: std::sync::LazyLock<Polling> = std::sync::LazyLock::new(Polling::from_env);
+
+/// The member record's share of the header's count of waiters at `total`.
+fn own_share(total: u64) -> u64 {
+    if total == H_RECV_WAITERS {
+        M_RECV_WAITERS
+    } else {
+        M_SEND_WAITERS
+    }
+}
 
 fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
@@ -191,6 +232,11 @@ pub struct Queue {
     member: u32,
     me: u32,
     forks: u64,
+    polling: Polling,
+    /// When this handle was opened, and when (ms after that, + 1; 0: never) it last
+    /// looked for members that died asleep.
+    opened: Instant,
+    looked: AtomicU64,
 }
 
 /// Forks this process has gone through (as the child): counted by a `pthread_atfork`
@@ -302,6 +348,9 @@ impl Queue {
         count_forks();
         let q = Queue {
             forks: FORKS.load(Relaxed),
+            polling: *POLLING,
+            opened: Instant::now(),
+            looked: AtomicU64::new(0),
             file,
             map,
             params,
@@ -327,6 +376,7 @@ impl Queue {
                 q.lock()?
             };
             q.rebuild(&g, Some(member))?;
+            q.forget_waits(member);
             q.w32(rec + M_INFLIGHT).store(NIL, Relaxed);
             q.w64(rec + M_LAST_COMMITTED).store(0, Relaxed);
             q.w32(rec + M_PID).store(std::process::id(), Relaxed);
@@ -352,6 +402,15 @@ impl Queue {
 
     pub fn params(&self) -> Params {
         self.params
+    }
+
+    /// How this handle waits (from `IPCLINK_QUEUE_SPIN` at first, see [`Polling`]).
+    pub fn polling(&self) -> Polling {
+        self.polling
+    }
+
+    pub fn set_polling(&mut self, polling: Polling) {
+        self.polling = polling;
     }
 
     /// A header or record word. Offsets below the slots are constants within the
@@ -421,11 +480,25 @@ impl Queue {
                         }
                         Wait::Until(None) => {}
                     }
-                    let waiters = self.w32(H_LOCK_WAITERS);
-                    waiters.fetch_add(1, SeqCst);
-                    let timeout = timespec(slice);
-                    let _ = futex::wait(lock, futex::Flags::empty(), holder, Some(&timeout));
-                    waiters.fetch_sub(1, SeqCst);
+                    if self.polling == Polling::Busy {
+                        // Spin (yielding now and then) while the holder keeps it.
+                        let end = Instant::now() + slice;
+                        while lock.load(Relaxed) == holder && Instant::now() < end {
+                            for _ in 0..BUSY_SPINS {
+                                std::hint::spin_loop();
+                            }
+                            std::thread::yield_now();
+                        }
+                    } else {
+                        let waiters = self.w32(H_LOCK_WAITERS);
+                        waiters.fetch_add(1, SeqCst);
+                        let timeout = timespec(slice);
+                        let _ = futex::wait(lock, futex::Flags::empty(), holder, Some(&timeout));
+                        waiters.fetch_sub(1, SeqCst);
+                    }
+                    if lock.load(Relaxed) != holder {
+                        continue;
+                    }
                     let record = (holder & HOLDER_MASK).wrapping_sub(1);
                     if record >= MAX_MEMBERS {
                         return Err(broken());
@@ -539,11 +612,68 @@ impl Queue {
     }
 
     /// Bumps the wake-up word at `seq` and wakes up to `n` of its waiters, if any.
-    fn bump(&self, seq: u64, waiters: u64, n: u32) {
+    /// True when the count of waiters said some sleep but the wake-up woke nobody: one
+    /// of them may be a member that died asleep (or one about to sleep).
+    fn bump(&self, seq: u64, waiters: u64, n: u32) -> bool {
         let word = self.w32(seq);
         word.fetch_add(1, SeqCst);
-        if self.w32(waiters).load(SeqCst) > 0 {
-            let _ = futex::wake(word, futex::Flags::empty(), n);
+        self.w32(waiters).load(SeqCst) > 0 && futex::wake(word, futex::Flags::empty(), n) == Ok(0)
+    }
+
+    /// After a wake-up that woke nobody (outside the lock): looks for members that died
+    /// asleep, at most every [`CHECK_EVERY`] per handle, and only when the lock is free
+    /// at once (a send or receive does not wait for it here).
+    fn after_idle_wake(&self) {
+        let now = self.opened.elapsed().as_millis() as u64 + 1;
+        let last = self.looked.load(Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= CHECK_EVERY.as_millis() as u64;
+        if due
+            && self
+                .looked
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+            && self.dead_waiters().next().is_some()
+            && let Ok(g) = self.lock_until(Wait::No)
+        {
+            self.forget_dead_waiters(&g);
+        }
+    }
+
+    /// Members (not this one) whose records count waits: each may be dead.
+    fn dead_waiters(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..MAX_MEMBERS).filter(move |&m| {
+            let rec = Params::member(m);
+            m != self.member
+                && (self.w32(rec + M_RECV_WAITERS).load(Relaxed) != 0
+                    || self.w32(rec + M_SEND_WAITERS).load(Relaxed) != 0)
+        })
+    }
+
+    /// Takes the waits of members that died asleep out of the queue's counts of
+    /// waiters. Under the lock: a process taking a dead member's record takes the lock
+    /// before it can wait, so a record found dead here is not reused meanwhile.
+    fn forget_dead_waiters(&self, _g: &Locked) {
+        let dead: Vec<u32> = self
+            .dead_waiters()
+            .filter(|&m| !member_alive(&self.file, m))
+            .collect();
+        for m in dead {
+            self.forget_waits(m);
+        }
+    }
+
+    /// Takes member `m`'s share out of the queue's counts of waiters (under the lock:
+    /// it is dead, or its record is being taken over).
+    fn forget_waits(&self, m: u32) {
+        for total in [H_RECV_WAITERS, H_SEND_WAITERS] {
+            let share = self
+                .w32(Params::member(m) + own_share(total))
+                .swap(0, SeqCst);
+            if share != 0 {
+                let _ = self
+                    .w32(total)
+                    .fetch_update(SeqCst, SeqCst, |t| Some(t.saturating_sub(share)));
+            }
         }
     }
 
@@ -559,26 +689,53 @@ impl Queue {
             }
             slice = slice.min(left);
         }
-        // A moment of spinning first, where another core can answer: the other side
-        // usually moves within microseconds, and then neither side enters the kernel.
         let word = self.w32(seq);
-        if *SPIN {
-            for _ in 0..SPINS {
-                if word.load(Acquire) != seen {
-                    return Ok(());
+        match self.polling {
+            // A moment of spinning first, where another core can answer: the other
+            // side usually moves within microseconds, and then neither side enters the
+            // kernel.
+            Polling::SpinThenSleep => {
+                for _ in 0..SPINS {
+                    if word.load(Acquire) != seen {
+                        return Ok(());
+                    }
+                    std::hint::spin_loop();
                 }
-                std::hint::spin_loop();
             }
+            // No sleep: spin through the slice, yielding now and then to whatever
+            // else this CPU has to run; a waiter that does not sleep is not counted,
+            // so nobody wakes it.
+            Polling::Busy => {
+                let end = Instant::now() + slice;
+                loop {
+                    for _ in 0..BUSY_SPINS {
+                        if word.load(Acquire) != seen {
+                            return Ok(());
+                        }
+                        std::hint::spin_loop();
+                    }
+                    if Instant::now() >= end {
+                        return self.reap();
+                    }
+                    std::thread::yield_now();
+                }
+            }
+            Polling::Sleep => {}
         }
+        // Counted in the queue's total (the other side looks at it), then in this
+        // member's share of it (what is taken back from the total if this process dies
+        // asleep); uncounted the other way round. Killed between the two, the total
+        // keeps one too many for good: a wake-up call that wakes nobody now and then,
+        // never a waiter left asleep.
         let count = self.w32(waiters);
+        let mine = self.w32(Params::member(self.member) + own_share(waiters));
         count.fetch_add(1, SeqCst);
-        let r = futex::wait(
-            self.w32(seq),
-            futex::Flags::empty(),
-            seen,
-            Some(&timespec(slice)),
-        );
-        count.fetch_sub(1, SeqCst);
+        mine.fetch_add(1, SeqCst);
+        let r = futex::wait(word, futex::Flags::empty(), seen, Some(&timespec(slice)));
+        // Saturating: a member may have written anything there.
+        for word in [mine, count] {
+            let _ = word.fetch_update(SeqCst, SeqCst, |v| Some(v.saturating_sub(1)));
+        }
         match r {
             Err(rustix::io::Errno::TIMEDOUT) => self.reap(),
             Err(rustix::io::Errno::INTR) => Err(errno(libc::EINTR)),
@@ -586,16 +743,21 @@ impl Queue {
         }
     }
 
-    /// Rebuilds (under the lock) when a member that has a slot in flight is dead.
+    /// Rebuilds (under the lock) when a member that has a slot in flight is dead, and
+    /// takes the waits of members that died asleep out of the counts.
     fn reap(&self) -> io::Result<()> {
         let stranded = (0..MAX_MEMBERS).any(|m| {
             m != self.member
                 && self.w32(Params::member(m) + M_INFLIGHT).load(Relaxed) != NIL
                 && !member_alive(&self.file, m)
         });
-        if stranded {
+        let asleep = self.dead_waiters().any(|m| !member_alive(&self.file, m));
+        if stranded || asleep {
             let g = self.lock()?;
-            self.rebuild(&g, None)?;
+            self.forget_dead_waiters(&g);
+            if stranded {
+                self.rebuild(&g, None)?;
+            }
         }
         Ok(())
     }
@@ -661,7 +823,9 @@ impl Queue {
             self.w64(H_SENT_BYTES).fetch_add(data.len() as u64, Relaxed);
             self.w64(rec + M_SENT).fetch_add(1, Relaxed);
         }
-        self.bump(H_DATA_SEQ, H_RECV_WAITERS, 1);
+        if self.bump(H_DATA_SEQ, H_RECV_WAITERS, 1) {
+            self.after_idle_wake();
+        }
         Ok(())
     }
 
@@ -797,7 +961,9 @@ impl Queue {
             self.w64(H_RECEIVED_BYTES).fetch_add(len as u64, Relaxed);
             self.w64(rec + M_RECEIVED).fetch_add(1, Relaxed);
         }
-        self.bump(H_SPACE_SEQ, H_SEND_WAITERS, 1);
+        if self.bump(H_SPACE_SEQ, H_SEND_WAITERS, 1) {
+            self.after_idle_wake();
+        }
         Ok(got)
     }
 

@@ -1,7 +1,7 @@
 //! What an observer (the node plugin, `status`) reads of a queue without joining it:
 //! through `pread` on a read-only descriptor, never a mapping (a member that shrinks
 //! the file cannot make the observer fault), never following a link a member wrote, and
-//! with every number clamped to what the header allows.
+//! with every count of messages and bytes clamped to what the header allows.
 
 use std::fs::File;
 use std::io;
@@ -35,7 +35,7 @@ pub struct Stats {
     pub recovered: u64,
     pub aborted: u64,
     pub full: u64,
-    /// Processes sleeping until there is something to receive, or room to send.
+    /// Threads sleeping until there is something to receive, or room to send.
     pub receivers_waiting: u32,
     pub senders_waiting: u32,
 }
@@ -74,8 +74,9 @@ pub fn read(file: &File) -> io::Result<Stats> {
         recovered: u64_at(&h, H_RECOVERED),
         aborted: u64_at(&h, H_ABORTED),
         full: u64_at(&h, H_FULL),
-        receivers_waiting: u32_at(&h, H_RECV_WAITERS).min(MAX_MEMBERS),
-        senders_waiting: u32_at(&h, H_SEND_WAITERS).min(MAX_MEMBERS),
+        // Threads, not processes: as many as the members' counts say.
+        receivers_waiting: u32_at(&h, H_RECV_WAITERS),
+        senders_waiting: u32_at(&h, H_SEND_WAITERS),
     };
     let stride = params.stride();
     let area = stride * params.capacity as u64;

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ipclink_queue::{Params, Queue, create, stats};
+use ipclink_queue::{Params, Queue, create, layout, stats};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ipclink-queue");
 const KILLS: usize = 2_000;
@@ -266,4 +266,80 @@ fn thousands_of_kills_lose_nothing_duplicate_nothing_and_leave_nobody_stuck() {
         s.recovered + s.aborted > 0 && ledger.given_back > 0,
         "no kill hit a message in flight: {s:?}"
     );
+}
+
+/// A member killed asleep leaves its wait in the queue's count of waiters only until
+/// another member looks: a send that wakes nobody looks for members that died asleep
+/// and takes their waits out; a new member taking the dead one's record takes its waits
+/// out at once.
+#[test]
+fn a_waiter_killed_asleep_stops_being_counted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path: PathBuf = dir.path().join("mq.jobs");
+    create(
+        &path,
+        Params {
+            capacity: 1,
+            message_size: 8,
+        },
+        0o600,
+    )
+    .expect("create");
+    let stat = || stats::read(&std::fs::File::open(&path).expect("open")).expect("stats");
+    let wait_for = |done: &dyn Fn(&stats::Stats) -> bool| {
+        let start = Instant::now();
+        while !done(&stat()) {
+            assert!(start.elapsed() < Duration::from_secs(20), "{:?}", stat());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    // Record 1's share of the waits at `field`, read from the file.
+    let share = |field: u64| {
+        let mut b = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &std::fs::File::open(&path).expect("open"),
+            &mut b,
+            layout::Params::member(1) + field,
+        )
+        .expect("read");
+        u32::from_le_bytes(b)
+    };
+    // Killed once counted in the total and in its record's share: asleep.
+    let kill_asleep = |args: &[&str], field: u64, asleep: &dyn Fn(&stats::Stats) -> bool| {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("IPCLINK_QUEUE_SPIN", "0")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        wait_for(&|s| asleep(s) && share(field) == 1);
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+    };
+    let q = Queue::open(&path).expect("open"); // record 0
+    let p = path.to_str().expect("utf-8");
+    // A receiver asleep on the empty queue (record 1), killed.
+    kill_asleep(&["recv", p], layout::M_RECV_WAITERS, &|s| {
+        s.receivers_waiting == 1
+    });
+    assert_eq!(stat().receivers_waiting, 1, "nobody has looked yet");
+    q.send(b"x", 0, None).expect("send");
+    assert_eq!(stat().receivers_waiting, 0, "the send looked");
+    // A sender asleep on the full queue (record 1 again), killed; a new member takes
+    // record 1.
+    kill_asleep(&["send", p, "y"], layout::M_SEND_WAITERS, &|s| {
+        s.senders_waiting == 1
+    });
+    assert_eq!(stat().senders_waiting, 1, "nobody has looked yet");
+    let again = Queue::open(&path).expect("open");
+    assert_eq!(again.member(), 1);
+    assert_eq!(stat().senders_waiting, 0, "the new member took the record");
+    let mut buf = [0u8; 8];
+    assert_eq!(q.recv(&mut buf, None).expect("recv").len, 1);
+    assert_eq!(
+        &buf[..1],
+        b"x",
+        "the killed sender's message was never sent"
+    );
+    assert_eq!(stat().waiting, 0);
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipclink_queue::{Params, Queue, create, stats};
+use ipclink_queue::{Params, Polling, Queue, create, stats};
 
 fn queue(capacity: u32, message_size: u32) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -134,6 +134,56 @@ fn a_blocked_receiver_and_a_blocked_sender_are_woken() {
     sender.join().expect("sender");
     let r = q.recv(&mut buf, None).expect("recv");
     assert_eq!(&buf[..r.len], b"second");
+}
+
+/// A busy-polling receiver never sleeps: it is never counted among the receivers
+/// waiting (so a sender never enters the kernel to wake it), it still gets a message sent
+/// while it spins, and its deadline holds. A receiver that sleeps at once is counted (the
+/// same check sees it).
+#[test]
+fn a_busy_polling_receiver_spins_instead_of_sleeping() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (_d, path) = queue(1, 8);
+    let sender = Queue::open(&path).expect("open");
+    for polling in [Polling::Busy, Polling::Sleep] {
+        let untimed = Arc::new(AtomicBool::new(false));
+        let receiver = {
+            let (path, untimed) = (path.clone(), untimed.clone());
+            std::thread::spawn(move || {
+                let mut q = Queue::open(&path).expect("open");
+                q.set_polling(polling);
+                assert_eq!(q.polling(), polling);
+                let mut buf = [0u8; 8];
+                let start = Instant::now();
+                let e = q
+                    .recv(&mut buf, Some(start + Duration::from_millis(100)))
+                    .unwrap_err();
+                assert_eq!(code(e), 110, "ETIMEDOUT");
+                assert!(start.elapsed() >= Duration::from_millis(100));
+                // Then for as long as it takes: until the message sent below.
+                untimed.store(true, Ordering::SeqCst);
+                let r = q.recv(&mut buf, None).expect("recv");
+                buf[..r.len].to_vec()
+            })
+        };
+        wait_for(|| untimed.load(Ordering::SeqCst));
+        if polling == Polling::Busy {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(200) {
+                assert_eq!(
+                    stats_of(&path).receivers_waiting,
+                    0,
+                    "a busy receiver slept"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        } else {
+            wait_for(|| stats_of(&path).receivers_waiting == 1);
+        }
+        assert!(!receiver.is_finished(), "{polling:?}: nothing was sent yet");
+        sender.send(b"ping", 0, None).expect("send");
+        assert_eq!(receiver.join().expect("receiver"), b"ping");
+    }
 }
 
 #[test]
