@@ -130,6 +130,9 @@ pub struct QueueSample {
     /// Messages sent and received since the queue was made.
     pub sent: u64,
     pub received: u64,
+    /// Messages given back to the queue after their receiver died mid-receive.
+    #[serde(default)]
+    pub recovered: u64,
     /// Processes sleeping until they can receive, or send.
     pub receivers_waiting: u32,
     pub senders_waiting: u32,

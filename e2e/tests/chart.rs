@@ -277,7 +277,7 @@ fn alerts_and_dashboard_queries_pass_promtool() {
         .arg(&rules));
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("SUCCESS: 9 rules found"),
+        text(&out).contains("SUCCESS: 11 rules found"),
         "{}",
         text(&out)
     );
@@ -313,7 +313,7 @@ fn alerts_and_dashboard_queries_pass_promtool() {
             exprs.push(inner.to_owned());
         }
     }
-    assert!(exprs.len() >= 19, "{exprs:?}");
+    assert!(exprs.len() >= 28, "{exprs:?}");
     let families: BTreeSet<&str> = [
         "ipclink_channel_queue_bytes",
         "ipclink_channel_capacity_bytes",
@@ -333,6 +333,14 @@ fn alerts_and_dashboard_queries_pass_promtool() {
         "ipclink_reconcile_total",
         "ipclink_reconcile_duration_seconds_bucket",
         "ipclink_links",
+        "ipclink_channel_queue_messages",
+        "ipclink_channel_capacity_messages",
+        "ipclink_queue_sent_messages_total",
+        "ipclink_queue_received_messages_total",
+        "ipclink_queue_oldest_message_timestamp_seconds",
+        "ipclink_queue_senders_waiting",
+        "ipclink_queue_receivers_waiting",
+        "ipclink_queue_recovered_messages_total",
     ]
     .into();
     for f in &families {

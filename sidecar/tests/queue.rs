@@ -1,7 +1,7 @@
 //! A `queue` channel through `up`: made as `mq.NAME` with its owner and mode, preallocated
 //! and laid out before the link is ready; a member sends and receives through it with
 //! ipclink-queue (priorities kept); `/metrics` shows its depth in messages and bytes,
-//! its capacity, its oldest message and its members, and who holds it.
+//! its capacity, its oldest message, its members and its counters, and who holds it.
 
 mod common;
 
@@ -57,6 +57,9 @@ fn a_queue_channel_is_made_used_and_observed() {
         ("ipclink_channel_capacity_bytes", 2048.0),
         ("ipclink_queue_members", 1.0),
         ("ipclink_queue_receivers_waiting", 0.0),
+        ("ipclink_queue_sent_messages_total", 3.0),
+        ("ipclink_queue_received_messages_total", 0.0),
+        ("ipclink_queue_recovered_messages_total", 0.0),
         ("ipclink_channel_present", 1.0),
     ] {
         assert_eq!(metric(&m, family, &jobs), Some(want), "{family}\n{m}");
@@ -83,6 +86,14 @@ fn a_queue_channel_is_made_used_and_observed() {
         .collect();
     assert_eq!(got, ["high", "low", "later"]);
     let (_, m) = get(sidecar.port, "/metrics");
+    assert!(
+        m.contains("# TYPE ipclink_queue_received_messages_total counter\n"),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "ipclink_queue_received_messages_total", &jobs),
+        Some(3.0)
+    );
     assert_eq!(
         metric(&m, "ipclink_channel_queue_messages", &jobs),
         Some(0.0)

@@ -9,10 +9,13 @@ use crate::sample::{ChannelSample, LinkSample, SemaphoreSample};
 mod components;
 pub use components::{CsiMetrics, OperatorMetrics};
 
-/// One gauge family of the channel metrics: name, help, and how to read a value.
+/// One family of the channel metrics: name, help, type, and how to read a value.
 struct Family {
     name: &'static str,
     help: &'static str,
+    /// A counter (only grows while the object lives; a name ending in `_total`), else a
+    /// gauge.
+    counter: bool,
     channel: fn(&ChannelSample) -> Option<u64>,
     semaphore: fn(&SemaphoreSample) -> Option<u64>,
     link: fn(&LinkSample) -> Option<u64>,
@@ -32,6 +35,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_channel_queue_bytes",
         help: "Bytes queued in a channel and not yet read.",
+        counter: false,
         channel: |c| c.queue_bytes,
         semaphore: no_semaphore,
         link: no_link,
@@ -39,6 +43,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_channel_capacity_bytes",
         help: "Bytes a fifo's pipe buffer can hold, or a queue's messages at most.",
+        counter: false,
         channel: |c| {
             if c.info.kind == "shm" {
                 None
@@ -52,6 +57,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_channel_queue_messages",
         help: "Messages waiting in a queue channel.",
+        counter: false,
         channel: |c| c.queue.as_ref().map(|q| u64::from(q.messages)),
         semaphore: no_semaphore,
         link: no_link,
@@ -59,6 +65,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_channel_capacity_messages",
         help: "Messages a queue channel holds at most.",
+        counter: false,
         channel: |c| c.queue.as_ref().map(|q| u64::from(q.capacity)),
         semaphore: no_semaphore,
         link: no_link,
@@ -66,27 +73,55 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_queue_oldest_message_timestamp_seconds",
         help: "When the oldest message waiting in a queue channel was sent (Unix time); absent when none waits.",
+        counter: false,
         channel: |c| c.queue.as_ref().and_then(|q| q.oldest_sent_seconds),
         semaphore: no_semaphore,
         link: no_link,
     },
     Family {
         name: "ipclink_queue_receivers_waiting",
-        help: "Processes sleeping in a receive on an empty queue channel (one killed while it slept stays counted).",
+        help: "Threads sleeping in a receive on an empty queue channel (one killed asleep counts until a member sends and wakes nobody, waits 50 ms, or takes its record).",
+        counter: false,
         channel: |c| c.queue.as_ref().map(|q| u64::from(q.receivers_waiting)),
         semaphore: no_semaphore,
         link: no_link,
     },
     Family {
         name: "ipclink_queue_senders_waiting",
-        help: "Processes sleeping in a send on a full queue channel (one killed while it slept stays counted).",
+        help: "Threads sleeping in a send on a full queue channel (one killed asleep counts until a member receives and wakes nobody, waits 50 ms, or takes its record).",
+        counter: false,
         channel: |c| c.queue.as_ref().map(|q| u64::from(q.senders_waiting)),
+        semaphore: no_semaphore,
+        link: no_link,
+    },
+    Family {
+        name: "ipclink_queue_sent_messages_total",
+        help: "Messages sent to a queue channel since it was made (a queue made again starts at 0).",
+        counter: true,
+        channel: |c| c.queue.as_ref().map(|q| q.sent),
+        semaphore: no_semaphore,
+        link: no_link,
+    },
+    Family {
+        name: "ipclink_queue_received_messages_total",
+        help: "Messages received from a queue channel since it was made (a queue made again starts at 0).",
+        counter: true,
+        channel: |c| c.queue.as_ref().map(|q| q.received),
+        semaphore: no_semaphore,
+        link: no_link,
+    },
+    Family {
+        name: "ipclink_queue_recovered_messages_total",
+        help: "Messages a queue channel gave back to its queue after the member receiving them died before its receive returned.",
+        counter: true,
+        channel: |c| c.queue.as_ref().map(|q| q.recovered),
         semaphore: no_semaphore,
         link: no_link,
     },
     Family {
         name: "ipclink_queue_members",
         help: "Processes that hold a queue channel (open or mapped), when they can be known.",
+        counter: false,
         channel: |c| c.queue.as_ref().and_then(|q| q.members).map(u64::from),
         semaphore: no_semaphore,
         link: no_link,
@@ -94,6 +129,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_socket_backlog_connections",
         help: "Connections waiting in accept() on listening sockets of a socket channel.",
+        counter: false,
         channel: |c| c.backlog_connections,
         semaphore: no_semaphore,
         link: no_link,
@@ -101,6 +137,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_fifo_reader_present",
         help: "1 when a process holds a fifo's read end, 0 when none does.",
+        counter: false,
         channel: |c| c.reader_present.map(u64::from),
         semaphore: no_semaphore,
         link: no_link,
@@ -108,6 +145,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_fifo_writer_present",
         help: "1 when a process holds a fifo's write end, 0 when none does.",
+        counter: false,
         channel: |c| c.writer_present.map(u64::from),
         semaphore: no_semaphore,
         link: no_link,
@@ -115,6 +153,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_channel_observed",
         help: "1 when a channel's depth could be observed; 0 when it could not (its depth series are then absent, not 0).",
+        counter: false,
         channel: |c| Some(u64::from(c.observed)),
         semaphore: no_semaphore,
         link: no_link,
@@ -122,6 +161,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_channel_depth_unchanged_seconds",
         help: "Seconds since a channel's queued bytes (and a socket channel's backlog) last changed, as long as this process has watched it: a stuck consumer does not move it.",
+        counter: false,
         channel: |c| c.depth_unchanged_seconds,
         semaphore: no_semaphore,
         link: no_link,
@@ -129,6 +169,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_channel_present",
         help: "1 when a declared channel or semaphore exists on disk.",
+        counter: false,
         channel: |c| Some(u64::from(c.present)),
         semaphore: |s| Some(u64::from(s.present)),
         link: no_link,
@@ -136,6 +177,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_semaphore_value",
         help: "Current value of a named semaphore.",
+        counter: false,
         channel: no_channel,
         semaphore: |s| s.value.map(u64::from),
         link: no_link,
@@ -143,6 +185,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_semaphore_waiters",
         help: "Threads waiting on a named semaphore.",
+        counter: false,
         channel: no_channel,
         semaphore: |s| s.waiters.map(u64::from),
         link: no_link,
@@ -150,6 +193,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_shm_size_bytes",
         help: "Size of a shared-memory region, as its file has it (a member may have grown it past the declared size).",
+        counter: false,
         channel: |c| {
             if c.info.kind == "shm" {
                 c.capacity_bytes
@@ -163,6 +207,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_shm_resident_bytes",
         help: "Memory held by a shared-memory region.",
+        counter: false,
         channel: |c| c.resident_bytes,
         semaphore: no_semaphore,
         link: no_link,
@@ -170,6 +215,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_link_used_bytes",
         help: "Bytes used on a link's tmpfs.",
+        counter: false,
         channel: no_channel,
         semaphore: no_semaphore,
         // In a plain directory the bytes are what the walk found: unknown past its bound.
@@ -178,6 +224,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_link_limit_bytes",
         help: "Size limit of a link's tmpfs.",
+        counter: false,
         channel: no_channel,
         semaphore: no_semaphore,
         link: |l| Some(l.limit_bytes),
@@ -185,6 +232,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_link_preallocated_bytes",
         help: "Bytes a link's declared objects take from the start (preallocated shm regions, semaphore pages).",
+        counter: false,
         channel: no_channel,
         semaphore: no_semaphore,
         link: |l| Some(l.preallocated_bytes),
@@ -192,6 +240,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_link_unreported_objects",
         help: "Objects members created in a link beyond what one report names per link (at most 1000 objects, 96 KiB of these series, 40 KiB of /v1/links): counted, not reported one by one.",
+        counter: false,
         channel: no_channel,
         semaphore: no_semaphore,
         link: |l| (!l.walk_truncated).then_some(l.unreported_objects),
@@ -199,6 +248,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "ipclink_link_pending_changes",
         help: "Fields of a link's spec that wait until no member holds the link (a region made smaller, a channel of another kind, ...); 0 when the link serves its spec.",
+        counter: false,
         channel: no_channel,
         semaphore: no_semaphore,
         link: |l| Some(l.pending.len() as u64),
@@ -330,7 +380,12 @@ pub type SampleGroup<'a> = (&'a [(&'a str, &'a str)], &'a [LinkSample]);
 /// (e.g. the samples of each node), every family still written once.
 pub fn render_channel_groups(groups: &[SampleGroup<'_>], out: &mut String) {
     for f in FAMILIES {
-        let _ = writeln!(out, "# HELP {} {}\n# TYPE {} gauge", f.name, f.help, f.name);
+        let kind = if f.counter { "counter" } else { "gauge" };
+        let _ = writeln!(
+            out,
+            "# HELP {} {}\n# TYPE {} {kind}",
+            f.name, f.help, f.name
+        );
         for (extra, s) in groups
             .iter()
             .flat_map(|(extra, samples)| samples.iter().map(move |s| (*extra, s)))

@@ -404,6 +404,7 @@ fn queue(f: &std::fs::File, c: &mut ChannelSample) {
                 oldest_sent_seconds: s.oldest_sent_ns.map(|ns| ns / 1_000_000_000),
                 sent: s.sent,
                 received: s.received,
+                recovered: s.recovered,
                 receivers_waiting: s.receivers_waiting,
                 senders_waiting: s.senders_waiting,
                 members: None,
