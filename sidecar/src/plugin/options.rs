@@ -1,8 +1,9 @@
 //! `driver_opts` of a volume: either a link file (`link=/abs/file.yaml`) or the objects
 //! declared inline (`shm=frames:1Mi`, `fifo=events`, `socket=control:0770` (an optional
-//! mode each), `semaphores=slots:8`, `size=`, `owner=`, `mode=` (of every object without
-//! its own), `abi=`, `allowCreate=true`, `rootMode=`), resolved into one `IpcLink`
-//! through core's validator; and volume names and the link names they map to.
+//! mode each), `queue=jobs:64x4Ki` (capacity x message size), `semaphores=slots:8`,
+//! `size=`, `owner=`, `mode=` (of every object without its own), `abi=`,
+//! `allowCreate=true`, `rootMode=`), resolved into one `IpcLink` through core's
+//! validator; and volume names and the link names they map to.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,7 @@ const OPTIONS: &[&str] = &[
     "shm",
     "fifo",
     "socket",
+    "queue",
     "semaphores",
     "allowCreate",
     "rootMode",
@@ -217,6 +219,15 @@ pub fn link_from_opts(
             }
         }
     }
+    if let Some(v) = opts.get("queue") {
+        for (name, arg) in split_entries("queue", v)? {
+            let (capacity, size) = queue_params(name, arg)?;
+            let mut c = channel(name, ChannelKind::Queue, None);
+            c.capacity = Some(i64::from(capacity));
+            c.message_size = Some(Quantity(size.to_owned()));
+            spec.channels.push(c);
+        }
+    }
     if let Some(v) = opts.get("semaphores") {
         for (name, initial) in split_entries("semaphores", v)? {
             let initial = match initial {
@@ -242,12 +253,33 @@ pub fn link_from_opts(
         && !spec.allow_create
     {
         return Err(bad(format!(
-            "Opts: declare the link with Opts.link=/path/link.yaml, with at least one of shm, fifo, socket, semaphores, or let members create their own objects with allowCreate=true (options: {allowed})"
+            "Opts: declare the link with Opts.link=/path/link.yaml, with at least one of shm, fifo, socket, queue, semaphores, or let members create their own objects with allowCreate=true (options: {allowed})"
         )));
     }
     let mut link = IpcLink::new(key, spec);
     link.metadata.namespace = Some(NAMESPACE.into());
     Ok(link)
+}
+
+/// `CAPACITYxSIZE` of a `queue` entry (`64x4Ki`: 64 messages of up to 4 KiB): the
+/// capacity, and the message size as written, both within a queue's bounds.
+fn queue_params<'a>(name: &str, arg: Option<&'a str>) -> Result<(u32, &'a str), Refusal> {
+    let usage = || {
+        bad(format!(
+            "Opts.queue: {name:?} needs a capacity and a message size, as in {name}:64x4Ki (64 messages of up to 4 KiB)"
+        ))
+    };
+    let (capacity, size) = arg.and_then(|a| a.split_once('x')).ok_or_else(usage)?;
+    let capacity = capacity.parse::<u32>().map_err(|_| usage())?;
+    let bytes = ipclink_core::model::quantity::parse_bytes(size)
+        .map_err(|e| bad(format!("Opts.queue: {name}: messageSize: {e}")))?;
+    ipclink_queue::Params {
+        capacity,
+        message_size: u32::try_from(bytes).unwrap_or(u32::MAX),
+    }
+    .check()
+    .map_err(|e| bad(format!("Opts.queue: {name}: {e}")))?;
+    Ok((capacity, size))
 }
 
 pub(crate) fn show_opts(opts: &BTreeMap<String, String>) -> String {
@@ -321,6 +353,7 @@ mod tests {
             ("fifo", "events,ticks:0640"),
             ("socket", "control:0770"),
             ("semaphores", "slots:8,frame-ready"),
+            ("queue", "jobs:64x4Ki"),
             ("owner", "1000:1000"),
             ("mode", "0660"),
             ("abi", "musl"),
@@ -331,7 +364,16 @@ mod tests {
         .collect();
         let link = link_from_opts("v", &opts, None).unwrap();
         let plan = validate(&link).unwrap();
-        assert_eq!(plan.objects.len(), 6);
+        assert_eq!(plan.objects.len(), 7);
+        let jobs = link
+            .spec
+            .channels
+            .iter()
+            .find(|c| c.name == "jobs")
+            .unwrap();
+        assert_eq!(jobs.kind, ChannelKind::Queue);
+        assert_eq!(jobs.capacity, Some(64));
+        assert_eq!(jobs.message_size, Some(Quantity("4Ki".into())));
         // A comma-separated list, each name with its own mode or the volume's.
         let fifos: Vec<(&str, u32)> = plan
             .objects
@@ -353,6 +395,23 @@ mod tests {
             ("socket", "control:777x", "Opts.socket"),
             ("fifo", "Bad_Name", "Opts.fifo"),
             ("semaphores", "s:-1x", "Opts.semaphores"),
+            ("queue", "jobs", "Opts.queue: \"jobs\" needs a capacity"),
+            ("queue", "jobs:64", "Opts.queue: \"jobs\" needs a capacity"),
+            (
+                "queue",
+                "jobs:x4Ki",
+                "Opts.queue: \"jobs\" needs a capacity",
+            ),
+            ("queue", "jobs:0x4Ki", "Opts.queue: jobs: capacity 0 is not"),
+            (
+                "queue",
+                "jobs:65537x1",
+                "Opts.queue: jobs: capacity 65537 is not",
+            ),
+            ("queue", "jobs:8x0", "Opts.queue: jobs: messageSize"),
+            ("queue", "jobs:8x17Mi", "Opts.queue: jobs: messageSize"),
+            ("queue", "jobs:8x1e30", "Opts.queue: jobs: messageSize"),
+            ("queue", "Jobs:8x1", "Opts.queue: \"Jobs\""),
             ("link", "relative.yaml", "Opts.link"),
         ] {
             let mut o = opts.clone();
