@@ -24,8 +24,11 @@ const LOCK_SPINS: u32 = 100;
 /// Spins on a wake-up word before sleeping on it (some microseconds) in
 /// [`Polling::SpinThenSleep`].
 const SPINS: u32 = 4_000;
-/// Spins between two looks at the clock (and a `sched_yield`) in [`Polling::Busy`].
+/// Spins between two looks at the clock in [`Polling::Busy`].
 const BUSY_SPINS: u32 = 1_024;
+/// How long a busy waiter spins between two `sched_yield`s (a system call, which costs
+/// a microsecond or more in a virtual machine: not on every look at the clock).
+const BUSY_YIELD_EVERY: Duration = Duration::from_millis(1);
 
 /// How a member waits for a message or for room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -481,13 +484,23 @@ impl Queue {
                         Wait::Until(None) => {}
                     }
                     if self.polling == Polling::Busy {
-                        // Spin (yielding now and then) while the holder keeps it.
-                        let end = Instant::now() + slice;
-                        while lock.load(Relaxed) == holder && Instant::now() < end {
-                            for _ in 0..BUSY_SPINS {
-                                std::hint::spin_loop();
+                        // Spin while the holder keeps it, yielding now and then.
+                        let mut yielded = Instant::now();
+                        let end = yielded + slice;
+                        let mut n = 0u32;
+                        while lock.load(Relaxed) == holder {
+                            std::hint::spin_loop();
+                            n = n.wrapping_add(1);
+                            if n.is_multiple_of(BUSY_SPINS) {
+                                let now = Instant::now();
+                                if now >= end {
+                                    break;
+                                }
+                                if now - yielded >= BUSY_YIELD_EVERY {
+                                    std::thread::yield_now();
+                                    yielded = Instant::now();
+                                }
                             }
-                            std::thread::yield_now();
                         }
                     } else {
                         let waiters = self.w32(H_LOCK_WAITERS);
@@ -706,7 +719,8 @@ impl Queue {
             // else this CPU has to run; a waiter that does not sleep is not counted,
             // so nobody wakes it.
             Polling::Busy => {
-                let end = Instant::now() + slice;
+                let mut yielded = Instant::now();
+                let end = yielded + slice;
                 loop {
                     for _ in 0..BUSY_SPINS {
                         if word.load(Acquire) != seen {
@@ -714,10 +728,14 @@ impl Queue {
                         }
                         std::hint::spin_loop();
                     }
-                    if Instant::now() >= end {
+                    let now = Instant::now();
+                    if now >= end {
                         return self.reap();
                     }
-                    std::thread::yield_now();
+                    if now - yielded >= BUSY_YIELD_EVERY {
+                        std::thread::yield_now();
+                        yielded = Instant::now();
+                    }
                 }
             }
             Polling::Sleep => {}
