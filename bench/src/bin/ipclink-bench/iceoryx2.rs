@@ -15,38 +15,13 @@ use super::*;
 /// each pinned to one of two cores. The data path is iceoryx2's shared memory either way:
 /// ipclink should add nothing.
 pub(super) fn iceoryx2(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
-    let bin = std::env::var_os("IPCLINK_ICEORYX2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::current_exe()
-                .expect("own path")
-                .with_file_name("ipclink-iceoryx2")
-        });
-    assert!(
-        bin.is_file(),
-        "{}: no ipclink-iceoryx2; build it first (cargo build --release -p ipclink-iceoryx2-example) or set IPCLINK_ICEORYX2",
-        bin.display()
-    );
+    let bin = binary();
     let taskset = ipclink_testkit::require_tool("taskset");
     let n = (cfg.round_trips * 10).to_string();
     let plan = link_of(store, "iceoryx2", "  allowCreate: true\n".into());
     let dir = store.link_path(&plan.namespace, &plan.name);
     let host_root = format!("/dev/shm/ipclink-bench-iox2-{}/", std::process::id());
     let before: std::collections::BTreeSet<_> = list("/dev/shm");
-    let p50 = |out: &std::process::Output| -> f64 {
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "iceoryx2: {}",
-            ipclink_testkit::describe(out)
-        );
-        text.split("rtt_p50_ns ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no round trip in {text}"))
-            / 1e3
-    };
     let args = |cpu: &str, role: &str| -> Vec<String> {
         vec![
             "-c".into(),
@@ -56,17 +31,7 @@ pub(super) fn iceoryx2(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
             n.clone(),
         ]
     };
-    let through_ipclink = || {
-        let run = |cpu, role| {
-            let a = args(cpu, role);
-            let a: Vec<&str> = a.iter().map(String::as_str).collect();
-            ipclink_testkit::spawn_pod_as(&dir, 1000, 1000, &taskset, &a)
-        };
-        let pong = run("1", "pong");
-        let ping = ipclink_testkit::wait_with_timeout(run("0", "ping"), Duration::from_secs(300));
-        ipclink_testkit::wait_with_timeout(pong, Duration::from_secs(30));
-        p50(&ping)
-    };
+    let through_ipclink = || through_pods(&dir, &taskset, &bin, &n, "8")[0] / 1e3;
     let on_the_host = || {
         let run = |cpu, role| {
             Command::new(&taskset)
@@ -80,7 +45,7 @@ pub(super) fn iceoryx2(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
         let pong = run("1", "pong");
         let ping = ipclink_testkit::wait_with_timeout(run("0", "ping"), Duration::from_secs(300));
         ipclink_testkit::wait_with_timeout(pong, Duration::from_secs(30));
-        p50(&ping)
+        round_trip(&ping)[0] / 1e3
     };
     let (a, b) = unpinned(|| side_by_side(cfg.reps.max(3), through_ipclink, on_the_host));
     row(
@@ -100,4 +65,54 @@ pub(super) fn iceoryx2(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
     store
         .teardown(&plan.namespace, &plan.name)
         .expect("teardown");
+}
+
+/// The iceoryx2 peer: `$IPCLINK_ICEORYX2`, or beside this binary.
+pub(super) fn binary() -> PathBuf {
+    let bin = std::env::var_os("IPCLINK_ICEORYX2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::current_exe()
+                .expect("own path")
+                .with_file_name("ipclink-iceoryx2")
+        });
+    assert!(
+        bin.is_file(),
+        "{}: no ipclink-iceoryx2; build it first (cargo build --release -p ipclink-iceoryx2-example) or set IPCLINK_ICEORYX2",
+        bin.display()
+    );
+    bin
+}
+
+/// `n` round trips of `size`-byte samples between `ping` and `pong` as two "pods" (uid
+/// 1000) on the link at `dir`, pinned to CPUs 0 and 1: the round trip's p50 and p99, ns.
+pub(super) fn through_pods(
+    dir: &Path,
+    taskset: &Path,
+    bin: &Path,
+    n: &str,
+    size: &str,
+) -> [f64; 2] {
+    let run = |cpu: &str, role: &str| {
+        let bin = bin.display().to_string();
+        let a = ["-c", cpu, &bin, role, n, size];
+        ipclink_testkit::spawn_pod_as(dir, 1000, 1000, taskset, &a)
+    };
+    let pong = run("1", "pong");
+    let ping = ipclink_testkit::wait_with_timeout(run("0", "ping"), Duration::from_secs(300));
+    ipclink_testkit::wait_with_timeout(pong, Duration::from_secs(30));
+    round_trip(&ping)
+}
+
+/// `rtt_p50_ns X rtt_p99_ns Y` of a ping's output (iceoryx2's, mq_bench's).
+pub(super) fn round_trip(out: &std::process::Output) -> [f64; 2] {
+    assert!(
+        out.status.success(),
+        "ping: {}",
+        ipclink_testkit::describe(out)
+    );
+    [
+        figure(out, "rtt_p50_ns ", " "),
+        figure(out, "rtt_p99_ns ", "\n"),
+    ]
 }

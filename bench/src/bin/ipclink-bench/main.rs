@@ -193,20 +193,33 @@ fn in_turns(
     mut ipclink: impl FnMut() -> f64,
     mut raw: impl FnMut() -> f64,
 ) -> (f64, f64, f64) {
-    let (mut a, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let [r] = in_turns_each(reps, || [ipclink()], || [raw()]);
+    r
+}
+
+/// [`in_turns`] for runs that each give `N` figures (a p50 and a p99): the medians and
+/// the turn-by-turn ratio of each figure.
+fn in_turns_each<const N: usize>(
+    reps: usize,
+    mut ipclink: impl FnMut() -> [f64; N],
+    mut raw: impl FnMut() -> [f64; N],
+) -> [(f64, f64, f64); N] {
+    let mut turns = Vec::new();
     for i in 0..reps {
-        let (x, y) = if i % 2 == 0 {
+        turns.push(if i % 2 == 0 {
             let x = ipclink();
             (x, raw())
         } else {
             let y = raw();
             (ipclink(), y)
-        };
-        a.push(x);
-        b.push(y);
-        ratios.push(x / y);
+        });
     }
-    (median(a), median(b), median(ratios))
+    std::array::from_fn(|k| {
+        let a = turns.iter().map(|(x, _)| x[k]).collect();
+        let b = turns.iter().map(|(_, y)| y[k]).collect();
+        let ratios = turns.iter().map(|(x, y)| x[k] / y[k]).collect();
+        (median(a), median(b), median(ratios))
+    })
 }
 
 /// Pins this process to one CPU (the parent to 0, children to 1), so every round trip
