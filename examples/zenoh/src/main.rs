@@ -99,6 +99,13 @@ impl Settings {
         Ok(())
     }
 
+    /// The socket file a `unixsock-stream/PATH` endpoint to connect to names.
+    fn socket_to_connect(&self) -> Option<std::path::PathBuf> {
+        let path = self.connect.as_deref()?.strip_prefix("unixsock-stream/")?;
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        Some(path.into())
+    }
+
     /// A peer that talks only through the endpoints given: no multicast scouting, and Zenoh's implicit shared-memory pool (16 MiB by default, more than a
     /// container may lock) off; the publisher allocates its own buffers.
     fn config(&self) -> Result<zenoh::Config, Error> {
@@ -158,7 +165,25 @@ fn intact(buf: &[u8], seq: u64, size: usize) -> bool {
 }
 
 /// Opens the session and says where it listens ("nothing" for one that only connects).
+///
+/// A side that connects to a Unix socket first waits for the socket to exist: the
+/// listener makes it once its own session is up. Zenoh, as it opens a session, removes
+/// the `*.zenoh` segments in /dev/shm that no process holds, and a segment the other
+/// side is making at that moment is not held yet: the two sessions opening at once can
+/// remove the segment one of them offers for the shared-memory handshake, and their
+/// transport then runs without shared memory (zenoh-shm 1.10's startup clean-up).
 fn open(s: &Settings, role: &str) -> Result<zenoh::Session, Error> {
+    if let Some(socket) = s.socket_to_connect() {
+        let deadline = Instant::now() + s.timeout;
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                return Err(
+                    format!("{} did not appear in {:?}", socket.display(), s.timeout).into(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let session = zenoh::open(s.config()?).wait()?;
     let locators: Vec<String> = session
         .info()
@@ -223,21 +248,50 @@ fn sub(s: &Settings) -> Result<String, Error> {
     ))
 }
 
+/// Sessions the publisher opens at most until its transport to the subscriber has
+/// shared memory.
+const ATTEMPTS: u32 = 3;
+
 fn publish(s: &Settings) -> Result<String, Error> {
-    let session = open(s, "pub")?;
-    let ack = session.declare_subscriber(ACK).wait()?;
-    let publisher = session
-        .declare_publisher(DATA)
-        .reliability(Reliability::Reliable)
-        .congestion_control(CongestionControl::Block)
-        .wait()?;
     let deadline = Instant::now() + s.timeout;
-    while !publisher.matching_status().wait()?.matching() {
-        if Instant::now() > deadline {
-            return Err(format!("no subscriber matched in {:?}", s.timeout).into());
+    let mut attempt = 1;
+    let (session, ack, publisher) = loop {
+        let session = open(s, "pub")?;
+        let ack = session.declare_subscriber(ACK).wait()?;
+        let publisher = session
+            .declare_publisher(DATA)
+            .reliability(Reliability::Reliable)
+            .congestion_control(CongestionControl::Block)
+            .wait()?;
+        while !publisher.matching_status().wait()?.matching() {
+            if Instant::now() > deadline {
+                return Err(format!("no subscriber matched in {:?}", s.timeout).into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        // The handshake decides once per transport whether it has shared memory; one
+        // that has none carries every sample as a copy. Asked before the first sample,
+        // and opened again (a new handshake) when it came out without.
+        let shm = session
+            .info()
+            .transports()
+            .wait()
+            .any(|t| !t.is_multicast() && t.is_shm());
+        if !s.shm || shm {
+            break (session, ack, publisher);
+        }
+        if attempt == ATTEMPTS {
+            return Err(format!(
+                "the transport to the subscriber came without shared memory {ATTEMPTS} times (RUST_LOG=zenoh_transport=trace says why)"
+            )
+            .into());
+        }
+        println!("zenoh pub: the transport came without shared memory; connecting again");
+        drop(publisher);
+        drop(ack);
+        session.close().wait()?;
+        attempt += 1;
+    };
     // The pool lives until the subscriber has acknowledged every sample: dropped, it
     // unlinks its segment, and a subscriber that had not opened it yet drops the samples
     // still on their way (Zenoh logs that at debug level only).
