@@ -76,9 +76,8 @@ impl Engine {
         if let Some(h) = host {
             cmd.env("DOCKER_HOST", h);
         }
-        cmd.args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("run {program}: {e}"))
+        cmd.args(args);
+        bounded(&mut cmd)
     }
 
     /// Runs its Compose in `dir` for `project`, with ENGINE_SOCKET (the socket the
@@ -98,9 +97,8 @@ impl Engine {
             .envs(env.iter().copied())
             .arg("-p")
             .arg(project)
-            .args(args)
-            .output()
-            .expect("run compose")
+            .args(args);
+        bounded(&mut cmd)
     }
 
     /// The name Compose gives the first container of `service`.
@@ -185,6 +183,54 @@ impl Engine {
             .output()
             .expect("restart the engine");
         assert!(out.status.success(), "{}", text(&out));
+    }
+}
+
+/// How long one engine or Compose command may take: longer than any of them takes on a
+/// loaded machine, short of the lane's limit, so that a command that hangs (an engine
+/// waiting on a volume plugin that does not answer) fails its test by name.
+const COMMAND_LIMIT: Duration = Duration::from_secs(600);
+
+/// Runs `cmd` to the end with its output collected, or kills it past [`COMMAND_LIMIT`]
+/// and panics naming it.
+fn bounded(cmd: &mut Command) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
+    // Read as it comes: a command that prints more than a pipe holds must not stall.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for a command") {
+            break status;
+        }
+        if start.elapsed() > COMMAND_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            // What it printed stays with the readers: a child it started may still
+            // hold the pipes.
+            panic!("{what} still ran after {COMMAND_LIMIT:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
 }
 
