@@ -177,3 +177,71 @@ fn the_c_abi_sends_receives_and_answers_negative_errnos() {
         assert!(text.contains(line), "{line}:\n{text}");
     }
 }
+
+/// examples/queue/queue.py: Python's standard library only (ctypes over the C ABI), as
+/// two "pods" (uid 1000) on one declared queue: 3,000 messages in three priorities
+/// arrive, each priority in the order sent, and an empty queue answers EAGAIN; a queue
+/// that does not exist is FileNotFoundError, and leaves nothing behind.
+#[test]
+fn a_python_program_uses_a_queue_through_ctypes() {
+    ipclink_testkit::require_root();
+    // Debian's, which uid 1000 can run (a python3 earlier on root's PATH may not be).
+    let python = Path::new("/usr/bin/python3");
+    assert!(python.is_file(), "no /usr/bin/python3 (Debian's python3)");
+    let dir = link();
+    queue::create(
+        &dir.path().join("mq.jobs"),
+        queue::Params {
+            capacity: 8,
+            message_size: 32,
+        },
+        0o666,
+    )
+    .expect("create");
+    // Both members may send and receive (the umask took some of the mode).
+    std::fs::set_permissions(
+        dir.path().join("mq.jobs"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .expect("chmod");
+    // The script where uid 1000 can read it.
+    let script = ipclink_testkit::scratch_dir().join(format!("queue-{}.py", std::process::id()));
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/queue/queue.py"),
+        &script,
+    )
+    .expect("copy the example");
+    let run = |args: &[&str]| {
+        let lib = format!("IPCLINK_QUEUE_LIB={}", shim().display());
+        let mut a = vec![lib.as_str(), python.to_str().expect("utf-8")];
+        a.push(script.to_str().expect("utf-8"));
+        a.extend_from_slice(args);
+        spawn_pod_as(dir.path(), 1000, 1000, Path::new("/usr/bin/env"), &a)
+    };
+    let receiver = run(&["recv", "/dev/shm/mq.jobs", "3000"]);
+    let sent = wait_with_timeout(
+        run(&["send", "/dev/shm/mq.jobs", "3000"]),
+        Duration::from_secs(120),
+    );
+    let got = wait_with_timeout(receiver, Duration::from_secs(120));
+    assert!(sent.status.success(), "{}", describe(&sent));
+    assert!(got.status.success(), "{}", describe(&got));
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        "queue.py: capacity 8 message size 32\n\
+         queue.py: received 3000, in order within each priority; then: Resource temporarily unavailable\n"
+    );
+    let out = wait_with_timeout(
+        run(&["recv", "/dev/shm/mq.nope", "1"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("FileNotFoundError: [Errno 2] open /dev/shm/mq.nope"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!dir.path().join("mq.nope").exists());
+    let _ = std::fs::remove_file(&script);
+}
