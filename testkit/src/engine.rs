@@ -191,46 +191,80 @@ impl Engine {
 /// waiting on a volume plugin that does not answer) fails its test by name.
 const COMMAND_LIMIT: Duration = Duration::from_secs(600);
 
-/// Runs `cmd` to the end with its output collected, or kills it past [`COMMAND_LIMIT`]
-/// and panics naming it.
+/// Runs `cmd` to the end with its output collected, or, past [`COMMAND_LIMIT`], kills it
+/// and what it started (its own process group) and panics naming it with what it had
+/// printed. While the thread already unwinds (a guard cleaning up after a failure) it
+/// returns instead, its status failed, so that a second panic does not abort the binary.
 fn bounded(cmd: &mut Command) -> Output {
     use std::io::Read;
+    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     let what = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("run {what}: {e}"));
-    // Read as it comes: a command that prints more than a pipe holds must not stall.
+    // Read as it comes (a command that prints more than a pipe holds must not stall),
+    // each stream's bytes shared so that a timeout can show what came so far.
     let drain = |mut r: Box<dyn Read + Send>| {
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = got.clone();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            buf
-        })
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("output").extend_from_slice(&buf[..n]);
+            }
+            let _ = done.send(());
+        });
+        (got, finished)
     };
-    let out = drain(Box::new(child.stdout.take().expect("stdout")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let (out, out_done) = drain(Box::new(child.stdout.take().expect("stdout")));
+    let (err, err_done) = drain(Box::new(child.stderr.take().expect("stderr")));
     let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for a command") {
-            break status;
+    let left = || COMMAND_LIMIT.saturating_sub(start.elapsed());
+    let mut status = None;
+    while status.is_none() && !left().is_zero() {
+        status = child.try_wait().expect("wait for a command");
+        if status.is_none() {
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if start.elapsed() > COMMAND_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            // What it printed stays with the readers: a child it started may still
-            // hold the pipes.
-            panic!("{what} still ran after {COMMAND_LIMIT:?}: killed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The streams end when whatever holds them (a child it started too) lets go.
+    let ended = status.is_some()
+        && out_done.recv_timeout(left()).is_ok()
+        && err_done.recv_timeout(left()).is_ok();
+    let take = |b: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>| {
+        std::mem::take(&mut *b.lock().expect("output"))
     };
+    if !ended {
+        let group = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let status = child.wait().expect("wait for a killed command");
+        let output = Output {
+            status,
+            stdout: take(&out),
+            stderr: take(&err),
+        };
+        if std::thread::panicking() {
+            return output;
+        }
+        panic!(
+            "{what} still ran after {COMMAND_LIMIT:?}: killed\n{}",
+            text(&output)
+        );
+    }
     Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+        // Reaped by try_wait already: its status again.
+        status: child.wait().expect("wait for a command"),
+        stdout: take(&out),
+        stderr: take(&err),
     }
 }
 
@@ -281,4 +315,22 @@ pub fn hold(what: Shared) -> Held {
 
 fn wait_until<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
     crate::wait_until(what, limit, Duration::from_millis(250), f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A command's status and both streams come back whole, more than a pipe holds
+    /// included.
+    #[test]
+    fn a_bounded_command_gives_its_status_and_all_it_printed() {
+        let out = bounded(Command::new("sh").args([
+            "-c",
+            "head -c 300000 /dev/zero | tr '\\0' x; echo; echo err >&2; exit 3",
+        ]));
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(out.stdout.len(), 300_001);
+        assert_eq!(out.stderr, b"err\n");
+    }
 }
