@@ -1,7 +1,7 @@
 //! The queue's lock, and the lists rebuilt from the slots when a member died holding it
 //! (or holding a slot).
 
-use super::wait::{BUSY_SPINS, BUSY_YIELD_EVERY};
+use super::wait::spin_while;
 use super::*;
 
 impl Queue {
@@ -44,23 +44,7 @@ impl Queue {
                     }
                     if self.polling == Polling::Busy {
                         // Spin while the holder keeps it, yielding now and then.
-                        let mut yielded = Instant::now();
-                        let end = yielded + slice;
-                        let mut n = 0u32;
-                        while lock.load(Relaxed) == holder {
-                            std::hint::spin_loop();
-                            n = n.wrapping_add(1);
-                            if n.is_multiple_of(BUSY_SPINS) {
-                                let now = Instant::now();
-                                if now >= end {
-                                    break;
-                                }
-                                if now - yielded >= BUSY_YIELD_EVERY {
-                                    std::thread::yield_now();
-                                    yielded = Instant::now();
-                                }
-                            }
-                        }
+                        spin_while(lock, holder, slice);
                     } else {
                         let waiters = self.w32(H_LOCK_WAITERS);
                         waiters.fetch_add(1, SeqCst);

@@ -7,10 +7,10 @@ use super::*;
 /// [`Polling::SpinThenSleep`].
 const SPINS: u32 = 4_000;
 /// Spins between two looks at the clock in [`Polling::Busy`].
-pub(super) const BUSY_SPINS: u32 = 1_024;
+const BUSY_SPINS: u32 = 1_024;
 /// How long a busy waiter spins between two `sched_yield`s (a system call, which costs
 /// a microsecond or more in a virtual machine: not on every look at the clock).
-pub(super) const BUSY_YIELD_EVERY: Duration = Duration::from_millis(1);
+const BUSY_YIELD_EVERY: Duration = Duration::from_millis(1);
 
 /// How a member waits for a message or for room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +59,30 @@ fn own_share(total: u64) -> u64 {
     }
 }
 
+/// Busy-polls `word` while it reads `value`, for at most `slice`: looks at it on every
+/// spin, at the clock every [`BUSY_SPINS`], and yields the CPU every
+/// [`BUSY_YIELD_EVERY`]. True when the slice ran out with the word unchanged.
+pub(super) fn spin_while(word: &AtomicU32, value: u32, slice: Duration) -> bool {
+    let mut yielded = Instant::now();
+    let end = yielded + slice;
+    loop {
+        for _ in 0..BUSY_SPINS {
+            if word.load(Acquire) != value {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+        let now = Instant::now();
+        if now >= end {
+            return true;
+        }
+        if now - yielded >= BUSY_YIELD_EVERY {
+            std::thread::yield_now();
+            yielded = Instant::now();
+        }
+    }
+}
+
 impl Queue {
     /// Bumps the wake-up word at `seq` and wakes up to `n` of its waiters, if any.
     /// True when the count of waiters said some sleep but the wake-up woke nobody: one
@@ -81,7 +105,7 @@ impl Queue {
                 .looked
                 .compare_exchange(last, now, Relaxed, Relaxed)
                 .is_ok()
-            && self.dead_waiters().next().is_some()
+            && self.members_counting_waits().next().is_some()
             && let Ok(g) = self.lock_until(Wait::No)
         {
             self.forget_dead_waiters(&g);
@@ -89,7 +113,7 @@ impl Queue {
     }
 
     /// Members (not this one) whose records count waits: each may be dead.
-    pub(super) fn dead_waiters(&self) -> impl Iterator<Item = u32> + '_ {
+    pub(super) fn members_counting_waits(&self) -> impl Iterator<Item = u32> + '_ {
         (0..MAX_MEMBERS).filter(move |&m| {
             let rec = Params::member(m);
             m != self.member
@@ -103,7 +127,7 @@ impl Queue {
     /// before it can wait, so a record found dead here is not reused meanwhile.
     pub(super) fn forget_dead_waiters(&self, _g: &Locked) {
         let dead: Vec<u32> = self
-            .dead_waiters()
+            .members_counting_waits()
             .filter(|&m| !member_alive(&self.file, m))
             .collect();
         for m in dead {
@@ -161,24 +185,11 @@ impl Queue {
             // else this CPU has to run; a waiter that does not sleep is not counted,
             // so nobody wakes it.
             Polling::Busy => {
-                let mut yielded = Instant::now();
-                let end = yielded + slice;
-                loop {
-                    for _ in 0..BUSY_SPINS {
-                        if word.load(Acquire) != seen {
-                            return Ok(());
-                        }
-                        std::hint::spin_loop();
-                    }
-                    let now = Instant::now();
-                    if now >= end {
-                        return self.reap();
-                    }
-                    if now - yielded >= BUSY_YIELD_EVERY {
-                        std::thread::yield_now();
-                        yielded = Instant::now();
-                    }
-                }
+                return if spin_while(word, seen, slice) {
+                    self.reap()
+                } else {
+                    Ok(())
+                };
             }
             Polling::Sleep => {}
         }
@@ -211,7 +222,9 @@ impl Queue {
                 && self.w32(Params::member(m) + M_INFLIGHT).load(Relaxed) != NIL
                 && !member_alive(&self.file, m)
         });
-        let asleep = self.dead_waiters().any(|m| !member_alive(&self.file, m));
+        let asleep = self
+            .members_counting_waits()
+            .any(|m| !member_alive(&self.file, m));
         if stranded || asleep {
             let g = self.lock()?;
             self.forget_dead_waiters(&g);
