@@ -69,19 +69,11 @@ pub(super) fn iceoryx2(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
 
 /// The iceoryx2 peer: `$IPCLINK_ICEORYX2`, or beside this binary.
 pub(super) fn binary() -> PathBuf {
-    let bin = std::env::var_os("IPCLINK_ICEORYX2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::current_exe()
-                .expect("own path")
-                .with_file_name("ipclink-iceoryx2")
-        });
-    assert!(
-        bin.is_file(),
-        "{}: no ipclink-iceoryx2; build it first (cargo build --release -p ipclink-iceoryx2-example) or set IPCLINK_ICEORYX2",
-        bin.display()
-    );
-    bin
+    beside_me(
+        "IPCLINK_ICEORYX2",
+        "ipclink-iceoryx2",
+        "cargo build --release -p ipclink-iceoryx2-example",
+    )
 }
 
 /// `n` round trips of `size`-byte samples between `ping` and `pong` as two "pods" (uid

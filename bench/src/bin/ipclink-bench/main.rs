@@ -18,7 +18,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -362,6 +362,24 @@ fn link_of(store: &Store, name: &str, body: String) -> LinkPlan {
 }
 
 /// The number in `out`'s standard output between `before` and the next `after`.
+/// A program or library the bench runs: `$variable`, or `file` beside this binary;
+/// panics with how to build it when it is not there.
+fn beside_me(variable: &str, file: &str, build: &str) -> PathBuf {
+    let path = std::env::var_os(variable)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::current_exe()
+                .expect("own path")
+                .with_file_name(file)
+        });
+    assert!(
+        path.is_file(),
+        "{}: no {file}; build it first ({build}) or set {variable}",
+        path.display()
+    );
+    path
+}
+
 fn figure(out: &std::process::Output, before: &str, after: &str) -> f64 {
     let text = String::from_utf8_lossy(&out.stdout);
     text.rsplit_once(before)

@@ -145,20 +145,11 @@ pub(super) fn queue(store: &Store, cfg: &Config, rows: &mut Vec<String>) {
         .expect("teardown");
 }
 
-/// libipclink_queue.so: `$IPCLINK_QUEUE_SO`, or beside this binary (`cargo build
-/// [--release] -p ipclink-queue-preload`).
+/// libipclink_queue.so: `$IPCLINK_QUEUE_SO`, or beside this binary.
 fn shim() -> PathBuf {
-    let so = std::env::var_os("IPCLINK_QUEUE_SO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::current_exe()
-                .expect("own path")
-                .with_file_name("libipclink_queue.so")
-        });
-    assert!(
-        so.is_file(),
-        "{}: no libipclink_queue.so; build it first (cargo build --release -p ipclink-queue-preload) or set IPCLINK_QUEUE_SO",
-        so.display()
-    );
-    so
+    beside_me(
+        "IPCLINK_QUEUE_SO",
+        "libipclink_queue.so",
+        "cargo build --release -p ipclink-queue-preload",
+    )
 }
