@@ -336,6 +336,138 @@ fn each_hostile_spec_is_refused_naming_its_field() {
     }
 }
 
+/// (case, YAML, text the error must contain): the node scope and member roles.
+pub fn scope_and_role_cases() -> Vec<(&'static str, String, &'static str)> {
+    let members = |roles: &str| {
+        format!(
+            "  members:\n    - {{ name: agent, podSelector: {{ matchLabels: {{ app: agent }} }}{roles} }}\n    - {{ name: app, role: client, podSelector: {{ matchLabels: {{ app: app }} }} }}\n"
+        )
+    };
+    let with = |extra: &str| doc("ok", &format!("{}{extra}", members("")));
+    vec![
+        (
+            "unknown scope",
+            doc("ok", "  scope: Cluster\n"),
+            "unknown variant `Cluster`, expected `Link` or `Node`",
+        ),
+        (
+            "lowercase scope",
+            doc("ok", "  scope: node\n"),
+            "unknown variant `node`",
+        ),
+        ("numeric scope", doc("ok", "  scope: 1\n"), "spec.scope"),
+        ("list scope", doc("ok", "  scope: [Node]\n"), "spec.scope"),
+        (
+            "node scope with a claim",
+            doc("ok", "  scope: Node\n  claim: {}\n"),
+            "spec.claim: a node-scoped link",
+        ),
+        (
+            "node scope with a named claim",
+            doc("ok", "  scope: Node\n  claim: { storageClassName: fast }\n"),
+            "spec.claim: a node-scoped link",
+        ),
+        (
+            "unknown role",
+            doc("ok", "  members:\n    - { name: a, role: admin }\n"),
+            "unknown variant `admin`, expected `server` or `client`",
+        ),
+        (
+            "capital role",
+            doc("ok", "  members:\n    - { name: a, role: Server }\n"),
+            "unknown variant `Server`",
+        ),
+        (
+            "empty role",
+            doc("ok", "  members:\n    - { name: a, role: \"\" }\n"),
+            "unknown variant ``",
+        ),
+        (
+            "list role",
+            doc("ok", "  members:\n    - { name: a, role: [server] }\n"),
+            "spec.members[0].role",
+        ),
+        (
+            "role on a wrong field",
+            doc("ok", "  members:\n    - { name: a, roles: server }\n"),
+            "unknown field `roles`",
+        ),
+        (
+            "client writes shm",
+            with(
+                "  channels:\n    - { name: frames, kind: shm, size: 1Mi, writers: [agent, app] }\n",
+            ),
+            "spec.channels[0].writers[1]: member \"app\" is a client",
+        ),
+        (
+            "client writes a queue",
+            with(
+                "  channels:\n    - { name: jobs, kind: queue, capacity: 8, messageSize: 64, writers: [app] }\n",
+            ),
+            "spec.channels[0].writers[0]: member \"app\" is a client",
+        ),
+        (
+            "client reads a queue",
+            with(
+                "  channels:\n    - { name: jobs, kind: queue, capacity: 8, messageSize: 64, readers: [app] }\n",
+            ),
+            "spec.channels[0].readers[0]: member \"app\" is a client",
+        ),
+        (
+            "only clients may create",
+            doc(
+                "ok",
+                "  allowCreate: true\n  members:\n    - { name: app, role: client, podSelector: {} }\n",
+            ),
+            "spec.allowCreate: every member that selects pods is a client",
+        ),
+    ]
+}
+
+#[test]
+fn each_hostile_scope_or_role_is_refused_naming_its_field() {
+    let cases = scope_and_role_cases();
+    assert!(cases.len() >= 15, "{} cases", cases.len());
+    for (case, yaml, expect) in cases {
+        let problems = load_plans(&[("link.yaml".to_string(), yaml.clone())])
+            .map(|_| ())
+            .expect_err(case);
+        let text = problems.to_string();
+        assert!(
+            text.contains(expect),
+            "{case}: the error does not say {expect:?}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn roles_allow_what_a_read_only_mount_can_do() {
+    use ipclink_core::model::roles::mounts_read_only;
+    use std::collections::BTreeMap;
+    let yaml = doc(
+        "agent",
+        "  scope: Node\n  allowCreate: true\n  members:\n    - { name: agent, role: server, podSelector: { matchLabels: { app: agent } } }\n    - { name: app, role: client, podSelector: { matchLabels: { tier: app } } }\n    - { name: tools, podSelector: { matchLabels: { app: tools } } }\n  channels:\n    - { name: api, kind: socket }\n    - { name: events, kind: fifo, writers: [app], readers: [agent] }\n    - { name: table, kind: shm, size: 1Mi, writers: [agent], readers: [app] }\n",
+    );
+    let links = ipclink_core::parse_links("link.yaml", &yaml).expect("parse");
+    validate(&links[0]).expect("a client may read shm, write a FIFO and use sockets");
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert!(mounts_read_only(&links[0], &labels(&[("tier", "app")])));
+    assert!(!mounts_read_only(&links[0], &labels(&[("app", "agent")])));
+    assert!(!mounts_read_only(&links[0], &labels(&[("app", "tools")])));
+    // A client that another member also selects gets that member's rights.
+    assert!(!mounts_read_only(
+        &links[0],
+        &labels(&[("app", "agent"), ("tier", "app")])
+    ));
+    // No member selects it: not a member at all (the caller refuses it), not "read-only".
+    assert!(!mounts_read_only(&links[0], &labels(&[("app", "other")])));
+}
+
 #[test]
 fn every_problem_is_reported_at_once() {
     let yaml = doc(

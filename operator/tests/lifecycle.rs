@@ -262,6 +262,24 @@ fn admission_refuses_what_the_schema_can_say(s: &Scenario) {
             "spec.channels[1].capacity",
             "not allowed for other kinds",
         ),
+        (
+            mutated(&|s| s["scope"] = "Cluster".into()),
+            "spec.scope",
+            "Unsupported value",
+        ),
+        (
+            mutated(&|s| s["members"][0]["role"] = "admin".into()),
+            "spec.members[0].role",
+            "Unsupported value",
+        ),
+        (
+            mutated(&|s| {
+                s["scope"] = "Node".into();
+                s["claim"] = json!({});
+            }),
+            "spec.claim",
+            "a node-scoped link has an instance on every node",
+        ),
     ];
     // The sticky bit is for socket directories only.
     let mut sticky_fifo = frames_spec();
@@ -313,6 +331,30 @@ fn admission_refuses_what_the_schema_can_say(s: &Scenario) {
     }
     let (_, list) = cp.get_json(links);
     assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+
+    // A live link's scope cannot change, either way; the link keeps its own.
+    let node_scoped = mutated(&|s| s["scope"] = "Node".into());
+    let (code, text) = cp
+        .request("POST", links, Some(&link(NS, "scoped", node_scoped)))
+        .expect("post");
+    assert_eq!(code, 201, "{text}");
+    let one = format!("{links}/scoped");
+    for scope in [json!("Link"), serde_json::Value::Null] {
+        let patch = json!({"spec": {"scope": scope}}).to_string();
+        let (code, text) = cp.request("PATCH", &one, Some(&patch)).expect("patch");
+        assert_eq!(code, 422, "{scope}: {text}");
+        assert!(
+            text.contains("spec.scope") && text.contains("scope cannot change on a live link"),
+            "{text}"
+        );
+    }
+    let (_, kept) = cp.get_json(&one);
+    assert_eq!(kept["spec"]["scope"], "Node", "{kept}");
+    let (code, text) = cp.request("DELETE", &one, None).expect("delete");
+    assert!(code == 200 || code == 202, "{text}");
+    cp.wait_for(&one, "the node-scoped link gone", CONVERGE, |v| {
+        v["code"] == 404
+    });
 }
 
 /// What only the operator can judge: Invalid, with an Event naming the field; fixing the spec (an update) makes it valid.

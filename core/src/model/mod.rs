@@ -7,5 +7,6 @@ pub mod load;
 pub mod members;
 pub mod names;
 pub mod quantity;
+pub mod roles;
 pub mod spec;
 pub mod validate;

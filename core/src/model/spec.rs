@@ -29,6 +29,7 @@ pub const KIND: &str = "IpcLink";
     status = "IpcLinkStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.node"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"integer","priority":1,"jsonPath":".status.nodeCount"}"#,
     // Counts, not name lists: a JSONPath array column shows only its first element.
     printcolumn = r#"{"name":"Channels","type":"integer","jsonPath":".status.channelCount"}"#,
     printcolumn = r#"{"name":"Members","type":"integer","jsonPath":".status.memberCount"}"#,
@@ -40,6 +41,16 @@ pub const KIND: &str = "IpcLink";
     "message": "channel and semaphore names share one namespace: a name may be used once",
     "fieldPath": ".semaphores",
     "reason": "FieldValueInvalid"
+}, {
+    "rule": "!has(self.scope) || self.scope != 'Node' || !has(self.claim)",
+    "message": "a node-scoped link has an instance on every node where a member mounts it and no claim: remove claim, or use scope: Link",
+    "fieldPath": ".claim",
+    "reason": "FieldValueInvalid"
+}, {
+    "rule": "(has(self.scope) ? self.scope : 'Link') == (has(oldSelf.scope) ? oldSelf.scope : 'Link')",
+    "message": "scope cannot change on a live link: delete the link and create it again with the new scope",
+    "fieldPath": ".scope",
+    "reason": "FieldValueForbidden"
 }, {
     "rule": "!has(self.rootMode) || (has(self.allowCreate) && self.allowCreate)",
     "message": "rootMode applies only with allowCreate: true",
@@ -82,6 +93,50 @@ pub struct IpcLinkSpec {
     /// others follow. Without it, pods use inline `csi` volumes and are placed by you.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<ClaimSpec>,
+    /// `Link` (the default): one instance on one node, which every member shares.
+    /// `Node`: one independent instance on every node where a member mounts the link,
+    /// for a node agent and its clients; no claim, no co-scheduling. Cannot change on a
+    /// live link.
+    #[serde(default, skip_serializing_if = "Scope::is_link")]
+    pub scope: Scope,
+}
+
+/// Where a link has its instances.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Scope {
+    /// One instance on one node; every member runs there.
+    #[default]
+    Link,
+    /// One instance on each node where a member mounts the link.
+    Node,
+}
+
+impl Scope {
+    /// Whether this is the default, one instance for the link.
+    pub fn is_link(&self) -> bool {
+        *self == Scope::Link
+    }
+}
+
+/// What a member may do in the link's tree.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The link's agent: mounted read-write, like a member without a role.
+    Server,
+    /// Mounted read-only: may connect to sockets, open FIFOs and map regions for
+    /// reading, and cannot create, remove, rename or write any file (EROFS).
+    Client,
+}
+
+impl Role {
+    /// The lowercase name used in YAML and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+    }
 }
 
 /// The PersistentVolumeClaim the operator keeps for a link in persistent mode.
@@ -122,6 +177,9 @@ pub struct Member {
     /// Pods of the link's namespace that are this member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
+    /// `server` or `client` (read-only mount); unset: read-write, like a server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 /// What a channel is on disk.
@@ -282,9 +340,17 @@ pub struct IpcLinkStatus {
     /// Pending, Ready, Degraded, Invalid or Terminating.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
-    /// Node on which the link lives.
+    /// Node on which the link lives (a link with `scope: Link`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The nodes where member pods run, with how many on each (a link with
+    /// `scope: Node`: each of these nodes holds its own instance once a member mounts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeInstance>,
+    /// How many nodes hold member pods (`nodes` lists at most 256; printed by
+    /// `kubectl get ipcl -o wide`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_count: Option<i32>,
     /// Accepted, Scheduled, MembersReady, PermissionsConsistent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -331,6 +397,18 @@ pub enum Phase {
     Invalid,
     /// Deletion waits for members to unmount.
     Terminating,
+}
+
+/// The member pods of a node-scoped link on one node.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInstance {
+    /// Node name.
+    pub node: String,
+    /// Member pods on that node.
+    pub members: i32,
+    /// Of those, pods with the link mounted.
+    pub mounted: i32,
 }
 
 /// One pod matched by a member selector.
@@ -499,6 +577,9 @@ mod tests {
             .iter()
             .filter_map(|c| c["name"].as_str())
             .collect();
-        assert_eq!(columns, ["Phase", "Node", "Channels", "Members", "Age"]);
+        assert_eq!(
+            columns,
+            ["Phase", "Node", "Nodes", "Channels", "Members", "Age"]
+        );
     }
 }

@@ -396,6 +396,7 @@ pub fn validate(link: &IpcLink) -> Result<LinkPlan, Problems> {
         None => (0, 0),
     };
     let root = check_root(spec, default_owner.1, &mut problems);
+    crate::model::roles::check(spec, &mut problems);
 
     let mut members = BTreeSet::new();
     for (i, m) in spec.members.iter().enumerate() {

@@ -1,0 +1,72 @@
+//! A link's scope and its members' roles: what they allow, and the specs in which they
+//! make no sense (checked with the rest of the spec by `validate`).
+
+use crate::model::members::Labels;
+use crate::model::spec::{ChannelKind, IpcLink, IpcLinkSpec, Role, Scope};
+use crate::model::validate::Problem;
+
+/// Whether a pod with `labels` gets a read-only mount: every member that selects it is a
+/// client. A pod that a client and another member both select gets what the other
+/// member allows (roles add rights, never take them away).
+pub fn mounts_read_only(link: &IpcLink, labels: &(impl Labels + ?Sized)) -> bool {
+    let mut selecting = link.spec.members.iter().filter(|m| {
+        m.pod_selector
+            .as_ref()
+            .is_some_and(|s| crate::model::members::selects(s, labels))
+    });
+    let mut any = false;
+    let all_clients = selecting.all(|m| {
+        any = true;
+        m.role == Some(Role::Client)
+    });
+    any && all_clients
+}
+
+/// The problems of `spec`'s scope and roles, pushed to `problems`.
+pub(crate) fn check(spec: &IpcLinkSpec, problems: &mut Vec<Problem>) {
+    if spec.scope == Scope::Node && spec.claim.is_some() {
+        problems.push(Problem::new(
+            "spec.claim",
+            "a node-scoped link (scope: Node) has an instance on every node where a member mounts it, and no claim: remove claim, or use scope: Link",
+        ));
+    }
+    let is_client = |name: &str| {
+        spec.members
+            .iter()
+            .any(|m| m.name == name && m.role == Some(Role::Client))
+    };
+    for (i, c) in spec.channels.iter().enumerate() {
+        // A client's mount is read-only: it opens FIFOs either way and connects to
+        // sockets, but cannot open a regular file for writing (EROFS), and a queue is
+        // one both ways.
+        let lists: &[(&Vec<String>, &str)] = match c.kind {
+            ChannelKind::Shm => &[(&c.writers, "writers")],
+            ChannelKind::Queue => &[(&c.writers, "writers"), (&c.readers, "readers")],
+            ChannelKind::Fifo | ChannelKind::Socket => &[],
+        };
+        for (list, what) in lists {
+            for (j, who) in list.iter().enumerate() {
+                if is_client(who) {
+                    problems.push(Problem::new(
+                        format!("spec.channels[{i}].{what}[{j}]"),
+                        format!(
+                            "member {who:?} is a client (role: client), mounted read-only, so it cannot open {} channel {:?} for writing; give it no role (read-write) or take it off this list",
+                            c.kind.as_str(),
+                            c.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    let selecting = || spec.members.iter().filter(|m| m.pod_selector.is_some());
+    if spec.allow_create
+        && selecting().next().is_some()
+        && selecting().all(|m| m.role == Some(Role::Client))
+    {
+        problems.push(Problem::new(
+            "spec.allowCreate",
+            "every member that selects pods is a client (role: client), mounted read-only, so no pod could create an object: give the member that creates them role: server, or set allowCreate: false",
+        ));
+    }
+}
