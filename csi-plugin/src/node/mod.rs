@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 use ipclink_core::model::members::{has_pod_selectors, members_of};
 use ipclink_core::model::names::check_dns_subdomain;
 use ipclink_core::model::names::{TOPOLOGY_KEY, topology_value};
+use ipclink_core::model::roles::mounts_read_only;
+use ipclink_core::model::spec::Scope;
 use ipclink_core::{InProcess, LinkKey, LinkPlan, Preallocate, StorageMode, Store};
 use nix::sys::statvfs::statvfs;
 use serde::{Deserialize, Serialize};
@@ -42,8 +44,12 @@ pub struct Publication {
     pub namespace: String,
     /// Link name.
     pub link: String,
-    /// Published read-only.
+    /// Published read-only, as the CO asked.
     pub readonly: bool,
+    /// Mounted read-only whatever the CO asked: the pod is a client of the link (every
+    /// member that selects it has `role: client`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client: bool,
     /// The pod it was published to (`podInfoOnMount`), when the CO said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
@@ -287,6 +293,7 @@ impl NodePlugin {
             namespace: namespace.clone(),
             link: link_name.clone(),
             readonly: req.readonly,
+            client: false,
             pod: ctx.get(ids::POD_NAME).cloned(),
             pod_uid: ctx.get(ids::POD_UID).cloned(),
         };
@@ -301,6 +308,7 @@ impl NodePlugin {
 
         let pod = ctx.get(ids::POD_NAME).map(String::as_str);
         let snapshot = self.source.lookup(&namespace, &link_name, pod).await?;
+        let mut publication = publication;
         let (link, plan) = snapshot.link(&namespace, &link_name)?;
         if !has_pod_selectors(link) && !self.source.opens_selectorless_links() {
             return Err(CsiError::Denied(format!(
@@ -321,10 +329,14 @@ impl NodePlugin {
                     "pod {namespace}/{pod} is not selected by any member of link {namespace}/{link_name}"
                 )));
             }
+            publication.client = mounts_read_only(link, labels);
         }
         // In a cluster, a link lives on one node at a time: claim it for this one
-        // before anything is materialized here.
-        if let LinkSource::Kube(k) = &self.source {
+        // before anything is materialized here. A node-scoped link has an instance on
+        // every node that mounts it, and no claim.
+        if let LinkSource::Kube(k) = &self.source
+            && link.spec.scope == Scope::Link
+        {
             k.claim(link, &self.node_id).await?;
         }
         let (plan, target) = (plan.clone(), req.target_path.clone());
@@ -373,6 +385,10 @@ impl NodePlugin {
             // Rebuilt from mountinfo after a lost state file: the id comes back now.
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(q) = state.by_target.get_mut(target) {
+                // Mountinfo shows a read-only mount, not why: one the CO did not ask
+                // for is a client's.
+                q.client = q.readonly && !asked.readonly;
+                q.readonly = asked.readonly;
                 q.volume_id = asked.volume_id.clone();
                 q.pod = asked.pod.clone();
                 q.pod_uid = asked.pod_uid.clone();
@@ -456,7 +472,12 @@ impl NodePlugin {
             .store
             .open_link(&plan.namespace, &plan.name)
             .map_err(|e| errno("open link", e))?;
-        target::bind(&link_fd, checked, Path::new(target), publication.readonly)?;
+        target::bind(
+            &link_fd,
+            checked,
+            Path::new(target),
+            publication.readonly || publication.client,
+        )?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         self.records.put(target, &publication)?;
         state.by_target.insert(target.to_owned(), publication);

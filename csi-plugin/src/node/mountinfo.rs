@@ -46,6 +46,7 @@ pub(super) fn rebuild_from_mountinfo(links_dir: &Path) -> Publications {
                     namespace: key.namespace.clone(),
                     link: key.name.clone(),
                     readonly: f[5].split(',').any(|o| o == "ro"),
+                    client: false,
                     pod: None,
                     pod_uid: None,
                 },

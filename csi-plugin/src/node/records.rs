@@ -219,6 +219,7 @@ mod tests {
             namespace: "ns".to_owned(),
             link: "l".to_owned(),
             readonly: false,
+            client: false,
             pod: None,
             pod_uid: None,
         }

@@ -1,0 +1,200 @@
+//! Member roles against the node plugin (a real process, links from a directory): a
+//! client's publication is a read-only mount whatever the CO asks, through which a pod
+//! connects to the server's socket, reads its region and opens a FIFO, while creating,
+//! removing, renaming, binding and writing a region are refused with EROFS and leave the
+//! link as it was; the server's publication is read-write.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Plugin, connect, ephemeral, require_root, rt};
+use ipclink_csi::csi::node_client::NodeClient;
+use ipclink_testkit::{describe, require_tool, spawn_pod_as, wait_with_timeout};
+
+const PYTHON: &str = "/usr/bin/python3";
+
+const LINK: &str = r#"apiVersion: ipclink.dev/v1alpha1
+kind: IpcLink
+metadata: { name: agent, namespace: agents }
+spec:
+  scope: Node
+  sizeLimit: 1Mi
+  owner: { uid: 1000, gid: 1000 }
+  members:
+    - { name: agent, role: server, podSelector: { matchLabels: { app: agent } } }
+    - { name: apps, role: client, podSelector: { matchLabels: { app: client } } }
+  channels:
+    # World-writable and sticky: only the read-only mount stops a client binding here.
+    - { name: api, kind: socket, mode: "1777" }
+    - { name: table, kind: shm, size: 64Ki, mode: "0666", writers: [agent], readers: [apps] }
+    - { name: events, kind: fifo, mode: "0666", writers: [apps], readers: [agent] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: agent-0, namespace: agents, labels: { app: agent } }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: client-0, namespace: agents, labels: { app: client } }
+"#;
+
+/// The agent: binds its socket (made connectable by every uid), writes its region,
+/// answers one connection, then holds the FIFO's read end until the client wrote.
+const AGENT: &str = r#"
+import os, socket, mmap
+with open("/dev/shm/table", "r+b") as f:
+    m = mmap.mmap(f.fileno(), 0)
+    m[:13] = b"agent's table"
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind("/dev/shm/api/agent.sock")
+os.chmod("/dev/shm/api/agent.sock", 0o666)
+s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+c.sendall(b"hello")
+c.close()
+fd = os.open("/dev/shm/events", os.O_RDONLY)
+print("fifo:", os.read(fd, 64).decode(), flush=True)
+"#;
+
+/// The client: what its read-only mount allows and refuses, one line each.
+const CLIENT: &str = r#"
+import errno, os, socket, mmap, time
+while not os.path.exists("/dev/shm/api/agent.sock"):
+    time.sleep(0.05)
+def attempt(what, action):
+    try:
+        print(what, "allowed", action(), flush=True)
+    except OSError as e:
+        print(what, "refused", errno.errorcode.get(e.errno, e.errno), flush=True)
+def connect():
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.connect("/dev/shm/api/agent.sock")
+        return c.recv(16).decode()
+def read_table():
+    with open("/dev/shm/table", "rb") as f:
+        return mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)[:13].decode()
+def bind():
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind("/dev/shm/api/fake.sock")
+def fifo():
+    fd = os.open("/dev/shm/events", os.O_WRONLY)
+    os.write(fd, b"from the client")
+    os.close(fd)
+attempt("connect", connect)
+attempt("read-table", read_table)
+attempt("write-fifo", fifo)
+attempt("create", lambda: open("/dev/shm/mine", "x").close())
+attempt("create-in-channel", lambda: open("/dev/shm/api/mine", "x").close())
+attempt("unlink", lambda: os.unlink("/dev/shm/api/agent.sock"))
+attempt("rename", lambda: os.rename("/dev/shm/api/agent.sock", "/dev/shm/api/moved"))
+attempt("bind", bind)
+attempt("write-table", lambda: open("/dev/shm/table", "r+b").close())
+attempt("mkdir", lambda: os.mkdir("/dev/shm/api/d"))
+"#;
+
+/// Every name under `dir`, one level into each directory.
+fn tree(dir: &Path) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for e in std::fs::read_dir(dir).expect("list").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            for inner in std::fs::read_dir(e.path()).expect("list").flatten() {
+                names.insert(format!("{name}/{}", inner.file_name().to_string_lossy()));
+            }
+        }
+        names.insert(name);
+    }
+    names
+}
+
+/// The mount options of the mount at `target`, from this process's mountinfo.
+fn mount_options(target: &Path) -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let target = target.to_str().expect("utf-8");
+    info.lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .filter(|f| f.len() > 5 && f[4] == target)
+        .map(|f| f[5].to_owned())
+        .next_back()
+        .unwrap_or_else(|| panic!("{target} is not mounted"))
+}
+
+#[test]
+fn a_client_connects_and_reads_through_a_read_only_mount_and_changes_nothing() {
+    require_root();
+    require_tool(PYTHON);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = common::Unmounter(dir.path().to_path_buf());
+    let links = dir.path().join("links");
+    std::fs::create_dir(&links).expect("links dir");
+    std::fs::write(links.join("link.yaml"), LINK).expect("link file");
+    let node = Plugin::start("node", &dir.path().join("plugin"), &links, &[]);
+    let pods = dir.path().join("pods");
+    std::fs::create_dir(&pods).expect("pods dir");
+    let (agent, client) = (pods.join("agent"), pods.join("client"));
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&node.socket).await);
+        for (id, target, pod) in [("va", &agent, "agent-0"), ("vc", &client, "client-0")] {
+            // The CO asks read-write for both.
+            let req = ephemeral(id, target, "agents", pod, "agent");
+            c.node_publish_volume(req.clone())
+                .await
+                .unwrap_or_else(|s| panic!("{pod}: {s:?}\n{}", node.log()));
+            // Asked again as before: the same publication, not a conflict.
+            c.node_publish_volume(req)
+                .await
+                .unwrap_or_else(|s| panic!("{pod} again: {s:?}"));
+        }
+    });
+    let ro = |o: &str| o.split(',').any(|x| x == "ro");
+    assert!(
+        !ro(&mount_options(&agent)),
+        "the server's mount is read-only"
+    );
+    assert!(
+        ro(&mount_options(&client)),
+        "the client's mount is read-write"
+    );
+
+    let server = spawn_pod_as(&agent, 1000, 1000, Path::new(PYTHON), &["-c", AGENT]);
+    let instance = dir.path().join("plugin/node-state/links/agents/agent");
+    for _ in 0..600 {
+        if instance.join("api/agent.sock").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = tree(&instance);
+    assert!(before.contains("api/agent.sock"), "{before:?}");
+    // Another uid than the agent's: only the mount stops it in the world-writable
+    // channel.
+    let out = wait_with_timeout(
+        spawn_pod_as(&client, 2000, 2000, Path::new(PYTHON), &["-c", CLIENT]),
+        Duration::from_secs(60),
+    );
+    let said = describe(&out);
+    for line in [
+        "connect allowed hello",
+        "read-table allowed agent's table",
+        "write-fifo allowed",
+        "create refused EROFS",
+        "create-in-channel refused EROFS",
+        "unlink refused EROFS",
+        "rename refused EROFS",
+        "bind refused EROFS",
+        "write-table refused EROFS",
+        "mkdir refused EROFS",
+    ] {
+        assert!(said.contains(line), "no {line:?} from the client:\n{said}");
+    }
+    let agent_out = describe(&wait_with_timeout(server, Duration::from_secs(30)));
+    assert!(
+        agent_out.contains("fifo: from the client"),
+        "the agent did not read the client's FIFO write:\n{agent_out}"
+    );
+    assert_eq!(tree(&instance), before, "the client changed the link");
+}
