@@ -22,6 +22,9 @@ struct Expect {
     member_count: Option<i32>,
     #[serde(default, rename = "channelCount")]
     channel_count: Option<i32>,
+    /// A node-scoped link's rows per node (also: no `node`).
+    #[serde(default)]
+    nodes: Option<Vec<ipclink_core::model::spec::NodeInstance>>,
     #[serde(default)]
     conditions: BTreeMap<String, ExpectCondition>,
     events: Vec<String>,
@@ -72,6 +75,18 @@ fn run(file: &str) {
     assert_eq!(phase, expect.phase, "{file}: phase; status {status:#?}");
     if expect.node.is_some() {
         assert_eq!(status.node, expect.node, "{file}: node");
+    }
+    if let Some(nodes) = &expect.nodes {
+        assert_eq!(&status.nodes, nodes, "{file}: nodes");
+        assert_eq!(
+            status.node_count,
+            Some(nodes.len() as i32),
+            "{file}: nodeCount"
+        );
+        assert_eq!(
+            status.node, None,
+            "{file}: a node-scoped link has no one node"
+        );
     }
     if let Some(n) = expect.member_count {
         assert_eq!(status.member_count, Some(n), "{file}: memberCount");
@@ -138,6 +153,11 @@ fn members_mounted_on_one_node_with_fitting_identities_are_ready() {
 #[test]
 fn members_on_two_nodes_are_not_scheduled() {
     run("split-nodes.yaml");
+}
+
+#[test]
+fn a_node_scoped_link_with_members_on_two_nodes_is_ready() {
+    run("node-scoped.yaml");
 }
 
 #[test]

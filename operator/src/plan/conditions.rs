@@ -77,6 +77,8 @@ pub enum Reason {
     MembersOnDifferentNodes,
     /// Scheduled=Unknown: no member pod has a node yet.
     NoMemberScheduled,
+    /// Scheduled=True for a node-scoped link: members on any nodes, an instance on each.
+    NodeScoped,
     /// MembersReady=True.
     AllMembersMounted,
     /// MembersReady=False.
@@ -123,6 +125,7 @@ impl Reason {
             Reason::OneNode => "OneNode",
             Reason::MembersOnDifferentNodes => "MembersOnDifferentNodes",
             Reason::NoMemberScheduled => "NoMemberScheduled",
+            Reason::NodeScoped => "NodeScoped",
             Reason::AllMembersMounted => "AllMembersMounted",
             Reason::MembersNotMounted => "MembersNotMounted",
             Reason::NoMembers => "NoMembers",

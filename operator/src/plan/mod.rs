@@ -8,13 +8,17 @@ pub mod permissions;
 
 use std::collections::{BTreeMap, HashMap};
 
-use ipclink_core::model::spec::{IpcLinkStatus, MemberStatus, Phase};
+use ipclink_core::model::spec::{IpcLinkStatus, MemberStatus, NodeInstance, Phase, Scope};
 use ipclink_core::{IpcLink, LinkPlan, Problems};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::plan::conditions::{ConditionType, Reason, Truth, Verdict, bounded, to_condition};
 use crate::plan::observed::LinkDepths;
 use crate::pods::PodView;
+
+/// Most nodes a node-scoped link's status lists (`nodeCount` counts them all): a status
+/// stays well under the API server's object size on any cluster.
+pub const MAX_NODE_ROWS: usize = 256;
 
 /// What else the operator knows about a link when it plans.
 #[derive(Debug, Clone, Default)]
@@ -94,7 +98,16 @@ pub fn plan(
             ),
         ),
     };
-    let (node, scheduled) = scheduling(pods, observed.bound_node.as_deref());
+    let node_scoped = link.spec.scope == Scope::Node;
+    // A node-scoped link has one instance per node, each reporting its own figures (in
+    // its node's metrics and `kubectl ipclink top`): one status cannot hold them, so
+    // it shows none rather than whichever node answered last.
+    let observed_channels = observed.channels.as_ref().filter(|_| !node_scoped);
+    let (node, scheduled) = if node_scoped {
+        (None, spread(pods))
+    } else {
+        scheduling(pods, observed.bound_node.as_deref())
+    };
     let members_ready = members_ready(link, pods);
     let permissions = match validated {
         Ok(plan) => permissions::check(link, plan, pods),
@@ -132,7 +145,15 @@ pub fn plan(
     ];
     verdicts.push((
         ConditionType::SpecApplied,
-        spec_applied(validated, observed.channels.as_ref()),
+        if node_scoped && validated.is_ok() {
+            Verdict::new(
+                Truth::Unknown,
+                Reason::NotObserved,
+                "scope: Node: each node's instance applies the spec when a member mounts it there; see each node's metrics",
+            )
+        } else {
+            spec_applied(validated, observed_channels)
+        },
     ));
     if terminating {
         verdicts.push((ConditionType::Terminating, deletion(pods)));
@@ -155,22 +176,28 @@ pub fn plan(
         .collect();
     members.sort_by(|a, b| (&a.member, &a.pod).cmp(&(&b.member, &b.pod)));
     let channel_count = (link.spec.channels.len() + link.spec.semaphores.len()) as i32;
+    let mut nodes = if node_scoped {
+        instances(pods)
+    } else {
+        Vec::new()
+    };
+    let node_count = node_scoped.then_some(nodes.len() as i32);
+    nodes.truncate(MAX_NODE_ROWS);
     let status = IpcLinkStatus {
         phase: Some(phase),
         node,
+        node_count,
+        nodes,
         conditions,
         member_count: Some(pods.len() as i32),
         members,
-        channels: observed
-            .channels
-            .as_ref()
-            .map_or(old.channels.clone(), |d| d.channels.clone()),
-        created_objects: observed.channels.as_ref().map_or(old.created_objects, |d| {
+        channels: observed_channels.map_or(old.channels.clone(), |d| d.channels.clone()),
+        created_objects: observed_channels.map_or(old.created_objects, |d| {
             (d.created > 0).then_some(d.created)
         }),
         // Figures the status already shows keep their stamp: a restarted or new leader
         // observes them afresh, and would otherwise rewrite every link.
-        depths_observed_time: match &observed.channels {
+        depths_observed_time: match observed_channels {
             Some(d)
                 if !(old.depths_observed_time.is_some()
                     && d.channels == old.channels
@@ -181,10 +208,7 @@ pub fn plan(
             }
             _ => old.depths_observed_time.clone(),
         },
-        depths_stale: observed
-            .channels
-            .as_ref()
-            .map_or(old.depths_stale, |d| d.stale),
+        depths_stale: observed_channels.map_or(old.depths_stale, |d| d.stale),
         channel_count: Some(channel_count),
         observed_generation: generation,
     };
@@ -195,13 +219,7 @@ pub fn plan(
 /// The Ready condition, from the phase and the conditions it sums up.
 fn readiness(phase: Phase, node: Option<&str>, parts: &[(ConditionType, &Verdict)]) -> Verdict {
     let reason = match phase {
-        Phase::Ready => {
-            return Verdict::new(
-                Truth::True,
-                Reason::Ready,
-                format!("every member is mounted on node {}", node.unwrap_or("?")),
-            );
-        }
+        Phase::Ready => return Verdict::new(Truth::True, Reason::Ready, ready_message(node)),
         Phase::Pending => Reason::Pending,
         Phase::Degraded => Reason::Degraded,
         Phase::Invalid => Reason::Invalid,
@@ -216,6 +234,54 @@ fn readiness(phase: Phase, node: Option<&str>, parts: &[(ConditionType, &Verdict
         why.insert(0, "the link is being deleted".into());
     }
     Verdict::new(Truth::False, reason, why.join("; "))
+}
+
+/// What Ready=True says: where the members have the link (a node-scoped link has no one
+/// node).
+fn ready_message(node: Option<&str>) -> String {
+    match node {
+        Some(node) => format!("every member is mounted on node {node}"),
+        None => "every member is mounted, each on its own node's instance".to_owned(),
+    }
+}
+
+/// The Scheduled condition of a node-scoped link: members may run on any node, each
+/// node with its own instance; nothing is wrong until no member is on a node.
+fn spread(pods: &[PodView]) -> Verdict {
+    let nodes: std::collections::BTreeSet<&str> =
+        pods.iter().filter_map(|p| p.node.as_deref()).collect();
+    if nodes.is_empty() {
+        return Verdict::new(
+            Truth::Unknown,
+            Reason::NoMemberScheduled,
+            "no member pod is bound to a node yet",
+        );
+    }
+    let placed = pods.iter().filter(|p| p.node.is_some()).count();
+    Verdict::new(
+        Truth::True,
+        Reason::NodeScoped,
+        format!(
+            "{placed} member pods on {} nodes (scope: Node: each node holds its own instance)",
+            nodes.len()
+        ),
+    )
+}
+
+/// The member pods of a node-scoped link per node, sorted by node.
+fn instances(pods: &[PodView]) -> Vec<NodeInstance> {
+    let mut by_node: BTreeMap<&str, NodeInstance> = BTreeMap::new();
+    for p in pods {
+        if let Some(n) = p.node.as_deref() {
+            let e = by_node.entry(n).or_insert_with(|| NodeInstance {
+                node: n.to_owned(),
+                ..NodeInstance::default()
+            });
+            e.members += 1;
+            e.mounted += i32::from(p.mounted);
+        }
+    }
+    by_node.into_values().collect()
 }
 
 /// The Terminating condition: deletion waits until no member has the link mounted.
@@ -410,10 +476,7 @@ fn notes(
         notes.push(Note {
             warning: false,
             reason: Reason::Ready,
-            message: format!(
-                "every member is mounted on node {}",
-                new.node.as_deref().unwrap_or("?")
-            ),
+            message: ready_message(new.node.as_deref()),
         });
     }
     notes
