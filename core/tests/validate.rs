@@ -414,6 +414,13 @@ pub fn scope_and_role_cases() -> Vec<(&'static str, String, &'static str)> {
             "spec.channels[0].readers[0]: member \"app\" is a client",
         ),
         (
+            "client binds in a socket channel",
+            with(
+                "  channels:\n    - { name: api, kind: socket, readers: [app], writers: [agent] }\n",
+            ),
+            "spec.channels[0].readers[0]: member \"app\" is a client (role: client), mounted read-only, so it cannot bind a socket in",
+        ),
+        (
             "only clients may create",
             doc(
                 "ok",

@@ -43,11 +43,29 @@ pub fn verbs(bits: u32) -> String {
 /// readers and no writers. Semaphores are opened read-write by every libc. A socket
 /// channel's readers are its servers, as the holder probe sees them (they bind and
 /// listen: write and search on the directory), its writers the clients that connect
-/// (search).
+/// (search). A client member (`role: client`) needs only what its read-only mount can
+/// use.
 pub fn needs(link: &IpcLink, object: &ObjectPlan, member: &str) -> u32 {
+    let client = crate::model::roles::is_client(link, member);
     let Some(channel) = link.spec.channels.iter().find(|c| c.name == object.name) else {
-        return READ | WRITE; // a semaphore
+        // A semaphore; a client's read-only mount cannot open one at all.
+        return if client { 0 } else { READ | WRITE };
     };
+    if client {
+        // What a read-only mount can use: connect to sockets (search), read regions,
+        // both ends of FIFOs; never a queue.
+        return match channel.kind {
+            ChannelKind::Queue => 0,
+            ChannelKind::Socket => SEARCH,
+            ChannelKind::Shm => READ,
+            ChannelKind::Fifo => needs_declared(channel, member) & (READ | WRITE),
+        };
+    }
+    needs_declared(channel, member)
+}
+
+/// What `member` needs on `channel` by its readers and writers lists.
+fn needs_declared(channel: &crate::Channel, member: &str) -> u32 {
     let reads = channel.readers.iter().any(|r| r == member);
     let writes = channel.writers.iter().any(|w| w == member);
     let undeclared = channel.readers.is_empty() && channel.writers.is_empty();

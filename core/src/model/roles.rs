@@ -5,6 +5,24 @@ use crate::model::members::Labels;
 use crate::model::spec::{ChannelKind, IpcLink, IpcLinkSpec, Role, Scope};
 use crate::model::validate::Problem;
 
+/// Whether member `name` of `link` is a client (mounted read-only).
+pub fn is_client(link: &IpcLink, name: &str) -> bool {
+    link.spec
+        .members
+        .iter()
+        .any(|m| m.name == name && m.role == Some(Role::Client))
+}
+
+/// Whether a server member of `link` selects a pod with `labels`.
+pub fn serves(link: &IpcLink, labels: &(impl Labels + ?Sized)) -> bool {
+    link.spec.members.iter().any(|m| {
+        m.role == Some(Role::Server)
+            && m.pod_selector
+                .as_ref()
+                .is_some_and(|s| crate::model::members::selects(s, labels))
+    })
+}
+
 /// Whether a pod with `labels` gets a read-only mount: every member that selects it is a
 /// client. A pod that a client and another member both select gets what the other
 /// member allows (roles add rights, never take them away).
@@ -37,12 +55,18 @@ pub(crate) fn check(spec: &IpcLinkSpec, problems: &mut Vec<Problem>) {
     };
     for (i, c) in spec.channels.iter().enumerate() {
         // A client's mount is read-only: it opens FIFOs either way and connects to
-        // sockets, but cannot open a regular file for writing (EROFS), and a queue is
-        // one both ways.
+        // sockets, but cannot open a regular file for writing or bind (EROFS), and a
+        // queue is written both ways.
+        // A socket channel's readers are its servers: they bind in it.
         let lists: &[(&Vec<String>, &str)] = match c.kind {
             ChannelKind::Shm => &[(&c.writers, "writers")],
             ChannelKind::Queue => &[(&c.writers, "writers"), (&c.readers, "readers")],
-            ChannelKind::Fifo | ChannelKind::Socket => &[],
+            ChannelKind::Socket => &[(&c.readers, "readers")],
+            ChannelKind::Fifo => &[],
+        };
+        let cannot = match c.kind {
+            ChannelKind::Socket => "bind a socket in",
+            _ => "open for writing",
         };
         for (list, what) in lists {
             for (j, who) in list.iter().enumerate() {
@@ -50,7 +74,7 @@ pub(crate) fn check(spec: &IpcLinkSpec, problems: &mut Vec<Problem>) {
                     problems.push(Problem::new(
                         format!("spec.channels[{i}].{what}[{j}]"),
                         format!(
-                            "member {who:?} is a client (role: client), mounted read-only, so it cannot open {} channel {:?} for writing; give it no role (read-write) or take it off this list",
+                            "member {who:?} is a client (role: client), mounted read-only, so it cannot {cannot} {} channel {:?}; give it no role (read-write) or take it off this list",
                             c.kind.as_str(),
                             c.name
                         ),

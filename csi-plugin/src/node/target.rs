@@ -122,6 +122,16 @@ pub fn bind(link: &OwnedFd, target: Target, path: &Path, readonly: bool) -> Resu
         // state write), otherwise something else that is left alone.
         let here = fstat(tfd.as_fd()).map_err(|e| errno("stat", e))?.st_dev;
         if here == fstat(link.as_fd()).map_err(|e| errno("stat", e))?.st_dev {
+            let ro = nix::sys::statvfs::fstatvfs(&tfd)
+                .map_err(|e| errno("statvfs", e))?
+                .flags()
+                .contains(nix::sys::statvfs::FsFlags::ST_RDONLY);
+            if readonly && !ro {
+                return Err(CsiError::Precondition(format!(
+                    "{} holds this link read-write, and this publication must be read-only; unpublish it first",
+                    path.display()
+                )));
+            }
             return Ok(());
         }
         return Err(CsiError::Precondition(format!(
@@ -132,6 +142,9 @@ pub fn bind(link: &OwnedFd, target: Target, path: &Path, readonly: bool) -> Resu
     // One mount per publication, never recursive: nothing is mounted below a link's
     // root (ownership, not mounts, guards declared objects: ipclink_core::store::ownership),
     // and the pins of links ipclink 0.1 made are not copied into pods.
+    if readonly {
+        return bind_read_only(link, &tfd);
+    }
     mount(
         Some(magic(link).as_str()),
         magic(&tfd).as_str(),
@@ -140,27 +153,99 @@ pub fn bind(link: &OwnedFd, target: Target, path: &Path, readonly: bool) -> Resu
         None::<&str>,
     )
     .map_err(|e| errno("bind mount", e))?;
-    // The bind copies the flags of the link's tmpfs mount (nosuid, nodev, noexec); only
-    // read-only needs a remount, of the new mount, reached by opening the target again.
-    if readonly {
-        let mounted = open_target(&parent, &name)?
-            .ok_or_else(|| CsiError::Internal(format!("{} vanished", path.display())))?;
-        let flags = MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV
-            | MsFlags::MS_NOEXEC;
-        if let Err(e) = mount(
-            None::<&str>,
-            magic(&mounted).as_str(),
-            None::<&str>,
-            flags,
-            None::<&str>,
-        ) {
-            let _ = umount2(magic(&mounted).as_str(), MntFlags::MNT_DETACH);
-            return Err(errno("remount read-only", e));
-        }
+    // The bind copies the flags of the link's tmpfs mount (nosuid, nodev, noexec).
+    Ok(())
+}
+
+/// The new mount API's flags and attributes (linux/mount.h).
+mod api {
+    pub const OPEN_TREE_CLONE: u32 = 1;
+    pub const AT_EMPTY_PATH: u32 = 0x1000;
+    pub const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+    pub const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
+    pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+    pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+    /// `struct mount_attr`.
+    #[repr(C)]
+    pub struct MountAttr {
+        pub attr_set: u64,
+        pub attr_clr: u64,
+        pub propagation: u64,
+        pub userns_fd: u64,
+    }
+}
+
+/// Mounts a read-only clone of the link at the target directory `tfd`: the clone is made
+/// read-only while detached, then moved into place, so it is read-only from its first
+/// moment everywhere it propagates (the kubelet's and the runtime's mount namespaces). A
+/// bind remounted read-only afterwards would be read-only only in this mount namespace:
+/// a remount does not propagate, and a container would get the link read-write.
+#[allow(unsafe_code)]
+fn bind_read_only(link: &OwnedFd, tfd: &OwnedFd) -> Result<(), CsiError> {
+    use std::os::fd::FromRawFd;
+    let empty = c"";
+    // SAFETY: open_tree(2) with a valid descriptor and an empty C string; it returns a
+    // new descriptor this function then owns, or -1.
+    let tree = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_open_tree,
+            link.as_raw_fd(),
+            empty.as_ptr(),
+            api::OPEN_TREE_CLONE | api::AT_EMPTY_PATH | nix::libc::O_CLOEXEC as u32,
+        )
+    };
+    if tree < 0 {
+        return Err(errno(
+            "open_tree (read-only mounts need Linux 5.12 or later)",
+            Errno::last(),
+        ));
+    }
+    // SAFETY: `tree` is the new descriptor open_tree returned.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    let attr = api::MountAttr {
+        attr_set: api::MOUNT_ATTR_RDONLY
+            | api::MOUNT_ATTR_NOSUID
+            | api::MOUNT_ATTR_NODEV
+            | api::MOUNT_ATTR_NOEXEC,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr(2) on the detached tree with a valid attribute struct of the
+    // size passed.
+    let set = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            api::AT_EMPTY_PATH,
+            &attr as *const api::MountAttr,
+            std::mem::size_of::<api::MountAttr>(),
+        )
+    };
+    if set < 0 {
+        return Err(errno(
+            "mount_setattr (read-only mounts need Linux 5.12 or later)",
+            Errno::last(),
+        ));
+    }
+    // SAFETY: move_mount(2) of the detached tree onto the target directory, both valid
+    // descriptors, with empty C strings for their paths.
+    let moved = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            tfd.as_raw_fd(),
+            empty.as_ptr(),
+            api::MOVE_MOUNT_F_EMPTY_PATH | api::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if moved < 0 {
+        return Err(errno("move_mount", Errno::last()));
     }
     Ok(())
 }
