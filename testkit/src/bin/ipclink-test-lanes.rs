@@ -549,7 +549,18 @@ mod tests {
             executable: script.clone(),
             package_dir: std::env::temp_dir(),
         };
-        let (passed, text) = run_to_file(&binary, None).expect("run");
+        // Another test's fork can hold the script's write descriptor for a moment (until
+        // its child execs): the kernel then refuses to run it (ETXTBSY); try again.
+        let mut tries = 0;
+        let (passed, text) = loop {
+            match run_to_file(&binary, None) {
+                Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.expect("run"),
+            }
+        };
         let _ = std::fs::remove_file(&script);
         assert!(!passed, "{text}");
         assert!(text.contains("exit: exit status: 3"), "{text}");
