@@ -24,6 +24,11 @@ pub const TMP_PREFIX: &str = ".ipclink-tmp-";
 /// A DNS label never starts with a dot, so it cannot clash with a declared object.
 pub const PRIVATE_DIR: &str = ".ipclink";
 
+/// The socket in the root of a link with a server member on which the node plugin tells
+/// that server which pod is on the other end of a connection (`ipclink-csi`'s
+/// `node::peer`). Not a DNS label either.
+pub const PEER_SOCKET: &str = ".ipclink-peer";
+
 /// Why [`remove_tree_at`] stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoveError {

@@ -2,7 +2,9 @@
 //! client's publication is a read-only mount whatever the CO asks, through which a pod
 //! connects to the server's socket, reads its region and opens a FIFO, while creating,
 //! removing, renaming, binding and writing a region are refused with EROFS and leave the
-//! link as it was; the server's publication is read-write.
+//! link as it was; the server's publication is read-write. A server asks the node
+//! plugin which pod is on the other end of a connection it accepted, and nobody else
+//! may ask.
 
 mod common;
 
@@ -12,7 +14,10 @@ use std::time::Duration;
 
 use common::{Plugin, connect, ephemeral, require_root, rt};
 use ipclink_csi::csi::node_client::NodeClient;
-use ipclink_testkit::{describe, require_tool, spawn_pod_as, wait_with_timeout};
+use ipclink_csi::node::peer::MAX_CALLS;
+use ipclink_testkit::{
+    describe, require_tool, spawn_pod_as, spawn_pod_as_in_cgroup, wait_with_timeout,
+};
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -197,4 +202,216 @@ fn a_client_connects_and_reads_through_a_read_only_mount_and_changes_nothing() {
         "the agent did not read the client's FIFO write:\n{agent_out}"
     );
     assert_eq!(tree(&instance), before, "the client changed the link");
+}
+
+/// The agent asks who called, with the connection it accepted and with what it must
+/// not pass (a pipe, two descriptors, its listening socket, nothing).
+const ASKING_AGENT: &str = r#"
+import os, socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind("/dev/shm/api/agent.sock")
+os.chmod("/dev/shm/api/agent.sock", 0o666)
+s.listen(1)
+c, _ = s.accept()
+def ask(fds):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as p:
+        p.connect("/dev/shm/.ipclink-peer")
+        if fds:
+            socket.send_fds(p, [b"?"], fds)
+        else:
+            p.sendall(b"?")
+        return p.makefile().readline().strip()
+print("peer:", ask([c.fileno()]), flush=True)
+r, w = os.pipe()
+print("pipe:", ask([r]), flush=True)
+print("two:", ask([c.fileno(), c.fileno()]), flush=True)
+print("listener:", ask([s.fileno()]), flush=True)
+print("none:", ask([]), flush=True)
+# More descriptors than one (the kernel passes up to 253): refused, none kept.
+for _ in range(50):
+    many = ask([c.fileno()] * 3)
+print("three:", many, flush=True)
+print("many:", ask([c.fileno()] * 200), flush=True)
+c.sendall(b"bye")
+c.close()
+"#;
+
+/// The client connects to the agent and asks too, through its read-only mount.
+const ASKING_CLIENT: &str = r#"
+import os, socket, time
+while not os.path.exists("/dev/shm/api/agent.sock"):
+    time.sleep(0.05)
+with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+    c.connect("/dev/shm/api/agent.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as p:
+        p.connect("/dev/shm/.ipclink-peer")
+        # Told at once, before it sends anything.
+        print("client asks:", p.makefile().readline().strip(), flush=True)
+    print("agent says:", c.recv(16).decode(), flush=True)
+"#;
+
+/// A cgroup named as the kubelet names a pod's (`pod<UID>`), removed when dropped.
+struct PodCgroup(std::path::PathBuf);
+
+impl PodCgroup {
+    fn new(uid: &str) -> PodCgroup {
+        // The cgroup v2 hierarchy: the root, or `unified` on a hybrid layout.
+        let base = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .iter()
+            .map(Path::new)
+            .find(|p| p.join("cgroup.procs").exists())
+            .expect("a cgroup v2 hierarchy");
+        let dir = base
+            .join(format!("ipclink-roles-{}", std::process::id()))
+            .join(format!("pod{uid}"));
+        std::fs::create_dir_all(&dir).expect("pod cgroup");
+        PodCgroup(dir)
+    }
+    fn procs(&self) -> std::path::PathBuf {
+        self.0.join("cgroup.procs")
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+#[test]
+fn a_server_learns_which_pod_calls_and_nobody_else_may_ask() {
+    require_root();
+    require_tool(PYTHON);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _unmount = common::Unmounter(dir.path().to_path_buf());
+    let links = dir.path().join("links");
+    std::fs::create_dir(&links).expect("links dir");
+    std::fs::write(links.join("link.yaml"), LINK).expect("link file");
+    // The pods' cgroups here are only named as the kubelet names them: no memory
+    // cgroup to charge.
+    let node = Plugin::start(
+        "node",
+        &dir.path().join("plugin"),
+        &links,
+        &["--charge-memory", "plugin"],
+    );
+    let pods = dir.path().join("pods");
+    std::fs::create_dir(&pods).expect("pods dir");
+    let (agent, client) = (pods.join("agent"), pods.join("client"));
+    let (agent_uid, client_uid) = (
+        "11111111-2222-4333-8444-555555555555",
+        "66666666-7777-4888-8999-aaaaaaaaaaaa",
+    );
+    rt().block_on(async {
+        let mut c = NodeClient::new(connect(&node.socket).await);
+        for (id, target, pod, uid) in [
+            ("va", &agent, "agent-0", agent_uid),
+            ("vc", &client, "client-0", client_uid),
+        ] {
+            let mut req = ephemeral(id, target, "agents", pod, "agent");
+            req.volume_context
+                .insert("csi.storage.k8s.io/pod.uid".into(), uid.into());
+            c.node_publish_volume(req)
+                .await
+                .unwrap_or_else(|s| panic!("{pod}: {s:?}\n{}", node.log()));
+        }
+    });
+    let instance = dir.path().join("plugin/node-state/links/agents/agent");
+    let peer = instance.join(".ipclink-peer");
+    assert!(
+        peer.exists(),
+        "no peer socket in a link with a server member"
+    );
+    // Callers that connect and say nothing take the calls served at once (8); each is
+    // hung up on at its deadline, and the agent's calls below are answered after them.
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..3 * MAX_CALLS)
+        .map(|_| std::os::unix::net::UnixStream::connect(&peer).expect("idle caller"))
+        .collect();
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("the plugin's descriptors")
+            .count()
+    };
+    let plugin_pid = node.pid().expect("the plugin runs");
+    let fds_before = fds(plugin_pid);
+    let (agent_cg, client_cg) = (PodCgroup::new(agent_uid), PodCgroup::new(client_uid));
+    let server = spawn_pod_as_in_cgroup(
+        &agent_cg.procs(),
+        &agent,
+        1000,
+        1000,
+        Path::new(PYTHON),
+        &["-c", ASKING_AGENT],
+    );
+    let caller = spawn_pod_as_in_cgroup(
+        &client_cg.procs(),
+        &client,
+        2000,
+        2000,
+        Path::new(PYTHON),
+        &["-c", ASKING_CLIENT],
+    );
+    let said = describe(&wait_with_timeout(server, Duration::from_secs(60)));
+    let client_said = describe(&wait_with_timeout(caller, Duration::from_secs(60)));
+    let answer = |what: &str| -> serde_json::Value {
+        let line = said
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{what}: ")))
+            .unwrap_or_else(|| panic!("no {what:?} answer:\n{said}"));
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: {e}: {line}"))
+    };
+    assert_eq!(
+        answer("peer"),
+        serde_json::json!({"namespace": "agents", "pod": "client-0", "podUID": client_uid, "client": true}),
+        "{said}"
+    );
+    for (what, says) in [
+        ("pipe", "not a socket"),
+        ("two", "send exactly one descriptor"),
+        ("listener", "not a connected socket"),
+        ("none", "send exactly one descriptor"),
+        ("three", "send exactly one descriptor"),
+        ("many", "send exactly one descriptor"),
+    ] {
+        let e = answer(what)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            e.contains(says),
+            "{what}: {e:?} does not say {says:?}\n{said}"
+        );
+    }
+    assert!(
+        client_said.contains(
+            "client asks: {\"error\":\"only a pod that a server member (role: server) of link agents/agent selects"
+        ),
+        "a client was told who calls, or not why not:\n{client_said}"
+    );
+    assert!(client_said.contains("agent says: bye"), "{client_said}");
+    // A process in no pod (this test, root on the host) is refused too.
+    let stranger = std::process::Command::new(PYTHON)
+        .args(["-c", "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nprint(s.makefile().readline().strip())"])
+        .arg(&peer)
+        .output()
+        .expect("stranger");
+    let stranger = describe(&stranger);
+    assert!(stranger.contains("not in a pod"), "{stranger}");
+    // Each idle caller was hung up on, with why.
+    for mut c in idle {
+        let mut said = String::new();
+        std::io::Read::read_to_string(&mut c, &mut said).expect("idle caller's answer");
+        assert!(said.is_empty() || said.contains("error"), "{said}");
+    }
+    assert!(node.pid().is_some(), "the plugin exited:\n{}", node.log());
+    // The 10,150 descriptors sent in refused calls were all closed (a few may be the
+    // runtime's own).
+    let fds_after = fds(plugin_pid);
+    assert!(
+        fds_after <= fds_before + 4,
+        "the plugin kept descriptors: {fds_before} before, {fds_after} after"
+    );
 }

@@ -17,7 +17,9 @@ pub mod prometheus;
 mod scripts;
 
 pub use links::{LinkGuard, materialize, probe_records, serve_links, serve_records};
-pub use peers::{Libc, compile_peer, scratch_dir, spawn_pod, spawn_pod_as, spawn_pod_in};
+pub use peers::{
+    Libc, compile_peer, scratch_dir, spawn_pod, spawn_pod_as, spawn_pod_as_in_cgroup, spawn_pod_in,
+};
 pub use scripts::{
     doc_block, doc_script, path_with, repo_root, run_script, script_path, script_path_with,
 };

@@ -71,6 +71,29 @@ pub fn spawn_pod_as(link_dir: &Path, uid: u32, gid: u32, program: &Path, args: &
         .expect("starting a pod process with unshare")
 }
 
+/// [`spawn_pod_as`] with the process in the cgroup whose `cgroup.procs` is `procs`
+/// before it runs anything (as a container's processes are in their pod's cgroup).
+pub fn spawn_pod_as_in_cgroup(
+    procs: &Path,
+    link_dir: &Path,
+    uid: u32,
+    gid: u32,
+    program: &Path,
+    args: &[&str],
+) -> Child {
+    let pod = pod_command(None, link_dir, Some((uid, gid)), program, args);
+    Command::new("sh")
+        .args(["-c", r#"echo $$ > "$0" && exec "$@""#])
+        .arg(procs)
+        .arg(pod.get_program())
+        .args(pod.get_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting a pod process in a cgroup")
+}
+
 /// [`spawn_pod_as`] in the named network namespace `netns` (made with `ip netns add`)
 /// rather than a new one of its own: pods that can reach each other over a network.
 pub fn spawn_pod_in(

@@ -190,6 +190,67 @@ impl Store {
         })
     }
 
+    /// Binds a Unix socket of this process at `file` in the root of link
+    /// `namespace/name`: bound in the link's private directory under a name of its own,
+    /// made connectable by every member (0666: who may ask is the listener's to decide),
+    /// then renamed into place over what was there (the socket an earlier run left, or a
+    /// member's file; a member's directory there is first renamed aside, kept whole, as
+    /// for the private directory). `file` must not be a DNS label, so that it is never a
+    /// declared object's name.
+    pub fn bind_socket(
+        &self,
+        namespace: &str,
+        name: &str,
+        file: &str,
+    ) -> std::io::Result<std::os::unix::net::UnixListener> {
+        static BOUND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let lp = || self.link_path(namespace, name).display().to_string();
+        let link = self.open_link(namespace, name)?;
+        let private = self
+            .private_dir(link.as_fd(), lp)
+            .map_err(std::io::Error::other)?;
+        let n = BOUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = format!("bind-{}-{n}.sock", std::process::id());
+        match unlinkat(private.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Only this process writes in its private directory: the path has no symlink a
+        // member could have put there.
+        let path = format!("/proc/self/fd/{}/{tmp}", private.as_raw_fd());
+        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        let placed = std::fs::set_permissions(
+            &path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )
+        .and_then(|()| {
+            match nix::fcntl::renameat(private.as_fd(), tmp.as_str(), link.as_fd(), file) {
+                Err(Errno::EISDIR | Errno::ENOTEMPTY | Errno::EEXIST) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos());
+                    let aside = format!("{file}-member-{now:x}");
+                    renameat2(
+                        link.as_fd(),
+                        file,
+                        link.as_fd(),
+                        aside.as_str(),
+                        RenameFlags::RENAME_NOREPLACE,
+                    )?;
+                    tracing::warn!(link = %lp(), %aside, "a member had made a name ipclink keeps for itself: renamed its entry aside");
+                    nix::fcntl::renameat(private.as_fd(), tmp.as_str(), link.as_fd(), file)
+                }
+                r => r,
+            }
+            .map_err(std::io::Error::from)
+        });
+        if let Err(e) = placed {
+            let _ = unlinkat(private.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(e);
+        }
+        Ok(listener)
+    }
+
     /// Makes `obj` in `private` with its owner, mode and ACL ([`Ownership`]), then
     /// renames it into `link`: never over an existing name ([`Place::New`]), or in
     /// exchange for the entry a member made there ([`Place::Over`]), which is removed

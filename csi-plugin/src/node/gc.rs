@@ -35,6 +35,12 @@ impl NodePlugin {
         namespace: &str,
         name: &str,
     ) -> Result<bool, CsiError> {
+        if self.in_use(namespace, name) {
+            return Ok(false);
+        }
+        // Its socket and calls hold the tmpfs: closed before it goes (a publish that
+        // comes in meanwhile starts it again).
+        self.stop_peer_service(&LinkKey::new(namespace, name)).await;
         let (namespace, name) = (namespace.to_owned(), name.to_owned());
         self.blocking(move |p| {
             // Publishes hold this lock from materializing to recording: a publish that
@@ -103,6 +109,25 @@ impl NodePlugin {
         Ok(torn)
     }
 
+    /// Starts the peer service of a link in use whose spec has a server member, if it
+    /// does not run (after a restart of this plugin, or a failed start), and stops it
+    /// once the spec has none.
+    async fn keep_peer_service(self: &Arc<Self>, namespace: &str, name: &str) {
+        if !self.in_use(namespace, name) {
+            return;
+        }
+        let Ok(snapshot) = self.source.lookup(namespace, name, None).await else {
+            return;
+        };
+        match snapshot.link(namespace, name) {
+            Ok((link, _)) if super::has_server(link) => {
+                self.ensure_peer_service(namespace, name).await;
+            }
+            Ok(_) => self.stop_peer_service(&LinkKey::new(namespace, name)).await,
+            Err(_) => {}
+        }
+    }
+
     /// Tears down the links that no publication uses and that no longer exist: a link
     /// deleted after its last member left (its last unpublish kept it, as it still
     /// existed then). Returns the links removed.
@@ -124,7 +149,7 @@ impl NodePlugin {
                 }
                 Ok(false) => match self.teardown_if_unused(namespace, link).await {
                     Ok(true) => removed.push(plan.key()),
-                    Ok(false) => {}
+                    Ok(false) => self.keep_peer_service(namespace, link).await,
                     Err(e) => {
                         tracing::warn!(namespace, link, error = %e, "cannot free an unused link")
                     }

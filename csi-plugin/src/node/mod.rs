@@ -13,6 +13,7 @@ mod edits;
 mod gc;
 pub mod members;
 mod mountinfo;
+pub mod peer;
 mod records;
 mod target;
 
@@ -117,6 +118,14 @@ impl Default for NodeSettings {
     }
 }
 
+/// Whether `link` has a server member, whose pods may ask who calls ([`peer`]).
+fn has_server(link: &ipclink_core::IpcLink) -> bool {
+    link.spec
+        .members
+        .iter()
+        .any(|m| m.role == Some(ipclink_core::model::spec::Role::Server))
+}
+
 /// One link's lock: held while it is materialized, bound, unbound or torn down, with the
 /// plan this process materialized it with (unchanged plan: no work).
 type Slot = Arc<Mutex<Option<LinkPlan>>>;
@@ -141,6 +150,10 @@ pub struct NodePlugin {
     idle_since: Mutex<HashMap<LinkKey, std::time::Instant>>,
     /// Publications being made now, counted against `max_volumes`.
     in_flight: std::sync::atomic::AtomicUsize,
+    /// The peer services of links with a server member ([`peer`]).
+    peers: Mutex<peer::Services>,
+    /// Held while a peer service starts or stops.
+    peer_start: tokio::sync::Mutex<()>,
 }
 
 /// Releases a busy slot when a call ends.
@@ -191,6 +204,8 @@ impl NodePlugin {
             slots: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashMap::new()),
             idle_since: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            peer_start: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -339,6 +354,7 @@ impl NodePlugin {
         {
             k.claim(link, &self.node_id).await?;
         }
+        let serves = has_server(link);
         let (plan, target) = (plan.clone(), req.target_path.clone());
         let pod_uid = ctx.get(ids::POD_UID).cloned();
         let mounted = self
@@ -349,6 +365,9 @@ impl NodePlugin {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&LinkKey::new(&namespace, &link_name));
+            if serves {
+                self.ensure_peer_service(&namespace, &link_name).await;
+            }
         }
         if mounted.is_err()
             && let LinkSource::Kube(k) = &self.source

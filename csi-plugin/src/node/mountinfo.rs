@@ -46,7 +46,9 @@ pub(super) fn rebuild_from_mountinfo(links_dir: &Path) -> Publications {
                     namespace: key.namespace.clone(),
                     link: key.name.clone(),
                     readonly: f[5].split(',').any(|o| o == "ro"),
-                    client: false,
+                    // Until the next publish says: a read-only mount is taken for a
+                    // client's (which may not ask who calls).
+                    client: f[5].split(',').any(|o| o == "ro"),
                     pod: None,
                     pod_uid: None,
                 },
