@@ -128,8 +128,17 @@ fn mount_options(target: &Path) -> String {
         .unwrap_or_else(|| panic!("{target} is not mounted"))
 }
 
-#[test]
-fn a_client_connects_and_reads_through_a_read_only_mount_and_changes_nothing() {
+/// A node plugin (with `extra` flags) serving [`LINK`] from a directory, and the
+/// publish targets of the agent and the client pods.
+struct Fixture {
+    node: Plugin,
+    _unmount: common::Unmounter,
+    dir: tempfile::TempDir,
+    agent: std::path::PathBuf,
+    client: std::path::PathBuf,
+}
+
+fn fixture(extra: &[&str]) -> Fixture {
     require_root();
     require_tool(PYTHON);
     let dir = tempfile::tempdir().expect("temp dir");
@@ -137,10 +146,22 @@ fn a_client_connects_and_reads_through_a_read_only_mount_and_changes_nothing() {
     let links = dir.path().join("links");
     std::fs::create_dir(&links).expect("links dir");
     std::fs::write(links.join("link.yaml"), LINK).expect("link file");
-    let node = Plugin::start("node", &dir.path().join("plugin"), &links, &[]);
+    let node = Plugin::start("node", &dir.path().join("plugin"), &links, extra);
     let pods = dir.path().join("pods");
     std::fs::create_dir(&pods).expect("pods dir");
-    let (agent, client) = (pods.join("agent"), pods.join("client"));
+    Fixture {
+        node,
+        _unmount,
+        agent: pods.join("agent"),
+        client: pods.join("client"),
+        dir,
+    }
+}
+
+#[test]
+fn a_client_connects_and_reads_through_a_read_only_mount_and_changes_nothing() {
+    let f = fixture(&[]);
+    let (node, dir, agent, client) = (&f.node, &f.dir, &f.agent, &f.client);
     rt().block_on(async {
         let mut c = NodeClient::new(connect(&node.socket).await);
         for (id, target, pod) in [("va", &agent, "agent-0"), ("vc", &client, "client-0")] {
@@ -157,15 +178,15 @@ fn a_client_connects_and_reads_through_a_read_only_mount_and_changes_nothing() {
     });
     let ro = |o: &str| o.split(',').any(|x| x == "ro");
     assert!(
-        !ro(&mount_options(&agent)),
+        !ro(&mount_options(agent)),
         "the server's mount is read-only"
     );
     assert!(
-        ro(&mount_options(&client)),
+        ro(&mount_options(client)),
         "the client's mount is read-write"
     );
 
-    let server = spawn_pod_as(&agent, 1000, 1000, Path::new(PYTHON), &["-c", AGENT]);
+    let server = spawn_pod_as(agent, 1000, 1000, Path::new(PYTHON), &["-c", AGENT]);
     let instance = dir.path().join("plugin/node-state/links/agents/agent");
     for _ in 0..600 {
         if instance.join("api/agent.sock").exists() {
@@ -178,7 +199,7 @@ fn a_client_connects_and_reads_through_a_read_only_mount_and_changes_nothing() {
     // Another uid than the agent's: only the mount stops it in the world-writable
     // channel.
     let out = wait_with_timeout(
-        spawn_pod_as(&client, 2000, 2000, Path::new(PYTHON), &["-c", CLIENT]),
+        spawn_pod_as(client, 2000, 2000, Path::new(PYTHON), &["-c", CLIENT]),
         Duration::from_secs(60),
     );
     let said = describe(&out);
@@ -283,24 +304,10 @@ impl Drop for PodCgroup {
 
 #[test]
 fn a_server_learns_which_pod_calls_and_nobody_else_may_ask() {
-    require_root();
-    require_tool(PYTHON);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let _unmount = common::Unmounter(dir.path().to_path_buf());
-    let links = dir.path().join("links");
-    std::fs::create_dir(&links).expect("links dir");
-    std::fs::write(links.join("link.yaml"), LINK).expect("link file");
     // The pods' cgroups here are only named as the kubelet names them: no memory
     // cgroup to charge.
-    let node = Plugin::start(
-        "node",
-        &dir.path().join("plugin"),
-        &links,
-        &["--charge-memory", "plugin"],
-    );
-    let pods = dir.path().join("pods");
-    std::fs::create_dir(&pods).expect("pods dir");
-    let (agent, client) = (pods.join("agent"), pods.join("client"));
+    let f = fixture(&["--charge-memory", "plugin"]);
+    let (node, dir, agent, client) = (&f.node, &f.dir, &f.agent, &f.client);
     let (agent_uid, client_uid) = (
         "11111111-2222-4333-8444-555555555555",
         "66666666-7777-4888-8999-aaaaaaaaaaaa",
@@ -340,7 +347,7 @@ fn a_server_learns_which_pod_calls_and_nobody_else_may_ask() {
     let (agent_cg, client_cg) = (PodCgroup::new(agent_uid), PodCgroup::new(client_uid));
     let server = spawn_pod_as_in_cgroup(
         &agent_cg.procs(),
-        &agent,
+        agent,
         1000,
         1000,
         Path::new(PYTHON),
@@ -348,7 +355,7 @@ fn a_server_learns_which_pod_calls_and_nobody_else_may_ask() {
     );
     let caller = spawn_pod_as_in_cgroup(
         &client_cg.procs(),
-        &client,
+        client,
         2000,
         2000,
         Path::new(PYTHON),
