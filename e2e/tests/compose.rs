@@ -499,6 +499,53 @@ fn readme_compose_section(e: Engine, block: &str) {
 }
 
 #[test]
+fn node_agent_example_on_docker_serves_a_read_only_client() {
+    let e = Docker;
+    let _one = one_at_a_time();
+    let images = e.prepare();
+    let host = hold(Shared::Plugin);
+    let (work, _plugin) = start_plugin(e, &images, "ipclink-compose-agent-", &host);
+    let dir = repo_root().join("examples/compose/node-agent");
+    let project = "ipclink-e2e-agent";
+    let down = Down {
+        engine: e,
+        dir: &dir,
+        project,
+    };
+    down.clean();
+    let out = e.compose(&dir, project, &[], &["up", "-d"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let client = e.container(project, "client");
+    e.exited_ok(&client, Duration::from_secs(120));
+    let log = e.logs(&client);
+    for op in ["create", "unlink", "rename", "bind"] {
+        assert!(
+            log.contains(&format!("refused {op}: EROFS")),
+            "{op} not refused with EROFS:\n{log}"
+        );
+    }
+    assert!(!log.contains("ALLOWED"), "{log}");
+    assert!(
+        log.contains("answered 5/") && log.contains("agent agent on compose answers unknown"),
+        "{log}"
+    );
+    // The agent's socket is where it bound it, and nothing else is in the channel.
+    let api = work
+        .path()
+        .join("volumes/docker")
+        .join(format!("{project}-agent"))
+        .join("api");
+    let names: Vec<String> = std::fs::read_dir(&api)
+        .expect("the api channel")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["agent.sock"], "{}", log);
+    let out = down.clean();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
 fn workloads_example_on_podman_needs_allow_create() {
     workloads_example(Podman);
 }

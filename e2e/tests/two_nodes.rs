@@ -7,6 +7,12 @@
 //! - An inline link lives on one node: a member forced onto the other gets
 //!   `FailedMount` naming the link's node, nothing is materialized or mounted there,
 //!   and the operator's condition names both nodes.
+//! - A node-scoped link (`examples/kubernetes/node-agent.yaml`): an agent DaemonSet
+//!   serves a socket on each node, and a client on each node reaches its own node's
+//!   agent only, through a read-only mount that refuses create, unlink, rename and bind
+//!   (EROFS) but lets it connect; the agent names each client's pod as the node plugin
+//!   tells it; the agent rolled out while the clients retry; the status counts both
+//!   nodes; each node's instance goes with the link.
 //! - A persistent link's members land on one node through the real scheduler. With
 //!   the members gone, that node drained, stopped and deleted, the operator releases
 //!   the link's volume (an Event says its data did not move) and the next members
@@ -139,7 +145,7 @@ fn links_live_on_one_of_two_nodes_and_move_when_their_node_is_lost() {
         .zip(1u8..)
         .map(|(name, index)| {
             let node = Node::start_isolated(&cp, name, index, kubelet_dir);
-            for archive in ["ipclink.tar", "demo.tar"] {
+            for archive in ["ipclink.tar", "demo.tar", "python.tar"] {
                 node.import_archive(&images.join(archive));
             }
             Some(node)
@@ -221,6 +227,11 @@ fn links_live_on_one_of_two_nodes_and_move_when_their_node_is_lost() {
     );
 
     step("the chart installed: a node plugin registered on each node, the operator rolled out");
+
+    node_agents(&cp, &nodes, &state, &kubectl);
+    step(
+        "a node-scoped link: each node's client answered by its own node's agent, through a rollout",
+    );
 
     // An inline link: its members on one node (the example's podAffinity).
     let inline = root().join("examples/kubernetes/inline.yaml");
@@ -416,4 +427,152 @@ fn links_live_on_one_of_two_nodes_and_move_when_their_node_is_lost() {
     drop(nodes);
     // The nodes' binds lived in their own mount namespaces: none reached the host.
     assert_eq!(mount_points_under(&[kubelet_dir]), Vec::<String>::new());
+}
+
+/// A pod's name and its node.
+type Placed = (String, String);
+
+/// `examples/kubernetes/node-agent.yaml` on both nodes (see the module's comment).
+fn node_agents(
+    cp: &ControlPlane,
+    nodes: &[Option<Node>],
+    state: &std::path::Path,
+    kubectl: &dyn Fn(&[&str]) -> Output,
+) {
+    let must = |out: Output| {
+        assert!(out.status.success(), "{}", text(&out));
+        out
+    };
+    let on = |name: &str| -> &Node {
+        nodes
+            .iter()
+            .flatten()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no running node {name}"))
+    };
+    let example = root().join("examples/kubernetes/node-agent.yaml");
+    let example = example.to_str().expect("utf-8");
+    must(kubectl(&["apply", "-f", example]));
+    let ns = "agents";
+    let wait_pods = |app: &str, what: &str, ok: &dyn Fn(&[Placed]) -> bool| {
+        let start = Instant::now();
+        loop {
+            let pods = running(cp, ns, app);
+            if ok(&pods) {
+                return pods;
+            }
+            assert!(start.elapsed() < LONG, "{what}: {pods:?}\n{}", cp.logs());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let on_both = |pods: &[Placed]| {
+        pods.len() == 2 && NODES.iter().all(|n| pods.iter().any(|(_, at)| at == n))
+    };
+    let clients = wait_pods("client", "a running client on each node", &on_both);
+    let agents = wait_pods("agent", "a running agent on each node", &on_both);
+    let agent_on = |agents: &[Placed], node: &str| -> String {
+        agents
+            .iter()
+            .find(|(_, at)| at == node)
+            .map(|(name, _)| name.clone())
+            .expect("an agent on the node")
+    };
+    for (client, at) in &clients {
+        let agent = agent_on(&agents, at);
+        // The agent names the client pod, as the node plugin told it.
+        let answered = format!("agent {agent} on {at} answers {client}: hello");
+        wait_log(on(at), ns, client, "client", &answered);
+        let log = on(at).container_log(ns, client, "client");
+        for op in ["create", "unlink", "rename", "bind"] {
+            assert!(
+                log.contains(&format!("refused {op}: EROFS")),
+                "{client} on {at}: {op} not refused with EROFS:\n{log}"
+            );
+        }
+        assert!(!log.contains("ALLOWED"), "{client} on {at}:\n{log}");
+        let answers: Vec<&str> = log.lines().filter(|l| l.starts_with("answered")).collect();
+        assert!(
+            answers
+                .iter()
+                .all(|l| l.contains(&answered) && l.ends_with(&format!("from {client} on {at}"))),
+            "{client} on {at} was answered by another node's agent, or not named:\n{log}"
+        );
+        // Its node holds its own instance, with the agent's socket in it.
+        let instance = on(at).path(&state.join("links").join(ns)).join("agent");
+        assert!(
+            instance.join("api/agent.sock").exists(),
+            "no instance with the agent's socket on {at}"
+        );
+    }
+    let link_path = format!("/apis/ipclink.dev/v1alpha1/namespaces/{ns}/ipclinks/agent");
+    // Ready, no one node, and a row per node with its agent and client mounted.
+    let link = cp.wait_for(&link_path, "Ready with a row per node", LONG, |v| {
+        let rows = v["status"]["nodes"].as_array().cloned().unwrap_or_default();
+        v["status"]["phase"] == "Ready"
+            && v["status"]["nodeCount"] == 2
+            && NODES.iter().all(|n| {
+                rows.iter()
+                    .any(|r| r["node"] == *n && r["members"] == 2 && r["mounted"] == 2)
+            })
+    });
+    assert!(link["status"]["node"].is_null(), "{link:#}");
+
+    // The agent rolled out: old pods gone, new ones up, while the clients keep asking.
+    must(kubectl(&[
+        "rollout",
+        "restart",
+        "daemonset/agent",
+        "-n",
+        ns,
+    ]));
+    must(kubectl(&[
+        "rollout",
+        "status",
+        "daemonset/agent",
+        "-n",
+        ns,
+        "--timeout=150s",
+    ]));
+    let renewed = wait_pods("agent", "a new agent on each node", &|pods| {
+        on_both(pods) && pods.iter().all(|p| !agents.contains(p))
+    });
+    for (client, at) in &clients {
+        let agent = agent_on(&renewed, at);
+        wait_log(
+            on(at),
+            ns,
+            client,
+            "client",
+            &format!("agent {agent} on {at} answers {client}: hello"),
+        );
+        // Once the new agent answered, every request was answered.
+        let log = on(at).container_log(ns, client, "client");
+        let first = log
+            .find(&format!("agent {agent} on {at}"))
+            .expect("the new agent's answer");
+        assert!(
+            !log[first..].contains("not answered"),
+            "{client} on {at}: a request went unanswered after the new agent answered:\n{log}"
+        );
+    }
+
+    // The link deleted with its members: each node's instance goes.
+    must(kubectl(&[
+        "delete",
+        "-f",
+        example,
+        "--wait=true",
+        "--timeout=150s",
+    ]));
+    for n in NODES {
+        let instance = on(n).path(&state.join("links").join(ns)).join("agent");
+        let start = Instant::now();
+        while instance.exists() {
+            assert!(
+                start.elapsed() < LONG,
+                "the instance on {n} outlived its link"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
 }
