@@ -3,7 +3,6 @@
 
 use crate::model::members::Labels;
 use crate::model::spec::{ChannelKind, IpcLink, IpcLinkSpec, Role, Scope};
-use crate::model::validate::Problem;
 
 /// Whether member `name` of `link` is a client (mounted read-only).
 pub fn is_client(link: &IpcLink, name: &str) -> bool {
@@ -40,12 +39,14 @@ pub fn mounts_read_only(link: &IpcLink, labels: &(impl Labels + ?Sized)) -> bool
     any && all_clients
 }
 
-/// The problems of `spec`'s scope and roles, pushed to `problems`.
-pub(crate) fn check(spec: &IpcLinkSpec, problems: &mut Vec<Problem>) {
+/// The problems of `spec`'s scope and roles, as (field, what is wrong and allowed);
+/// `validate` reports them with the rest.
+pub(crate) fn problems(spec: &IpcLinkSpec) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
     if spec.scope == Scope::Node && spec.claim.is_some() {
-        problems.push(Problem::new(
-            "spec.claim",
-            "a node-scoped link (scope: Node) has an instance on every node where a member mounts it, and no claim: remove claim, or use scope: Link",
+        problems.push((
+            "spec.claim".to_owned(),
+            "a node-scoped link (scope: Node) has an instance on every node where a member mounts it, and no claim: remove claim, or use scope: Link".to_owned(),
         ));
     }
     let is_client = |name: &str| {
@@ -71,7 +72,7 @@ pub(crate) fn check(spec: &IpcLinkSpec, problems: &mut Vec<Problem>) {
         for (list, what) in lists {
             for (j, who) in list.iter().enumerate() {
                 if is_client(who) {
-                    problems.push(Problem::new(
+                    problems.push((
                         format!("spec.channels[{i}].{what}[{j}]"),
                         format!(
                             "member {who:?} is a client (role: client), mounted read-only, so it cannot {cannot} {} channel {:?}; give it no role (read-write) or take it off this list",
@@ -88,9 +89,10 @@ pub(crate) fn check(spec: &IpcLinkSpec, problems: &mut Vec<Problem>) {
         && selecting().next().is_some()
         && selecting().all(|m| m.role == Some(Role::Client))
     {
-        problems.push(Problem::new(
-            "spec.allowCreate",
-            "every member that selects pods is a client (role: client), mounted read-only, so no pod could create an object: give the member that creates them role: server, or set allowCreate: false",
+        problems.push((
+            "spec.allowCreate".to_owned(),
+            "every member that selects pods is a client (role: client), mounted read-only, so no pod could create an object: give the member that creates them role: server, or set allowCreate: false".to_owned(),
         ));
     }
+    problems
 }

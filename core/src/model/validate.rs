@@ -396,7 +396,11 @@ pub fn validate(link: &IpcLink) -> Result<LinkPlan, Problems> {
         None => (0, 0),
     };
     let root = check_root(spec, default_owner.1, &mut problems);
-    crate::model::roles::check(spec, &mut problems);
+    problems.extend(
+        crate::model::roles::problems(spec)
+            .into_iter()
+            .map(|(field, message)| Problem::new(field, message)),
+    );
 
     let mut members = BTreeSet::new();
     for (i, m) in spec.members.iter().enumerate() {
