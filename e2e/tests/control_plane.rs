@@ -92,19 +92,33 @@ fn a_real_apiserver_serves_the_ipclink_crd() {
         .output()
         .expect("curl");
     let t: serde_json::Value = serde_json::from_slice(&table.stdout).expect("table json");
-    let columns: Vec<&str> = t["columnDefinitions"]
-        .as_array()
-        .expect("columns")
-        .iter()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
+    // `-o wide` adds the columns of priority 1: a node-scoped link's node count.
+    let columns = |priority: i64| -> Vec<&str> {
+        t["columnDefinitions"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .filter(|c| c["priority"].as_i64().unwrap_or(0) == priority)
+            .filter_map(|c| c["name"].as_str())
+            .collect()
+    };
     assert_eq!(
-        columns,
+        columns(0),
         ["Name", "Phase", "Node", "Channels", "Members", "Age"]
     );
+    assert_eq!(columns(1), ["Nodes"]);
+    // The cells of every column, in the definitions' order (no node count: scope Link).
     assert_eq!(
         t["rows"][0]["cells"],
-        serde_json::json!(["frames", "Ready", "node-1", 5, 2, t["rows"][0]["cells"][5]])
+        serde_json::json!([
+            "frames",
+            "Ready",
+            "node-1",
+            null,
+            5,
+            2,
+            t["rows"][0]["cells"][6]
+        ])
     );
 
     // The schema refuses at admission what it can say: a setuid mode.
