@@ -303,7 +303,7 @@ impl NodePlugin {
         } = resolve_link(&req.volume_id, &ctx)?;
         let _busy = self.mark_busy(&req.volume_id, &req.target_path)?;
 
-        let publication = Publication {
+        let mut publication = Publication {
             volume_id: req.volume_id.clone(),
             namespace: namespace.clone(),
             link: link_name.clone(),
@@ -323,7 +323,6 @@ impl NodePlugin {
 
         let pod = ctx.get(ids::POD_NAME).map(String::as_str);
         let snapshot = self.source.lookup(&namespace, &link_name, pod).await?;
-        let mut publication = publication;
         let (link, plan) = snapshot.link(&namespace, &link_name)?;
         if !has_pod_selectors(link) && !self.source.opens_selectorless_links() {
             return Err(CsiError::Denied(format!(
