@@ -40,9 +40,9 @@ impl NodePlugin {
         let mut applied = Vec::new();
         for record in records {
             let (namespace, name) = (record.plan.namespace.clone(), record.plan.name.clone());
-            let plan = match self.source.lookup(&namespace, &name, None).await {
+            let (plan, serves) = match self.source.lookup(&namespace, &name, None).await {
                 Ok(snapshot) => match snapshot.link(&namespace, &name) {
-                    Ok((_, plan)) => plan.clone(),
+                    Ok((link, plan)) => (plan.clone(), super::has_server(link)),
                     Err(_) => continue,
                 },
                 Err(e) => {
@@ -50,6 +50,8 @@ impl NodePlugin {
                     continue;
                 }
             };
+            // The spec just read says whether the link's servers may ask who calls.
+            self.keep_peer_service(&namespace, &name, serves).await;
             let idle = !self.in_use(&namespace, &name);
             if plan == record.plan && (record.pending.is_empty() || !idle) {
                 continue;

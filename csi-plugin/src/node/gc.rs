@@ -109,25 +109,6 @@ impl NodePlugin {
         Ok(torn)
     }
 
-    /// Starts the peer service of a link in use whose spec has a server member, if it
-    /// does not run (after a restart of this plugin, or a failed start), and stops it
-    /// once the spec has none.
-    async fn keep_peer_service(self: &Arc<Self>, namespace: &str, name: &str) {
-        if !self.in_use(namespace, name) {
-            return;
-        }
-        let Ok(snapshot) = self.source.lookup(namespace, name, None).await else {
-            return;
-        };
-        match snapshot.link(namespace, name) {
-            Ok((link, _)) if super::has_server(link) => {
-                self.ensure_peer_service(namespace, name).await;
-            }
-            Ok(_) => self.stop_peer_service(&LinkKey::new(namespace, name)).await,
-            Err(_) => {}
-        }
-    }
-
     /// Tears down the links that no publication uses and that no longer exist: a link
     /// deleted after its last member left (its last unpublish kept it, as it still
     /// existed then). Returns the links removed.
@@ -149,7 +130,7 @@ impl NodePlugin {
                 }
                 Ok(false) => match self.teardown_if_unused(namespace, link).await {
                     Ok(true) => removed.push(plan.key()),
-                    Ok(false) => self.keep_peer_service(namespace, link).await,
+                    Ok(false) => {}
                     Err(e) => {
                         tracing::warn!(namespace, link, error = %e, "cannot free an unused link")
                     }

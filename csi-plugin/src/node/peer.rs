@@ -103,6 +103,26 @@ impl NodePlugin {
         }
     }
 
+    /// Keeps the peer service of link `namespace/name`, in use here, in step with its
+    /// spec (`wanted`: it has a server member): started if it does not run (after a
+    /// restart of this plugin, or a failed start), stopped once the spec has none.
+    /// [`NodePlugin::apply_edits`] calls it with the spec it has just read.
+    pub(super) async fn keep_peer_service(
+        self: &Arc<Self>,
+        namespace: &str,
+        name: &str,
+        wanted: bool,
+    ) {
+        if !self.in_use(namespace, name) {
+            return;
+        }
+        if wanted {
+            self.ensure_peer_service(namespace, name).await;
+        } else {
+            self.stop_peer_service(&LinkKey::new(namespace, name)).await;
+        }
+    }
+
     /// Stops the peer service of `key` and waits until its socket and calls are closed
     /// (they hold the link's tmpfs, which is unmounted next).
     pub(super) async fn stop_peer_service(&self, key: &LinkKey) {
