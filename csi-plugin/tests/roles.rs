@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Plugin, connect, ephemeral, require_root, rt};
+use common::{connect, ephemeral, fixture, rt};
 use ipclink_csi::csi::node_client::NodeClient;
 use ipclink_csi::node::peer::MAX_CALLS;
 use ipclink_testkit::{
@@ -128,40 +128,12 @@ fn mount_options(target: &Path) -> String {
         .unwrap_or_else(|| panic!("{target} is not mounted"))
 }
 
-/// A node plugin (with `extra` flags) serving [`LINK`] from a directory, and the
-/// publish targets of the agent and the client pods.
-struct Fixture {
-    node: Plugin,
-    _unmount: common::Unmounter,
-    dir: tempfile::TempDir,
-    agent: std::path::PathBuf,
-    client: std::path::PathBuf,
-}
-
-fn fixture(extra: &[&str]) -> Fixture {
-    require_root();
-    require_tool(PYTHON);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let _unmount = common::Unmounter(dir.path().to_path_buf());
-    let links = dir.path().join("links");
-    std::fs::create_dir(&links).expect("links dir");
-    std::fs::write(links.join("link.yaml"), LINK).expect("link file");
-    let node = Plugin::start("node", &dir.path().join("plugin"), &links, extra);
-    let pods = dir.path().join("pods");
-    std::fs::create_dir(&pods).expect("pods dir");
-    Fixture {
-        node,
-        _unmount,
-        agent: pods.join("agent"),
-        client: pods.join("client"),
-        dir,
-    }
-}
-
 #[test]
 fn a_client_connects_and_reads_through_a_read_only_mount_and_changes_nothing() {
-    let f = fixture(&[]);
-    let (node, dir, agent, client) = (&f.node, &f.dir, &f.agent, &f.client);
+    require_tool(PYTHON);
+    let f = fixture(LINK, &[]);
+    let (node, dir) = (&f.node, &f.dir);
+    let (agent, client) = (&f.pods.join("agent"), &f.pods.join("client"));
     rt().block_on(async {
         let mut c = NodeClient::new(connect(&node.socket).await);
         for (id, target, pod) in [("va", &agent, "agent-0"), ("vc", &client, "client-0")] {
@@ -306,8 +278,10 @@ impl Drop for PodCgroup {
 fn a_server_learns_which_pod_calls_and_nobody_else_may_ask() {
     // The pods' cgroups here are only named as the kubelet names them: no memory
     // cgroup to charge.
-    let f = fixture(&["--charge-memory", "plugin"]);
-    let (node, dir, agent, client) = (&f.node, &f.dir, &f.agent, &f.client);
+    require_tool(PYTHON);
+    let f = fixture(LINK, &["--charge-memory", "plugin"]);
+    let (node, dir) = (&f.node, &f.dir);
+    let (agent, client) = (&f.pods.join("agent"), &f.pods.join("client"));
     let (agent_uid, client_uid) = (
         "11111111-2222-4333-8444-555555555555",
         "66666666-7777-4888-8999-aaaaaaaaaaaa",

@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Plugin, connect, ephemeral, require_root, rt};
+use common::{connect, ephemeral, fixture, rt};
 use ipclink_csi::csi::node_client::NodeClient;
 use ipclink_testkit::mounts::{mount_points_under, snapshot};
 use ipclink_testkit::{describe, require_tool, spawn_pod_as, wait_with_timeout};
@@ -33,32 +33,6 @@ fn many_objects() -> String {
         .map(|i| format!("    - {{ name: s{i}, initial: 1 }}\n"))
         .collect();
     link("many", &fifos, &sems)
-}
-
-struct Fixture {
-    node: Plugin,
-    _unmount: common::Unmounter,
-    dir: tempfile::TempDir,
-    links: PathBuf,
-    pods: PathBuf,
-}
-
-fn fixture(yaml: &str, extra: &[&str]) -> Fixture {
-    require_root();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let links = dir.path().join("links");
-    std::fs::create_dir(&links).expect("links dir");
-    std::fs::write(links.join("link.yaml"), yaml).expect("link file");
-    let node = Plugin::start("node", &dir.path().join("plugin"), &links, extra);
-    let pods = dir.path().join("pods");
-    std::fs::create_dir(&pods).expect("pods dir");
-    Fixture {
-        node,
-        _unmount: common::Unmounter(dir.path().to_path_buf()),
-        dir,
-        links,
-        pods,
-    }
 }
 
 async fn publish(

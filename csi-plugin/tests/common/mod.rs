@@ -120,6 +120,35 @@ pub async fn connect(socket: &Path) -> tonic::transport::Channel {
         .expect("connect to the plugin socket")
 }
 
+/// A node plugin serving the links of one file (`yaml`, in `links/link.yaml`), with a
+/// directory for publish targets (`pods`); its mounts are removed when it is dropped.
+pub struct Fixture {
+    pub node: Plugin,
+    pub _unmount: Unmounter,
+    pub dir: tempfile::TempDir,
+    pub links: PathBuf,
+    pub pods: PathBuf,
+}
+
+/// Starts `ipclink-csi node` (with `extra` flags) on a links directory holding `yaml`.
+pub fn fixture(yaml: &str, extra: &[&str]) -> Fixture {
+    require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let links = dir.path().join("links");
+    std::fs::create_dir(&links).expect("links dir");
+    std::fs::write(links.join("link.yaml"), yaml).expect("link file");
+    let node = Plugin::start("node", &dir.path().join("plugin"), &links, extra);
+    let pods = dir.path().join("pods");
+    std::fs::create_dir(&pods).expect("pods dir");
+    Fixture {
+        node,
+        _unmount: Unmounter(dir.path().to_path_buf()),
+        dir,
+        links,
+        pods,
+    }
+}
+
 /// A mount capability (single node writer).
 pub fn mount_cap() -> ipclink_csi::csi::VolumeCapability {
     use ipclink_csi::csi::volume_capability::{
