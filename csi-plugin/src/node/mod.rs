@@ -5,7 +5,8 @@
 //! This module holds the rules of each RPC. The filesystem and mount work runs on Tokio's
 //! blocking pool ([`crate::blocking`]), so a slow `fallocate` or mount never holds up the
 //! gRPC workers; [`target`] does the mounts, [`mountinfo`] rebuilds lost state, [`gc`]
-//! tears down links that are deleted or unused.
+//! tears down links that are deleted or unused, [`stats`] answers NodeGetVolumeStats, and
+//! [`peer`] tells a link's servers which pod calls.
 
 mod budget;
 pub mod charge;
@@ -15,6 +16,7 @@ pub mod members;
 mod mountinfo;
 pub mod peer;
 mod records;
+mod stats;
 mod target;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -27,7 +29,6 @@ use ipclink_core::model::names::{TOPOLOGY_KEY, topology_value};
 use ipclink_core::model::roles::mounts_read_only;
 use ipclink_core::model::spec::Scope;
 use ipclink_core::{InProcess, LinkKey, LinkPlan, Preallocate, StorageMode, Store};
-use nix::sys::statvfs::statvfs;
 use serde::{Deserialize, Serialize};
 
 use crate::csi;
@@ -564,60 +565,6 @@ impl NodePlugin {
             .values()
             .any(|q| q.namespace == p.namespace && q.link == p.link);
         Ok((!still_used).then_some((p.namespace, p.link)))
-    }
-
-    /// NodeGetVolumeStats: bytes and inodes of the link's tmpfs.
-    pub async fn stats(
-        self: &Arc<Self>,
-        req: csi::NodeGetVolumeStatsRequest,
-    ) -> Result<Vec<csi::VolumeUsage>, CsiError> {
-        check_id("volume_id", &req.volume_id)?;
-        if req.volume_path.is_empty() {
-            return Err(CsiError::invalid("volume_path", "is required"));
-        }
-        let at_path = self.publication(&req.volume_path);
-        if at_path.is_none_or(|p| p.volume_id != req.volume_id) {
-            let anywhere = self
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .by_target
-                .values()
-                .any(|p| p.volume_id == req.volume_id);
-            return Err(CsiError::NotFound(if anywhere {
-                format!(
-                    "volume {} is not published at {}",
-                    req.volume_id, req.volume_path
-                )
-            } else {
-                format!("volume {} is not published on this node", req.volume_id)
-            }));
-        }
-        let path = req.volume_path;
-        let v = crate::blocking(move || statvfs(path.as_str()).map_err(|e| errno("statvfs", e)))
-            .await?;
-        let f = v.fragment_size();
-        let usage =
-            |unit: csi::volume_usage::Unit, total: u64, free: u64, avail: u64| csi::VolumeUsage {
-                total: total as i64,
-                available: avail as i64,
-                used: total.saturating_sub(free) as i64,
-                unit: unit as i32,
-            };
-        Ok(vec![
-            usage(
-                csi::volume_usage::Unit::Bytes,
-                v.blocks() * f,
-                v.blocks_free() * f,
-                v.blocks_available() * f,
-            ),
-            usage(
-                csi::volume_usage::Unit::Inodes,
-                v.files(),
-                v.files_free(),
-                v.files_available(),
-            ),
-        ])
     }
 
     /// NodeGetInfo.
